@@ -169,6 +169,13 @@ def _activation(spec: ModelSpec) -> nn.Module:
     return QuantReLU(bit_width=spec.act_bits, return_quant_tensor=True)
 
 
+def _value_and_scale(out) -> tuple[torch.Tensor, torch.Tensor]:
+    if not hasattr(out, "scale"):  # during ONNX export Brevitas hands back plain tensors
+        return out, torch.ones(())
+    scale = out.scale.reshape(()) if out.scale.numel() == 1 else out.scale
+    return out.value, scale
+
+
 class QuantMLP(nn.Module):
     """Fully connected network of FINN's TFC/SFC/LFC family on flattened images."""
 
@@ -186,12 +193,17 @@ class QuantMLP(nn.Module):
                 _activation(spec),
             ]
             in_features = width
-        layers.append(QuantLinear(in_features, spec.num_classes, bias=False, **wq))
+        layers.append(
+            QuantLinear(in_features, spec.num_classes, bias=False, return_quant_tensor=True, **wq)
+        )
         self.layers = nn.Sequential(*layers)
 
+    def logits_and_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and their quantization scale: ``logits / scale`` are the integer accumulators."""
+        return _value_and_scale(self.layers(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(x)
-        return out.value if hasattr(out, "value") else out
+        return self.logits_and_scale(x)[0]
 
 
 class QuantVGG3(nn.Module):
@@ -219,12 +231,15 @@ class QuantVGG3(nn.Module):
             QuantLinear(in_ch * h * w, fc_width, bias=False, **wq),
             nn.BatchNorm1d(fc_width),
             _activation(spec),
-            QuantLinear(fc_width, spec.num_classes, bias=False, **wq),
+            QuantLinear(fc_width, spec.num_classes, bias=False, return_quant_tensor=True, **wq),
         )
 
+    def logits_and_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and their quantization scale: ``logits / scale`` are the integer accumulators."""
+        return _value_and_scale(self.classifier(torch.flatten(self.features(x), 1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.classifier(torch.flatten(self.features(x), 1))
-        return out.value if hasattr(out, "value") else out
+        return self.logits_and_scale(x)[0]
 
 
 def build_model(spec: ModelSpec | str) -> nn.Module:

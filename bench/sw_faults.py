@@ -1,0 +1,160 @@
+"""Benchmark: the batched integer fault evaluator against the per-map Brevitas way.
+
+On sfc_w2a2 (a run folder via ``--run``, or a briefly trained model on Fashion-MNIST), the full
+test set and ``--maps`` flip maps at ``--rate``, it measures (map x image) evaluations per
+second for
+
+- ``intnet``: :class:`mcel_train.evaluate.MapEvaluator` (all maps batched, sparse layer 0);
+- ``brevitas``: per map, deepcopy the Brevitas model, install the faulty integer weights
+  (scale fixed) and run its forward (reference (a));
+- ``roof``: a plain float32 matmul chain of the same shapes, one map at a time (reference (b)).
+
+It asserts that every map's accuracy (and every prediction) from ``intnet`` equals the
+Brevitas reference, prints a table and writes a JSON record.
+
+    .venv/bin/python bench/sw_faults.py [--run runs/NAME] [--maps 100] [--rate 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcel_train.data import load_dataset
+from mcel_train.evaluate import MapEvaluator, predict
+from mcel_train.fault_training import override_quant_weights
+from mcel_train.faults.apply import apply_map
+from mcel_train.faults.generate import generate_map
+from mcel_train.intnet import from_brevitas
+from mcel_train.models import parse_model_name
+from mcel_train.quicktrain import model_inputs, quick_train
+from mcel_train.runio import load_run
+
+
+def brevitas_way(model, net, mems, maps, x, batch: int = 5000) -> np.ndarray:
+    """Reference (a): per map a deepcopy of the Brevitas model with the faulty weights."""
+    preds = []
+    for fmap in maps:
+        faulty = apply_map(net.contents(), mems, fmap)
+        m = copy.deepcopy(model)
+        override_quant_weights(m, {i: faulty[mem.name] for i, mem in enumerate(mems)})
+        with torch.no_grad():
+            out = []
+            for lo in range(0, len(x), batch):
+                logits, scale = m.logits_and_scale(x[lo : lo + batch])
+                out.append(predict(torch.round(logits / scale)))
+        preds.append(torch.cat(out).numpy())
+    return np.stack(preds)
+
+
+def roof(net, n_maps: int, x: torch.Tensor) -> None:
+    """Reference (b): the dense float32 matmul chain of the same shapes, map by map."""
+    ws = [torch.as_tensor(layer.weight, dtype=torch.float32).T.contiguous() for layer in net.layers]
+    with torch.no_grad():
+        for _ in range(n_maps):
+            h = x
+            for i, w in enumerate(ws):
+                h = h @ w
+                if i < len(ws) - 1:
+                    h = torch.clamp(torch.round(h * 0.01), 0, 3)
+            h.argmax(-1)
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, help="run folder with train/model.pt (default: quick-train)")
+    p.add_argument("--maps", type=int, default=100)
+    p.add_argument("--rate", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=300, help="quick-training steps without --run")
+    p.add_argument("--roof-maps", type=int, default=0, help="maps timed for the roof (0: all)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/sw_faults.json"))
+    args = p.parse_args(argv)
+
+    if args.run:
+        run = load_run(args.run)
+        model, spec = run.model, run.spec
+        x, y = run.test_set()
+        source = str(args.run)
+    else:
+        spec = parse_model_name("sfc_w2a2")
+        ds = load_dataset("fashion_mnist")
+        print(f"quick-training sfc_w2a2 for {args.steps} steps on Fashion-MNIST ...", flush=True)
+        model = quick_train(spec, ds, steps=args.steps)
+        x, y = model_inputs(ds.test.images, spec), ds.test.labels
+        source = f"quick_train({args.steps} steps)"
+    net = from_brevitas(model)
+    mems = net.memories()
+    n = len(y)
+
+    maps, t_gen = timed(lambda: [generate_map(mems, "flip", args.rate, args.seed, i)
+                                 for i in range(args.maps)])
+    ev, t_setup = timed(MapEvaluator, net, x, y)
+    res, t_ours = timed(ev.evaluate, maps)
+    ref, t_brev = timed(brevitas_way, model, net, mems, maps, x)
+    roof_maps = args.roof_maps or args.maps
+    _, t_roof = timed(roof, net, roof_maps, x)
+
+    ref_acc = (ref == y[None, :]).mean(axis=1)
+    same_preds = bool(np.array_equal(ref, res.predictions))
+    assert np.array_equal(ref_acc, res.accuracy), "per-map accuracies differ from Brevitas"
+    assert same_preds, "per-image predictions differ from Brevitas"
+
+    work = args.maps * n
+    rows = {
+        "intnet": work / t_ours,
+        "brevitas_per_map": work / t_brev,
+        "matmul_roof": roof_maps * n / t_roof,
+    }
+    record = {
+        "model": spec.to_dict(),
+        "source": source,
+        "maps": args.maps,
+        "rate": args.rate,
+        "seed": args.seed,
+        "images": n,
+        "faults_per_map_mean": float(np.mean([len(f) for f in maps])),
+        "seconds": {"generate_maps": t_gen, "evaluator_setup": t_setup, "intnet": t_ours,
+                    "brevitas_per_map": t_brev, "matmul_roof": t_roof},
+        "roof_maps": roof_maps,
+        "map_images_per_s": rows,
+        "speedup_vs_brevitas": rows["intnet"] / rows["brevitas_per_map"],
+        "fraction_of_roof": rows["intnet"] / rows["matmul_roof"],
+        "identical_accuracies": True,
+        "identical_predictions": same_preds,
+        "mean_accuracy": float(res.accuracy.mean()),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    print(f"\nsfc_w2a2, {n} images, {args.maps} maps at p={args.rate} "
+          f"(~{record['faults_per_map_mean']:.0f} flips/map), mean acc {res.accuracy.mean():.4f}")
+    print(f"{'method':<20}{'map*img/s':>14}{'seconds':>10}")
+    for name, secs in (("intnet", t_ours), ("brevitas_per_map", t_brev), ("matmul_roof", t_roof)):
+        print(f"{name:<20}{rows[name]:>14.3g}{secs:>10.2f}")
+    print(f"speedup vs Brevitas per map: {record['speedup_vs_brevitas']:.1f}x (goal >= 5x); "
+          f"fraction of matmul roof: {record['fraction_of_roof']:.2f} (goal >= 0.5)")
+    print("accuracies and predictions identical to the Brevitas reference for every map")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

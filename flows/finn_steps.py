@@ -1,0 +1,254 @@
+"""The staged FINN transformation sequence, QONNX graph -> RTL nodes with generated HDL.
+
+FINN's builder needs Vivado at import time, so the steps call the transformations directly via
+``ModelWrapper.transform``. Each step saves its graph as ``steps/NN_<step>.onnx`` and is checked
+with FINN's Python execution against the previous step on a few images
+(:func:`flows.step_check.compare_step`); a step that changes the outputs raises, naming itself.
+
+Decisions recorded here (and in the build record) because fault injection depends on them:
+
+* **Output of the accelerator**: the integer accumulators of the last MVAU (``noActivation``),
+  i.e. integer logits. The final scalar ``Mul`` (the last layer's weight scale) stays outside,
+  in the software tail saved as ``parent.onnx``. No LabelSelect/TopK in hardware: the logits
+  make hardware-versus-software comparison maximally informative.
+* **Weights keep their full datatype width** (no ``MinimizeWeightBitWidth``): a flipped bit of an
+  INT2 weight must be able to produce any INT2 value, including -2 outside the narrow range.
+* **Accumulators are sized for the full weight datatype range** (``MinimizeAccumulatorWidth``
+  with ``datatype_only=True``), so no flipped weight can overflow them; thresholds are then
+  clipped to that range (``RoundAndClipThresholds``), which changes no decision for any
+  reachable accumulator value.
+* **Thresholds are standalone layers** (``InferThresholdingLayer`` before
+  ``InferQuantizedMatrixVectorActivation``), so MVAUs have ``noActivation=1`` and become
+  ``MVAU_rtl``; every node is asked for its RTL implementation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from flows.folding import apply_folding, auto_folding
+from flows.step_check import compare_step
+
+INPUT_DATATYPES = {"uint8": "UINT8", "bipolar": "BIPOLAR"}
+DEFAULT_PART = "xczu3eg-sbva484-1-e"  # UltraScale+ (DSP48E2): non-narrow weights are allowed
+DEFAULT_CLK_NS = 5.0
+
+
+class FlowError(RuntimeError):
+    """The graph cannot be mapped by this flow (with the reason)."""
+
+
+@dataclass
+class FlowOptions:
+    """Inputs of the transformation sequence."""
+
+    input_kind: str
+    part: str = DEFAULT_PART
+    clk_ns: float = DEFAULT_CLK_NS
+    folding: dict[str, dict[str, int]] | None = None
+    target_cycles: int | None = None
+    check_inputs: np.ndarray | None = None
+
+
+@dataclass
+class FlowState:
+    """What the steps pass along besides the graph."""
+
+    options: FlowOptions
+    steps_dir: Path
+    parent: object = None
+    records: list[dict] = field(default_factory=list)
+
+
+Step = Callable[[object, FlowState], object]
+
+
+def step_tidy(model, state: FlowState):
+    """QONNX cleanup: constant folding, shape and datatype inference, unique names."""
+    from qonnx.util.cleanup import cleanup_model
+
+    return cleanup_model(model)
+
+
+def step_convert_to_finn(model, state: FlowState):
+    """QONNX ``Quant`` nodes -> FINN's ``MultiThreshold`` and initializers of integer weights."""
+    from finn.transformation.qonnx.convert_qonnx_to_finn import ConvertQONNXtoFINN
+
+    return model.transform(ConvertQONNXtoFINN())
+
+
+def step_input_datatype(model, state: FlowState):
+    """Annotate the graph input (UINT8 pixels or BIPOLAR) so streamlining sees integer inputs."""
+    from qonnx.core.datatype import DataType
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    kind = state.options.input_kind
+    if kind not in INPUT_DATATYPES:
+        raise FlowError(f"input_kind must be one of {sorted(INPUT_DATATYPES)}, got {kind!r}")
+    model.set_tensor_datatype(model.graph.input[0].name, DataType[INPUT_DATATYPES[kind]])
+    return model.transform(InferDataTypes())
+
+
+def step_streamline(model, state: FlowState):
+    """Move scales and BatchNorm into thresholds; integer thresholds rounded and clipped."""
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    model = model.transform(Streamline())
+    model = model.transform(InferDataTypes())
+    return model.transform(RoundAndClipThresholds())
+
+
+def step_to_hw(model, state: FlowState):
+    """MatMul/MultiThreshold -> MVAU and standalone Thresholding HW layers."""
+    from finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation import (
+        InferBinaryMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation,
+    )
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import (
+        InferThresholdingLayer,
+    )
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+
+    model = model.transform(InferThresholdingLayer())
+    model = model.transform(InferBinaryMatrixVectorActivation())
+    model = model.transform(InferQuantizedMatrixVectorActivation())
+    model = model.transform(GiveUniqueNodeNames())
+    return model.transform(GiveReadableTensorNames())
+
+
+def step_dataflow_partition(model, state: FlowState):
+    """Split off the dataflow part; the software tail (final scalar Mul) stays in the parent."""
+    from finn.transformation.fpgadataflow.create_dataflow_partition import (
+        CreateDataflowPartition,
+    )
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    parent = model.transform(CreateDataflowPartition(partition_model_dir=str(state.steps_dir)))
+    sdps = [n for n in parent.graph.node if n.op_type == "StreamingDataflowPartition"]
+    if len(sdps) != 1:
+        raise FlowError(f"expected exactly one dataflow partition, got {len(sdps)}")
+    first = parent.graph.node[0]
+    if first.op_type != "StreamingDataflowPartition":
+        raise FlowError(
+            f"the graph starts with {first.name} ({first.op_type}) outside the dataflow partition;"
+            " only a software tail after the accelerator is supported"
+        )
+    tail = [f"{n.name} ({n.op_type})" for n in parent.graph.node[1:]]
+    bad_tail = [t for t in tail if not t.endswith("(Mul)")]
+    if bad_tail:
+        raise FlowError(f"unsupported layer(s) left outside the accelerator: {', '.join(bad_tail)}")
+    state.parent = parent
+    return ModelWrapper(getCustomOp(sdps[0]).get_nodeattr("model"))
+
+
+def step_specialize(model, state: FlowState):
+    """HW layers -> their RTL variants (``preferred_impl_style='rtl'`` on every node)."""
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
+    return model.transform(SpecializeLayers(state.options.part))
+
+
+def step_fault_safe_widths(model, state: FlowState):
+    """Accumulators for the full weight datatype range; thresholds clipped to it (see module doc)."""
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import (
+        MinimizeAccumulatorWidth,
+    )
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    model = model.transform(MinimizeAccumulatorWidth(datatype_only=True))
+    model = model.transform(InferDataTypes())
+    return model.transform(RoundAndClipThresholds())
+
+
+def step_folding(model, state: FlowState):
+    """PE/SIMD from the explicit folding dict, or FINN's SetFolding for ``target_cycles``."""
+    opts = state.options
+    if opts.folding is not None:
+        return apply_folding(model, opts.folding)
+    if opts.target_cycles is not None:
+        return auto_folding(model, opts.target_cycles)
+    return model
+
+
+def step_dwc_fifo(model, state: FlowState):
+    """Width converters where PE differs between neighbours; shallow FIFOs between all nodes."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    model = model.transform(InsertDWC())
+    model = model.transform(InsertFIFO(create_shallow_fifos=True))
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        if "preferred_impl_style" in inst.get_nodeattr_types():
+            inst.set_nodeattr("preferred_impl_style", "rtl")
+    model = model.transform(SpecializeLayers(state.options.part))
+    return model.transform(GiveUniqueNodeNames())
+
+
+def step_generate_hdl(model, state: FlowState):
+    """FINN's PrepareIP: writes each RTL node's wrapper and memory init files (no Vivado)."""
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+
+    return model.transform(PrepareIP(state.options.part, state.options.clk_ns))
+
+
+STEPS: list[tuple[str, Step]] = [
+    ("tidy", step_tidy),
+    ("convert_to_finn", step_convert_to_finn),
+    ("input_datatype", step_input_datatype),
+    ("streamline", step_streamline),
+    ("to_hw", step_to_hw),
+    ("dataflow_partition", step_dataflow_partition),
+    ("specialize_rtl", step_specialize),
+    ("fault_safe_widths", step_fault_safe_widths),
+    ("folding", step_folding),
+    ("dwc_fifo", step_dwc_fifo),
+    ("generate_hdl", step_generate_hdl),
+]
+
+
+def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple[object, FlowState]:
+    """Run ``steps`` (default :data:`STEPS`) in order, saving and checking after each one.
+
+    Returns the final dataflow graph and the state (with ``parent``: the graph holding the
+    software tail, and ``records``: per-step name, file, seconds and check result).
+    """
+    steps_dir = Path(steps_dir)
+    steps_dir.mkdir(parents=True, exist_ok=True)
+    state = FlowState(options=options, steps_dir=steps_dir)
+    inputs = options.check_inputs
+    model = step_tidy(model, state)  # the reference for step 0 needs inferred shapes
+    for index, (name, fn) in enumerate(steps if steps is not None else STEPS):
+        t0 = time.perf_counter()
+        new = fn(model, state)
+        seconds = time.perf_counter() - t0
+        path = steps_dir / f"{index:02d}_{name}.onnx"
+        new.save(str(path))
+        check = None
+        if inputs is not None and len(inputs):
+            check = compare_step(name, model, new, inputs).to_dict()
+        state.records.append(
+            {"step": name, "file": path.name, "seconds": round(seconds, 3), "check": check,
+             "nodes": [f"{n.name}:{n.op_type}" for n in new.graph.node]}
+        )
+        model = new
+    if state.parent is not None:
+        state.parent.save(str(steps_dir / "parent.onnx"))
+    return model, state

@@ -1,0 +1,110 @@
+"""Folding (PE/SIMD per layer): explicit from a JSON file, or FINN's SetFolding for a target.
+
+Explicit files map node names of the specialized graph to attributes, the same shape FINN's
+``folding_config_file`` uses::
+
+    {"MVAU_rtl_0": {"PE": 4, "SIMD": 8}, "Thresholding_rtl_0": {"PE": 4}}
+
+A ``"Defaults"`` entry (as in FINN) applies to every node that has the attribute. Values are
+checked against the layer shape (MH % PE == 0, MW % SIMD == 0) here, so a bad folding is one
+clear error instead of a FINN assertion deep inside HDL generation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FOLD_ATTRS = ("PE", "SIMD")
+
+
+class FoldingError(ValueError):
+    """A folding value does not divide the layer dimension it folds."""
+
+
+def load_folding(path: Path) -> dict[str, dict[str, int]]:
+    """Read a folding JSON file (node name -> {attribute: value})."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise FoldingError(f"{path}: folding must be a JSON object of node name -> attributes")
+    return {str(k): {str(a): int(v) for a, v in attrs.items()} for k, attrs in data.items()}
+
+
+def _check_divides(name: str, attr: str, value: int, dim_name: str, dim: int) -> None:
+    if value < 1 or dim % value != 0:
+        raise FoldingError(
+            f"folding of {name}: {attr}={value} must divide {dim_name}={dim} "
+            f"(choose one of {[d for d in range(1, dim + 1) if dim % d == 0]})"
+        )
+
+
+def validate_folding(model) -> None:
+    """Raise :class:`FoldingError` for any node whose PE/SIMD does not divide its dimensions."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        types = inst.get_nodeattr_types()
+        if node.op_type.startswith("MVAU"):
+            _check_divides(node.name, "PE", inst.get_nodeattr("PE"), "MH", inst.get_nodeattr("MH"))
+            _check_divides(
+                node.name, "SIMD", inst.get_nodeattr("SIMD"), "MW", inst.get_nodeattr("MW")
+            )
+        elif node.op_type.startswith("Thresholding") and "NumChannels" in types:
+            _check_divides(
+                node.name, "PE", inst.get_nodeattr("PE"), "NumChannels",
+                inst.get_nodeattr("NumChannels"),
+            )
+
+
+def apply_folding(model, folding: dict[str, dict[str, int]]):
+    """Set the attributes of ``folding`` on the named nodes; unknown node names are an error."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    names = {n.name for n in model.graph.node}
+    unknown = sorted(set(folding) - names - {"Defaults"})
+    if unknown:
+        raise FoldingError(
+            f"folding names unknown nodes {unknown}; the graph has {sorted(names)}"
+        )
+    defaults = folding.get("Defaults", {})
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        types = inst.get_nodeattr_types()
+        for attr, value in {**defaults, **folding.get(node.name, {})}.items():
+            if attr not in types:
+                if node.name in folding and attr in folding[node.name]:
+                    raise FoldingError(f"node {node.name} ({node.op_type}) has no attribute {attr}")
+                continue
+            inst.set_nodeattr(attr, int(value))
+    validate_folding(model)
+    return model
+
+
+def auto_folding(model, target_cycles: int, mvau_wwidth_max: int = 1024):
+    """FINN's SetFolding: the least parallelism that reaches ``target_cycles`` per image."""
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+
+    model = model.transform(
+        SetFolding(
+            target_cycles_per_frame=int(target_cycles),
+            mvau_wwidth_max=mvau_wwidth_max,
+            two_pass_relaxation=True,
+        )
+    )
+    validate_folding(model)
+    return model
+
+
+def folding_of(model) -> dict[str, dict[str, int]]:
+    """The PE/SIMD of every node that has them (what a folding file would contain)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    out: dict[str, dict[str, int]] = {}
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        types = inst.get_nodeattr_types()
+        attrs = {a: int(inst.get_nodeattr(a)) for a in FOLD_ATTRS if a in types}
+        if attrs:
+            out[node.name] = attrs
+    return out

@@ -1,0 +1,88 @@
+"""Checking that a FINN transformation step did not change what the graph computes.
+
+Every step of :mod:`flows.finn_steps` is followed by FINN's Python execution of the new graph on
+a few images and a comparison with the previous graph. Graphs change shape across the flow (the
+dataflow partition drops the software tail, for example), so the comparison follows tensor
+names: the new graph's output is looked up among all tensors of the previous execution, and
+falls back to the previous graph's output when the name is not there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+class StepChangedOutputError(RuntimeError):
+    """A transformation step changed the outputs of the graph."""
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """Outcome of one step's comparison."""
+
+    n: int
+    output: str
+    max_abs_diff: float
+    exact: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _prepare(model):
+    """Executable copy: HW nodes run their Python model (FINN calls this exec mode 'cppsim')."""
+    from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
+    from finn.util.fpgadataflow import is_fpgadataflow_node
+
+    if any(is_fpgadataflow_node(n) for n in model.graph.node):
+        model = model.transform(SetExecMode("cppsim"))
+    return model
+
+
+def execute(model, inputs: np.ndarray, full_context: bool = False) -> list[dict[str, np.ndarray]]:
+    """FINN Python execution of ``model`` on each input (batch 1); one result dict per input."""
+    import finn.core.onnx_exec as oxe
+
+    model = _prepare(model)
+    iname = model.graph.input[0].name
+    ishape = tuple(model.get_tensor_shape(iname))
+    results = []
+    for x in inputs:
+        ctx = {iname: np.asarray(x, dtype=np.float32).reshape(ishape)}
+        results.append(oxe.execute_onnx(model, ctx, return_full_exec_context=full_context))
+    return results
+
+
+def output_of(model, inputs: np.ndarray) -> np.ndarray:
+    """The graph's single output on every input, flattened per input, as float64."""
+    oname = model.graph.output[0].name
+    return np.stack([r[oname].reshape(-1) for r in execute(model, inputs)]).astype(np.float64)
+
+
+def compare_step(
+    step: str, previous, current, inputs: np.ndarray, rel_tol: float = 1e-5
+) -> StepCheck:
+    """Raise :class:`StepChangedOutputError` naming ``step`` if ``current`` computes otherwise."""
+    prev_runs = execute(previous, inputs, full_context=True)
+    oname = current.graph.output[0].name
+    key = oname if oname in prev_runs[0] else previous.graph.output[0].name
+    ref = np.stack([r[key].reshape(-1) for r in prev_runs]).astype(np.float64)
+    got = output_of(current, inputs)
+    if ref.shape != got.shape:
+        raise StepChangedOutputError(
+            f"step {step!r} changed the output shape of {key!r}: {ref.shape} -> {got.shape}"
+        )
+    diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+    # Integer tensors (everything after the software tail is split off) must match exactly;
+    # float logits before that may differ by re-associated float rounding only.
+    exact = bool(np.all(ref == np.round(ref)))
+    tol = 0.0 if exact else rel_tol * max(1.0, float(np.max(np.abs(ref))))
+    if diff > tol or not np.array_equal(ref.argmax(1), got.argmax(1)):
+        bad = int(np.sum(np.any(ref != got, axis=1)))
+        raise StepChangedOutputError(
+            f"step {step!r} changed the outputs ({key!r} vs {oname!r}) on {bad}/{len(inputs)} "
+            f"inputs, max |diff| {diff:.6g} (tolerance {tol:.3g})"
+        )
+    return StepCheck(n=len(inputs), output=oname, max_abs_diff=diff, exact=exact)

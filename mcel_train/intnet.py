@@ -1,0 +1,319 @@
+"""The integer network: per layer an integer weight matrix, its scale, and a post-op.
+
+This is the software model that fault maps act on. It is built from a *source*; today that is
+a trained Brevitas model (:func:`from_brevitas`), later the FINN build's integer weights and
+thresholds. Both plug into the same :class:`IntLayer`: what differs is the post-op that turns
+the integer accumulator into the next layer's integer inputs.
+
+- :class:`BrevitasPostOp` reproduces Brevitas' eval-mode computation (accumulator times scales,
+  BatchNorm, quantized activation) by calling the model's own BatchNorm and activation modules,
+  so the clean integer network matches the Brevitas model to float rounding.
+- :class:`ThresholdPostOp` is FINN's MultiThreshold, ``out = sum_k(acc >= T_k)``: the
+  hardware's post-op, for the FINN source.
+- :class:`IdentityPostOp` ends the network: the integer accumulators are the logits.
+
+Accumulators are computed in float32 when every partial sum stays below 2^24 (then float
+arithmetic on integers is exact in any summation order), in float64 otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
+from torch import nn
+
+from mcel_train.memory import Memory, memory_for_layer
+
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+
+
+class IntNetError(RuntimeError):
+    """The model cannot be expressed exactly as an integer network."""
+
+
+class PostOp:
+    """Accumulator -> next layer's integers. Subclasses set ``out_scale`` and ``max_abs_out``.
+
+    ``acc`` arrives as a float tensor of exact integers with channels on dim 1.
+    """
+
+    out_scale: float = 1.0
+    max_abs_out: float = float("inf")
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def acc_thresholds(self) -> torch.Tensor | None:
+        """Real-valued accumulator thresholds ``(C, K)`` where the output changes, if any."""
+        return None
+
+
+class IdentityPostOp(PostOp):
+    """Last layer: the accumulator is the logit; ``out_scale`` turns it into Brevitas' logit."""
+
+    def __init__(self, acc_scale: float) -> None:
+        self.out_scale = float(acc_scale)
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        return acc
+
+
+class BrevitasPostOp(PostOp):
+    """BatchNorm + quantized activation exactly as the (eval-mode) Brevitas modules compute it."""
+
+    def __init__(self, acc_scale: float, bn: nn.Module | None, act: nn.Module) -> None:
+        self.acc_scale = float(acc_scale)
+        self.bn = bn.eval() if bn is not None else None
+        self.act = act.eval()
+        with torch.no_grad():
+            probe = self.act(torch.zeros(1, 1))
+        self.out_scale = float(probe.scale)
+        self.act_bits = int(round(float(probe.bit_width)))
+        self.bipolar = isinstance(act, QuantIdentity)
+        self.max_abs_out = 1.0 if self.bipolar else float(2**self.act_bits - 1)
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = acc.to(torch.float32) * self.acc_scale
+            if self.bn is not None:
+                y = self.bn(y)
+            q = self.act(y)
+            return torch.round(q.value / q.scale).to(acc.dtype)
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """BatchNorm as ``y = a * acc + b`` per channel (acc in integer units)."""
+        if self.bn is None:
+            return torch.tensor([self.acc_scale]), torch.tensor([0.0])
+        bn = self.bn
+        a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        b = bn.bias.detach() - bn.running_mean * a
+        return a * self.acc_scale, b
+
+    def acc_thresholds(self) -> torch.Tensor:
+        """Where the quantized activation steps, mapped back through BatchNorm to acc units."""
+        if self.bipolar:
+            levels = torch.tensor([0.0])
+        else:
+            levels = (torch.arange(2**self.act_bits - 1, dtype=torch.float32) + 0.5) * self.out_scale
+        a, b = self._affine()
+        return (levels[None, :] - b[:, None]) / a[:, None]
+
+
+class ThresholdPostOp(PostOp):
+    """FINN MultiThreshold: ``out = out_bias + sum_k(acc >= T[c, k])`` (thresholds ascending).
+
+    Bipolar outputs use ``out_mult=2, out_bias=-1``: one threshold, ``{0, 1} -> {-1, +1}``.
+    """
+
+    def __init__(
+        self, thresholds: torch.Tensor, out_scale: float = 1.0, out_bias: float = 0.0,
+        out_mult: float = 1.0,
+    ) -> None:
+        self.thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
+        self.out_scale = float(out_scale)
+        self.out_bias = float(out_bias)
+        self.out_mult = float(out_mult)
+        k = self.thresholds.shape[1]
+        self.max_abs_out = max(abs(self.out_bias), abs(self.out_bias + self.out_mult * k))
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        t = self.thresholds.to(acc.dtype)
+        shape = (1, t.shape[0]) + (1,) * (acc.dim() - 2) + (t.shape[1],)
+        count = (acc.unsqueeze(-1) >= t.reshape(shape)).sum(-1).to(acc.dtype)
+        return self.out_bias + self.out_mult * count
+
+    def acc_thresholds(self) -> torch.Tensor:
+        return self.thresholds.to(torch.float32)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    in_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass
+class IntLayer:
+    """One weight layer: integer ``(out, in)`` weights (conv flattened), scale, post-op."""
+
+    name: str
+    weight: np.ndarray
+    weight_scale: float
+    weight_bits: int
+    post: PostOp
+    conv: ConvGeometry | None = None
+    pool: int = 0
+    flatten_before: bool = False
+
+    @property
+    def bipolar(self) -> bool:
+        return self.weight_bits == 1
+
+    def memory(self, index: int) -> Memory:
+        return memory_for_layer(self.name, self.weight.shape, self.weight_bits, index)
+
+    def accumulate(self, x: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Integer accumulators for ``M`` weight sets ``w`` of shape ``(M, out, in)``.
+
+        ``x`` is ``(N, ...)`` when ``shared`` (same input for every map) else ``(M, N, ...)``;
+        the result is ``(M, N, out, ...)``.
+        """
+        if self.conv is None:
+            return torch.matmul(x, w.transpose(1, 2))
+        g = self.conv
+        m, out = w.shape[0], w.shape[1]
+        kw = w.reshape(m * out, g.in_channels, *g.kernel)
+        if shared:
+            y = F.conv2d(x, kw, stride=g.stride, padding=g.padding)
+        else:
+            n = x.shape[1]
+            xs = x.transpose(0, 1).reshape(n, m * g.in_channels, *x.shape[3:])
+            y = F.conv2d(xs, kw, stride=g.stride, padding=g.padding, groups=m)
+        return y.reshape(y.shape[0], m, out, *y.shape[2:]).transpose(0, 1)
+
+
+@dataclass
+class IntNetwork:
+    """A chain of :class:`IntLayer`; inputs are the integer images of ``encode_inputs``."""
+
+    layers: list[IntLayer]
+    input_shape: tuple[int, ...]
+    input_kind: str
+    meta: dict = field(default_factory=dict)
+
+    def memories(self) -> list[Memory]:
+        """Natural-layout memories, one per layer, named like the layers (``layer0``, ...)."""
+        return [layer.memory(i) for i, layer in enumerate(self.layers)]
+
+    def contents(self) -> dict[str, np.ndarray]:
+        return {layer.name: layer.weight for layer in self.layers}
+
+    @property
+    def logit_scale(self) -> float:
+        return self.layers[-1].post.out_scale
+
+    def forward(
+        self, x: torch.Tensor, weights: Sequence[torch.Tensor | np.ndarray | None] | None = None,
+        max_abs_input: float | None = None, first_acc: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Integer logits ``(M, N, classes)`` for ``M`` weight sets (``None``: clean weights).
+
+        ``weights[i]`` is ``(M, out, in)`` (or ``None`` for a layer left clean). The dtype of
+        each layer is chosen from a bound on its partial sums, so the result is exact.
+        ``first_acc`` optionally supplies layer 0's accumulators ``(M, N, out, ...)``, computed
+        by the caller some cheaper way (the evaluator adds sparse fault deltas to clean ones).
+        """
+        weights = list(weights) if weights is not None else [None] * len(self.layers)
+        if len(weights) != len(self.layers):
+            raise ValueError(f"need {len(self.layers)} weight tensors, got {len(weights)}")
+        m = max((w.shape[0] for w in weights if w is not None), default=1)
+        h = x
+        shared = True
+        in_max = float(x.abs().max()) if max_abs_input is None else float(max_abs_input)
+        for layer, w in zip(self.layers, weights, strict=True):
+            w = torch.as_tensor(layer.weight if w is None else w)
+            if w.dim() == 2:
+                w = w.unsqueeze(0)
+            if w.shape[0] != m:
+                w = w.expand(m, *w.shape[1:])
+            bound = in_max * float(w.abs().sum(-1).max())
+            dtype = torch.float32 if bound < FLOAT32_EXACT else torch.float64
+            if bound >= FLOAT64_EXACT:
+                raise IntNetError(f"{layer.name}: accumulator bound {bound:g} exceeds 2^53")
+            if layer.flatten_before:
+                h = h.flatten(2 if not shared else 1)
+            if first_acc is not None and layer is self.layers[0]:
+                acc = first_acc.to(dtype)
+            else:
+                acc = layer.accumulate(h.to(dtype), w.to(dtype), shared)
+            mm, n = acc.shape[0], acc.shape[1]
+            out = layer.post(acc.reshape(mm * n, *acc.shape[2:]))
+            if layer.pool:
+                out = F.max_pool2d(out, layer.pool)
+            h = out.reshape(mm, n, *out.shape[1:])
+            shared = False
+            in_max = layer.post.max_abs_out
+        return h
+
+
+def _weight_ints(layer: nn.Module, name: str) -> tuple[np.ndarray, float, int]:
+    qw = layer.quant_weight()
+    scale = qw.scale.detach()
+    if scale.numel() != 1:
+        raise IntNetError(f"{name}: only per-tensor weight scales are supported")
+    ratio = (qw.value.detach() / scale).double()
+    ints = torch.round(ratio)
+    err = float((ratio - ints).abs().max()) if ratio.numel() else 0.0
+    if err > 1e-3:
+        raise IntNetError(f"{name}: weight / scale is not integer (max error {err:g})")
+    bits = int(round(float(qw.bit_width)))
+    w = ints.to(torch.int64).reshape(ints.shape[0], -1).numpy()
+    return w, float(scale), bits
+
+
+def from_brevitas(model: nn.Module) -> IntNetwork:
+    """Extract the integer network of a zoo model (put into eval mode here).
+
+    The walk follows the zoo's convention: every quant layer is followed by an optional
+    BatchNorm, an activation and an optional MaxPool; a layer without activation is the last.
+    """
+    model.eval()
+    leaves = [
+        mod for mod in model.modules()
+        if isinstance(mod, (QuantLinear, QuantConv2d, nn.BatchNorm1d, nn.BatchNorm2d, QuantReLU,
+                            QuantIdentity, nn.MaxPool2d))
+    ]
+    groups: list[list[nn.Module]] = []
+    for mod in leaves:
+        if isinstance(mod, (QuantLinear, QuantConv2d)):
+            groups.append([mod])
+        elif not groups:
+            raise IntNetError(f"{type(mod).__name__} before the first quant layer")
+        else:
+            groups[-1].append(mod)
+    layers: list[IntLayer] = []
+    in_scale = 1.0
+    was_conv = False
+    for i, group in enumerate(groups):
+        q = group[0]
+        name = f"layer{i}"
+        w, w_scale, bits = _weight_ints(q, name)
+        bn = next((g for g in group if isinstance(g, (nn.BatchNorm1d, nn.BatchNorm2d))), None)
+        act = next((g for g in group if isinstance(g, (QuantReLU, QuantIdentity))), None)
+        pool = next((g for g in group if isinstance(g, nn.MaxPool2d)), None)
+        acc_scale = in_scale * w_scale
+        if act is None:
+            if i != len(groups) - 1:
+                raise IntNetError(f"{name}: only the last layer may lack an activation")
+            post: PostOp = IdentityPostOp(acc_scale)
+        else:
+            post = BrevitasPostOp(acc_scale, bn, act)
+        conv = None
+        if isinstance(q, QuantConv2d):
+            if q.groups != 1 or tuple(q.dilation) != (1, 1):
+                raise IntNetError(f"{name}: grouped or dilated convs are not supported")
+            conv = ConvGeometry(q.in_channels, tuple(q.kernel_size), tuple(q.stride),
+                                tuple(q.padding))
+        pool_k = 0
+        if pool is not None:
+            k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+            if pool.stride not in (None, k, (k, k)) or pool.padding not in (0, (0, 0)):
+                raise IntNetError(f"{name}: only non-overlapping max pooling is supported")
+            pool_k = int(k)
+        layers.append(IntLayer(name, w, w_scale, bits, post, conv, pool_k,
+                               flatten_before=was_conv and conv is None))
+        was_conv = conv is not None
+        in_scale = post.out_scale
+    spec = getattr(model, "spec", None)
+    input_shape = tuple(getattr(model, "input_shape", ()))
+    input_kind = spec.input_kind if spec is not None else "uint8"
+    return IntNetwork(layers, input_shape, input_kind,
+                      {"spec": spec.to_dict() if spec is not None else None})

@@ -1,0 +1,55 @@
+"""Read a training run folder (``runs/NAME/train/``) back into a model and its test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from mcel_train.data import load_dataset
+from mcel_train.models import ModelSpec, build_model
+from mcel_train.quicktrain import model_inputs
+
+
+class RunError(FileNotFoundError):
+    """A run folder lacks the training stage's files or they are malformed."""
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    spec: ModelSpec
+    model: nn.Module
+    dataset: str
+    config: dict
+
+    def test_set(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The test split as ``(model inputs, labels)``, loaded as the run's config says."""
+        data = self.config.get("data", {}) or {}
+        kwargs = {k: data[k] for k in ("data_dir", "val_fraction", "seed") if k in data}
+        ds = load_dataset(self.dataset, **kwargs)
+        return model_inputs(ds.test.images, self.spec), ds.test.labels
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """Rebuild the trained model of ``run_dir`` (eval mode) from ``train/config.yaml`` + weights."""
+    run_dir = Path(run_dir)
+    train = run_dir / "train"
+    cfg_path, weights = train / "config.yaml", train / "model.pt"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise RunError(f"{p} not found: run the training stage for {run_dir} first")
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    if not isinstance(cfg.get("model"), dict):
+        raise RunError(f"{cfg_path}: no 'model:' mapping")
+    dataset = (cfg.get("data") or {}).get("dataset")
+    if not dataset:
+        raise RunError(f"{cfg_path}: no data.dataset")
+    spec = ModelSpec.from_dict(cfg["model"])
+    model = build_model(spec)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return TrainedRun(run_dir, spec, model.eval(), str(dataset), cfg)

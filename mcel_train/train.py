@@ -1,0 +1,214 @@
+"""The training stage: a validated config in, ``runs/NAME/train/`` out.
+
+Outputs: ``model.pt`` (state dict, loadable with ``weights_only=True``), the resolved
+``config.yaml`` and ``metrics.json``. The stage writes into a temporary sibling folder and renames
+it at the end, so a failed or interrupted run never leaves a half-written run folder, and an
+existing one is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from mcel_train.config import TrainConfig
+from mcel_train.data import Dataset, encode_inputs, load_dataset
+from mcel_train.losses import MCEL, make_loss
+from mcel_train.models import build_model
+
+EVAL_BATCH = 1000
+
+
+class RunExistsError(FileExistsError):
+    """The target stage folder exists already."""
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed torch (CPU kernels are deterministic here) and return a generator for shuffling."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    return torch.Generator().manual_seed(seed)
+
+
+def network_inputs(model: nn.Module, images: np.ndarray) -> torch.Tensor:
+    """The integer input tensor of ``model`` for ``uint8`` images, shaped as the model wants."""
+    x = encode_inputs(images, model.spec.input_kind)
+    return x.reshape(x.shape[0], *model.input_shape)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of ``model`` (switched to eval mode) on ``images``, batched."""
+    model.eval()
+    outs = [model(network_inputs(model, images[i : i + batch])) for i in range(0, len(images), batch)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def logit_margins(logits: torch.Tensor) -> torch.Tensor:
+    """Per-image top-1 minus top-2 logit."""
+    top2 = torch.topk(logits, 2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and mean logit margin (top-1 minus top-2, averaged) on a split."""
+    logits = predict_logits(model, images)
+    acc = float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else float("nan")
+    return {"accuracy": acc, "mean_logit_margin": float(logit_margins(logits).mean())}
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg["optimizer"]
+    if o["name"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    return torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+
+
+def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int):
+    s = cfg["schedule"]
+    if s["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    if s["name"] == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s["step_size"], gamma=s["gamma"])
+    return None
+
+
+def _fault_hook(cfg: TrainConfig, model: nn.Module):
+    """Random bit error training (Stutz et al.): faults drawn anew in each forward pass."""
+    ft = cfg["fault_training"]
+    if not ft:
+        return None
+    from mcel_train.fault_training import make_fault_injection_hook
+
+    return make_fault_injection_hook(model, ft.get("model", "flip"), float(ft["rate"]), int(ft.get("seed", cfg["seed"])))
+
+
+def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train a zoo model on ``data`` as ``cfg`` says; return it (eval mode) and its metrics."""
+    gen = set_seed(cfg["seed"])
+    model = build_model(cfg.model)
+    loss_cfg = cfg["loss"]
+    loss_fn = make_loss(loss_cfg["name"], **{k: v for k, v in loss_cfg.items() if k not in ("name", "logits")})
+    integer_logits = loss_cfg["logits"] == "integer"
+    opt = _optimizer(cfg, model)
+    train = data.train
+    if cfg["data"]["limit_train"]:
+        train = type(train)(train.images[: cfg["data"]["limit_train"]], train.labels[: cfg["data"]["limit_train"]])
+    x_all = network_inputs(model, train.images)
+    y_all = torch.from_numpy(train.labels)
+    bs = cfg["batch_size"]
+    steps_per_epoch = math.ceil(len(y_all) / bs)
+    sched = _scheduler(cfg, opt, steps_per_epoch * cfg["epochs"])
+    per_step_sched = cfg["schedule"]["name"] == "cosine"
+    hook = _fault_hook(cfg, model)
+    history, step_times = [], []
+    bar = tqdm(total=steps_per_epoch * cfg["epochs"], desc=f"train {cfg.name}", disable=not show_progress, unit="step")
+    try:
+        for epoch in range(cfg["epochs"]):
+            model.train()
+            order = torch.randperm(len(y_all), generator=gen)
+            loss_sum, correct = 0.0, 0
+            for i in range(steps_per_epoch):
+                idx = order[i * bs : (i + 1) * bs]
+                x, y = x_all[idx], y_all[idx]
+                t0 = time.perf_counter()
+                logits, scale = model.logits_and_scale(x)
+                loss = loss_fn(logits / scale if integer_logits else logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if isinstance(loss_fn, MCEL):
+                    loss_fn.step()
+                if sched is not None and per_step_sched:
+                    sched.step()
+                step_times.append(time.perf_counter() - t0)
+                loss_sum += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                bar.update(1)
+            if sched is not None and not per_step_sched:
+                sched.step()
+            val = evaluate(model, data.val.images, data.val.labels)
+            history.append({
+                "epoch": epoch + 1,
+                "loss": loss_sum / len(y_all),
+                "train_accuracy": correct / len(y_all),
+                "val_accuracy": val["accuracy"],
+            })
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val=f"{val['accuracy']:.4f}")
+    finally:
+        bar.close()
+        if hook is not None:
+            hook.remove()
+    model.eval()
+    test = evaluate(model, data.test.images, data.test.labels)
+    metrics = {
+        "epochs": history,
+        "test_accuracy": test["accuracy"],
+        "mean_logit_margin": test["mean_logit_margin"],
+        "median_step_time_s": statistics.median(step_times),
+        "train_images": len(y_all),
+        "test_images": len(data.test),
+    }
+    if isinstance(loss_fn, MCEL):
+        metrics["relative_separation"] = loss_fn.relative_separation
+    return model, metrics
+
+
+def versions() -> dict:
+    """Versions of the tools that produced a stage's outputs."""
+    import brevitas
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "brevitas": brevitas.__version__, "numpy": np.__version__}
+
+
+def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True) -> Path:
+    """Train and write ``run_dir/train/``. Raises before any work if it exists already."""
+    run_dir = Path(run_dir)
+    stage = run_dir / "train"
+    if stage.exists():
+        raise RunExistsError(f"{stage} exists already; choose another --out or delete it first")
+    data = load_dataset(cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["data"]["val_fraction"], cfg["seed"])
+    t0 = time.perf_counter()
+    model, metrics = train_model(cfg, data, show_progress)
+    metrics["wall_time_s"] = time.perf_counter() - t0
+    metrics["dataset_source"] = data.source
+    metrics["versions"] = versions()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=run_dir))
+    try:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        with open(tmp / "config.yaml", "w") as f:
+            yaml.safe_dump(cfg.raw, f, sort_keys=False)
+        with open(tmp / "metrics.json", "w") as f:
+            json.dump(metrics, f, indent=2)
+        tmp.rename(stage)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stage
+
+
+def load_trained(run_dir: str | Path) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained model (eval mode) and its config from ``run_dir/train/``."""
+    from mcel_train.config import validate
+
+    stage = Path(run_dir) / "train"
+    if not (stage / "model.pt").is_file():
+        raise FileNotFoundError(f"{stage / 'model.pt'} not found; run `mcel train CONFIG --out {run_dir}` first")
+    with open(stage / "config.yaml") as f:
+        cfg = validate(yaml.safe_load(f))
+    model = build_model(cfg.model)
+    model.load_state_dict(torch.load(stage / "model.pt", weights_only=True))
+    return model.eval(), cfg

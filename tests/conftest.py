@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: small trained runs built through the real training path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "flows" / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """Tests never read a user's MCEL_DATA_DIR by accident."""
+    monkeypatch.delenv("MCEL_DATA_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A tfc_w2a2 run trained for a few epochs on the bundled digits (seconds)."""
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    run_train(load_config(CONFIGS / "smoke_digits.yaml"), run, show_progress=False)
+    return run
+
+
+def fashion_mnist_available() -> bool:
+    from mcel_train.data import DatasetNotFoundError, find_fashion_mnist
+
+    try:
+        find_fashion_mnist(os.environ.get("MCEL_DATA_DIR"))
+        return True
+    except DatasetNotFoundError:
+        return False

@@ -1,0 +1,70 @@
+"""Every zoo model exports through Brevitas' QONNX exporter and QONNX execution matches torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mcel_train.data import encode_inputs
+from mcel_train.models import BIT_PRESETS, build_model, parse_model_name, quant_layers
+
+ZOO = [f"{arch}_{bits}" for arch in ("tfc", "sfc", "lfc", "vgg3") for bits in BIT_PRESETS]
+
+
+def _calibrated(name: str) -> torch.nn.Module:
+    """A model with non-trivial BatchNorm statistics (a few train-mode forwards), in eval mode."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    x = encode_inputs(imgs, model.spec.input_kind).reshape(64, *model.input_shape)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_qonnx_export_matches_torch(name, tmp_path):
+    from brevitas.export import export_qonnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    model = _calibrated(name)
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    x = encode_inputs(imgs, model.spec.input_kind).reshape(4, *model.input_shape)
+    path = tmp_path / f"{name}.onnx"
+    export_qonnx(model, args=x, export_path=str(path))
+    wrapped = ModelWrapper(str(path)).transform(InferShapes())
+    iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = execute_onnx(wrapped, {iname: x.numpy()})[oname]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_bit_width_and_names():
+    spec = parse_model_name("sfc_w2a2")
+    assert (spec.arch, spec.weight_bits, spec.act_bits, spec.hidden) == ("sfc", 2, 2, (256, 256, 256))
+    assert parse_model_name("tfc_w1a1").input_kind == "bipolar"
+    assert parse_model_name("tfc_w1a2").input_kind == "uint8"
+    with pytest.raises(ValueError, match="unknown model"):
+        parse_model_name("resnet_w2a2")
+    with pytest.raises(ValueError, match="1..8"):
+        parse_model_name("tfc_w0a2")
+
+
+def test_binarized_logits_are_integers():
+    model = _calibrated("tfc_w1a1")
+    x = torch.where(torch.rand(8, 784) > 0.5, 1.0, -1.0)
+    logits, scale = model.logits_and_scale(x)
+    assert float(scale) == 1.0
+    assert torch.equal(logits, logits.round())
+    for layer in quant_layers(model):
+        w = layer.quant_weight().value
+        assert set(w.unique().tolist()) <= {-1.0, 1.0}

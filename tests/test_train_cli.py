@@ -1,0 +1,80 @@
+"""`mcel train`: determinism, outputs, and clear errors that leave no run folder behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mcel_train.cli import main
+from mcel_train.train import load_trained
+from tests.conftest import CONFIGS
+
+SMOKE = str(CONFIGS / "smoke_digits.yaml")
+
+
+def test_outputs_and_reload(smoke_run):
+    stage = smoke_run / "train"
+    metrics = json.loads((stage / "metrics.json").read_text())
+    assert {"epochs", "test_accuracy", "mean_logit_margin", "median_step_time_s"} <= set(metrics)
+    assert len(metrics["epochs"]) == 3
+    assert {"loss", "train_accuracy", "val_accuracy"} <= set(metrics["epochs"][0])
+    assert metrics["test_accuracy"] > 0.5  # far above the 10 % of chance on digits
+    state = torch.load(stage / "model.pt", weights_only=True)
+    model, cfg = load_trained(smoke_run)
+    assert set(state) == set(model.state_dict())
+    assert cfg.model.arch == "tfc"
+
+
+def test_same_seed_same_metrics(tmp_path):
+    def run(out):
+        assert main(["train", SMOKE, "--out", str(out), "--quiet", "--set", "epochs=1"]) == 0
+        m = json.loads((out / "train" / "metrics.json").read_text())
+        return m["epochs"], m["test_accuracy"], m["mean_logit_margin"]
+
+    assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+def test_mcel_override_is_recorded(tmp_path):
+    out = tmp_path / "m"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--set", "epochs=1",
+                 "--set", "loss.name=mcel", "--set", "loss.margin=8"]) == 0
+    m = json.loads((out / "train" / "metrics.json").read_text())
+    assert m["relative_separation"] == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=resnet_w2a2", "unknown model"),
+    ("loss.margin=-1", "loss.margin"),
+    ("model.weight_bits=0", "weight_bits"),
+    ("data.dataset=cifar10", "data.dataset"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("bogus=1", "unknown config key"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, capsys, override, message):
+    out = tmp_path / "bad"
+    assert main(["train", SMOKE, "--out", str(out), "--quiet", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_dataset_is_clear(tmp_path, capsys, monkeypatch):
+    from mcel_train import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setenv("TORCHVISION_ROOT", str(tmp_path / "none"))
+    out = tmp_path / "nodata"
+    code = main(["train", str(CONFIGS / "tfc_w1a1_fmnist.yaml"), "--out", str(out), "--quiet",
+                 "--data-dir", str(tmp_path / "empty")])
+    assert code == 2
+    assert "Fashion-MNIST not found" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(smoke_run, capsys):
+    before = (smoke_run / "train" / "model.pt").read_bytes()
+    assert main(["train", SMOKE, "--out", str(smoke_run), "--quiet"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert (smoke_run / "train" / "model.pt").read_bytes() == before
