@@ -82,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=300, help="quick-training steps without --run")
     p.add_argument("--roof-maps", type=int, default=0, help="maps timed for the roof (0: all)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for every method (1: steadiest on a shared machine)")
+    p.add_argument("--rows", type=int, default=8192, help="evaluator (map, image) rows per step")
     p.add_argument("--out", type=Path, default=Path("runs/bench/sw_faults.json"))
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     if args.run:
         run = load_run(args.run)
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     maps, t_gen = timed(lambda: [generate_map(mems, "flip", args.rate, args.seed, i)
                                  for i in range(args.maps)])
-    ev, t_setup = timed(MapEvaluator, net, x, y)
+    ev, t_setup = timed(lambda: MapEvaluator(net, x, y, rows=args.rows))
     res, t_ours = timed(ev.evaluate, maps)
     ref, t_brev = timed(brevitas_way, model, net, mems, maps, x)
     roof_maps = args.roof_maps or args.maps
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "identical_predictions": same_preds,
         "mean_accuracy": float(res.accuracy.mean()),
         "torch_threads": torch.get_num_threads(),
+        "evaluator_rows": args.rows,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "machine": platform.machine(),

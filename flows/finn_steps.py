@@ -162,7 +162,7 @@ def step_specialize(model, state: FlowState):
 
 
 def step_fault_safe_widths(model, state: FlowState):
-    """Accumulators for the full weight datatype range; thresholds clipped to it (see module doc)."""
+    """Accumulators for the full weight datatype range; thresholds clipped to it (module doc)."""
     from finn.transformation.fpgadataflow.minimize_accumulator_width import (
         MinimizeAccumulatorWidth,
     )
@@ -203,8 +203,16 @@ def step_dwc_fifo(model, state: FlowState):
 
 
 def step_generate_hdl(model, state: FlowState):
-    """FINN's PrepareIP: writes each RTL node's wrapper and memory init files (no Vivado)."""
+    """FINN's PrepareIP: writes each RTL node's wrapper and memory init files (no Vivado).
+
+    Nodes without an HDL adapter are rejected first: PrepareIP would otherwise try to run
+    Vitis HLS for them and fail with an unrelated error.
+    """
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+
+    from flows.hdl_nodes import require_supported
+
+    require_supported(model)
 
     return model.transform(PrepareIP(state.options.part, state.options.clk_ns))
 

@@ -63,6 +63,16 @@ def supported_op_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def require_supported(model) -> None:
+    """Raise :class:`UnsupportedLayerError` for the first node whose op type has no adapter."""
+    for node in model.graph.node:
+        if node.op_type not in _REGISTRY:
+            raise UnsupportedLayerError(
+                f"unsupported layer {node.name} ({node.op_type}): no RTL adapter; supported op "
+                f"types are {', '.join(supported_op_types())}"
+            )
+
+
 def node_hdl(node, model) -> NodeHdl:
     """The adapter's description of ``node``; raises for node types without RTL."""
     fn = _REGISTRY.get(node.op_type)
@@ -127,7 +137,10 @@ def mvau_rtl(node, model) -> NodeHdl:
     pe, simd = inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")
     mw, mh = inst.get_nodeattr("MW"), inst.get_nodeattr("MH")
     wbits = inst.get_input_datatype(1).bitwidth()
-    depth, width = mw * mh // (pe * simd), pe * simd * wbits
+    # The memory word is the weight stream width padded to whole bytes (FINN's memstream
+    # WIDTH); only the low PE*SIMD*B bits feed the MVU, the padding bits are never read.
+    depth, data_bits = inst.calc_wmem(), pe * simd * wbits
+    width = int(inst.get_instream_width_padded(1))
     init = cg / "memblock.dat"
     wmem = f"{name}_wmem"
 
@@ -137,7 +150,7 @@ def mvau_rtl(node, model) -> NodeHdl:
             f"  wire [{_pad8(width) - 1}:0] {w}_tdata;\n  wire {w}_tvalid, {w}_tready;\n"
             f"  {top}_memstream_wrapper #(.INIT_FILE(\"{init_file or init}\")) {wmem} (\n"
             f"    .ap_clk(ap_clk), .ap_clk2x(ap_clk), .ap_rst_n(ap_rst_n),\n"
-            f"    {AXILITE_TIEOFF.replace('.s_axilite_BRESP()', '.s_axilite_BRESP()')},\n"
+            f"    {AXILITE_TIEOFF},\n"
             f"    .s_axilite_AWPROT('0), .s_axilite_ARPROT('0),\n"
             f"    .s_axis_0_tready(), .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0),\n"
             f"    .m_axis_0_tready({w}_tready), .m_axis_0_tvalid({w}_tvalid), "
@@ -155,6 +168,7 @@ def mvau_rtl(node, model) -> NodeHdl:
         width=width,
         init_file=init,
         extra={"mh": mh, "mw": mw, "pe": pe, "simd": simd, "element_bits": wbits,
+               "data_bits": data_bits,
                "datatype": inst.get_input_datatype(1).name, "instance": wmem,
                "init_param": "INIT_FILE"},
     )

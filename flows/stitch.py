@@ -57,12 +57,14 @@ def patch_add_multi(text: str) -> str:
     """Move ``init_leaf_loads`` (and its typedef) from the generate block to module scope."""
     m = _ADD_MULTI_FUNC.search(text)
     if not m:
-        if "init_leaf_loads" not in text:
+        func, gen = text.find("function leaf_load_t init_leaf_loads"), text.find("begin : genTree")
+        if func < 0 or (0 <= func < gen):  # nothing to move, or already patched
             return text
         raise StitchError("add_multi.sv changed: cannot find init_leaf_loads to move")
     block = m.group(1)
     text = text.replace(block, "")
-    unindented = "\n".join(line[1:] if line.startswith("\t") else line for line in block.split("\n"))
+    lines = block.split("\n")
+    unindented = "\n".join(line[1:] if line.startswith("\t") else line for line in lines)
     anchor = "\tlocalparam int unsigned  L = $clog2(N);"
     if anchor not in text:
         raise StitchError("add_multi.sv changed: cannot find the anchor for init_leaf_loads")

@@ -13,7 +13,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set loss.name=mcel --set loss.margin=32")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX .gz files (else MCEL_DATA_DIR, Debian's package, torchvision root)")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX .gz files "
+                   "(else MCEL_DATA_DIR, Debian's package, a torchvision root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -115,30 +115,46 @@ def validate(raw: dict) -> TrainConfig:
     raw = _merge(DEFAULTS, raw)
     spec = _resolve_model(raw["model"])
     data, loss, opt, sched = raw["data"], raw["loss"], raw["optimizer"], raw["schedule"]
-    _check(isinstance(raw["seed"], int) and raw["seed"] >= 0, f"seed must be an integer >= 0, got {raw['seed']!r}")
-    _check(data["dataset"] in DATASET_NAMES, f"data.dataset must be one of {', '.join(DATASET_NAMES)}, got {data['dataset']!r}")
-    _check(0 < float(data["val_fraction"]) < 1, f"data.val_fraction must be in (0, 1), got {data['val_fraction']!r}")
-    _check(isinstance(data["limit_train"], int) and data["limit_train"] >= 0, "data.limit_train must be an integer >= 0 (0 = all)")
-    _check(loss["name"] in LOSS_NAMES, f"loss.name must be one of {', '.join(LOSS_NAMES)}, got {loss['name']!r}")
-    _check(_is_number(loss["margin"]) and loss["margin"] >= 0, f"loss.margin must be a number >= 0, got {loss['margin']!r}")
-    _check(_is_number(loss["L"]) and loss["L"] > 0, f"loss.L must be a number > 0, got {loss['L']!r}")
-    _check(_is_number(loss["b"]) and loss["b"] > 0, f"loss.b must be a number > 0, got {loss['b']!r}")
-    _check(isinstance(loss["warmup_steps"], int) and loss["warmup_steps"] >= 0, "loss.warmup_steps must be an integer >= 0")
-    _check(loss["logits"] in LOGIT_DOMAINS, f"loss.logits must be one of {', '.join(LOGIT_DOMAINS)}, got {loss['logits']!r}")
-    _check(opt["name"] in OPTIMIZERS, f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {opt['name']!r}")
-    _check(_is_number(opt["lr"]) and opt["lr"] > 0, f"optimizer.lr must be a number > 0, got {opt['lr']!r}")
-    _check(_is_number(opt["weight_decay"]) and opt["weight_decay"] >= 0, "optimizer.weight_decay must be >= 0")
-    _check(sched["name"] in SCHEDULES, f"schedule.name must be one of {', '.join(SCHEDULES)}, got {sched['name']!r}")
-    _check(isinstance(raw["epochs"], int) and raw["epochs"] >= 1, f"epochs must be an integer >= 1, got {raw['epochs']!r}")
-    _check(isinstance(raw["batch_size"], int) and raw["batch_size"] >= 1, f"batch_size must be an integer >= 1, got {raw['batch_size']!r}")
+    checks = [
+        (_is_int(raw["seed"], 0), f"seed must be an integer >= 0, got {raw['seed']!r}"),
+        (data["dataset"] in DATASET_NAMES, _choice("data.dataset", DATASET_NAMES, data["dataset"])),
+        (_is_number(data["val_fraction"]) and 0 < data["val_fraction"] < 1,
+         f"data.val_fraction must be in (0, 1), got {data['val_fraction']!r}"),
+        (_is_int(data["limit_train"], 0), "data.limit_train must be an integer >= 0 (0 = all)"),
+        (loss["name"] in LOSS_NAMES, _choice("loss.name", LOSS_NAMES, loss["name"])),
+        (_is_number(loss["margin"]) and loss["margin"] >= 0,
+         f"loss.margin must be a number >= 0, got {loss['margin']!r}"),
+        (_is_number(loss["L"]) and loss["L"] > 0, f"loss.L must be a number > 0, got {loss['L']!r}"),
+        (_is_number(loss["b"]) and loss["b"] > 0, f"loss.b must be a number > 0, got {loss['b']!r}"),
+        (_is_int(loss["warmup_steps"], 0), "loss.warmup_steps must be an integer >= 0"),
+        (loss["logits"] in LOGIT_DOMAINS, _choice("loss.logits", LOGIT_DOMAINS, loss["logits"])),
+        (opt["name"] in OPTIMIZERS, _choice("optimizer.name", OPTIMIZERS, opt["name"])),
+        (_is_number(opt["lr"]) and opt["lr"] > 0, f"optimizer.lr must be a number > 0, got {opt['lr']!r}"),
+        (_is_number(opt["weight_decay"]) and opt["weight_decay"] >= 0, "optimizer.weight_decay must be >= 0"),
+        (sched["name"] in SCHEDULES, _choice("schedule.name", SCHEDULES, sched["name"])),
+        (_is_int(raw["epochs"], 1), f"epochs must be an integer >= 1, got {raw['epochs']!r}"),
+        (_is_int(raw["batch_size"], 1), f"batch_size must be an integer >= 1, got {raw['batch_size']!r}"),
+    ]
+    for ok, message in checks:
+        _check(ok, message)
     ft = raw["fault_training"]
     if ft is not None:
-        _check(isinstance(ft, dict) and set(ft) <= {"model", "rate", "seed"}, "fault_training must be a mapping with keys model, rate[, seed]")
-        _check(_is_number(ft.get("rate")) and 0 <= ft["rate"] <= 1, f"fault_training.rate must be in [0, 1], got {ft.get('rate')!r}")
+        _check(isinstance(ft, dict) and set(ft) <= {"model", "rate", "seed"},
+               "fault_training must be a mapping with keys model, rate[, seed]")
+        _check(_is_number(ft.get("rate")) and 0 <= ft["rate"] <= 1,
+               f"fault_training.rate must be in [0, 1], got {ft.get('rate')!r}")
     if data["dataset"] == "digits" and tuple(spec.image_shape) != (8, 8):
         spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": [8, 8]})
     raw["model"] = spec.to_dict()
     return TrainConfig(raw=raw, model=spec)
+
+
+def _is_int(x: Any, minimum: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+def _choice(key: str, allowed: tuple[str, ...], got: Any) -> str:
+    return f"{key} must be one of {', '.join(allowed)}, got {got!r}"
 
 
 def _is_number(x: Any) -> bool:

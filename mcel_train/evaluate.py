@@ -52,23 +52,34 @@ def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[M
     return out
 
 
+def memory_contents(net: IntNetwork, memories: Sequence[Memory]) -> dict[str, np.ndarray]:
+    """Integer contents of each memory (its layer's weight matrix), keyed by memory name."""
+    return {mem.name: net.layers[mem.layer_index].weight for mem in memories}
+
+
 class MapEvaluator:
     """Evaluates fault maps on a fixed test set; reuse it across calls (it caches layer 0).
 
     ``rows`` bounds the (map, image) pairs processed at once, so the memory use is about
-    ``rows * widest layer * 4`` bytes per activation tensor.
+    ``rows * widest layer * 4`` bytes per activation tensor; maps are grouped so that each
+    map sees at least ``min_chunk`` images per step (large matmuls). ``compile_post`` fuses
+    the threshold post-ops with ``torch.compile`` (much faster, one-off compile cost).
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, labels: np.ndarray,
-        memories: Sequence[Memory] | None = None, rows: int = 65536,
-        sparse_first_layer: bool = True,
+        memories: Sequence[Memory] | None = None, rows: int = 8192, min_chunk: int = 1024,
+        sparse_first_layer: bool = True, compile_post: bool = False,
     ) -> None:
         self.net = net
         self.x = x.to(torch.float32)
         self.labels = np.asarray(labels)
         self.memories = layer_memories(net, memories)
         self.rows = int(rows)
+        self.min_chunk = int(min_chunk)
+        for layer in net.layers:
+            if hasattr(layer.post, "compiled"):
+                layer.post.compiled = compile_post
         self.max_abs_input = float(self.x.abs().max())
         first = net.layers[0]
         self.sparse_first = sparse_first_layer and first.conv is None
@@ -93,48 +104,65 @@ class MapEvaluator:
             out.append(torch.from_numpy(stacked))
         return out
 
-    def _first_acc(
-        self, w0: torch.Tensor | None, m: int, lo: int, hi: int, dtype: torch.dtype
-    ) -> torch.Tensor:
-        clean = self._clean_acc0[lo:hi].to(dtype)
+    def _first_delta(self, w0: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """``W_faulty - W_clean`` of layer 0 for all maps as one sparse CSR ``(M * out, in)``."""
         if w0 is None:
-            return clean.unsqueeze(0).expand(m, *clean.shape)
+            return None
         delta = (w0 - torch.as_tensor(self.net.layers[0].weight)).reshape(-1, w0.shape[-1])
-        nz = delta.nonzero(as_tuple=True)
+        rows, cols = delta.nonzero(as_tuple=True)  # row-major order: already CSR-sorted
+        crow = torch.zeros(delta.shape[0] + 1, dtype=torch.int64)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=delta.shape[0]), 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            d = torch.sparse_coo_tensor(torch.stack(nz), delta[nz].to(dtype), delta.shape,
-                                        check_invariants=False)
-            corr = torch.sparse.mm(d.to_sparse_csr(), self.x[lo:hi].to(dtype).T)
+            return torch.sparse_csr_tensor(crow, cols, delta[rows, cols].to(dtype), delta.shape,
+                                           check_invariants=False)
+
+    def _first_acc(
+        self, delta: torch.Tensor | None, m: int, lo: int, hi: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        clean = self._clean_acc0[lo:hi].to(dtype)
+        if delta is None:
+            return clean.unsqueeze(0).expand(m, *clean.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            corr = torch.sparse.mm(delta, self.x[lo:hi].to(dtype).T)
         corr = corr.reshape(m, -1, hi - lo).transpose(1, 2)
         return corr + clean.unsqueeze(0)
 
     def evaluate(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         """Accuracy and predictions for each of ``fmaps`` (an empty map = the clean network)."""
         m = len(fmaps)
-        weights = self.stacked_weights(fmaps)
+        if m > 1 and all(len(f) == 0 for f in fmaps):  # e.g. rate 0: evaluate once
+            one = self.evaluate(fmaps[:1])
+            return MapEvaluation(np.repeat(one.accuracy, m), np.repeat(one.predictions, m, 0))
         n = len(self.labels)
         preds = np.empty((m, n), dtype=np.int64)
-        batch = max(1, self.rows // max(1, m))
-        w0 = weights[0]
-        dtype0 = torch.float32
-        if w0 is not None:
-            bound = self.max_abs_input * float(w0.abs().sum(-1).max())
-            dtype0 = torch.float32 if bound < FLOAT32_EXACT else torch.float64
+        # Groups of maps x chunks of images, so that every matmul has >= ~1000 rows per map.
+        chunk = min(n, max(self.min_chunk, self.rows // max(1, m)))
+        group = max(1, self.rows // chunk)
         with torch.no_grad():
-            for lo in range(0, n, batch):
-                hi = min(n, lo + batch)
-                first = None
-                if self.sparse_first:
-                    first = self._first_acc(w0, m, lo, hi, dtype0)
-                logits = self.net.forward(
-                    self.x[lo:hi], weights, max_abs_input=self.max_abs_input, first_acc=first
-                )
-                if logits.shape[0] != m:
-                    logits = logits.expand(m, *logits.shape[1:])
-                preds[:, lo:hi] = predict(logits).numpy()
+            for g0 in range(0, m, group):
+                sub = fmaps[g0:g0 + group]
+                preds[g0:g0 + len(sub)] = self._evaluate_group(sub, chunk)
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
+
+    def _evaluate_group(self, fmaps: Sequence[FaultMap], chunk: int) -> np.ndarray:
+        m, n = len(fmaps), len(self.labels)
+        weights = self.stacked_weights(fmaps)
+        prepared = self.net.prepare(weights, self.max_abs_input)
+        delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
+        preds = np.empty((m, n), dtype=np.int64)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            first = None
+            if self.sparse_first:
+                first = self._first_acc(delta0, m, lo, hi, prepared[0].dtype)
+            logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared)
+            if logits.shape[0] != m:
+                logits = logits.expand(m, *logits.shape[1:])
+            preds[:, lo:hi] = predict(logits).numpy()
+        return preds
 
 
 def predict(int_logits: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ class Memory:
     def bits_to_elements(
         self, word: np.ndarray, bit: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(word, bit)`` -> ``(flat row-major index into the (rows, cols) matrix, element bit)``."""
+        """``(word, bit)`` -> ``(row-major index into the (rows, cols) matrix, element bit)``."""
         word = np.asarray(word, dtype=np.int64)
         bit = np.asarray(bit, dtype=np.int64)
         if word.size and (word.min() < 0 or word.max() >= self.depth):
@@ -212,7 +212,9 @@ def memories_from_manifest(manifest: dict, kinds: Iterable[str] = ("weights",)) 
                 layer_index=int(e.get("layer_index", i)),
             )
         except (KeyError, TypeError) as err:
-            raise MemoryLayoutError(f"manifest memory {name!r}: missing or bad field {err}") from err
+            raise MemoryLayoutError(
+                f"manifest memory {name!r}: missing or bad field {err}"
+            ) from err
         for key, derived in (("depth", mem.depth), ("width", mem.width)):
             if key in e and int(e[key]) != derived:
                 raise MemoryLayoutError(

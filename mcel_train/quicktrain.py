@@ -58,13 +58,16 @@ test_accuracy.__test__ = False  # not a pytest test
 
 
 def write_run(
-    run_dir: str | Path, model: nn.Module, spec: ModelSpec, dataset: str, metrics: dict
+    run_dir: str | Path, model: nn.Module, spec: ModelSpec, dataset: str, metrics: dict,
+    seed: int = 0,
 ) -> Path:
     """Write ``run_dir/train/{model.pt, config.yaml, metrics.json}`` like the training stage."""
     train_dir = Path(run_dir) / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), train_dir / "model.pt")
-    cfg = {"model": spec.resolved().to_dict(), "data": {"dataset": dataset}, "quick_train": True}
+    cfg = {"name": Path(run_dir).name, "seed": int(seed), "model": spec.resolved().to_dict(),
+           "data": {"dataset": dataset}}
+    metrics = {**metrics, "quick_train": True}
     (train_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (train_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return train_dir

@@ -30,8 +30,9 @@ class TrainedRun:
     def test_set(self) -> tuple[torch.Tensor, np.ndarray]:
         """The test split as ``(model inputs, labels)``, loaded as the run's config says."""
         data = self.config.get("data", {}) or {}
-        kwargs = {k: data[k] for k in ("data_dir", "val_fraction", "seed") if k in data}
-        ds = load_dataset(self.dataset, **kwargs)
+        kwargs = {k: data[k] for k in ("data_dir", "val_fraction") if data.get(k) is not None}
+        # The training stage splits with the run's top-level seed (digits' test split too).
+        ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
         return model_inputs(ds.test.images, self.spec), ds.test.labels
 
 

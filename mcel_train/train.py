@@ -72,7 +72,9 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg["optimizer"]
     if o["name"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        return torch.optim.SGD(
+            model.parameters(), lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"]
+        )
     return torch.optim.Adam(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
 
 
@@ -92,7 +94,8 @@ def _fault_hook(cfg: TrainConfig, model: nn.Module):
         return None
     from mcel_train.fault_training import make_fault_injection_hook
 
-    return make_fault_injection_hook(model, ft.get("model", "flip"), float(ft["rate"]), int(ft.get("seed", cfg["seed"])))
+    seed = int(ft.get("seed", cfg["seed"]))
+    return make_fault_injection_hook(model, ft.get("model", "flip"), float(ft["rate"]), seed)
 
 
 def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True) -> tuple[nn.Module, dict]:
@@ -170,7 +173,10 @@ def versions() -> dict:
     """Versions of the tools that produced a stage's outputs."""
     import brevitas
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "brevitas": brevitas.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "brevitas": brevitas.__version__, "numpy": np.__version__,
+    }
 
 
 def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True) -> Path:

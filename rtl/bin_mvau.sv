@@ -111,8 +111,8 @@ module bin_mvau #(
   logic [XW-1:0] x0;
 
   assign first_fold = (nf == '0);
-  assign in0_V_TREADY = en && first_fold;
-  assign fire = en && (!first_fold || in0_V_TVALID);
+  assign in0_V_TREADY = en && first_fold && ap_rst_n;  // accept nothing during reset
+  assign fire = en && (!first_fold || in0_V_TVALID) && ap_rst_n;
   assign x0 = first_fold ? in0_V_TDATA[XW-1:0] : ibuf[sf];
 
   always_ff @(posedge ap_clk) begin

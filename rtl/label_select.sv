@@ -69,7 +69,7 @@ module label_select #(
     end
   end
 
-  assign in0_V_TREADY = !out0_V_TVALID || out0_V_TREADY;
+  assign in0_V_TREADY = (!out0_V_TVALID || out0_V_TREADY) && ap_rst_n;  // none during reset
   assign fire = in0_V_TVALID && in0_V_TREADY;
   assign last = (wcnt == WW'(NW - 1));
 

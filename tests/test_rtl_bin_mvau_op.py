@@ -83,6 +83,23 @@ def test_bin_mvau_op_equals_finn_mvau(name):
     assert np.array_equal(_run(model, X), ref)
 
 
+@pytest.mark.parametrize("name", ["w1a1_hidden", "w1a2_first"])
+def test_weight_file_identical_to_finn_memblock(name, tmp_path):
+    """pack_weights_memstream + write_memh give byte for byte FINN's own memblock.dat."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flows.custom_ops import bin_mvau_model as bm
+
+    model, _ = make_node_model(name)
+    finn_node = getCustomOp(model.graph.node[0])
+    W = model.get_initializer("w")
+    finn_node.make_weight_file(W, "decoupled_verilog_dat", str(tmp_path / "memblock.dat"))
+    pe, simd = finn_node.get_nodeattr("PE"), finn_node.get_nodeattr("SIMD")
+    Wb = (2 * W - 1 if finn_node.get_nodeattr("weightDataType") == "BINARY" else W).astype(int)
+    bm.write_memh(tmp_path / "mine.dat", bm.pack_weights_memstream(Wb, pe, simd), pe * simd)
+    assert (tmp_path / "mine.dat").read_text() == (tmp_path / "memblock.dat").read_text()
+
+
 def test_fault_memories_describe_rtl_paths():
     from qonnx.custom_op.registry import getCustomOp
 
@@ -94,6 +111,24 @@ def test_fault_memories_describe_rtl_paths():
     mems = inst.fault_memories(model.get_initializer("t"))
     assert [m["path"] for m in mems] == ["core.wmem.Mem", "core.gen_thr.tmem.Mem"]
     assert mems[0]["depth"] == 48 * 12 // (3 * 8) and mems[0]["width"] == 24
+
+
+def test_weight_layout_decodes_with_flows_mem_layout():
+    """The weights' layout entry is understood by the manifest's decoder (MH x MW = W.T)."""
+    mem_layout = pytest.importorskip("flows.mem_layout")
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flows.custom_ops import bin_mvau_model as bm
+    from flows.custom_ops.convert_to_bin_mvau import ConvertToBinMVAU
+
+    model, _ = make_node_model("w1a1_hidden")
+    model = model.transform(ConvertToBinMVAU())
+    inst = getCustomOp(model.graph.node[0])
+    W = inst.bipolar_weights(model.get_initializer("w"))
+    layout = inst.fault_memories(model.get_initializer("t"))[0]["layout"]
+    words = bm.pack_weights_memstream(W, 4, 8)
+    assert np.array_equal(mem_layout.decode_mvau(words, layout), W.T)
+    assert mem_layout.encode_mvau(W.T, layout) == words
 
 
 @pytest.mark.slow
@@ -134,3 +169,18 @@ def test_generated_hdl_matches_node(name, tmp_path):
     rtl_sim.run(runner, node.name, "test_rtl_bin_mvau", work,
                 extra_env={"BIN_MVAU_CASE": str(work / "case.json")},
                 module_dir=Path(__file__).parent)
+
+
+def test_stream_packing_matches_finn_rtlsim_packing():
+    """Element s of a stream word at bits [s*bits +: bits], as FINN packs rtlsim inputs."""
+    from finn.util.data_packing import pack_innermost_dim_as_hex_string
+    from qonnx.core.datatype import DataType
+
+    from flows.custom_ops import bin_mvau_model as bm
+
+    for X, dt, bits in [(np.array([[1, 2, 3, 250], [0, 255, 7, 9]]), "UINT8", 8),
+                        (np.array([[-1, 1, 0, -2, 1]]), "INT2", 2)]:
+        fold = X.shape[1]
+        finn = pack_innermost_dim_as_hex_string(X, DataType[dt], bm.stream_width(fold, bits),
+                                                reverse_inner=True)
+        assert [int(h, 16) for h in finn] == bm.pack_stream(X, fold, bits)

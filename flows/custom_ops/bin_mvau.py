@@ -217,18 +217,20 @@ endmodule
 
     def fault_memories(self, thresholds=None) -> list[dict]:
         """On-chip memories that can hold faults, paths relative to the wrapper module
-        (entries for the build manifest)."""
+        (entries for the build manifest). ``layout`` of the weights is flows.mem_layout's
+        ``finn_mvau`` type (bipolar, 1 bit); the thresholds use ``bin_mvau_thresholds``: word
+        nf, bits [(pe*NT + k)*element_bits +: element_bits] = T[nf*PE + pe, k], signed."""
         T = self.rtl_thresholds(thresholds)
         p = self.rtl_params(T)
         sf, nf = p["MW"] // p["SIMD"], p["MH"] // p["PE"]
         mems = [dict(kind="weights", path="core.wmem.Mem", depth=sf * nf,
-                     width=p["PE"] * p["SIMD"], elem_bits=1, encoding="bipolar_bit",
-                     layout="finn_memstream", MW=p["MW"], MH=p["MH"], PE=p["PE"],
-                     SIMD=p["SIMD"])]
+                     width=p["PE"] * p["SIMD"],
+                     layout=dict(type="finn_mvau", mh=p["MH"], mw=p["MW"], pe=p["PE"],
+                                 simd=p["SIMD"], element_bits=1, signed=False, bipolar=True))]
         if T is not None:
             mems.append(dict(kind="thresholds", path="core.gen_thr.tmem.Mem", depth=nf,
                              width=p["PE"] * p["NT"] * p["ACCU_WIDTH"],
-                             elem_bits=p["ACCU_WIDTH"], encoding="twos_complement",
-                             layout="word nf, bits (pe*NT+k)*ACCU_WIDTH", MH=p["MH"],
-                             PE=p["PE"], NT=p["NT"]))
+                             layout=dict(type="bin_mvau_thresholds", mh=p["MH"], pe=p["PE"],
+                                         nt=p["NT"], element_bits=p["ACCU_WIDTH"],
+                                         signed=True)))
         return mems

@@ -46,14 +46,16 @@ class FaultModel:
             )
         unknown = set(self.params) - set(_PARAMS[self.name])
         if unknown:
-            raise FaultModelError(f"fault model {self.name!r} has no parameter(s) {sorted(unknown)}")
+            raise FaultModelError(
+                f"fault model {self.name!r} has no parameter(s) {sorted(unknown)}"
+            )
         for k, v in self.params.items():
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise FaultModelError(f"fault model parameter {k} must be a number >= 0, got {v!r}")
 
     @classmethod
     def parse(cls, spec: str | FaultModel | Mapping) -> FaultModel:
-        """``"flip"``, ``"asym:p01=0.1,p10=1"``, a mapping ``{name: asym, p01: 0.1}``, or a model."""
+        """``"flip"``, ``"asym:p01=0.1,p10=1"``, a mapping ``{name: asym, p01: 0.1}``, a model."""
         if isinstance(spec, FaultModel):
             return spec
         if isinstance(spec, Mapping):

@@ -1,0 +1,77 @@
+"""Training step time of MCEL against cross-entropy, measured in the same run.
+
+Two identical sfc_w2a2 models take alternating optimizer steps on the same batches, one with
+each loss, so machine noise hits both alike; the figure is the ratio of median step times.
+Goal (issue 2): MCEL within 5 % of cross-entropy. Writes ``bench/results/train_step.json``.
+
+    .venv/bin/python bench/train_step.py [--model sfc_w2a2] [--steps 200] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from mcel_train.losses import MCEL, CrossEntropy
+from mcel_train.models import build_model
+
+
+def _step(model, opt, loss_fn, x, y) -> float:
+    t0 = time.perf_counter()
+    loss = loss_fn(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="sfc_w2a2")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/train_step.json")
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    base = build_model(args.model)
+    models = {"ce": copy.deepcopy(base), "mcel": copy.deepcopy(base)}
+    losses = {"ce": CrossEntropy(), "mcel": MCEL(margin=32.0, L=100.0)}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    spec = models["ce"].spec
+    x_all = torch.randint(0, 256, (args.batch * 8, *models["ce"].input_shape)).float()
+    if spec.input_kind == "bipolar":
+        x_all = torch.where(x_all >= 128, 1.0, -1.0)
+    y_all = torch.randint(0, 10, (args.batch * 8,))
+    times: dict[str, list[float]] = {"ce": [], "mcel": []}
+    for i in range(args.steps + 10):
+        b = (i % 8) * args.batch
+        x, y = x_all[b : b + args.batch], y_all[b : b + args.batch]
+        order = ("ce", "mcel") if i % 2 == 0 else ("mcel", "ce")
+        for k in order:
+            t = _step(models[k], opts[k], losses[k], x, y)
+            if i >= 10:  # warm-up steps are not counted
+                times[k].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["mcel"] / med["ce"]
+    result = {
+        "model": args.model, "batch": args.batch, "steps": args.steps,
+        "median_step_s": med, "mcel_over_ce": ratio, "goal": "<= 1.05", "met": ratio <= 1.05,
+        "threads": torch.get_num_threads(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{args.model} batch {args.batch}: CE {med['ce'] * 1e3:.2f} ms/step, MCEL {med['mcel'] * 1e3:.2f} ms/step, "
+          f"MCEL/CE = {ratio:.3f} (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

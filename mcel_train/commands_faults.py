@@ -1,0 +1,101 @@
+"""CLI sub-commands of the software fault tools: ``mcel sweep``, ``mcel plot``, ``mcel margins``.
+
+``add_parsers(subparsers)`` registers them on the main CLI's ``argparse`` sub-parsers; each
+parser stores its handler as ``func`` (called with the parsed ``args``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mcel_train.errors import UserInputError
+
+
+def _rates(text: str) -> list[float]:
+    """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted)."""
+    if text.startswith("logspace:"):
+        try:
+            _, lo, hi, n = text.split(":")
+            import numpy as np
+
+            return [float(v) for v in np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"bad logspace {text!r}: {err}") from err
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad rate list {text!r}: {err}") from err
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mcel_train.sweep import run_sweep
+
+    rec = run_sweep(
+        args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
+        force=args.force, manifest=args.manifest, map_batch=args.map_batch,
+        progress=not args.quiet,
+    )
+    print(f"clean accuracy {rec['clean_accuracy']:.4f} ({rec['n_test']} test images)")
+    for r in rec["results"]:
+        ci = r["ci95"] or [r["mean"], r["mean"]]
+        print(f"  rate {r['rate']:<10g} accuracy {r['mean']:.4f}  "
+              f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]")
+    print(f"wrote {Path(args.run) / 'sweep' / 'sw_ber.json'} and sw_ber.png")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from mcel_train.plotting import plot_runs
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserInputError(f"{out} exists already; pass --force to overwrite")
+    try:
+        plot_runs(args.runs, out, labels=args.labels.split(",") if args.labels else None)
+    except FileNotFoundError as err:
+        raise UserInputError(str(err)) from err
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_margins(args: argparse.Namespace) -> int:
+    from mcel_train.margins import margin_report
+
+    rec = margin_report(args.run, force=args.force)
+    print(f"mean logit margin {rec['mean_logit_margin']:.4g} "
+          f"({rec['mean_logit_margin_int']:.3g} integer units), {rec['tied_images']} tied images")
+    for layer in rec["hidden_layers"]:
+        print(f"  {layer['layer']}: neuron distance to threshold mean {layer['mean']:.3g}, "
+              f"median {layer['median']:.3g}, below 1: {layer['fraction_below_1']:.3f}")
+    print(f"wrote {Path(args.run) / 'margins' / 'margins.json'} and margins.png")
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``sweep``, ``plot`` and ``margins`` on the main CLI's sub-parsers."""
+    p = subparsers.add_parser("sweep", help="software bit-error sweep of a trained run")
+    p.add_argument("run", type=Path, help="run folder (with train/)")
+    p.add_argument("--bers", type=_rates, default=_rates("0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"),
+                   help="comma-separated rates, or logspace:LO:HI:N (default: 0..3e-2)")
+    p.add_argument("--maps", type=int, default=100, help="fault maps per rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault-model", default="flip",
+                   help="flip | stuck | asym[:p01=..,p10=..] | kflips (rate = count)")
+    p.add_argument("--manifest", type=Path, help="memory layout from a FINN build manifest.json")
+    p.add_argument("--map-batch", type=int, default=25, help="maps evaluated together")
+    p.add_argument("--force", action="store_true", help="overwrite an existing sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("plot", help="overlay the sweeps of several runs")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders with sweep/sw_ber.json")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.add_argument("--labels", help="comma-separated curve labels (default: run names)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    p.set_defaults(func=cmd_plot)
+
+    p = subparsers.add_parser("margins", help="logit and neuron margins of a trained run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--force", action="store_true", help="overwrite existing margins output")
+    p.set_defaults(func=cmd_margins)

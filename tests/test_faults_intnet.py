@@ -1,0 +1,119 @@
+"""The integer network reproduces Brevitas exactly; the batched evaluator matches per-map runs."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mcel_train.data import load_dataset
+from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, predict
+from mcel_train.fault_training import override_quant_weights
+from mcel_train.faults import apply_map, generate_map
+from mcel_train.intnet import FLOAT32_EXACT, from_brevitas
+from mcel_train.memory import Memory
+from mcel_train.models import ModelSpec
+from mcel_train.quicktrain import model_inputs, quick_train
+
+SPECS = {
+    "tfc_w2a2": ModelSpec(arch="tfc", weight_bits=2, act_bits=2, hidden=(32, 32),
+                          image_shape=(8, 8)),
+    "tfc_w1a1": ModelSpec(arch="tfc", weight_bits=1, act_bits=1, hidden=(32, 32),
+                          image_shape=(8, 8)),
+    "tfc_w4a4": ModelSpec(arch="tfc", weight_bits=4, act_bits=4, hidden=(32,),
+                          image_shape=(8, 8)),
+    "vgg3_w2a2": ModelSpec(arch="vgg3", weight_bits=2, act_bits=2, channels=(4, 8),
+                           hidden=(16,), image_shape=(8, 8)),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def trained(request, digits):
+    spec = SPECS[request.param].resolved()
+    model = quick_train(spec, digits, steps=40, batch_size=64)
+    x = model_inputs(digits.test.images, spec)
+    return request.param, spec, model, x, digits.test.labels
+
+
+def brevitas_predictions(model, x, ints=None):
+    """Reference: the Brevitas forward (optionally on given integer weights), integer argmax."""
+    m = copy.deepcopy(model)
+    if ints is not None:
+        override_quant_weights(m, ints)
+    with torch.no_grad():
+        logits, scale = m.logits_and_scale(x)
+    return logits, predict(torch.round(logits / scale))
+
+
+def test_clean_integer_network_matches_brevitas(trained):
+    _, _, model, x, labels = trained
+    net = from_brevitas(model)
+    int_logits = net.forward(x)[0]
+    ref, ref_pred = brevitas_predictions(model, x)
+    assert torch.allclose(int_logits * net.logit_scale, ref, rtol=1e-5, atol=1e-4)
+    assert torch.equal(predict(int_logits), ref_pred)
+    # Float argmax of the Brevitas logits may differ only where integer logits tie.
+    top2 = torch.topk(int_logits, 2).values
+    differ = ref.argmax(1) != predict(int_logits)
+    assert bool((top2[differ, 0] == top2[differ, 1]).all())
+    ev = MapEvaluator(net, x, labels)
+    res = ev.evaluate([generate_map(net.memories(), "flip", 0.0, 0, 0)])
+    assert res.accuracy[0] == clean_accuracy(net, x, labels)
+    assert res.accuracy[0] == float((ref_pred.numpy() == labels).mean())
+
+
+def test_thresholds_equal_the_brevitas_post_op_on_every_integer(trained):
+    _, _, model, _, _ = trained
+    exact, fast = from_brevitas(model, thresholds=False), from_brevitas(model)
+    for a, b in zip(exact.layers[:-1], fast.layers[:-1], strict=True):
+        ch = a.weight.shape[0]
+        acc = torch.arange(-4000, 4001, dtype=torch.float32)[:, None].expand(-1, ch)
+        if a.conv is not None:
+            acc = acc[:, :, None, None]
+        assert torch.equal(a.post(acc), b.post(acc))
+
+
+@pytest.mark.parametrize("fault_model, rate", [("flip", 0.02), ("stuck", 0.03),
+                                               ("kflips", 7)])
+def test_batched_evaluator_matches_brevitas_for_every_map(trained, fault_model, rate):
+    _, _, model, x, labels = trained
+    net = from_brevitas(model)
+    mems = net.memories()
+    maps = [generate_map(mems, fault_model, rate, 1, i) for i in range(5)]
+    res = MapEvaluator(net, x, labels, rows=700, min_chunk=100).evaluate(maps)
+    for i, fmap in enumerate(maps):
+        faulty = apply_map(net.contents(), mems, fmap)
+        _, pred = brevitas_predictions(model, x, {j: faulty[m.name] for j, m in enumerate(mems)})
+        assert np.array_equal(res.predictions[i], pred.numpy())
+        assert res.accuracy[i] == float((pred.numpy() == labels).mean())
+
+
+def test_finn_layout_memories_plug_in(trained):
+    name, _, model, x, labels = trained
+    net = from_brevitas(model)
+    if net.layers[0].conv is not None:
+        pytest.skip("MVAU layout of conv weights is the FINN reader's job")
+    mems = []
+    for i, layer in enumerate(net.layers):
+        rows, cols = layer.weight.shape
+        pe, simd = (2 if rows % 2 == 0 else 1), (4 if cols % 4 == 0 else 1)
+        mems.append(Memory(f"MVAU_{i}", rows, cols, layer.weight_bits, pe=pe, simd=simd,
+                           layout="finn_mvau", bipolar=layer.bipolar, layer_index=i))
+    maps = [generate_map(mems, "flip", 0.02, 0, i) for i in range(3)]
+    res = MapEvaluator(net, x, labels, memories=mems).evaluate(maps)
+    for i, fmap in enumerate(maps):
+        faulty = apply_map(memory_contents(net, mems), mems, fmap)
+        _, pred = brevitas_predictions(model, x, {j: faulty[m.name] for j, m in enumerate(mems)})
+        assert np.array_equal(res.predictions[i], pred.numpy())
+
+
+def test_dtype_follows_the_exactness_bound(trained):
+    _, _, model, x, _ = trained
+    net = from_brevitas(model)
+    assert net.prepare(None, 255.0)[0].dtype == torch.float32
+    assert net.prepare(None, float(FLOAT32_EXACT))[0].dtype == torch.float64

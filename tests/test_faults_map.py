@@ -1,0 +1,74 @@
+"""Fault map files: round trips and clear errors for malformed input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mcel_train.faults import FaultMap, FaultMapError
+from mcel_train.memory import Memory
+
+
+def _map():
+    return FaultMap(["a", "b"], [0, 1, 1], [3, 0, 2], [1, 0, 5], [0, 1, 2],
+                    {"fault_model": "flip", "seed": 1})
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_round_trip(tmp_path, suffix):
+    fm = _map()
+    back = FaultMap.load(fm.save(tmp_path / f"m{suffix}"))
+    assert back.memory_names == fm.memory_names and back.meta == fm.meta
+    for key in ("memory", "word", "bit", "kind"):
+        assert np.array_equal(getattr(back, key), getattr(fm, key))
+
+
+def test_json_is_readable(tmp_path):
+    d = json.loads(_map().save(tmp_path / "m.json").read_text())
+    assert d["faults"][1] == {"memory": "b", "word": 0, "bit": 0, "kind": "stuck0"}
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(format="x"), "not a fault map"),
+        (lambda d: d.update(version=9), "version"),
+        (lambda d: d["faults"][0].update(kind="melt"), "kind 'melt'"),
+        (lambda d: d["faults"][0].update(memory="zz"), "'zz' not in"),
+        (lambda d: d["faults"][0].update(word=-1), "non-negative"),
+        (lambda d: d["faults"][0].pop("bit"), "exactly memory, word, bit, kind"),
+        (lambda d: d.update(faults={}), "'faults' must be a list"),
+    ],
+)
+def test_malformed_json_names_the_problem(tmp_path, mutate, message):
+    d = _map().to_json_dict()
+    mutate(d)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(FaultMapError, match=message):
+        FaultMap.load(path)
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(FaultMapError, match="unreadable"):
+        FaultMap.load(tmp_path / "x.json")
+    (tmp_path / "x.npz").write_bytes(b"garbage")
+    with pytest.raises(FaultMapError, match="x.npz"):
+        FaultMap.load(tmp_path / "x.npz")
+    with pytest.raises(FaultMapError, match="no such"):
+        FaultMap.load(tmp_path / "missing.json")
+    np.savez(tmp_path / "y.npz", word=np.zeros(1))
+    with pytest.raises(FaultMapError, match="missing arrays"):
+        FaultMap.load(tmp_path / "y.npz")
+
+
+def test_validate_against_memories():
+    mems = [Memory("a", 2, 2, 2), Memory("b", 2, 4, 8)]
+    _map().validate(mems)
+    with pytest.raises(FaultMapError, match="bit index"):
+        FaultMap(["a"], [0], [0], [2], [0]).validate(mems)
+    with pytest.raises(FaultMapError, match="does not exist"):
+        FaultMap(["c"], [0], [0], [0], [0]).validate(mems)
+    with pytest.raises(FaultMapError, match="more than once"):
+        FaultMap(["a"], [0, 0], [1, 1], [0, 0], [0, 1]).validate(mems)

@@ -1,0 +1,96 @@
+"""Fast unit tests of the flows/ back end: memory layouts, the add_multi patch, guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flows.mem_layout import (
+    decode_mvau,
+    decode_thresholds,
+    encode_mvau,
+    read_words,
+    threshold_index,
+    write_words,
+)
+
+
+def _layout(mh, mw, pe, simd, bits, bipolar=False):
+    return {"type": "finn_mvau", "mh": mh, "mw": mw, "pe": pe, "simd": simd,
+            "element_bits": bits, "signed": not bipolar, "bipolar": bipolar}
+
+
+@pytest.mark.parametrize("mh,mw,pe,simd,bits", [(10, 64, 1, 1, 2), (64, 64, 4, 8, 2),
+                                                (16, 32, 16, 32, 4), (8, 12, 2, 3, 8)])
+def test_mvau_layout_round_trip_full_range(tmp_path, mh, mw, pe, simd, bits):
+    rng = np.random.default_rng(mh * mw + pe)
+    w = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(mh, mw))
+    lay = _layout(mh, mw, pe, simd, bits)
+    words = encode_mvau(w, lay)
+    assert len(words) == mh * mw // (pe * simd)
+    assert max(words) < 2 ** (pe * simd * bits)
+    path = tmp_path / "mem.dat"
+    write_words(path, words, pe * simd * bits)
+    np.testing.assert_array_equal(decode_mvau(read_words(path), lay), w)
+
+
+def test_mvau_layout_bit_positions():
+    """Word t = nf*(MW/SIMD)+sf, bit (pe*SIMD+s)*B holds W[nf*PE+pe, sf*SIMD+s]."""
+    lay = _layout(4, 6, 2, 3, 2)
+    w = np.zeros((4, 6), dtype=np.int64)
+    w[3, 4] = 1  # nf=1, pe=1, sf=1, s=1 -> word 1*2+1 = 3, bit (1*3+1)*2 = 8
+    words = encode_mvau(w, lay)
+    assert words[3] == 1 << 8 and sum(words) == 1 << 8
+    w[3, 4] = -1  # two's complement 0b11
+    assert encode_mvau(w, lay)[3] == 0b11 << 8
+
+
+def test_mvau_layout_bipolar_and_range_errors():
+    lay = _layout(2, 4, 1, 2, 1, bipolar=True)
+    w = np.array([[1, -1, -1, 1], [-1, -1, 1, 1]])
+    np.testing.assert_array_equal(decode_mvau(encode_mvau(w, lay), lay), w)
+    with pytest.raises(ValueError, match="range"):
+        encode_mvau(np.full((2, 4), 2), _layout(2, 4, 1, 2, 2))
+
+
+def test_threshold_layout_indexing():
+    lay = {"type": "finn_thresholds", "channels": 4, "pe": 2, "pe_index": 1, "stage": 1,
+           "out_bits": 2, "num_steps": 3, "element_bits": 8, "signed": True}
+    # stage 1 of a 2-bit search holds columns 0 and 2; word (cf<<1)+j, channel cf*PE+pe
+    assert threshold_index(lay, 0) == (1, 0)
+    assert threshold_index(lay, 1) == (1, 2)
+    assert threshold_index(lay, 2) == (3, 0)
+    got = decode_thresholds([0xFF, 0x05, 0x80, 0x7F], lay)
+    assert got == {(1, 0): -1, (1, 2): 5, (3, 0): -128, (3, 2): 127}
+
+
+def test_add_multi_patch_moves_function_to_module_scope(tmp_path):
+    from flows.finn_env import finn_rtllib_dir, init_finn
+    from flows.stitch import patch_add_multi
+
+    init_finn(tmp_path)
+    text = (finn_rtllib_dir() / "mvu" / "add_multi.sv").read_text()
+    patched = patch_add_multi(text)
+    func = patched.index("function leaf_load_t init_leaf_loads")
+    assert func < patched.index("begin : genTree")
+    assert patched.count("init_leaf_loads") == text.count("init_leaf_loads")
+    assert patch_add_multi(patched) == patched
+
+
+def test_unsupported_layer_error_names_node_and_type():
+    from onnx import helper
+
+    from flows.hdl_nodes import UnsupportedLayerError, node_hdl
+
+    node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], name="MVAU_hls_0",
+                            domain="finn.custom_op.fpgadataflow.hls")
+    with pytest.raises(UnsupportedLayerError, match=r"unsupported layer MVAU_hls_0 \(MVAU_hls\)"):
+        node_hdl(node, None)
+
+
+def test_build_refuses_existing_folder(tmp_path):
+    from flows.build import BuildExistsError, build_run
+
+    (tmp_path / "build").mkdir()
+    with pytest.raises(BuildExistsError, match="force=True"):
+        build_run(tmp_path)

@@ -1,0 +1,66 @@
+"""Sweep records: reproducible by seed, no silent overwrite, plots and margins, CLI parsers."""
+
+import argparse
+import json
+
+import pytest
+
+from mcel_train.commands_faults import add_parsers
+from mcel_train.errors import UserInputError
+from mcel_train.margins import margin_report
+from mcel_train.plotting import plot_runs
+from mcel_train.sweep import SweepExistsError, run_sweep, t_interval
+
+
+def test_same_seed_gives_identical_json(smoke_run):
+    out = smoke_run / "sweep" / "sw_ber.json"
+    rec = run_sweep(smoke_run, [0.0, 0.01, 0.05], maps=6, seed=3, progress=False, force=True)
+    first = out.read_bytes()
+    with pytest.raises(SweepExistsError, match="force"):
+        run_sweep(smoke_run, [0.0], maps=2, progress=False)
+    run_sweep(smoke_run, [0.0, 0.01, 0.05], maps=6, seed=3, progress=False, force=True,
+              map_batch=4)
+    assert out.read_bytes() == first
+    assert (smoke_run / "sweep" / "sw_ber.png").stat().st_size > 0
+    r0 = rec["results"][0]
+    assert r0["accuracies"] == [rec["clean_accuracy"]] * 6 and r0["ci95"] == [r0["mean"]] * 2
+    r1 = rec["results"][1]
+    assert len(r1["accuracies"]) == 6 and r1["ci95"][0] <= r1["mean"] <= r1["ci95"][1]
+    assert rec["seed"] == 3 and rec["fault_model"]["name"] == "flip"
+    other = run_sweep(smoke_run, [0.01], maps=6, seed=4, progress=False, force=True)
+    assert other["results"][0]["accuracies"] != r1["accuracies"]
+
+
+def test_plot_margins_and_cli(smoke_run, tmp_path):
+    run_sweep(smoke_run, [0.0, 0.02], maps=3, progress=False, force=True)
+    png = plot_runs([smoke_run, smoke_run], tmp_path / "cmp.png", labels=["a", "b"])
+    assert png.stat().st_size > 0
+    rec = margin_report(smoke_run, force=True)
+    assert rec["mean_logit_margin"] > 0 and len(rec["hidden_layers"]) >= 1
+    saved = json.loads((smoke_run / "margins" / "margins.json").read_text())
+    assert saved["mean_logit_margin"] == rec["mean_logit_margin"]
+    with pytest.raises(UserInputError, match="exists"):
+        margin_report(smoke_run)
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["sweep", str(smoke_run), "--bers", "0,1e-2", "--maps", "2",
+                              "--force", "--quiet"])
+    assert args.bers == [0.0, 0.01] and args.func(args) == 0
+    args = parser.parse_args(["plot", str(smoke_run), "-o", str(tmp_path / "p.png")])
+    assert args.func(args) == 0
+    with pytest.raises(UserInputError, match="exists"):
+        args.func(args)
+    args = parser.parse_args(["margins", str(smoke_run), "--force"])
+    assert args.func(args) == 0
+
+
+def test_t_interval():
+    assert t_interval([0.5]) is None
+    lo, hi = t_interval([0.1, 0.2, 0.3])
+    assert lo < 0.2 < hi and abs((hi - 0.2) - 4.302653 * 0.1 / 3**0.5) < 1e-5
+
+
+def test_bad_rates_fail_before_work(smoke_run):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run_sweep(smoke_run, [0.01, 2.0], maps=2, progress=False, force=True)
