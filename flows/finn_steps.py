@@ -24,6 +24,7 @@ Decisions recorded here (and in the build record) because fault injection depend
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple
     model = step_tidy(model, state)  # the reference for step 0 needs inferred shapes
     for index, (name, fn) in enumerate(steps if steps is not None else STEPS):
         t0 = time.perf_counter()
-        new = fn(model, state)
+        new = fn(copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
         seconds = time.perf_counter() - t0
         path = steps_dir / f"{index:02d}_{name}.onnx"
         new.save(str(path))

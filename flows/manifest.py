@@ -123,7 +123,8 @@ def write_weights_to_init(entry: dict, matrix: np.ndarray, path: Path | None = N
     loads without a rebuild). Returns the path written.
     """
     target = Path(path) if path is not None else Path(entry["init_file"])
-    write_words(target, encode_mvau(matrix, entry["layout"]), entry["width"])
+    # FINN writes ceil(data_bits/4) hex digits per line; the same here gives identical files.
+    write_words(target, encode_mvau(matrix, entry["layout"]), entry.get("data_bits", entry["width"]))
     return target
 
 
@@ -162,15 +163,16 @@ def finn_estimates(model, part: str) -> dict:
     from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
 
+    model = model.transform(AnnotateCycles())  # dataflow_performance reads these annotations
     cycles = {k: int(v) for k, v in model.analysis(exp_cycles_per_layer).items()}
     perf = model.analysis(dataflow_performance)
     res = model.analysis(lambda m: res_estimation(m, part))
     total: dict[str, float] = {}
     for r in res.values():
-        for k, v in r.items():
-            if isinstance(v, (int, float)):
-                total[k] = total.get(k, 0) + v
+        for k in ("LUT", "BRAM_18K", "URAM", "DSP"):
+            total[k] = total.get(k, 0) + float(r.get(k, 0))
     return {
         "cycles_per_layer": cycles,
         "expected_ii_cycles": int(max(cycles.values())) if cycles else 0,

@@ -38,7 +38,7 @@ def read_words(path: Path) -> list[int]:
 
 
 def write_words(path: Path, words: list[int], width: int) -> None:
-    """Write words as ``$readmemh`` hex lines (zero-padded to the memory width)."""
+    """Write words as ``$readmemh`` hex lines, zero-padded to ``ceil(width/4)`` digits."""
     digits = (int(width) + 3) // 4
     Path(path).write_text("".join(f"{int(w):0{digits}x}\n" for w in words))
 

@@ -94,11 +94,12 @@ class BackdoorInjector:
                 if got != v:
                     raise AssertionError(f"{name}[{w}] reads back {got:#x} after writing {v:#x}")
 
-    def restore(self) -> None:
+    def restore(self) -> dict[str, dict[int, int]]:
+        """Write the golden words back; returns what was written (to verify after a clock)."""
         restore = {n: {w: self.golden[n][w] for w in ws} for n, ws in self.touched.items()}
         self.inject(restore)
-        self.verify(restore)
         self.touched = {}
+        return restore
 
 
 class Scoreboard:
@@ -189,7 +190,11 @@ async def run_job(dut) -> None:
             check_map_fits(fmap, memories)
             updates = faulty_words(fmap, injector.golden)
             injector.inject(updates)
-            injector.verify(updates)
+        # Handle writes land at the end of the time step: verify a clock later. The reset makes
+        # the memory streamers drop words they read ahead, so the new contents count at once.
+        await RisingEdge(dut.ap_clk)
+        injector.verify(updates)
+        await reset(dut)
         out_cycles_all = []
         for start in range(0, n_images, batch):
             stop = min(n_images, start + batch)
@@ -201,11 +206,14 @@ async def run_job(dut) -> None:
                 hangs[m] = True
                 dut._log.error(f"map {m}: hang, no output for {watchdog} cycles "
                                f"({len(out_words)}/{n_out} words out)")
+                await reset(dut)
                 break
             outputs[m, start:stop] = unpack(out_words, out_fmt)
             out_cycles_all.append(out_cycles[out_fmt.words_per_image - 1 :: out_fmt.words_per_image])
         if fmap is not None:
-            injector.restore()
+            restored = injector.restore()
+            await RisingEdge(dut.ap_clk)
+            injector.verify(restored)
         done_cycles = np.concatenate(out_cycles_all) if out_cycles_all else np.zeros(0)
         if len(done_cycles) > 1:
             ii[m] = float(np.median(np.diff(done_cycles)))

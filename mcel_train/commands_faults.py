@@ -34,7 +34,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rec = run_sweep(
         args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
         force=args.force, manifest=args.manifest, map_batch=args.map_batch,
-        progress=not args.quiet,
+        progress=not args.quiet, compile_post=args.compile,
     )
     print(f"clean accuracy {rec['clean_accuracy']:.4f} ({rec['n_test']} test images)")
     for r in rec["results"]:
@@ -84,6 +84,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="flip | stuck | asym[:p01=..,p10=..] | kflips (rate = count)")
     p.add_argument("--manifest", type=Path, help="memory layout from a FINN build manifest.json")
     p.add_argument("--map-batch", type=int, default=25, help="maps evaluated together")
+    p.add_argument("--compile", action="store_true",
+                   help="fuse the post-ops with torch.compile (faster long sweeps)")
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)

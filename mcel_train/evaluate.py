@@ -90,7 +90,7 @@ class MapEvaluator:
     def _dense_acc0(self, w: torch.Tensor) -> torch.Tensor:
         bound = self.max_abs_input * float(w.abs().sum(-1).max())
         dtype = torch.float32 if bound < FLOAT32_EXACT else torch.float64
-        return self.x.to(dtype) @ w.to(dtype).T
+        return w.to(dtype) @ self.x.to(dtype).T  # (out, N): channels first, like the deltas
 
     def stacked_weights(self, fmaps: Sequence[FaultMap]) -> list[torch.Tensor | None]:
         """Per layer, the ``(M, out, in)`` faulty integer weights (``None``: no faults there)."""
@@ -120,14 +120,14 @@ class MapEvaluator:
     def _first_acc(
         self, delta: torch.Tensor | None, m: int, lo: int, hi: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        clean = self._clean_acc0[lo:hi].to(dtype)
+        """Layer-0 accumulators in channels-first layout ``(M, out, N)`` (no transposes)."""
+        clean = self._clean_acc0[:, lo:hi].to(dtype)
         if delta is None:
             return clean.unsqueeze(0).expand(m, *clean.shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             corr = torch.sparse.mm(delta, self.x[lo:hi].to(dtype).T)
-        corr = corr.reshape(m, -1, hi - lo).transpose(1, 2)
-        return corr + clean.unsqueeze(0)
+        return corr.reshape(m, -1, hi - lo).add_(clean)
 
     def evaluate(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         """Accuracy and predictions for each of ``fmaps`` (an empty map = the clean network)."""
@@ -158,7 +158,8 @@ class MapEvaluator:
             first = None
             if self.sparse_first:
                 first = self._first_acc(delta0, m, lo, hi, prepared[0].dtype)
-            logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared)
+            logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared,
+                                      first_acc_channels_first=True)
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
             preds[:, lo:hi] = predict(logits).numpy()
@@ -180,3 +181,10 @@ def clean_accuracy(net: IntNetwork, x: torch.Tensor, labels: np.ndarray) -> floa
     with torch.no_grad():
         logits = net.forward(x.to(torch.float32))[0]
     return float((predict(logits).numpy() == np.asarray(labels)).mean())
+
+
+def tied_images(net: IntNetwork, x: torch.Tensor) -> int:
+    """Test images whose two largest clean integer logits are equal (decided by the tie rule)."""
+    with torch.no_grad():
+        top2 = torch.topk(net.forward(x.to(torch.float32))[0], 2, dim=-1).values
+    return int((top2[:, 0] == top2[:, 1]).sum())

@@ -80,7 +80,9 @@ class FaultInjectionHandle(HookHandle):
         # Validate the fault model and rate now rather than in the first training step.
         generate_map(self.memories, fault_model, rate if fault_model.name != "kflips" else 0,
                      seed, 0, bits=np.zeros(sum(m.n_bits for m in self.memories), np.uint8))
-        self._handles.append(model.register_forward_pre_hook(self._draw))
+        # Draw when the first quant layer runs: fires however the model is called
+        # (``model(x)``, ``model.logits_and_scale(x)``, ...).
+        self._handles.append(self.layers[0].register_forward_pre_hook(self._draw))
         for layer, mem in zip(self.layers, self.memories, strict=True):
             self._handles.append(layer.weight_quant.register_forward_hook(self._injector(mem)))
 

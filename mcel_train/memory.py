@@ -215,10 +215,13 @@ def memories_from_manifest(manifest: dict, kinds: Iterable[str] = ("weights",)) 
             raise MemoryLayoutError(
                 f"manifest memory {name!r}: missing or bad field {err}"
             ) from err
+        # ``data_bits`` is the used part of a word the RTL pads (FINN pads memory words to a
+        # multiple of 8 bits in some foldings); faults only go into the data bits.
+        stated = {"depth": e.get("depth"), "width": e.get("data_bits", e.get("width"))}
         for key, derived in (("depth", mem.depth), ("width", mem.width)):
-            if key in e and int(e[key]) != derived:
+            if stated[key] is not None and int(stated[key]) != derived:
                 raise MemoryLayoutError(
-                    f"manifest memory {name!r}: {key}={e[key]} but the folding gives {derived}"
+                    f"manifest memory {name!r}: {key}={stated[key]} but the folding gives {derived}"
                 )
         mems.append(mem)
     return mems

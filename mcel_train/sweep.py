@@ -18,7 +18,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from mcel_train.errors import UserInputError
-from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents
+from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, tied_images
 from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
 from mcel_train.intnet import from_brevitas
 from mcel_train.memory import memories_from_manifest
@@ -50,12 +50,13 @@ def _batches(n: int, size: int):
 def run_sweep(
     run_dir: str | Path, bers: Sequence[float], maps: int = 100, seed: int = 0,
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
-    map_batch: int = 25, rows: int = 8192, progress: bool = True,
+    map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
     ``manifest``: take the memories (and so the (word, bit) -> weight mapping) from a FINN
-    build's ``manifest.json`` instead of the natural layout.
+    build's ``manifest.json`` instead of the natural layout. ``compile_post``: fuse the
+    threshold post-ops with ``torch.compile`` (faster for long sweeps, compiles once).
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
@@ -76,7 +77,8 @@ def run_sweep(
     else:
         memories = net.memories()
         memory_source = "natural"
-    evaluator = MapEvaluator(net, x, labels, memories=memories, rows=rows)
+    evaluator = MapEvaluator(net, x, labels, memories=memories, rows=rows,
+                             compile_post=compile_post)
     bits = stored_bits(memories, memory_contents(net, memories)) if fm.name == "asym" else None
     # Fail on a bad rate before spending time on the others.
     for rate in bers:
@@ -112,6 +114,7 @@ def run_sweep(
         "dataset": run.dataset,
         "n_test": int(len(labels)),
         "clean_accuracy": clean_accuracy(net, x, labels),
+        "clean_tied_images": tied_images(net, x),
         "fault_model": fm.to_dict(),
         "seed": int(seed),
         "maps": int(maps),

@@ -37,11 +37,8 @@ def test_hook_injects_the_drawn_map_with_a_straight_through_gradient():
             seen[i] = torch.round(out.value / out.scale).detach().numpy().astype(np.int64)
         return hook
 
-    grabs = [q.register_forward_hook(lambda mod, args, out: None) for q in quant_layers(model)]
-    for g in grabs:
-        g.remove()
-    for i, q in enumerate(quant_layers(model)):
-        grabs.append(q.weight_quant.register_forward_hook(grab(i)))
+    grabs = [q.weight_quant.register_forward_hook(grab(i))
+             for i, q in enumerate(quant_layers(model))]
     out = model(x)
     fmap = handle.last_map
     assert handle.steps == 1 and len(fmap) > 0
@@ -52,7 +49,7 @@ def test_hook_injects_the_drawn_map_with_a_straight_through_gradient():
     out.sum().backward()
     assert quant_layers(model)[0].weight.grad is not None
     assert quant_layers(model)[0].weight.grad.abs().sum() > 0
-    model(x)
+    model.logits_and_scale(x)  # the training loop's entry point draws a map too
     assert handle.steps == 2
     # eval mode stays clean; remove() restores the model
     model.eval()
@@ -84,10 +81,11 @@ def test_override_keeps_the_scale_and_out_of_range_values():
     net = from_brevitas(model)
     w = net.layers[0].weight.copy()
     w[0, 0] = -2  # outside narrow 2-bit range
-    scale = float(quant_layers(model)[0].quant_weight().scale)
+    scale = float(quant_layers(model)[0].quant_weight().scale.detach())
     with override_quant_weights(model, {0: w}):
         qw = quant_layers(model)[0].quant_weight()
-        assert float(qw.scale) == scale
+        assert float(qw.scale.detach()) == scale
         assert torch.equal(torch.round(qw.value / qw.scale).to(torch.int64),
                            torch.from_numpy(w))
-    assert int(torch.round(_ints(quant_layers(model)[0])[0, 0])) != -2 or w[0, 0] == -2
+    restored = _ints(quant_layers(model)[0]).to(torch.int64).numpy()
+    assert np.array_equal(restored, net.layers[0].weight)

@@ -103,8 +103,8 @@ def test_foldings_differ(builds):
     assert fast <= 64 < slow <= 256
 
 
-def test_manifest_layouts_match_graph(builds):
-    from flows.manifest import load_manifest, read_weights_from_init
+def test_manifest_layouts_match_graph(builds, tmp_path):
+    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
 
     run, record = builds["tfc_w2a2-explicit"]
     man = load_manifest(run / "build" / "manifest.json")
@@ -117,6 +117,9 @@ def test_manifest_layouts_match_graph(builds):
     assert (m0["depth"], m0["width"]) == (64 * 32 // 32, 4 * 8 * 2)
     w = read_weights_from_init(m0)
     assert w.shape == (32, 64) and w.min() >= -2 and w.max() <= 1
+    for entry in weights:  # the inverse reproduces FINN's memblock.dat byte for byte
+        again = write_weights_to_init(entry, read_weights_from_init(entry), tmp_path / "w.dat")
+        assert again.read_text() == Path(entry["init_file"]).read_text()
     assert any(m["kind"] == "thresholds" for m in man["memories"])
     assert man["streams"]["input"]["datatype"] == "UINT8"
     assert man["streams"]["output"]["elements"] == 10

@@ -94,3 +94,46 @@ def test_build_refuses_existing_folder(tmp_path):
     (tmp_path / "build").mkdir()
     with pytest.raises(BuildExistsError, match="force=True"):
         build_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """An untrained 16-input tfc_w2a2 exported to QONNX (about a second)."""
+    import torch
+
+    from flows.export import export_qonnx_model
+    from mcel_train.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="tfc", weight_bits=2, act_bits=2, hidden=(8,), image_shape=(4, 4))
+    model = build_model(spec).eval()
+    out = tmp_path_factory.mktemp("export")
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 16)).astype(np.float32)
+    return model, export_qonnx_model(model, (16,), "uint8", out), x
+
+
+def test_export_matches_torch(tiny_export):
+    from flows.export import check_export
+
+    model, path, x = tiny_export
+    check = check_export(model, path, x)
+    assert check.n == 4 and check.argmax_equal == 4
+
+
+def test_step_that_changes_outputs_is_named(tiny_export, tmp_path):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flows.finn_steps import FlowOptions, run_steps, step_tidy
+    from flows.step_check import StepChangedOutputError
+
+    _, path, x = tiny_export
+
+    def sabotage(model, state):
+        name = next(i for i in model.graph.initializer if len(i.dims) == 2).name
+        model.set_initializer(name, -model.get_initializer(name))
+        return model
+
+    with pytest.raises(StepChangedOutputError, match="step 'sabotage' changed the outputs"):
+        run_steps(ModelWrapper(str(path)), FlowOptions(input_kind="uint8", check_inputs=x),
+                  tmp_path, steps=[("tidy", step_tidy), ("sabotage", sabotage)])
+    assert (tmp_path / "01_sabotage.onnx").exists()

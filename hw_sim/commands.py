@@ -1,0 +1,55 @@
+"""``mcel sim`` and ``mcel compare``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ber wants comma-separated numbers, got {text!r}") from None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim", help="inject fault maps into the Verilated accelerator (cocotb) and measure accuracy")
+    p.add_argument("run", help="run folder with a build (runs/NAME)")
+    p.add_argument("--ber", type=_floats, default=[0.0, 0.001, 0.005, 0.01, 0.02], help="comma-separated rates")
+    p.add_argument("--maps", type=int, default=5, help="fault maps per rate")
+    p.add_argument("--images", type=int, default=1000, help="test images per map")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fault-model", default="flip", help="flip | stuck | asym:p01=..,p10=.. | kflips")
+    p.add_argument("--inject", default="backdoor", choices=["backdoor", "axilite"])
+    p.add_argument("--batch-images", type=int, default=1000, help="images per harness batch")
+    p.add_argument("--waves", action="store_true", help="dump waveforms (slow)")
+    p.add_argument("--force", action="store_true", help="replace an existing sim/hw_ber.json")
+    p.set_defaults(func=cmd_sim)
+
+    c = sub.add_parser("compare", help="check hardware == software per map and plot both curves")
+    c.add_argument("run")
+    c.set_defaults(func=cmd_compare)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from hw_sim.sim import run_sim
+
+    path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
+                   args.inject, args.batch_images, force=args.force, waves=args.waves)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hw_sim.compare import MismatchError, compare_run, format_table
+
+    try:
+        result = compare_run(Path(args.run))
+    except MismatchError as exc:
+        print(f"MISMATCH: {exc}")
+        return 1
+    print(format_table(result["curves"]))
+    print(f"all {result['maps']} maps identical between hardware and software "
+          f"({result['images']} images each) -> {Path(args.run) / 'sim' / 'compare.png'}")
+    return 0

@@ -1,0 +1,114 @@
+"""``mcel compare``: hardware-measured against software-predicted, map by map, image by image.
+
+Any difference is a bug, never noise (DESIGN.md): the check exits non-zero and names the first
+differing map, the memories its faults sit in, and the image. The curves (mean accuracy per rate
+with 95 % t-intervals over maps) are plotted hardware over software in ``compare.png``, and the
+numbers written to ``compare.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+class MismatchError(AssertionError):
+    """Hardware and software disagree on some map and image."""
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t confidence interval."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()), half
+
+
+def curves(record: dict) -> list[dict]:
+    """Per rate: hardware and software mean accuracy with intervals."""
+    rows = []
+    for ber in record["bers"]:
+        maps = [m for m in record["maps"] if m["rate"] == ber]
+        hw_mean, hw_half = t_interval([m["accuracy"] for m in maps])
+        sw_mean, sw_half = t_interval([m["predicted_accuracy"] for m in maps])
+        rows.append({"rate": ber, "maps": len(maps), "hw_mean": hw_mean, "hw_ci95": hw_half,
+                     "sw_mean": sw_mean, "sw_ci95": sw_half,
+                     "identical_maps": sum(m["identical_to_software"] for m in maps)})
+    return rows
+
+
+def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
+    """The first (map, image) where hardware and software outputs differ, with the map's memories."""
+    from mcel_train.faults.faultmap import FaultMap
+
+    hw = np.load(sim_dir / "hw_outputs.npz")["outputs"]
+    sw = np.load(sim_dir / "sw_outputs.npz")["outputs"]
+    if hw.shape != sw.shape:
+        return {"map": None, "reason": f"output shapes differ: hardware {hw.shape}, software {sw.shape}"}
+    for m in record["maps"]:
+        diff = np.flatnonzero((hw[m["id"]] != sw[m["id"]]).any(axis=1))
+        if diff.size:
+            fmap = FaultMap.load(m["file"])
+            mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
+            return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": int(diff[0]),
+                    "images_differing": int(diff.size), "memories_with_faults": mems,
+                    "hw": hw[m["id"], diff[0]].tolist(), "sw": sw[m["id"], diff[0]].tolist()}
+    return None
+
+
+def plot_compare(rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [max(r["rate"], 1e-5) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, style in (("sw", "software prediction", "--"), ("hw", "RTL simulation (cocotb)", "-")):
+        mean = np.array([r[f"{key}_mean"] for r in rows])
+        half = np.array([r[f"{key}_ci95"] for r in rows])
+        ax.plot(rates, mean, style, marker="o", label=label)
+        ax.fill_between(rates, mean - half, mean + half, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate (0 plotted at 1e-5)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare_run(run_dir: Path) -> dict:
+    """Check and plot; raises :class:`MismatchError` (after writing the files) on a difference."""
+    sim_dir = Path(run_dir) / "sim"
+    record_path = sim_dir / "hw_ber.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} missing: run `mcel sim {run_dir}` first")
+    record = json.loads(record_path.read_text())
+    rows = curves(record)
+    mismatch = first_mismatch(sim_dir, record)
+    result = {"run": str(run_dir), "images": record["images"], "fault_model": record["fault_model"],
+              "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
+              "curves": rows}
+    (sim_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    plot_compare(rows, f"{Path(run_dir).name}: {record['images']} images, {record['fault_model']}",
+                 sim_dir / "compare.png")
+    if mismatch is not None:
+        raise MismatchError(f"hardware differs from software: {mismatch}")
+    return result
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["rate      maps  hardware acc (95% CI)   software acc (95% CI)   identical maps"]
+    for r in rows:
+        lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {r['hw_mean']:.4f} +- {r['hw_ci95']:.4f}"
+                     f"      {r['sw_mean']:.4f} +- {r['sw_ci95']:.4f}      {r['identical_maps']}/{r['maps']}")
+    return "\n".join(lines)

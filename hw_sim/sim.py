@@ -1,0 +1,145 @@
+"""The simulation stage: fault maps into the Verilated accelerator, outputs and accuracy out.
+
+``run_sim`` generates the maps (a pure function of manifest, fault model, rate, seed and map
+index), predicts every map's outputs in software, runs all maps through one cocotb simulation of
+the one Verilator build, and writes ``runs/NAME/sim/``:
+
+- ``maps/rate<i>_map<k>.npz``: the fault maps, in the manifest's coordinates
+- ``hw_outputs.npz`` / ``sw_outputs.npz``: per map and image, the accelerator's integer outputs
+- ``hw_ber.json``: per rate and map its id, accuracy, cycles, hang flag, an output digest and
+  the predicted classes; plus the run's parameters and timing
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hw_sim.streams import StreamFormat, pack
+from mcel_train.errors import UserInputError
+
+
+class NoBuildError(FileNotFoundError):
+    """The run folder has no build to simulate."""
+
+
+def load_build_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "build" / "manifest.json"
+    if not path.is_file():
+        raise NoBuildError(f"{run_dir} has no build ({path} missing): run `mcel build {run_dir}` first")
+    return json.loads(path.read_text())
+
+
+def _check_args(bers: list[float], maps: int, images: int) -> None:
+    if not bers:
+        raise UserInputError("give at least one bit error rate (--ber)")
+    bad = [b for b in bers if not 0.0 <= b <= 1.0]
+    if bad:
+        raise UserInputError(f"bit error rates must be in [0, 1], got {bad}")
+    if maps < 1 or images < 1:
+        raise UserInputError("--maps and --images must be >= 1")
+
+
+def make_maps(manifest: dict, bers: list[float], maps: int, seed: int, fault_model: str,
+              out_dir: Path) -> list[dict]:
+    """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
+    from mcel_train.faults.generate import generate_map
+    from mcel_train.memory import memories_from_manifest
+
+    memories = memories_from_manifest(manifest, kinds=("weights",))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for r, ber in enumerate(bers):
+        for k in range(1 if ber == 0 else maps):
+            fmap = generate_map(memories, fault_model, ber, seed, k)
+            path = fmap.save(out_dir / f"rate{r}_map{k}.npz")
+            entries.append({"id": len(entries), "rate": ber, "map_index": k, "faults": len(fmap),
+                            "file": str(path.resolve())})
+    return entries
+
+
+def digest(outputs: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(outputs, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
+            fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
+            predictor: str = "finn", force: bool = False, waves: bool = False) -> Path:
+    """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
+    from flows.build import load_run_model, run_inputs
+    from hw_sim.predict import finn_predict
+    from hw_sim.runner import build_harness, run_job
+    from mcel_train.faults.faultmap import FaultMap
+
+    run_dir = Path(run_dir)
+    _check_args(bers, maps, images)
+    if inject not in ("backdoor",):
+        raise UserInputError(f"--inject {inject!r} is not supported yet (supported: backdoor)")
+    manifest = load_build_manifest(run_dir)
+    sim_dir = run_dir / "sim"
+    result_path = sim_dir / "hw_ber.json"
+    if result_path.exists() and not force:
+        raise FileExistsError(f"{result_path} exists; pass --force to replace it")
+    _, _, run = load_run_model(run_dir)
+    x, labels = run_inputs(run, images)
+    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
+    words = pack(x.reshape(len(x), -1), in_fmt)
+
+    work = sim_dir / ".partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps")
+    fmaps = [FaultMap.load(e["file"]) for e in entries]
+    t_pred = time.perf_counter()
+    predicted = finn_predict(run_dir / "build", x, fmaps)
+    t_pred = time.perf_counter() - t_pred
+    np.save(work / "inputs.npy", words)
+    np.save(work / "predicted.npy", predicted)
+    build = build_harness(run_dir / "build", sim_dir, min(batch_images, images), waves=waves)
+    expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
+    job = {
+        "manifest": str((run_dir / "build" / "manifest.json").resolve()),
+        "inputs": str((work / "inputs.npy").resolve()),
+        "predicted": str((work / "predicted.npy").resolve()),
+        "maps": [e["file"] for e in entries],
+        "batch_images": min(batch_images, images),
+        "watchdog_cycles": 20 * expected_ii + 1000,
+        "out": str((work / "hw_raw.npz").resolve()),
+    }
+    t_sim = time.perf_counter()
+    run_job(sim_dir, job, name="sim", waves=waves)
+    t_sim = time.perf_counter() - t_sim
+    raw = np.load(work / "hw_raw.npz")
+    hw = raw["outputs"]
+    np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels)
+    np.savez(work / "sw_outputs.npz", outputs=predicted, labels=labels)
+    for e, out, cyc, hang, ii in zip(entries, hw, raw["cycles"], raw["hang"], raw["ii"], strict=True):
+        e.update({
+            "accuracy": float((out.argmax(1) == labels).mean()), "cycles": int(cyc), "hang": bool(hang),
+            "cycles_per_image": float(cyc) / images, "ii_cycles": float(ii), "digest": digest(out),
+            "predicted_accuracy": float((predicted[e["id"]].argmax(1) == labels).mean()),
+            "identical_to_software": bool(np.array_equal(out, predicted[e["id"]])),
+            "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
+        })
+        e["file"] = str(sim_dir / "maps" / Path(e["file"]).name)
+    record = {
+        "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
+        "fault_model": fault_model, "inject": inject, "predictor": predictor,
+        "expected_ii_cycles": expected_ii, "build": build,
+        "seconds": {"total": round(time.perf_counter() - t0, 2), "predict": round(t_pred, 2),
+                    "simulate": round(t_sim, 2)},
+        "maps": entries,
+    }
+    (work / "hw_ber.json").write_text(json.dumps(record, indent=1))
+    for name in ("maps", "hw_outputs.npz", "sw_outputs.npz", "hw_ber.json"):
+        target = sim_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        (work / name).replace(target)
+    return result_path
