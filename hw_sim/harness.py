@@ -74,6 +74,14 @@ module {HARNESS_TOP} #(
   input  logic [31:0] n_out,
   input  logic [31:0] watchdog,  // cycles without output progress that count as a hang
   input  logic bp_enable,        // pseudo-random output back-pressure
+  // ext_mode = 1: the streams are driven from these ports instead (a testbench that touches
+  // the bus every cycle, kept only to measure what the bulk buffers buy)
+  input  logic ext_mode,
+  input  logic [IN_W-1:0] ext_tdata,
+  input  logic ext_tvalid,
+  output logic ext_tready,
+  output logic [OUT_W-1:0] ext_out_tdata,
+  output logic ext_out_tvalid,
   output logic done,
   output logic hang,
   output logic [63:0] cycles,
@@ -89,14 +97,17 @@ module {HARNESS_TOP} #(
   logic [15:0] lfsr;
   logic [31:0] idle;
   wire active = run && !done && !hang;
-  wire s_tvalid = active && (in_ptr < n_in);
-  wire m_tready = !bp_enable || lfsr[0] || lfsr[3];
+  wire s_tvalid = ext_mode ? ext_tvalid : active && (in_ptr < n_in);
+  wire m_tready = ext_mode ? 1'b1 : !bp_enable || lfsr[0] || lfsr[3];
+  assign ext_tready = s_tready;
+  assign ext_out_tdata = m_tdata;
+  assign ext_out_tvalid = m_tvalid;
 
   accel_top dut (
     .ap_clk(ap_clk),
     .ap_rst_n(ap_rst_n),
 {chr(10).join(conns)}
-    .s_axis_0_tdata(in_buf[in_ptr[$clog2(IN_DEPTH)-1:0]]),
+    .s_axis_0_tdata(ext_mode ? ext_tdata : in_buf[in_ptr[$clog2(IN_DEPTH)-1:0]]),
     .s_axis_0_tvalid(s_tvalid),
     .s_axis_0_tready(s_tready),
     .m_axis_0_tdata(m_tdata),

@@ -28,6 +28,14 @@ class NoBuildError(FileNotFoundError):
     """The run folder has no build to simulate."""
 
 
+class SimulationError(RuntimeError):
+    """The simulation did not produce results (the message carries the log's tail)."""
+
+
+class SimulationHangError(RuntimeError):
+    """The accelerator stopped producing output on some map (the watchdog fired)."""
+
+
 def load_build_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / "build" / "manifest.json"
     if not path.is_file():
@@ -69,7 +77,8 @@ def digest(outputs: np.ndarray) -> str:
 
 def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
-            predictor: str = "finn", force: bool = False, waves: bool = False) -> Path:
+            predictor: str = "finn", force: bool = False, waves: bool = False,
+            watchdog_cycles: int | None = None) -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
     from flows.build import load_run_model, run_inputs
     from hw_sim.predict import finn_predict
@@ -109,12 +118,16 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         "predicted": str((work / "predicted.npy").resolve()),
         "maps": [e["file"] for e in entries],
         "batch_images": min(batch_images, images),
-        "watchdog_cycles": 20 * expected_ii + 1000,
+        "watchdog_cycles": watchdog_cycles or 20 * expected_ii + 1000,
         "out": str((work / "hw_raw.npz").resolve()),
     }
     t_sim = time.perf_counter()
     run_job(sim_dir, job, name="sim", waves=waves)
     t_sim = time.perf_counter() - t_sim
+    if not (work / "hw_raw.npz").is_file():
+        log = sim_dir / "work" / "sim" / "sim.log"
+        tail = "\n".join(log.read_text().splitlines()[-25:]) if log.is_file() else "(no log)"
+        raise SimulationError(f"the cocotb simulation produced no results; log {log}:\n{tail}")
     raw = np.load(work / "hw_raw.npz")
     hw = raw["outputs"]
     np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels)
@@ -142,4 +155,10 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         if target.is_dir():
             shutil.rmtree(target)
         (work / name).replace(target)
+    hung = [e["id"] for e in entries if e["hang"]]
+    if hung:
+        raise SimulationHangError(
+            f"hang: the accelerator stopped producing output (watchdog {job['watchdog_cycles']} cycles) "
+            f"on maps {hung}; results with hang flags in {result_path}"
+        )
     return result_path

@@ -123,6 +123,9 @@ class Scoreboard:
 async def reset(dut) -> None:
     dut.run.value = 0
     dut.bp_enable.value = 0
+    dut.ext_mode.value = 0
+    dut.ext_tvalid.value = 0
+    dut.ext_tdata.value = 0
     dut.n_in.value = 0
     dut.n_out.value = 0
     dut.watchdog.value = 1000
@@ -152,6 +155,28 @@ async def stream_batch(dut, driver: StreamDriver, monitor: StreamMonitor, in_wor
     return words, out_cycles, cycles, hang
 
 
+async def stream_naive(dut, in_words: list[int], n_out: int) -> tuple[list[int], int]:
+    """The naive way, for comparison only: Python drives and samples the stream every cycle."""
+    dut.ext_mode.value = 1
+    sent, out, cycles = 0, [], 0
+    dut.ext_tvalid.value = int(bool(in_words))
+    if in_words:
+        dut.ext_tdata.value = in_words[0]
+    while len(out) < n_out:
+        await ReadOnly()  # settled values of this cycle decide the transfers at the next edge
+        fire_in = sent < len(in_words) and bool(int(dut.ext_tready.value))
+        if int(dut.ext_out_tvalid.value):
+            out.append(int(dut.ext_out_tdata.value))
+        await RisingEdge(dut.ap_clk)
+        cycles += 1
+        sent += int(fire_in)
+        dut.ext_tvalid.value = int(sent < len(in_words))
+        if sent < len(in_words):
+            dut.ext_tdata.value = in_words[sent]
+    dut.ext_mode.value = 0
+    return out, cycles
+
+
 @cocotb.test()
 async def run_job(dut) -> None:
     """Run every fault map of the job over every image; write outputs and cycles."""
@@ -175,6 +200,15 @@ async def run_job(dut) -> None:
     scoreboard = Scoreboard()
 
     in_ints = words_to_ints(inputs)
+    if job.get("mode") == "naive":
+        t0 = time.perf_counter()
+        out, cycles = await stream_naive(dut, in_ints, n_images * out_fmt.words_per_image)
+        wall = time.perf_counter() - t0
+        outputs = unpack(ints_to_words(out, out_fmt.word_bytes), out_fmt)[None]
+        np.savez(job["out"], outputs=outputs, cycles=np.array([cycles]), hang=np.array([False]),
+                 ii=np.zeros(1), wall=np.array([wall]))
+        return
+    dut.bp_enable.value = int(bool(job.get("backpressure", False)))
     map_files = job["maps"]
     outputs = np.zeros((len(map_files), n_images, out_fmt.elems_per_image), dtype=np.int64)
     total_cycles = np.zeros(len(map_files), dtype=np.int64)

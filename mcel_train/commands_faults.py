@@ -29,13 +29,19 @@ def _rates(text: str) -> list[float]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from mcel_train.faults import FaultMapError, FaultModelError
+    from mcel_train.memory import MemoryLayoutError
+    from mcel_train.runio import RunError
     from mcel_train.sweep import run_sweep
 
-    rec = run_sweep(
-        args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
-        force=args.force, manifest=args.manifest, map_batch=args.map_batch,
-        progress=not args.quiet, compile_post=args.compile,
-    )
+    try:
+        rec = run_sweep(
+            args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
+            force=args.force, manifest=args.manifest, map_batch=args.map_batch,
+            progress=not args.quiet, compile_post=args.compile,
+        )
+    except (FaultModelError, FaultMapError, MemoryLayoutError, RunError) as err:
+        raise UserInputError(str(err)) from err
     print(f"clean accuracy {rec['clean_accuracy']:.4f} ({rec['n_test']} test images)")
     for r in rec["results"]:
         ci = r["ci95"] or [r["mean"], r["mean"]]
@@ -61,8 +67,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_margins(args: argparse.Namespace) -> int:
     from mcel_train.margins import margin_report
+    from mcel_train.runio import RunError
 
-    rec = margin_report(args.run, force=args.force)
+    try:
+        rec = margin_report(args.run, force=args.force)
+    except RunError as err:
+        raise UserInputError(str(err)) from err
     print(f"mean logit margin {rec['mean_logit_margin']:.4g} "
           f"({rec['mean_logit_margin_int']:.3g} integer units), {rec['tied_images']} tied images")
     for layer in rec["hidden_layers"]:

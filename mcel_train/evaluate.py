@@ -139,6 +139,7 @@ class MapEvaluator:
         preds = np.empty((m, n), dtype=np.int64)
         # Groups of maps x chunks of images, so that every matmul has >= ~1000 rows per map.
         chunk = min(n, max(self.min_chunk, self.rows // max(1, m)))
+        chunk = -(-n // -(-n // chunk))  # equal chunks: few distinct shapes
         group = max(1, self.rows // chunk)
         with torch.no_grad():
             for g0 in range(0, m, group):

@@ -106,7 +106,6 @@ class BrevitasPostOp(PostOp):
         a, b = self._affine()
         return (levels[None, :] - b[:, None]) / a[:, None]
 
-
     def to_thresholds(self, window: int = 4) -> ThresholdPostOp:
         """The same function of the integer accumulator as FINN-style integer thresholds.
 
@@ -124,7 +123,6 @@ class BrevitasPostOp(PostOp):
         gx = torch.sort(torch.where(flat[:, None], 0.0, guess * sign[:, None]), dim=1).values
         n_ch, n_k = gx.shape
         offsets = torch.arange(2 * window + 2, dtype=torch.float64)
-
         conv = isinstance(self.bn, nn.BatchNorm2d)
 
         def level(acc: torch.Tensor) -> torch.Tensor:
@@ -180,7 +178,9 @@ def _compiled_count():
     """
     if "fn" not in _COMPILED:
         try:
-            fn = torch.compile(_threshold_count_fused, dynamic=True)
+            # Static shapes: a recompile per distinct shape (the evaluator uses few), but
+            # far cheaper calls than symbolic-shape guards.
+            fn = torch.compile(_threshold_count_fused, dynamic=False)
             fn(torch.zeros(2, 3), torch.zeros(2, 1, 3))  # compile now, fail here if it fails
             _COMPILED["fn"] = fn
         except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"

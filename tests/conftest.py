@@ -36,3 +36,12 @@ def fashion_mnist_available() -> bool:
         return True
     except DatasetNotFoundError:
         return False
+
+
+@pytest.fixture(scope="session")
+def smoke_build(smoke_run) -> Path:
+    """The smoke run compiled by the FINN flow into a Verilated accelerator (folded to ~64 cycles)."""
+    from flows.build import build_run
+
+    build_run(smoke_run, folding="auto", target_cycles=64, n_verify=50)
+    return smoke_run

@@ -53,6 +53,12 @@ def test_plot_margins_and_cli(smoke_run, tmp_path):
         args.func(args)
     args = parser.parse_args(["margins", str(smoke_run), "--force"])
     assert args.func(args) == 0
+    args = parser.parse_args(["sweep", str(smoke_run), "--fault-model", "melt", "--force"])
+    with pytest.raises(UserInputError, match="unknown fault model"):
+        args.func(args)
+    args = parser.parse_args(["margins", str(tmp_path / "nowhere")])
+    with pytest.raises(UserInputError, match="not found"):
+        args.func(args)
 
 
 def test_t_interval():

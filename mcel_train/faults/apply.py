@@ -72,18 +72,33 @@ def apply_maps_stacked(
     """``M`` faulted copies of one memory's element matrix, stacked as ``(M, *values.shape)``.
 
     All maps are applied in one vectorised pass over the stacked copies (element indices are
-    offset by ``map * n_elements``), which is what lets the evaluator batch over maps.
+    offset by ``map * n_elements``), which is what lets the evaluator batch over maps. The
+    result is ``int8`` when the elements fit (at most 8 bits), to keep the copies small.
     """
-    base = np.asarray(values, dtype=np.int64)
-    stacked = np.broadcast_to(base, (len(fmaps),) + base.shape).copy()
+    base = np.asarray(values)
+    dtype = np.int8 if memory.element_bits <= 8 else np.int64
+    stacked = np.broadcast_to(base.astype(dtype), (len(fmaps),) + base.shape).copy()
+    parts = [(i, *fmap.for_memory(memory.name)) for i, fmap in enumerate(fmaps)]
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return stacked
+    word = np.concatenate([p[1] for p in parts])
+    bit = np.concatenate([p[2] for p in parts])
+    kind = np.concatenate([p[3] for p in parts])
+    offset = np.concatenate([np.full(len(p[1]), p[0] * memory.n_elements) for p in parts])
+    # Map each map's (word, bit) within the memory, then offset to that map's copy.
+    idx, ebit = memory.bits_to_elements(word, bit)
+    flat_idx = idx + offset
+    value = np.left_shift(1, ebit).astype(np.int64)
+    uniq, inv = np.unique(flat_idx, return_inverse=True)
+    masks = []
+    for k in (FLIP, STUCK0, STUCK1):
+        m = np.zeros(uniq.size, dtype=np.int64)
+        sel = kind == k
+        np.bitwise_or.at(m, inv[sel], value[sel])
+        masks.append(m)
     flat = stacked.reshape(-1)
-    for i, fmap in enumerate(fmaps):
-        word, bit, kind = fmap.for_memory(memory.name)
-        if len(word) == 0:
-            continue
-        idx, xor, clear, setm = fault_masks(memory, word, bit, kind)
-        idx = idx + i * memory.n_elements
-        code = encode_elements(flat[idx], memory.element_bits, memory.bipolar)
-        code = ((code ^ xor) & ~clear) | setm
-        flat[idx] = decode_elements(code, memory.element_bits, memory.bipolar)
+    code = encode_elements(flat[uniq], memory.element_bits, memory.bipolar)
+    code = ((code ^ masks[0]) & ~masks[1]) | masks[2]
+    flat[uniq] = decode_elements(code, memory.element_bits, memory.bipolar)
     return stacked

@@ -1,0 +1,118 @@
+"""Throughput of the cocotb testbench against a plain Verilator C++ harness, same build and images.
+
+Measured in one run, on one build:
+
+- ``cpp``: the build's plain C++ harness (``build/verilator/accel_sim``), the speed roof;
+- ``cocotb_bulk``: the project's testbench (bulk buffers in the harness, clock in C, Python only
+  between batches); goal: at least half of ``cpp``;
+- ``cocotb_naive``: Python touching the stream every cycle (few images), what the bulk buffers buy;
+- cycles per image (steady-state initiation interval) against FINN's estimate; goal within 10 %;
+- ``--full``: the whole 10k test set through one fault map at 1 %; goal under 30 s.
+
+    .venv/bin/python bench/hw_sim.py --run runs/sfc_w2a2_ce [--images 2000] [--full]
+
+Writes ``bench/results/hw_sim.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+# This script's own name would shadow the ``hw_sim`` package when run as ``bench/hw_sim.py``.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from flows.build import _stream_format, load_run_model, run_inputs  # noqa: E402
+from flows.verilate import run_simulator  # noqa: E402
+from hw_sim.runner import build_harness, run_job  # noqa: E402
+from hw_sim.sim import load_build_manifest, make_maps  # noqa: E402
+from hw_sim.streams import StreamFormat, pack  # noqa: E402
+
+
+def _cocotb(run: Path, sim_dir: Path, words_file: Path, maps: list[str], batch: int, mode: str = "bulk") -> dict:
+    job = {
+        "manifest": str((run / "build" / "manifest.json").resolve()), "inputs": str(words_file),
+        "predicted": None, "maps": maps, "batch_images": batch, "watchdog_cycles": 10**7,
+        "out": str((sim_dir / f"bench_{mode}.npz").resolve()), "mode": mode,
+    }
+    t0 = time.perf_counter()
+    run_job(sim_dir, job, name=f"bench_{mode}")
+    total = time.perf_counter() - t0
+    raw = np.load(job["out"])
+    return {"wall_in_testbench_s": float(raw["wall"].sum()), "process_s": total,
+            "cycles": int(raw["cycles"].sum()), "outputs": raw["outputs"], "ii": raw["ii"].tolist()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="run folder with a build")
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--naive-images", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=2000, help="images per harness batch")
+    ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
+    ap.add_argument("--out", default="bench/results/hw_sim.json")
+    args = ap.parse_args()
+
+    run = Path(args.run)
+    manifest = load_build_manifest(run)
+    sim_dir = run / "bench_sim"
+    shutil.rmtree(sim_dir, ignore_errors=True)
+    _, _, r = load_run_model(run)
+    n = args.images
+    x, labels = run_inputs(r, n)
+    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
+    words_file = (sim_dir / "inputs.npy").resolve()
+    sim_dir.mkdir(parents=True)
+    np.save(words_file, pack(x.reshape(n, -1), in_fmt))
+    expected_ii = int(manifest["estimates"]["expected_ii_cycles"])
+
+    t0 = time.perf_counter()
+    cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, _stream_format(manifest),
+                                       sim_dir / "cpp")
+    cpp_s = time.perf_counter() - t0
+
+    build = build_harness(run / "build", sim_dir, args.batch)
+    bulk = _cocotb(run, sim_dir, words_file, [""], args.batch)
+    assert np.array_equal(bulk["outputs"][0], cpp_out), "cocotb and C++ harness outputs differ"
+
+    naive_words = (sim_dir / "inputs_naive.npy").resolve()
+    np.save(naive_words, pack(x[: args.naive_images].reshape(args.naive_images, -1), in_fmt))
+    naive = _cocotb(run, sim_dir, naive_words, [""], args.batch, mode="naive")
+    assert np.array_equal(naive["outputs"][0], cpp_out[: args.naive_images]), "naive outputs differ"
+
+    ips = {"cpp": n / cpp_s, "cocotb_bulk": n / bulk["wall_in_testbench_s"],
+           "cocotb_naive": args.naive_images / naive["wall_in_testbench_s"]}
+    ii = float(np.median(bulk["ii"]))
+    result = {
+        "run": str(run), "images": n, "expected_ii_cycles": expected_ii, "measured_ii_cycles": ii,
+        "cycles_per_image_total": bulk["cycles"] / n, "ii_within_10pct": abs(ii - expected_ii) <= 0.1 * expected_ii,
+        "images_per_s": ips, "cocotb_over_cpp": ips["cocotb_bulk"] / ips["cpp"],
+        "bulk_over_naive": ips["cocotb_bulk"] / ips["cocotb_naive"],
+        "cycles_per_s": {"cpp": cpp_stats["cycles"] / cpp_s,
+                         "cocotb_bulk": bulk["cycles"] / bulk["wall_in_testbench_s"]},
+        "harness_build": build, "cpp_stats": cpp_stats,
+    }
+    if args.full:
+        x_all, labels_all = run_inputs(r, 10**9)
+        full_words = (sim_dir / "inputs_full.npy").resolve()
+        np.save(full_words, pack(x_all.reshape(len(x_all), -1), in_fmt))
+        maps = make_maps(manifest, [0.01], 1, 0, "flip", sim_dir / "maps")
+        full = _cocotb(run, sim_dir, full_words, [maps[0]["file"]], args.batch)
+        acc = float((full["outputs"][0].argmax(1) == labels_all).mean())
+        result["full_test_set"] = {"images": len(x_all), "rate": 0.01, "accuracy": acc,
+                                   "testbench_s": full["wall_in_testbench_s"], "process_s": full["process_s"],
+                                   "goal_s": 30}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("harness_build", "cpp_stats")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
