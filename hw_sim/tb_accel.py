@@ -102,6 +102,63 @@ class BackdoorInjector:
         return restore
 
 
+class AxiLiteInjector:
+    """Writes fault maps the way software on a board would: over each memory's AXI-lite port.
+
+    A memory line of ``width`` bits is ``k = words_per_line`` 32-bit words, low word first, at
+    byte address ``(t*k + i)*4``; writing the last word commits the line (FINN's memstream). The
+    golden contents (from the backdoor reader) are written back the same way after each map.
+    """
+
+    def __init__(self, dut, memories: dict[str, dict], backdoor: BackdoorInjector) -> None:
+        self.dut, self.memories, self.backdoor = dut, memories, backdoor
+        self.touched: dict[str, list[int]] = {}
+        for name, m in memories.items():
+            ax = m.get("axilite") or {}
+            if not ax.get("exposed_at_top"):
+                raise AssertionError(f"memory {name} has no AXI-lite port at accel_top; "
+                                     "build with runtime-writeable weights")
+
+    def _port(self, name: str, suffix: str):
+        return getattr(self.dut, f"{self.memories[name]['axilite']['prefix']}_{suffix}")
+
+    async def write_word(self, name: str, addr: int, data: int) -> None:
+        p = lambda s: self._port(name, s)  # noqa: E731
+        p("awaddr").value, p("awvalid").value, p("awprot").value = addr, 1, 0
+        p("wdata").value, p("wstrb").value, p("wvalid").value = data, 0xF, 1
+        p("bready").value = 1
+        aw_done = w_done = False
+        while not (aw_done and w_done):
+            await RisingEdge(self.dut.ap_clk)
+            aw_done |= bool(int(p("awready").value)) and bool(int(p("awvalid").value))
+            w_done |= bool(int(p("wready").value)) and bool(int(p("wvalid").value))
+            if aw_done:
+                p("awvalid").value = 0
+            if w_done:
+                p("wvalid").value = 0
+        while not int(p("bvalid").value):
+            await RisingEdge(self.dut.ap_clk)
+        await RisingEdge(self.dut.ap_clk)
+        p("bready").value = 0
+
+    async def write_line(self, name: str, line: int, value: int) -> None:
+        k = int(self.memories[name]["axilite"]["words_per_line"])
+        for i in range(k):
+            await self.write_word(name, (line * k + i) * 4, (value >> (32 * i)) & 0xFFFFFFFF)
+
+    async def inject(self, updates: dict[str, dict[int, int]]) -> None:
+        for name, words in updates.items():
+            for w, v in words.items():
+                await self.write_line(name, w, v)
+            self.touched[name] = list(words)
+
+    async def restore(self) -> dict[str, dict[int, int]]:
+        restore = {n: {w: self.backdoor.golden[n][w] for w in ws} for n, ws in self.touched.items()}
+        await self.inject(restore)
+        self.touched = {}
+        return restore
+
+
 class Scoreboard:
     """Compares hardware outputs with the software prediction, remembering the first mismatch."""
 
@@ -197,6 +254,7 @@ async def run_job(dut) -> None:
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
     injector.read_golden(memories)
+    axilite = AxiLiteInjector(dut, memories, injector) if job.get("inject") == "axilite" else None
     scoreboard = Scoreboard()
 
     in_ints = words_to_ints(inputs)
@@ -223,7 +281,10 @@ async def run_job(dut) -> None:
         if fmap is not None:
             check_map_fits(fmap, memories)
             updates = faulty_words(fmap, injector.golden)
-            injector.inject(updates)
+            if axilite is not None:
+                await axilite.inject(updates)
+            else:
+                injector.inject(updates)
         # Handle writes land at the end of the time step: verify a clock later. The reset makes
         # the memory streamers drop words they read ahead, so the new contents count at once.
         await RisingEdge(dut.ap_clk)
@@ -244,7 +305,12 @@ async def run_job(dut) -> None:
                 break
             outputs[m, start:stop] = unpack(out_words, out_fmt)
             out_cycles_all.append(out_cycles[out_fmt.words_per_image - 1 :: out_fmt.words_per_image])
-        if fmap is not None:
+        if fmap is not None and axilite is not None:
+            restored = await axilite.restore()
+            await RisingEdge(dut.ap_clk)
+            injector.verify(restored)
+            await reset(dut)
+        elif fmap is not None:
             restored = injector.restore()
             await RisingEdge(dut.ap_clk)
             injector.verify(restored)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "mcel_train.commands_train",
     "mcel_train.commands_faults",
+    "mcel_train.commands_experiment",
     "flows.commands",
     "hw_sim.commands",
 )

@@ -86,7 +86,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sweep``, ``plot`` and ``margins`` on the main CLI's sub-parsers."""
     p = subparsers.add_parser("sweep", help="software bit-error sweep of a trained run")
     p.add_argument("run", type=Path, help="run folder (with train/)")
-    p.add_argument("--bers", type=_rates, default=_rates("0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"),
+    p.add_argument("--bers", "--ber", dest="bers", type=_rates, default=_rates("0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"),
                    help="comma-separated rates, or logspace:LO:HI:N (default: 0..3e-2)")
     p.add_argument("--maps", type=int, default=100, help="fault maps per rate")
     p.add_argument("--seed", type=int, default=0)

@@ -77,7 +77,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims))
     if len(data) - offset != expected:
         raise ValueError(f"{path}: header says {expected} bytes of data, file has {len(data) - offset}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
 def fashion_mnist_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:

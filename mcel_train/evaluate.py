@@ -48,6 +48,14 @@ def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[M
             )
         if out[i] is not None:
             raise ValueError(f"two memories for layer {i}")
+        layer = net.layers[i]
+        if mem.layout == "finn_mvau" and (layer.conv is not None or layer.flatten_before):
+            # FINN orders these columns (kh, kw, channel) / NHWC, not PyTorch's; mapping them
+            # as-is would silently hit the wrong weights.
+            raise NotImplementedError(
+                f"memory {mem.name!r}: FINN column order of conv / post-flatten layers is not "
+                "mapped yet (only dense layers of MLPs)"
+            )
         out[i] = mem
     return out
 

@@ -51,9 +51,26 @@ def network_inputs(model: nn.Module, images: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Logits of ``model`` (switched to eval mode) on ``images``, batched."""
+    return predict_logits_and_scale(model, images, batch)[0]
+
+
+@torch.no_grad()
+def predict_logits_and_scale(model: nn.Module, images: np.ndarray,
+                             batch: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and their quantization scale (``logits / scale`` are the integer accumulators)."""
     model.eval()
-    outs = [model(network_inputs(model, images[i : i + batch])) for i in range(0, len(images), batch)]
-    return torch.cat(outs) if outs else torch.empty(0)
+    outs, scale = [], torch.ones(())
+    for i in range(0, len(images), batch):
+        logits, scale = model.logits_and_scale(network_inputs(model, images[i : i + batch]))
+        outs.append(logits)
+    return (torch.cat(outs) if outs else torch.empty(0)), scale
+
+
+def predicted_classes(logits: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
+    """Top-1 class as the accelerator computes it: argmax of the integer accumulators, the
+    lowest index winning a tie. Integer logits tie often; on the float logits, rounding noise
+    would pick the winner of a tie instead."""
+    return torch.round(logits / scale).argmax(1).numpy()
 
 
 def logit_margins(logits: torch.Tensor) -> torch.Tensor:
@@ -64,8 +81,8 @@ def logit_margins(logits: torch.Tensor) -> torch.Tensor:
 
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy and mean logit margin (top-1 minus top-2, averaged) on a split."""
-    logits = predict_logits(model, images)
-    acc = float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else float("nan")
+    logits, scale = predict_logits_and_scale(model, images)
+    acc = float((predicted_classes(logits, scale) == labels).mean()) if len(labels) else float("nan")
     return {"accuracy": acc, "mean_logit_margin": float(logit_margins(logits).mean())}
 
 

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults. Uses Fashion-MNIST when installed, else the bundled
-# digits (with a notice). Later stages (build, simulate, compare) are appended as they land.
+# The main job on the embedded defaults: train a small 2-bit MLP with MCEL, export it, compile it
+# with FINN into a stitched RTL accelerator, inject bit flips into its weight memories under
+# cocotb + Verilator at four rates, and compare the hardware-measured accuracy with the software
+# prediction map by map. Uses Fashion-MNIST when installed, else the bundled 8x8 digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+MCEL=".venv/bin/python -m mcel_train.cli"
 RUN=${RUN:-runs/demo}
-if $PY -c "from mcel_train.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
+if .venv/bin/python -c "from mcel_train.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
   CONFIG=flows/configs/demo_fmnist.yaml
 else
   echo "notice: Fashion-MNIST not found (apt-get install dataset-fashion-mnist); the demo uses the bundled 8x8 digits" >&2
   CONFIG=flows/configs/smoke_digits.yaml
 fi
-if [ -e "$RUN/train" ]; then
-  echo "[demo] $RUN/train exists; reusing it (delete it to retrain)"
-else
-  $PY -m mcel_train.cli train "$CONFIG" --out "$RUN"
-fi
-cat "$RUN/train/metrics.json" | $PY -c "import json,sys; m=json.load(sys.stdin); print(f\"[demo] test accuracy {m['test_accuracy']:.4f}, mean logit margin {m['mean_logit_margin']:.2f}\")"
+step() { echo; echo "=== $* ==="; }
+if [ -e "$RUN/train" ]; then echo "[demo] reusing $RUN/train (delete $RUN to start over)"; else
+  step "train ($CONFIG)"; $MCEL train "$CONFIG" --out "$RUN"; fi
+if [ ! -e "$RUN/export" ]; then step "export to QONNX"; $MCEL export "$RUN"; fi
+if [ ! -e "$RUN/build" ]; then step "FINN build + Verilator"; $MCEL build "$RUN" --target-cycles 784; fi
+step "software sweep (100 maps per rate)"
+$MCEL sweep "$RUN" --bers 0,0.001,0.005,0.01,0.02 --maps 100 --seed 0 --force
+step "RTL simulation with fault injection (cocotb + Verilator)"
+$MCEL sim "$RUN" --ber 0,0.005,0.01,0.02 --maps 4 --images 500 --seed 0 --force
+step "hardware vs software"
+$MCEL compare "$RUN"
+echo "[demo] plots: $RUN/sim/compare.png, $RUN/sweep/sw_ber.png; records: $RUN/sim/hw_ber.json, $RUN/sim/compare.json"

@@ -1,0 +1,16 @@
+# cocotb's Makefile flow for tb_harness + accel_top (called by hw_sim/Makefile, which writes
+# $(MAKE_DIR)/sources.mk and job.json first).
+include $(MAKE_DIR)/sources.mk
+TOPLEVEL_LANG        = verilog
+COCOTB_TOPLEVEL      = tb_harness
+COCOTB_TEST_MODULES  = hw_sim.tb_accel
+SIM_BUILD            = $(MAKE_DIR)/sim_build
+COCOTB_RESULTS_FILE  = $(MAKE_DIR)/results.xml
+EXTRA_ARGS += --no-timing +define+FINN_SIMULATION -Wno-fatal -Wno-SELRANGE -Wno-MULTIDRIVEN \
+  -Wno-UNOPTFLAT -Wno-INITIALDLY -Wno-lint -Wno-style -Wno-ZEROREPL -Wno-WIDTHTRUNC \
+  -Wno-WIDTHEXPAND -Wno-PINCONNECTEMPTY -CFLAGS -O1 -LDFLAGS "-pthread -latomic"
+ifeq ($(WAVES),1)
+EXTRA_ARGS += --trace-fst --trace-structs
+endif
+export MCEL_SIM_JOB := $(MAKE_DIR)/job.json
+include $(shell cocotb-config --makefiles)/Makefile.sim

@@ -1,0 +1,329 @@
+"""The paper's experiment as one resumable command: train every (model, variant), sweep, report.
+
+For each model in ``models`` and each variant in ``variants`` this trains a run under
+``out/MODEL/VARIANT/`` (skipped when its ``train/`` exists, so an interrupted experiment
+resumes), runs the software bit-error sweep (skipped when a sweep with the same rates, maps and
+seed exists), and finally writes ``docs/results.md`` + ``docs/results.json`` + one plot per
+model from the files on disk alone. The report states the settings that were actually used
+(epochs, training images, maps), read back from each run's own records, so a short run can
+never be mistaken for the paper's full protocol.
+
+Runs execute in ``jobs`` worker processes with one torch thread each: the machine this was
+written for has two shared cores, and one thread per worker keeps runs from fighting over them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from mcel_train.errors import UserInputError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "flows" / "configs"
+DEFAULT_MODELS = ("sfc_w2a2", "sfc_w4a4", "sfc_w1a1", "vgg3_w4a4")
+DEFAULT_RATES = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2e-2)
+DEFAULT_MAPS = 50
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training recipe: config overrides applied on top of the model's YAML."""
+
+    name: str
+    label: str
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+_MCEL = ("loss.name=mcel", "loss.L=100")
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("ce", "CE"),
+    Variant("mcel8", "MCEL m=8", (*_MCEL, "loss.margin=8")),
+    Variant("mcel32", "MCEL m=32", (*_MCEL, "loss.margin=32")),
+    Variant("mcel128", "MCEL m=128", (*_MCEL, "loss.margin=128")),
+    Variant("hinge", "modified hinge (b=128)", ("loss.name=hinge", "loss.b=128")),
+    Variant("fat", "CE + fault-aware training p=1%",
+            ("fault_training={model: flip, rate: 0.01}",)),
+    Variant("mcel32_int", "MCEL m=32, integer logits", (*_MCEL, "loss.margin=32", "loss.logits=integer")),
+    Variant("mcel32_const", "MCEL m=32, const weight scale",
+            (*_MCEL, "loss.margin=32", "model.weight_scaling=const")),
+)}
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """Everything that decides the numbers of one experiment (saved into ``results.json``)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    out: Path = Path("runs/experiment")
+    epochs: int | None = None
+    limit_train: int = 0
+    maps: int = DEFAULT_MAPS
+    rates: tuple[float, ...] = DEFAULT_RATES
+    seed: int = 0
+    jobs: int = 2
+
+    def check(self) -> None:
+        """Reject unknown names and bad sizes before any work starts."""
+        for m in self.models:
+            if not config_path(m).is_file():
+                raise UserInputError(f"no config {config_path(m)} for model {m!r}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise UserInputError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
+        if self.maps < 2:
+            raise UserInputError("maps must be >= 2 (a confidence interval needs two maps)")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserInputError("epochs must be >= 1")
+        if self.jobs < 1:
+            raise UserInputError("jobs must be >= 1")
+
+
+def config_path(model: str) -> Path:
+    """The Fashion-MNIST YAML config of a zoo model."""
+    return CONFIG_DIR / f"{model}_fmnist.yaml"
+
+
+def run_dir(settings: ExperimentSettings, model: str, variant: str) -> Path:
+    return Path(settings.out) / model / variant
+
+
+def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[str]:
+    """Config overrides for one run: the variant's recipe plus the experiment's size options."""
+    out = [f"name={model}_{variant}", *VARIANTS[variant].overrides]
+    if settings.epochs is not None:
+        out.append(f"epochs={settings.epochs}")
+    if settings.limit_train:
+        out.append(f"data.limit_train={settings.limit_train}")
+    return out
+
+
+def _sweep_matches(path: Path, settings: ExperimentSettings) -> bool:
+    if not path.is_file():
+        return False
+    rec = json.loads(path.read_text())
+    return (rec.get("maps") == settings.maps and rec.get("seed") == settings.seed
+            and [r["rate"] for r in rec["results"]] == [float(r) for r in settings.rates])
+
+
+def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
+    """Train (unless done) and sweep (unless done) one run; returns a one-line status."""
+    import torch
+
+    torch.set_num_threads(1)
+    from mcel_train.config import load_config
+    from mcel_train.sweep import run_sweep
+    from mcel_train.train import run_train
+
+    rd = run_dir(settings, model, variant)
+    did = []
+    if not (rd / "train").is_dir():
+        run_train(load_config(config_path(model), overrides(settings, model, variant)), rd,
+                  show_progress=False)
+        did.append("trained")
+    if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings):
+        run_sweep(rd, list(settings.rates), maps=settings.maps, seed=settings.seed, force=True,
+                  progress=False)
+        did.append("swept")
+    return f"{model}/{variant}: {', '.join(did) or 'up to date'}"
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_experiment(settings: ExperimentSettings, docs: Path = Path("docs"),
+                   log: Callable[[str], None] = print) -> dict:
+    """Run every missing (model, variant), then write the report; returns the results record."""
+    settings.check()
+    jobs = [(m, v) for m in settings.models for v in settings.variants]
+    t0 = time.perf_counter()
+    failures = []
+    if settings.jobs == 1:
+        for m, v in jobs:
+            log(run_one(settings, m, v))
+    else:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=_init_worker) as pool:
+            futs = {pool.submit(run_one, settings, m, v): (m, v) for m, v in jobs}
+            for fut in as_completed(futs):
+                try:
+                    log(f"[{time.perf_counter() - t0:6.0f}s] {fut.result()}")
+                except Exception as err:  # noqa: BLE001 - report and keep the other runs going
+                    failures.append(futs[fut])
+                    log(f"FAILED {'/'.join(futs[fut])}: {type(err).__name__}: {err}")
+    record = collect(settings)
+    write_report(record, docs)
+    if failures:
+        raise UserInputError(f"{len(failures)} run(s) failed: {failures}")
+    return record
+
+
+def _run_summary(rd: Path) -> dict | None:
+    """Numbers of one finished run, read from its train and sweep records."""
+    metrics_p, sweep_p = rd / "train" / "metrics.json", rd / "sweep" / "sw_ber.json"
+    if not (metrics_p.is_file() and sweep_p.is_file()):
+        return None
+    metrics = json.loads(metrics_p.read_text())
+    sweep = json.loads(sweep_p.read_text())
+    return {
+        "run": str(rd),
+        "epochs": len(metrics["epochs"]),
+        "train_images": metrics["train_images"],
+        "test_images": metrics["test_images"],
+        "float_test_accuracy": metrics["test_accuracy"],
+        "clean_accuracy": sweep["clean_accuracy"],
+        "mean_logit_margin": metrics["mean_logit_margin"],
+        "median_step_time_s": metrics["median_step_time_s"],
+        "train_wall_time_s": metrics.get("wall_time_s"),
+        "maps": sweep["maps"],
+        "sweep": [{k: r[k] for k in ("rate", "mean", "std", "ci95", "faults_per_map_mean")}
+                  for r in sweep["results"]],
+    }
+
+
+def collect(settings: ExperimentSettings) -> dict:
+    """Gather every finished run of the experiment from disk (missing runs are listed)."""
+    models, missing = {}, []
+    for m in settings.models:
+        rows = {}
+        for v in settings.variants:
+            s = _run_summary(run_dir(settings, m, v))
+            if s is None:
+                missing.append(f"{m}/{v}")
+            else:
+                rows[v] = {"label": VARIANTS[v].label, **s}
+        models[m] = rows
+    return {
+        "format": "mcel-experiment",
+        "version": 1,
+        "settings": {
+            "models": list(settings.models), "variants": list(settings.variants),
+            "out": str(settings.out), "epochs_override": settings.epochs,
+            "limit_train": settings.limit_train, "maps": settings.maps,
+            "rates": [float(r) for r in settings.rates], "seed": settings.seed,
+            "fault_model": "flip", "memory_layout": "natural (software model)",
+        },
+        "variants": {v: {"label": VARIANTS[v].label, "overrides": list(VARIANTS[v].overrides)}
+                     for v in settings.variants},
+        "models": models,
+        "missing": missing,
+    }
+
+
+def _plot(model: str, rows: dict, out_png: Path) -> Path:
+    from mcel_train.plotting import plot_sweeps
+
+    recs = [(row["label"], {"results": row["sweep"], "fault_model": {"spec": "flip"}})
+            for row in rows.values()]
+    return plot_sweeps(recs, out_png, title=f"{model}: accuracy under weight bit flips "
+                                            "(mean, 95% CI)")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _settings_text(record: dict) -> list[str]:
+    s = record["settings"]
+    runs = [r for rows in record["models"].values() for r in rows.values()]
+    epochs = sorted({r["epochs"] for r in runs})
+    images = sorted({r["train_images"] for r in runs})
+    tests = sorted({r["test_images"] for r in runs})
+    return [
+        "## Settings used",
+        "",
+        f"- Epochs: {', '.join(map(str, epochs)) or '-'} "
+        f"(override {s['epochs_override']!r}; the configs' own default is 10).",
+        f"- Training images: {', '.join(map(str, images)) or '-'} "
+        f"(limit_train={s['limit_train']}; 54000 = the full Fashion-MNIST train split minus "
+        "10% validation).",
+        f"- Test images per evaluation: {', '.join(map(str, tests)) or '-'}.",
+        f"- Fault model: independent bit flips in the stored weight words (natural layout), "
+        f"{s['maps']} fault maps per rate, seed {s['seed']}; rates "
+        f"{', '.join(f'{r:g}' for r in s['rates'])}.",
+        "- Accuracy is that of the bit-exact integer network (argmax of integer logits, ties to "
+        "the lowest class); 95% CI is a Student-t interval of the mean over maps.",
+        "- Mean logit margin: top-1 minus top-2 float logit on the clean test set "
+        "(from training's metrics).",
+        "- Step time: median wall time of one training step (batch 128, one torch thread, on a "
+        "shared, loaded 2-core machine: compare within a table only).",
+        "",
+    ]
+
+
+def markdown(record: dict, plots: dict[str, str]) -> str:
+    """The human-readable report of a results record."""
+    rates = record["settings"]["rates"]
+    lines = ["# Results: bit-error tolerance by training loss", "",
+             "Generated by `mcel experiment`; numbers are read from the run folders under "
+             f"`{record['settings']['out']}`.", ""]
+    lines += _settings_text(record)
+    for model, rows in record["models"].items():
+        lines += [f"## {model}", ""]
+        if not rows:
+            lines += ["No finished runs.", ""]
+            continue
+        head = ["variant", "clean acc %", "mean logit margin"]
+        head += [f"acc % at p={r:g} [95% CI]" for r in rates if r > 0]
+        head += ["ms / step"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows.values():
+            cells = [row["label"], _pct(row["clean_accuracy"]), f"{row['mean_logit_margin']:.2f}"]
+            for r in row["sweep"]:
+                if r["rate"] == 0:
+                    continue
+                ci = r["ci95"] or [r["mean"], r["mean"]]
+                cells.append(f"{_pct(r['mean'])} [{_pct(ci[0])}, {_pct(ci[1])}]")
+            cells.append(f"{1000 * row['median_step_time_s']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        if model in plots:
+            lines += [f"![{model}]({plots[model]})", ""]
+    if record["missing"]:
+        lines += ["## Missing runs", "", ", ".join(record["missing"]), ""]
+    return "\n".join(lines)
+
+
+def write_report(record: dict, docs: Path = Path("docs")) -> Path:
+    """Write ``results.json``, ``results.md`` and one ``results_MODEL.png`` per model."""
+    docs.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for model, rows in record["models"].items():
+        if rows:
+            png = docs / f"results_{model}.png"
+            _plot(model, rows, png)
+            plots[model] = png.name
+    (docs / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    md = docs / "results.md"
+    md.write_text(markdown(record, plots))
+    return md
+
+
+def gain_at(record: dict, model: str, variant: str, rate: float, base: str = "ce") -> float | None:
+    """Accuracy difference (points) of ``variant`` over ``base`` at ``rate``, if both ran."""
+    rows = record["models"].get(model, {})
+    if variant not in rows or base not in rows:
+        return None
+
+    def acc(v: str) -> float:
+        return next(r["mean"] for r in rows[v]["sweep"] if r["rate"] == rate)
+
+    return 100 * (acc(variant) - acc(base))
+
+
+def parse_list(text: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")`` (checked against ``allowed`` when given)."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if allowed is not None:
+        bad = [t for t in items if t not in allowed]
+        if bad:
+            raise UserInputError(f"unknown name(s) {', '.join(bad)}; known: {', '.join(allowed)}")
+    return items

@@ -1,0 +1,156 @@
+"""The integer network of a FINN build, for fast bit-exact prediction of the accelerator.
+
+Why: ``hw_sim.predict.finn_predict`` runs FINN's Python execution once per fault map, which
+is far too slow for sweeps of hundreds of maps. The build's dataflow graph of an MLP is a chain
+of matrix-vector units and thresholds, which is exactly an :class:`IntNetwork` with
+:class:`ThresholdPostOp` post-ops, so :class:`mcel_train.evaluate.MapEvaluator` can evaluate
+all maps at once. The weights are decoded from the memory init files through the manifest's
+layout (the same words the RTL loads), not taken from the graph, so a layout error shows up as
+a mismatch against ``finn_predict`` instead of being hidden.
+
+Supported nodes (dataflow graph of ``mcel build``): ``MVAU_rtl`` (weights ``(MW, MH)``,
+optional embedded thresholds), ``Thresholding_rtl`` and the project's ``BinMVAU``
+(``flows.custom_ops``); stream plumbing (FIFOs, width converters) is skipped. Conv builds
+(sliding window generators) are not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcel_train.intnet import IdentityPostOp, IntLayer, IntNetError, IntNetwork, PostOp, ThresholdPostOp
+from mcel_train.memory import Memory, memories_from_manifest
+
+PLUMBING = ("StreamingFIFO", "StreamingDataWidthConverter")
+MATRIX_OPS = ("MVAU_rtl", "MVAU_hls", "BinMVAU")
+
+
+def _attr(node, name: str, default=None):
+    """A node attribute as a Python value (bytes decoded), ``default`` when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            if a.type == a.STRING:
+                return a.s.decode()
+            if a.type == a.INT:
+                return int(a.i)
+            if a.type == a.FLOAT:
+                return float(a.f)
+            return default
+    return default
+
+
+def _threshold_post(thresholds: np.ndarray, channels: int, out_dtype: str, act_val: int,
+                    scale: float = 1.0, offset: float = 0.0) -> ThresholdPostOp:
+    """FINN MultiThreshold as a post-op on ``acc`` where the hardware compares ``acc * scale +
+    offset``; thresholds are moved into acc units exactly (``scale`` is 1 or 2)."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.shape[0] == 1 and channels != 1:
+        t = np.tile(t, (channels, 1))
+    if t.shape[0] != channels:
+        raise IntNetError(f"{t.shape[0]} threshold rows for {channels} channels")
+    # acc is an integer: acc * scale + offset >= T  <=>  acc >= ceil((T - offset) / scale).
+    t = np.ceil((np.ceil(t) - offset) / scale)
+    if out_dtype == "BIPOLAR":
+        if t.shape[1] != 1:
+            raise IntNetError("bipolar outputs need exactly one threshold per channel")
+        return ThresholdPostOp(torch.from_numpy(t), out_bias=-1.0, out_mult=2.0)
+    return ThresholdPostOp(torch.from_numpy(t), out_bias=float(act_val))
+
+
+def _bin_mvau_post(node, t: np.ndarray | None, mw: int) -> PostOp | None:
+    """BinMVAU: in XNOR mode the RTL thresholds the popcount ``(dot + MW) / 2``; the
+    :class:`IntLayer` computes the bipolar dot product, so ``pop >= T <=> dot >= 2T - MW``."""
+    if _attr(node, "noActivation", 0) or t is None:
+        return None
+    xnor = _attr(node, "inputDataType") == "BIPOLAR" or bool(_attr(node, "binaryXnorMode", 0))
+    odt = _attr(node, "outputDataType")
+    act_val = 0 if odt == "BIPOLAR" else int(_attr(node, "ActVal", 0) or 0)
+    if xnor:
+        return _threshold_post(t, _attr(node, "MH"), odt, act_val, scale=0.5, offset=mw / 2)
+    return _threshold_post(t, _attr(node, "MH"), odt, act_val)
+
+
+def from_finn_build(build_dir: str | Path) -> IntNetwork:
+    """The integer network the build's accelerator computes, outputs = integer accumulators.
+
+    Layer ``i`` is the ``i``-th matrix unit of the dataflow graph, named after its FINN node
+    (the manifest's ``layer``); its weights ``(MH, MW)`` are decoded from the init file of its
+    weight memory. Its post-op is the thresholding that follows it (separate
+    ``Thresholding_rtl`` or embedded); the last layer has none, so its accumulators are the
+    network's integer outputs.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flows.mem_layout import decode_mvau, read_words
+    from hw_sim.predict import dataflow_graph_path
+
+    build_dir = Path(build_dir)
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    weight_entries = {m["layer"]: m for m in manifest["memories"] if m["kind"] == "weights"}
+    model = ModelWrapper(str(dataflow_graph_path(build_dir)))
+    layers: list[IntLayer] = []
+    pending: list[PostOp | None] = []
+    for node in model.graph.node:
+        op = node.op_type
+        if op.startswith(PLUMBING):
+            continue
+        if op in MATRIX_OPS:
+            if pending and pending[-1] is None and layers:
+                raise IntNetError(f"{node.name}: two matrix units without thresholds between")
+            if _attr(node, "inputDataType") == "BINARY":
+                raise IntNetError(f"{node.name}: BINARY {{0,1}} inputs are not supported")
+            mh, mw = _attr(node, "MH"), _attr(node, "MW")
+            entry = weight_entries.get(node.name)
+            if entry is None:
+                raise IntNetError(f"{node.name}: no weight memory in the manifest")
+            w = decode_mvau(read_words(Path(entry["init_file"])), entry["layout"])
+            # No comparison with the graph's initializer: the init files are the truth (they are
+            # what the RTL loads, and experiments may edit them); the build checked the layout.
+            t = model.get_initializer(node.input[2]) if len(node.input) > 2 else None
+            bits = 1 if entry["layout"].get("bipolar") else int(entry["layout"]["element_bits"])
+            if op == "BinMVAU":
+                post = _bin_mvau_post(node, t, mw)
+            elif t is not None and not _attr(node, "noActivation", 0):
+                odt = _attr(node, "outputDataType")
+                post = _threshold_post(t, mh, odt, int(_attr(node, "ActVal", 0) or 0))
+            else:
+                post = None
+            layers.append(IntLayer(node.name, w, 1.0, bits, IdentityPostOp(1.0)))
+            pending.append(post)
+        elif op.startswith("Thresholding"):
+            if not layers or pending[-1] is not None:
+                raise IntNetError(f"{node.name}: thresholding without a preceding matrix unit")
+            t = model.get_initializer(node.input[1])
+            pending[-1] = _threshold_post(t, _attr(node, "NumChannels"),
+                                          _attr(node, "outputDataType"),
+                                          int(_attr(node, "ActVal", 0) or 0))
+        else:
+            raise IntNetError(f"{node.name}: node type {op} is not supported by the fast model")
+    if not layers:
+        raise IntNetError(f"{build_dir}: no matrix units in the dataflow graph")
+    if pending[-1] is not None:
+        raise IntNetError("the last matrix unit is thresholded: outputs are not accumulators")
+    for layer, post in zip(layers[:-1], pending[:-1], strict=True):
+        if post is None:
+            raise IntNetError(f"{layer.name}: hidden layer without thresholds")
+        layer.post = post
+    in_name = model.graph.input[0].name
+    input_kind = "bipolar" if str(model.get_tensor_datatype(in_name)) == "BIPOLAR" else "uint8"
+    shape = tuple(int(s) for s in model.get_tensor_shape(in_name)[1:])
+    return IntNetwork(layers, shape, input_kind, {"build": str(build_dir)})
+
+
+def build_memories(build_dir: str | Path, net: IntNetwork) -> list[Memory]:
+    """The build's weight memories, each pointing at its layer of ``net`` (``layer_index``)."""
+    manifest = json.loads((Path(build_dir) / "manifest.json").read_text())
+    by_name = {e["name"]: e["layer"] for e in manifest["memories"] if e["kind"] == "weights"}
+    index = {layer.name: i for i, layer in enumerate(net.layers)}
+    return [replace(m, layer_index=index[by_name[m.name]])
+            for m in memories_from_manifest(manifest)]
