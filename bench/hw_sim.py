@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/hw_sim.json")
     args = ap.parse_args()
 
-    run = Path(args.run)
+    run = Path(args.run).resolve()
     manifest = load_build_manifest(run)
     sim_dir = run / "bench_sim"
     shutil.rmtree(sim_dir, ignore_errors=True)

@@ -20,6 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--target-cycles", type=int, default=None, help="cycles per image for --folding auto")
     b.add_argument("--part", default=None, help="FPGA part for FINN's estimates (default xczu3eg)")
     b.add_argument("--verify-images", type=int, default=200, help="images checked RTL == FINN == torch")
+    b.add_argument("--runtime-writeable", action="store_true",
+                   help="expose every weight memory's AXI-lite port at accel_top (for --inject axilite)")
     b.add_argument("--force", action="store_true", help="replace an existing build/ folder")
     b.set_defaults(func=cmd_build)
 
@@ -37,10 +39,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     from flows.build import build_run
 
     kwargs = {"folding": args.folding, "target_cycles": args.target_cycles, "n_verify": args.verify_images,
-              "force": args.force}
+              "force": args.force, "runtime_writeable": args.runtime_writeable}
     if args.part:
         kwargs["part"] = args.part
     record = build_run(Path(args.run), **kwargs)
-    verify = record.get("verify", {})
+    verify = record.get("verification", {})
     print(f"built {Path(args.run) / 'build'}: {json.dumps(verify)[:300]}")
     return 0

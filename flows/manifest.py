@@ -53,8 +53,10 @@ def _axilite_map(width: int, depth: int) -> dict:
     k = 2 ** math.ceil(math.log2(max(1, (width + 31) // 32)))
     return {
         "words_per_line": k,
+        "data_words": (width + 31) // 32,
         "address": "byte address (t*words_per_line + i)*4 holds bits [32*i, 32*i+32) of line t",
-        "commit": "writing the last word of a line commits it",
+        "commit": "writing word data_words-1 of a line commits it (earlier words are buffered; "
+                  "words data_words..words_per_line-1 are ignored)",
         "exposed_at_top": False,
         "note": "the port is tied off in accel_top; write through the simulator's memory handle",
         "addr_bits": int(math.ceil(math.log2(depth * k))) + 2,

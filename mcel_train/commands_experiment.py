@@ -21,9 +21,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     if args.report_only:
         settings.check()
-        md = write_report(collect(settings), args.docs)
+        md = write_report(collect(settings, args.note), args.docs)
     else:
-        run_experiment(settings, args.docs)
+        run_experiment(settings, args.docs, notes=args.note)
         md = args.docs / "results.md"
     print(f"wrote {md} and {args.docs / 'results.json'}")
     return 0
@@ -48,6 +48,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/experiment"), help="experiment folder")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/json/png go")
+    p.add_argument("--note", action="append", default=[],
+                   help="a sentence for the report's Notes section (repeatable)")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite the report from the finished runs")
     p.set_defaults(func=cmd_experiment)

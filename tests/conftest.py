@@ -43,5 +43,18 @@ def smoke_build(smoke_run) -> Path:
     """The smoke run compiled by the FINN flow into a Verilated accelerator (folded to ~64 cycles)."""
     from flows.build import build_run
 
-    build_run(smoke_run, folding="auto", target_cycles=64, n_verify=50)
+    build_run(smoke_run, folding="auto", target_cycles=64, n_verify=50, runtime_writeable=True)
     return smoke_run
+
+
+@pytest.fixture(scope="session")
+def smoke_bin_build(tmp_path_factory) -> Path:
+    """A binarized tfc_w1a1 on digits, built with the project's own XNOR-popcount RTL."""
+    from flows.build import build_run
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+
+    run = tmp_path_factory.mktemp("runs") / "smoke_w1a1"
+    run_train(load_config(CONFIGS / "smoke_digits_w1a1.yaml"), run, show_progress=False)
+    build_run(run, folding="auto", target_cycles=64, n_verify=50, runtime_writeable=True)
+    return run

@@ -15,7 +15,7 @@ from mcel_train.cli import main
 @pytest.mark.slow
 def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     bers = [0.0, 0.005, 0.01, 0.02]
-    path = run_sim(smoke_build, bers, maps=7, images=60, seed=0)
+    path = run_sim(smoke_build, bers, maps=7, images=60, seed=0, force=True)
     record = json.loads(path.read_text())
     assert len(record["maps"]) == 1 + 3 * 7
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
@@ -34,6 +34,21 @@ def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     for m in json.loads(again.read_text())["maps"]:
         assert first[(m["rate"], m["map_index"])] == m["digest"]
     assert main(["compare", str(smoke_build)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", ["smoke_build", "smoke_bin_build"])
+@pytest.mark.parametrize("inject", ["backdoor", "axilite"])
+def test_binarized_and_2bit_backdoor_and_axilite(build, inject, request):
+    """>= 20 maps per build and injection path, rates up to 2 %: every output identical."""
+    run = request.getfixturevalue(build)
+    path = run_sim(run, [0.0, 0.005, 0.01, 0.02], maps=7, images=40, seed=1, inject=inject, force=True)
+    record = json.loads(path.read_text())
+    assert len(record["maps"]) == 22 and record["inject"] == inject
+    faulty = [m for m in record["maps"] if m["faults"] > 0]
+    assert len(faulty) >= 20
+    assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
+    assert compare_run(run)["identical"]
 
 
 @pytest.mark.slow

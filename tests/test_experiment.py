@@ -1,0 +1,73 @@
+"""``mcel experiment``: option checking, resumable bookkeeping and the report from run records.
+
+Why: the experiment's report is what gets quoted, so it must be built only from the runs' own
+records (settings included) and list missing runs instead of silently dropping them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mcel_train.errors import UserInputError
+from mcel_train.experiment import (
+    VARIANTS,
+    ExperimentSettings,
+    collect,
+    gain_at,
+    overrides,
+    write_report,
+)
+
+
+def _fake_run(rd: Path, acc: float, rates: tuple[float, ...], maps: int) -> None:
+    (rd / "train").mkdir(parents=True)
+    (rd / "sweep").mkdir()
+    (rd / "train" / "metrics.json").write_text(json.dumps({
+        "epochs": [{}, {}], "train_images": 1000, "test_images": 500, "test_accuracy": acc,
+        "mean_logit_margin": 3.0, "median_step_time_s": 0.05}))
+    results = [{"rate": r, "mean": acc - 10 * r, "std": 0.01, "ci95": [acc - 10 * r - 0.01,
+                acc - 10 * r + 0.01], "faults_per_map_mean": 1.0} for r in rates]
+    (rd / "sweep" / "sw_ber.json").write_text(json.dumps(
+        {"clean_accuracy": acc, "maps": maps, "seed": 0, "results": results}))
+
+
+def test_report_from_records(tmp_path):
+    rates = (0.0, 1e-3, 1e-2)
+    s = ExperimentSettings(models=("sfc_w2a2",), variants=("ce", "mcel32", "hinge"),
+                           out=tmp_path / "exp", epochs=2, maps=3, rates=rates)
+    s.check()
+    _fake_run(s.out / "sfc_w2a2" / "ce", 0.80, rates, 3)
+    _fake_run(s.out / "sfc_w2a2" / "mcel32", 0.85, rates, 3)
+    record = collect(s)
+    assert record["missing"] == ["sfc_w2a2/hinge"]
+    assert gain_at(record, "sfc_w2a2", "mcel32", 1e-2) == pytest.approx(5.0)
+    md = write_report(record, tmp_path / "docs").read_text()
+    assert "Epochs: 2" in md and "Training images: 1000" in md
+    assert "| MCEL m=32 | 85.0 |" in md and "sfc_w2a2/hinge" in md
+    assert "+5.0 at p=0.01" in md
+    assert (tmp_path / "docs" / "results_sfc_w2a2.png").is_file()
+    assert json.loads((tmp_path / "docs" / "results.json").read_text())["settings"]["maps"] == 3
+
+
+def test_overrides_and_checks(tmp_path):
+    s = ExperimentSettings(models=("sfc_w1a1",), variants=tuple(VARIANTS), out=tmp_path,
+                           epochs=1, limit_train=256)
+    ov = overrides(s, "sfc_w1a1", "mcel32_int")
+    assert "loss.logits=integer" in ov and "epochs=1" in ov and "data.limit_train=256" in ov
+    const = overrides(s, "sfc_w2a2", "mcel32_const")
+    assert "model.weight_scaling=const" in const
+    assert "model.const_weight_scale=0.035714286" in const  # 1/28: init abs-max of a 784-input layer
+    with pytest.raises(UserInputError):
+        ExperimentSettings(models=("nope",)).check()
+    with pytest.raises(UserInputError):
+        ExperimentSettings(variants=("ce", "bogus")).check()
+
+
+def test_cli_registers_experiment():
+    from mcel_train.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "--models", "sfc_w2a2", "--epochs", "1"])
+    assert args.command == "experiment" and args.epochs == 1 and args.maps == 50
