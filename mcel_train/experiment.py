@@ -67,6 +67,7 @@ class ExperimentSettings:
     rates: tuple[float, ...] = DEFAULT_RATES
     seed: int = 0
     jobs: int = 2
+    train_seed: int | None = None
 
     def check(self) -> None:
         """Reject unknown names and bad sizes before any work starts."""
@@ -117,6 +118,8 @@ def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[st
         out.append(f"epochs={settings.epochs}")
     if settings.limit_train:
         out.append(f"data.limit_train={settings.limit_train}")
+    if settings.train_seed is not None:
+        out.append(f"seed={settings.train_seed}")
     return out
 
 
@@ -226,6 +229,7 @@ def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
             "out": str(settings.out), "epochs_override": settings.epochs,
             "limit_train": settings.limit_train, "maps": settings.maps,
             "rates": [float(r) for r in settings.rates], "seed": settings.seed,
+            "train_seed_override": settings.train_seed,
             "fault_model": "flip", "memory_layout": "natural (software model)",
         },
         "variants": {v: {"label": VARIANTS[v].label, "overrides": list(VARIANTS[v].overrides)}
@@ -255,6 +259,8 @@ def _settings_text(record: dict) -> list[str]:
     epochs = sorted({r["epochs"] for r in runs})
     images = sorted({r["train_images"] for r in runs})
     tests = sorted({r["test_images"] for r in runs})
+    seed = s.get("train_seed_override")
+    seed = "the configs' own (0)" if seed is None else seed
     return [
         "## Settings used",
         "",
@@ -264,6 +270,7 @@ def _settings_text(record: dict) -> list[str]:
         f"(limit_train={s['limit_train']}; 54000 = the full Fashion-MNIST train split minus "
         "10% validation).",
         f"- Test images per evaluation: {', '.join(map(str, tests)) or '-'}.",
+        f"- Training seed: {seed}; one training run per (model, variant).",
         f"- Fault model: independent bit flips in the stored weight words (natural layout), "
         f"{s['maps']} fault maps per rate, seed {s['seed']}; rates "
         f"{', '.join(f'{r:g}' for r in s['rates'])}.",

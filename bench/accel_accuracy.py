@@ -1,0 +1,67 @@
+"""Top-1 accuracy of the built accelerator on the whole test set against the Brevitas model's.
+
+Runs every test image through the build's Verilated accelerator (plain C++ harness, fast) and
+compares its predictions, image by image, with the trained Brevitas model's (argmax of the
+integer logits, lowest index on a tie, which is what the accelerator's outputs give).
+
+    .venv/bin/python bench/accel_accuracy.py --run runs/tfc_w2a2_fmnist [--run runs/...]
+
+Writes ``bench/results/accel_accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flows.build import _stream_format, load_run_model, run_inputs
+from flows.verilate import run_simulator
+from hw_sim.sim import load_build_manifest
+from mcel_train.train import predicted_classes
+
+
+def check(run: Path) -> dict:
+    run = run.resolve()
+    manifest = load_build_manifest(run)
+    model, _, r = load_run_model(run)
+    x, labels = run_inputs(r, 10**9)
+    t0 = time.perf_counter()
+    hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, _stream_format(manifest),
+                              run / "build" / "full_test")
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        logits, scale = model.logits_and_scale(torch.from_numpy(x))
+    sw_pred = predicted_classes(logits, scale)
+    hw_pred = hw.argmax(1)
+    return {
+        "run": str(run), "images": len(labels), "accelerator_accuracy": float((hw_pred == labels).mean()),
+        "brevitas_accuracy": float((sw_pred == labels).mean()),
+        "predictions_identical": int((hw_pred == sw_pred).sum()),
+        "integer_logits_identical": int(np.all(np.abs(hw - np.round((logits / scale).numpy())) < 1e-6, axis=1).sum()),
+        "cycles_per_image": stats["cycles_per_image"],
+        "finn_expected_ii": manifest["estimates"]["expected_ii_cycles"], "sim_seconds": round(seconds, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True)
+    ap.add_argument("--out", default="bench/results/accel_accuracy.json")
+    args = ap.parse_args()
+    results = [check(Path(r)) for r in args.run]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    for res in results:
+        print(json.dumps(res))
+    if any(res["predictions_identical"] != res["images"] for res in results):
+        raise SystemExit("accelerator and Brevitas predictions differ")
+
+
+if __name__ == "__main__":
+    main()
