@@ -6,11 +6,11 @@ COCOTB_TOPLEVEL      = tb_harness
 COCOTB_TEST_MODULES  = hw_sim.tb_accel
 SIM_BUILD            = $(MAKE_DIR)/sim_build
 COCOTB_RESULTS_FILE  = $(MAKE_DIR)/results.xml
-EXTRA_ARGS += --no-timing +define+FINN_SIMULATION -Wno-fatal -Wno-SELRANGE -Wno-MULTIDRIVEN \
+COMPILE_ARGS += --no-timing +define+FINN_SIMULATION -Wno-fatal -Wno-SELRANGE -Wno-MULTIDRIVEN \
   -Wno-UNOPTFLAT -Wno-INITIALDLY -Wno-lint -Wno-style -Wno-ZEROREPL -Wno-WIDTHTRUNC \
   -Wno-WIDTHEXPAND -Wno-PINCONNECTEMPTY -CFLAGS -O1 -LDFLAGS "-pthread -latomic"
 ifeq ($(WAVES),1)
-EXTRA_ARGS += --trace-fst --trace-structs
+VERILATOR_TRACE = 1
 endif
 export MCEL_SIM_JOB := $(MAKE_DIR)/job.json
 include $(shell cocotb-config --makefiles)/Makefile.sim

@@ -77,11 +77,11 @@ def digest(outputs: np.ndarray) -> str:
 
 def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
-                predictor: str = "finn", force: bool = False, watchdog_cycles: int | None = None,
-                backpressure: bool = False) -> dict:
+                predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
+                backpressure: bool = False, crosscheck_maps: int = 2) -> dict:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job."""
     from flows.build import load_run_model, run_inputs
-    from hw_sim.predict import finn_predict
+    from hw_sim.predict import fast_predict, finn_predict
     from mcel_train.faults.faultmap import FaultMap
 
     run_dir = Path(run_dir)
@@ -105,7 +105,20 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     work.mkdir(parents=True)
     t0 = time.perf_counter()
     entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps")
-    predicted = finn_predict(run_dir / "build", x, [FaultMap.load(e["file"]) for e in entries])
+    fmaps = [FaultMap.load(e["file"]) for e in entries]
+    if predictor == "fast":
+        # The batched integer evaluator, cross-checked on a few maps (the clean one and the
+        # first faulty ones) against FINN's Python execution of the faulty graph.
+        predicted = fast_predict(run_dir / "build", x, fmaps)
+        check = [0] + [i for i, f in enumerate(fmaps) if len(f)][:crosscheck_maps]
+        reference = finn_predict(run_dir / "build", x, [fmaps[i] for i in check])
+        for j, i in enumerate(check):
+            if not np.array_equal(reference[j], predicted[i]):
+                raise SimulationError(f"fast software prediction differs from FINN's execution on map {i}")
+    elif predictor == "finn":
+        predicted = finn_predict(run_dir / "build", x, fmaps)
+    else:
+        raise UserInputError(f"predictor must be fast or finn, got {predictor!r}")
     np.save(work / "inputs.npy", words)
     np.save(work / "predicted.npy", predicted)
     np.save(work / "labels.npy", labels)
@@ -176,7 +189,7 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
 
 def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
-            predictor: str = "finn", force: bool = False, waves: bool = False,
+            predictor: str = "fast", force: bool = False, waves: bool = False,
             watchdog_cycles: int | None = None, backpressure: bool = False) -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
     from hw_sim.runner import build_harness, run_job

@@ -325,7 +325,9 @@ def _findings(record: dict, rates: Sequence[float] = (1e-2, 2e-2)) -> list[str]:
     """Gain of every variant over CE at ``rates``, with whether the 95% CIs are disjoint."""
     lines = ["## Gain over CE", "",
              "Computed from the tables above: accuracy difference in points (mean over maps); "
-             "'separated' means the two 95% CIs do not overlap. The CIs cover the fault-map "
+             "'separated' means the two 95% CIs do not overlap; 'drop' is clean minus faulty "
+             "accuracy of the same network, which separates robustness from clean accuracy. "
+             "The CIs cover the fault-map "
              "randomness only: each variant was trained once (one seed), so training-to-training "
              "variation is not in them.", ""]
     found = False
@@ -343,8 +345,11 @@ def _findings(record: dict, rates: Sequence[float] = (1e-2, 2e-2)) -> list[str]:
                 c = ce[r["rate"]]
                 sep = bool(r["ci95"] and c["ci95"] and (r["ci95"][0] > c["ci95"][1]
                                                         or r["ci95"][1] < c["ci95"][0]))
+                drop = 100 * (row["clean_accuracy"] - r["mean"])
+                ce_drop = 100 * (rows["ce"]["clean_accuracy"] - c["mean"])
                 parts.append(f"{100 * (r['mean'] - c['mean']):+.1f} at p={r['rate']:g} "
-                             f"({'separated' if sep else 'CIs overlap'})")
+                             f"({'separated' if sep else 'CIs overlap'}; drop from own clean "
+                             f"{drop:.1f} vs CE {ce_drop:.1f})")
             if not parts:
                 continue
             clean = 100 * (row["clean_accuracy"] - rows["ce"]["clean_accuracy"])

@@ -42,10 +42,13 @@ def test_qonnx_export_matches_torch(name, tmp_path):
     wrapped = ModelWrapper(str(path)).transform(InferShapes())
     iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
     with torch.no_grad():
-        expected = model(x).numpy()
+        logits, scale = model.logits_and_scale(x)
+    expected = logits.numpy()
     got = execute_onnx(wrapped, {iname: x.numpy()})[oname]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    # Integer logits tie often; compare classes on the integer accumulators, not float noise.
+    s = float(scale)
+    assert np.array_equal(np.round(got / s).argmax(1), np.round(expected / s).argmax(1))
 
 
 def test_bit_width_and_names():
