@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# bench/hw_sim.py would shadow the ``hw_sim`` package when this runs as a script from bench/.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from flows.build import _stream_format, load_run_model, run_inputs
-from flows.verilate import run_simulator
-from hw_sim.sim import load_build_manifest
-from mcel_train.train import predicted_classes
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from flows.build import _stream_format, load_run_model, run_inputs  # noqa: E402
+from flows.verilate import run_simulator  # noqa: E402
+from hw_sim.sim import load_build_manifest  # noqa: E402
+from mcel_train.train import predicted_classes  # noqa: E402
 
 
 def check(run: Path) -> dict:
