@@ -140,8 +140,11 @@ endmodule : {HARNESS_TOP}
 
 
 def write_harness(spec: HarnessSpec, path: Path) -> Path:
-    """Write the harness source to ``path`` and return it."""
+    """Write the harness source to ``path`` (only if it changed, so its mtime marks real
+    changes and an up-to-date simulator build is reused) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_harness(spec))
+    text = render_harness(spec)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
     return path

@@ -198,7 +198,8 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     t0 = time.perf_counter()
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure)
-    build = build_harness(run_dir / "build", run_dir / "sim", job["batch_images"], waves=waves)
+    # The harness is sized for batch_images whatever the image count, so one build serves all runs.
+    build = build_harness(run_dir / "build", run_dir / "sim", batch_images, waves=waves)
     t_sim = time.perf_counter()
     run_job(run_dir / "sim", job, name="sim", waves=waves)
     seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}
