@@ -8,7 +8,7 @@ SIM_BUILD            = $(MAKE_DIR)/sim_build
 COCOTB_RESULTS_FILE  = $(MAKE_DIR)/results.xml
 COMPILE_ARGS += --no-timing +define+FINN_SIMULATION -Wno-fatal -Wno-SELRANGE -Wno-MULTIDRIVEN \
   -Wno-UNOPTFLAT -Wno-INITIALDLY -Wno-lint -Wno-style -Wno-ZEROREPL -Wno-WIDTHTRUNC \
-  -Wno-WIDTHEXPAND -Wno-PINCONNECTEMPTY -CFLAGS -O1 -LDFLAGS "-pthread -latomic"
+  -Wno-WIDTHEXPAND -Wno-PINCONNECTEMPTY -LDFLAGS "-pthread -latomic"
 ifeq ($(WAVES),1)
 VERILATOR_TRACE = 1
 endif

@@ -21,7 +21,11 @@ from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
 # Verilator flags FINN's RTL needs (see flows/verilate.py for why each is there).
 VERILATOR_WNO = ("SELRANGE", "MULTIDRIVEN", "UNOPTFLAT", "INITIALDLY", "lint", "style", "ZEROREPL",
                  "WIDTHTRUNC", "WIDTHEXPAND", "PINCONNECTEMPTY")
-VERILATOR_MAKEFLAGS = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20"
+# OPT_SLOW=-O0: with --public-flat-rw (which cocotb always uses) the symbol-table constructor is
+# one huge function; optimising it took gcc over 10 CPU-minutes on a FINN design, for code that
+# runs once at start-up. The per-cycle code (OPT_FAST) keeps -O1.
+VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 "
+                       "OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1")
 
 
 class SimulatorMissingError(RuntimeError):
@@ -99,7 +103,7 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
         runner.build(
             sources=sources, hdl_toplevel=HARNESS_TOP, build_dir=sim_dir / "sim_build", always=True,
             build_args=["--no-timing", "+define+FINN_SIMULATION", "-Wno-fatal",
-                        *[f"-Wno-{w}" for w in VERILATOR_WNO], "-CFLAGS", "-O1",
+                        *[f"-Wno-{w}" for w in VERILATOR_WNO],
                         "-LDFLAGS", "-pthread -latomic", "-j", "2"],
             timescale=("1ns", "1ps"), waves=waves, log_file=sim_dir / "sim_build.log",
         )
