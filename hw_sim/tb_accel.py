@@ -249,7 +249,8 @@ async def run_job(dut) -> None:
     batch = int(job["batch_images"])
     predicted = np.load(job["predicted"]) if job.get("predicted") else None
 
-    cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
+    # impl="gpi": the clock toggles in C; the default Python clock would run Python every edge.
+    cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns", impl="gpi").start())
     await reset(dut)
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
