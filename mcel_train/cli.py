@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "mcel_train.commands_faults",
     "mcel_train.commands_experiment",
     "flows.commands",
+    "flows.campaign.commands",
     "hw_sim.commands",
 )
 

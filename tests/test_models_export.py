@@ -76,8 +76,13 @@ def test_binarized_logits_are_integers():
     model = _calibrated("tfc_w1a1")
     x = torch.where(torch.rand(8, 784) > 0.5, 1.0, -1.0)
     logits, scale = model.logits_and_scale(x)
-    assert float(scale) == 1.0
-    assert torch.equal(logits, logits.round())
-    for layer in quant_layers(model):
-        w = layer.quant_weight().value
-        assert set(w.unique().tolist()) <= {-1.0, 1.0}
+    # The logit layer's constant scale is 2**-round(log2(sqrt(64))) = 1/8: exact in float, so
+    # logits / scale are exactly the integer accumulators the accelerator compares.
+    assert float(scale) == 0.125
+    acc = logits / scale
+    assert torch.equal(acc, acc.round())
+    assert float(acc.abs().max()) <= 64
+    layers = quant_layers(model)
+    for layer in layers[:-1]:
+        assert set(layer.quant_weight().value.unique().tolist()) <= {-1.0, 1.0}
+    assert set(layers[-1].quant_weight().value.unique().tolist()) <= {-0.125, 0.125}

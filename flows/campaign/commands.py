@@ -1,0 +1,52 @@
+"""``mcel campaign`` and ``mcel report``: grids of runs on a process pool or Ray, and their report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flows.campaign.executors import EXECUTORS
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("campaign", help="run a grid of train/sweep/build/simulate tasks (resumable)")
+    c.add_argument("campaign", help="campaign YAML file (see flows/campaigns/)")
+    c.add_argument("--out", default=None, help="campaign folder (default runs/campaigns/<name>)")
+    c.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="local process pool (default) or Ray")
+    c.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    c.add_argument("--workers", type=int, default=None, help="tasks at a time (default: CPU count)")
+    c.add_argument("--resume", action="store_true", help="continue a campaign folder; finished tasks are kept")
+    c.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_campaign)
+
+    r = sub.add_parser("report", help="Markdown + HTML report of a campaign folder")
+    r.add_argument("campaign_dir", help="campaign folder (runs/campaigns/<name>)")
+    r.add_argument("--out", default=None, help="report folder (default <campaign_dir>/report)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from flows.campaign.report import write_report
+    from flows.campaign.runner import run_campaign
+
+    folder, summary = run_campaign(args.campaign, args.out, args.executor, args.address, args.workers,
+                                   args.resume, show_progress=not args.quiet)
+    print(f"campaign {folder}: {summary['done']}/{summary['total']} tasks done, {summary['failed']} failed, "
+          f"{summary['skipped']} skipped (their inputs failed)")
+    for label, error in summary["failures"].items():
+        print(f"  failed: {label}: {error}")
+    if not args.no_report and summary["done"]:
+        try:
+            print(f"report: {write_report(folder)}")
+        except ValueError as exc:  # nothing reportable yet
+            print(f"no report: {exc}")
+    return 1 if summary["failed"] or summary["skipped"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.campaign.report import write_report
+
+    print(f"report: {write_report(Path(args.campaign_dir), args.out)}")
+    return 0

@@ -1,0 +1,172 @@
+"""Where campaign tasks run: a local process pool, or a Ray cluster.
+
+Both executors have the same small interface, used by :mod:`flows.campaign.runner`:
+``submit(task)``, ``poll(timeout) -> [(key, ok, result_or_error)]``, ``cancel(key)``,
+``running()`` and ``shutdown()``. Both run :func:`flows.campaign.tasks.execute` in a separate
+process with one compute thread, so they give identical numbers for the same campaign.
+
+The local pool starts one process per task (from a forkserver that has imported torch once), so
+a hung task can be killed on its timeout without losing the pool, and a crashed task (segfault,
+out of memory) is reported as that task's failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from multiprocessing.connection import wait
+
+from flows.campaign.tasks import Task, execute
+
+EXECUTORS = ("local", "ray")
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent dies, so a killed campaign leaves no orphans."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _child(task_dict: dict, campaign_dir: str, conn) -> None:
+    _die_with_parent()
+    try:
+        conn.send((True, execute(task_dict, campaign_dir)))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the scheduler
+        conn.send((False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"))
+    finally:
+        conn.close()
+
+
+class LocalExecutor:
+    """Up to ``workers`` tasks at a time, each in its own process."""
+
+    def __init__(self, campaign_dir: str, workers: int) -> None:
+        self.campaign_dir = campaign_dir
+        self.workers = workers
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["flows.campaign.tasks", "torch"])
+        self.procs: dict[str, tuple] = {}
+
+    def capacity(self) -> int:
+        return self.workers - len(self.procs)
+
+    def submit(self, task: Task) -> None:
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_child, args=(task.to_dict(), self.campaign_dir, send), daemon=True)
+        proc.start()
+        send.close()
+        self.procs[task.key] = (proc, recv)
+
+    def poll(self, timeout: float) -> list[tuple[str, bool, object]]:
+        if not self.procs:
+            time.sleep(timeout)
+            return []
+        by_sentinel = {p.sentinel: key for key, (p, _) in self.procs.items()}
+        ready = wait(list(by_sentinel) + [r for _, r in self.procs.values()], timeout)
+        finished = []
+        for key, (proc, recv) in list(self.procs.items()):
+            if proc.sentinel not in ready and recv not in ready:
+                continue
+            message = None
+            try:
+                if recv.poll():
+                    message = recv.recv()
+            except (EOFError, OSError):
+                message = None
+            proc.join(timeout=30)
+            if message is None:
+                if proc.is_alive():  # pipe readable but no message yet: look again next poll
+                    continue
+                message = (False, f"worker died with exit code {proc.exitcode} (killed or crashed)")
+            recv.close()
+            del self.procs[key]
+            finished.append((key, *message))
+        return finished
+
+    def cancel(self, key: str) -> None:
+        proc, recv = self.procs.pop(key)
+        proc.kill()
+        proc.join()
+        recv.close()
+
+    def running(self) -> list[str]:
+        return list(self.procs)
+
+    def shutdown(self) -> None:
+        for key in list(self.procs):
+            self.cancel(key)
+
+
+class RayExecutor:
+    """Tasks as Ray remote functions on a local Ray instance or the cluster at ``address``.
+
+    The workers read and write the campaign folder, so on a multi-node cluster it must be on a
+    shared file system mounted at the same path on every node.
+    """
+
+    def __init__(self, campaign_dir: str, workers: int, address: str | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            from mcel_train.errors import UserInputError
+
+            raise UserInputError("--executor ray needs the ray package: pip install 'ray==2.60.0'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        self.campaign_dir = campaign_dir
+        self.workers = workers
+        self.remote = ray.remote(num_cpus=1, max_retries=0)(execute)
+        self.refs: dict = {}
+
+    def capacity(self) -> int:
+        return self.workers - len(self.refs)
+
+    def submit(self, task: Task) -> None:
+        self.refs[self.remote.remote(task.to_dict(), self.campaign_dir)] = task.key
+
+    def poll(self, timeout: float) -> list[tuple[str, bool, object]]:
+        if not self.refs:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
+        finished = []
+        for ref in ready:
+            key = self.refs.pop(ref)
+            try:
+                finished.append((key, True, self.ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001 - RayTaskError wraps the task's exception
+                finished.append((key, False, f"{type(exc).__name__}: {exc}"))
+        return finished
+
+    def cancel(self, key: str) -> None:
+        for ref, k in list(self.refs.items()):
+            if k == key:
+                self.ray.cancel(ref, force=True)
+                del self.refs[ref]
+
+    def running(self) -> list[str]:
+        return list(self.refs.values())
+
+    def shutdown(self) -> None:
+        for key in self.running():
+            self.cancel(key)
+        self.ray.shutdown()
+
+
+def make_executor(kind: str, campaign_dir: str, workers: int, address: str | None = None):
+    if kind == "local":
+        return LocalExecutor(campaign_dir, workers)
+    if kind == "ray":
+        return RayExecutor(campaign_dir, workers, address)
+    from mcel_train.errors import UserInputError
+
+    raise UserInputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")

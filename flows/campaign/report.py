@@ -1,0 +1,240 @@
+"""``mcel report CAMPAIGN_DIR``: tables, curves and the best margin per rate, as Markdown and HTML.
+
+Everything is read from the campaign's results store and its saved campaign file, never from a
+running process, so a report can be made of a half-finished campaign (missing cells are marked).
+:func:`campaign_table` is the campaign's table of numbers; it is what the resume test compares.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+from flows.campaign.spec import CampaignSpec, parse_campaign
+from flows.campaign.store import ResultStore
+from flows.campaign.tasks import expand
+from mcel_train.errors import UserInputError
+
+
+def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
+    """The campaign's spec, its tasks and the finished results by key."""
+    campaign_dir = Path(campaign_dir)
+    db, spec_file = campaign_dir / "results.sqlite", campaign_dir / "campaign.yaml"
+    if not db.is_file() or not spec_file.is_file():
+        raise UserInputError(f"{campaign_dir} is not a campaign folder (no results.sqlite / campaign.yaml); "
+                             "run `mcel campaign CAMPAIGN.yaml` first")
+    spec = parse_campaign(yaml.safe_load(spec_file.read_text()))
+    store = ResultStore(db)
+    try:
+        return spec, expand(spec), store.done()
+    finally:
+        store.close()
+
+
+def campaign_table(campaign_dir: str | Path) -> list[dict]:
+    """One row per (model, loss, seed, source, fault model, rate): mean accuracy and interval.
+
+    ``source`` is ``software`` (sweep) or ``hardware`` (RTL simulation; with the software
+    prediction for the same maps and the count of maps whose outputs were identical).
+    """
+    spec, tasks, done = load_results(campaign_dir)
+    rows = []
+    for point in spec.points:
+        train = done.get(point.key)
+        base = {"model": point.model_label, "loss": point.loss_label, "margin": point.margin, "seed": point.seed,
+                "clean_accuracy": None if train is None else train["test_accuracy"],
+                "mean_logit_margin": None if train is None else train["mean_logit_margin"]}
+        for task in tasks:
+            if task.params.get("train") != point.key or task.key not in done:
+                continue
+            result = done[task.key]
+            if task.stage == "sweep":
+                for r in result["results"]:
+                    rows.append(base | {"source": "software", "fault_model": task.params["fault_model"],
+                                        "rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"],
+                                        "maps": len(r["accuracies"])})
+            elif task.stage == "hwsim":
+                for c in result["curves"]:
+                    half = c["hw_ci95"]
+                    rows.append(base | {"source": "hardware", "fault_model": task.params["fault_model"],
+                                        "rate": c["rate"], "mean": c["hw_mean"],
+                                        "ci95": [c["hw_mean"] - half, c["hw_mean"] + half], "maps": c["maps"],
+                                        "sw_predicted_mean": c["sw_mean"], "identical_maps": c["identical_maps"]})
+    return rows
+
+
+def best_margins(rows: list[dict]) -> list[dict]:
+    """Per (model, fault model, rate > 0): the loss that keeps the most accuracy there.
+
+    Among the losses whose mean at that rate lies inside the best one's 95 % interval (a tie
+    within the measurement), the one with the highest clean accuracy wins: the most tolerance
+    at the least clean-accuracy cost. Its gain over cross-entropy is reported alongside.
+    """
+    out = []
+    sw = [r for r in rows if r["source"] == "software" and r["rate"] > 0]
+    for model, fm, rate in sorted({(r["model"], r["fault_model"], r["rate"]) for r in sw}):
+        cands = [r for r in sw if (r["model"], r["fault_model"], r["rate"]) == (model, fm, rate)]
+        best = max(cands, key=lambda r: r["mean"])
+        tied = [r for r in cands if r["mean"] >= best["ci95"][0]]
+        pick = max(tied, key=lambda r: (r["clean_accuracy"] or 0.0, r["mean"]))
+        ce = next((r for r in cands if r["margin"] == 0 and r["loss"].upper() == "CE"), None)
+        clean = pick["clean_accuracy"] or 0.0
+        out.append({"model": model, "fault_model": fm, "rate": rate, "loss": pick["loss"], "margin": pick["margin"],
+                    "accuracy": pick["mean"], "clean_accuracy": pick["clean_accuracy"],
+                    "gain_over_ce": None if ce is None else pick["mean"] - ce["mean"],
+                    "clean_cost_vs_ce": None if ce is None else (ce["clean_accuracy"] or 0.0) - clean})
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _plot_model(rows: list[dict], model: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mine = [r for r in rows if r["model"] == model]
+    losses = list(dict.fromkeys(r["loss"] for r in mine))
+    for i, loss in enumerate(losses):
+        color = f"C{i}"
+        for source, style in (("software", "-"), ("hardware", "o")):
+            pts = sorted((r for r in mine if r["loss"] == loss and r["source"] == source), key=lambda r: r["rate"])
+            if not pts:
+                continue
+            x = [max(r["rate"], 1e-5) for r in pts]
+            y = [100 * r["mean"] for r in pts]
+            lo = [100 * (r["mean"] - r["ci95"][0]) for r in pts]
+            hi = [100 * (r["ci95"][1] - r["mean"]) for r in pts]
+            if source == "software":
+                ax.plot(x, y, style, color=color, label=f"{loss} (software)")
+                ax.fill_between(x, [a - b for a, b in zip(y, lo, strict=True)],
+                                [a + b for a, b in zip(y, hi, strict=True)], color=color, alpha=0.15)
+            else:
+                ax.errorbar(x, y, yerr=[lo, hi], fmt=style, color=color, mfc="none", capsize=3,
+                            label=f"{loss} (RTL simulation)")
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate (rate 0 drawn at 1e-5)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{model}: accuracy vs bit error rate (95 % intervals)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str]) -> str:
+    lines = [f"# Campaign `{spec.name}`", "",
+             f"{len(spec.points)} trained networks; software: {spec.software['maps']} maps per rate, "
+             f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
+    if spec.hardware:
+        hw = spec.hardware
+        lines.append(f"Hardware: RTL simulation (cocotb + Verilator) of each FINN build, {hw['maps']} maps per rate "
+                     f"on {hw['images']} test images, {hw['inject']} injection, seed {hw['seed']}.")
+    lines += ["", "Accuracy in %, mean over fault maps with its 95 % t-interval.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {model}", "", f"![{model}]({pngs[model]})", ""]
+        mine = [r for r in rows if r["model"] == model]
+        for source in ("software", "hardware"):
+            sub = [r for r in mine if r["source"] == source]
+            if not sub:
+                continue
+            rates = sorted({r["rate"] for r in sub})
+            head = ["loss", "seed", "clean %", "mean logit margin"] + [f"p={r:g}" for r in rates]
+            if source == "hardware":
+                head.append("maps identical to software")
+            lines += [f"### {source}" + (" (RTL simulation; software prediction for the same maps in brackets)"
+                                         if source == "hardware" else " (bit-exact integer model)"), "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for loss, seed in dict.fromkeys((r["loss"], r["seed"]) for r in sub):
+                cells = [r for r in sub if (r["loss"], r["seed"]) == (loss, seed)]
+                by_rate = {r["rate"]: r for r in cells}
+                row = [loss, str(seed), _pct(cells[0]["clean_accuracy"]), f"{cells[0]['mean_logit_margin']:.2f}"]
+                for rate in rates:
+                    r = by_rate.get(rate)
+                    if r is None:
+                        row.append("-")
+                        continue
+                    cell = f"{_pct(r['mean'])} [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}]"
+                    if source == "hardware":
+                        cell += f" ({_pct(r['sw_predicted_mean'])})"
+                    row.append(cell)
+                if source == "hardware":
+                    row.append(f"{sum(r['identical_maps'] for r in cells)}/{sum(r['maps'] for r in cells)}")
+                lines.append("| " + " | ".join(row) + " |")
+            lines.append("")
+    lines += ["## Best loss per target rate", "",
+              "The loss with the highest mean accuracy at the rate; among losses inside its 95 % interval, "
+              "the one with the highest clean accuracy (most tolerance at the least clean-accuracy cost).", "",
+              "| model | fault model | rate | best | accuracy % | clean % | gain over CE (points) "
+              "| clean cost vs CE (points) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for b in best:
+        gain = "-" if b["gain_over_ce"] is None else f"{100 * b['gain_over_ce']:+.2f}"
+        cost = "-" if b["clean_cost_vs_ce"] is None else f"{100 * b['clean_cost_vs_ce']:+.2f}"
+        lines.append(f"| {b['model']} | {b['fault_model']} | {b['rate']:g} | {b['loss']} | {_pct(b['accuracy'])} | "
+                     f"{_pct(b['clean_accuracy'])} | {gain} | {cost} |")
+    return "\n".join(lines) + "\n"
+
+
+def _html(markdown: str, title: str) -> str:
+    """A self-contained HTML page of the report (tables, headings, images; no extra package)."""
+    body, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                body.append("<table>")
+                tag, in_table = "th", True
+            else:
+                tag = "td"
+            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            src = line[line.index("(") + 1: -1]
+            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}" \
+            "td,th{border:1px solid #ccc;padding:3px 6px;font-size:90%}img{max-width:100%}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html``, ``report.json`` and one PNG per model; returns the md path."""
+    campaign_dir = Path(campaign_dir)
+    spec, _, _ = load_results(campaign_dir)
+    rows = campaign_table(campaign_dir)
+    if not rows:
+        raise UserInputError(f"{campaign_dir} has no finished sweeps or simulations yet: nothing to report")
+    out = Path(out) if out else campaign_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        name = f"{model}.png".replace("/", "_")
+        _plot_model(rows, model, out / name)
+        pngs[model] = name
+    best = best_margins(rows)
+    md = _markdown(spec, rows, best, pngs)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
+    (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
+    return out / "report.md"

@@ -1,0 +1,186 @@
+"""The campaign scheduler: runs the task graph on an executor, records every result, resumes.
+
+The scheduler is the only writer of the results store. It submits a task when every task it
+depends on is done, records a finished task in one transaction, retries a failed or timed-out
+(hung) task up to ``retries`` times, and gives up on the tasks that depend on a task that failed
+for good while the rest of the campaign goes on. ``--resume`` skips every task with a finished
+row; a task folder without one is stale and is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from flows.campaign.executors import make_executor
+from flows.campaign.spec import CampaignSpec, load_campaign
+from flows.campaign.store import ResultStore
+from flows.campaign.tasks import Task, expand
+from mcel_train.errors import UserInputError
+
+POLL_SECONDS = 0.5
+
+
+def default_dir(spec: CampaignSpec) -> Path:
+    return Path("runs") / "campaigns" / spec.name
+
+
+@dataclass
+class Progress:
+    """Counts behind the live view (also written to ``<campaign>/status.json`` for scripts)."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    running: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished_here: int = 0
+
+    def eta_seconds(self) -> float | None:
+        left = self.total - self.done - self.failed - self.skipped
+        if self.finished_here == 0:
+            return None
+        return (time.monotonic() - self.started) / self.finished_here * left
+
+    def as_dict(self) -> dict:
+        eta = self.eta_seconds()
+        return {"total": self.total, "done": self.done, "running": len(self.running), "failed": self.failed,
+                "skipped": self.skipped, "eta_s": None if eta is None else round(eta, 1),
+                "running_tasks": self.running}
+
+
+def _lock(campaign_dir: Path):
+    handle = open(campaign_dir / ".lock", "w")  # noqa: SIM115 - held for the campaign's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserInputError(f"another campaign process is running in {campaign_dir}") from None
+    return handle
+
+
+def _write_status(campaign_dir: Path, progress: Progress) -> None:
+    tmp = campaign_dir / "status.json.tmp"
+    tmp.write_text(json.dumps(progress.as_dict(), indent=1))
+    tmp.replace(campaign_dir / "status.json")
+
+
+class Scheduler:
+    """Runs ``tasks`` on ``executor``, recording into ``store``."""
+
+    def __init__(self, spec: CampaignSpec, tasks: list[Task], store: ResultStore, executor, campaign_dir: Path,
+                 show_progress: bool = True) -> None:
+        self.spec, self.tasks, self.store, self.executor = spec, {t.key: t for t in tasks}, store, executor
+        self.campaign_dir = campaign_dir
+        self.done = set(store.done()) & set(self.tasks)
+        self.failed: dict[str, str] = {}
+        self.skipped: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.pending = [t.key for t in tasks if t.key not in self.done]
+        self.progress = Progress(total=len(tasks), done=len(self.done))
+        self.bar = tqdm(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
+                        unit="task", disable=not show_progress, dynamic_ncols=True)
+
+    def _ready(self) -> list[str]:
+        ready = []
+        for key in self.pending:
+            deps = self.tasks[key].deps
+            if any(d in self.failed or d in self.skipped for d in deps):
+                self.skipped.add(key)
+            elif all(d in self.done for d in deps) and key not in self.started:
+                ready.append(key)
+        self.pending = [k for k in self.pending if k not in self.skipped]
+        return ready
+
+    def _finish(self, key: str, ok: bool, payload) -> None:
+        task = self.tasks[key]
+        attempts = self.attempts[key]
+        seconds = time.monotonic() - self.started.pop(key)
+        if ok:
+            self.store.record_done(key, task.stage, task.label, attempts, round(seconds, 2), payload)
+            self.done.add(key)
+            self.pending.remove(key)
+            self.progress.finished_here += 1
+            self.bar.update(1)
+            return
+        if attempts <= self.spec.retries:
+            self.bar.write(f"retrying {task.label} (attempt {attempts} failed): {str(payload).splitlines()[0]}")
+            return  # stays pending; submitted again by the next round
+        self.store.record_failed(key, task.stage, task.label, attempts, str(payload))
+        self.failed[key] = str(payload)
+        self.pending.remove(key)
+        self.bar.write(f"FAILED {task.label} after {attempts} attempt(s): {str(payload).splitlines()[0]}")
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for key in list(self.executor.running()):
+            if now - self.started[key] > self.spec.timeout_s:
+                self.executor.cancel(key)
+                self._finish(key, False, f"hang: no result after {self.spec.timeout_s:g} s (timeout_s); killed")
+
+    def _show(self) -> None:
+        p = self.progress
+        p.done, p.failed, p.skipped = len(self.done), len(self.failed), len(self.skipped)
+        p.running = [self.tasks[k].label for k in self.executor.running()]
+        self.bar.set_postfix_str(f"running {len(p.running)}, failed {p.failed}, skipped {p.skipped}")
+        _write_status(self.campaign_dir, p)
+
+    def run(self) -> dict:
+        try:
+            while self.pending:
+                for key in self._ready()[: max(self.executor.capacity(), 0)]:
+                    self.attempts[key] = self.attempts.get(key, 0) + 1
+                    self.started[key] = time.monotonic()
+                    self.executor.submit(self.tasks[key])
+                if not self.pending:
+                    break
+                if not self.executor.running() and not self._ready():
+                    break  # nothing runnable is left (only skipped dependents)
+                for key, ok, payload in self.executor.poll(POLL_SECONDS):
+                    self._finish(key, ok, payload)
+                self._check_timeouts()
+                self._show()
+        finally:
+            self.executor.shutdown()
+            self._show()
+            self.bar.close()
+        return self.progress.as_dict() | {"failures": {self.tasks[k].label: e.splitlines()[0]
+                                                       for k, e in self.failed.items()}}
+
+
+def run_campaign(campaign_file: str | Path, out: str | Path | None = None, executor: str = "local",
+                 address: str | None = None, workers: int | None = None, resume: bool = False,
+                 show_progress: bool = True) -> tuple[Path, dict]:
+    """Validate, expand and run a campaign; returns its folder and the final progress counts."""
+    spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
+    campaign_dir = Path(out) if out else default_dir(spec)
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise UserInputError(f"--workers must be >= 1, got {workers}")
+    db = campaign_dir / "results.sqlite"
+    if db.exists() and not resume:
+        raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
+                             "or --out a new folder")
+    campaign_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(campaign_dir)
+    try:
+        tasks = expand(spec)
+        (campaign_dir / "campaign.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
+        (campaign_dir / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
+        store = ResultStore(db)
+        try:
+            runner = make_executor(executor, str(campaign_dir.resolve()), workers, address)
+            summary = Scheduler(spec, tasks, store, runner, campaign_dir, show_progress).run()
+        finally:
+            store.close()
+    finally:
+        lock.close()
+    return campaign_dir, summary

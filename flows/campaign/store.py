@@ -1,0 +1,81 @@
+"""The campaign's results store: one SQLite row per task, written in one transaction.
+
+Why SQLite: a row is committed atomically (journal + fsync), so a campaign killed at any point
+keeps every result it finished and none half-written; the task key is the primary key, so a
+result can never be counted twice. Only the scheduler process writes; workers return their
+results to it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    key      TEXT PRIMARY KEY,
+    stage    TEXT NOT NULL,
+    label    TEXT NOT NULL,
+    status   TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    attempts INTEGER NOT NULL,
+    seconds  REAL,
+    result   TEXT,
+    error    TEXT,
+    finished TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class ResultStore:
+    """Finished and failed tasks of one campaign (``<campaign>/results.sqlite``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _write(self, key: str, stage: str, label: str, status: str, attempts: int, seconds: float | None,
+               result: dict | None, error: str | None) -> None:
+        with self.conn:  # BEGIN ... COMMIT, or ROLLBACK on error
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, stage, label, status, attempts, seconds,
+                 None if result is None else json.dumps(result, sort_keys=True), error,
+                 time.strftime("%Y-%m-%dT%H:%M:%S")),
+            )
+
+    def record_done(self, key: str, stage: str, label: str, attempts: int, seconds: float, result: dict) -> None:
+        self._write(key, stage, label, "done", attempts, seconds, result, None)
+
+    def record_failed(self, key: str, stage: str, label: str, attempts: int, error: str) -> None:
+        self._write(key, stage, label, "failed", attempts, None, None, error)
+
+    def done(self) -> dict[str, dict]:
+        """Results of every finished task, by key."""
+        rows = self.conn.execute("SELECT key, result FROM tasks WHERE status = 'done'").fetchall()
+        return {key: json.loads(result) for key, result in rows}
+
+    def failed(self) -> dict[str, dict]:
+        rows = self.conn.execute("SELECT key, label, attempts, error FROM tasks WHERE status = 'failed'")
+        return {k: {"label": lab, "attempts": a, "error": e} for k, lab, a, e in rows.fetchall()}
+
+    def rows(self) -> list[dict]:
+        cur = self.conn.execute("SELECT key, stage, label, status, attempts, seconds, error FROM tasks ORDER BY key")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def meta(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None

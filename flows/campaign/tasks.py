@@ -1,0 +1,165 @@
+"""The campaign's task graph and the stage functions its workers run.
+
+A campaign expands into four kinds of task, each keyed by the content of its inputs (the
+resolved config plus the keys of the tasks it reads), so that the same training config is trained
+once, the same build built once, however many grid cells share them:
+
+* ``train``  -- one network (:func:`mcel_train.train.run_train`);
+* ``sweep``  -- software bit-error sweep of a trained network for one fault model;
+* ``build``  -- FINN build + Verilator model of a trained network;
+* ``hwsim``  -- cocotb RTL simulation of a build at every hardware rate, then the hardware vs
+  software comparison (one Verilator harness build serves all rates and maps).
+
+Each task works in its own folder ``<campaign>/tasks/<stage>-<key>/``; stages that read an
+earlier stage's output see it through relative symlinks (``train``, ``build``), so the project's
+run-folder layout (``<run>/train``, ``<run>/build``, ...) holds in every task folder. A folder
+without a finished row in the store is stale (a killed task) and is wiped before the task reruns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.campaign.spec import CampaignSpec, content_key
+
+STAGES = ("train", "sweep", "build", "hwsim")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: what to run, on which inputs, and which tasks must finish first."""
+
+    stage: str
+    key: str
+    label: str
+    params: dict
+    deps: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.stage}-{self.key}"
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "key": self.key, "label": self.label, "params": self.params,
+                "deps": list(self.deps)}
+
+
+def expand(spec: CampaignSpec) -> list[Task]:
+    """All tasks of a campaign, dependencies before dependents, no duplicates."""
+    tasks: dict[str, Task] = {}
+
+    def add(task: Task) -> Task:
+        tasks.setdefault(task.key, task)
+        return tasks[task.key]
+
+    sw = spec.software
+    for point in spec.points:
+        name = f"{point.model_label} {point.loss_label} seed {point.seed}"
+        train = add(Task("train", point.key, f"train {name}", {"config": point.config}))
+        for fm in sw["fault_models"]:
+            params = {"train": train.key, "fault_model": fm, "ber": sw["ber"], "maps": sw["maps"],
+                      "seed": sw["seed"]}
+            add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
+                     (train.key,)))
+        hw = spec.hardware
+        if hw is None:
+            continue
+        build_params = {"train": train.key, "target_cycles": hw["target_cycles"], "folding": hw["folding"],
+                        "runtime_writeable": hw["inject"] == "axilite"}
+        build = add(Task("build", content_key({"stage": "build", **build_params}), f"build {name}",
+                         build_params, (train.key,)))
+        sim_params = {"build": build.key, "train": train.key,
+                      **{k: hw[k] for k in ("ber", "maps", "images", "inject", "seed", "fault_model")}}
+        add(Task("hwsim", content_key({"stage": "hwsim", **sim_params}), f"hwsim {name}", sim_params,
+                 (build.key, train.key)))
+    return list(tasks.values())
+
+
+def _link(folder: Path, name: str, target: Path) -> None:
+    """Relative symlink ``folder/name -> target`` (relative, so the campaign folder can move)."""
+    os.symlink(os.path.relpath(target, folder), folder / name)
+
+
+def prepare_folder(campaign_dir: Path, task: Task) -> Path:
+    """A fresh folder for ``task`` (a stale one from a killed attempt is wiped first)."""
+    tasks_dir = Path(campaign_dir) / "tasks"
+    folder = tasks_dir / task.folder
+    if folder.exists() or folder.is_symlink():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    train_key = task.params.get("train")
+    if train_key:
+        _link(folder, "train", tasks_dir / f"train-{train_key}" / "train")
+    if task.stage == "hwsim":
+        _link(folder, "build", tasks_dir / f"build-{task.params['build']}" / "build")
+    return folder
+
+
+def _run_train(folder: Path, params: dict) -> dict:
+    from mcel_train.config import validate
+    from mcel_train.train import run_train
+
+    # run_train writes <folder>/train atomically; the folder itself exists already.
+    run_train(validate(params["config"]), folder, show_progress=False)
+    metrics = json.loads((folder / "train" / "metrics.json").read_text())
+    return {k: metrics[k] for k in ("test_accuracy", "mean_logit_margin", "median_step_time_s", "wall_time_s")} | {
+        "final_loss": metrics["epochs"][-1]["loss"]}
+
+
+def _run_sweep(folder: Path, params: dict) -> dict:
+    from mcel_train.sweep import run_sweep
+
+    record = run_sweep(folder, params["ber"], maps=params["maps"], seed=params["seed"],
+                       fault_model=params["fault_model"], progress=False)
+    return {"clean_accuracy": record["clean_accuracy"], "results": [
+        {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "accuracies": r["accuracies"]}
+        for r in record["results"]]}
+
+
+def _run_build(folder: Path, params: dict) -> dict:
+    from flows.build import build_run, export_run
+
+    export_run(folder)
+    record = build_run(folder, folding=params["folding"], target_cycles=params["target_cycles"],
+                       runtime_writeable=params["runtime_writeable"])
+    verification = record.get("verification") or {}
+    return {"target_cycles": record["target_cycles"], "folding": record["folding"],
+            "total_seconds": record["total_seconds"], "bit_exact": verification.get("bit_exact"),
+            "cycles_per_image": verification.get("cycles_per_image_vs_estimate")}
+
+
+def _run_hwsim(folder: Path, params: dict) -> dict:
+    from hw_sim.compare import compare_run
+    from hw_sim.sim import run_sim
+
+    run_sim(folder, params["ber"], maps=params["maps"], images=params["images"], seed=params["seed"],
+            fault_model=params["fault_model"], inject=params["inject"],
+            batch_images=min(params["images"], 1000))
+    result = compare_run(folder)  # raises MismatchError after writing compare.json/png
+    record = json.loads((folder / "sim" / "hw_ber.json").read_text())
+    maps = [{k: m[k] for k in ("id", "rate", "accuracy", "predicted_accuracy", "identical_to_software",
+                               "cycles_per_image", "digest")} for m in record["maps"]]
+    return {"identical": result["identical"], "curves": result["curves"], "maps": maps,
+            "images": record["images"]}
+
+
+RUNNERS = {"train": _run_train, "sweep": _run_sweep, "build": _run_build, "hwsim": _run_hwsim}
+
+
+def execute(task_dict: dict, campaign_dir: str) -> dict:
+    """Run one task in a worker process; returns its JSON-able result (raises on failure).
+
+    Every worker computes with one thread: the numbers then do not depend on how many tasks
+    share the machine, and a local pool and a Ray cluster give identical results.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    task = Task(task_dict["stage"], task_dict["key"], task_dict["label"], task_dict["params"],
+                tuple(task_dict["deps"]))
+    folder = prepare_folder(Path(campaign_dir), task)
+    return RUNNERS[task.stage](folder, task.params)

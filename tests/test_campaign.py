@@ -1,0 +1,195 @@
+"""Campaigns: validation before work, resume after SIGKILL, local pool == Ray, hung tasks, caching.
+
+The campaigns here train tiny MLPs on the bundled digits and sweep them in software, through the
+real stages (Brevitas training, the integer fault evaluator) in real worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.campaign.report import campaign_table, write_report
+from flows.campaign.runner import run_campaign
+from flows.campaign.spec import CampaignError, parse_campaign
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "train": {"config": str(REPO / "flows/configs/smoke_digits.yaml"), "set": {"epochs": 2}},
+    "grid": {
+        "models": [{"name": "tfc_w2a2", "hidden": [16, 16]}, {"name": "tfc_w1a1", "hidden": [16, 16]}],
+        "losses": ["ce", {"name": "mcel", "margin": 8}, {"name": "mcel", "margin": 32}],
+    },
+    "software": {"ber": [0, 0.01, 0.05], "maps": 4, "seed": 0},
+    "retries": 1,
+}
+
+
+def _write(tmp_path: Path, campaign: dict, name: str = "campaign.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mcel_train.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, **kwargs)
+
+
+def _done_count(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM tasks WHERE status = 'done'").fetchone()[0]
+        except sqlite3.OperationalError:  # table not created yet
+            return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny campaign run once, uninterrupted, on the local pool."""
+    tmp = tmp_path_factory.mktemp("campaign_ref")
+    path = _write(tmp, TINY)
+    folder, summary = run_campaign(path, tmp / "ref", workers=2, show_progress=False)
+    assert summary["done"] == summary["total"] == 12 and summary["failed"] == 0
+    return path, folder
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"models": ["tfc_w9a9"], "losses": ["ce"]}}, "tfc_w9a9"),
+    ({"grid": {"models": ["tfc_w2a2"], "losses": [{"name": "mcel", "margin": -1}]}}, "loss.margin"),
+    ({"grid": {"models": ["tfc_w2a2"], "losses": ["ce"], "colour": 1}}, "colour"),
+    ({"software": {"ber": [0, 1.5], "maps": 4}}, "software.ber"),
+    ({"software": {"ber": [0.01], "maps": 1}}, "software.maps"),
+    ({"software": {"ber": [0.01], "maps": 4, "fault_models": ["melt"]}}, "melt"),
+    ({"hardware": {"ber": [0.01], "maps": 2, "images": 10, "inject": "jtag"}}, "hardware.inject"),
+    ({"retries": -1}, "retries"),
+    ({"timeout_s": 0}, "timeout_s"),
+    ({"train": {"config": "/nonexistent.yaml"}}, "does not exist"),
+])
+def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change, message):
+    path = _write(tmp_path, {**TINY, **change})
+    out = tmp_path / "out"
+    result = _cli("campaign", str(path), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: campaign") and message in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_duplicate_grid_entries_are_rejected():
+    with pytest.raises(CampaignError, match="same training config"):
+        parse_campaign({**TINY, "grid": {"models": ["tfc_w2a2", "tfc_w2a2"], "losses": ["ce"]}})
+
+
+def test_existing_campaign_needs_resume(reference, tmp_path):
+    path, folder = reference
+    result = _cli("campaign", str(path), "--out", str(folder))
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_table(reference, tmp_path):
+    path, ref_folder = reference
+    out = tmp_path / "killed"
+    db = out / "results.sqlite"
+    rng = random.Random(1234)
+    kills = 0
+    while kills < 3:
+        done_before = _done_count(db)
+        assert done_before < 12, "campaign finished before all kills happened"
+        # Kill when a random number of further tasks has finished, plus a random delay: a random
+        # point in the campaign, and never after it ended.
+        target = rng.randint(done_before, min(done_before + 3, 11))
+        args = [sys.executable, "-m", "mcel_train.cli", "campaign", str(path), "--out", str(out),
+                "--workers", "2", "--quiet", "--no-report"] + (["--resume"] if db.exists() else [])
+        proc = subprocess.Popen(args, cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while _done_count(db) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is not None:
+            continue  # finished before the kill point: draw again
+        os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and every worker, mid-task
+        proc.wait()
+        kills += 1
+    result = _cli("campaign", str(path), "--out", str(out), "--workers", "2", "--resume", "--quiet", "--no-report")
+    assert result.returncode == 0, result.stderr + result.stdout
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT key, status FROM tasks").fetchall()
+    assert len(rows) == 12 and {s for _, s in rows} == {"done"}
+    assert campaign_table(out) == campaign_table(ref_folder)
+
+
+def test_ray_gives_the_local_pool_numbers(reference, tmp_path):
+    pytest.importorskip("ray")
+    path, ref_folder = reference
+    folder, summary = run_campaign(path, tmp_path / "ray", executor="ray", workers=2, show_progress=False)
+    assert summary["done"] == 12
+    assert campaign_table(folder) == campaign_table(ref_folder)
+
+
+def test_extending_a_campaign_reuses_finished_stages(reference, tmp_path):
+    """A new rate changes only the sweeps: the trained networks come from the store, not a retrain."""
+    _, ref_folder = reference
+    import shutil
+
+    folder = tmp_path / "extended"
+    shutil.copytree(ref_folder, folder, symlinks=True)
+    bigger = {**TINY, "software": {**TINY["software"], "ber": [0, 0.01, 0.05, 0.1]}}
+    _, summary = run_campaign(_write(tmp_path, bigger), folder, workers=2, resume=True, show_progress=False)
+    assert summary["done"] == 12
+    with sqlite3.connect(folder / "results.sqlite") as conn:
+        trains = conn.execute("SELECT finished FROM tasks WHERE stage = 'train' ORDER BY key").fetchall()
+    with sqlite3.connect(ref_folder / "results.sqlite") as conn:
+        assert trains == conn.execute("SELECT finished FROM tasks WHERE stage = 'train' ORDER BY key").fetchall()
+    rows = campaign_table(folder)
+    assert {r["rate"] for r in rows} == {0, 0.01, 0.05, 0.1}
+    old = {(r["model"], r["loss"], r["rate"]): r["mean"] for r in campaign_table(ref_folder)}
+    assert all(old[(r["model"], r["loss"], r["rate"])] == r["mean"] for r in rows if r["rate"] != 0.1)
+
+
+def test_hung_task_is_killed_retried_and_the_rest_goes_on(tmp_path):
+    # The big network trains far longer than the 15 s timeout, so it counts as hung.
+    campaign = {**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]},
+                                            {"name": "tfc_w2a2", "hidden": [2048, 2048, 2048], "label": "big"}],
+                                 "losses": ["ce"]},
+                "train": {**TINY["train"], "set": {"epochs": 40}}, "timeout_s": 15, "retries": 1}
+    folder, summary = run_campaign(_write(tmp_path, campaign), tmp_path / "c", workers=2, show_progress=False)
+    assert (summary["done"], summary["failed"], summary["skipped"]) == (2, 1, 1)
+    with sqlite3.connect(folder / "results.sqlite") as conn:
+        failed = conn.execute("SELECT label, attempts, error FROM tasks WHERE status = 'failed'").fetchall()
+        done = conn.execute("SELECT stage FROM tasks WHERE status = 'done'").fetchall()
+    assert len(failed) == 1 and failed[0][0].startswith("train big") and failed[0][1] == 2
+    assert failed[0][2].startswith("hang")
+    assert sorted(s for (s,) in done) == ["sweep", "train"]  # the small network went on
+    status = json.loads((folder / "status.json").read_text())
+    assert status["failed"] == 1 and status["skipped"] == 1 and status["done"] == 2
+
+
+def test_report_has_tables_curves_and_best_margins(reference):
+    _, folder = reference
+    md = write_report(folder)
+    text = md.read_text()
+    assert "| CE | 0 |" in text and "MCEL m=32" in text and "Best loss per target rate" in text
+    assert (md.parent / "report.html").read_text().count("<table>") >= 3
+    assert (md.parent / "tfc_w2a2.png").stat().st_size > 10_000
+    report = json.loads((md.parent / "report.json").read_text())
+    assert {b["rate"] for b in report["best"]} == {0.01, 0.05}
+    ce_clean = {r["model"]: r["clean_accuracy"] for r in report["rows"] if r["loss"] == "CE"}
+    for b in report["best"]:
+        assert b["clean_cost_vs_ce"] == pytest.approx(ce_clean[b["model"]] - b["clean_accuracy"])
