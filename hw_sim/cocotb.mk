@@ -14,3 +14,7 @@ VERILATOR_TRACE = 1
 endif
 export MCEL_SIM_JOB := $(MAKE_DIR)/job.json
 include $(shell cocotb-config --makefiles)/Makefile.sim
+# Only the harness and the memory arrays are VPI-visible (visibility.vlt in the sources), not
+# every signal: cocotb's blanket --public-flat-rw blocks Verilator's optimisation (see
+# bench/results/hw_sim.json, selective_over_public_all).
+COMPILE_ARGS := $(filter-out --public-flat-rw,$(COMPILE_ARGS))

@@ -22,6 +22,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault-model", default="flip", help="flip | stuck | asym:p01=..,p10=.. | kflips")
     p.add_argument("--inject", default="backdoor", choices=["backdoor", "axilite"])
+    p.add_argument("--memories", default="weights", choices=["weights", "thresholds", "all"],
+                   help="which on-chip memories get the faults (thresholds: backdoor only)")
     p.add_argument("--predictor", default="fast", choices=["fast", "finn"],
                    help="software prediction: batched integer evaluator (cross-checked against FINN "
                    "execution on a few maps) or FINN's Python execution for every map")
@@ -39,7 +41,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from hw_sim.sim import run_sim
 
     path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
-                   args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves)
+                   args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
+                   memories=args.memories)
     print(f"wrote {path}")
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.mem_layout import decode_mvau, read_words
+from flows.mem_layout import decode_bin_mvau_thresholds, decode_mvau, decode_thresholds, read_words
 from hw_sim.injection import check_map_fits, faulty_words
 from mcel_train.faults.faultmap import FaultMap
 
@@ -44,6 +44,50 @@ def golden_words(memories: dict[str, dict]) -> dict[str, list[int]]:
     return {name: read_words(Path(m["init_file"])) for name, m in memories.items()}
 
 
+def threshold_memories(manifest: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in manifest["memories"] if m["kind"] == "thresholds"}
+
+
+def split_map(fmap: FaultMap, names: set[str]) -> tuple[FaultMap, FaultMap]:
+    """``(faults in memories not in names, faults in names)``: weights vs thresholds."""
+    keep = np.array([fmap.memory_names[i] in names for i in fmap.memory], dtype=bool)
+    def sub(sel: np.ndarray) -> FaultMap:
+        return FaultMap(list(fmap.memory_names), fmap.memory[sel], fmap.word[sel], fmap.bit[sel],
+                        fmap.kind[sel], dict(fmap.meta))
+    return sub(~keep), sub(keep)
+
+
+def faulty_thresholds(manifest: dict, fmap: FaultMap) -> dict[str, tuple[np.ndarray, int | None]]:
+    """Owner layer -> (its ``C x N`` thresholds as the faulty memories hold them, out bits).
+
+    Only layers whose threshold memories the map touches; ``finn_thresholds`` memories (one per
+    search stage and PE) are assembled into one matrix, ``bin_mvau_thresholds`` decoded whole.
+    """
+    mems = threshold_memories(manifest)
+    check_map_fits(fmap, mems)
+    golden = {name: read_words(Path(m["init_file"])) for name, m in mems.items()}
+    touched = {fmap.memory_names[i] for i in np.unique(fmap.memory)}
+    layers = {mems[n]["layer"] for n in touched if n in mems}
+    words = {name: list(ws) for name, ws in golden.items()}
+    for name, updates in faulty_words(fmap, golden).items():
+        for w, v in updates.items():
+            words[name][w] = v
+    out: dict[str, tuple[np.ndarray, int | None]] = {}
+    for layer in sorted(layers):
+        entries = [m for m in mems.values() if m["layer"] == layer]
+        layout = entries[0]["layout"]
+        if layout["type"] == "bin_mvau_thresholds":
+            out[layer] = (decode_bin_mvau_thresholds(words[entries[0]["name"]], layout), None)
+            continue
+        t = np.zeros((layout["channels"], layout["num_steps"]), dtype=np.int64)
+        for m in entries:
+            for (c, col), v in decode_thresholds(words[m["name"]], m["layout"]).items():
+                if col < layout["num_steps"]:
+                    t[c, col] = v
+        out[layer] = (t, int(layout["out_bits"]))
+    return out
+
+
 def faulty_matrices(manifest: dict, fmap: FaultMap | None,
                     golden: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Layer name -> ``(MH, MW)`` integer weights as the faulty memories hold them."""
@@ -67,6 +111,10 @@ def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     build_dir = Path(build_dir)
     manifest = json.loads((build_dir / "manifest.json").read_text())
     model = ModelWrapper(str(dataflow_graph_path(build_dir)))
+    thr_names = set(threshold_memories(manifest))
+    if any(len(split_map(m, thr_names)[1]) for m in maps if m is not None):
+        raise ValueError("finn_predict: FINN's Python execution counts thresholds (MultiThreshold) while "
+                         "Thresholding_rtl binary-searches them; faulty thresholds need the fast predictor")
     golden = golden_words(weight_memories(manifest))
     clean = {n.name: model.get_initializer(n.input[1]) for n in model.graph.node if n.name in
              {m["layer"] for m in weight_memories(manifest).values()}}
@@ -95,15 +143,51 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
 
     net = from_finn_build(build_dir)
     memories = build_memories(build_dir, net)
+    manifest = json.loads((Path(build_dir) / "manifest.json").read_text())
+    thr_names = set(threshold_memories(manifest))
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     evaluator = MapEvaluator(net, xt, np.zeros(len(xt), dtype=np.int64), memories=memories)
     empty = FaultMap.empty([m.name for m in memories])
-    maps = [empty if m is None else m for m in maps]
-    out = []
+    weight_maps, threshold_maps = [], []
+    for m in maps:
+        w, t = split_map(m, thr_names) if m is not None else (empty, None)
+        weight_maps.append(w)
+        threshold_maps.append(t if t is not None and len(t) else None)
+    out = np.zeros((len(maps), len(xt), 0), dtype=np.int64)
     with torch.no_grad():
-        for lo in range(0, len(maps), map_batch):
-            sub = maps[lo:lo + map_batch]
-            weights = evaluator.stacked_weights(sub)
+        plain = [i for i, t in enumerate(threshold_maps) if t is None]
+        for lo in range(0, len(plain), map_batch):
+            ids = plain[lo:lo + map_batch]
+            weights = evaluator.stacked_weights([weight_maps[i] for i in ids])
             logits = net.forward(xt, weights, max_abs_input=evaluator.max_abs_input)
-            out.append(logits.expand(len(sub), *logits.shape[1:]).numpy())
-    return np.rint(np.concatenate(out)).astype(np.int64) if out else np.empty((0, len(xt), 0))
+            logits = np.rint(logits.expand(len(ids), *logits.shape[1:]).numpy()).astype(np.int64)
+            if out.shape[2] == 0:
+                out = np.zeros((len(maps), len(xt), logits.shape[2]), dtype=np.int64)
+            out[ids] = logits
+        for i, tmap in enumerate(threshold_maps):
+            if tmap is None:
+                continue
+            logits = _predict_with_thresholds(net, evaluator, xt, weight_maps[i], faulty_thresholds(manifest, tmap))
+            if out.shape[2] == 0:
+                out = np.zeros((len(maps), len(xt), logits.shape[2]), dtype=np.int64)
+            out[i] = logits[0]
+    return out
+
+
+def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, thresholds: dict) -> np.ndarray:
+    """One map whose threshold memories are faulty: the owners' post-ops swapped for the run."""
+    from mcel_train.intnet_finn import threshold_post
+
+    owners = net.meta["threshold_owners"]
+    saved = {}
+    try:
+        for layer, (t, out_bits) in thresholds.items():
+            index = owners[layer]["layer_index"]
+            saved[index] = net.layers[index].post
+            net.layers[index].post = threshold_post(owners[layer], t, out_bits)
+        weights = evaluator.stacked_weights([weight_map])
+        logits = net.forward(xt, weights, max_abs_input=evaluator.max_abs_input)
+    finally:
+        for index, post in saved.items():
+            net.layers[index].post = post
+    return np.rint(logits.numpy()).astype(np.int64)

@@ -49,6 +49,37 @@ def _verilator_env():
                 os.environ[k] = v
 
 
+def visibility_file(manifest: dict, path: Path) -> Path:
+    """Verilator control file: only what the testbench touches is public.
+
+    cocotb's runner verilates with ``--public-flat-rw``: every signal becomes a VPI-writeable
+    variable, which blocks Verilator's inlining and most of its optimisation. The testbench
+    only needs the harness ports and buffers (``tb_harness``) and the fault-injectable memory
+    arrays named by the manifest (FINN memstream's ``Mem``, the thresholding ``Threshs``, the
+    project's own ``param_mem``), so only those are made public here.
+    """
+    arrays = sorted({m["path"].rsplit(".", 1)[-1] for m in manifest["memories"]})
+    lines = ["`verilator_config", f'public_flat_rw -module "{HARNESS_TOP}" -var "*"']
+    lines += [f'public_flat_rw -module "*" -var "{name}"' for name in arrays]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _runner(public_all: bool):
+    """cocotb's Verilator runner, without its blanket ``--public-flat-rw`` unless ``public_all``."""
+    from cocotb_tools.runner import Verilator
+
+    class SelectiveVerilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            if not public_all:
+                cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+
+    return SelectiveVerilator()
+
+
 def harness_spec(manifest: dict, batch_images: int) -> HarnessSpec:
     """Buffer depths for ``batch_images`` images per run, from the manifest's stream formats."""
     ins, outs = manifest["streams"]["input"], manifest["streams"]["output"]
@@ -61,9 +92,14 @@ def harness_spec(manifest: dict, batch_images: int) -> HarnessSpec:
     )
 
 
-def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool = False) -> dict:
-    """Verilate ``tb_harness`` + ``accel_top`` into ``sim_dir/sim_build`` (skipped when up to date)."""
-    from cocotb_tools.runner import get_runner
+def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool = False,
+                  public_all: bool = False) -> dict:
+    """Verilate ``tb_harness`` + ``accel_top`` into ``sim_dir/sim_build`` (skipped when up to date).
+
+    ``public_all``: cocotb's default of every signal public (slower; kept for the benchmark's
+    comparison and for debugging with arbitrary handles).
+    """
+    from cocotb_tools.runner import VerilatorControlFile
 
     build_dir, sim_dir = Path(build_dir), Path(sim_dir)
     manifest = json.loads((build_dir / "manifest.json").read_text())
@@ -73,21 +109,23 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     sources = [Path(p) for p in filelist.read_text().split()] + [harness]
     stamp = sim_dir / "sim_build" / "build_stamp.json"
     key = {"sources": [str(s) for s in sources], "spec": spec.__repr__(), "waves": waves,
-           "mtimes": [s.stat().st_mtime for s in sources]}
+           "mtimes": [s.stat().st_mtime for s in sources], "public_all": public_all}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
     t0 = time.perf_counter()
+    vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
     with _verilator_env():
-        runner = get_runner("verilator")
+        runner = _runner(public_all)
         runner.build(
-            sources=sources, hdl_toplevel=HARNESS_TOP, build_dir=sim_dir / "sim_build", always=True,
+            sources=[*sources, VerilatorControlFile(vlt)], hdl_toplevel=HARNESS_TOP,
+            build_dir=sim_dir / "sim_build", always=True,
             build_args=["--no-timing", "+define+FINN_SIMULATION", "-Wno-fatal",
                         *[f"-Wno-{w}" for w in VERILATOR_WNO],
                         "-LDFLAGS", "-pthread -latomic", "-j", "2"],
             timescale=("1ns", "1ps"), waves=waves, log_file=sim_dir / "sim_build.log",
         )
     record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "ccache": bool(shutil.which("ccache")),
-              "batch_images": batch_images}
+              "batch_images": batch_images, "public_all": public_all}
     stamp.write_text(json.dumps(record, indent=2))
     return record
 

@@ -53,13 +53,30 @@ def _check_args(bers: list[float], maps: int, images: int) -> None:
         raise UserInputError("--maps and --images must be >= 1")
 
 
+MEMORY_CHOICES = {"weights": ("weights",), "thresholds": ("thresholds",), "all": ("weights", "thresholds")}
+
+
+def fault_memories(manifest: dict, memories: str = "weights") -> list:
+    """The memories a campaign's faults go into: weights, thresholds, or all of them."""
+    from mcel_train.memory import memories_from_manifest, threshold_memories_from_manifest
+
+    if memories not in MEMORY_CHOICES:
+        raise UserInputError(f"--memories must be one of {', '.join(MEMORY_CHOICES)}, got {memories!r}")
+    out = memories_from_manifest(manifest, kinds=("weights",)) if memories != "thresholds" else []
+    if memories != "weights":
+        thresholds = threshold_memories_from_manifest(manifest)
+        if not thresholds:
+            raise UserInputError("the build's manifest lists no threshold memories")
+        out += thresholds
+    return out
+
+
 def make_maps(manifest: dict, bers: list[float], maps: int, seed: int, fault_model: str,
-              out_dir: Path) -> list[dict]:
+              out_dir: Path, memories: str = "weights") -> list[dict]:
     """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
     from mcel_train.faults.generate import generate_map
-    from mcel_train.memory import memories_from_manifest
 
-    memories = memories_from_manifest(manifest, kinds=("weights",))
+    memories = fault_memories(manifest, memories)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for r, ber in enumerate(bers):
@@ -78,16 +95,22 @@ def digest(outputs: np.ndarray) -> str:
 def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
-                backpressure: bool = False, crosscheck_maps: int = 2) -> dict:
-    """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job."""
+                backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights") -> dict:
+    """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
+
+    ``memories``: where the faults go, ``weights`` (default), ``thresholds`` or ``all``.
+    """
     from flows.build import load_run_model, run_inputs
-    from hw_sim.predict import fast_predict, finn_predict
+    from hw_sim.predict import fast_predict, finn_predict, split_map, threshold_memories
     from mcel_train.faults.faultmap import FaultMap
 
     run_dir = Path(run_dir)
     _check_args(bers, maps, images)
     if inject not in ("backdoor", "axilite"):
         raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
+    if inject == "axilite" and memories != "weights":
+        raise UserInputError("--inject axilite writes weights only (thresholds have no AXI-lite port at "
+                             "accel_top); use --inject backdoor with --memories thresholds/all")
     manifest = load_build_manifest(run_dir)
     if inject == "axilite" and not manifest.get("axilite_ports"):
         raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
@@ -104,13 +127,16 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps")
+    entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps", memories)
     fmaps = [FaultMap.load(e["file"]) for e in entries]
     if predictor == "fast":
         # The batched integer evaluator, cross-checked on a few maps (the clean one and the
         # first faulty ones) against FINN's Python execution of the faulty graph.
         predicted = fast_predict(run_dir / "build", x, fmaps)
-        check = [0] + [i for i, f in enumerate(fmaps) if len(f)][:crosscheck_maps]
+        # FINN executes thresholds as a count, the RTL as a binary search: they agree only on
+        # sorted thresholds, so maps with threshold faults are not cross-checked against FINN.
+        thr = set(threshold_memories(manifest))
+        check = [0] + [i for i, f in enumerate(fmaps) if len(f) and not len(split_map(f, thr)[1])][:crosscheck_maps]
         reference = finn_predict(run_dir / "build", x, [fmaps[i] for i in check])
         for j, i in enumerate(check):
             if not np.array_equal(reference[j], predicted[i]):
@@ -132,11 +158,13 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         "watchdog_cycles": watchdog_cycles or 20 * expected_ii + 1000,
         "backpressure": backpressure,
         "inject": inject,
+        "memory_kinds": list(MEMORY_CHOICES[memories]),
         "out": str((work / "hw_raw.npz").resolve()),
     }
     record = {
         "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
         "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
+        "memories": memories,
         "expected_ii_cycles": expected_ii, "seconds": {"prepare": round(time.perf_counter() - t0, 2)},
         "maps": entries,
     }
@@ -190,14 +218,14 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
 def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
             predictor: str = "fast", force: bool = False, waves: bool = False,
-            watchdog_cycles: int | None = None, backpressure: bool = False) -> Path:
+            watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights") -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
     from hw_sim.runner import build_harness, run_job
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
-                      force, watchdog_cycles, backpressure)
+                      force, watchdog_cycles, backpressure, memories=memories)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
     build = build_harness(run_dir / "build", run_dir / "sim", batch_images, waves=waves)
     t_sim = time.perf_counter()

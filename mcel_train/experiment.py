@@ -94,26 +94,9 @@ def run_dir(settings: ExperimentSettings, model: str, variant: str) -> Path:
     return Path(settings.out) / model / variant
 
 
-def const_weight_scale(model: str, image_pixels: int = 28 * 28) -> float:
-    """The constant weight scale of the ``*_const`` variants for ``model``.
-
-    Why not the model zoo's default (``0.5 / (2**(b-1) - 1)``): with PyTorch's default init the
-    weights of a 784-input layer are below ``1/sqrt(784) = 0.036`` in magnitude, so at that scale
-    every initial weight rounds to 0, no gradient reaches any layer and the network stays at
-    chance (measured: 10.0% for sfc_w2a2). This is the scale Brevitas' abs-max statistics give
-    the first layer at init, ``(1/sqrt(784)) / (2**(b-1) - 1)``, kept constant from there on.
-    """
-    from mcel_train.models import parse_model_name
-
-    bits = parse_model_name(model).weight_bits
-    return 1.0 if bits == 1 else (image_pixels ** -0.5) / (2 ** (bits - 1) - 1)
-
-
 def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[str]:
     """Config overrides for one run: the variant's recipe plus the experiment's size options."""
     out = [f"name={model}_{variant}", *VARIANTS[variant].overrides]
-    if "model.weight_scaling=const" in out:
-        out.append(f"model.const_weight_scale={const_weight_scale(model):.8g}")
     if settings.epochs is not None:
         out.append(f"epochs={settings.epochs}")
     if settings.limit_train:

@@ -229,6 +229,42 @@ class ThresholdPostOp(PostOp):
         return (self.thresholds * self.sign[:, None]).to(torch.float32)
 
 
+class SearchThresholdPostOp(PostOp):
+    """FINN's ``Thresholding_rtl``: a binary search over the thresholds, one comparison per stage.
+
+    Stage ``s`` compares the input with the threshold at column ``(j << (O-s)) + 2**(O-s-1) - 1``
+    (``j``: the ``s`` result bits so far), ``T <= x`` sets the next bit; columns ``>= N`` are out
+    of scope and compare false. With sorted thresholds this is exactly the count
+    ``sum_k(x >= T[k])`` of :class:`ThresholdPostOp`; with a faulty, unsorted set it is what the
+    hardware computes and the count is not, so threshold-memory faults need this model.
+    """
+
+    def __init__(self, thresholds: torch.Tensor, out_bits: int, out_bias: float = 0.0,
+                 out_mult: float = 1.0) -> None:
+        self.thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
+        self.out_bits = int(out_bits)
+        self.out_bias, self.out_mult = float(out_bias), float(out_mult)
+        self.max_abs_out = max(abs(self.out_bias), abs(self.out_bias + self.out_mult * (2**self.out_bits - 1)))
+
+    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        x = acc.movedim(1, -1)  # channels last
+        n_ch, n_k = self.thresholds.shape
+        t = self.thresholds.to(acc.dtype)
+        channel = torch.arange(n_ch).expand(x.shape)
+        idx = torch.zeros(x.shape, dtype=torch.int64)
+        o = self.out_bits
+        for s in range(o):
+            col = (idx << (o - s)) + (1 << (o - s - 1)) - 1
+            in_scope = col < n_k
+            bit = in_scope & (t[channel, col.clamp(max=n_k - 1)] <= x)
+            idx = (idx << 1) | bit.to(torch.int64)
+        out = idx.to(acc.dtype) * self.out_mult + self.out_bias
+        return out.movedim(-1, 1)
+
+    def acc_thresholds(self) -> torch.Tensor:
+        return self.thresholds.to(torch.float32)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     in_channels: int

@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcel_train.intnet import IdentityPostOp, IntLayer, IntNetError, IntNetwork, PostOp, ThresholdPostOp
+from mcel_train.intnet import (
+    IdentityPostOp,
+    IntLayer,
+    IntNetError,
+    IntNetwork,
+    PostOp,
+    SearchThresholdPostOp,
+    ThresholdPostOp,
+)
 from mcel_train.memory import Memory, memories_from_manifest
 
 PLUMBING = ("StreamingFIFO", "StreamingDataWidthConverter")
@@ -32,6 +40,9 @@ MATRIX_OPS = ("MVAU_rtl", "MVAU_hls", "BinMVAU")
 
 def _attr(node, name: str, default=None):
     """A node attribute as a Python value (bytes decoded), ``default`` when absent."""
+    if hasattr(node, "attrs"):  # a recorded attribute dict (_AttrNode)
+        value = node.attrs.get(name)
+        return default if value is None else value
     for a in node.attribute:
         if a.name == name:
             if a.type == a.STRING:
@@ -62,6 +73,33 @@ def _threshold_post(thresholds: np.ndarray, channels: int, out_dtype: str, act_v
             raise IntNetError("bipolar outputs need exactly one threshold per channel")
         return ThresholdPostOp(torch.from_numpy(t), out_bias=-1.0, out_mult=2.0)
     return ThresholdPostOp(torch.from_numpy(t), out_bias=float(act_val))
+
+
+def _bin_mvau_attrs(node) -> dict:
+    return {"MH": _attr(node, "MH"), "MW": _attr(node, "MW"), "noActivation": _attr(node, "noActivation", 0),
+            "inputDataType": _attr(node, "inputDataType"), "binaryXnorMode": _attr(node, "binaryXnorMode", 0),
+            "outputDataType": _attr(node, "outputDataType"), "ActVal": _attr(node, "ActVal", 0)}
+
+
+def threshold_post(owner: dict, thresholds: np.ndarray, out_bits: int | None = None) -> PostOp:
+    """The post-op of a layer whose threshold memory holds ``thresholds`` (faulty or not).
+
+    ``search`` (FINN's Thresholding_rtl): the RTL's binary search (:class:`SearchThresholdPostOp`);
+    ``bin_mvau`` (the project's BinMVAU, which counts ``acc >= T[k]`` in rtl/bin_mvau.sv): the count.
+    """
+    if owner["semantics"] == "bin_mvau":
+        return _bin_mvau_post(_AttrNode(owner), thresholds, owner["MW"])
+    t = np.asarray(thresholds, dtype=np.float64)
+    if owner["odt"] == "BIPOLAR":
+        return SearchThresholdPostOp(torch.from_numpy(t), 1, out_bias=-1.0, out_mult=2.0)
+    return SearchThresholdPostOp(torch.from_numpy(t), int(out_bits), out_bias=float(owner["act_val"]))
+
+
+class _AttrNode:
+    """Node-attribute view of a recorded attribute dict, for :func:`_bin_mvau_post`."""
+
+    def __init__(self, attrs: dict) -> None:
+        self.attrs = attrs
 
 
 def _bin_mvau_post(node, t: np.ndarray | None, mw: int) -> PostOp | None:
@@ -97,6 +135,7 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     model = ModelWrapper(str(dataflow_graph_path(build_dir)))
     layers: list[IntLayer] = []
     pending: list[PostOp | None] = []
+    threshold_owners: dict[str, dict] = {}  # threshold-memory layer -> how to rebuild its post-op
     for node in model.graph.node:
         op = node.op_type
         if op.startswith(PLUMBING):
@@ -117,6 +156,8 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
             bits = 1 if entry["layout"].get("bipolar") else int(entry["layout"]["element_bits"])
             if op == "BinMVAU":
                 post = _bin_mvau_post(node, t, mw)
+                threshold_owners[node.name] = {"layer_index": len(layers), "semantics": "bin_mvau",
+                                               **_bin_mvau_attrs(node)}
             elif t is not None and not _attr(node, "noActivation", 0):
                 odt = _attr(node, "outputDataType")
                 post = _threshold_post(t, mh, odt, int(_attr(node, "ActVal", 0) or 0))
@@ -131,6 +172,9 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
             pending[-1] = _threshold_post(t, _attr(node, "NumChannels"),
                                           _attr(node, "outputDataType"),
                                           int(_attr(node, "ActVal", 0) or 0))
+            threshold_owners[node.name] = {"layer_index": len(layers) - 1, "semantics": "search",
+                                           "odt": _attr(node, "outputDataType"),
+                                           "act_val": int(_attr(node, "ActVal", 0) or 0)}
         else:
             raise IntNetError(f"{node.name}: node type {op} is not supported by the fast model")
     if not layers:
@@ -144,7 +188,7 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     in_name = model.graph.input[0].name
     input_kind = "bipolar" if str(model.get_tensor_datatype(in_name)) == "BIPOLAR" else "uint8"
     shape = tuple(int(s) for s in model.get_tensor_shape(in_name)[1:])
-    return IntNetwork(layers, shape, input_kind, {"build": str(build_dir)})
+    return IntNetwork(layers, shape, input_kind, {"build": str(build_dir), "threshold_owners": threshold_owners})
 
 
 def build_memories(build_dir: str | Path, net: IntNetwork) -> list[Memory]:

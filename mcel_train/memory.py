@@ -171,6 +171,19 @@ def memories_from_model(model: nn.Module) -> list[Memory]:
     return mems
 
 
+def threshold_memories_from_manifest(manifest: dict) -> list[Memory]:
+    """The build's threshold memories, for generating fault maps over them.
+
+    A threshold word is one opaque ``width``-bit element here (``depth x 1`` natural layout):
+    fault maps address (word, bit) only; what a word means (which threshold of which channel)
+    is decoded by the predictor from the manifest's ``finn_thresholds`` / ``bin_mvau_thresholds``
+    layout (:mod:`flows.mem_layout`).
+    """
+    return [Memory(name=str(e["name"]), rows=int(e["depth"]), cols=1, element_bits=int(e["width"]),
+                   kind="thresholds", signed=True)
+            for e in manifest.get("memories", []) if e.get("kind") == "thresholds"]
+
+
 def memories_from_manifest(manifest: dict, kinds: Iterable[str] = ("weights",)) -> list[Memory]:
     """Memories of a FINN build's ``manifest.json`` (already parsed), filtered by ``kind``.
 

@@ -107,8 +107,11 @@ class ModelSpec:
             raise ValueError(f"input_kind must be uint8 or bipolar, got {input_kind!r}")
         const_scale = self.const_weight_scale
         if self.weight_scaling == "const" and const_scale <= 0:
-            # Default: the scale Brevitas' stats would give a weight of magnitude ~0.5.
-            const_scale = 0.5 / (2 ** (self.weight_bits - 1) - 1) if self.weight_bits > 1 else 1.0
+            # Default: the scale Brevitas' abs-max statistics give the first layer at PyTorch's
+            # init, (1/sqrt(fan_in)) / (2**(b-1) - 1). A larger one (0.5 / ... was tried) rounds
+            # every initial weight of a 784-input layer to 0 and the network stays at chance.
+            fan_in = self.image_shape[0] * self.image_shape[1] if self.arch != "vgg3" else 9
+            const_scale = fan_in ** -0.5 / (2 ** (self.weight_bits - 1) - 1) if self.weight_bits > 1 else 1.0
         return ModelSpec(
             arch=self.arch,
             weight_bits=int(self.weight_bits),

@@ -59,7 +59,12 @@ def test_overrides_and_checks(tmp_path):
     assert "loss.logits=integer" in ov and "epochs=1" in ov and "data.limit_train=256" in ov
     const = overrides(s, "sfc_w2a2", "mcel32_const")
     assert "model.weight_scaling=const" in const
-    assert "model.const_weight_scale=0.035714286" in const  # 1/28: init abs-max of a 784-input layer
+    from mcel_train.models import ModelSpec
+
+    # The zoo's default constant scale is the first layer's init abs-max, (1/28) / 1 at 2 bits:
+    # large enough that the initial weights do not all round to 0.
+    spec = ModelSpec(arch="sfc", weight_bits=2, act_bits=2, weight_scaling="const").resolved()
+    assert spec.const_weight_scale == pytest.approx(1 / 28)
     with pytest.raises(UserInputError):
         ExperimentSettings(models=("nope",)).check()
     with pytest.raises(UserInputError):

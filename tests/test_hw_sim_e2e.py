@@ -67,3 +67,35 @@ def test_no_build_is_a_clear_error(smoke_run, tmp_path, capsys):
     assert "has no build" in capsys.readouterr().err
     assert main(["sim", str(smoke_run), "--ber", "1.5"]) == 2
     assert "[0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", ["smoke_build", "smoke_bin_build"])
+def test_threshold_memory_faults_hardware_equals_binary_search_model(build, request, monkeypatch):
+    """Faults in the threshold memories: the RTL (FINN's binary-search Thresholding_rtl, or the
+    counting BinMVAU) equals the software model on every map. For Thresholding_rtl the model must
+    search like the RTL: counting the faulty, unsorted thresholds (FINN's MultiThreshold
+    semantics) mispredicts it, which is checked too."""
+    import torch
+
+    import mcel_train.intnet_finn as intnet_finn
+    from hw_sim import predict
+    from mcel_train.faults.faultmap import FaultMap
+    from mcel_train.intnet import ThresholdPostOp
+
+    run = request.getfixturevalue(build)
+    path = run_sim(run, [0.0, 0.01, 0.05], maps=4, images=40, seed=2, memories="thresholds", force=True)
+    record = json.loads(path.read_text())
+    assert record["memories"] == "thresholds" and len(record["maps"]) == 9
+    assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
+    hw = np.load(run / "sim" / "hw_outputs.npz")["outputs"]
+    assert any(not np.array_equal(hw[m["id"]], hw[0]) for m in record["maps"] if m["rate"] == 0.05)
+    if build != "smoke_build":
+        return
+    monkeypatch.setattr(intnet_finn, "threshold_post", lambda owner, t, out_bits=None: ThresholdPostOp(
+        torch.from_numpy(np.asarray(t, dtype=np.float64)), out_bias=float(owner["act_val"])))
+    from flows.build import load_run_model, run_inputs
+
+    x, _ = run_inputs(load_run_model(run)[2], 40)
+    counted = predict.fast_predict(run / "build", x, [FaultMap.load(m["file"]) for m in record["maps"]])
+    assert any(not np.array_equal(counted[i], hw[i]) for i in range(len(hw)))

@@ -86,3 +86,16 @@ def test_binarized_logits_are_integers():
     for layer in layers[:-1]:
         assert set(layer.quant_weight().value.unique().tolist()) <= {-1.0, 1.0}
     assert set(layers[-1].quant_weight().value.unique().tolist()) <= {-0.125, 0.125}
+
+
+@pytest.mark.parametrize("name", ["sfc_w2a2", "sfc_w4a4", "vgg3_w4a4"])
+def test_default_constant_weight_scale_keeps_initial_weights_nonzero(name):
+    """The zoo's default constant scale is the first layer's init abs-max: with a scale twice
+    as coarse as the weights, every initial weight rounds to 0 and training never starts."""
+    from mcel_train.models import ModelSpec, build_model
+
+    spec = ModelSpec.from_dict({**parse_model_name(name).to_dict(), "weight_scaling": "const",
+                                "const_weight_scale": 0.0}).resolved()
+    first = quant_layers(build_model(spec))[0]
+    w = first.quant_weight().value
+    assert float((w != 0).float().mean()) > 0.3
