@@ -22,6 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault-model", default="flip", help="flip | stuck | asym:p01=..,p10=.. | kflips")
     p.add_argument("--inject", default="backdoor", choices=["backdoor", "axilite"])
+    p.add_argument("--transient-cycle", type=int, default=None,
+                   help="flip each map's bits this many cycles into the stream (a transient upset) "
+                   "instead of before it; backdoor only")
     p.add_argument("--memories", default="weights", choices=["weights", "thresholds", "all"],
                    help="which on-chip memories get the faults (thresholds: backdoor only)")
     p.add_argument("--predictor", default="fast", choices=["fast", "finn"],
@@ -42,7 +45,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
                    args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
-                   memories=args.memories)
+                   memories=args.memories, transient_cycle=args.transient_cycle)
     print(f"wrote {path}")
     return 0
 

@@ -48,11 +48,14 @@ def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
     from mcel_train.faults.faultmap import FaultMap
 
     hw = np.load(sim_dir / "hw_outputs.npz")["outputs"]
-    sw = np.load(sim_dir / "sw_outputs.npz")["outputs"]
+    sw_file = np.load(sim_dir / "sw_outputs.npz")
+    sw = sw_file["outputs"]
+    # Transient upsets: images in flight at the upset are not predicted (hw_sim.transient).
+    checked = sw_file["checked"] if "checked" in sw_file.files else np.ones(hw.shape[:2], dtype=bool)
     if hw.shape != sw.shape:
         return {"map": None, "reason": f"output shapes differ: hardware {hw.shape}, software {sw.shape}"}
     for m in record["maps"]:
-        diff = np.flatnonzero((hw[m["id"]] != sw[m["id"]]).any(axis=1))
+        diff = np.flatnonzero((hw[m["id"]] != sw[m["id"]]).any(axis=1) & checked[m["id"]])
         if diff.size:
             fmap = FaultMap.load(m["file"])
             mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})

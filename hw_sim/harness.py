@@ -5,7 +5,8 @@ here, while the simulator alone runs at millions. The harness keeps the hot loop
 simulator: cocotb writes a batch of input words into ``in_buf`` through handles, raises ``run``
 and waits for ``done`` with the clock generated in C; the harness streams ``in_buf`` into the
 accelerator, captures every output word into ``out_buf`` (and the cycle it arrived in
-``out_cycle``), counts cycles, and raises ``hang`` when no output arrives for ``watchdog``
+``out_cycle``; the cycle each input word went in, in ``in_cycle``), counts cycles, and raises
+``hang`` when no output arrives for ``watchdog``
 cycles. Output back-pressure can be switched on (``bp_enable``, an LFSR drives ``tready``) to
 check the design under stalls.
 
@@ -91,6 +92,7 @@ module {HARNESS_TOP} #(
   logic [IN_W-1:0]  in_buf  [IN_DEPTH];
   logic [OUT_W-1:0] out_buf [OUT_DEPTH];
   logic [63:0]      out_cycle [OUT_DEPTH];
+  logic [63:0]      in_cycle [IN_DEPTH];   // cycle each input word was accepted (transient upsets)
 
   logic s_tready, m_tvalid;
   logic [OUT_W-1:0] m_tdata;
@@ -122,7 +124,10 @@ module {HARNESS_TOP} #(
     end else if (active) begin
       cycles <= cycles + 1;
       lfsr <= {{lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10]}};
-      if (s_tvalid && s_tready) in_ptr <= in_ptr + 1;
+      if (s_tvalid && s_tready) begin
+        in_cycle[in_ptr[$clog2(IN_DEPTH)-1:0]] <= cycles;
+        in_ptr <= in_ptr + 1;
+      end
       if (m_tvalid && m_tready) begin
         out_buf[out_ptr[$clog2(OUT_DEPTH)-1:0]] <= m_tdata;
         out_cycle[out_ptr[$clog2(OUT_DEPTH)-1:0]] <= cycles;

@@ -95,10 +95,13 @@ def digest(outputs: np.ndarray) -> str:
 def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
-                backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights") -> dict:
+                backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights",
+                transient_cycle: int | None = None) -> dict:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
 
     ``memories``: where the faults go, ``weights`` (default), ``thresholds`` or ``all``.
+    ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
+    before it (one batch of ``images``; see :mod:`hw_sim.transient`).
     """
     from flows.build import load_run_model, run_inputs
     from hw_sim.predict import fast_predict, finn_predict, split_map, threshold_memories
@@ -108,6 +111,10 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     _check_args(bers, maps, images)
     if inject not in ("backdoor", "axilite"):
         raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
+    if transient_cycle is not None:
+        if transient_cycle < 0 or inject != "backdoor":
+            raise UserInputError("--transient-cycle needs a cycle >= 0 and --inject backdoor")
+        batch_images = max(batch_images, images)  # one batch: the upset cycle counts from its start
     if inject == "axilite" and memories != "weights":
         raise UserInputError("--inject axilite writes weights only (thresholds have no AXI-lite port at "
                              "accel_top); use --inject backdoor with --memories thresholds/all")
@@ -147,6 +154,8 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         raise UserInputError(f"predictor must be fast or finn, got {predictor!r}")
     np.save(work / "inputs.npy", words)
     np.save(work / "predicted.npy", predicted)
+    if transient_cycle is not None:
+        np.save(work / "predicted_clean.npy", fast_predict(run_dir / "build", x, [None]))
     np.save(work / "labels.npy", labels)
     expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
     job = {
@@ -159,12 +168,13 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         "backpressure": backpressure,
         "inject": inject,
         "memory_kinds": list(MEMORY_CHOICES[memories]),
+        "transient_cycle": transient_cycle,
         "out": str((work / "hw_raw.npz").resolve()),
     }
     record = {
         "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
         "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
-        "memories": memories,
+        "memories": memories, "transient_cycle": transient_cycle,
         "expected_ii_cycles": expected_ii, "seconds": {"prepare": round(time.perf_counter() - t0, 2)},
         "maps": entries,
     }
@@ -186,17 +196,32 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
         raise SimulationError(f"the cocotb simulation produced no results; last log:\n{tail}")
     raw = np.load(job["out"])
     hw, predicted, labels = raw["outputs"], np.load(job["predicted"]), np.load(work / "labels.npy")
-    np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels)
-    np.savez(work / "sw_outputs.npz", outputs=predicted, labels=labels)
+    checked = np.ones(hw.shape[:2], dtype=bool)
+    transients = [None] * len(hw)
+    if job.get("transient_cycle") is not None:
+        from hw_sim.transient import classify
+
+        clean = np.load(work / "predicted_clean.npy")[0]
+        predicted = predicted.copy()
+        for m in range(len(hw)):
+            t = classify(hw[m], clean, predicted[m], raw["in_cycles"][m], raw["out_cycles"][m],
+                         int(raw["upset_cycles"][m]))
+            predicted[m], checked[m] = t.pop("prediction"), t.pop("checked")
+            transients[m] = t
+    timing = {k: raw[k] for k in ("in_cycles", "out_cycles", "upset_cycles") if k in raw.files}
+    np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels, **timing)
+    np.savez(work / "sw_outputs.npz", outputs=predicted, labels=labels, checked=checked)
     images = len(labels)
     for e, out, cyc, hang, ii in zip(record["maps"], hw, raw["cycles"], raw["hang"], raw["ii"], strict=True):
         e.update({
             "accuracy": float((out.argmax(1) == labels).mean()), "cycles": int(cyc), "hang": bool(hang),
             "cycles_per_image": float(cyc) / images, "ii_cycles": float(ii), "digest": digest(out),
             "predicted_accuracy": float((predicted[e["id"]].argmax(1) == labels).mean()),
-            "identical_to_software": bool(np.array_equal(out, predicted[e["id"]])),
+            "identical_to_software": bool(np.array_equal(out[checked[e["id"]]], predicted[e["id"]][checked[e["id"]]])),
             "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
         })
+        if transients[e["id"]] is not None:
+            e["transient"] = transients[e["id"]]
         e["file"] = str(sim_dir / "maps" / Path(e["file"]).name)
     record["sim_wall_s_per_map"] = raw["wall"].tolist()
     result_path = sim_dir / "hw_ber.json"
@@ -218,16 +243,17 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
 def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
             predictor: str = "fast", force: bool = False, waves: bool = False,
-            watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights") -> Path:
+            watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights",
+            transient_cycle: int | None = None) -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
     from hw_sim.runner import build_harness, run_job
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
-                      force, watchdog_cycles, backpressure, memories=memories)
+                      force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
-    build = build_harness(run_dir / "build", run_dir / "sim", batch_images, waves=waves)
+    build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves)
     t_sim = time.perf_counter()
     run_job(run_dir / "sim", job, name="sim", waves=waves)
     seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}

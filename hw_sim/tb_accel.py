@@ -63,6 +63,10 @@ class StreamMonitor:
         cycles = np.array([int(self.dut.out_cycle[i].value) for i in range(n)], dtype=np.int64)
         return ints_to_words(words, self.word_bytes), cycles
 
+    def input_cycles(self, n: int) -> np.ndarray:
+        """The cycle each of the first ``n`` input words was accepted."""
+        return np.array([int(self.dut.in_cycle[i].value) for i in range(n)], dtype=np.int64)
+
 
 class BackdoorInjector:
     """Writes fault maps straight into the memory arrays through simulator handles.
@@ -234,6 +238,60 @@ async def stream_naive(dut, in_words: list[int], n_out: int) -> tuple[list[int],
     return out, cycles
 
 
+async def upset_at(dut, injector: BackdoorInjector, updates: dict[str, dict[int, int]], cycle: int) -> int:
+    """Write ``updates`` into the memories ``cycle`` clocks after streaming starts (a transient
+    upset while images are in flight); returns the harness cycle count at the write."""
+    await ClockCycles(dut.ap_clk, cycle)
+    injector.inject(updates)
+    await ReadOnly()
+    return int(dut.cycles.value)
+
+
+async def transient_job(dut, job: dict, memories: dict, in_fmt: StreamFormat, out_fmt: StreamFormat) -> None:
+    """Every map flips its bits at ``job['transient_cycle']`` while one batch streams.
+
+    Writes the outputs, the cycle each image's input went in and its output came out, and the
+    cycle of the upset; :func:`hw_sim.sim.finish_sim` sorts the images into before / in flight /
+    after and checks them against the clean and the faulty prediction.
+    """
+    inputs = words_to_ints(np.load(job["inputs"]))
+    n_images = len(inputs) // in_fmt.words_per_image
+    driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
+    injector = BackdoorInjector(dut, memories)
+    injector.read_golden(memories)
+    maps = job["maps"]
+    outputs = np.zeros((len(maps), n_images, out_fmt.elems_per_image), dtype=np.int64)
+    in_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
+    out_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
+    upsets, hangs, wall = np.zeros(len(maps), np.int64), np.zeros(len(maps), bool), np.zeros(len(maps))
+    total = np.zeros(len(maps), np.int64)
+    for m, map_file in enumerate(maps):
+        t0 = time.perf_counter()
+        fmap = FaultMap.load(map_file) if map_file else None
+        updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
+        if fmap is not None:
+            check_map_fits(fmap, memories)
+        await reset(dut)
+        upset = cocotb.start_soon(upset_at(dut, injector, updates, int(job["transient_cycle"])))
+        words, cyc, cycles, hang = await stream_batch(dut, driver, monitor, inputs,
+                                                      n_images * out_fmt.words_per_image, int(job["watchdog_cycles"]))
+        upsets[m] = await upset if upset.done() else -1
+        if not upset.done():
+            upset.cancel()
+        hangs[m], total[m] = hang, cycles
+        if not hang:
+            outputs[m] = unpack(words, out_fmt)
+            out_cycles[m] = cyc[out_fmt.words_per_image - 1 :: out_fmt.words_per_image]
+            in_cycles[m] = monitor.input_cycles(len(inputs))[:: in_fmt.words_per_image]
+        if updates:
+            restored = injector.restore()
+            await RisingEdge(dut.ap_clk)
+            injector.verify(restored)
+        wall[m] = time.perf_counter() - t0
+    np.savez(job["out"], outputs=outputs, cycles=total, hang=hangs, ii=np.zeros(len(maps)), wall=wall,
+             in_cycles=in_cycles, out_cycles=out_cycles, upset_cycles=upsets)
+
+
 @cocotb.test()
 async def run_job(dut) -> None:
     """Run every fault map of the job over every image; write outputs and cycles."""
@@ -259,6 +317,9 @@ async def run_job(dut) -> None:
     scoreboard = Scoreboard()
 
     in_ints = words_to_ints(inputs)
+    if job.get("transient_cycle") is not None:
+        await transient_job(dut, job, memories, in_fmt, out_fmt)
+        return
     if job.get("mode") == "naive":
         t0 = time.perf_counter()
         out, cycles = await stream_naive(dut, in_ints, n_images * out_fmt.words_per_image)

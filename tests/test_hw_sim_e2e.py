@@ -99,3 +99,25 @@ def test_threshold_memory_faults_hardware_equals_binary_search_model(build, requ
     x, _ = run_inputs(load_run_model(run)[2], 40)
     counted = predict.fast_predict(run / "build", x, [FaultMap.load(m["file"]) for m in record["maps"]])
     assert any(not np.array_equal(counted[i], hw[i]) for i in range(len(hw)))
+
+
+@pytest.mark.slow
+def test_transient_upset_while_streaming(smoke_build):
+    """Bits flipped mid-stream: images that left before the upset equal the clean prediction,
+    images that entered well after it equal the faulty one (hw_sim.transient)."""
+    early = json.loads(run_sim(smoke_build, [0.05], maps=3, images=60, seed=3, transient_cycle=5,
+                               force=True).read_text())
+    assert all(m["identical_to_software"] for m in early["maps"])
+    assert all(m["transient"]["images_after"] > 10 for m in early["maps"])
+    with np.load(smoke_build / "sim" / "hw_outputs.npz") as f:
+        early_out, late_cycle = f["outputs"], int(f["out_cycles"][0][20])  # 20 images are out by then
+    late = json.loads(run_sim(smoke_build, [0.05], maps=3, images=60, seed=3, transient_cycle=late_cycle,
+                              force=True).read_text())
+    for m in late["maps"]:
+        t = m["transient"]
+        assert m["identical_to_software"] and t["images_before"] >= 20 and t["before_equal_clean"] == t["images_before"]
+    # the upset matters: after an early upset some map's outputs differ from the clean run's
+    clean = run_sim(smoke_build, [0.0], maps=1, images=60, seed=3, force=True)
+    clean_out = np.load(smoke_build / "sim" / "hw_outputs.npz")["outputs"][0]
+    assert any(not np.array_equal(early_out[i], clean_out) for i in range(3))
+    assert json.loads(clean.read_text())["maps"][0]["identical_to_software"]
