@@ -138,7 +138,10 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
         hw = spec.hardware
         lines.append(f"Hardware: RTL simulation (cocotb + Verilator) of each FINN build, {hw['maps']} maps per rate "
                      f"on {hw['images']} test images, {hw['inject']} injection, seed {hw['seed']}.")
-    lines += ["", "Accuracy in %, mean over fault maps with its 95 % t-interval.", ""]
+    lines += ["", "Accuracy in %, mean over fault maps with its 95 % t-interval. Written by `mcel report` from the "
+              "campaign's results store (`results.sqlite`); `report.json` holds every number and the campaign file.",
+              "Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software prediction "
+              "for the same fault maps and images (equal when every output matched).", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"## {model}", "", f"![{model}]({pngs[model]})", ""]
         mine = [r for r in rows if r["model"] == model]
