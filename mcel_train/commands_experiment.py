@@ -18,7 +18,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         variants=parse_list(args.variants, tuple(VARIANTS)),
         out=args.out, epochs=args.epochs, limit_train=args.limit_train, maps=args.maps,
         rates=tuple(args.rates), seed=args.seed, jobs=args.jobs,
-        train_seed=args.train_seed,
+        train_seed=args.train_seed, test_images=args.test_images,
     )
     if args.report_only:
         settings.check()
@@ -48,6 +48,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="fault map seed")
     p.add_argument("--train-seed", type=int,
                    help="override every config's training seed (init, shuffling, val split)")
+    p.add_argument("--test-images", type=int, default=0,
+                   help="sweep on the first N test images (0 = all; for slow models such as vgg3)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/experiment"), help="experiment folder")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/json/png go")

@@ -68,6 +68,7 @@ class ExperimentSettings:
     seed: int = 0
     jobs: int = 2
     train_seed: int | None = None
+    test_images: int = 0  # sweep on the first N test images (0 = all 10000)
 
     def check(self) -> None:
         """Reject unknown names and bad sizes before any work starts."""
@@ -111,7 +112,8 @@ def _sweep_matches(path: Path, settings: ExperimentSettings) -> bool:
         return False
     rec = json.loads(path.read_text())
     return (rec.get("maps") == settings.maps and rec.get("seed") == settings.seed
-            and [r["rate"] for r in rec["results"]] == [float(r) for r in settings.rates])
+            and [r["rate"] for r in rec["results"]] == [float(r) for r in settings.rates]
+            and (not settings.test_images or rec.get("n_test") == settings.test_images))
 
 
 def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
@@ -131,6 +133,7 @@ def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
         did.append("trained")
     if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings):
         run_sweep(rd, list(settings.rates), maps=settings.maps, seed=settings.seed, force=True,
+                  test_images=settings.test_images,
                   progress=False)
         did.append("swept")
     return f"{model}/{variant}: {', '.join(did) or 'up to date'}"
@@ -210,7 +213,7 @@ def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
         "settings": {
             "models": list(settings.models), "variants": list(settings.variants),
             "out": str(settings.out), "epochs_override": settings.epochs,
-            "limit_train": settings.limit_train, "maps": settings.maps,
+            "limit_train": settings.limit_train, "maps": settings.maps, "test_images": settings.test_images,
             "rates": [float(r) for r in settings.rates], "seed": settings.seed,
             "train_seed_override": settings.train_seed,
             "fault_model": "flip", "memory_layout": "natural (software model)",
@@ -252,7 +255,8 @@ def _settings_text(record: dict) -> list[str]:
         f"- Training images: {', '.join(map(str, images)) or '-'} "
         f"(limit_train={s['limit_train']}; 54000 = the full Fashion-MNIST train split minus "
         "10% validation).",
-        f"- Test images per evaluation: {', '.join(map(str, tests)) or '-'}.",
+        f"- Test images per evaluation: {', '.join(map(str, tests)) or '-'} for clean accuracy"
+        + (f"; the fault sweeps use the first {s['test_images']}." if s.get("test_images") else "."),
         f"- Training seed: {seed}; one training run per (model, variant).",
         f"- Fault model: independent bit flips in the stored weight words (natural layout), "
         f"{s['maps']} fault maps per rate, seed {s['seed']}; rates "

@@ -51,12 +51,14 @@ def run_sweep(
     run_dir: str | Path, bers: Sequence[float], maps: int = 100, seed: int = 0,
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
     map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
+    test_images: int = 0,
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
     ``manifest``: take the memories (and so the (word, bit) -> weight mapping) from a FINN
     build's ``manifest.json`` instead of the natural layout. ``compile_post``: fuse the
     threshold post-ops with ``torch.compile`` (faster for long sweeps, compiles once).
+    ``test_images``: evaluate on the first N test images only (0 = all; for slow models).
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
@@ -70,6 +72,10 @@ def run_sweep(
     fm = FaultModel.parse(fault_model)
     run = load_run(run_dir)
     x, labels = run.test_set()
+    if test_images < 0:
+        raise UserInputError(f"test_images must be >= 0, got {test_images}")
+    if test_images:
+        x, labels = x[:test_images], labels[:test_images]
     net = from_brevitas(run.model)
     if manifest is not None:
         memories = memories_from_manifest(json.loads(Path(manifest).read_text()))
