@@ -23,7 +23,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.build import _stream_format, load_run_model, run_inputs  # noqa: E402
+from flows.build import cpp_harness_format, load_run_model, run_inputs  # noqa: E402
 from flows.verilate import run_simulator  # noqa: E402
 from hw_sim.sim import load_build_manifest  # noqa: E402
 from mcel_train.train import predicted_classes  # noqa: E402
@@ -35,7 +35,7 @@ def check(run: Path) -> dict:
     model, _, r = load_run_model(run)
     x, labels = run_inputs(r, 10**9)
     t0 = time.perf_counter()
-    hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, _stream_format(manifest),
+    hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
                               run / "build" / "full_test")
     seconds = time.perf_counter() - t0
     with torch.no_grad():

@@ -31,7 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
-from flows.build import _stream_format, load_run_model, run_inputs  # noqa: E402
+from flows.build import cpp_harness_format, load_run_model, run_inputs  # noqa: E402
 from flows.verilate import run_simulator  # noqa: E402
 from hw_sim.runner import build_harness, run_job  # noqa: E402
 from hw_sim.sim import load_build_manifest, make_maps  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     expected_ii = int(manifest["estimates"]["expected_ii_cycles"])
 
     t0 = time.perf_counter()
-    cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, _stream_format(manifest),
+    cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
                                        sim_dir / "cpp")
     cpp_s = time.perf_counter() - t0
 

@@ -32,7 +32,7 @@ from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
 from flows.step_check import output_of
 from flows.stitch import stitch
-from flows.verilate import StreamFormat, build_simulator, check_memory_paths, run_simulator
+from flows.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
 
 DECISIONS = {
     "accelerator_output": "integer logits = accumulators of the last MVAU (noActivation); the "
@@ -101,10 +101,10 @@ def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
     return path
 
 
-def _stream_format(manifest: dict) -> StreamFormat:
+def cpp_harness_format(manifest: dict) -> CppHarnessFormat:
     s_in, s_out = manifest["streams"]["input"], manifest["streams"]["output"]
     kind = {"uint8": "u", "bipolar": "b"}.get(s_in["kind"], "s")
-    return StreamFormat(
+    return CppHarnessFormat(
         in_elems=s_in["elements"], in_bits=s_in["element_bits"],
         in_simd=s_in["elements_per_beat"], in_kind=kind, out_elems=s_out["elements"],
         out_bits=s_out["element_bits"], out_pe=s_out["elements_per_beat"],
@@ -132,7 +132,7 @@ def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, ma
     integer logits (``logits / scale``), which is informational: FINN's thresholds are folded
     from BatchNorm in float and may differ from torch at an exact boundary.
     """
-    hw, stats = run_simulator(sim_binary, x, _stream_format(manifest), build_dir / "verify")
+    hw, stats = run_simulator(sim_binary, x, cpp_harness_format(manifest), build_dir / "verify")
     finn_out = output_of(dataflow_model, x).astype(np.int64)
     ref = torch_logits(torch_model, x)
     hw_equal_finn = int(np.sum(np.all(hw == finn_out, axis=1)))

@@ -94,8 +94,10 @@ def build_simulator(filelist: Path, top: str, obj_dir: Path, public: bool = Fals
 
 
 @dataclass(frozen=True)
-class StreamFormat:
-    """How the harness packs inputs and unpacks outputs (from the manifest's stream section)."""
+class CppHarnessFormat:
+    """Command-line stream arguments of the plain C++ harness (``hw_sim/cpp/accel_harness.cpp``):
+    both directions at once. The cocotb testbench packs words itself (``hw_sim.streams.StreamFormat``,
+    one per stream)."""
 
     in_elems: int
     in_bits: int
@@ -106,7 +108,7 @@ class StreamFormat:
     out_pe: int
 
 
-def run_simulator(binary: Path, inputs: np.ndarray, fmt: StreamFormat, work_dir: Path,
+def run_simulator(binary: Path, inputs: np.ndarray, fmt: CppHarnessFormat, work_dir: Path,
                   timeout: float = 600.0) -> tuple[np.ndarray, dict]:
     """Stream ``inputs`` (N x in_elems integers) through the simulator; return outputs, stats."""
     work_dir = Path(work_dir)

@@ -224,14 +224,9 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True)
 
 
 def load_trained(run_dir: str | Path) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild a trained model (eval mode) and its config from ``run_dir/train/``."""
+    """A trained model (eval mode) and its validated config (:func:`mcel_train.runio.load_run`)."""
     from mcel_train.config import validate
+    from mcel_train.runio import load_run
 
-    stage = Path(run_dir) / "train"
-    if not (stage / "model.pt").is_file():
-        raise FileNotFoundError(f"{stage / 'model.pt'} not found; run `mcel train CONFIG --out {run_dir}` first")
-    with open(stage / "config.yaml") as f:
-        cfg = validate(yaml.safe_load(f))
-    model = build_model(cfg.model)
-    model.load_state_dict(torch.load(stage / "model.pt", weights_only=True))
-    return model.eval(), cfg
+    run = load_run(run_dir)
+    return run.model, validate(run.config)

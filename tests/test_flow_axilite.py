@@ -56,7 +56,7 @@ def _line_words(line: int, data_bits: int) -> list[int]:
 
 
 def test_axilite_write_equals_init_file_rewrite(writeable_build, tmp_path):
-    from flows.build import _stream_format, run_inputs
+    from flows.build import cpp_harness_format, run_inputs
     from flows.custom_ops.rtl_sim import build as cocotb_build
     from flows.custom_ops.rtl_sim import run as cocotb_run
     from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
@@ -98,7 +98,7 @@ def test_axilite_write_equals_init_file_rewrite(writeable_build, tmp_path):
     _, _, trained = _load(run)
     x, _ = run_inputs(trained, 20)
     np.save(tmp_path / "x.npy", x)
-    fmt = _stream_format(man)
+    fmt = cpp_harness_format(man)
     cfg = {
         "prefix": axil["prefix"], "all_prefixes": [p["prefix"] for p in man["axilite_ports"]],
         "writes": writes, "reads": writes, "inputs": str(tmp_path / "x.npy"),

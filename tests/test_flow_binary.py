@@ -22,6 +22,7 @@ import pytest
 from mcel_train.data import load_dataset
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import quick_train, test_accuracy, write_run
+from tests.flow_helpers import assert_edited_weights_bit_exact
 
 pytestmark = pytest.mark.slow
 
@@ -132,30 +133,8 @@ def test_manifest_binary_memories(builds, key, tmp_path):
 @pytest.mark.parametrize("key", ["tfc_w1a1-ones", "tfc_w1a2-explicit"])
 def test_flipped_weights_match_finn_without_rebuild(builds, key):
     """Flip 5 % of the 1-bit weights in the init files: same binary == FINN on the new graph."""
-    from qonnx.core.modelwrapper import ModelWrapper
 
-    from flows.build import _stream_format, load_run_model, run_inputs
-    from flows.finn_env import init_finn
-    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
-    from flows.step_check import output_of
-    from flows.verilate import run_simulator
-
-    run, _ = builds[key]
-    build = run / "build"
-    init_finn(build / "finn")
-    man = load_manifest(build / "manifest.json")
-    model = ModelWrapper(str(next((build / "steps").glob("*_generate_hdl.onnx"))))
-    _, _, trained = load_run_model(run)
-    x, _ = run_inputs(trained, 100)
-    clean = np.load(build / "verify" / "hw_logits.npy")[:100]
-    rng = np.random.default_rng(3)
-    for entry in (m for m in man["memories"] if m["kind"] == "weights"):
-        w = read_weights_from_init(entry)
+    def flip(entry, w, rng):
         w[rng.random(w.shape) < 0.05] *= -1
-        write_weights_to_init(entry, w)
-        node = next(n for n in model.graph.node if n.name == entry["layer"])
-        model.set_initializer(node.input[1], w.T.astype(np.float32))
-    hw, _ = run_simulator(build / "verilator" / "accel_sim", x, _stream_format(man),
-                          build / "verify_faults")
-    assert not np.array_equal(hw, clean)
-    np.testing.assert_array_equal(hw, output_of(model, x).astype(np.int64))
+
+    assert_edited_weights_bit_exact(builds[key][0], flip, seed=3)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mcel_train.data import load_dataset
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import quick_train, test_accuracy, write_run
+from tests.flow_helpers import assert_edited_weights_bit_exact
 
 pytestmark = pytest.mark.slow
 
@@ -128,32 +128,10 @@ def test_manifest_layouts_match_graph(builds, tmp_path):
 @pytest.mark.parametrize("key", ["tfc_w2a2-explicit", "sfc_w4a4-auto64"])
 def test_faulted_weights_stay_bit_exact_without_rebuild(builds, key):
     """Weights at -2**(B-1) (outside the narrow range) and 2**(B-1)-1 via the init files."""
-    from qonnx.core.modelwrapper import ModelWrapper
 
-    from flows.build import _stream_format, load_run_model, run_inputs
-    from flows.finn_env import init_finn
-    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
-    from flows.step_check import output_of
-    from flows.verilate import run_simulator
-
-    run, _ = builds[key]
-    build = run / "build"
-    init_finn(build / "finn")
-    man = load_manifest(build / "manifest.json")
-    model = ModelWrapper(str(next((build / "steps").glob("*_generate_hdl.onnx"))))
-    _, _, trained = load_run_model(run)
-    x, _ = run_inputs(trained, 100)
-    clean = np.load(build / "verify" / "hw_logits.npy")[:100]
-    rng = np.random.default_rng(1)
-    for entry in (m for m in man["memories"] if m["kind"] == "weights"):
-        w = read_weights_from_init(entry)
+    def extremes(entry, w, rng):
         b = entry["element_bits"]
         w[rng.random(w.shape) < 0.05] = -(2 ** (b - 1))
         w[rng.random(w.shape) < 0.05] = 2 ** (b - 1) - 1
-        write_weights_to_init(entry, w)
-        node = next(n for n in model.graph.node if n.name == entry["layer"])
-        model.set_initializer(node.input[1], w.T.astype(np.float32))
-    hw, _ = run_simulator(build / "verilator" / "accel_sim", x, _stream_format(man),
-                          build / "verify_faults")
-    assert not np.array_equal(hw, clean)
-    np.testing.assert_array_equal(hw, output_of(model, x).astype(np.int64))
+
+    assert_edited_weights_bit_exact(builds[key][0], extremes, seed=1)

@@ -16,14 +16,17 @@ from mcel_train.memory import Memory, decode_elements, encode_elements
 
 
 def fault_masks(
-    memory: Memory, word: np.ndarray, bit: np.ndarray, kind: np.ndarray
+    memory: Memory, word: np.ndarray, bit: np.ndarray, kind: np.ndarray, offset: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Faults of one memory -> ``(element index, xor mask, clear mask, set mask)`` per element.
 
     Several faults may hit bits of the same element; they are merged per element here, so
-    applying them is one vectorised expression.
+    applying them is one vectorised expression. ``offset`` (per fault) is added to the element
+    index: stacked copies of the memory, one per map.
     """
     idx, ebit = memory.bits_to_elements(word, bit)
+    if offset is not None:
+        idx = idx + offset
     value = np.left_shift(1, ebit).astype(np.int64)
     uniq, inv = np.unique(idx, return_inverse=True)
     masks = []
@@ -86,19 +89,10 @@ def apply_maps_stacked(
     bit = np.concatenate([p[2] for p in parts])
     kind = np.concatenate([p[3] for p in parts])
     offset = np.concatenate([np.full(len(p[1]), p[0] * memory.n_elements) for p in parts])
-    # Map each map's (word, bit) within the memory, then offset to that map's copy.
-    idx, ebit = memory.bits_to_elements(word, bit)
-    flat_idx = idx + offset
-    value = np.left_shift(1, ebit).astype(np.int64)
-    uniq, inv = np.unique(flat_idx, return_inverse=True)
-    masks = []
-    for k in (FLIP, STUCK0, STUCK1):
-        m = np.zeros(uniq.size, dtype=np.int64)
-        sel = kind == k
-        np.bitwise_or.at(m, inv[sel], value[sel])
-        masks.append(m)
+    # Each map's (word, bit) within the memory, offset to that map's copy.
+    uniq, flip, clear, set_ = fault_masks(memory, word, bit, kind, offset)
     flat = stacked.reshape(-1)
     code = encode_elements(flat[uniq], memory.element_bits, memory.bipolar)
-    code = ((code ^ masks[0]) & ~masks[1]) | masks[2]
+    code = ((code ^ flip) & ~clear) | set_
     flat[uniq] = decode_elements(code, memory.element_bits, memory.bipolar)
     return stacked
