@@ -121,3 +121,21 @@ def test_transient_upset_while_streaming(smoke_build):
     clean_out = np.load(smoke_build / "sim" / "hw_outputs.npz")["outputs"][0]
     assert any(not np.array_equal(early_out[i], clean_out) for i in range(3))
     assert json.loads(clean.read_text())["maps"][0]["identical_to_software"]
+
+
+@pytest.mark.slow
+def test_make_flow_writes_results_xml_and_identical_outputs(smoke_build):
+    """The documented make flow (cocotb's Makefiles) on the same build: results.xml and
+    hw_ber.json with every map identical to the software prediction."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["make", "-C", str(root / "hw_sim"), f"RUN={smoke_build}", "BER=0,0.02", "MAPS=2",
+                           "SEED=4", "IMAGES=30"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = (smoke_build / "sim" / "make" / "results.xml").read_text()
+    assert "<testcase" in results and "<failure" not in results and 'failures="0"' in results
+    record = json.loads((smoke_build / "sim" / "hw_ber.json").read_text())
+    assert record["flow"].startswith("make") and len(record["maps"]) == 3
+    assert all(m["identical_to_software"] for m in record["maps"])
