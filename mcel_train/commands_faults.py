@@ -38,7 +38,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rec = run_sweep(
             args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
             force=args.force, manifest=args.manifest, map_batch=args.map_batch,
-            progress=not args.quiet, compile_post=args.compile,
+            progress=not args.quiet, compile_post=args.compile, test_images=args.test_images,
         )
     except (FaultModelError, FaultMapError, MemoryLayoutError, RunError) as err:
         raise UserInputError(str(err)) from err
@@ -97,6 +97,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fuse the post-ops with torch.compile (faster long sweeps)")
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep")
+    p.add_argument("--test-images", type=int, default=0, help="first N test images only (0 = all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 
