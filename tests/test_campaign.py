@@ -164,11 +164,11 @@ def test_extending_a_campaign_reuses_finished_stages(reference, tmp_path):
 
 
 def test_hung_task_is_killed_retried_and_the_rest_goes_on(tmp_path):
-    # The big network trains far longer than the 15 s timeout, so it counts as hung.
+    # The big network trains far longer than the 30 s timeout, so it counts as hung.
     campaign = {**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]},
-                                            {"name": "tfc_w2a2", "hidden": [2048, 2048, 2048], "label": "big"}],
+                                            {"name": "tfc_w2a2", "hidden": [4096, 4096, 4096], "label": "big"}],
                                  "losses": ["ce"]},
-                "train": {**TINY["train"], "set": {"epochs": 40}}, "timeout_s": 15, "retries": 1}
+                "train": {**TINY["train"], "set": {"epochs": 8}}, "timeout_s": 30, "retries": 1}
     folder, summary = run_campaign(_write(tmp_path, campaign), tmp_path / "c", workers=2, show_progress=False)
     assert (summary["done"], summary["failed"], summary["skipped"]) == (2, 1, 1)
     with sqlite3.connect(folder / "results.sqlite") as conn:
