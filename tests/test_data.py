@@ -81,8 +81,9 @@ def test_digits_are_uint8_and_disjoint():
 
 
 def test_encodings_are_integers():
-    imgs = np.array([[[0, 127], [128, 255]]], dtype=np.uint8)
-    assert data.encode_inputs(imgs, "uint8").flatten().tolist() == [0, 127, 128, 255]
+    imgs = np.array([[[0, 23], [24, 255]]], dtype=np.uint8)
+    assert data.encode_inputs(imgs, "uint8").flatten().tolist() == [0, 23, 24, 255]
+    # binarized at data.BIPOLAR_THRESHOLD = 24: the boundary pixel is +1
     assert data.encode_inputs(imgs, "bipolar").flatten().tolist() == [-1, -1, 1, 1]
     with pytest.raises(ValueError, match="input kind"):
         data.encode_inputs(imgs, "float")
