@@ -162,7 +162,9 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def make_executor(kind: str, campaign_dir: str, workers: int, address: str | None = None):
+def make_executor(kind: str, campaign_dir: str, workers: int,
+                  address: str | None = None) -> LocalExecutor | RayExecutor:
+    """The executor named ``kind`` (``local`` or ``ray``), running ``workers`` tasks at a time."""
     if kind == "local":
         return LocalExecutor(campaign_dir, workers)
     if kind == "ray":
