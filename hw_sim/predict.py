@@ -57,15 +57,17 @@ def split_map(fmap: FaultMap, names: set[str]) -> tuple[FaultMap, FaultMap]:
     return sub(~keep), sub(keep)
 
 
-def faulty_thresholds(manifest: dict, fmap: FaultMap) -> dict[str, tuple[np.ndarray, int | None]]:
+def faulty_thresholds(manifest: dict, fmap: FaultMap,
+                      golden: dict[str, list[int]] | None = None) -> dict[str, tuple[np.ndarray, int | None]]:
     """Owner layer -> (its ``C x N`` thresholds as the faulty memories hold them, out bits).
 
     Only layers whose threshold memories the map touches; ``finn_thresholds`` memories (one per
     search stage and PE) are assembled into one matrix, ``bin_mvau_thresholds`` decoded whole.
+    ``golden``: the threshold memories' init words (read once by a caller with many maps).
     """
     mems = threshold_memories(manifest)
     check_map_fits(fmap, mems)
-    golden = {name: read_words(Path(m["init_file"])) for name, m in mems.items()}
+    golden = golden or golden_words(mems)
     touched = {fmap.memory_names[i] for i in np.unique(fmap.memory)}
     layers = {mems[n]["layer"] for n in touched if n in mems}
     words = {name: list(ws) for name, ws in golden.items()}
@@ -153,25 +155,23 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
         w, t = split_map(m, thr_names) if m is not None else (empty, None)
         weight_maps.append(w)
         threshold_maps.append(t if t is not None and len(t) else None)
-    out = np.zeros((len(maps), len(xt), 0), dtype=np.int64)
+    thr_golden = golden_words(threshold_memories(manifest)) if any(t is not None for t in threshold_maps) else {}
+    out: list[np.ndarray | None] = [None] * len(maps)
     with torch.no_grad():
+        # Maps with weight faults only: batched, map_batch at a time.
         plain = [i for i, t in enumerate(threshold_maps) if t is None]
         for lo in range(0, len(plain), map_batch):
             ids = plain[lo:lo + map_batch]
             weights = evaluator.stacked_weights([weight_maps[i] for i in ids])
             logits = net.forward(xt, weights, max_abs_input=evaluator.max_abs_input)
-            logits = np.rint(logits.expand(len(ids), *logits.shape[1:]).numpy()).astype(np.int64)
-            if out.shape[2] == 0:
-                out = np.zeros((len(maps), len(xt), logits.shape[2]), dtype=np.int64)
-            out[ids] = logits
+            for i, map_logits in zip(ids, logits.expand(len(ids), *logits.shape[1:]).numpy(), strict=True):
+                out[i] = map_logits
+        # Maps with threshold faults: one at a time, with the owners' post-ops swapped.
         for i, tmap in enumerate(threshold_maps):
-            if tmap is None:
-                continue
-            logits = _predict_with_thresholds(net, evaluator, xt, weight_maps[i], faulty_thresholds(manifest, tmap))
-            if out.shape[2] == 0:
-                out = np.zeros((len(maps), len(xt), logits.shape[2]), dtype=np.int64)
-            out[i] = logits[0]
-    return out
+            if tmap is not None:
+                thresholds = faulty_thresholds(manifest, tmap, thr_golden)
+                out[i] = _predict_with_thresholds(net, evaluator, xt, weight_maps[i], thresholds)[0]
+    return np.rint(np.stack(out)).astype(np.int64) if out else np.empty((0, len(xt), 0), dtype=np.int64)
 
 
 def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, thresholds: dict) -> np.ndarray:
@@ -190,4 +190,4 @@ def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, threshold
     finally:
         for index, post in saved.items():
             net.layers[index].post = post
-    return np.rint(logits.numpy()).astype(np.int64)
+    return logits.numpy()

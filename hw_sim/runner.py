@@ -19,9 +19,10 @@ from flows.verilate import WNO as VERILATOR_WNO
 from flows.verilate import verilator_bin
 from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
 
-# OPT_SLOW=-O0: with --public-flat-rw (which cocotb always uses) the symbol-table constructor is
-# one huge function; optimising it took gcc over 10 CPU-minutes on a FINN design, for code that
-# runs once at start-up. The per-cycle code (OPT_FAST) keeps -O1.
+# OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
+# build_harness(public_all=True)) the symbol-table constructor is one huge function; optimising it
+# took gcc over 10 CPU-minutes on a FINN design, for code that runs once at start-up. The
+# per-cycle code (OPT_FAST) keeps -O1.
 VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 "
                        "OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1")
 

@@ -139,7 +139,11 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     if predictor == "fast":
         # The batched integer evaluator, cross-checked on a few maps (the clean one and the
         # first faulty ones) against FINN's Python execution of the faulty graph.
-        predicted = fast_predict(run_dir / "build", x, fmaps)
+        # The clean prediction rides along for transient upsets (images before the upset).
+        predicted = fast_predict(run_dir / "build", x, fmaps + ([None] if transient_cycle is not None else []))
+        if transient_cycle is not None:
+            np.save(work / "predicted_clean.npy", predicted[-1:])
+            predicted = predicted[:-1]
         # FINN executes thresholds as a count, the RTL as a binary search: they agree only on
         # sorted thresholds, so maps with threshold faults are not cross-checked against FINN.
         thr = set(threshold_memories(manifest))
@@ -150,12 +154,12 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                 raise SimulationError(f"fast software prediction differs from FINN's execution on map {i}")
     elif predictor == "finn":
         predicted = finn_predict(run_dir / "build", x, fmaps)
+        if transient_cycle is not None:
+            np.save(work / "predicted_clean.npy", finn_predict(run_dir / "build", x, [None]))
     else:
         raise UserInputError(f"predictor must be fast or finn, got {predictor!r}")
     np.save(work / "inputs.npy", words)
     np.save(work / "predicted.npy", predicted)
-    if transient_cycle is not None:
-        np.save(work / "predicted_clean.npy", fast_predict(run_dir / "build", x, [None]))
     np.save(work / "labels.npy", labels)
     expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
     job = {

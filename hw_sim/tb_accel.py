@@ -268,16 +268,18 @@ async def transient_job(dut, job: dict, memories: dict, in_fmt: StreamFormat, ou
     for m, map_file in enumerate(maps):
         t0 = time.perf_counter()
         fmap = FaultMap.load(map_file) if map_file else None
-        updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
         if fmap is not None:
             check_map_fits(fmap, memories)
+        updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
         await reset(dut)
         upset = cocotb.start_soon(upset_at(dut, injector, updates, int(job["transient_cycle"])))
         words, cyc, cycles, hang = await stream_batch(dut, driver, monitor, inputs,
                                                       n_images * out_fmt.words_per_image, int(job["watchdog_cycles"]))
-        upsets[m] = await upset if upset.done() else -1
-        if not upset.done():
+        if upset.done():
+            upsets[m] = await upset
+        else:  # the stream ended first: no upset in this map's run
             upset.cancel()
+            upsets[m] = -1
         hangs[m], total[m] = hang, cycles
         if not hang:
             outputs[m] = unpack(words, out_fmt)

@@ -23,12 +23,16 @@ MARGIN_IMAGES = 4
 
 def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: np.ndarray,
              out_cycles: np.ndarray, upset_cycle: int, margin: int = MARGIN_IMAGES) -> dict:
-    """Per-image classes for one map and whether the checked ones match; see the module doc."""
+    """Per-image classes for one map and whether the checked ones match; see the module doc.
+
+    ``upset_cycle < 0``: the stream ended before the upset cycle, so every image is "before".
+    """
     n = len(hw)
-    before = out_cycles < upset_cycle
+    upset = upset_cycle if upset_cycle >= 0 else np.iinfo(np.int64).max
+    before = out_cycles < upset
     after = np.zeros(n, dtype=bool)
     if n > margin:
-        after[margin:] = in_cycles[: n - margin] > upset_cycle
+        after[margin:] = in_cycles[: n - margin] > upset
     after &= ~before
     flight = ~before & ~after
     same_clean = (hw == clean).all(axis=1)

@@ -40,9 +40,6 @@ MATRIX_OPS = ("MVAU_rtl", "MVAU_hls", "BinMVAU")
 
 def _attr(node, name: str, default=None):
     """A node attribute as a Python value (bytes decoded), ``default`` when absent."""
-    if hasattr(node, "attrs"):  # a recorded attribute dict (_AttrNode)
-        value = node.attrs.get(name)
-        return default if value is None else value
     for a in node.attribute:
         if a.name == name:
             if a.type == a.STRING:
@@ -76,9 +73,11 @@ def _threshold_post(thresholds: np.ndarray, channels: int, out_dtype: str, act_v
 
 
 def _bin_mvau_attrs(node) -> dict:
-    return {"MH": _attr(node, "MH"), "MW": _attr(node, "MW"), "noActivation": _attr(node, "noActivation", 0),
-            "inputDataType": _attr(node, "inputDataType"), "binaryXnorMode": _attr(node, "binaryXnorMode", 0),
-            "outputDataType": _attr(node, "outputDataType"), "ActVal": _attr(node, "ActVal", 0)}
+    """What the thresholding of a BinMVAU depends on (kept, so faulty thresholds can be re-applied)."""
+    odt = _attr(node, "outputDataType")
+    return {"MH": _attr(node, "MH"), "MW": _attr(node, "MW"), "no_activation": bool(_attr(node, "noActivation", 0)),
+            "xnor": _attr(node, "inputDataType") == "BIPOLAR" or bool(_attr(node, "binaryXnorMode", 0)),
+            "odt": odt, "act_val": 0 if odt == "BIPOLAR" else int(_attr(node, "ActVal", 0) or 0)}
 
 
 def threshold_post(owner: dict, thresholds: np.ndarray, out_bits: int | None = None) -> PostOp:
@@ -88,31 +87,22 @@ def threshold_post(owner: dict, thresholds: np.ndarray, out_bits: int | None = N
     ``bin_mvau`` (the project's BinMVAU, which counts ``acc >= T[k]`` in rtl/bin_mvau.sv): the count.
     """
     if owner["semantics"] == "bin_mvau":
-        return _bin_mvau_post(_AttrNode(owner), thresholds, owner["MW"])
+        return _bin_mvau_post(owner, thresholds)
     t = np.asarray(thresholds, dtype=np.float64)
     if owner["odt"] == "BIPOLAR":
         return SearchThresholdPostOp(torch.from_numpy(t), 1, out_bias=-1.0, out_mult=2.0)
     return SearchThresholdPostOp(torch.from_numpy(t), int(out_bits), out_bias=float(owner["act_val"]))
 
 
-class _AttrNode:
-    """Node-attribute view of a recorded attribute dict, for :func:`_bin_mvau_post`."""
-
-    def __init__(self, attrs: dict) -> None:
-        self.attrs = attrs
-
-
-def _bin_mvau_post(node, t: np.ndarray | None, mw: int) -> PostOp | None:
-    """BinMVAU: in XNOR mode the RTL thresholds the popcount ``(dot + MW) / 2``; the
-    :class:`IntLayer` computes the bipolar dot product, so ``pop >= T <=> dot >= 2T - MW``."""
-    if _attr(node, "noActivation", 0) or t is None:
+def _bin_mvau_post(attrs: dict, t: np.ndarray | None) -> PostOp | None:
+    """BinMVAU (``attrs`` from :func:`_bin_mvau_attrs`): in XNOR mode the RTL thresholds the
+    popcount ``(dot + MW) / 2``; the :class:`IntLayer` computes the bipolar dot product, so
+    ``pop >= T <=> dot >= 2T - MW``."""
+    if attrs["no_activation"] or t is None:
         return None
-    xnor = _attr(node, "inputDataType") == "BIPOLAR" or bool(_attr(node, "binaryXnorMode", 0))
-    odt = _attr(node, "outputDataType")
-    act_val = 0 if odt == "BIPOLAR" else int(_attr(node, "ActVal", 0) or 0)
-    if xnor:
-        return _threshold_post(t, _attr(node, "MH"), odt, act_val, scale=0.5, offset=mw / 2)
-    return _threshold_post(t, _attr(node, "MH"), odt, act_val)
+    if attrs["xnor"]:
+        return _threshold_post(t, attrs["MH"], attrs["odt"], attrs["act_val"], scale=0.5, offset=attrs["MW"] / 2)
+    return _threshold_post(t, attrs["MH"], attrs["odt"], attrs["act_val"])
 
 
 def from_finn_build(build_dir: str | Path) -> IntNetwork:
@@ -145,7 +135,7 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
                 raise IntNetError(f"{node.name}: two matrix units without thresholds between")
             if _attr(node, "inputDataType") == "BINARY":
                 raise IntNetError(f"{node.name}: BINARY {{0,1}} inputs are not supported")
-            mh, mw = _attr(node, "MH"), _attr(node, "MW")
+            mh = _attr(node, "MH")
             entry = weight_entries.get(node.name)
             if entry is None:
                 raise IntNetError(f"{node.name}: no weight memory in the manifest")
@@ -155,9 +145,9 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
             t = model.get_initializer(node.input[2]) if len(node.input) > 2 else None
             bits = 1 if entry["layout"].get("bipolar") else int(entry["layout"]["element_bits"])
             if op == "BinMVAU":
-                post = _bin_mvau_post(node, t, mw)
-                threshold_owners[node.name] = {"layer_index": len(layers), "semantics": "bin_mvau",
-                                               **_bin_mvau_attrs(node)}
+                attrs = _bin_mvau_attrs(node)
+                post = _bin_mvau_post(attrs, t)
+                threshold_owners[node.name] = {"layer_index": len(layers), "semantics": "bin_mvau", **attrs}
             elif t is not None and not _attr(node, "noActivation", 0):
                 odt = _attr(node, "outputDataType")
                 post = _threshold_post(t, mh, odt, int(_attr(node, "ActVal", 0) or 0))

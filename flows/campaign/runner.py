@@ -142,8 +142,8 @@ class Scheduler:
                     self.executor.submit(self.tasks[key])
                 if not self.pending:
                     break
-                if not self.executor.running() and not self._ready():
-                    break  # nothing runnable is left (only skipped dependents)
+                if not self.executor.running():
+                    break  # nothing was runnable: what is left depends on failed tasks
                 for key, ok, payload in self.executor.poll(POLL_SECONDS):
                     self._finish(key, ok, payload)
                 self._check_timeouts()
