@@ -31,6 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="software prediction: batched integer evaluator (cross-checked against FINN "
                    "execution on a few maps) or FINN's Python execution for every map")
     p.add_argument("--batch-images", type=int, default=1000, help="images per harness batch")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="simulator processes, each on a slice of the images (0 = one per core when "
+                   "there are enough images; waveforms and transient upsets use one)")
     p.add_argument("--waves", action="store_true", help="dump waveforms (slow)")
     p.add_argument("--force", action="store_true", help="replace an existing sim/hw_ber.json")
     p.set_defaults(func=cmd_sim)
@@ -45,7 +48,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
                    args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
-                   memories=args.memories, transient_cycle=args.transient_cycle)
+                   memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs)
     print(f"wrote {path}")
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -248,17 +249,34 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
             predictor: str = "fast", force: bool = False, waves: bool = False,
             watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights",
-            transient_cycle: int | None = None) -> Path:
-    """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path."""
+            transient_cycle: int | None = None, jobs: int = 0) -> Path:
+    """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path.
+
+    ``jobs``: simulator processes, each on a slice of the images (:mod:`hw_sim.shards`);
+    0 picks one per core for large image counts. A transient upset runs as one process.
+    """
     from hw_sim.runner import build_harness, run_job
+    from hw_sim.shards import auto_shards, run_sharded
 
     run_dir = Path(run_dir)
+    if jobs < 0:
+        raise UserInputError(f"--jobs must be >= 0 (0 = one per core), got {jobs}")
+    if jobs > 1 and transient_cycle is not None:
+        raise UserInputError("--transient-cycle upsets one stream at one cycle: it needs --jobs 1")
+    if transient_cycle is not None or waves:
+        jobs = 1  # one stream to upset; one waveform to read
+    shards = jobs or auto_shards(images, len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves)
     t_sim = time.perf_counter()
-    run_job(run_dir / "sim", job, name="sim", waves=waves)
+    if shards > 1:
+        in_fmt = StreamFormat.from_manifest(load_build_manifest(run_dir)["streams"]["input"])
+        run_sharded(run_dir / "sim", job, shards, in_fmt.words_per_image, name="sim")
+    else:
+        run_job(run_dir / "sim", job, name="sim", waves=waves)
     seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}
-    return finish_sim(run_dir, {"build": build, "seconds_run": seconds, "flow": "python runner"})
+    return finish_sim(run_dir, {"build": build, "seconds_run": seconds, "flow": "python runner",
+                                "simulator_processes": shards})

@@ -3,7 +3,8 @@
 For each model in ``models`` and each variant in ``variants`` this trains a run under
 ``out/MODEL/VARIANT/`` (skipped when its ``train/`` exists, so an interrupted experiment
 resumes), runs the software bit-error sweep (skipped when a sweep with the same rates, maps and
-seed exists), and finally writes ``docs/results.md`` + ``docs/results.json`` + one plot per
+seed exists; its threshold comparisons fused by ``torch.compile``, a one-off cost per run that
+long sweeps repay many times), and finally writes ``docs/results.md`` + ``docs/results.json`` + one plot per
 model from the files on disk alone. The report states the settings that were actually used
 (epochs, training images, maps), read back from each run's own records, so a short run can
 never be mistaken for the paper's full protocol.
@@ -133,8 +134,7 @@ def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
         did.append("trained")
     if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings):
         run_sweep(rd, list(settings.rates), maps=settings.maps, seed=settings.seed, force=True,
-                  test_images=settings.test_images,
-                  progress=False)
+                  test_images=settings.test_images, compile_post=True, progress=False)
         did.append("swept")
     return f"{model}/{variant}: {', '.join(did) or 'up to date'}"
 

@@ -38,6 +38,21 @@ class IntNetError(RuntimeError):
     """The model cannot be expressed exactly as an integer network."""
 
 
+def max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``F.max_pool2d(x, k)`` (non-overlapping, floor mode) as pairwise maxima of strided views.
+
+    Same values; about 3x faster than ATen's CPU kernel on NCHW, which also computes indices.
+    """
+    h, w = x.shape[-2] // k * k, x.shape[-1] // k * k
+    rows = x[..., 0:h:k, :w]
+    for i in range(1, k):
+        rows = torch.maximum(rows, x[..., i:h:k, :w])
+    out = rows[..., 0::k]
+    for j in range(1, k):
+        out = torch.maximum(out, rows[..., j::k])
+    return out
+
+
 class PostOp:
     """Accumulator -> next layer's integers. Subclasses set ``out_scale`` and ``max_abs_out``.
 
@@ -53,6 +68,10 @@ class PostOp:
     def acc_thresholds(self) -> torch.Tensor | None:
         """Real-valued accumulator thresholds ``(C, K)`` where the output changes, if any."""
         return None
+
+    def then_pool(self, acc: torch.Tensor, k: int) -> torch.Tensor:
+        """This post-op followed by a ``k x k`` max-pool (subclasses may reorder it exactly)."""
+        return max_pool(self(acc), k)
 
 
 class IdentityPostOp(PostOp):
@@ -213,15 +232,32 @@ class ThresholdPostOp(PostOp):
         self.max_abs_out = max(abs(self.out_bias), abs(self.out_bias + self.out_mult * n_k))
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
+        return self._count(self._rising(acc))
+
+    def then_pool(self, acc: torch.Tensor, k: int) -> torch.Tensor:
+        """Max-pool first, then threshold: exact, and ``k * k`` times fewer comparisons.
+
+        In ``x = sign * acc`` every channel's output is a non-decreasing step function, and
+        ``max`` commutes with a non-decreasing function: ``max f(x_i) = f(max x_i)``.
+        """
+        return self._count(max_pool(self._rising(acc), k))
+
+    def _rising(self, acc: torch.Tensor) -> torch.Tensor:
+        """``sign * acc``: the variable in which every channel's output rises."""
+        if not bool((self.sign < 0).any()):
+            return acc
         view = (1, -1) + (1,) * (acc.dim() - 2)
-        x = acc * self.sign.to(acc.dtype).reshape(view) if bool((self.sign < 0).any()) else acc
+        return acc * self.sign.to(acc.dtype).reshape(view)
+
+    def _count(self, x: torch.Tensor) -> torch.Tensor:
+        """The output levels of rising-domain accumulators ``x`` (channels on dim 1)."""
         n_ch, n_k = self.thresholds.shape
-        t = self.thresholds.to(acc.dtype).T.reshape(n_k, 1, n_ch, *view[2:])  # (K, 1, C, 1...)
+        t = self.thresholds.to(x.dtype).T.reshape(n_k, 1, n_ch, *(1,) * (x.dim() - 2))
         kernel = _compiled_count() if self.compiled else None
-        out = kernel(x, t) if kernel is not None else _threshold_count(x, t)
+        count = kernel(x, t) if kernel is not None else _threshold_count(x, t)
         if self.out_mult != 1.0 or self.out_bias != 0.0:
-            out = out * self.out_mult + self.out_bias
-        return out
+            return count * self.out_mult + self.out_bias
+        return count
 
     def acc_thresholds(self) -> torch.Tensor:
         if self.real_thresholds is not None:
@@ -293,24 +329,21 @@ class IntLayer:
     def memory(self, index: int) -> Memory:
         return memory_for_layer(self.name, self.weight.shape, self.weight_bits, index)
 
-    def accumulate(self, x: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
+    def accumulate(self, h: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
         """Integer accumulators for ``M`` weight sets ``w`` of shape ``(M, out, in)``.
 
-        ``x`` is ``(N, ...)`` when ``shared`` (same input for every map) else ``(M, N, ...)``;
-        the result is ``(M, N, out, ...)``.
+        Dense: ``h`` is ``(N, in)`` when ``shared`` (same input under every map) else
+        ``(M, N, in)``; the result is ``(M, N, out)``. Conv: ``h`` is ``(N, C, H, W)`` when
+        ``shared`` else ``(N, M * C, H, W)``, and so is the result, ``(N, M * out, H', W')``:
+        images outermost, so that the maps are the groups of one grouped convolution and a
+        layer's output is the next one's input without a transposing copy.
         """
         if self.conv is None:
-            return torch.matmul(x, w.transpose(1, 2))
+            return torch.matmul(h, w.transpose(1, 2))
         g = self.conv
         m, out = w.shape[0], w.shape[1]
         kw = w.reshape(m * out, g.in_channels, *g.kernel)
-        if shared:
-            y = F.conv2d(x, kw, stride=g.stride, padding=g.padding)
-        else:
-            n = x.shape[1]
-            xs = x.transpose(0, 1).reshape(n, m * g.in_channels, *x.shape[3:])
-            y = F.conv2d(xs, kw, stride=g.stride, padding=g.padding, groups=m)
-        return y.reshape(y.shape[0], m, out, *y.shape[2:]).transpose(0, 1)
+        return F.conv2d(h, kw, stride=g.stride, padding=g.padding, groups=1 if shared else m)
 
 
 @dataclass
@@ -384,22 +417,44 @@ class IntNetwork:
             return self._forward_dense(x, prepared, first_acc, collect)
         if first_acc is not None and first_acc_channels_first:
             raise ValueError("channels-first layer-0 accumulators need an all-dense network")
+        return self._forward_general(x, prepared, first_acc, collect)
+
+    def _forward_general(
+        self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
+        collect: list | None,
+    ) -> torch.Tensor:
+        """Any chain of conv and dense layers (see :meth:`IntLayer.accumulate` for layouts).
+
+        Conv activations stay images-major, ``(N, M * C, H, W)``, which views as
+        ``(N * M, C, H, W)`` for the per-channel post-ops at no cost; they turn maps-major,
+        ``(M, N, features)``, at the flatten before the first dense layer.
+        """
+        m, n = prepared[0].shape[0], x.shape[0]
         h = x
         shared = True
         for layer, w in zip(self.layers, prepared, strict=True):
             if layer.flatten_before:
-                h = h.flatten(2 if not shared else 1)
+                h = h.reshape(n, m, -1).transpose(0, 1) if not shared else h.flatten(1)
             if first_acc is not None and layer is self.layers[0]:
                 acc = first_acc.to(w.dtype)
+                if layer.conv is not None:  # given maps-major (M, N, out, H, W)
+                    acc = acc.transpose(0, 1).reshape(n, -1, *acc.shape[3:])
             else:
                 acc = layer.accumulate(h.to(w.dtype), w, shared)
-            if collect is not None:
-                collect.append(acc)
-            mm, n = acc.shape[0], acc.shape[1]
-            out = layer.post(acc.reshape(mm * n, *acc.shape[2:]))
-            if layer.pool:
-                out = F.max_pool2d(out, layer.pool)
-            h = out.reshape(mm, n, *out.shape[1:])
+            out_ch = w.shape[1]
+            if layer.conv is not None:
+                per_channel = acc.reshape(n * m, out_ch, *acc.shape[2:])
+                if collect is not None:
+                    collect.append(per_channel.reshape(n, m, *per_channel.shape[1:]).transpose(0, 1))
+                if layer.pool:
+                    out = layer.post.then_pool(per_channel, layer.pool)
+                else:
+                    out = layer.post(per_channel)
+                h = out.reshape(n, m * out_ch, *out.shape[2:])
+            else:
+                if collect is not None:
+                    collect.append(acc)
+                h = layer.post(acc.reshape(m * n, out_ch)).reshape(m, n, out_ch)
             shared = False
         return h
 

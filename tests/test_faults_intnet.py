@@ -10,7 +10,7 @@ from mcel_train.data import load_dataset
 from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, predict
 from mcel_train.fault_training import override_quant_weights
 from mcel_train.faults import apply_map, generate_map
-from mcel_train.intnet import FLOAT32_EXACT, from_brevitas
+from mcel_train.intnet import FLOAT32_EXACT, ThresholdPostOp, from_brevitas, max_pool
 from mcel_train.memory import Memory
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import model_inputs, quick_train
@@ -119,3 +119,24 @@ def test_dtype_follows_the_exactness_bound(trained):
     net = from_brevitas(model)
     assert net.prepare(None, 255.0)[0].dtype == torch.float32
     assert net.prepare(None, float(FLOAT32_EXACT))[0].dtype == torch.float64
+
+
+def test_max_pool_equals_torch_max_pool():
+    g = torch.Generator().manual_seed(3)
+    for k, shape in [(2, (3, 4, 28, 28)), (2, (2, 5, 7, 7)), (3, (1, 2, 9, 10))]:
+        x = torch.randint(-9, 9, shape, generator=g).float()
+        assert torch.equal(max_pool(x, k), torch.nn.functional.max_pool2d(x, k))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_threshold_then_pool_equals_pool_after_threshold(compiled):
+    """Pooling before thresholding is exact, also for channels whose output falls with acc."""
+    g = torch.Generator().manual_seed(4)
+    thresholds = torch.sort(torch.randint(-20, 20, (6, 3), generator=g).double(), dim=1).values
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, 1.0])
+    post = ThresholdPostOp(thresholds, sign=sign)
+    post.compiled = compiled
+    acc = torch.randint(-30, 30, (5, 6, 8, 8), generator=g).float()
+    expected = torch.nn.functional.max_pool2d(post(acc), 2)
+    assert torch.equal(post.then_pool(acc, 2), expected)
+    assert post.then_pool(acc, 2).unique().numel() > 2  # the check sees several levels

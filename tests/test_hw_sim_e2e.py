@@ -15,8 +15,9 @@ from mcel_train.cli import main
 @pytest.mark.slow
 def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     bers = [0.0, 0.005, 0.01, 0.02]
-    path = run_sim(smoke_build, bers, maps=7, images=60, seed=0, force=True)
+    path = run_sim(smoke_build, bers, maps=7, images=60, seed=0, force=True, jobs=1)
     record = json.loads(path.read_text())
+    assert record["simulator_processes"] == 1
     assert len(record["maps"]) == 1 + 3 * 7
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
     result = compare_run(smoke_build)
@@ -28,11 +29,15 @@ def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     # cycles per image near FINN's expected initiation interval (the harness streams back to back)
     ii = [m["ii_cycles"] for m in record["maps"]]
     assert max(ii) <= 1.1 * record["expected_ii_cycles"] + 2
-    # same seed, same maps, same numbers
-    again = run_sim(smoke_build, bers[:2], maps=2, images=60, seed=0, force=True)
-    first = {(m["rate"], m["map_index"]): m["digest"] for m in record["maps"]}
-    for m in json.loads(again.read_text())["maps"]:
-        assert first[(m["rate"], m["map_index"])] == m["digest"]
+    # same seed, same maps, same numbers, also with the images split over two simulators
+    again = json.loads(run_sim(smoke_build, bers[:2], maps=2, images=60, seed=0, force=True,
+                               jobs=2).read_text())
+    assert again["simulator_processes"] == 2
+    first = {(m["rate"], m["map_index"]): m for m in record["maps"]}
+    for m in again["maps"]:
+        assert first[(m["rate"], m["map_index"])]["digest"] == m["digest"]
+        assert first[(m["rate"], m["map_index"])]["cycles"] == pytest.approx(m["cycles"], rel=0.1)
+        assert m["identical_to_software"]
     assert main(["compare", str(smoke_build)]) == 0
 
 
