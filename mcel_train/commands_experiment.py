@@ -13,12 +13,15 @@ from pathlib import Path
 def cmd_experiment(args: argparse.Namespace) -> int:
     from mcel_train.experiment import VARIANTS, ExperimentSettings, collect, parse_list, run_experiment, write_report
 
+    epochs, epochs_by_model = args.epochs
+    test_images, test_images_by_model = args.test_images
     settings = ExperimentSettings(
         models=parse_list(args.models),
         variants=parse_list(args.variants, tuple(VARIANTS)),
-        out=args.out, epochs=args.epochs, limit_train=args.limit_train, maps=args.maps,
+        out=args.out, epochs=epochs, limit_train=args.limit_train, maps=args.maps,
         rates=tuple(args.rates), seed=args.seed, jobs=args.jobs,
-        train_seed=args.train_seed, test_images=args.test_images,
+        train_seed=args.train_seed, test_images=test_images or 0,
+        epochs_by_model=epochs_by_model, test_images_by_model=test_images_by_model,
     )
     if args.report_only:
         settings.check()
@@ -28,6 +31,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         md = args.docs / "results.md"
     print(f"wrote {md} and {args.docs / 'results.json'}")
     return 0
+
+
+def per_model_ints(text: str) -> tuple[int | None, dict[str, int]]:
+    """``"10"``, ``"vgg3_w4a4=3"`` or ``"10,vgg3_w4a4=3"`` -> (default, {model: value})."""
+    default, by_model = None, {}
+    try:
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if "=" in item:
+                name, value = item.split("=", 1)
+                by_model[name.strip()] = int(value)
+            else:
+                default = int(item)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"want N, MODEL=N or a comma-separated mix such as 10,vgg3_w4a4=3; got {text!r}") from None
+    return default, by_model
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -41,15 +60,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated zoo models with a flows/configs/MODEL_fmnist.yaml")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated variants (default all: {', '.join(VARIANTS)})")
-    p.add_argument("--epochs", type=int, help="override every config's epochs")
+    p.add_argument("--epochs", type=per_model_ints, default=(None, {}),
+                   help="override the configs' epochs: N for all, MODEL=N for one (comma-separated)")
     p.add_argument("--limit-train", type=int, default=0, help="train on the first N images (0 = all)")
     p.add_argument("--maps", type=int, default=DEFAULT_MAPS, help="fault maps per rate")
     p.add_argument("--rates", type=_rates, default=list(DEFAULT_RATES), help="comma-separated rates")
     p.add_argument("--seed", type=int, default=0, help="fault map seed")
     p.add_argument("--train-seed", type=int,
                    help="override every config's training seed (init, shuffling, val split)")
-    p.add_argument("--test-images", type=int, default=0,
-                   help="sweep on the first N test images (0 = all; for slow models such as vgg3)")
+    p.add_argument("--test-images", type=per_model_ints, default=(0, {}),
+                   help="sweep on the first N test images (0 = all): N for all, MODEL=N for one "
+                   "(for slow models such as vgg3)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/experiment"), help="experiment folder")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/json/png go")

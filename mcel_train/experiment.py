@@ -70,6 +70,15 @@ class ExperimentSettings:
     jobs: int = 2
     train_seed: int | None = None
     test_images: int = 0  # sweep on the first N test images (0 = all 10000)
+    # Per-model exceptions to ``epochs`` / ``test_images`` (a slow model such as vgg3 on a CPU).
+    epochs_by_model: dict[str, int] = field(default_factory=dict)
+    test_images_by_model: dict[str, int] = field(default_factory=dict)
+
+    def epochs_for(self, model: str) -> int | None:
+        return self.epochs_by_model.get(model, self.epochs)
+
+    def test_images_for(self, model: str) -> int:
+        return self.test_images_by_model.get(model, self.test_images)
 
     def check(self) -> None:
         """Reject unknown names and bad sizes before any work starts."""
@@ -81,8 +90,13 @@ class ExperimentSettings:
             raise UserInputError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
         if self.maps < 2:
             raise UserInputError("maps must be >= 2 (a confidence interval needs two maps)")
-        if self.epochs is not None and self.epochs < 1:
+        if any(e is not None and e < 1 for e in (self.epochs, *self.epochs_by_model.values())):
             raise UserInputError("epochs must be >= 1")
+        if any(t < 0 for t in (self.test_images, *self.test_images_by_model.values())):
+            raise UserInputError("test images must be >= 0 (0 = all)")
+        for name in (*self.epochs_by_model, *self.test_images_by_model):
+            if name not in self.models:
+                raise UserInputError(f"per-model setting for {name!r}, which is not in --models")
         if self.jobs < 1:
             raise UserInputError("jobs must be >= 1")
 
@@ -99,8 +113,8 @@ def run_dir(settings: ExperimentSettings, model: str, variant: str) -> Path:
 def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[str]:
     """Config overrides for one run: the variant's recipe plus the experiment's size options."""
     out = [f"name={model}_{variant}", *VARIANTS[variant].overrides]
-    if settings.epochs is not None:
-        out.append(f"epochs={settings.epochs}")
+    if settings.epochs_for(model) is not None:
+        out.append(f"epochs={settings.epochs_for(model)}")
     if settings.limit_train:
         out.append(f"data.limit_train={settings.limit_train}")
     if settings.train_seed is not None:
@@ -108,13 +122,14 @@ def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[st
     return out
 
 
-def _sweep_matches(path: Path, settings: ExperimentSettings) -> bool:
+def _sweep_matches(path: Path, settings: ExperimentSettings, model: str) -> bool:
     if not path.is_file():
         return False
     rec = json.loads(path.read_text())
+    test_images = settings.test_images_for(model)
     return (rec.get("maps") == settings.maps and rec.get("seed") == settings.seed
             and [r["rate"] for r in rec["results"]] == [float(r) for r in settings.rates]
-            and (not settings.test_images or rec.get("n_test") == settings.test_images))
+            and (not test_images or rec.get("n_test") == test_images))
 
 
 def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
@@ -132,9 +147,9 @@ def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
         run_train(load_config(config_path(model), overrides(settings, model, variant)), rd,
                   show_progress=False)
         did.append("trained")
-    if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings):
+    if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings, model):
         run_sweep(rd, list(settings.rates), maps=settings.maps, seed=settings.seed, force=True,
-                  test_images=settings.test_images, compile_post=True, progress=False)
+                  test_images=settings.test_images_for(model), compile_post=True, progress=False)
         did.append("swept")
     return f"{model}/{variant}: {', '.join(did) or 'up to date'}"
 
@@ -190,6 +205,7 @@ def _run_summary(rd: Path) -> dict | None:
         "median_step_time_s": metrics["median_step_time_s"],
         "train_wall_time_s": metrics.get("wall_time_s"),
         "maps": sweep["maps"],
+        "sweep_test_images": sweep.get("n_test"),
         "sweep": [{k: r[k] for k in ("rate", "mean", "std", "ci95", "faults_per_map_mean")}
                   for r in sweep["results"]],
     }
@@ -214,6 +230,8 @@ def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
             "models": list(settings.models), "variants": list(settings.variants),
             "out": str(settings.out), "epochs_override": settings.epochs,
             "limit_train": settings.limit_train, "maps": settings.maps, "test_images": settings.test_images,
+            "epochs_by_model": dict(settings.epochs_by_model),
+            "test_images_by_model": dict(settings.test_images_by_model),
             "rates": [float(r) for r in settings.rates], "seed": settings.seed,
             "train_seed_override": settings.train_seed,
             "fault_model": "flip", "memory_layout": "natural (software model)",
@@ -239,24 +257,35 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _by_model(record: dict, key: str) -> str:
+    """``"10"`` when every run has the same ``key``, else ``"10 (sfc_w2a2, ...); 3 (vgg3_w4a4)"``."""
+    models: dict[str, list[str]] = {}
+    for model, rows in record["models"].items():
+        for value in sorted({str(r.get(key)) for r in rows.values()}):
+            models.setdefault(value, []).append(model)
+    if len(models) <= 1:
+        return next(iter(models), "-")
+    return "; ".join(f"{value} ({', '.join(names)})" for value, names in models.items())
+
+
 def _settings_text(record: dict) -> list[str]:
     s = record["settings"]
-    runs = [r for rows in record["models"].values() for r in rows.values()]
-    epochs = sorted({r["epochs"] for r in runs})
-    images = sorted({r["train_images"] for r in runs})
-    tests = sorted({r["test_images"] for r in runs})
     seed = s.get("train_seed_override")
     seed = "the configs' own (0)" if seed is None else seed
+    overrides = s["epochs_override"]
+    if s.get("epochs_by_model"):
+        overrides = f"{overrides!r}, per model {s['epochs_by_model']}"
     return [
         "## Settings used",
         "",
-        f"- Epochs: {', '.join(map(str, epochs)) or '-'} "
-        f"(override {s['epochs_override']!r}; the configs' own default is 10).",
-        f"- Training images: {', '.join(map(str, images)) or '-'} "
+        f"- Epochs: {_by_model(record, 'epochs')} "
+        f"(override {overrides}; the configs' own default is 10).",
+        f"- Training images: {_by_model(record, 'train_images')} "
         f"(limit_train={s['limit_train']}; 54000 = the full Fashion-MNIST train split minus "
         "10% validation).",
-        f"- Test images per evaluation: {', '.join(map(str, tests)) or '-'} for clean accuracy"
-        + (f"; the fault sweeps use the first {s['test_images']}." if s.get("test_images") else "."),
+        f"- Test images: {_by_model(record, 'test_images')} for training's float accuracy and "
+        f"margin; the fault sweeps, and the tables' clean accuracy (the sweeps' rate 0), use "
+        f"{_by_model(record, 'sweep_test_images')} (10000 = the whole test set).",
         f"- Training seed: {seed}; one training run per (model, variant).",
         f"- Fault model: independent bit flips in the stored weight words (natural layout), "
         f"{s['maps']} fault maps per rate, seed {s['seed']}; rates "

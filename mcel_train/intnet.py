@@ -197,8 +197,12 @@ def _compiled_count():
     """
     if "fn" not in _COMPILED:
         try:
-            # Static shapes: a recompile per distinct shape (the evaluator uses few), but
-            # far cheaper calls than symbolic-shape guards.
+            # Static shapes: a recompile per distinct shape, but far cheaper calls than
+            # symbolic-shape guards. A conv network's sweep sees a few shapes per layer (map
+            # groups of two sizes, pooled and unpooled maps): more than dynamo's default of 8,
+            # beyond which it would quietly run the slow eager loop.
+            dynamo_config = torch._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             fn = torch.compile(_threshold_count_fused, dynamic=False)
             fn(torch.zeros(2, 3), torch.zeros(2, 1, 3))  # compile now, fail here if it fails
             _COMPILED["fn"] = fn

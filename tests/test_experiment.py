@@ -75,4 +75,19 @@ def test_cli_registers_experiment():
     from mcel_train.cli import build_parser
 
     args = build_parser().parse_args(["experiment", "--models", "sfc_w2a2", "--epochs", "1"])
-    assert args.command == "experiment" and args.epochs == 1 and args.maps == 50
+    assert args.command == "experiment" and args.epochs == (1, {}) and args.maps == 50
+    args = build_parser().parse_args(["experiment", "--epochs", "10,vgg3_w4a4=3",
+                                      "--test-images", "vgg3_w4a4=2000"])
+    assert args.epochs == (10, {"vgg3_w4a4": 3}) and args.test_images == (None, {"vgg3_w4a4": 2000})
+
+
+def test_per_model_settings_apply_to_their_model_only():
+    s = ExperimentSettings(models=("sfc_w2a2", "vgg3_w4a4"), epochs=10, epochs_by_model={"vgg3_w4a4": 3},
+                           test_images_by_model={"vgg3_w4a4": 2000})
+    s.check()
+    assert "epochs=3" in overrides(s, "vgg3_w4a4", "ce") and "epochs=10" in overrides(s, "sfc_w2a2", "ce")
+    assert s.test_images_for("vgg3_w4a4") == 2000 and s.test_images_for("sfc_w2a2") == 0
+    with pytest.raises(UserInputError, match="not in --models"):
+        ExperimentSettings(models=("sfc_w2a2",), epochs_by_model={"vgg3_w4a4": 3}).check()
+    with pytest.raises(UserInputError, match="epochs"):
+        ExperimentSettings(models=("sfc_w2a2",), epochs_by_model={"sfc_w2a2": 0}).check()
