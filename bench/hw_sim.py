@@ -11,8 +11,8 @@ Measured in one run, on one build:
 - ``cocotb_naive``: Python touching the stream every cycle (few images), what the bulk buffers buy;
 - cycles per image (steady-state initiation interval) against FINN's estimate; goal within 10 %;
 - ``--full``: the whole 10k test set through one fault map at 1 % by ``mcel sim``'s path (maps,
-  prediction, simulation, comparison), with one simulator process and with the images split
-  over two (``--jobs 2``); goal under 30 s.
+  prediction, simulation, comparison), with one simulator process, with the images split
+  over two (``--jobs 2``), and two with a profile-guided build (``--pgo``); goal under 30 s.
 
     .venv/bin/python bench/hw_sim.py --run runs/sfc_w2a2_ce [--images 2000] [--full]
 
@@ -66,19 +66,21 @@ def _full_test_set(run: Path, sim_dir: Path) -> dict:
         if (run / part).exists():
             (scratch / part).symlink_to(run / part)
     out = {"images": None, "rate": 0.01, "goal_s": 30}
-    for jobs in (1, 2):
+    for jobs, pgo in ((1, False), (2, False), (2, True)):
         t0 = time.perf_counter()
         record = json.loads(run_sim(scratch, [0.01], maps=1, images=10**5, seed=0, force=True, jobs=jobs,
-                                    batch_images=2000).read_text())
+                                    batch_images=2000, pgo=pgo).read_text())
         (m,) = record["maps"]
         assert m["identical_to_software"] and not m["hang"], "hardware differs from software"
         out["images"] = record["images"]
-        out[f"simulators_{jobs}"] = {
+        out[f"simulators_{jobs}" + ("_pgo" if pgo else "")] = {
             "simulate_s": record["seconds_run"]["simulate"], "testbench_s": max(record["sim_wall_s_per_map"]),
+            "prepare_s": record["seconds"]["prepare"], "build_s": record["build"]["build_seconds"],
             "command_s": time.perf_counter() - t0, "accuracy": m["accuracy"],
             "identical_to_software": m["identical_to_software"], "cycles_per_image": m["cycles_per_image"],
         }
-    out["speedup_2_over_1"] = out["simulators_1"]["simulate_s"] / out["simulators_2"]["simulate_s"]
+    one = out["simulators_1"]["simulate_s"]
+    out["speedup_over_1"] = {k: one / v["simulate_s"] for k, v in out.items() if k.startswith("simulators_2")}
     return out
 
 

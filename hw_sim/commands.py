@@ -34,6 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=0,
                    help="simulator processes, each on a slice of the images (0 = one per core when "
                    "there are enough images; waveforms and transient upsets use one)")
+    p.add_argument("--pgo", action="store_true",
+                   help="profile-guided simulator build: about twice the build time, 15-20%% faster "
+                   "simulation (for long runs)")
     p.add_argument("--waves", action="store_true", help="dump waveforms (slow)")
     p.add_argument("--force", action="store_true", help="replace an existing sim/hw_ber.json")
     p.set_defaults(func=cmd_sim)
@@ -48,7 +51,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
                    args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
-                   memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs)
+                   memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs,
+                   pgo=args.pgo)
     print(f"wrote {path}")
     return 0
 

@@ -249,11 +249,13 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
             predictor: str = "fast", force: bool = False, waves: bool = False,
             watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights",
-            transient_cycle: int | None = None, jobs: int = 0) -> Path:
+            transient_cycle: int | None = None, jobs: int = 0, pgo: bool = False) -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path.
 
     ``jobs``: simulator processes, each on a slice of the images (:mod:`hw_sim.shards`);
     0 picks one per core for large image counts. A transient upset runs as one process.
+    ``pgo``: a profile-guided simulator build (trained on the first images with clean
+    memories; about twice the build time for 15-20 % faster simulation, for long runs).
     """
     from hw_sim.runner import build_harness, run_job
     from hw_sim.shards import auto_shards, run_sharded
@@ -270,7 +272,8 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
-    build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves)
+    build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves,
+                          pgo_inputs=Path(job["inputs"]) if pgo else None)
     t_sim = time.perf_counter()
     if shards > 1:
         in_fmt = StreamFormat.from_manifest(load_build_manifest(run_dir)["streams"]["input"])

@@ -144,3 +144,16 @@ def test_make_flow_writes_results_xml_and_identical_outputs(smoke_build):
     record = json.loads((smoke_build / "sim" / "hw_ber.json").read_text())
     assert record["flow"].startswith("make") and len(record["maps"]) == 3
     assert all(m["identical_to_software"] for m in record["maps"])
+
+
+@pytest.mark.slow
+def test_profile_guided_build_equals_software(smoke_build, tmp_path):
+    """--pgo: instrumented build, a training run that writes a profile, rebuild; same outputs."""
+    run = tmp_path / "pgo_run"  # links the build, so the shared fixture's simulator stays as it is
+    run.mkdir()
+    for part in ("train", "export", "build"):
+        if (smoke_build / part).exists():
+            (run / part).symlink_to(smoke_build / part)
+    record = json.loads(run_sim(run, [0.0, 0.02], maps=2, images=60, seed=0, jobs=1, pgo=True).read_text())
+    assert record["build"]["pgo"] and list((run / "sim" / "sim_build").glob("*.gcda"))
+    assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
