@@ -1,8 +1,8 @@
 """Benchmark: the batched integer fault evaluator against the per-map Brevitas way.
 
-On sfc_w2a2 (a run folder via ``--run``, or a briefly trained model on Fashion-MNIST), the full
-test set and ``--maps`` flip maps at ``--rate``, it measures (map x image) evaluations per
-second for
+On a run folder (``--run``, conv networks included; default a briefly trained sfc_w2a2 on
+Fashion-MNIST), the test set (``--test-images``: its first N) and ``--maps`` flip maps at
+``--rate``, it measures (map x image) evaluations per second for
 
 - ``intnet``: :class:`mcel_train.evaluate.MapEvaluator` (all maps batched, sparse layer 0);
 - ``brevitas``: per map, deepcopy the Brevitas model, install the faulty integer weights
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mcel_train.data import load_dataset
 from mcel_train.evaluate import MapEvaluator, predict
@@ -57,15 +58,26 @@ def brevitas_way(model, net, mems, maps, x, batch: int = EVAL_BATCH) -> np.ndarr
 
 
 def roof(net, n_maps: int, x: torch.Tensor) -> None:
-    """Reference (b): the dense float32 matmul chain of the same shapes, map by map."""
-    ws = [torch.as_tensor(layer.weight, dtype=torch.float32).T.contiguous() for layer in net.layers]
+    """Reference (b): the plain float32 matmul (and conv + pool) chain of the same shapes, map by map."""
+    ws = []
+    for layer in net.layers:
+        w = torch.as_tensor(layer.weight, dtype=torch.float32)
+        if layer.conv is not None:
+            ws.append(w.reshape(w.shape[0], layer.conv.in_channels, *layer.conv.kernel).contiguous())
+        else:
+            ws.append(w.T.contiguous())
     with torch.no_grad():
         for _ in range(n_maps):
             h = x
-            for i, w in enumerate(ws):
-                h = h @ w
+            for i, (layer, w) in enumerate(zip(net.layers, ws, strict=True)):
+                if layer.conv is not None:
+                    h = F.conv2d(h, w, padding=layer.conv.padding)
+                else:
+                    h = h.flatten(1) @ w
                 if i < len(ws) - 1:
                     h = torch.clamp(torch.round(h * 0.01), 0, 3)
+                if layer.pool:
+                    h = F.max_pool2d(h, layer.pool)
             h.argmax(-1)
 
 
@@ -85,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roof-maps", type=int, default=0, help="maps timed for the roof (0: all)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for every method (1: steadiest on a shared machine)")
+    p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
     p.add_argument("--rows", type=int, default=8192, help="evaluator (map, image) rows per step")
     p.add_argument("--no-compile", action="store_true", help="eager threshold post-ops")
     p.add_argument("--out", type=Path, default=Path("runs/bench/sw_faults.json"))
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         model = quick_train(spec, ds, steps=args.steps)
         x, y = model_inputs(ds.test.images, spec), ds.test.labels
         source = f"quick_train({args.steps} steps)"
+    if args.test_images:
+        x, y = x[: args.test_images], y[: args.test_images]
     net = from_brevitas(model)
     mems = net.memories()
     n = len(y)
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    print(f"\nsfc_w2a2, {n} images, {args.maps} maps at p={args.rate} "
+    print(f"\n{spec.arch}_w{spec.weight_bits}a{spec.act_bits}, {n} images, {args.maps} maps at p={args.rate} "
           f"(~{record['faults_per_map_mean']:.0f} flips/map), mean acc {res.accuracy.mean():.4f}")
     print(f"{'method':<20}{'map*img/s':>14}{'seconds':>10}")
     for name, secs in (("intnet", t_ours), ("brevitas_per_map", t_brev), ("matmul_roof", t_roof)):
