@@ -37,6 +37,9 @@ class SimulationHangError(RuntimeError):
     """The accelerator stopped producing output on some map (the watchdog fired)."""
 
 
+CROSSCHECK_IMAGES = 1000  # images of the fast predictor's cross-check against FINN's execution
+
+
 def load_build_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / "build" / "manifest.json"
     if not path.is_file():
@@ -149,9 +152,11 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         # sorted thresholds, so maps with threshold faults are not cross-checked against FINN.
         thr = set(threshold_memories(manifest))
         check = [0] + [i for i, f in enumerate(fmaps) if len(f) and not len(split_map(f, thr)[1])][:crosscheck_maps]
-        reference = finn_predict(run_dir / "build", x, [fmaps[i] for i in check])
+        # On the first CROSSCHECK_IMAGES images: FINN's node-by-node Python execution takes
+        # minutes on a full test set, and a wrong decoding of the layout shows on any image.
+        reference = finn_predict(run_dir / "build", x[:CROSSCHECK_IMAGES], [fmaps[i] for i in check])
         for j, i in enumerate(check):
-            if not np.array_equal(reference[j], predicted[i]):
+            if not np.array_equal(reference[j], predicted[i][:CROSSCHECK_IMAGES]):
                 raise SimulationError(f"fast software prediction differs from FINN's execution on map {i}")
     elif predictor == "finn":
         predicted = finn_predict(run_dir / "build", x, fmaps)
