@@ -143,8 +143,10 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
     sim_build = sim_dir / "sim_build"
     stamp.unlink(missing_ok=True)
-    for old in sim_build.glob("*.gcda"):  # a stale profile would steer the new build
-        old.unlink()
+    if pgo_inputs is not None or any(sim_build.glob("*.gcda")):
+        # Verilator keeps unchanged sources' timestamps, so make would keep objects compiled
+        # with other flags (instrumented, or profile-guided); a stale profile would steer them.
+        _remove_objects(sim_build, profiles=True)
 
     def compile_harness(make_vars: tuple[str, ...] = ()) -> None:
         with _verilator_env():
@@ -162,14 +164,20 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     else:
         compile_harness(PGO_GENERATE)
         _train_profile(sim_dir, build_dir / "manifest.json", Path(pgo_inputs), batch_images)
-        for obj in [*sim_build.glob("*.o"), *sim_build.glob("*.a"), *sim_build.glob("*.gch"),
-                    sim_build / HARNESS_TOP]:
-            obj.unlink(missing_ok=True)
+        _remove_objects(sim_build)
         compile_harness(PGO_USE)
     record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "ccache": bool(shutil.which("ccache")),
               "batch_images": batch_images, "public_all": public_all, "pgo": pgo_inputs is not None}
     stamp.write_text(json.dumps(record, indent=2))
     return record
+
+
+def _remove_objects(sim_build: Path, profiles: bool = False) -> None:
+    """Compiled objects and the simulator binary (and the ``.gcda`` profiles if ``profiles``)."""
+    patterns = ["*.o", "*.a", "*.gch", HARNESS_TOP] + (["*.gcda"] if profiles else [])
+    for pattern in patterns:
+        for path in sim_build.glob(pattern):
+            path.unlink()
 
 
 def _train_profile(sim_dir: Path, manifest_path: Path, inputs: Path, batch_images: int) -> None:

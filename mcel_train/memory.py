@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:  # torch costs ~1 s to import, paid by every testbench process otherwise
+    from torch import nn
 
 LAYOUTS = ("natural", "finn_mvau")
 MEMORY_KINDS = ("weights", "thresholds")

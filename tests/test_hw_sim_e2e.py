@@ -154,6 +154,10 @@ def test_profile_guided_build_equals_software(smoke_build, tmp_path):
     for part in ("train", "export", "build"):
         if (smoke_build / part).exists():
             (run / part).symlink_to(smoke_build / part)
-    record = json.loads(run_sim(run, [0.0, 0.02], maps=2, images=60, seed=0, jobs=1, pgo=True).read_text())
+    # First a plain build in the same folder: its objects must not survive into the PGO build.
+    assert not json.loads(run_sim(run, [0.0], maps=1, images=20, seed=0, jobs=1).read_text())["build"]["pgo"]
+    record = json.loads(run_sim(run, [0.0, 0.02], maps=2, images=60, seed=0, jobs=1, pgo=True,
+                                force=True).read_text())
     assert record["build"]["pgo"] and list((run / "sim" / "sim_build").glob("*.gcda"))
+    assert "-fprofile-use" in (run / "sim" / "sim_build.log").read_text()
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
