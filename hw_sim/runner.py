@@ -30,7 +30,7 @@ VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++2
                        "OPT_FAST=-O1 OPT_SLOW=-O0 OPT_GLOBAL=-O1")
 
 
-# gcc profile-guided optimisation of the per-cycle code (``build_harness(pgo_inputs=...)``):
+# gcc profile-guided optimisation of the per-cycle code (``build_harness(pgo_job=...)``):
 # measured 15-20 % more cycles per second on sfc_w2a2, where -O2/-O3/-march=native and
 # Verilator's own switches made no difference above noise. The time goes to FINN's behavioural
 # MVU lanes, whose branches a profile lays out well.
@@ -117,13 +117,13 @@ def harness_spec(manifest: dict, batch_images: int) -> HarnessSpec:
 
 
 def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool = False,
-                  public_all: bool = False, pgo_inputs: Path | None = None) -> dict:
+                  public_all: bool = False, pgo_job: dict | None = None) -> dict:
     """Verilate ``tb_harness`` + ``accel_top`` into ``sim_dir/sim_build`` (skipped when up to date).
 
     ``public_all``: cocotb's default of every signal public (slower; kept for the benchmark's
-    comparison and for debugging with arbitrary handles). ``pgo_inputs``: packed input words
-    (``.npy``) of a few hundred images to train a profile-guided build on: build instrumented,
-    stream them once with clean memories, rebuild with the profile (about twice the build time).
+    comparison and for debugging with arbitrary handles). ``pgo_job``: a simulation job whose
+    first images train a profile-guided build: build instrumented, stream them once with clean
+    memories, rebuild with the profile (about twice the build time).
     """
     from cocotb_tools.runner import VerilatorControlFile
 
@@ -136,14 +136,14 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     stamp = sim_dir / "sim_build" / "build_stamp.json"
     key = {"sources": [str(s) for s in sources], "spec": spec.__repr__(), "waves": waves,
            "mtimes": [s.stat().st_mtime for s in sources], "public_all": public_all,
-           "pgo": pgo_inputs is not None}
+           "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
     t0 = time.perf_counter()
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
     sim_build = sim_dir / "sim_build"
     stamp.unlink(missing_ok=True)
-    if pgo_inputs is not None or any(sim_build.glob("*.gcda")):
+    if pgo_job is not None or any(sim_build.glob("*.gcda")):
         # Verilator keeps unchanged sources' timestamps, so make would keep objects compiled
         # with other flags (instrumented, or profile-guided); a stale profile would steer them.
         _remove_objects(sim_build, profiles=True)
@@ -159,15 +159,15 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
                 timescale=("1ns", "1ps"), waves=waves, log_file=sim_dir / "sim_build.log",
             )
 
-    if pgo_inputs is None:
+    if pgo_job is None:
         compile_harness()
     else:
         compile_harness(PGO_GENERATE)
-        _train_profile(sim_dir, build_dir / "manifest.json", Path(pgo_inputs), batch_images)
+        _train_profile(sim_dir, pgo_job)
         _remove_objects(sim_build)
         compile_harness(PGO_USE)
     record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "ccache": bool(shutil.which("ccache")),
-              "batch_images": batch_images, "public_all": public_all, "pgo": pgo_inputs is not None}
+              "batch_images": batch_images, "public_all": public_all, "pgo": pgo_job is not None}
     stamp.write_text(json.dumps(record, indent=2))
     return record
 
@@ -180,21 +180,23 @@ def _remove_objects(sim_build: Path, profiles: bool = False) -> None:
             path.unlink()
 
 
-def _train_profile(sim_dir: Path, manifest_path: Path, inputs: Path, batch_images: int) -> None:
-    """Stream the first ``PGO_TRAINING_IMAGES`` images through the instrumented build once."""
-    manifest = json.loads(manifest_path.read_text())
-    words_per_image = StreamFormat.from_manifest(manifest["streams"]["input"]).words_per_image
-    words = np.load(inputs)[: PGO_TRAINING_IMAGES * words_per_image]
+def words_per_image(job: dict) -> int:
+    """Input stream words per image of a job's build."""
+    manifest = json.loads(Path(job["manifest"]).read_text())
+    return StreamFormat.from_manifest(manifest["streams"]["input"]).words_per_image
+
+
+def _train_profile(sim_dir: Path, job: dict) -> None:
+    """Stream ``job``'s first ``PGO_TRAINING_IMAGES`` images once, clean, through the instrumented build."""
+    per_image = words_per_image(job)
+    words = np.load(job["inputs"])[: PGO_TRAINING_IMAGES * per_image]
     work = sim_dir / "pgo_training"
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "inputs.npy", words)
-    images = len(words) // words_per_image
-    expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
-    job = {"manifest": str(manifest_path.resolve()),
-           "inputs": str((work / "inputs.npy").resolve()), "predicted": None, "maps": [""],
-           "batch_images": min(batch_images, images), "watchdog_cycles": 20 * expected_ii + 1000,
-           "out": str((work / "raw.npz").resolve())}
-    run_job(sim_dir, job, name="pgo_training")
+    training = dict(job, inputs=str((work / "inputs.npy").resolve()), predicted=None, maps=[""],
+                    batch_images=min(int(job["batch_images"]), len(words) // per_image),
+                    transient_cycle=None, out=str((work / "raw.npz").resolve()))
+    run_job(sim_dir, training, name="pgo_training")
     if not any((sim_dir / "sim_build").glob("*.gcda")):
         raise PgoError(f"the training run wrote no profile (see {sim_dir / 'work' / 'pgo_training' / 'sim.log'})")
 

@@ -278,11 +278,10 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves,
-                          pgo_inputs=Path(job["inputs"]) if pgo else None)
+                          pgo_job=job if pgo else None)
     t_sim = time.perf_counter()
     if shards > 1:
-        in_fmt = StreamFormat.from_manifest(load_build_manifest(run_dir)["streams"]["input"])
-        run_sharded(run_dir / "sim", job, shards, in_fmt.words_per_image, name="sim")
+        run_sharded(run_dir / "sim", job, shards, name="sim")
     else:
         run_job(run_dir / "sim", job, name="sim", waves=waves)
     seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}

@@ -36,6 +36,7 @@ def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     first = {(m["rate"], m["map_index"]): m for m in record["maps"]}
     for m in again["maps"]:
         assert first[(m["rate"], m["map_index"])]["digest"] == m["digest"]
+        # cycles add up over the shards; each shard pays the pipeline's fill and drain once more
         assert first[(m["rate"], m["map_index"])]["cycles"] == pytest.approx(m["cycles"], rel=0.1)
         assert m["identical_to_software"]
     assert main(["compare", str(smoke_build)]) == 0
