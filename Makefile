@@ -12,6 +12,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: setup

@@ -23,20 +23,22 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flows.build import cpp_harness_format, load_run_model, run_inputs  # noqa: E402
-from flows.verilate import run_simulator  # noqa: E402
+from flows.build import cpp_harness_format  # noqa: E402
 from hw_sim.sim import load_build_manifest  # noqa: E402
+from hw_sim.verilate import run_simulator  # noqa: E402
+from mcel_train.runio import load_run  # noqa: E402
 from mcel_train.train import predicted_classes  # noqa: E402
 
 
 def check(run: Path) -> dict:
     run = run.resolve()
     manifest = load_build_manifest(run)
-    model, _, r = load_run_model(run)
-    x, labels = run_inputs(r, 10**9)
+    r = load_run(run)
+    model = r.model
+    x, labels = r.test_inputs(10**9)
     t0 = time.perf_counter()
     hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
-                              run / "build" / "full_test")
+                              run / "build" / "full_test", mem_dir=run / "build" / "hdl" / "mem")
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         logits, scale = model.logits_and_scale(torch.from_numpy(x))
@@ -48,7 +50,7 @@ def check(run: Path) -> dict:
         "predictions_identical": int((hw_pred == sw_pred).sum()),
         "integer_logits_identical": int(np.all(np.abs(hw - np.round((logits / scale).numpy())) < 1e-6, axis=1).sum()),
         "cycles_per_image": stats["cycles_per_image"],
-        "finn_expected_ii": manifest["estimates"]["expected_ii_cycles"], "sim_seconds": round(seconds, 2),
+        "finn_expected_ii": manifest.expected_ii(), "sim_seconds": round(seconds, 2),
     }
 
 

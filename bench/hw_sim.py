@@ -33,24 +33,26 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
-from flows.build import cpp_harness_format, load_run_model, run_inputs  # noqa: E402
-from flows.verilate import run_simulator  # noqa: E402
+from flows.build import cpp_harness_format  # noqa: E402
+from hw_sim.job import SimJob  # noqa: E402
 from hw_sim.runner import build_harness, run_job  # noqa: E402
 from hw_sim.sim import load_build_manifest, run_sim  # noqa: E402
 from hw_sim.streams import StreamFormat, pack  # noqa: E402
+from hw_sim.verilate import run_simulator  # noqa: E402
+from mcel_train.runio import load_run  # noqa: E402
 
 
 def _cocotb(run: Path, sim_dir: Path, words_file: Path, maps: list[str], batch: int, mode: str = "bulk",
             tag: str = "") -> dict:
-    job = {
-        "manifest": str((run / "build" / "manifest.json").resolve()), "inputs": str(words_file),
-        "predicted": None, "maps": maps, "batch_images": batch, "watchdog_cycles": 10**7,
-        "out": str((sim_dir / f"bench_{mode}{tag}.npz").resolve()), "mode": mode,
-    }
+    job = SimJob(
+        manifest=str((run / "build" / "manifest.json").resolve()), inputs=str(words_file),
+        predicted=None, maps=maps, batch_images=batch, watchdog_cycles=10**7,
+        out=str((sim_dir / f"bench_{mode}{tag}.npz").resolve()), mode="naive" if mode == "naive" else "batched",
+    )
     t0 = time.perf_counter()
     run_job(sim_dir, job, name=f"bench_{mode}{tag}")
     total = time.perf_counter() - t0
-    raw = np.load(job["out"])
+    raw = np.load(job.out)
     return {"wall_in_testbench_s": float(raw["wall"].sum()), "process_s": total,
             "cycles": int(raw["cycles"].sum()), "outputs": raw["outputs"], "ii": raw["ii"].tolist()}
 
@@ -98,18 +100,18 @@ def main() -> None:
     manifest = load_build_manifest(run)
     sim_dir = run / "bench_sim"
     shutil.rmtree(sim_dir, ignore_errors=True)
-    _, _, r = load_run_model(run)
+    r = load_run(run)
     n = args.images
-    x, labels = run_inputs(r, n)
-    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
+    x, labels = r.test_inputs(n)
+    in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words_file = (sim_dir / "inputs.npy").resolve()
     sim_dir.mkdir(parents=True)
     np.save(words_file, pack(x.reshape(n, -1), in_fmt))
-    expected_ii = int(manifest["estimates"]["expected_ii_cycles"])
+    expected_ii = manifest.expected_ii()
 
     t0 = time.perf_counter()
     cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
-                                       sim_dir / "cpp")
+                                       sim_dir / "cpp", mem_dir=run / "build" / "hdl" / "mem")
     cpp_s = time.perf_counter() - t0
 
     build = build_harness(run / "build", sim_dir, args.batch)

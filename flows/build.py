@@ -20,19 +20,25 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
 
 from flows.export import QONNX_FILE, check_export, export_qonnx_model, torch_logits
+from flows.finn_env import init_finn
 from flows.finn_steps import DEFAULT_CLK_NS, DEFAULT_PART, FlowOptions, run_steps
 from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
-from flows.step_check import output_of
 from flows.stitch import stitch
-from flows.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
+from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
+from mcel_train.finn_graph import BUILD_RECORD, output_of
+from mcel_train.manifest import MANIFEST_FILE, Manifest
+from mcel_train.runio import load_run
+from mcel_train.stage import atomic_stage, check_writable
+
+DATAFLOW_FILE = "dataflow.onnx"  # the final dataflow graph (build.json's dataflow_model)
 
 DECISIONS = {
     "accelerator_output": "integer logits = accumulators of the last MVAU (noActivation); the "
@@ -61,53 +67,34 @@ RUNTIME_WRITEABLE = {
 }
 
 
-class BuildExistsError(FileExistsError):
-    """The build folder exists and ``force`` was not given."""
-
-
-def load_run_model(run_dir: Path):
-    """The trained model of a run (``train/config.yaml`` + ``train/model.pt``), its spec, run."""
-    from mcel_train.runio import load_run
-
-    run = load_run(run_dir)
-    return run.model.eval(), run.spec, run
-
-
-def run_inputs(run, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` test images of the run's dataset, encoded, in the model's input shape."""
-    x, labels = run.test_set()
-    return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
-
-
 def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
     """Export the run's model to ``export/model.qonnx.onnx`` and check it against torch."""
     run_dir = Path(run_dir)
     out = run_dir / "export"
-    if out.exists() and not force:
-        raise BuildExistsError(f"{out} exists; pass force=True to overwrite it")
-    if out.exists():
-        shutil.rmtree(out)
-    model, spec, run = load_run_model(run_dir)
+    check_writable(out, force)
+    run = load_run(run_dir)
+    model, spec = run.model, run.spec
     t0 = time.perf_counter()
-    path = export_qonnx_model(model, tuple(model.input_shape), spec.input_kind, out)
-    x, _ = run_inputs(run, n_check)
-    check = check_export(model, path, x)
-    record = {
-        "stage": "export", "qonnx": path.name, "input_shape": list(model.input_shape),
-        "input_kind": spec.input_kind, "model": spec.to_dict(), "check": check.to_dict(),
-        "seconds": round(time.perf_counter() - t0, 3), "versions": tool_versions(),
-    }
-    (out / "export.json").write_text(json.dumps(record, indent=1))
-    return path
+    with atomic_stage(out, force) as tmp:
+        path = export_qonnx_model(model, tuple(model.input_shape), spec.input_kind, tmp)
+        x, _ = run.test_inputs(n_check)
+        check = check_export(model, path, x)
+        record = {
+            "stage": "export", "qonnx": path.name, "input_shape": list(model.input_shape),
+            "input_kind": spec.input_kind, "model": spec.to_dict(), "check": check.to_dict(),
+            "seconds": round(time.perf_counter() - t0, 3), "versions": tool_versions(),
+        }
+        (tmp / "export.json").write_text(json.dumps(record, indent=1))
+    return out / path.name
 
 
-def cpp_harness_format(manifest: dict) -> CppHarnessFormat:
-    s_in, s_out = manifest["streams"]["input"], manifest["streams"]["output"]
-    kind = {"uint8": "u", "bipolar": "b"}.get(s_in["kind"], "s")
+def cpp_harness_format(manifest: Manifest) -> CppHarnessFormat:
+    s_in, s_out = manifest.streams.input, manifest.streams.output
+    kind = {"uint8": "u", "bipolar": "b"}.get(s_in.kind or "", "s")
     return CppHarnessFormat(
-        in_elems=s_in["elements"], in_bits=s_in["element_bits"],
-        in_simd=s_in["elements_per_beat"], in_kind=kind, out_elems=s_out["elements"],
-        out_bits=s_out["element_bits"], out_pe=s_out["elements_per_beat"],
+        in_elems=s_in.elements, in_bits=s_in.element_bits,
+        in_simd=s_in.elements_per_beat, in_kind=kind, out_elems=s_out.elements,
+        out_bits=s_out.element_bits, out_pe=s_out.elements_per_beat,
     )
 
 
@@ -122,7 +109,7 @@ def _torch_integer_logits(torch_model, x: np.ndarray) -> np.ndarray | None:
     return (logits / scale).numpy().astype(np.float64)
 
 
-def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, manifest: dict,
+def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, manifest: Manifest,
                  sim_binary: Path) -> dict:
     """Verilated outputs == FINN Python execution (bit for bit); argmax agrees with torch.
 
@@ -132,7 +119,8 @@ def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, ma
     integer logits (``logits / scale``), which is informational: FINN's thresholds are folded
     from BatchNorm in float and may differ from torch at an exact boundary.
     """
-    hw, stats = run_simulator(sim_binary, x, cpp_harness_format(manifest), build_dir / "verify")
+    hw, stats = run_simulator(sim_binary, x, cpp_harness_format(manifest), build_dir / "verify",
+                              mem_dir=build_dir / "hdl" / "mem")
     finn_out = output_of(dataflow_model, x).astype(np.int64)
     ref = torch_logits(torch_model, x)
     hw_equal_finn = int(np.sum(np.all(hw == finn_out, axis=1)))
@@ -172,32 +160,32 @@ def build_run(
     also written to ``build/build.json``. ``runtime_writeable``: every weight memory's AXI-lite
     port is exposed at ``accel_top`` as ``s_axilite_<node>_*`` (manifest ``axilite_ports``).
     """
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from flows.finn_env import init_finn
-
     run_dir = Path(run_dir).resolve()
-    build_dir = run_dir / "build"
-    if build_dir.exists():
-        if not force:
-            raise BuildExistsError(f"{build_dir} exists; pass force=True to overwrite it")
-        shutil.rmtree(build_dir)
-    build_dir.mkdir(parents=True)
-    t_start = time.perf_counter()
-    times: dict[str, float] = {}
-
-    model, spec, run = load_run_model(run_dir)
-    qonnx_path = run_dir / "export" / QONNX_FILE
-    if not qonnx_path.exists():
-        export_run(run_dir)
-    n_inputs = max(n_verify, n_step_check)
-    x, labels = run_inputs(run, n_inputs)
-
+    target = run_dir / "build"
+    check_writable(target, force)
+    run = load_run(run_dir)
     fold_dict = None
     if isinstance(folding, dict):
         fold_dict = folding
     elif str(folding) != "auto":
         fold_dict = load_folding(Path(folding))
+    if not (run_dir / "export" / QONNX_FILE).exists():
+        export_run(run_dir)
+    with atomic_stage(target, force) as build_dir:
+        record = _build(run_dir, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
+                        n_step_check, runtime_writeable)
+    return record
+
+
+def _build(run_dir: Path, build_dir: Path, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
+           n_step_check, runtime_writeable) -> dict:
+    """The build proper, into ``build_dir`` (a temporary folder renamed into place by the caller)."""
+    model, spec = run.model, run.spec
+    t_start = time.perf_counter()
+    times: dict[str, float] = {}
+    qonnx_path = run_dir / "export" / QONNX_FILE
+    n_inputs = max(n_verify, n_step_check)
+    x, labels = run.test_inputs(n_inputs)
     options = FlowOptions(
         input_kind=spec.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
         target_cycles=target_cycles if fold_dict is None else None,
@@ -206,17 +194,18 @@ def build_run(
     init_finn(build_dir / "finn")
     t0 = time.perf_counter()
     dataflow, state = run_steps(ModelWrapper(str(qonnx_path)), options, build_dir / "steps")
+    dataflow.save(str(build_dir / DATAFLOW_FILE))
     times["finn_steps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     stitched = stitch(dataflow, build_dir / "hdl", expose_axilite=runtime_writeable)
-    manifest = build_manifest(dataflow, stitched, spec.input_kind, part)
-    write_manifest(manifest, build_dir / "manifest.json")
+    manifest = build_manifest(dataflow, stitched, spec.input_kind, part, build_dir)
+    write_manifest(manifest, build_dir / MANIFEST_FILE)
     times["stitch_manifest"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     check_memory_paths(
         stitched.filelist, stitched.top,
-        {m["path"]: m["width"] for m in manifest["memories"]}, build_dir / "verilator" / "paths",
+        {m.path: m.width for m in manifest.memories}, build_dir / "verilator" / "paths",
     )
     times["memory_path_check"] = time.perf_counter() - t0
 
@@ -233,23 +222,23 @@ def build_run(
         times["verify"] = time.perf_counter() - t0
         cpi = verification["sim"]["cycles_per_image"]
         verification["cycles_per_image_vs_estimate"] = {
-            "measured": cpi, "finn_expected_ii": manifest["estimates"]["expected_ii_cycles"],
+            "measured": cpi, "finn_expected_ii": manifest.expected_ii(),
         }
 
     record = {
-        "stage": "build", "run": str(run_dir), "model": spec.to_dict(), "part": part,
-        "clk_ns": clk_ns,
-        "folding_request": folding if not isinstance(folding, Path) else str(folding),
+        "stage": "build", "model": spec.to_dict(), "part": part,
+        "clk_ns": clk_ns, "dataflow_model": DATAFLOW_FILE,
+        "folding_request": folding if isinstance(folding, (dict, str)) else Path(folding).name,
         "target_cycles": target_cycles, "folding": folding_of(dataflow),
         "runtime_writeable": runtime_writeable,
         "decisions": {**DECISIONS, "runtime_writeable_weights": RUNTIME_WRITEABLE[
             runtime_writeable]}, "steps": state.records,
-        "simulator": {"binary": str(sim.path), "ccache": sim.ccache},
-        "memory_paths_checked": len(manifest["memories"]),
+        "simulator": {"binary": str(sim.path.relative_to(build_dir)), "ccache": sim.ccache},
+        "memory_paths_checked": len(manifest.memories),
         "verification": verification,
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "total_seconds": round(time.perf_counter() - t_start, 2),
         "versions": tool_versions(), "python": platform.python_version(),
     }
-    (build_dir / "build.json").write_text(json.dumps(record, indent=1, default=str))
+    (build_dir / BUILD_RECORD).write_text(json.dumps(record, indent=1, default=str))
     return record

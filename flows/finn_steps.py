@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.folding import apply_folding, auto_folding
+from flows.hdl_nodes import UnsupportedLayerError
 from flows.step_check import compare_step
 
 INPUT_DATATYPES = {"uint8": "UINT8", "bipolar": "BIPOLAR"}
@@ -97,14 +98,82 @@ def step_input_datatype(model, state: FlowState):
 
 
 def step_streamline(model, state: FlowState):
-    """Move scales and BatchNorm into thresholds; integer thresholds rounded and clipped."""
-    from finn.transformation.streamline import Streamline
-    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
-    from qonnx.transformation.infer_datatypes import InferDataTypes
+    """Move scales and BatchNorm into thresholds; integer thresholds rounded and clipped.
 
+    Convolutional graphs are lowered FINN's way on the way: each Conv becomes Im2Col + MatMul
+    (NHWC), max-pools become NHWC max-pools, and the transposes between them are absorbed into
+    the thresholds or cancelled, so only one layout change is left: the input's NCHW -> NHWC
+    (a no-op for one input channel, see :func:`step_dataflow_partition`).
+    """
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.absorb import (
+        AbsorbConsecutiveTransposes,
+        AbsorbScalarBiasIntoMultiThreshold,
+        AbsorbTransposeIntoMultiThreshold,
+    )
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC, MoveScalarLinearPastInvariants
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    conv = any(n.op_type in ("Conv", "MaxPool") for n in model.graph.node)
+    if conv:
+        check_conv_layers(model)
+        model = model.transform(MoveScalarLinearPastInvariants())
     model = model.transform(Streamline())
+    if conv:
+        model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
+        model = model.transform(LowerConvsToMatMul())
+        model = model.transform(MakeMaxPoolNHWC())
+        model = model.transform(AbsorbTransposeIntoMultiThreshold())
+        model = model.transform(MakeMaxPoolNHWC())
+        model = model.transform(AbsorbConsecutiveTransposes())
+        model = model.transform(Streamline())
+        model = model.transform(InferDataLayouts())
     model = model.transform(InferDataTypes())
     return model.transform(RoundAndClipThresholds())
+
+
+def check_conv_layers(model) -> None:
+    """One clear error for a convolution or pooling the RTL flow cannot build (before FINN's own,
+    less readable ones): 2D, square kernel, stride 1, no dilation, no groups; max-pool with kernel
+    == stride and no padding."""
+    from qonnx.util.basic import get_by_name
+
+    def ints(node, name, default):
+        a = get_by_name(node.attribute, name)
+        return list(a.ints) if a is not None else default
+
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            k = ints(node, "kernel_shape", [])
+            group = get_by_name(node.attribute, "group")
+            problems = []
+            if len(k) != 2 or k[0] != k[1]:
+                problems.append(f"kernel {k} (square 2D kernels only)")
+            if any(s != 1 for s in ints(node, "strides", [1, 1])):
+                problems.append(f"stride {ints(node, 'strides', [])} (stride 1 only)")
+            if any(d != 1 for d in ints(node, "dilations", [1, 1])):
+                problems.append(f"dilation {ints(node, 'dilations', [])} (no dilation)")
+            if group is not None and group.i != 1:
+                problems.append(f"groups={group.i} (no grouped or depthwise convolutions)")
+            pads = ints(node, "pads", [0, 0, 0, 0])
+            if len(set(pads)) > 1:
+                problems.append(f"padding {pads} (the same padding on every side)")
+            if problems:
+                raise UnsupportedLayerError(f"unsupported layer {node.name} (Conv): {'; '.join(problems)}; "
+                                            "supported: 2D convolutions, square kernel, stride 1, "
+                                            "no dilation, no groups, symmetric padding")
+        elif node.op_type == "MaxPool":
+            k, s = ints(node, "kernel_shape", []), ints(node, "strides", [])
+            if len(k) != 2 or k[0] != k[1] or (s and s != k) or any(ints(node, "pads", [0])):
+                raise UnsupportedLayerError(
+                    f"unsupported layer {node.name} (MaxPool kernel {k}, strides {s}): supported are "
+                    "square, non-overlapping max-pools (stride = kernel) without padding")
+        elif node.op_type in ("AveragePool", "GlobalAveragePool", "ConvTranspose"):
+            raise UnsupportedLayerError(f"unsupported layer {node.name} ({node.op_type}): the RTL flow "
+                                        "builds Conv, MaxPool, MatMul/Gemm and quantized activations")
 
 
 def step_to_hw(model, state: FlowState):
@@ -112,12 +181,15 @@ def step_to_hw(model, state: FlowState):
     from finn.transformation.fpgadataflow.convert_to_hw.binary_matrix_vector_activation import (
         InferBinaryMatrixVectorActivation,
     )
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
     from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
         InferQuantizedMatrixVectorActivation,
     )
     from finn.transformation.fpgadataflow.convert_to_hw.thresholding import (
         InferThresholdingLayer,
     )
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
     from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
 
     from flows.custom_ops.infer_bipolar_mvau import InferBipolarMVAU
@@ -126,6 +198,12 @@ def step_to_hw(model, state: FlowState):
     model = model.transform(InferThresholdingLayer())
     model = model.transform(InferBinaryMatrixVectorActivation())
     model = model.transform(InferQuantizedMatrixVectorActivation())
+    # Convolutions: Im2Col -> FMPadding + sliding window generator; NHWC max-pools -> a
+    # depthwise sliding window + Pool; the flatten before the first FC layer folded into its
+    # weights (NHWC order).
+    model = model.transform(InferPool())  # before InferConvInpGen: it leaves an Im2Col for the SWG
+    model = model.transform(InferConvInpGen())
+    model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(GiveUniqueNodeNames())
     return model.transform(GiveReadableTensorNames())
 
@@ -138,6 +216,7 @@ def step_dataflow_partition(model, state: FlowState):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
+    model = _drop_input_transpose(model)
     parent = model.transform(CreateDataflowPartition(partition_model_dir=str(state.steps_dir)))
     sdps = [n for n in parent.graph.node if n.op_type == "StreamingDataflowPartition"]
     if len(sdps) != 1:
@@ -154,6 +233,33 @@ def step_dataflow_partition(model, state: FlowState):
         raise FlowError(f"unsupported layer(s) left outside the accelerator: {', '.join(bad_tail)}")
     state.parent = parent
     return ModelWrapper(getCustomOp(sdps[0]).get_nodeattr("model"))
+
+
+def _drop_input_transpose(model):
+    """A CNN's graph starts with the NCHW -> NHWC Transpose of its input. With one input channel
+    (the grayscale images here) it moves no element, so it is dropped and the graph takes the
+    NHWC image directly: the accelerator streams the pixels in the order they are stored."""
+    first = model.graph.node[0]
+    if first.op_type != "Transpose":
+        return model
+    from qonnx.util.basic import get_by_name
+
+    perm = list(get_by_name(first.attribute, "perm").ints)
+    shape = model.get_tensor_shape(first.input[0])
+    if perm != [0, 2, 3, 1] or len(shape) != 4:
+        raise FlowError(f"{first.name}: input Transpose {perm} of {shape} is not NCHW -> NHWC")
+    if shape[1] != 1:
+        raise FlowError(f"{first.name}: images with {shape[1]} channels need an NHWC input stream, "
+                        "which this flow does not build; only single-channel (grayscale) CNNs are supported")
+    old_in, new_in = model.graph.input[0], first.output[0]
+    dtype = model.get_tensor_datatype(old_in.name)
+    vi = next(v for v in model.graph.value_info if v.name == new_in)
+    model.graph.value_info.remove(vi)
+    model.graph.input.remove(old_in)
+    model.graph.input.insert(0, vi)
+    model.graph.node.remove(first)
+    model.set_tensor_datatype(new_in, dtype)
+    return model
 
 
 def step_bin_mvau(model, state: FlowState):
@@ -203,6 +309,16 @@ def step_folding(model, state: FlowState):
     return model
 
 
+def step_max_pool_rtl(model, state: FlowState):
+    """FINN's max-pool (HLS only: ``Pool_hls`` after specialization) -> the project's
+    ``MaxPoolRTL`` (rtl/max_pool.sv), before specialization (which would pick the HLS variant,
+    which cannot execute here). Its folding, and that of the sliding window generator feeding
+    it, is set by flows/folding.py."""
+    from flows.custom_ops.convert_to_max_pool import ConvertPoolToMaxPoolRTL
+
+    return model.transform(ConvertPoolToMaxPoolRTL())
+
+
 def step_dwc_fifo(model, state: FlowState):
     """Width converters where PE differs between neighbours; shallow FIFOs between all nodes."""
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
@@ -229,12 +345,12 @@ def step_generate_hdl(model, state: FlowState):
     """
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
 
-    from flows.hdl_nodes import require_supported
+    from flows.hdl_adapters import require_supported
 
     require_supported(model)
     if state.options.runtime_writeable:
         set_runtime_writeable(model)
-    generate_bin_mvau_hdl(model)
+    generate_own_hdl(model)
     return model.transform(PrepareIP(state.options.part, state.options.clk_ns))
 
 
@@ -252,14 +368,17 @@ def set_runtime_writeable(model) -> None:
             getCustomOp(node).set_nodeattr("runtime_writeable_weights", 1)
 
 
-def generate_bin_mvau_hdl(model) -> None:
-    """``BinMVAU.generate_hdl`` for every BinMVAU node (PrepareIP only visits FINN's HLS/RTL
-    domains), into ``code_gen_ipgen_<node>_*`` under FINN's build folder like FINN's nodes."""
+OWN_RTL_OPS = ("BinMVAU", "MaxPoolRTL")  # the project's own RTL layers (flows/custom_ops)
+
+
+def generate_own_hdl(model) -> None:
+    """``generate_hdl`` of every node with the project's own RTL (PrepareIP only visits FINN's
+    HLS/RTL domains), into ``code_gen_ipgen_<node>_*`` under FINN's build folder like FINN's nodes."""
     from finn.util.basic import make_build_dir
     from qonnx.custom_op.registry import getCustomOp
 
     for node in model.graph.node:
-        if node.op_type == "BinMVAU":
+        if node.op_type in OWN_RTL_OPS:
             getCustomOp(node).generate_hdl(model, make_build_dir(f"code_gen_ipgen_{node.name}_"))
 
 
@@ -271,6 +390,7 @@ STEPS: list[tuple[str, Step]] = [
     ("to_hw", step_to_hw),
     ("dataflow_partition", step_dataflow_partition),
     ("bin_mvau", step_bin_mvau),
+    ("max_pool_rtl", step_max_pool_rtl),
     ("specialize_rtl", step_specialize),
     ("fault_safe_widths", step_fault_safe_widths),
     ("folding", step_folding),

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mcel_train.errors import UserInputError
+
 FOLD_ATTRS = ("PE", "SIMD")
 
 
-class FoldingError(ValueError):
+class FoldingError(UserInputError):
     """A folding value does not divide the layer dimension it folds."""
 
 
@@ -50,6 +52,8 @@ def validate_folding(model) -> None:
             _check_divides(
                 node.name, "SIMD", inst.get_nodeattr("SIMD"), "MW", inst.get_nodeattr("MW")
             )
+        elif node.op_type == "MaxPoolRTL":
+            _check_divides(node.name, "PE", inst.get_nodeattr("PE"), "Channels", inst.get_nodeattr("Channels"))
         elif node.op_type.startswith("Thresholding") and "NumChannels" in types:
             _check_divides(
                 node.name, "PE", inst.get_nodeattr("PE"), "NumChannels",
@@ -78,6 +82,7 @@ def apply_folding(model, folding: dict[str, dict[str, int]]):
                 continue
             inst.set_nodeattr(attr, int(value))
     validate_folding(model)
+    sync_pool_windows(model)
     return model
 
 
@@ -90,12 +95,13 @@ def auto_folding(model, target_cycles: int, mvau_wwidth_max: int = 1024):
     """
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
-    own = any(n.op_type == "BinMVAU" for n in model.graph.node)
+    own = any(n.op_type in ("BinMVAU", "MaxPoolRTL") for n in model.graph.node)
 
     def one_pass(m, target: int, relax: bool):
         m = m.transform(SetFolding(target_cycles_per_frame=int(target),
                                    mvau_wwidth_max=mvau_wwidth_max, two_pass_relaxation=relax))
         fold_bin_mvau(m, int(target), mvau_wwidth_max)
+        fold_max_pool(m, int(target))
         return m
 
     model = one_pass(model, target_cycles, relax=not own)
@@ -145,6 +151,47 @@ def fold_bin_mvau(model, target_cycles: int, mvau_wwidth_max: int = 1024) -> Non
             inst.set_nodeattr("PE", pe)
             if inst.get_exp_cycles() <= target_cycles:
                 break
+
+
+def _window_generator(model, node):
+    """The depthwise sliding window generator feeding a pool node (FINN's InferPool makes one)."""
+    swg = model.find_producer(node.input[0])
+    if swg is None or not swg.op_type.startswith("ConvolutionInputGenerator"):
+        raise FoldingError(f"{node.name}: expected a sliding window generator before it, found "
+                           f"{swg.op_type if swg is not None else 'the graph input'}")
+    return swg
+
+
+def sync_pool_windows(model) -> None:
+    """A max-pool consumes its window generator's words lane for lane: the generator's SIMD must
+    equal the pool's PE (as FINN's SetFolding does for ``Pool_hls``)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type == "MaxPoolRTL":
+            swg = getCustomOp(_window_generator(model, node))
+            swg.set_nodeattr("SIMD", getCustomOp(node).get_nodeattr("PE"))
+            if "parallel_window" in swg.get_nodeattr_types():
+                swg.set_nodeattr("parallel_window", 0)
+
+
+def fold_max_pool(model, target_cycles: int) -> None:
+    """SetFolding's ``Pool_hls`` rule for the project's ``MaxPoolRTL`` (SetFolding skips nodes
+    outside FINN's domains): raise PE over the divisors of the channels until both the pool and
+    its window generator (whose SIMD follows the PE) meet ``target_cycles``."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type != "MaxPoolRTL":
+            continue
+        inst = getCustomOp(node)
+        swg = getCustomOp(_window_generator(model, node))
+        for pe in _divisors(inst.get_nodeattr("Channels")):
+            inst.set_nodeattr("PE", pe)
+            swg.set_nodeattr("SIMD", pe)
+            if max(inst.get_exp_cycles(), swg.get_exp_cycles()) <= target_cycles:
+                break
+    sync_pool_windows(model)
 
 
 def folding_of(model) -> dict[str, dict[str, int]]:

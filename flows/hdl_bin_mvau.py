@@ -8,7 +8,7 @@ node) and which memories fault injection may target:
 * weights ``<node>.core.wmem.Mem``: ``finn_mvau`` layout, 1-bit elements, bit 1 = +1
   (byte-identical to FINN's ``memblock.dat`` for the same node), init parameter ``WEIGHT_FILE``;
 * embedded thresholds (w1a1 hidden layers) ``<node>.core.gen_thr.tmem.Mem``: layout
-  ``bin_mvau_thresholds`` (see :mod:`flows.mem_layout`), init parameter ``THRESH_FILE``.
+  ``bin_mvau_thresholds`` (see :mod:`mcel_train.memory`), init parameter ``THRESH_FILE``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 from flows.hdl_nodes import (
     MemoryInfo,
     NodeHdl,
-    _codegen,
-    _inst,
-    _pad8,
-    _stream,
     axilite_pins,
+    codegen_dir,
+    custom_op,
+    init_param_path,
+    pad8,
     register_hdl,
+    stream_pins,
 )
 
 AXIL_SIGNALS = (  # (direction at the wrapper, FINN port suffix, width or None = address width)
@@ -50,9 +51,9 @@ def _graph_thresholds(node, model):
 @register_hdl("BinMVAU")
 def bin_mvau(node, model) -> NodeHdl:
     """The wrapper written by ``BinMVAU.generate_hdl`` (step ``generate_hdl``)."""
-    inst = _inst(node)
+    inst = custom_op(node)
     name = node.name
-    cg = _codegen(inst)
+    cg = codegen_dir(inst)
     if not (cg / f"{name}.v").exists():
         raise FileNotFoundError(f"{name}: no generated wrapper in {cg} (run generate_hdl first)")
     T = inst.rtl_thresholds(_graph_thresholds(node, model))
@@ -78,7 +79,7 @@ def bin_mvau(node, model) -> NodeHdl:
     def instantiate(i: str, o: str, init_file: str | None = None,
                     axil_prefix: str | None = None) -> str:
         # init files: the (copied) paths of the memory records, updated by the stitcher
-        params = ", ".join(f".{m.extra['init_param']}(\"{m.init_file}\")" for m in memories)
+        params = ", ".join(f".{m.extra['init_param']}(\"{init_param_path(m.init_file)}\")" for m in memories)
         pins = ""
         if writeable:
             if axil_prefix:  # no AWPROT/ARPROT/WSTRB on bin_mvau: those top inputs are unused
@@ -88,13 +89,13 @@ def bin_mvau(node, model) -> NodeHdl:
         return (
             f"  {name} #({params}) {name} (\n"
             f"    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),\n"
-            f"    {_stream('in0_V', i)},\n    {_stream('out0_V', o)}{pins}\n  );\n"
+            f"    {stream_pins('in0_V', i)},\n    {stream_pins('out0_V', o)}{pins}\n  );\n"
         )
 
     sources = [cg / f"{s}.sv" for s in ("param_mem", "axil_mem_port", "bin_mvau")]
     return NodeHdl(
         name=name, op_type=node.op_type, sources=sources + [Path(cg / f"{name}.v")],
-        lib_sources=[], in_width=_pad8(inst.get_instream_width()),
-        out_width=_pad8(inst.get_outstream_width()), instantiate=instantiate, memories=memories,
+        lib_sources=[], in_width=pad8(inst.get_instream_width()),
+        out_width=pad8(inst.get_outstream_width()), instantiate=instantiate, memories=memories,
         axilite_addr_width=aw if writeable else None,
     )

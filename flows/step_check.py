@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mcel_train.finn_graph import execute, output_of
+
 
 class StepChangedOutputError(RuntimeError):
     """A transformation step changed the outputs of the graph."""
@@ -29,36 +31,6 @@ class StepCheck:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _prepare(model):
-    """Executable copy: HW nodes run their Python model (FINN calls this exec mode 'cppsim')."""
-    from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
-    from finn.util.fpgadataflow import is_fpgadataflow_node
-
-    if any(is_fpgadataflow_node(n) for n in model.graph.node):
-        model = model.transform(SetExecMode("cppsim"))
-    return model
-
-
-def execute(model, inputs: np.ndarray, full_context: bool = False) -> list[dict[str, np.ndarray]]:
-    """FINN Python execution of ``model`` on each input (batch 1); one result dict per input."""
-    import finn.core.onnx_exec as oxe
-
-    model = _prepare(model)
-    iname = model.graph.input[0].name
-    ishape = tuple(model.get_tensor_shape(iname))
-    results = []
-    for x in inputs:
-        ctx = {iname: np.asarray(x, dtype=np.float32).reshape(ishape)}
-        results.append(oxe.execute_onnx(model, ctx, return_full_exec_context=full_context))
-    return results
-
-
-def output_of(model, inputs: np.ndarray) -> np.ndarray:
-    """The graph's single output on every input, flattened per input, as float64."""
-    oname = model.graph.output[0].name
-    return np.stack([r[oname].reshape(-1) for r in execute(model, inputs)]).astype(np.float64)
 
 
 def compare_step(

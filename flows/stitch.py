@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.finn_env import finn_rtllib_dir
-from flows.hdl_nodes import NodeHdl, axilite_top_ports, node_hdl
+from flows.hdl_adapters import node_hdl
+from flows.hdl_nodes import MEM_DIR, NodeHdl, axilite_top_ports, init_param_path
 
 TOP = "accel_top"
 
@@ -93,18 +94,23 @@ def _copy_lib(lib_files: list[str], dest: Path) -> list[Path]:
     return out
 
 
-def _copy_memories(nodes: list[NodeHdl], mem_dir: Path) -> dict[str, Path]:
-    """Copy init files into ``mem_dir``; returns node -> path/prefix, updates memory records."""
+def _copy_memories(nodes: list[NodeHdl], mem_dir: Path) -> dict[str, str]:
+    """Copy init files into ``mem_dir``; returns node -> init parameter, updates memory records.
+
+    The parameters are relative (``mem/<file>``, :func:`flows.hdl_nodes.init_param_path`): the
+    simulator resolves them against its working directory, where the runners link the build's
+    ``hdl/mem`` folder, so a moved or copied build simulates without a rebuild.
+    """
     mem_dir.mkdir(parents=True, exist_ok=True)
-    params: dict[str, Path] = {}
+    params: dict[str, str] = {}
     for n in nodes:
         for mem in n.memories:
             if mem.kind == "weights":
                 target = mem_dir / f"{n.name}_memblock.dat"
-                params[n.name] = target.resolve()
+                params[n.name] = init_param_path(target)
             else:
                 target = mem_dir / mem.init_file.name
-                params[n.name] = (mem_dir / f"{n.name}_").resolve()
+                params[n.name] = f"{MEM_DIR}/{n.name}_"
             shutil.copyfile(mem.init_file, target)
             mem.init_file = target.resolve()
     return params
@@ -121,7 +127,7 @@ def exposed_axilite(nodes: list[NodeHdl]) -> list[dict]:
             for n in nodes if n.axilite_addr_width]
 
 
-def render_top(nodes: list[NodeHdl], init_files: dict[str, Path],
+def render_top(nodes: list[NodeHdl], init_files: dict[str, str],
                expose_axilite: bool = False) -> str:
     """SystemVerilog text of ``accel_top``: AXI-stream in/out, the nodes chained by wires, and
     (``expose_axilite``) every weight memory's AXI-lite port as ``s_axilite_<node>_*``."""
@@ -192,7 +198,8 @@ def stitch(model, hdl_dir: Path, expose_axilite: bool = False) -> StitchResult:
     sources = sorted(lib, key=lambda p: not p.name.endswith("_pkg.sv")) + gen + [top_file]
     sources = [p.resolve() for p in sources]
     filelist = hdl_dir / "filelist.f"
-    filelist.write_text("".join(f"{p}\n" for p in sources))
+    # Relative to the file list's folder: read with verilator -F, or through design_sources().
+    filelist.write_text("".join(f"{p.relative_to(hdl_dir.resolve())}\n" for p in sources))
     return StitchResult(
         top=TOP, top_file=top_file.resolve(), filelist=filelist.resolve(), sources=sources,
         nodes=nodes, in_width=nodes[0].in_width, out_width=nodes[-1].out_width,

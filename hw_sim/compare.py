@@ -57,7 +57,7 @@ def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
     for m in record["maps"]:
         diff = np.flatnonzero((hw[m["id"]] != sw[m["id"]]).any(axis=1) & checked[m["id"]])
         if diff.size:
-            fmap = FaultMap.load(m["file"])
+            fmap = FaultMap.load(sim_dir / m["file"])
             mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
             return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": int(diff[0]),
                     "images_differing": int(diff.size), "memories_with_faults": mems,

@@ -2,7 +2,8 @@
 
 The software model translates a fault map to weight elements through the manifest's layout; the
 RTL instead gets the faulty words written into its memories. This module computes those words
-from the golden contents: a flip XORs the bit, stuck-at-0/1 clears or sets it. The result is a
+from the golden contents with the one fault semantics of the project
+(:func:`mcel_train.faults.faultmap.apply_masks`), the same the software model applies. The result is a
 per-memory ``{word: new_value}`` that an injector (backdoor handles or AXI-lite) writes, and the
 golden values it restores afterwards.
 """
@@ -13,10 +14,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mcel_train.faults.faultmap import FLIP, STUCK0, STUCK1, FaultMap, FaultMapError
+from mcel_train.faults.faultmap import FLIP, STUCK0, STUCK1, FaultMap, FaultMapError, apply_masks
+from mcel_train.manifest import MemoryEntry
 
 
-def check_map_fits(fmap: FaultMap, memories: Mapping[str, dict]) -> None:
+def check_map_fits(fmap: FaultMap, memories: Mapping[str, MemoryEntry]) -> None:
     """Every fault names a memory of the manifest and a (word, bit) inside it, else one clear error."""
     for i, name in enumerate(fmap.memory_names):
         sel = fmap.memory == i
@@ -27,7 +29,7 @@ def check_map_fits(fmap: FaultMap, memories: Mapping[str, dict]) -> None:
                 f"fault map names memory {name!r}, which the build's manifest lacks "
                 f"(it has: {', '.join(sorted(memories))})"
             )
-        depth, width = int(memories[name]["depth"]), int(memories[name]["width"])
+        depth, width = memories[name].depth, memories[name].width
         words, bits = fmap.word[sel], fmap.bit[sel]
         if words.min() < 0 or words.max() >= depth:
             raise FaultMapError(f"memory {name!r}: word {int(words.max())} beyond its depth {depth}")
@@ -42,16 +44,9 @@ def faulty_words(fmap: FaultMap, golden: Mapping[str, Sequence[int]]) -> dict[st
         sel = np.flatnonzero(fmap.memory == i)
         if not sel.size:
             continue
-        words: dict[int, int] = {}
+        masks: dict[int, list[int]] = {}  # word -> [xor, clear, set] (Python ints: words may be wide)
         for j in sel:
             w, b, k = int(fmap.word[j]), int(fmap.bit[j]), int(fmap.kind[j])
-            value = words.get(w, int(golden[name][w]))
-            if k == FLIP:
-                value ^= 1 << b
-            elif k == STUCK0:
-                value &= ~(1 << b)
-            elif k == STUCK1:
-                value |= 1 << b
-            words[w] = value
-        out[name] = words
+            masks.setdefault(w, [0, 0, 0])[(FLIP, STUCK0, STUCK1).index(k)] |= 1 << b
+        out[name] = {w: apply_masks(int(golden[name][w]), *m) for w, m in masks.items()}
     return out

@@ -12,40 +12,16 @@ Two executions of the same map (DESIGN.md, "one fault map, two executions"):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from flows.mem_layout import decode_bin_mvau_thresholds, decode_mvau, decode_thresholds, read_words
 from hw_sim.injection import check_map_fits, faulty_words
 from mcel_train.faults.faultmap import FaultMap
-
-
-def dataflow_graph_path(build_dir: Path) -> Path:
-    """The build's final dataflow graph (the one whose nodes became RTL)."""
-    build_dir = Path(build_dir)
-    record = json.loads((build_dir / "build.json").read_text())
-    path = record.get("dataflow_model") or record.get("final_model")
-    if path:
-        return Path(path) if Path(path).is_absolute() else build_dir / path
-    steps = sorted((build_dir / "steps").glob("[0-9][0-9]_*.onnx"))
-    if not steps:
-        raise FileNotFoundError(f"{build_dir}/steps has no step graphs; rebuild with `mcel build`")
-    return steps[-1]
-
-
-def weight_memories(manifest: dict) -> dict[str, dict]:
-    return {m["name"]: m for m in manifest["memories"] if m["kind"] == "weights"}
-
-
-def golden_words(memories: dict[str, dict]) -> dict[str, list[int]]:
-    return {name: read_words(Path(m["init_file"])) for name, m in memories.items()}
-
-
-def threshold_memories(manifest: dict) -> dict[str, dict]:
-    return {m["name"]: m for m in manifest["memories"] if m["kind"] == "thresholds"}
+from mcel_train.finn_graph import dataflow_graph_path, output_of
+from mcel_train.manifest import Manifest, load_manifest
+from mcel_train.memory import decode_bin_mvau_thresholds, decode_mvau, decode_thresholds
 
 
 def split_map(fmap: FaultMap, names: set[str]) -> tuple[FaultMap, FaultMap]:
@@ -57,7 +33,20 @@ def split_map(fmap: FaultMap, names: set[str]) -> tuple[FaultMap, FaultMap]:
     return sub(~keep), sub(keep)
 
 
-def faulty_thresholds(manifest: dict, fmap: FaultMap,
+def golden_words(manifest: Manifest, names) -> dict[str, list[int]]:
+    """The init-file words of the named memories (read once by callers with many maps)."""
+    return {name: manifest.words(name) for name in names}
+
+
+def _faulty(manifest: Manifest, fmap: FaultMap, golden: dict[str, list[int]]) -> dict[str, list[int]]:
+    words = {name: list(ws) for name, ws in golden.items()}
+    for name, updates in faulty_words(fmap, golden).items():
+        for w, v in updates.items():
+            words[name][w] = v
+    return words
+
+
+def faulty_thresholds(manifest: Manifest, fmap: FaultMap,
                       golden: dict[str, list[int]] | None = None) -> dict[str, tuple[np.ndarray, int | None]]:
     """Owner layer -> (its ``C x N`` thresholds as the faulty memories hold them, out bits).
 
@@ -65,61 +54,54 @@ def faulty_thresholds(manifest: dict, fmap: FaultMap,
     search stage and PE) are assembled into one matrix, ``bin_mvau_thresholds`` decoded whole.
     ``golden``: the threshold memories' init words (read once by a caller with many maps).
     """
-    mems = threshold_memories(manifest)
+    mems = manifest.thresholds
     check_map_fits(fmap, mems)
-    golden = golden or golden_words(mems)
+    golden = golden or golden_words(manifest, mems)
     touched = {fmap.memory_names[i] for i in np.unique(fmap.memory)}
-    layers = {mems[n]["layer"] for n in touched if n in mems}
-    words = {name: list(ws) for name, ws in golden.items()}
-    for name, updates in faulty_words(fmap, golden).items():
-        for w, v in updates.items():
-            words[name][w] = v
+    layers = {mems[n].layer for n in touched if n in mems}
+    words = _faulty(manifest, fmap, golden)
     out: dict[str, tuple[np.ndarray, int | None]] = {}
     for layer in sorted(layers):
-        entries = [m for m in mems.values() if m["layer"] == layer]
-        layout = entries[0]["layout"]
+        entries = [m for m in mems.values() if m.layer == layer]
+        layout = entries[0].layout
         if layout["type"] == "bin_mvau_thresholds":
-            out[layer] = (decode_bin_mvau_thresholds(words[entries[0]["name"]], layout), None)
+            out[layer] = (decode_bin_mvau_thresholds(words[entries[0].name], layout), None)
             continue
         t = np.zeros((layout["channels"], layout["num_steps"]), dtype=np.int64)
         for m in entries:
-            for (c, col), v in decode_thresholds(words[m["name"]], m["layout"]).items():
+            for (c, col), v in decode_thresholds(words[m.name], m.layout).items():
                 if col < layout["num_steps"]:
                     t[c, col] = v
         out[layer] = (t, int(layout["out_bits"]))
     return out
 
 
-def faulty_matrices(manifest: dict, fmap: FaultMap | None,
+def faulty_matrices(manifest: Manifest, fmap: FaultMap | None,
                     golden: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Layer name -> ``(MH, MW)`` integer weights as the faulty memories hold them."""
-    mems = weight_memories(manifest)
-    golden = golden or golden_words(mems)
-    words = {name: list(ws) for name, ws in golden.items()}
+    mems = manifest.weights
+    golden = golden or golden_words(manifest, mems)
+    words = golden
     if fmap is not None and len(fmap):
         check_map_fits(fmap, mems)
-        for name, updates in faulty_words(fmap, golden).items():
-            for w, v in updates.items():
-                words[name][w] = v
-    return {m["layer"]: decode_mvau(words[name], m["layout"]) for name, m in mems.items()}
+        words = _faulty(manifest, fmap, golden)
+    return {m.layer: decode_mvau(words[name], m.layout) for name, m in mems.items()}
 
 
 def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]) -> np.ndarray:
     """``(M, N, outputs)`` integer outputs by FINN's Python execution of each faulty graph."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flows.step_check import output_of
-
     build_dir = Path(build_dir)
-    manifest = json.loads((build_dir / "manifest.json").read_text())
+    manifest = load_manifest(build_dir)
     model = ModelWrapper(str(dataflow_graph_path(build_dir)))
-    thr_names = set(threshold_memories(manifest))
+    thr_names = set(manifest.thresholds)
     if any(len(split_map(m, thr_names)[1]) for m in maps if m is not None):
         raise ValueError("finn_predict: FINN's Python execution counts thresholds (MultiThreshold) while "
                          "Thresholding_rtl binary-searches them; faulty thresholds need the fast predictor")
-    golden = golden_words(weight_memories(manifest))
+    golden = golden_words(manifest, manifest.weights)
     clean = {n.name: model.get_initializer(n.input[1]) for n in model.graph.node if n.name in
-             {m["layer"] for m in weight_memories(manifest).values()}}
+             {m.layer for m in manifest.weights.values()}}
     out = []
     for fmap in maps:
         for layer, matrix in faulty_matrices(manifest, fmap, golden).items():
@@ -144,9 +126,9 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     from mcel_train.intnet_finn import build_memories, from_finn_build
 
     net = from_finn_build(build_dir)
-    memories = build_memories(build_dir, net)
-    manifest = json.loads((Path(build_dir) / "manifest.json").read_text())
-    thr_names = set(threshold_memories(manifest))
+    manifest = load_manifest(build_dir)
+    memories = build_memories(manifest, net)
+    thr_names = set(manifest.thresholds)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     evaluator = MapEvaluator(net, xt, np.zeros(len(xt), dtype=np.int64), memories=memories)
     empty = FaultMap.empty([m.name for m in memories])
@@ -155,7 +137,7 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
         w, t = split_map(m, thr_names) if m is not None else (empty, None)
         weight_maps.append(w)
         threshold_maps.append(t if t is not None and len(t) else None)
-    thr_golden = golden_words(threshold_memories(manifest)) if any(t is not None for t in threshold_maps) else {}
+    thr_golden = golden_words(manifest, manifest.thresholds) if any(t is not None for t in threshold_maps) else {}
     out: list[np.ndarray | None] = [None] * len(maps)
     with torch.no_grad():
         # Maps with weight faults only: batched, map_batch at a time.

@@ -8,6 +8,7 @@ map never needs a rebuild. Used by ``mcel sim`` and by pytest; the make flow in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.verilate import WNO as VERILATOR_WNO
-from flows.verilate import verilator_bin
 from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
+from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat
+from hw_sim.verilate import WNO as VERILATOR_WNO
+from hw_sim.verilate import link_memories, verilator_bin
+from mcel_train.manifest import Manifest, load_manifest
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
 # build_harness(public_all=True)) the symbol-table constructor is one huge function; optimising it
@@ -69,7 +72,7 @@ def _verilator_env():
                 os.environ[k] = v
 
 
-def visibility_file(manifest: dict, path: Path) -> Path:
+def visibility_file(manifest: Manifest, path: Path) -> Path:
     """Verilator control file: only what the testbench touches is public.
 
     cocotb's runner verilates with ``--public-flat-rw``: every signal becomes a VPI-writeable
@@ -78,7 +81,7 @@ def visibility_file(manifest: dict, path: Path) -> Path:
     arrays named by the manifest (FINN memstream's ``Mem``, the thresholding ``Threshs``, the
     project's own ``param_mem``), so only those are made public here.
     """
-    arrays = sorted({m["path"].rsplit(".", 1)[-1] for m in manifest["memories"]})
+    arrays = sorted({m.path.rsplit(".", 1)[-1] for m in manifest.memories})
     lines = ["`verilator_config", f'public_flat_rw -module "{HARNESS_TOP}" -var "*"']
     lines += [f'public_flat_rw -module "*" -var "{name}"' for name in arrays]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,20 +107,20 @@ def _runner(public_all: bool, make_vars: tuple[str, ...] = ()):
     return SelectiveVerilator()
 
 
-def harness_spec(manifest: dict, batch_images: int) -> HarnessSpec:
+def harness_spec(manifest: Manifest, batch_images: int) -> HarnessSpec:
     """Buffer depths for ``batch_images`` images per run, from the manifest's stream formats."""
-    ins, outs = manifest["streams"]["input"], manifest["streams"]["output"]
-    in_words, out_words = int(ins["beats_per_image"]), int(outs["beats_per_image"])
-    ports = tuple(AxiLitePort(p["prefix"], int(p["addr_width"])) for p in manifest.get("axilite_ports", []))
+    ins, outs = manifest.streams.input, manifest.streams.output
+    in_words, out_words = ins.beats_per_image, outs.beats_per_image
+    ports = tuple(AxiLitePort(p.prefix, p.addr_width) for p in manifest.axilite_ports)
     return HarnessSpec(
-        in_width=int(ins["tdata_bits"]), out_width=int(outs["tdata_bits"]),
+        in_width=ins.tdata_bits, out_width=outs.tdata_bits,
         in_depth=_next_pow2(in_words * batch_images), out_depth=_next_pow2(out_words * batch_images),
         axilite=ports,
     )
 
 
 def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool = False,
-                  public_all: bool = False, pgo_job: dict | None = None) -> dict:
+                  public_all: bool = False, pgo_job: SimJob | None = None) -> dict:
     """Verilate ``tb_harness`` + ``accel_top`` into ``sim_dir/sim_build`` (skipped when up to date).
 
     ``public_all``: cocotb's default of every signal public (slower; kept for the benchmark's
@@ -128,15 +131,14 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     from cocotb_tools.runner import VerilatorControlFile
 
     build_dir, sim_dir = Path(build_dir), Path(sim_dir)
-    manifest = json.loads((build_dir / "manifest.json").read_text())
+    manifest = load_manifest(build_dir)
     spec = harness_spec(manifest, batch_images)
     harness = write_harness(spec, sim_dir / "hdl" / f"{HARNESS_TOP}.sv")
-    filelist = Path(manifest["filelist"])
-    sources = [Path(p) for p in filelist.read_text().split()] + [harness]
+    sources = design_sources(manifest) + [harness]
     stamp = sim_dir / "sim_build" / "build_stamp.json"
-    key = {"sources": [str(s) for s in sources], "spec": spec.__repr__(), "waves": waves,
-           "mtimes": [s.stat().st_mtime for s in sources], "public_all": public_all,
-           "pgo": pgo_job is not None}
+    # Keyed by content, not by path or time: a copied or moved run reuses its simulator.
+    key = {"sources": _content_digest(sources), "spec": spec.__repr__(), "waves": waves,
+           "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
     t0 = time.perf_counter()
@@ -172,6 +174,19 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     return record
 
 
+def design_sources(manifest: Manifest) -> list[Path]:
+    """The accelerator's source files, in compile order (the build's file list, relative to it)."""
+    filelist = manifest.resolve(manifest.filelist)
+    return [filelist.parent / p for p in filelist.read_text().split()]
+
+
+def _content_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _remove_objects(sim_build: Path, profiles: bool = False) -> None:
     """Compiled objects and the simulator binary (and the ``.gcda`` profiles if ``profiles``)."""
     patterns = ["*.o", "*.a", "*.gch", HARNESS_TOP] + (["*.gcda"] if profiles else [])
@@ -180,39 +195,41 @@ def _remove_objects(sim_build: Path, profiles: bool = False) -> None:
             path.unlink()
 
 
-def words_per_image(job: dict) -> int:
+def words_per_image(job: SimJob) -> int:
     """Input stream words per image of a job's build."""
-    manifest = json.loads(Path(job["manifest"]).read_text())
-    return StreamFormat.from_manifest(manifest["streams"]["input"]).words_per_image
+    manifest = load_manifest(job.build_dir)
+    return StreamFormat.from_manifest(manifest.streams.input).words_per_image
 
 
-def _train_profile(sim_dir: Path, job: dict) -> None:
+def _train_profile(sim_dir: Path, job: SimJob) -> None:
     """Stream ``job``'s first ``PGO_TRAINING_IMAGES`` images once, clean, through the instrumented build."""
     per_image = words_per_image(job)
-    words = np.load(job["inputs"])[: PGO_TRAINING_IMAGES * per_image]
+    words = np.load(job.inputs)[: PGO_TRAINING_IMAGES * per_image]
     work = sim_dir / "pgo_training"
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "inputs.npy", words)
-    training = dict(job, inputs=str((work / "inputs.npy").resolve()), predicted=None, maps=[""],
-                    batch_images=min(int(job["batch_images"]), len(words) // per_image),
-                    transient_cycle=None, out=str((work / "raw.npz").resolve()))
+    training = job.model_copy(update={
+        "inputs": str((work / "inputs.npy").resolve()), "predicted": None, "maps": [""],
+        "batch_images": min(job.batch_images, len(words) // per_image), "transient_cycle": None,
+        "out": str((work / "raw.npz").resolve())})
     run_job(sim_dir, training, name="pgo_training")
     if not any((sim_dir / "sim_build").glob("*.gcda")):
         raise PgoError(f"the training run wrote no profile (see {sim_dir / 'work' / 'pgo_training' / 'sim.log'})")
 
 
-def run_job(sim_dir: Path, job: dict, name: str = "job", waves: bool = False) -> Path:
-    """Run the testbench on one job (dict written to ``sim_dir/jobs/<name>.json``); returns results."""
+def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) -> Path:
+    """Run the testbench on one job (written to ``sim_dir/jobs/<name>.json``); returns results."""
     from cocotb_tools.runner import get_runner
 
     sim_dir = Path(sim_dir)
     job_dir = sim_dir / "jobs"
     job_dir.mkdir(parents=True, exist_ok=True)
     job_file = job_dir / f"{name}.json"
-    job_file.write_text(json.dumps(job, indent=2))
+    job.save(job_file)
     test_dir = sim_dir / "work" / name
     test_dir.mkdir(parents=True, exist_ok=True)
     results = (test_dir / "results.xml").resolve()
+    link_memories(test_dir, job.build_dir / "hdl" / "mem")
     with _verilator_env():
         runner = get_runner("verilator")
         try:

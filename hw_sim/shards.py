@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw_sim.job import SimJob
 from hw_sim.runner import run_job, words_per_image
 
 MIN_IMAGES_PER_SHARD = 250  # below this, a second simulator's start-up outweighs its share
@@ -35,28 +36,28 @@ def image_slices(images: int, shards: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def split_job(job: dict, work: Path, shards: int) -> list[dict]:
+def split_job(job: SimJob, work: Path, shards: int) -> list[SimJob]:
     """One job per image slice, with its own inputs, predictions and output files in ``work``."""
     per_image = words_per_image(job)
-    inputs = np.load(job["inputs"])
+    inputs = np.load(job.inputs)
     images = inputs.shape[0] // per_image
-    predicted = np.load(job["predicted"]) if job.get("predicted") else None
+    predicted = np.load(job.predicted) if job.predicted else None
     out = []
     for i, (start, stop) in enumerate(image_slices(images, shards)):
-        shard = dict(job, batch_images=min(int(job["batch_images"]), stop - start),
-                     out=str((work / f"hw_raw_shard{i}.npz").resolve()))
-        shard["inputs"] = str((work / f"inputs_shard{i}.npy").resolve())
+        shard = {"batch_images": min(job.batch_images, stop - start),
+                 "out": str((work / f"hw_raw_shard{i}.npz").resolve()),
+                 "inputs": str((work / f"inputs_shard{i}.npy").resolve())}
         np.save(shard["inputs"], inputs[start * per_image : stop * per_image])
         if predicted is not None:
             shard["predicted"] = str((work / f"predicted_shard{i}.npy").resolve())
             np.save(shard["predicted"], predicted[:, start:stop])
-        out.append(shard)
+        out.append(job.model_copy(update=shard))
     return out
 
 
-def merge_results(shard_jobs: list[dict], out: Path) -> None:
+def merge_results(shard_jobs: list[SimJob], out: Path) -> None:
     """The shards' raw results as the one file an unsharded run writes (skipped if any is missing)."""
-    paths = [Path(j["out"]) for j in shard_jobs]
+    paths = [Path(j.out) for j in shard_jobs]
     if not all(p.is_file() for p in paths):
         return  # the caller reports the missing results with the failing shard's log
     raws = [np.load(p) for p in paths]
@@ -70,20 +71,20 @@ def merge_results(shard_jobs: list[dict], out: Path) -> None:
     )
 
 
-def _run_shard(sim_dir: str, job: dict, name: str, waves: bool) -> None:
+def _run_shard(sim_dir: str, job: SimJob, name: str, waves: bool) -> None:
     run_job(Path(sim_dir), job, name=name, waves=waves)
 
 
-def run_sharded(sim_dir: Path, job: dict, shards: int, name: str = "sim", waves: bool = False) -> None:
+def run_sharded(sim_dir: Path, job: SimJob, shards: int, name: str = "sim", waves: bool = False) -> None:
     """Run ``job`` as ``shards`` (>= 2) parallel simulator processes; merge into ``job['out']``."""
-    if job.get("transient_cycle") is not None:
+    if job.transient_cycle is not None:
         raise ValueError("a transient upset happens at one cycle of one stream: it cannot be sharded")
-    work = Path(job["out"]).parent
+    work = Path(job.out).parent
     jobs = split_job(job, work, shards)
-    (work / "shards.json").write_text(json.dumps(jobs, indent=1))
+    (work / "shards.json").write_text(json.dumps([j.model_dump() for j in jobs], indent=1))
     names = [f"{name}_shard{i}" for i in range(len(jobs))]
     with ProcessPoolExecutor(len(jobs), mp_context=get_context("forkserver")) as pool:
         futures = [pool.submit(_run_shard, str(sim_dir), j, n, waves) for j, n in zip(jobs, names, strict=True)]
         for future in futures:
             future.result()
-    merge_results(jobs, Path(job["out"]))
+    merge_results(jobs, Path(job.out))

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat, pack
-from mcel_train.errors import UserInputError
+from mcel_train.errors import UserError, UserInputError
+from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
+from mcel_train.runio import load_run
+from mcel_train.stage import check_writable
 
 
-class NoBuildError(FileNotFoundError):
+class NoBuildError(UserError, FileNotFoundError):
     """The run folder has no build to simulate."""
 
 
@@ -33,49 +37,68 @@ class SimulationError(RuntimeError):
     """The simulation did not produce results (the message carries the log's tail)."""
 
 
-class SimulationHangError(RuntimeError):
+class SimulationHangError(UserError, RuntimeError):
     """The accelerator stopped producing output on some map (the watchdog fired)."""
 
 
+PARTIAL = ".partial"  # sim/.partial: this run's work, moved into place by finish_sim
 CROSSCHECK_IMAGES = 1000  # images of the fast predictor's cross-check against FINN's execution
 
 
-def load_build_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "build" / "manifest.json"
+def load_build_manifest(run_dir: Path) -> Manifest:
+    """The manifest of the run's build (one clear line when the run has no build)."""
+    path = Path(run_dir) / "build" / MANIFEST_FILE
     if not path.is_file():
         raise NoBuildError(f"{run_dir} has no build ({path} missing): run `mcel build {run_dir}` first")
-    return json.loads(path.read_text())
+    return load_manifest(path.parent)
 
 
-def _check_args(bers: list[float], maps: int, images: int) -> None:
+def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_model: str, inject: str,
+                   batch_images: int, predictor: str, memories: str, transient_cycle: int | None,
+                   jobs: int = 1) -> None:
+    """Every argument of a simulation, checked before anything is read or written; messages
+    name the CLI flag."""
+    from mcel_train.faults.generate import FaultModel
+
     if not bers:
         raise UserInputError("give at least one bit error rate (--ber)")
     bad = [b for b in bers if not 0.0 <= b <= 1.0]
     if bad:
-        raise UserInputError(f"bit error rates must be in [0, 1], got {bad}")
-    if maps < 1 or images < 1:
-        raise UserInputError("--maps and --images must be >= 1")
+        raise UserInputError(f"--ber: rates must be in [0, 1], got {bad}")
+    for flag, value, low in (("--maps", maps, 1), ("--images", images, 1), ("--seed", seed, 0),
+                             ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
+        if not isinstance(value, int) or value < low:
+            raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
+    FaultModel.parse(fault_model)
+    if inject not in ("backdoor", "axilite"):
+        raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
+    if predictor not in ("fast", "finn"):
+        raise UserInputError(f"--predictor must be fast or finn, got {predictor!r}")
+    if memories not in MEMORY_CHOICES:
+        raise UserInputError(f"--memories must be one of {', '.join(MEMORY_CHOICES)}, got {memories!r}")
+    if transient_cycle is not None:
+        if transient_cycle < 0 or inject != "backdoor":
+            raise UserInputError("--transient-cycle needs a cycle >= 0 and --inject backdoor")
+        if jobs > 1:
+            raise UserInputError("--transient-cycle upsets one stream at one cycle: it needs --jobs 1")
+    if inject == "axilite" and memories != "weights":
+        raise UserInputError("--inject axilite writes weights only (thresholds have no AXI-lite port at "
+                             "accel_top); use --inject backdoor with --memories thresholds/all")
 
 
 MEMORY_CHOICES = {"weights": ("weights",), "thresholds": ("thresholds",), "all": ("weights", "thresholds")}
 
 
-def fault_memories(manifest: dict, memories: str = "weights") -> list:
+def fault_memories(manifest: Manifest, memories: str = "weights") -> list:
     """The memories a campaign's faults go into: weights, thresholds, or all of them."""
-    from mcel_train.memory import memories_from_manifest, threshold_memories_from_manifest
-
     if memories not in MEMORY_CHOICES:
         raise UserInputError(f"--memories must be one of {', '.join(MEMORY_CHOICES)}, got {memories!r}")
-    out = memories_from_manifest(manifest, kinds=("weights",)) if memories != "thresholds" else []
-    if memories != "weights":
-        thresholds = threshold_memories_from_manifest(manifest)
-        if not thresholds:
-            raise UserInputError("the build's manifest lists no threshold memories")
-        out += thresholds
-    return out
+    if memories != "weights" and not manifest.thresholds:
+        raise UserInputError("the build's manifest lists no threshold memories; use --memories weights")
+    return manifest.fault_memories(MEMORY_CHOICES[memories])
 
 
-def make_maps(manifest: dict, bers: list[float], maps: int, seed: int, fault_model: str,
+def make_maps(manifest: Manifest, bers: list[float], maps: int, seed: int, fault_model: str,
               out_dir: Path, memories: str = "weights") -> list[dict]:
     """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
     from mcel_train.faults.generate import generate_map
@@ -88,7 +111,7 @@ def make_maps(manifest: dict, bers: list[float], maps: int, seed: int, fault_mod
             fmap = generate_map(memories, fault_model, ber, seed, k)
             path = fmap.save(out_dir / f"rate{r}_map{k}.npz")
             entries.append({"id": len(entries), "rate": ber, "map_index": k, "faults": len(fmap),
-                            "file": str(path.resolve())})
+                            "file": str(path.resolve())})  # made relative when the result is written
     return entries
 
 
@@ -100,41 +123,32 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
                 backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights",
-                transient_cycle: int | None = None) -> dict:
+                transient_cycle: int | None = None) -> SimJob:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
 
     ``memories``: where the faults go, ``weights`` (default), ``thresholds`` or ``all``.
     ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
     before it (one batch of ``images``; see :mod:`hw_sim.transient`).
     """
-    from flows.build import load_run_model, run_inputs
-    from hw_sim.predict import fast_predict, finn_predict, split_map, threshold_memories
+    from hw_sim.predict import fast_predict, finn_predict, split_map
     from mcel_train.faults.faultmap import FaultMap
 
     run_dir = Path(run_dir)
-    _check_args(bers, maps, images)
-    if inject not in ("backdoor", "axilite"):
-        raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
+    check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
+                   transient_cycle)
     if transient_cycle is not None:
-        if transient_cycle < 0 or inject != "backdoor":
-            raise UserInputError("--transient-cycle needs a cycle >= 0 and --inject backdoor")
         batch_images = max(batch_images, images)  # one batch: the upset cycle counts from its start
-    if inject == "axilite" and memories != "weights":
-        raise UserInputError("--inject axilite writes weights only (thresholds have no AXI-lite port at "
-                             "accel_top); use --inject backdoor with --memories thresholds/all")
     manifest = load_build_manifest(run_dir)
-    if inject == "axilite" and not manifest.get("axilite_ports"):
+    if inject == "axilite" and not manifest.axilite_ports:
         raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
                              "rebuild with runtime-writeable weights (mcel build --runtime-writeable)")
     sim_dir = run_dir / "sim"
-    if (sim_dir / "hw_ber.json").exists() and not force:
-        raise FileExistsError(f"{sim_dir / 'hw_ber.json'} exists; pass --force to replace it")
-    _, _, run = load_run_model(run_dir)
-    x, labels = run_inputs(run, images)
+    check_writable(sim_dir / "hw_ber.json", force)
+    x, labels = load_run(run_dir).test_inputs(images)
     images = len(labels)
-    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
+    in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words = pack(x.reshape(len(x), -1), in_fmt)
-    work = sim_dir / ".partial"
+    work = sim_dir / PARTIAL
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -144,51 +158,51 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         # The batched integer evaluator, cross-checked on a few maps (the clean one and the
         # first faulty ones) against FINN's Python execution of the faulty graph.
         # The clean prediction rides along for transient upsets (images before the upset).
-        predicted = fast_predict(run_dir / "build", x, fmaps + ([None] if transient_cycle is not None else []))
+        predicted = fast_predict(run_dir / "build", x, [*fmaps, None])
+        clean, predicted = predicted[-1], predicted[:-1]
         if transient_cycle is not None:
-            np.save(work / "predicted_clean.npy", predicted[-1:])
-            predicted = predicted[:-1]
-        # FINN executes thresholds as a count, the RTL as a binary search: they agree only on
-        # sorted thresholds, so maps with threshold faults are not cross-checked against FINN.
-        thr = set(threshold_memories(manifest))
-        check = [0] + [i for i, f in enumerate(fmaps) if len(f) and not len(split_map(f, thr)[1])][:crosscheck_maps]
+            np.save(work / "predicted_clean.npy", clean[None])
+        # The cross-check: the clean map and the first faulty ones. FINN executes thresholds as a
+        # count, the RTL as a binary search: they agree only on sorted thresholds, so maps with
+        # threshold faults are not cross-checked against FINN.
+        thr = set(manifest.thresholds)
+        check = [i for i, f in enumerate(fmaps) if len(f) and not len(split_map(f, thr)[1])][:crosscheck_maps]
         # On the first CROSSCHECK_IMAGES images: FINN's node-by-node Python execution takes
         # minutes on a full test set, and a wrong decoding of the layout shows on any image.
-        reference = finn_predict(run_dir / "build", x[:CROSSCHECK_IMAGES], [fmaps[i] for i in check])
-        for j, i in enumerate(check):
-            if not np.array_equal(reference[j], predicted[i][:CROSSCHECK_IMAGES]):
-                raise SimulationError(f"fast software prediction differs from FINN's execution on map {i}")
+        reference = finn_predict(run_dir / "build", x[:CROSSCHECK_IMAGES], [None, *(fmaps[i] for i in check)])
+        for ref, got, name in zip(reference, [clean, *(predicted[i] for i in check)],
+                                  ["the clean map", *(f"map {i}" for i in check)], strict=True):
+            if not np.array_equal(ref, got[:CROSSCHECK_IMAGES]):
+                raise SimulationError(f"fast software prediction differs from FINN's execution on {name}")
     elif predictor == "finn":
         predicted = finn_predict(run_dir / "build", x, fmaps)
         if transient_cycle is not None:
             np.save(work / "predicted_clean.npy", finn_predict(run_dir / "build", x, [None]))
-    else:
-        raise UserInputError(f"predictor must be fast or finn, got {predictor!r}")
     np.save(work / "inputs.npy", words)
     np.save(work / "predicted.npy", predicted)
     np.save(work / "labels.npy", labels)
-    expected_ii = int(manifest.get("estimates", {}).get("expected_ii_cycles", 0)) or 1000
-    job = {
-        "manifest": str((run_dir / "build" / "manifest.json").resolve()),
-        "inputs": str((work / "inputs.npy").resolve()),
-        "predicted": str((work / "predicted.npy").resolve()),
-        "maps": [e["file"] for e in entries],
-        "batch_images": min(batch_images, images),
-        "watchdog_cycles": watchdog_cycles or 20 * expected_ii + 1000,
-        "backpressure": backpressure,
-        "inject": inject,
-        "memory_kinds": list(MEMORY_CHOICES[memories]),
-        "transient_cycle": transient_cycle,
-        "out": str((work / "hw_raw.npz").resolve()),
-    }
+    expected_ii = manifest.expected_ii() or 1000
+    job = SimJob(
+        manifest=str((run_dir / "build" / MANIFEST_FILE).resolve()),
+        inputs=str((work / "inputs.npy").resolve()),
+        predicted=str((work / "predicted.npy").resolve()),
+        maps=[e["file"] for e in entries],
+        batch_images=min(batch_images, images),
+        watchdog_cycles=watchdog_cycles or 20 * expected_ii + 1000,
+        backpressure=backpressure,
+        inject=inject,
+        memory_kinds=list(MEMORY_CHOICES[memories]),
+        transient_cycle=transient_cycle,
+        out=str((work / "hw_raw.npz").resolve()),
+    )
     record = {
-        "run": str(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
+        "run": run_dir.resolve().name, "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
         "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
         "memories": memories, "transient_cycle": transient_cycle,
         "expected_ii_cycles": expected_ii, "seconds": {"prepare": round(time.perf_counter() - t0, 2)},
         "maps": entries,
     }
-    (work / "job.json").write_text(json.dumps(job, indent=1))
+    job.save(work / "job.json")
     (work / "record.json").write_text(json.dumps(record, indent=1))
     return job
 
@@ -196,19 +210,19 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
 def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
     """Turn the testbench's raw outputs into ``hw_ber.json`` and move everything in place."""
     sim_dir = Path(run_dir) / "sim"
-    work = sim_dir / ".partial"
-    job = json.loads((work / "job.json").read_text())
+    work = sim_dir / PARTIAL
+    job = SimJob.load(work / "job.json")
     record = json.loads((work / "record.json").read_text())
     record.update(extra or {})
-    if not Path(job["out"]).is_file():
+    if not Path(job.out).is_file():
         logs = sorted(sim_dir.glob("work/*/sim.log")) + sorted(sim_dir.glob("make/*.log"))
         tail = "\n".join(logs[-1].read_text().splitlines()[-25:]) if logs else "(no log)"
         raise SimulationError(f"the cocotb simulation produced no results; last log:\n{tail}")
-    raw = np.load(job["out"])
-    hw, predicted, labels = raw["outputs"], np.load(job["predicted"]), np.load(work / "labels.npy")
+    raw = np.load(job.out)
+    hw, predicted, labels = raw["outputs"], np.load(job.predicted), np.load(work / "labels.npy")
     checked = np.ones(hw.shape[:2], dtype=bool)
     transients = [None] * len(hw)
-    if job.get("transient_cycle") is not None:
+    if job.transient_cycle is not None:
         from hw_sim.transient import classify
 
         clean = np.load(work / "predicted_clean.npy")[0]
@@ -232,7 +246,7 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
         })
         if transients[e["id"]] is not None:
             e["transient"] = transients[e["id"]]
-        e["file"] = str(sim_dir / "maps" / Path(e["file"]).name)
+        e["file"] = f"maps/{Path(e['file']).name}"  # relative to the sim folder
     record["sim_wall_s_per_map"] = raw["wall"].tolist()
     result_path = sim_dir / "hw_ber.json"
     (work / "hw_ber.json").write_text(json.dumps(record, indent=1))
@@ -244,7 +258,7 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
     hung = [e["id"] for e in record["maps"] if e["hang"]]
     if hung:
         raise SimulationHangError(
-            f"hang: the accelerator stopped producing output (watchdog {job['watchdog_cycles']} cycles) "
+            f"hang: the accelerator stopped producing output (watchdog {job.watchdog_cycles} cycles) "
             f"on maps {hung}; results with hang flags in {result_path}"
         )
     return result_path
@@ -262,22 +276,31 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     ``pgo``: a profile-guided simulator build (trained on the first images with clean
     memories; about twice the build time for 15-20 % faster simulation, for long runs).
     """
-    from hw_sim.runner import build_harness, run_job
-    from hw_sim.shards import auto_shards, run_sharded
+    from hw_sim.shards import auto_shards
 
     run_dir = Path(run_dir)
-    if jobs < 0:
-        raise UserInputError(f"--jobs must be >= 0 (0 = one per core), got {jobs}")
-    if jobs > 1 and transient_cycle is not None:
-        raise UserInputError("--transient-cycle upsets one stream at one cycle: it needs --jobs 1")
+    check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
+                   transient_cycle, jobs)
     if transient_cycle is not None or waves:
         jobs = 1  # one stream to upset; one waveform to read
     shards = jobs or auto_shards(images, len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
+    try:
+        return _simulate(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
+                         waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0)
+    finally:  # nothing half-written stays behind (the results were moved in place on success)
+        shutil.rmtree(run_dir / "sim" / PARTIAL, ignore_errors=True)
+
+
+def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
+              waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0) -> Path:
+    from hw_sim.runner import build_harness, run_job
+    from hw_sim.shards import run_sharded
+
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
-    build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job["batch_images"]), waves=waves,
+    build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job.batch_images), waves=waves,
                           pgo_job=job if pgo else None)
     t_sim = time.perf_counter()
     if shards > 1:

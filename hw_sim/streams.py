@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mcel_train.manifest import StreamFormatSpec
+
 
 @dataclass(frozen=True)
 class StreamFormat:
@@ -33,16 +35,15 @@ class StreamFormat:
         return self.word_bits // 8
 
     @classmethod
-    def from_manifest(cls, fmt: dict) -> StreamFormat:
+    def from_manifest(cls, fmt: StreamFormatSpec) -> StreamFormat:
         """Build from a manifest's ``streams.input`` / ``streams.output`` record (FINN datatype names)."""
-        dtype = str(fmt["datatype"])
         return cls(
-            elems_per_image=int(fmt["elements"]),
-            elems_per_word=int(fmt["elements_per_beat"]),
-            elem_bits=int(fmt["element_bits"]),
-            word_bits=int(fmt["tdata_bits"]),
-            signed=dtype.startswith("INT"),
-            bipolar=dtype == "BIPOLAR",
+            elems_per_image=fmt.elements,
+            elems_per_word=fmt.elements_per_beat,
+            elem_bits=fmt.element_bits,
+            word_bits=fmt.tdata_bits,
+            signed=fmt.datatype.startswith("INT"),
+            bipolar=fmt.datatype == "BIPOLAR",
         )
 
     def check(self) -> None:

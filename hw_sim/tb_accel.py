@@ -13,10 +13,8 @@ sleeps on the harness's ``done``/``hang`` edges while a whole batch streams.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -24,8 +22,10 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge
 
 from hw_sim.injection import check_map_fits, faulty_words
+from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat, ints_to_words, unpack, words_to_ints
 from mcel_train.faults.faultmap import FaultMap
+from mcel_train.manifest import MemoryEntry, load_manifest
 
 CLOCK_NS = 10
 
@@ -75,14 +75,14 @@ class BackdoorInjector:
     golden words are restored (and checked) after each map.
     """
 
-    def __init__(self, dut, memories: dict[str, dict]) -> None:
-        self.handles = {name: resolve(dut, m["path"]) for name, m in memories.items()}
+    def __init__(self, dut, memories: dict[str, MemoryEntry]) -> None:
+        self.handles = {name: resolve(dut, m.path) for name, m in memories.items()}
         self.golden: dict[str, list[int]] = {}
         self.touched: dict[str, list[int]] = {}
 
-    def read_golden(self, memories: dict[str, dict]) -> None:
+    def read_golden(self, memories: dict[str, MemoryEntry]) -> None:
         for name, h in self.handles.items():
-            self.golden[name] = [int(h[i].value) for i in range(int(memories[name]["depth"]))]
+            self.golden[name] = [int(h[i].value) for i in range(memories[name].depth)]
 
     def inject(self, updates: dict[str, dict[int, int]]) -> None:
         for name, words in updates.items():
@@ -106,6 +106,13 @@ class BackdoorInjector:
         return restore
 
 
+AXI_RESP = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
+
+
+class AxiLiteWriteError(AssertionError):
+    """An AXI-lite write was answered with an error response: the fault was not injected."""
+
+
 class AxiLiteInjector:
     """Writes fault maps the way software on a board would: over each memory's AXI-lite port.
 
@@ -114,17 +121,16 @@ class AxiLiteInjector:
     golden contents (from the backdoor reader) are written back the same way after each map.
     """
 
-    def __init__(self, dut, memories: dict[str, dict], backdoor: BackdoorInjector) -> None:
+    def __init__(self, dut, memories: dict[str, MemoryEntry], backdoor: BackdoorInjector) -> None:
         self.dut, self.memories, self.backdoor = dut, memories, backdoor
         self.touched: dict[str, list[int]] = {}
         for name, m in memories.items():
-            ax = m.get("axilite") or {}
-            if not ax.get("exposed_at_top"):
+            if m.axilite is None or not m.axilite.exposed_at_top:
                 raise AssertionError(f"memory {name} has no AXI-lite port at accel_top; "
                                      "build with runtime-writeable weights")
 
     def _port(self, name: str, suffix: str):
-        return getattr(self.dut, f"{self.memories[name]['axilite']['prefix']}_{suffix}")
+        return getattr(self.dut, f"{self.memories[name].axilite.prefix}_{suffix}")
 
     async def write_word(self, name: str, addr: int, data: int) -> None:
         p = lambda s: self._port(name, s)  # noqa: E731
@@ -142,11 +148,15 @@ class AxiLiteInjector:
                 p("wvalid").value = 0
         while not int(p("bvalid").value):
             await RisingEdge(self.dut.ap_clk)
+        resp = int(p("bresp").value)
         await RisingEdge(self.dut.ap_clk)
         p("bready").value = 0
+        if resp != 0:  # 2 = SLVERR, 3 = DECERR: the write did not happen
+            raise AxiLiteWriteError(f"AXI-lite write to {name} at byte address {addr:#x} answered "
+                                    f"BRESP={resp} ({AXI_RESP.get(resp, '?')})")
 
     async def write_line(self, name: str, line: int, value: int) -> None:
-        k = int(self.memories[name]["axilite"]["words_per_line"])
+        k = self.memories[name].axilite.words_per_line
         for i in range(k):
             await self.write_word(name, (line * k + i) * 4, (value >> (32 * i)) & 0xFFFFFFFF)
 
@@ -247,19 +257,20 @@ async def upset_at(dut, injector: BackdoorInjector, updates: dict[str, dict[int,
     return int(dut.cycles.value)
 
 
-async def transient_job(dut, job: dict, memories: dict, in_fmt: StreamFormat, out_fmt: StreamFormat) -> None:
-    """Every map flips its bits at ``job['transient_cycle']`` while one batch streams.
+async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_fmt: StreamFormat,
+                        out_fmt: StreamFormat) -> None:
+    """Every map flips its bits at ``job.transient_cycle`` while one batch streams.
 
     Writes the outputs, the cycle each image's input went in and its output came out, and the
     cycle of the upset; :func:`hw_sim.sim.finish_sim` sorts the images into before / in flight /
     after and checks them against the clean and the faulty prediction.
     """
-    inputs = words_to_ints(np.load(job["inputs"]))
+    inputs = words_to_ints(np.load(job.inputs))
     n_images = len(inputs) // in_fmt.words_per_image
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
     injector.read_golden(memories)
-    maps = job["maps"]
+    maps = job.maps
     outputs = np.zeros((len(maps), n_images, out_fmt.elems_per_image), dtype=np.int64)
     in_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
     out_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
@@ -272,9 +283,9 @@ async def transient_job(dut, job: dict, memories: dict, in_fmt: StreamFormat, ou
             check_map_fits(fmap, memories)
         updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
         await reset(dut)
-        upset = cocotb.start_soon(upset_at(dut, injector, updates, int(job["transient_cycle"])))
+        upset = cocotb.start_soon(upset_at(dut, injector, updates, job.transient_cycle))
         words, cyc, cycles, hang = await stream_batch(dut, driver, monitor, inputs,
-                                                      n_images * out_fmt.words_per_image, int(job["watchdog_cycles"]))
+                                                      n_images * out_fmt.words_per_image, job.watchdog_cycles)
         if upset.done():
             upsets[m] = await upset
         else:  # the stream ended first: no upset in this map's run
@@ -290,7 +301,7 @@ async def transient_job(dut, job: dict, memories: dict, in_fmt: StreamFormat, ou
             await RisingEdge(dut.ap_clk)
             injector.verify(restored)
         wall[m] = time.perf_counter() - t0
-    np.savez(job["out"], outputs=outputs, cycles=total, hang=hangs, ii=np.zeros(len(maps)), wall=wall,
+    np.savez(job.out, outputs=outputs, cycles=total, hang=hangs, ii=np.zeros(len(maps)), wall=wall,
              in_cycles=in_cycles, out_cycles=out_cycles, upset_cycles=upsets)
 
 
@@ -299,15 +310,15 @@ async def run_job(dut) -> None:
     """Run every fault map of the job over every image; write outputs and cycles."""
     job_path = os.environ.get("MCEL_SIM_JOB")
     assert job_path, "MCEL_SIM_JOB is not set: run through `mcel sim` or `make -C hw_sim RUN=...`"
-    job = json.loads(Path(job_path).read_text())
-    manifest = json.loads(Path(job["manifest"]).read_text())
-    in_fmt = StreamFormat.from_manifest(manifest["streams"]["input"])
-    out_fmt = StreamFormat.from_manifest(manifest["streams"]["output"])
-    memories = {m["name"]: m for m in manifest["memories"] if m["kind"] in job.get("memory_kinds", ["weights"])}
-    inputs = np.load(job["inputs"])
+    job = SimJob.load(job_path)
+    manifest = load_manifest(job.build_dir)
+    in_fmt = StreamFormat.from_manifest(manifest.streams.input)
+    out_fmt = StreamFormat.from_manifest(manifest.streams.output)
+    memories = manifest.of_kind(*job.memory_kinds)
+    inputs = np.load(job.inputs)
     n_images = inputs.shape[0] // in_fmt.words_per_image
-    batch = int(job["batch_images"])
-    predicted = np.load(job["predicted"]) if job.get("predicted") else None
+    batch = job.batch_images
+    predicted = np.load(job.predicted) if job.predicted else None
 
     # impl="gpi": the clock toggles in C; the default Python clock would run Python every edge.
     cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns", impl="gpi").start())
@@ -315,29 +326,29 @@ async def run_job(dut) -> None:
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
     injector.read_golden(memories)
-    axilite = AxiLiteInjector(dut, memories, injector) if job.get("inject") == "axilite" else None
+    axilite = AxiLiteInjector(dut, memories, injector) if job.inject == "axilite" else None
     scoreboard = Scoreboard()
 
     in_ints = words_to_ints(inputs)
-    if job.get("transient_cycle") is not None:
+    if job.transient_cycle is not None:
         await transient_job(dut, job, memories, in_fmt, out_fmt)
         return
-    if job.get("mode") == "naive":
+    if job.mode == "naive":
         t0 = time.perf_counter()
         out, cycles = await stream_naive(dut, in_ints, n_images * out_fmt.words_per_image)
         wall = time.perf_counter() - t0
         outputs = unpack(ints_to_words(out, out_fmt.word_bytes), out_fmt)[None]
-        np.savez(job["out"], outputs=outputs, cycles=np.array([cycles]), hang=np.array([False]),
+        np.savez(job.out, outputs=outputs, cycles=np.array([cycles]), hang=np.array([False]),
                  ii=np.zeros(1), wall=np.array([wall]))
         return
-    dut.bp_enable.value = int(bool(job.get("backpressure", False)))
-    map_files = job["maps"]
+    dut.bp_enable.value = int(job.backpressure)
+    map_files = job.maps
     outputs = np.zeros((len(map_files), n_images, out_fmt.elems_per_image), dtype=np.int64)
     total_cycles = np.zeros(len(map_files), dtype=np.int64)
     hangs = np.zeros(len(map_files), dtype=bool)
     ii = np.zeros(len(map_files), dtype=np.float64)
     wall = np.zeros(len(map_files), dtype=np.float64)
-    watchdog = int(job["watchdog_cycles"])
+    watchdog = job.watchdog_cycles
     for m, map_file in enumerate(map_files):
         t0 = time.perf_counter()
         fmap = FaultMap.load(map_file) if map_file else None
@@ -386,7 +397,7 @@ async def run_job(dut) -> None:
         dut._log.info(f"map {m + 1}/{len(map_files)}: {n_images} images, {total_cycles[m]} cycles, "
                       f"{wall[m]:.2f} s")
 
-    np.savez(job["out"], outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall)
+    np.savez(job.out, outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall)
     if predicted is not None and scoreboard.first_mismatch is not None:
         raise AssertionError(f"hardware differs from software prediction: first at {scoreboard.first_mismatch}, "
                              f"{scoreboard.mismatched_images}/{scoreboard.compared} images")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from mcel_train.data import DATASET_NAMES
+from mcel_train.errors import UserInputError
 from mcel_train.losses import LOSS_NAMES
 from mcel_train.models import ModelSpec, parse_model_name
 
@@ -36,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A configuration value is missing, unknown or out of range."""
 
 

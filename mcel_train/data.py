@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcel_train.errors import UserError
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -36,7 +38,7 @@ INPUT_KINDS = ("uint8", "bipolar")
 BIPOLAR_THRESHOLD = 24
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """Raised when a dataset's files are in none of the places looked at."""
 
 

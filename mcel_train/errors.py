@@ -1,39 +1,28 @@
-"""The exception types that mean "the user's input is wrong" (printed as one line, exit 2).
+"""The one base class of errors the user can fix, and the kinds the CLI reports as one line.
 
-Stages raise these (or subclasses) for bad configs, missing files and refused overwrites; the CLI
-turns them into a single ``error:`` message instead of a traceback.
+Why a leaf module: every package raises these (bad input, a corrupted or incompatible artifact,
+a missing tool, a refused overwrite), and the CLI (flows/cli.py) catches the base class only, so
+no module has to know the others' exception types and no import can go the wrong way.
 """
 
 from __future__ import annotations
 
-from mcel_train.config import ConfigError
-from mcel_train.data import DatasetNotFoundError
-from mcel_train.train import RunExistsError
+
+class UserError(Exception):
+    """Something the user can fix: printed as one ``error:`` line, exit status 2, no traceback."""
 
 
-class UserInputError(ValueError):
-    """Generic bad input from the user (a stage's own checks)."""
+class UserInputError(UserError, ValueError):
+    """A wrong value of a flag, a config field or a make variable."""
 
 
-def _optional(module: str, name: str) -> tuple[type[BaseException], ...]:
-    try:
-        mod = __import__(module, fromlist=[name])
-        return (getattr(mod, name),)
-    except (ImportError, AttributeError):
-        return ()
+class ArtifactError(UserError, ValueError):
+    """A file a stage reads is truncated, of another version, or inconsistent with its build."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    DatasetNotFoundError,
-    RunExistsError,
-    UserInputError,
-    FileNotFoundError,
-    FileExistsError,
-    *_optional("mcel_train.faults", "FaultMapError"),
-    *_optional("mcel_train.faults.generate", "FaultModelError"),
-    *_optional("hw_sim.sim", "SimulationHangError"),
-    *_optional("flows.hdl_nodes", "UnsupportedLayerError"),
-    *_optional("flows.folding", "FoldingError"),
-    *_optional("flows.verilate", "VerilatorError"),
-)
+class ToolMissingError(UserError, RuntimeError):
+    """A program or package a stage needs is not installed (the message names the package)."""
+
+
+class StageExistsError(UserError, FileExistsError):
+    """A stage's output exists and ``--force`` was not given."""

@@ -16,13 +16,13 @@ optional embedded thresholds), ``Thresholding_rtl`` and the project's ``BinMVAU`
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mcel_train.finn_graph import dataflow_graph_path
 from mcel_train.intnet import (
     IdentityPostOp,
     IntLayer,
@@ -32,7 +32,8 @@ from mcel_train.intnet import (
     SearchThresholdPostOp,
     ThresholdPostOp,
 )
-from mcel_train.memory import Memory, memories_from_manifest
+from mcel_train.manifest import Manifest, load_manifest
+from mcel_train.memory import Memory
 
 PLUMBING = ("StreamingFIFO", "StreamingDataWidthConverter")
 MATRIX_OPS = ("MVAU_rtl", "MVAU_hls", "BinMVAU")
@@ -116,12 +117,9 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flows.mem_layout import decode_mvau, read_words
-    from hw_sim.predict import dataflow_graph_path
-
     build_dir = Path(build_dir)
-    manifest = json.loads((build_dir / "manifest.json").read_text())
-    weight_entries = {m["layer"]: m for m in manifest["memories"] if m["kind"] == "weights"}
+    manifest = load_manifest(build_dir)
+    weight_entries = {m.layer: m for m in manifest.weights.values()}
     model = ModelWrapper(str(dataflow_graph_path(build_dir)))
     layers: list[IntLayer] = []
     pending: list[PostOp | None] = []
@@ -139,11 +137,11 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
             entry = weight_entries.get(node.name)
             if entry is None:
                 raise IntNetError(f"{node.name}: no weight memory in the manifest")
-            w = decode_mvau(read_words(Path(entry["init_file"])), entry["layout"])
+            w = manifest.weight_matrix(entry.name)
             # No comparison with the graph's initializer: the init files are the truth (they are
             # what the RTL loads, and experiments may edit them); the build checked the layout.
             t = model.get_initializer(node.input[2]) if len(node.input) > 2 else None
-            bits = 1 if entry["layout"].get("bipolar") else int(entry["layout"]["element_bits"])
+            bits = 1 if entry.bipolar else entry.element_bits
             if op == "BinMVAU":
                 attrs = _bin_mvau_attrs(node)
                 post = _bin_mvau_post(attrs, t)
@@ -178,13 +176,11 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     in_name = model.graph.input[0].name
     input_kind = "bipolar" if str(model.get_tensor_datatype(in_name)) == "BIPOLAR" else "uint8"
     shape = tuple(int(s) for s in model.get_tensor_shape(in_name)[1:])
-    return IntNetwork(layers, shape, input_kind, {"build": str(build_dir), "threshold_owners": threshold_owners})
+    return IntNetwork(layers, shape, input_kind, {"threshold_owners": threshold_owners})
 
 
-def build_memories(build_dir: str | Path, net: IntNetwork) -> list[Memory]:
+def build_memories(manifest: Manifest, net: IntNetwork) -> list[Memory]:
     """The build's weight memories, each pointing at its layer of ``net`` (``layer_index``)."""
-    manifest = json.loads((Path(build_dir) / "manifest.json").read_text())
-    by_name = {e["name"]: e["layer"] for e in manifest["memories"] if e["kind"] == "weights"}
     index = {layer.name: i for i, layer in enumerate(net.layers)}
-    return [replace(m, layer_index=index[by_name[m.name]])
-            for m in memories_from_manifest(manifest)]
+    return [replace(m, layer_index=index[manifest.weights[m.name].layer])
+            for m in manifest.fault_memories(("weights",))]

@@ -9,15 +9,50 @@ Every layout is expressed as FINN's MVAU folding of an ``(MH out x MW in)`` matr
 ``W[nf * PE + pe, sf * SIMD + s]``. The *natural* layout (row-major tensor order, one element
 per word) is the special case ``PE = SIMD = 1``, so both layouts share one code path.
 Conv weights ``(out, in, kh, kw)`` are flattened to ``(out, in * kh * kw)``.
+
+This is also the one module that reads and writes the words of a FINN build's memory init files
+(``$readmemh`` hex lines), through the layouts a build's ``manifest.json`` names:
+
+``finn_mvau`` (weight memory of an MVAU, mem_mode internal_decoupled)::
+
+    {"type": "finn_mvau", "mh": MH, "mw": MW, "pe": PE, "simd": SIMD,
+     "element_bits": B, "signed": true, "bipolar": false}
+
+word ``t = nf*(MW/SIMD) + sf`` holds, at bit offset ``(pe*SIMD + s)*B``, the weight
+``W[nf*PE + pe, sf*SIMD + s]`` of the ``MH x MW`` (out x in) matrix, in two's complement
+(bipolar: +1 stored as 1, -1 as 0). Bits from ``PE*SIMD*B`` up to the memory width are padding
+(FINN pads words to whole bytes): never read. Verified against FINN's ``memblock.dat`` at every
+build.
+
+``finn_thresholds`` (one memory per (stage, pe) of a Thresholding_rtl binary-search tree)::
+
+    {"type": "finn_thresholds", "channels": C, "pe": PE, "pe_index": p, "stage": s,
+     "out_bits": O, "num_steps": N, "element_bits": B, "signed": true}
+
+word ``i = (cf << s) + j`` (``cf < C/PE``, ``j < 2**s``) holds, two's complement, threshold
+``T[cf*PE + p, (j << (O - s)) + 2**(O - s - 1) - 1]`` of the ``C x N`` threshold matrix (an
+output value ``k`` means the input reached threshold ``k-1``). Threshold columns ``>= N`` are
+padding (value 0, unused by FINN's search when ``N = 2**O - 1``).
+
+``bin_mvau_thresholds`` (thresholds embedded in the project's BinMVAU, rtl/bin_mvau.sv)::
+
+    {"type": "bin_mvau_thresholds", "mh": MH, "pe": PE, "nt": NT, "element_bits": B,
+     "signed": true}
+
+word ``nf`` holds, at bits ``[(p*NT + k)*B, +B)``, threshold ``k`` of output row ``nf*PE + p``
+(two's complement). The unit outputs ``#{k : acc >= T[r, k]}`` (BIPOLAR: 1 = +1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from mcel_train.errors import ArtifactError
 
 if TYPE_CHECKING:  # torch costs ~1 s to import, paid by every testbench process otherwise
     from torch import nn
@@ -26,7 +61,7 @@ LAYOUTS = ("natural", "finn_mvau")
 MEMORY_KINDS = ("weights", "thresholds")
 
 
-class MemoryLayoutError(ValueError):
+class MemoryLayoutError(ArtifactError):
     """A memory description is inconsistent or uses a layout this module cannot map."""
 
 
@@ -174,70 +209,106 @@ def memories_from_model(model: nn.Module) -> list[Memory]:
     return mems
 
 
-def threshold_memories_from_manifest(manifest: dict) -> list[Memory]:
-    """The build's threshold memories, for generating fault maps over them.
-
-    A threshold word is one opaque ``width``-bit element here (``depth x 1`` natural layout):
-    fault maps address (word, bit) only; what a word means (which threshold of which channel)
-    is decoded by the predictor from the manifest's ``finn_thresholds`` / ``bin_mvau_thresholds``
-    layout (:mod:`flows.mem_layout`).
-    """
-    return [Memory(name=str(e["name"]), rows=int(e["depth"]), cols=1, element_bits=int(e["width"]),
-                   kind="thresholds", signed=True)
-            for e in manifest.get("memories", []) if e.get("kind") == "thresholds"]
+# ----------------------------------------------------------------- memory init files (words)
 
 
-def memories_from_manifest(manifest: dict, kinds: Iterable[str] = ("weights",)) -> list[Memory]:
-    """Memories of a FINN build's ``manifest.json`` (already parsed), filtered by ``kind``.
+def read_words(path: Path) -> list[int]:
+    """Words of a ``$readmemh`` file (one hex word per line, no prefix)."""
+    return [int(line, 16) for line in Path(path).read_text().split()]
 
-    Checks every entry's stated ``depth`` and ``width`` against its folding, so a manifest that
-    disagrees with itself fails here rather than as a silent mis-mapping later.
-    """
-    kinds = tuple(kinds)
-    entries = manifest.get("memories")
-    if not isinstance(entries, list):
-        raise MemoryLayoutError("manifest has no 'memories' list")
-    mems = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise MemoryLayoutError(f"manifest memory #{i} is not a mapping")
-        kind = e.get("kind", "weights")
-        if kind not in kinds:
-            continue
-        layout = e.get("layout", e)
-        name = e.get("name", f"#{i}")
-        if layout.get("type") != "finn_mvau":
-            raise MemoryLayoutError(
-                f"manifest memory {name!r}: layout type {layout.get('type')!r} is not supported "
-                "(only finn_mvau)"
-            )
-        try:
-            bipolar = bool(layout.get("bipolar", False))
-            bits = int(layout.get("element_bits", e.get("element_bits")))
-            mem = Memory(
-                name=str(name),
-                rows=int(layout["mh"]),
-                cols=int(layout["mw"]),
-                element_bits=bits,
-                pe=int(layout["pe"]),
-                simd=int(layout["simd"]),
-                layout="finn_mvau",
-                kind=kind,
-                signed=bool(layout.get("signed", True)),
-                bipolar=bipolar,
-                layer_index=int(e.get("layer_index", i)),
-            )
-        except (KeyError, TypeError) as err:
-            raise MemoryLayoutError(
-                f"manifest memory {name!r}: missing or bad field {err}"
-            ) from err
-        # ``data_bits`` is the used part of a word the RTL pads (FINN pads memory words to a
-        # multiple of 8 bits in some foldings); faults only go into the data bits.
-        stated = {"depth": e.get("depth"), "width": e.get("data_bits", e.get("width"))}
-        for key, derived in (("depth", mem.depth), ("width", mem.width)):
-            if stated[key] is not None and int(stated[key]) != derived:
-                raise MemoryLayoutError(
-                    f"manifest memory {name!r}: {key}={stated[key]} but the folding gives {derived}"
-                )
-        mems.append(mem)
-    return mems
+
+def write_words(path: Path, words: Sequence[int], width: int) -> None:
+    """Write words as ``$readmemh`` hex lines, zero-padded to ``ceil(width/4)`` digits."""
+    digits = (int(width) + 3) // 4
+    Path(path).write_text("".join(f"{int(w):0{digits}x}\n" for w in words))
+
+
+def words_to_bits(words: Sequence[int], width: int) -> np.ndarray:
+    """``(depth, width)`` uint8 bit matrix of the words (bit ``b`` of word ``t`` at ``[t, b]``)."""
+    nbytes = max(1, (int(width) + 7) // 8)
+    raw = b"".join(int(w).to_bytes(nbytes, "little") for w in words)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(len(words), nbytes), axis=1,
+                         bitorder="little")
+    return bits[:, :width]
+
+
+def bits_to_words(bits: np.ndarray) -> list[int]:
+    """Inverse of :func:`words_to_bits`."""
+    packed = np.packbits(np.asarray(bits, dtype=np.uint8), axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
+def finn_mvau_memory(layout: dict, name: str = "") -> Memory:
+    """The :class:`Memory` a manifest's ``finn_mvau`` layout describes."""
+    bipolar = bool(layout.get("bipolar"))
+    return Memory(name=name, rows=int(layout["mh"]), cols=int(layout["mw"]), element_bits=int(layout["element_bits"]),
+                  pe=int(layout["pe"]), simd=int(layout["simd"]), layout="finn_mvau",
+                  signed=bool(layout.get("signed", not bipolar)), bipolar=bipolar)
+
+
+def _lane_index(mem: Memory) -> np.ndarray:
+    """``(depth, PE*SIMD)`` row-major element index stored in each lane of each word."""
+    word, lane = np.meshgrid(np.arange(mem.depth), np.arange(mem.pe * mem.simd), indexing="ij")
+    idx, _ = mem.bits_to_elements(word.ravel(), lane.ravel() * mem.element_bits)
+    return idx.reshape(word.shape)
+
+
+def decode_mvau(words: Sequence[int], layout: dict) -> np.ndarray:
+    """Words of a ``finn_mvau`` memory -> the ``MH x MW`` integer weight matrix (bipolar as +-1)."""
+    mem = finn_mvau_memory(layout)
+    if len(words) != mem.depth:
+        raise MemoryLayoutError(f"layout needs {mem.depth} words, got {len(words)}")
+    b = mem.element_bits
+    bits = words_to_bits(words, mem.width).reshape(mem.depth, mem.pe * mem.simd, b).astype(np.int64)
+    codes = (bits << np.arange(b)).sum(axis=2)
+    out = np.zeros(mem.n_elements, dtype=np.int64)
+    out[_lane_index(mem).ravel()] = codes.ravel()
+    if mem.signed or mem.bipolar:
+        out = decode_elements(out, b, mem.bipolar)
+    return out.reshape(mem.rows, mem.cols)
+
+
+def encode_mvau(matrix: np.ndarray, layout: dict) -> list[int]:
+    """Inverse of :func:`decode_mvau`; values outside the element width are an error."""
+    mem = finn_mvau_memory(layout)
+    m = np.asarray(matrix, dtype=np.int64)
+    if m.shape != (mem.rows, mem.cols):
+        raise MemoryLayoutError(f"matrix shape {m.shape} != (MH, MW) = {(mem.rows, mem.cols)}")
+    b = mem.element_bits
+    if not mem.bipolar:
+        lo, hi = (-(1 << (b - 1)), (1 << (b - 1)) - 1) if mem.signed else (0, 2**b - 1)
+        if m.size and (m.min() < lo or m.max() > hi):
+            raise MemoryLayoutError(f"values outside the {b}-bit range [{lo}, {hi}]")
+    codes = encode_elements(m.ravel(), b, mem.bipolar)[_lane_index(mem)]
+    bits = ((codes[:, :, None] >> np.arange(b)) & 1).reshape(mem.depth, mem.width)
+    return bits_to_words(bits)
+
+
+def threshold_index(layout: dict, word: int) -> tuple[int, int]:
+    """(channel, threshold column) stored at ``word`` of a ``finn_thresholds`` memory."""
+    s, o, pe, p = layout["stage"], layout["out_bits"], layout["pe"], layout["pe_index"]
+    cf, j = divmod(word, 2**s)
+    return cf * pe + p, (j << (o - s)) + 2 ** (o - s - 1) - 1
+
+
+def _to_signed(v: np.ndarray, bits: int) -> np.ndarray:
+    v = np.asarray(v, dtype=np.int64)
+    return np.where(v >= (1 << (bits - 1)), v - (1 << bits), v)
+
+
+def decode_thresholds(words: Sequence[int], layout: dict) -> dict[tuple[int, int], int]:
+    """Words of a ``finn_thresholds`` memory -> {(channel, column): threshold} it holds."""
+    vals = np.array(words, dtype=np.int64)
+    if layout.get("signed", True):
+        vals = _to_signed(vals, layout["element_bits"])
+    return {threshold_index(layout, i): int(v) for i, v in enumerate(vals)}
+
+
+def decode_bin_mvau_thresholds(words: Sequence[int], layout: dict) -> np.ndarray:
+    """Words of a ``bin_mvau_thresholds`` memory -> the ``MH x NT`` integer thresholds."""
+    mh, pe, nt, b = (int(layout[k]) for k in ("mh", "pe", "nt", "element_bits"))
+    if len(words) != mh // pe:
+        raise MemoryLayoutError(f"layout needs {mh // pe} words, got {len(words)}")
+    bits = words_to_bits(words, pe * nt * b).reshape(mh // pe, pe, nt, b).astype(np.int64)
+    t = (bits << np.arange(b)).sum(axis=3).reshape(mh, nt)
+    return _to_signed(t, b) if layout.get("signed", True) else t

@@ -11,11 +11,12 @@ import yaml
 from torch import nn
 
 from mcel_train.data import load_dataset
+from mcel_train.errors import ArtifactError
 from mcel_train.models import ModelSpec, build_model
 from mcel_train.quicktrain import model_inputs
 
 
-class RunError(FileNotFoundError):
+class RunError(ArtifactError, FileNotFoundError):
     """A run folder lacks the training stage's files or they are malformed."""
 
 
@@ -34,6 +35,11 @@ class TrainedRun:
         # The training stage splits with the run's top-level seed (digits' test split too).
         ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
         return model_inputs(ds.test.images, self.spec), ds.test.labels
+
+    def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` test images, encoded as the model (and the accelerator) takes them."""
+        x, labels = self.test_set()
+        return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:

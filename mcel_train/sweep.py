@@ -21,7 +21,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, tied_images
 from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
 from mcel_train.intnet import from_brevitas
-from mcel_train.memory import memories_from_manifest
+from mcel_train.manifest import load_manifest
 from mcel_train.plotting import plot_sweeps
 from mcel_train.runio import load_run
 
@@ -78,8 +78,10 @@ def run_sweep(
         x, labels = x[:test_images], labels[:test_images]
     net = from_brevitas(run.model)
     if manifest is not None:
-        memories = memories_from_manifest(json.loads(Path(manifest).read_text()))
-        memory_source = f"manifest:{manifest}"
+        manifest_path = Path(manifest)
+        memories = load_manifest(manifest_path.parent if manifest_path.name.endswith(".json") else manifest_path
+                                 ).fault_memories(("weights",))
+        memory_source = f"manifest:{manifest_path.name}"
     else:
         memories = net.memories()
         memory_source = "natural"

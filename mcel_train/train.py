@@ -25,13 +25,14 @@ from tqdm import tqdm
 
 from mcel_train.config import TrainConfig
 from mcel_train.data import Dataset, encode_inputs, load_dataset
+from mcel_train.errors import StageExistsError
 from mcel_train.losses import MCEL, make_loss
 from mcel_train.models import build_model
 
 EVAL_BATCH = 1000
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(StageExistsError):
     """The target stage folder exists already."""
 
 

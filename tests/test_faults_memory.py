@@ -1,15 +1,13 @@
 """Memory layouts: (word, bit) <-> (element, bit of element), natural and FINN MVAU."""
 
+import json
+
 import numpy as np
 import pytest
 
-from mcel_train.memory import (
-    Memory,
-    MemoryLayoutError,
-    decode_elements,
-    encode_elements,
-    memories_from_manifest,
-)
+from mcel_train.errors import ArtifactError
+from mcel_train.manifest import load_manifest, parse_manifest
+from mcel_train.memory import Memory, MemoryLayoutError, decode_elements, encode_elements
 
 
 def test_natural_layout_is_row_major_one_element_per_word():
@@ -72,21 +70,50 @@ def test_stored_bits_follow_the_layout():
 
 
 def _manifest(**over):
-    entry = {"name": "MVAU_0_mem", "kind": "weights", "depth": 4, "width": 12,
-             "element_bits": 2, "layer_index": 0,
+    """A minimal valid manifest with one 4 x 6 weight memory (PE 2, SIMD 3) and one threshold memory."""
+    entry = {"name": "MVAU_0_mem", "layer": "MVAU_0", "kind": "weights", "path": "top.w.Mem", "depth": 4,
+             "width": 16, "data_bits": 12, "element_bits": 2, "datatype": "INT2", "signed": True,
+             "bipolar": False, "pe": 2, "simd": 3, "init_file": "hdl/mem/w.dat", "instance": "top.w",
+             "init_param": "INIT_FILE",
              "layout": {"type": "finn_mvau", "mh": 4, "mw": 6, "pe": 2, "simd": 3,
                         "element_bits": 2, "signed": True, "bipolar": False}}
     entry.update(over)
-    return {"memories": [entry, {"name": "thr", "kind": "thresholds", "depth": 2, "width": 8}]}
+    thr = dict(entry, name="thr", kind="thresholds", depth=2, width=8, data_bits=8, layout={"type": "finn_thresholds"})
+    stream = {"tdata_bits": 8, "datatype": "UINT8", "element_bits": 8, "elements": 6, "elements_per_beat": 1,
+              "beats_per_image": 6, "shape": [1, 6]}
+    return {"version": 2, "top": "top", "top_file": "hdl/top.sv", "filelist": "hdl/filelist.f", "clock": "ap_clk",
+            "reset": "ap_rst_n", "nodes": [], "memories": [entry, thr],
+            "streams": {"input": stream, "output": stream}}
 
 
-def test_memories_from_manifest_reads_weights_and_checks_sizes():
-    (mem,) = memories_from_manifest(_manifest())
+def test_manifest_memories_are_checked_against_their_folding():
+    man = parse_manifest(_manifest(), "test")
+    (mem,) = man.fault_memories(("weights",))
     assert (mem.name, mem.rows, mem.cols, mem.pe, mem.simd) == ("MVAU_0_mem", 4, 6, 2, 3)
-    assert mem.layout == "finn_mvau" and mem.depth == 4
-    with pytest.raises(MemoryLayoutError, match="depth=13"):
-        memories_from_manifest(_manifest(depth=13))
-    with pytest.raises(MemoryLayoutError, match="not supported"):
-        memories_from_manifest(_manifest(layout={"type": "weird"}))
-    with pytest.raises(MemoryLayoutError, match="memories"):
-        memories_from_manifest({})
+    assert mem.layout == "finn_mvau" and (mem.depth, mem.width) == (4, 12)
+    (thr,) = man.fault_memories(("thresholds",))
+    assert (thr.name, thr.depth, thr.width, thr.kind) == ("thr", 2, 8, "thresholds")
+    with pytest.raises(ArtifactError, match="depth x data bits 13 x 12"):
+        parse_manifest(_manifest(depth=13), "test").fault_memories(("weights",))
+    with pytest.raises(ArtifactError, match="not a weight layout"):
+        parse_manifest(_manifest(layout={"type": "weird"}), "test").fault_memories(("weights",))
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"memories": 5}, "memories"), ({"version": 1}, "version"), ({"streams": {}}, "streams.input"),
+    ({"memories": [{"name": "x"}]}, "memories.0.layer"),
+])
+def test_bad_manifests_are_one_line_naming_the_field(change, field):
+    data = {**_manifest(), **change}
+    with pytest.raises(ArtifactError, match=field) as err:
+        parse_manifest(data, "build/manifest.json")
+    assert "\n" not in str(err.value) and "build/manifest.json" in str(err.value)
+
+
+def test_manifest_loader_names_a_truncated_file(tmp_path):
+    text = json.dumps(_manifest())
+    (tmp_path / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_manifest(tmp_path)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_manifest(tmp_path / "nowhere")

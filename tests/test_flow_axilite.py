@@ -56,29 +56,32 @@ def _line_words(line: int, data_bits: int) -> list[int]:
 
 
 def test_axilite_write_equals_init_file_rewrite(writeable_build, tmp_path):
-    from flows.build import cpp_harness_format, run_inputs
+    from flows.build import cpp_harness_format
     from flows.custom_ops.rtl_sim import build as cocotb_build
     from flows.custom_ops.rtl_sim import run as cocotb_run
-    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
-    from flows.mem_layout import encode_mvau
-    from flows.verilate import WNO, run_simulator
+    from flows.manifest import write_weights_to_init
+    from hw_sim.runner import design_sources
+    from hw_sim.verilate import WNO, link_memories, run_simulator
+    from mcel_train.manifest import load_manifest
+    from mcel_train.memory import encode_mvau
+    from mcel_train.runio import load_run
 
     run, record, layer = writeable_build
     assert record["verification"]["bit_exact"]
     build = run / "build"
-    man = load_manifest(build / "manifest.json")
-    ports = {p["layer"]: p for p in man["axilite_ports"]}
-    assert set(ports) == {m["layer"] for m in man["memories"] if m["kind"] == "weights"}
-    entry = next(m for m in man["memories"] if m["kind"] == "weights" and m["layer"] == layer)
-    axil = entry["axilite"]
-    assert axil["exposed_at_top"] and axil["prefix"] == f"s_axilite_{layer}"
-    assert ports[layer]["prefix"] == axil["prefix"] and ports[layer]["memory"] == entry["name"]
+    man = load_manifest(build)
+    ports = {p.layer: p for p in man.axilite_ports}
+    assert set(ports) == {m.layer for m in man.weights.values()}
+    entry = next(m for m in man.weights.values() if m.layer == layer)
+    axil = entry.axilite
+    assert axil.exposed_at_top and axil.prefix == f"s_axilite_{layer}"
+    assert ports[layer].prefix == axil.prefix and ports[layer].memory == entry.name
     top = (build / "hdl" / "accel_top.sv").read_text()
-    assert f"input  logic [{ports[layer]['addr_width'] - 1}:0] {axil['prefix']}_awaddr" in top
+    assert f"input  logic [{ports[layer].addr_width - 1}:0] {axil.prefix}_awaddr" in top
 
     # new weights: every element of line 0 changed (bipolar: negated; INT-B: +1 wrapping)
-    w = read_weights_from_init(entry)
-    lay = entry["layout"]
+    w = man.weight_matrix(entry.name)
+    lay = entry.layout
     new = w.copy()
     rows = range(0, lay["pe"])
     cols = range(0, lay["simd"])
@@ -91,24 +94,24 @@ def test_axilite_write_equals_init_file_rewrite(writeable_build, tmp_path):
                 new[r, c] = ((w[r, c] + 1 + 2 ** (b - 1)) % 2 ** b) - 2 ** (b - 1)
     line = encode_mvau(new, lay)[0]
     assert line != encode_mvau(w, lay)[0]
-    words = _line_words(line, entry["data_bits"])
-    k = axil["words_per_line"]
+    words = _line_words(line, entry.data_bits)
+    k = axil.words_per_line
     writes = [[(0 * k + i) * 4, wd] for i, wd in enumerate(words)]
 
-    _, _, trained = _load(run)
-    x, _ = run_inputs(trained, 20)
+    x, _ = load_run(run).test_inputs(20)
     np.save(tmp_path / "x.npy", x)
     fmt = cpp_harness_format(man)
     cfg = {
-        "prefix": axil["prefix"], "all_prefixes": [p["prefix"] for p in man["axilite_ports"]],
+        "prefix": axil.prefix, "all_prefixes": [p.prefix for p in man.axilite_ports],
         "writes": writes, "reads": writes, "inputs": str(tmp_path / "x.npy"),
-        "outputs": str(tmp_path / "hw_axil.npy"), "n_flush": axil["flush_images"],
+        "outputs": str(tmp_path / "hw_axil.npy"), "n_flush": axil.flush_images,
         "stream": {"in_bits": fmt.in_bits, "in_simd": fmt.in_simd, "in_kind": fmt.in_kind,
                    "in_elems": fmt.in_elems, "out_bits": fmt.out_bits, "out_pe": fmt.out_pe,
                    "out_elems": fmt.out_elems},
     }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    sources = Path(man["filelist"]).read_text().split()
+    sources = design_sources(man)
+    link_memories(tmp_path / "sim", build / "hdl" / "mem")
     runner = cocotb_build(sources, "accel_top", build / "cocotb_axil",
                           extra_args=["--no-timing", "+define+FINN_SIMULATION",
                                       *[f"-Wno-{x}" for x in WNO]])
@@ -116,14 +119,9 @@ def test_axilite_write_equals_init_file_rewrite(writeable_build, tmp_path):
                extra_env={"AXIL_TB_CONFIG": str(tmp_path / "cfg.json")}, module_dir=TESTS)
     hw_axil = np.load(tmp_path / "hw_axil.npy")
 
-    clean, _ = run_simulator(build / "verilator" / "accel_sim", x, fmt, tmp_path / "clean")
-    write_weights_to_init(entry, new)  # same binary, new init file
-    hw_file, _ = run_simulator(build / "verilator" / "accel_sim", x, fmt, tmp_path / "file")
+    mem = build / "hdl" / "mem"
+    clean, _ = run_simulator(build / "verilator" / "accel_sim", x, fmt, tmp_path / "clean", mem_dir=mem)
+    write_weights_to_init(man, entry.name, new)  # same binary, new init file
+    hw_file, _ = run_simulator(build / "verilator" / "accel_sim", x, fmt, tmp_path / "file", mem_dir=mem)
     assert not np.array_equal(hw_file, clean)
     np.testing.assert_array_equal(hw_axil, hw_file)
-
-
-def _load(run):
-    from flows.build import load_run_model
-
-    return load_run_model(run)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mcel_train.data import load_dataset
@@ -100,34 +99,33 @@ def test_explicit_folding_inserts_width_converters(builds):
 
 @pytest.mark.parametrize("key", ["tfc_w1a1-explicit", "tfc_w1a2-explicit"])
 def test_manifest_binary_memories(builds, key, tmp_path):
-    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
+    from flows.manifest import write_weights_to_init
+    from mcel_train.manifest import load_manifest
+    from tests.flow_helpers import assert_init_files_hold_graph_weights
 
     run, _ = builds[key]
-    man = load_manifest(run / "build" / "manifest.json")
-    weights = [m for m in man["memories"] if m["kind"] == "weights"]
-    assert [m["layer"] for m in weights] == ["BinMVAU_0", "BinMVAU_1", "BinMVAU_2"]
+    man = load_manifest(run / "build")
+    weights = list(man.weights.values())
+    assert [m.layer for m in weights] == ["BinMVAU_0", "BinMVAU_1", "BinMVAU_2"]
     m0 = weights[0]
-    assert m0["path"] == "accel_top.BinMVAU_0.core.wmem.Mem"
-    assert m0["layout"]["type"] == "finn_mvau" and m0["layout"]["element_bits"] == 1
-    assert m0["layout"]["bipolar"] and m0["bipolar"] and not m0["signed"]
-    pe, simd = m0["pe"], m0["simd"]
-    assert (m0["depth"], m0["width"]) == (64 * 32 // (pe * simd), pe * simd)
-    for entry in weights:
-        w = read_weights_from_init(entry)
-        assert set(np.unique(w)) <= {-1, 1}
-        again = write_weights_to_init(entry, w, tmp_path / "w.dat")
-        assert again.read_text() == Path(entry["init_file"]).read_text()
-    thr = [m for m in man["memories"] if m["kind"] == "thresholds"]
+    assert m0.path == "accel_top.BinMVAU_0.core.wmem.Mem"
+    assert m0.layout["type"] == "finn_mvau" and m0.layout["element_bits"] == 1
+    assert m0.layout["bipolar"] and m0.bipolar and not m0.signed
+    assert (m0.depth, m0.width) == (64 * 32 // (m0.pe * m0.simd), m0.pe * m0.simd)
+    assert_init_files_hold_graph_weights(run / "build")
+    for entry in weights:  # and the encoder reproduces the init files byte for byte
+        again = write_weights_to_init(man, entry.name, man.weight_matrix(entry.name), tmp_path / "w.dat")
+        assert again.read_text() == man.resolve(entry.init_file).read_text()
+    thr = list(man.thresholds.values())
     if key.startswith("tfc_w1a1"):  # sign activations: thresholds embedded in BinMVAU_0/1
-        assert [m["path"] for m in thr] == [f"accel_top.BinMVAU_{i}.core.gen_thr.tmem.Mem"
-                                           for i in (0, 1)]
-        assert thr[0]["layout"]["type"] == "bin_mvau_thresholds"
-        assert man["streams"]["input"]["datatype"] == "BIPOLAR"
+        assert [m.path for m in thr] == [f"accel_top.BinMVAU_{i}.core.gen_thr.tmem.Mem" for i in (0, 1)]
+        assert thr[0].layout["type"] == "bin_mvau_thresholds"
+        assert man.streams.input.datatype == "BIPOLAR"
     else:  # 2-bit ReLUs: standalone FINN Thresholding_rtl layers
-        assert thr and all(m["layout"]["type"] == "finn_thresholds" for m in thr)
-        assert man["streams"]["input"]["datatype"] == "UINT8"
-    assert man["streams"]["output"]["elements"] == 10
-    assert man["streams"]["output"]["datatype"].startswith("INT")
+        assert thr and all(m.layout["type"] == "finn_thresholds" for m in thr)
+        assert man.streams.input.datatype == "UINT8"
+    assert man.streams.output.elements == 10
+    assert man.streams.output.datatype.startswith("INT")
 
 
 @pytest.mark.parametrize("key", ["tfc_w1a1-ones", "tfc_w1a2-explicit"])

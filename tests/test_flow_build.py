@@ -104,25 +104,26 @@ def test_foldings_differ(builds):
 
 
 def test_manifest_layouts_match_graph(builds, tmp_path):
-    from flows.manifest import load_manifest, read_weights_from_init, write_weights_to_init
+    from flows.manifest import write_weights_to_init
+    from mcel_train.manifest import load_manifest
+    from tests.flow_helpers import assert_init_files_hold_graph_weights
 
     run, record = builds["tfc_w2a2-explicit"]
-    man = load_manifest(run / "build" / "manifest.json")
-    weights = [m for m in man["memories"] if m["kind"] == "weights"]
-    assert [m["layer"] for m in weights] == ["MVAU_rtl_0", "MVAU_rtl_1", "MVAU_rtl_2"]
+    man = load_manifest(run / "build")
+    weights = list(man.weights.values())
+    assert [m.layer for m in weights] == ["MVAU_rtl_0", "MVAU_rtl_1", "MVAU_rtl_2"]
     m0 = weights[0]
-    assert m0["layout"] == {"type": "finn_mvau", "mh": 32, "mw": 64, "pe": 4, "simd": 8,
-                            "element_bits": 2, "signed": True, "bipolar": False}
-    assert m0["path"] == "accel_top.MVAU_rtl_0_wmem.core.genUnpumped.mem.blkMem.Mem"
-    assert (m0["depth"], m0["width"]) == (64 * 32 // 32, 4 * 8 * 2)
-    w = read_weights_from_init(m0)
-    assert w.shape == (32, 64) and w.min() >= -2 and w.max() <= 1
+    assert m0.layout == {"type": "finn_mvau", "mh": 32, "mw": 64, "pe": 4, "simd": 8,
+                         "element_bits": 2, "signed": True, "bipolar": False}
+    assert m0.path == "accel_top.MVAU_rtl_0_wmem.core.genUnpumped.mem.blkMem.Mem"
+    assert (m0.depth, m0.width) == (64 * 32 // 32, 4 * 8 * 2)
+    assert_init_files_hold_graph_weights(run / "build")
     for entry in weights:  # the inverse reproduces FINN's memblock.dat byte for byte
-        again = write_weights_to_init(entry, read_weights_from_init(entry), tmp_path / "w.dat")
-        assert again.read_text() == Path(entry["init_file"]).read_text()
-    assert any(m["kind"] == "thresholds" for m in man["memories"])
-    assert man["streams"]["input"]["datatype"] == "UINT8"
-    assert man["streams"]["output"]["elements"] == 10
+        again = write_weights_to_init(man, entry.name, man.weight_matrix(entry.name), tmp_path / "w.dat")
+        assert again.read_text() == man.resolve(entry.init_file).read_text()
+    assert man.thresholds
+    assert man.streams.input.datatype == "UINT8"
+    assert man.streams.output.elements == 10
 
 
 @pytest.mark.parametrize("key", ["tfc_w2a2-explicit", "sfc_w4a4-auto64"])
@@ -130,7 +131,7 @@ def test_faulted_weights_stay_bit_exact_without_rebuild(builds, key):
     """Weights at -2**(B-1) (outside the narrow range) and 2**(B-1)-1 via the init files."""
 
     def extremes(entry, w, rng):
-        b = entry["element_bits"]
+        b = entry.element_bits
         w[rng.random(w.shape) < 0.05] = -(2 ** (b - 1))
         w[rng.random(w.shape) < 0.05] = 2 ** (b - 1) - 1
 

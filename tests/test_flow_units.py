@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.mem_layout import (
+from mcel_train.memory import (
     decode_mvau,
     decode_thresholds,
     encode_mvau,
@@ -80,7 +80,8 @@ def test_add_multi_patch_moves_function_to_module_scope(tmp_path):
 def test_unsupported_layer_error_names_node_and_type():
     from onnx import helper
 
-    from flows.hdl_nodes import UnsupportedLayerError, node_hdl
+    from flows.hdl_adapters import node_hdl
+    from flows.hdl_nodes import UnsupportedLayerError
 
     node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], name="MVAU_hls_0",
                             domain="finn.custom_op.fpgadataflow.hls")
@@ -89,10 +90,11 @@ def test_unsupported_layer_error_names_node_and_type():
 
 
 def test_build_refuses_existing_folder(tmp_path):
-    from flows.build import BuildExistsError, build_run
+    from flows.build import build_run
+    from mcel_train.errors import StageExistsError
 
     (tmp_path / "build").mkdir()
-    with pytest.raises(BuildExistsError, match="force=True"):
+    with pytest.raises(StageExistsError, match="--force"):
         build_run(tmp_path)
 
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from flows.cli import main
 from hw_sim.compare import compare_run
 from hw_sim.sim import NoBuildError, run_sim
-from mcel_train.cli import main
 
 
 @pytest.mark.slow
@@ -100,10 +100,10 @@ def test_threshold_memory_faults_hardware_equals_binary_search_model(build, requ
         return
     monkeypatch.setattr(intnet_finn, "threshold_post", lambda owner, t, out_bits=None: ThresholdPostOp(
         torch.from_numpy(np.asarray(t, dtype=np.float64)), out_bias=float(owner["act_val"])))
-    from flows.build import load_run_model, run_inputs
+    from mcel_train.runio import load_run
 
-    x, _ = run_inputs(load_run_model(run)[2], 40)
-    counted = predict.fast_predict(run / "build", x, [FaultMap.load(m["file"]) for m in record["maps"]])
+    x, _ = load_run(run).test_inputs(40)
+    counted = predict.fast_predict(run / "build", x, [FaultMap.load(run / "sim" / m["file"]) for m in record["maps"]])
     assert any(not np.array_equal(counted[i], hw[i]) for i in range(len(hw)))
 
 

@@ -113,13 +113,13 @@ def test_fault_memories_describe_rtl_paths():
     assert mems[0]["depth"] == 48 * 12 // (3 * 8) and mems[0]["width"] == 24
 
 
-def test_weight_layout_decodes_with_flows_mem_layout():
+def test_weight_layout_decodes_with_the_memory_layout():
     """The weights' layout entry is understood by the manifest's decoder (MH x MW = W.T)."""
-    mem_layout = pytest.importorskip("flows.mem_layout")
     from qonnx.custom_op.registry import getCustomOp
 
     from flows.custom_ops import bin_mvau_model as bm
     from flows.custom_ops.convert_to_bin_mvau import ConvertToBinMVAU
+    from mcel_train import memory as mem_layout
 
     model, _ = make_node_model("w1a1_hidden")
     model = model.transform(ConvertToBinMVAU())

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mcel_train.cli import main
+from flows.cli import main
 from mcel_train.train import load_trained
 from tests.conftest import CONFIGS
 

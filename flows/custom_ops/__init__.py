@@ -9,6 +9,7 @@ not import FINN.
 def __getattr__(name):
     if name == "custom_op":
         from flows.custom_ops.bin_mvau import BinMVAU
+        from flows.custom_ops.max_pool import MaxPoolRTL
 
-        return {"BinMVAU": BinMVAU}
+        return {"BinMVAU": BinMVAU, "MaxPoolRTL": MaxPoolRTL}
     raise AttributeError(name)

@@ -237,7 +237,7 @@ endmodule
 
     def fault_memories(self, thresholds=None) -> list[dict]:
         """On-chip memories that can hold faults, paths relative to the wrapper module
-        (entries for the build manifest). ``layout`` of the weights is flows.mem_layout's
+        (entries for the build manifest). ``layout`` of the weights is mcel_train.memory's
         ``finn_mvau`` type (bipolar, 1 bit); the thresholds use ``bin_mvau_thresholds``: word
         nf, bits [(pe*NT + k)*element_bits +: element_bits] = T[nf*PE + pe, k], signed."""
         T = self.rtl_thresholds(thresholds)

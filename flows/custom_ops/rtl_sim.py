@@ -16,6 +16,7 @@ RTL_DIR = Path(__file__).resolve().parents[2] / "rtl"
 # sources of each top-level module, dependencies first
 BIN_MVAU_RTL = ("param_mem", "axil_mem_port", "bin_mvau")
 LABEL_SELECT_RTL = ("label_select",)
+MAX_POOL_RTL = ("max_pool",)
 
 
 def rtl_sources(*names: str) -> list[Path]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mcel_train.faults.faultmap import FLIP, STUCK0, STUCK1, FaultMap
+from mcel_train.faults.faultmap import FLIP, STUCK0, STUCK1, FaultMap, apply_masks
 from mcel_train.memory import Memory, decode_elements, encode_elements
 
 
@@ -52,7 +52,7 @@ def apply_to_values(
     flat = out.reshape(-1)
     idx, xor, clear, setm = fault_masks(memory, word, bit, kind)
     code = encode_elements(flat[idx], memory.element_bits, memory.bipolar)
-    code = ((code ^ xor) & ~clear) | setm
+    code = apply_masks(code, xor, clear, setm)
     flat[idx] = decode_elements(code, memory.element_bits, memory.bipolar)
     return out
 
@@ -93,6 +93,6 @@ def apply_maps_stacked(
     uniq, flip, clear, set_ = fault_masks(memory, word, bit, kind, offset)
     flat = stacked.reshape(-1)
     code = encode_elements(flat[uniq], memory.element_bits, memory.bipolar)
-    code = ((code ^ flip) & ~clear) | set_
+    code = apply_masks(code, flip, clear, set_)
     flat[uniq] = decode_elements(code, memory.element_bits, memory.bipolar)
     return stacked

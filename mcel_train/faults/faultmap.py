@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcel_train.errors import ArtifactError
 from mcel_train.memory import Memory
 
 FAULT_KINDS = ("flip", "stuck0", "stuck1")
@@ -22,7 +23,15 @@ FORMAT = "mcel-faultmap"
 VERSION = 1
 
 
-class FaultMapError(ValueError):
+def apply_masks(code, xor, clear, set_):
+    """The one fault semantics, for a stored word or element code (int or integer array):
+    flip the ``xor`` bits, then clear the ``clear`` bits (stuck-at-0), then set the ``set_``
+    bits (stuck-at-1). The software model applies it to weight codes, both RTL injectors to
+    memory words; since a map never names a position twice, the order cannot matter."""
+    return ((code ^ xor) & ~clear) | set_
+
+
+class FaultMapError(ArtifactError):
     """A fault map (or its file) is malformed or does not fit the memories it is applied to."""
 
 
@@ -57,6 +66,10 @@ class FaultMap:
             raise FaultMapError("negative word or bit index")
         if len(set(self.memory_names)) != len(self.memory_names):
             raise FaultMapError("duplicate memory names")
+        # Checked here, so on every path (generated, loaded, built by hand): with distinct
+        # positions the faults of a map commute, and apply_masks is their one semantics.
+        if n and np.unique(np.stack([self.memory, self.word, self.bit], axis=1), axis=0).shape[0] != n:
+            raise FaultMapError("fault map lists the same (memory, word, bit) more than once")
 
     def __len__(self) -> int:
         return int(self.memory.size)
@@ -88,9 +101,6 @@ class FaultMap:
                 raise FaultMapError(f"memory {name!r}: word index >= depth {mem.depth}")
             if self.bit[sel].max() >= mem.width:
                 raise FaultMapError(f"memory {name!r}: bit index >= width {mem.width}")
-        key = (self.memory * (1 << 40)) + self.word * (1 << 16) + self.bit
-        if np.unique(key).size != key.size:
-            raise FaultMapError("fault map lists the same (memory, word, bit) more than once")
 
     # ---- files -------------------------------------------------------------------------------
     def to_json_dict(self) -> dict:

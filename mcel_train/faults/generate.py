@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mcel_train.errors import UserInputError
 from mcel_train.faults.faultmap import FLIP, STUCK0, STUCK1, FaultMap
 from mcel_train.memory import Memory
 
@@ -21,7 +22,7 @@ FAULT_MODELS = {"flip": 1, "asym": 2, "stuck": 3, "kflips": 4}
 _PARAMS = {"flip": {}, "asym": {"p01": 0.0, "p10": 1.0}, "stuck": {}, "kflips": {}}
 
 
-class FaultModelError(ValueError):
+class FaultModelError(UserInputError):
     """Unknown fault model, bad parameter, or a rate outside what the model accepts."""
 
 

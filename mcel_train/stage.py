@@ -1,0 +1,70 @@
+"""Atomic stages: a stage writes into a temporary folder next to its target and renames it into
+place only when everything succeeded.
+
+Why: a stage that fails half-way (a FINN error, a Verilator failure, a SIGKILL) must leave the
+previous result untouched and nothing that blocks a retry. Every stage of the pipeline (train,
+export, build, sweep, sim) commits through :func:`atomic_stage`, so there is one rule for all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mcel_train.errors import StageExistsError
+
+PARTIAL = ".partial-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale(target: Path) -> None:
+    """Remove temporary folders of ``target`` left by processes that no longer run (a kill)."""
+    for path in Path(target).parent.glob(f".{Path(target).name}{PARTIAL}*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def check_writable(target: Path, force: bool) -> None:
+    """Refuse an existing stage without ``--force`` (call it after validating the arguments)."""
+    if Path(target).exists() and not force:
+        raise StageExistsError(f"{target} exists; pass --force to replace it")
+
+
+@contextmanager
+def atomic_stage(target: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces ``target``.
+
+    On any exception the temporary folder is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    check_writable(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(target)
+    tmp = target.parent / f".{target.name}{PARTIAL}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)

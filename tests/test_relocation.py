@@ -1,0 +1,43 @@
+"""A built and simulated run can be moved: copy it, delete the original, simulate the copy.
+
+Why: build artifacts store paths relative to their run folder, the RTL names its memory init
+files relative to the simulator's working directory (where the runner links the build's
+``hdl/mem``), and the simulator build is keyed by file contents. A shared build, or a Ray node
+that mounts the campaign folder elsewhere, must give the same outputs without a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hw_sim.sim import run_sim
+
+
+@pytest.mark.slow
+def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
+    from flows.build import build_run
+
+    original = tmp_path / "a" / "run"
+    shutil.copytree(smoke_run / "train", original / "train")
+    build_run(original, folding="auto", target_cycles=64, n_verify=20)
+    first = json.loads(run_sim(original, [0.0, 0.02], maps=2, images=30, seed=3, jobs=1).read_text())
+    hw_first = np.load(original / "sim" / "hw_outputs.npz")["outputs"]
+
+    moved = tmp_path / "b" / "elsewhere with space"
+    shutil.copytree(original, moved, symlinks=True)
+    shutil.rmtree(tmp_path / "a")
+    for name in ("manifest.json", "build.json"):  # no trace of the old location
+        assert str(original) not in (moved / "build" / name).read_text()
+    assert str(original) not in (moved / "sim" / "hw_ber.json").read_text()
+
+    binaries = {p: p.stat().st_mtime_ns for p in (moved / "sim" / "sim_build").iterdir() if p.is_file()}
+    again = json.loads(run_sim(moved, [0.0, 0.02], maps=2, images=30, seed=3, jobs=1, force=True).read_text())
+    np.testing.assert_array_equal(np.load(moved / "sim" / "hw_outputs.npz")["outputs"], hw_first)
+    assert [m["digest"] for m in again["maps"]] == [m["digest"] for m in first["maps"]]
+    assert all(m["identical_to_software"] for m in again["maps"])
+    # the simulator was reused, not rebuilt (its build is keyed by content, not by path)
+    assert {p: p.stat().st_mtime_ns for p in binaries} == binaries
