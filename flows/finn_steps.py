@@ -203,9 +203,23 @@ def step_to_hw(model, state: FlowState):
     # weights (NHWC order).
     model = model.transform(InferPool())  # before InferConvInpGen: it leaves an Im2Col for the SWG
     model = model.transform(InferConvInpGen())
+    _refuse_bipolar_padding(model)
     model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(GiveUniqueNodeNames())
     return model.transform(GiveReadableTensorNames())
+
+
+def _refuse_bipolar_padding(model) -> None:
+    """A bipolar stream has no zero: padding a binarized feature map would pad with -1, where
+    Brevitas pads 0. FINN's CNV uses unpadded convolutions for this reason."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type.startswith("FMPadding") and getCustomOp(node).get_nodeattr("inputDataType") == "BIPOLAR":
+            raise UnsupportedLayerError(
+                f"unsupported layer {node.name} (padding of a binarized feature map): a bipolar stream "
+                "cannot hold the zeros of the padding; use padding 0 for convolutions on bipolar "
+                "activations (as the cnv zoo models and FINN's CNV do), or activations of 2 bits or more")
 
 
 def step_dataflow_partition(model, state: FlowState):

@@ -69,6 +69,7 @@ def _weight_entry(top: str, node, mem, model) -> dict:
     layout = {
         "type": "finn_mvau", "mh": x["mh"], "mw": x["mw"], "pe": x["pe"], "simd": x["simd"],
         "element_bits": x["element_bits"], "signed": not bipolar, "bipolar": bipolar,
+        "input": _input_geometry(model, next(n for n in model.graph.node if n.name == node.name), x["mw"]),
     }
     entry = {
         "name": f"{node.name}_weights", "layer": node.name, "kind": "weights",
@@ -91,6 +92,38 @@ def _weight_entry(top: str, node, mem, model) -> dict:
             f"layout {layout}"
         )
     return entry
+
+
+PLUMBING = ("StreamingFIFO", "StreamingDataWidthConverter")
+
+
+def _producer(model, node):
+    """The node feeding ``node``, past FIFOs and width converters (which move no element)."""
+    prod = model.find_producer(node.input[0])
+    while prod is not None and prod.op_type.startswith(PLUMBING):
+        prod = model.find_producer(prod.input[0])
+    return prod
+
+
+def _input_geometry(model, node, mw: int) -> dict:
+    """What a weight column means (mcel_train/memory.py, ``weight_index``): a convolution's
+    (kernel row, kernel column, input channel), the NHWC position of a flattened feature map
+    (the first FC layer after convolutions), or a plain input index."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    prod = _producer(model, node)
+    if prod is not None and prod.op_type.startswith("ConvolutionInputGenerator"):
+        swg = getCustomOp(prod)
+        if swg.get_nodeattr("depthwise"):
+            raise LayoutMismatchError(f"{node.name}: fed by a depthwise window generator")
+        k, c = list(swg.get_nodeattr("ConvKernelDim")), int(swg.get_nodeattr("IFMChannels"))
+        if k[0] * k[1] * c != mw:
+            raise LayoutMismatchError(f"{node.name}: kernel {k} x {c} channels != MW {mw}")
+        return {"kind": "conv", "kernel": k, "in_channels": c, "order": ["kh", "kw", "ic"]}
+    shape = model.get_tensor_shape(prod.output[0]) if prod is not None else None
+    if shape is not None and len(shape) == 4 and int(np.prod(shape[1:])) == mw:
+        return {"kind": "flatten", "shape": [int(s) for s in shape[1:]], "order": ["h", "w", "c"]}
+    return {"kind": "dense"}
 
 
 def _threshold_entry(top: str, node, mem, model) -> dict:

@@ -49,12 +49,14 @@ def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[M
         if out[i] is not None:
             raise ValueError(f"two memories for layer {i}")
         layer = net.layers[i]
-        if mem.layout == "finn_mvau" and (layer.conv is not None or layer.flatten_before):
+        finn_order = (layer.conv.weight_hwc if layer.conv is not None
+                      else layer.flatten_order == "hwc" if layer.flatten_before else True)
+        if mem.layout == "finn_mvau" and not finn_order:
             # FINN orders these columns (kh, kw, channel) / NHWC, not PyTorch's; mapping them
-            # as-is would silently hit the wrong weights.
-            raise NotImplementedError(
-                f"memory {mem.name!r}: FINN column order of conv / post-flatten layers is not "
-                "mapped yet (only dense layers of MLPs)"
+            # onto a network in PyTorch's order would silently hit the wrong weights.
+            raise ValueError(
+                f"memory {mem.name!r}: a FINN memory of a conv or post-flatten layer needs the build's "
+                "own integer network (its columns are in FINN's order), not one made from the torch model"
             )
         out[i] = mem
     return out

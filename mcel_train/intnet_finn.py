@@ -9,9 +9,12 @@ layout (the same words the RTL loads), not taken from the graph, so a layout err
 a mismatch against ``finn_predict`` instead of being hidden.
 
 Supported nodes (dataflow graph of ``mcel build``): ``MVAU_rtl`` (weights ``(MW, MH)``,
-optional embedded thresholds), ``Thresholding_rtl`` and the project's ``BinMVAU``
-(``flows.custom_ops``); stream plumbing (FIFOs, width converters) is skipped. Conv builds
-(sliding window generators) are not supported yet.
+optional embedded thresholds), ``Thresholding_rtl`` and the project's ``BinMVAU``; for
+convolutions ``FMPadding_rtl`` + ``ConvolutionInputGenerator_rtl`` before an MVAU (a conv
+layer whose weight columns keep FINN's ``(kh, kw, ic)`` order), a depthwise window generator +
+the project's ``MaxPoolRTL`` after a thresholding (the layer's max-pool), and the first FC
+layer after convolutions reading the feature map in NHWC order. Stream plumbing (FIFOs, width
+converters) is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from mcel_train.finn_graph import dataflow_graph_path
 from mcel_train.intnet import (
+    ConvGeometry,
     IdentityPostOp,
     IntLayer,
     IntNetError,
@@ -51,6 +55,13 @@ def _attr(node, name: str, default=None):
                 return float(a.f)
             return default
     return default
+
+
+def _attr_ints(node, name: str) -> list[int]:
+    for a in node.attribute:
+        if a.name == name:
+            return [int(v) for v in a.ints]
+    raise IntNetError(f"{node.name}: no attribute {name}")
 
 
 def _threshold_post(thresholds: np.ndarray, channels: int, out_dtype: str, act_val: int,
@@ -124,11 +135,34 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     layers: list[IntLayer] = []
     pending: list[PostOp | None] = []
     threshold_owners: dict[str, dict] = {}  # threshold-memory layer -> how to rebuild its post-op
+    padding = (0, 0)
+    conv: ConvGeometry | None = None  # the window generator seen since the last matrix unit
+    pool_window = 0  # a depthwise window generator waiting for its max-pool
     for node in model.graph.node:
         op = node.op_type
         if op.startswith(PLUMBING):
             continue
-        if op in MATRIX_OPS:
+        if op == "FMPadding_rtl":
+            pad = [int(v) for v in _attr_ints(node, "Padding")]
+            if len(set(pad)) != 1:
+                raise IntNetError(f"{node.name}: asymmetric padding {pad}")
+            padding = (pad[0], pad[0])
+        elif op.startswith("ConvolutionInputGenerator"):
+            kernel = tuple(_attr_ints(node, "ConvKernelDim"))
+            stride = tuple(_attr_ints(node, "Stride"))
+            if _attr(node, "depthwise", 0):
+                if kernel[0] != kernel[1] or stride != kernel or padding != (0, 0):
+                    raise IntNetError(f"{node.name}: only non-overlapping square max-pools")
+                pool_window = kernel[0]
+            else:
+                conv = ConvGeometry(in_channels=_attr(node, "IFMChannels"), kernel=kernel, stride=stride,
+                                    padding=padding, weight_hwc=True)
+            padding = (0, 0)
+        elif op == "MaxPoolRTL":
+            if not pool_window or not layers:
+                raise IntNetError(f"{node.name}: max-pool without a window generator or a layer before it")
+            layers[-1].pool, pool_window = pool_window, 0
+        elif op in MATRIX_OPS:
             if pending and pending[-1] is None and layers:
                 raise IntNetError(f"{node.name}: two matrix units without thresholds between")
             if _attr(node, "inputDataType") == "BINARY":
@@ -151,8 +185,12 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
                 post = _threshold_post(t, mh, odt, int(_attr(node, "ActVal", 0) or 0))
             else:
                 post = None
-            layers.append(IntLayer(node.name, w, 1.0, bits, IdentityPostOp(1.0)))
+            layer = IntLayer(node.name, w, 1.0, bits, IdentityPostOp(1.0), conv=conv)
+            if conv is None and entry.layout.get("input", {}).get("kind") == "flatten":
+                layer.flatten_before, layer.flatten_order = True, "hwc"
+            layers.append(layer)
             pending.append(post)
+            conv = None
         elif op.startswith("Thresholding"):
             if not layers or pending[-1] is not None:
                 raise IntNetError(f"{node.name}: thresholding without a preceding matrix unit")
@@ -176,6 +214,10 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     in_name = model.graph.input[0].name
     input_kind = "bipolar" if str(model.get_tensor_datatype(in_name)) == "BIPOLAR" else "uint8"
     shape = tuple(int(s) for s in model.get_tensor_shape(in_name)[1:])
+    if len(shape) == 3:  # NHWC image; the network computes NCHW (the same order for one channel)
+        if shape[2] != 1:
+            raise IntNetError(f"{build_dir}: multi-channel image input {shape} is not supported")
+        shape = (shape[2], shape[0], shape[1])
     return IntNetwork(layers, shape, input_kind, {"threshold_owners": threshold_owners})
 
 

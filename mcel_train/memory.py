@@ -284,6 +284,35 @@ def encode_mvau(matrix: np.ndarray, layout: dict) -> list[int]:
     return bits_to_words(bits)
 
 
+def weight_index(layout: dict, row: int, col: int) -> tuple[int, ...]:
+    """The tensor element of entry ``(row, col)`` of a ``finn_mvau`` memory's ``MH x MW`` matrix,
+    as its ``input`` record says: ``(out channel, kernel row, kernel column, in channel)`` for a
+    convolution (FINN's im2col order), ``(out, h, w, c)`` for an FC layer on a flattened NHWC
+    feature map, ``(out, in)`` otherwise. With :meth:`Memory.bits_to_elements` this maps every
+    (word, bit) of a memory to a weight of the network."""
+    geo = layout.get("input", {"kind": "dense"})
+    if geo["kind"] == "conv":
+        k = geo["kernel"]
+        return (row, *(int(i) for i in np.unravel_index(col, (k[0], k[1], geo["in_channels"]))))
+    if geo["kind"] == "flatten":
+        return (row, *(int(i) for i in np.unravel_index(col, tuple(geo["shape"]))))
+    return (row, col)
+
+
+def to_torch_order(matrix: np.ndarray, layout: dict) -> np.ndarray:
+    """A ``finn_mvau`` matrix as torch holds the weights: ``(out, in, kh, kw)`` for a
+    convolution, ``(out, c*h*w)`` (NCHW flatten) for an FC layer after convolutions."""
+    geo = layout.get("input", {"kind": "dense"})
+    m = np.asarray(matrix)
+    if geo["kind"] == "conv":
+        k = geo["kernel"]
+        return m.reshape(m.shape[0], k[0], k[1], geo["in_channels"]).transpose(0, 3, 1, 2)
+    if geo["kind"] == "flatten":
+        h, w, c = geo["shape"]
+        return m.reshape(m.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(m.shape[0], -1)
+    return m
+
+
 def threshold_index(layout: dict, word: int) -> tuple[int, int]:
     """(channel, threshold column) stored at ``word`` of a ``finn_thresholds`` memory."""
     s, o, pe, p = layout["stage"], layout["out_bits"], layout["pe"], layout["pe_index"]

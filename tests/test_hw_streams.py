@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,7 @@ def test_faulty_words_flip_and_stuck():
 
 
 def test_map_must_fit_the_manifest():
-    mems = {"m": {"depth": 3, "width": 4}}
+    mems = {"m": SimpleNamespace(depth=3, width=4)}  # what check_map_fits reads of a MemoryEntry
     check_map_fits(_map([2], [3], [FLIP]), mems)
     with pytest.raises(FaultMapError, match="lacks"):
         check_map_fits(_map([0], [0], [FLIP], names=("other",)), mems)

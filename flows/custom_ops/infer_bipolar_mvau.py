@@ -16,6 +16,11 @@ This transformation keeps BIPOLAR tensors and maps, after streamlining:
   ``bipolarDot=1``: its accumulator is the true dot product ``2*pc - MW``, i.e. the integer
   logits, as in the multi-bit flow. FINN's MVAU has no such mode (it would output the popcount).
 
+* ``MatMul(integer x, BIPOLAR W) -> MultiThreshold(out BIPOLAR, scale 2, bias -1)``: a binarized
+  layer fed multi-bit inputs (8-bit pixels into the first layer, as in FINN's CNV) to one MVAU
+  with embedded thresholds in the dot-product domain (``acc = x @ W``, no popcount), which
+  ``ConvertToBinMVAU`` turns into a ``BinMVAU`` in its multi-bit-input mode.
+
 Run it after streamlining, before ``InferThresholdingLayer`` (which rejects ``out_scale=2``).
 """
 
@@ -38,6 +43,14 @@ def popcount_thresholds(t: np.ndarray, mw: int) -> np.ndarray:
     """Dot-product thresholds -> XNOR-popcount thresholds (integer, in ``[0, MW + 1]``)."""
     pc = np.ceil((np.asarray(t, dtype=np.float64) + mw) / 2.0)
     return np.clip(pc, 0, mw + 1).astype(np.float32)
+
+
+def _covering_datatype(t: np.ndarray) -> DataType:
+    """The smallest integer datatype holding every value of ``t`` (thresholds may be negative)."""
+    lo, hi = int(np.min(t)), int(np.max(t))
+    if lo >= 0:
+        return DataType.get_smallest_possible(hi)
+    return DataType[f"INT{max(hi.bit_length(), (-lo - 1).bit_length()) + 1}"]
 
 
 def _bipolar_mt(node) -> bool:
@@ -64,23 +77,29 @@ class InferBipolarMVAU(Transformation):
             x, w = n.input
             if model.get_initializer(w) is None:
                 continue
-            if not (model.get_tensor_datatype(x) == DataType["BIPOLAR"]
-                    and model.get_tensor_datatype(w) == DataType["BIPOLAR"]):
+            if model.get_tensor_datatype(w) != DataType["BIPOLAR"]:
                 continue
+            idt = model.get_tensor_datatype(x)
+            consumer = model.find_consumer(n.output[0])
+            bipolar_in = idt == DataType["BIPOLAR"]
+            if not bipolar_in and not (idt.is_integer() and _bipolar_mt(consumer)):
+                continue  # integer x bipolar without a sign activation: FINN's MVAU handles it
             mw, mh = model.get_tensor_shape(w)
             nvec = list(model.get_tensor_shape(x)[:-1])
-            consumer = model.find_consumer(n.output[0])
             index = list(graph.node).index(n)
             common = dict(domain=FINN_DOMAIN, backend="fpgadataflow", MW=mw, MH=mh, SIMD=1, PE=1,
-                          inputDataType="BIPOLAR", weightDataType="BIPOLAR", ActVal=0,
+                          inputDataType=idt.name, weightDataType="BIPOLAR", ActVal=0,
                           binaryXnorMode=0, numInputVectors=nvec, name=n.name)
             if _bipolar_mt(consumer):
                 if (_attr(consumer, "out_scale", 1.0), _attr(consumer, "out_bias", 0.0)) != (2.0, -1.0):
                     raise ValueError(f"{consumer.name}: BIPOLAR MultiThreshold needs scale 2, bias -1")
                 t_name = consumer.input[1]
-                t = popcount_thresholds(model.get_initializer(t_name), mw)
+                if bipolar_in:  # FINN executes BIPOLAR x BIPOLAR as an XNOR-popcount
+                    t = popcount_thresholds(model.get_initializer(t_name), mw)
+                else:  # integer inputs: the accumulator is the dot product itself
+                    t = np.ceil(np.asarray(model.get_initializer(t_name), dtype=np.float64)).astype(np.float32)
                 model.set_initializer(t_name, t)
-                model.set_tensor_datatype(t_name, DataType.get_smallest_possible(int(t.max())))
+                model.set_tensor_datatype(t_name, _covering_datatype(t))
                 new = helper.make_node("MVAU", [x, w, t_name], [consumer.output[0]],
                                        outputDataType="BIPOLAR", noActivation=0, **common)
                 graph.node.remove(consumer)
