@@ -44,24 +44,21 @@ def curves(record: dict) -> list[dict]:
 
 
 def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
-    """The first (map, image) where hardware and software outputs differ, with the map's memories."""
+    """The first map the simulation recorded as differing from software (its verdict, stored in
+    ``hw_ber.json`` by the testbench's scoreboard), with the image, the memories the map faults
+    and both outputs of that image."""
     from mcel_train.faults.faultmap import FaultMap
 
-    hw = np.load(sim_dir / "hw_outputs.npz")["outputs"]
-    sw_file = np.load(sim_dir / "sw_outputs.npz")
-    sw = sw_file["outputs"]
-    # Transient upsets: images in flight at the upset are not predicted (hw_sim.transient).
-    checked = sw_file["checked"] if "checked" in sw_file.files else np.ones(hw.shape[:2], dtype=bool)
-    if hw.shape != sw.shape:
-        return {"map": None, "reason": f"output shapes differ: hardware {hw.shape}, software {sw.shape}"}
     for m in record["maps"]:
-        diff = np.flatnonzero((hw[m["id"]] != sw[m["id"]]).any(axis=1) & checked[m["id"]])
-        if diff.size:
-            fmap = FaultMap.load(sim_dir / m["file"])
-            mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
-            return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": int(diff[0]),
-                    "images_differing": int(diff.size), "memories_with_faults": mems,
-                    "hw": hw[m["id"], diff[0]].tolist(), "sw": sw[m["id"], diff[0]].tolist()}
+        if m["identical_to_software"]:
+            continue
+        image = m["first_differing_image"]
+        fmap = FaultMap.load(sim_dir / m["file"])
+        mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
+        hw = np.load(sim_dir / "hw_outputs.npz")["outputs"][m["id"], image]
+        sw = np.load(sim_dir / "sw_outputs.npz")["outputs"][m["id"], image]
+        return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": image,
+                "memories_with_faults": mems, "hw": hw.tolist(), "sw": sw.tolist()}
     return None
 
 
@@ -81,7 +78,7 @@ def plot_compare(rows: list[dict], title: str, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("bit error rate (0 plotted at 1e-5)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(title)
+    ax.set_title(title, parse_math=False)  # run names may hold a dollar sign
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -98,12 +95,15 @@ def compare_run(run_dir: Path) -> dict:
     record = json.loads(record_path.read_text())
     rows = curves(record)
     mismatch = first_mismatch(sim_dir, record)
-    result = {"run": str(run_dir), "images": record["images"], "fault_model": record["fault_model"],
+    result = {"run": Path(run_dir).resolve().name, "images": record["images"], "fault_model": record["fault_model"],
               "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
               "curves": rows}
-    (sim_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    tmp = sim_dir / ".compare.json.partial"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(sim_dir / "compare.json")
     plot_compare(rows, f"{Path(run_dir).name}: {record['images']} images, {record['fault_model']}",
-                 sim_dir / "compare.png")
+                 sim_dir / ".compare.partial.png")
+    (sim_dir / ".compare.partial.png").replace(sim_dir / "compare.png")
     if mismatch is not None:
         raise MismatchError(f"hardware differs from software: {mismatch}")
     return result

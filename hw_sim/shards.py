@@ -61,8 +61,15 @@ def merge_results(shard_jobs: list[SimJob], out: Path) -> None:
     if not all(p.is_file() for p in paths):
         return  # the caller reports the missing results with the failing shard's log
     raws = [np.load(p) for p in paths]
+    offsets = np.cumsum([0] + [r["outputs"].shape[1] for r in raws[:-1]])
+    # per map the first differing image over all shards (-1: none; -2: no prediction)
+    firsts = np.stack([np.where(r["first_differing"] >= 0, r["first_differing"] + off, r["first_differing"])
+                       for r, off in zip(raws, offsets, strict=True)])
+    found = np.where(firsts >= 0, firsts, np.iinfo(np.int64).max).min(axis=0)
+    first_differing = np.where(found < np.iinfo(np.int64).max, found, firsts.max(axis=0))
     np.savez(
         out,
+        first_differing=first_differing,
         outputs=np.concatenate([r["outputs"] for r in raws], axis=1),
         cycles=np.sum([r["cycles"] for r in raws], axis=0),
         hang=np.any([r["hang"] for r in raws], axis=0),

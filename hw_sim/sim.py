@@ -241,9 +241,10 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
             "accuracy": float((out.argmax(1) == labels).mean()), "cycles": int(cyc), "hang": bool(hang),
             "cycles_per_image": float(cyc) / images, "ii_cycles": float(ii), "digest": digest(out),
             "predicted_accuracy": float((predicted[e["id"]].argmax(1) == labels).mean()),
-            "identical_to_software": bool(np.array_equal(out[checked[e["id"]]], predicted[e["id"]][checked[e["id"]]])),
+            "first_differing_image": _first_differing(raw, e["id"], out, predicted[e["id"]], checked[e["id"]]),
             "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
         })
+        e["identical_to_software"] = e["first_differing_image"] is None
         if transients[e["id"]] is not None:
             e["transient"] = transients[e["id"]]
         e["file"] = f"maps/{Path(e['file']).name}"  # relative to the sim folder
@@ -262,6 +263,17 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
             f"on maps {hung}; results with hang flags in {result_path}"
         )
     return result_path
+
+
+def _first_differing(raw, map_id: int, hw: np.ndarray, predicted: np.ndarray, checked: np.ndarray) -> int | None:
+    """The verdict for one map: the testbench's scoreboard's first differing image (``None``: all
+    identical). Transient upsets are judged here instead: only the images that left before the
+    upset or entered after it have a prediction (hw_sim/transient.py)."""
+    if "first_differing" in raw.files and raw["first_differing"][map_id] >= -1 and checked.all():
+        first = int(raw["first_differing"][map_id])
+        return None if first < 0 else first
+    diff = np.flatnonzero((hw != predicted).any(axis=1) & checked)
+    return int(diff[0]) if diff.size else None
 
 
 def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000, seed: int = 0,

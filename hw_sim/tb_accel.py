@@ -176,10 +176,13 @@ class AxiLiteInjector:
 class Scoreboard:
     """Compares hardware outputs with the software prediction, remembering the first mismatch."""
 
-    def __init__(self) -> None:
+    def __init__(self, maps: int) -> None:
         self.first_mismatch: dict | None = None
         self.compared = 0
         self.mismatched_images = 0
+        # The verdict, stored with the raw results: per map the first image whose outputs differ
+        # from the prediction, -1 if none (-2: no prediction to compare with).
+        self.first_differing = np.full(maps, -2, dtype=np.int64)
 
     def check(self, map_id: int, hw: np.ndarray, sw: np.ndarray | None) -> None:
         if sw is None:
@@ -187,6 +190,7 @@ class Scoreboard:
         diff = np.flatnonzero((hw != sw).any(axis=1))
         self.compared += len(hw)
         self.mismatched_images += len(diff)
+        self.first_differing[map_id] = int(diff[0]) if len(diff) else -1
         if len(diff) and self.first_mismatch is None:
             self.first_mismatch = {"map": map_id, "image": int(diff[0])}
 
@@ -327,7 +331,7 @@ async def run_job(dut) -> None:
     injector = BackdoorInjector(dut, memories)
     injector.read_golden(memories)
     axilite = AxiLiteInjector(dut, memories, injector) if job.inject == "axilite" else None
-    scoreboard = Scoreboard()
+    scoreboard = Scoreboard(len(job.maps))
 
     in_ints = words_to_ints(inputs)
     if job.transient_cycle is not None:
@@ -397,7 +401,8 @@ async def run_job(dut) -> None:
         dut._log.info(f"map {m + 1}/{len(map_files)}: {n_images} images, {total_cycles[m]} cycles, "
                       f"{wall[m]:.2f} s")
 
-    np.savez(job.out, outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall)
+    np.savez(job.out, outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall,
+             first_differing=scoreboard.first_differing)
     if predicted is not None and scoreboard.first_mismatch is not None:
         raise AssertionError(f"hardware differs from software prediction: first at {scoreboard.first_mismatch}, "
                              f"{scoreboard.mismatched_images}/{scoreboard.compared} images")

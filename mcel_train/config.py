@@ -7,12 +7,12 @@ value syntax.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcel_train.data import DATASET_NAMES
 from mcel_train.errors import UserInputError
@@ -23,18 +23,6 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 LOGIT_DOMAINS = ("float", "integer")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "seed": 0,
-    "model": None,
-    "data": {"dataset": "fashion_mnist", "data_dir": None, "val_fraction": 0.1, "limit_train": 0},
-    "loss": {"name": "ce", "margin": 32.0, "L": 100.0, "b": 128.0, "warmup_steps": 0, "logits": "float"},
-    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
-    "schedule": {"name": "cosine", "step_size": 5, "gamma": 0.1},
-    "epochs": 10,
-    "batch_size": 128,
-    "fault_training": None,
-}
 
 
 class ConfigError(UserInputError):
@@ -56,25 +44,15 @@ class TrainConfig:
         return str(self.raw["name"])
 
 
-def _merge(base: dict, over: dict, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, val in over.items():
-        where = f"{path}{key}"
-        if key not in base:
-            raise ConfigError(f"unknown config key {where!r}; known keys at this level: {', '.join(base)}")
-        if isinstance(base[key], dict) and isinstance(val, dict):
-            out[key] = _merge(base[key], val, where + ".")
-        else:
-            out[key] = val
-    return out
-
-
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place (value parsed as YAML)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key=value (for example loss.margin=32)")
     key, text = assignment.split("=", 1)
-    value = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML") from None
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:
@@ -106,60 +84,85 @@ def _resolve_model(value: Any) -> ModelSpec:
         raise ConfigError(f"model: {exc}") from None
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal[DATASET_NAMES] = "fashion_mnist"  # type: ignore[valid-type]
+    data_dir: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    limit_train: int = Field(0, ge=0, description="0 = all")
+
+
+class LossConfig(_Section):
+    name: Literal[LOSS_NAMES] = "ce"  # type: ignore[valid-type]
+    margin: float = Field(32.0, ge=0)
+    L: float = Field(100.0, gt=0)
+    b: float = Field(128.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    logits: Literal[LOGIT_DOMAINS] = "float"  # type: ignore[valid-type]
+
+
+class OptimizerConfig(_Section):
+    name: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class ScheduleConfig(_Section):
+    name: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
+    step_size: int = Field(5, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class FaultTrainingConfig(_Section):
+    model: str = "flip"
+    rate: float = Field(ge=0, le=1)
+    seed: int = Field(0, ge=0)
+
+
+class ConfigModel(_Section):
+    """The training config file; ``model`` is resolved separately (a zoo name or a mapping)."""
+
+    name: str = "run"
+    seed: int = Field(0, ge=0)
+    model: Any = None
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    fault_training: FaultTrainingConfig | None = None
+
+
+def config_error(err: ValidationError, source: str = "") -> ConfigError:
+    """The first problem of a validation error as one line naming the field."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{source}unknown config key {where!r} (see the keys in README.md, 'Train')")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return ConfigError(f"{source}{where}: {first['msg']}{shown}")
 
 
 def validate(raw: dict) -> TrainConfig:
-    """Check every field of a merged config and return the resolved :class:`TrainConfig`."""
-    raw = _merge(DEFAULTS, raw)
-    spec = _resolve_model(raw["model"])
-    data, loss, opt, sched = raw["data"], raw["loss"], raw["optimizer"], raw["schedule"]
-    checks = [
-        (_is_int(raw["seed"], 0), f"seed must be an integer >= 0, got {raw['seed']!r}"),
-        (data["dataset"] in DATASET_NAMES, _choice("data.dataset", DATASET_NAMES, data["dataset"])),
-        (_is_number(data["val_fraction"]) and 0 < data["val_fraction"] < 1,
-         f"data.val_fraction must be in (0, 1), got {data['val_fraction']!r}"),
-        (_is_int(data["limit_train"], 0), "data.limit_train must be an integer >= 0 (0 = all)"),
-        (loss["name"] in LOSS_NAMES, _choice("loss.name", LOSS_NAMES, loss["name"])),
-        (_is_number(loss["margin"]) and loss["margin"] >= 0,
-         f"loss.margin must be a number >= 0, got {loss['margin']!r}"),
-        (_is_number(loss["L"]) and loss["L"] > 0, f"loss.L must be a number > 0, got {loss['L']!r}"),
-        (_is_number(loss["b"]) and loss["b"] > 0, f"loss.b must be a number > 0, got {loss['b']!r}"),
-        (_is_int(loss["warmup_steps"], 0), "loss.warmup_steps must be an integer >= 0"),
-        (loss["logits"] in LOGIT_DOMAINS, _choice("loss.logits", LOGIT_DOMAINS, loss["logits"])),
-        (opt["name"] in OPTIMIZERS, _choice("optimizer.name", OPTIMIZERS, opt["name"])),
-        (_is_number(opt["lr"]) and opt["lr"] > 0, f"optimizer.lr must be a number > 0, got {opt['lr']!r}"),
-        (_is_number(opt["weight_decay"]) and opt["weight_decay"] >= 0, "optimizer.weight_decay must be >= 0"),
-        (sched["name"] in SCHEDULES, _choice("schedule.name", SCHEDULES, sched["name"])),
-        (_is_int(raw["epochs"], 1), f"epochs must be an integer >= 1, got {raw['epochs']!r}"),
-        (_is_int(raw["batch_size"], 1), f"batch_size must be an integer >= 1, got {raw['batch_size']!r}"),
-    ]
-    for ok, message in checks:
-        _check(ok, message)
-    ft = raw["fault_training"]
-    if ft is not None:
-        _check(isinstance(ft, dict) and set(ft) <= {"model", "rate", "seed"},
-               "fault_training must be a mapping with keys model, rate[, seed]")
-        _check(_is_number(ft.get("rate")) and 0 <= ft["rate"] <= 1,
-               f"fault_training.rate must be in [0, 1], got {ft.get('rate')!r}")
-    if data["dataset"] == "digits" and tuple(spec.image_shape) != (8, 8):
+    """Check every field of a config mapping and return the resolved :class:`TrainConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping of keys to values")
+    try:
+        cfg = ConfigModel.model_validate(raw)
+    except ValidationError as err:
+        raise config_error(err) from None
+    spec = _resolve_model(cfg.model)
+    if cfg.data.dataset == "digits" and tuple(spec.image_shape) != (8, 8):
         spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": [8, 8]})
-    raw["model"] = spec.to_dict()
-    return TrainConfig(raw=raw, model=spec)
-
-
-def _is_int(x: Any, minimum: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
-
-
-def _choice(key: str, allowed: tuple[str, ...], got: Any) -> str:
-    return f"{key} must be one of {', '.join(allowed)}, got {got!r}"
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    resolved = cfg.model_dump()
+    resolved["model"] = spec.to_dict()
+    return TrainConfig(raw=resolved, model=spec)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -167,8 +170,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; a config is YAML (see flows/configs/)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{path} is not valid YAML: {problem}{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     raw.setdefault("name", path.stem)

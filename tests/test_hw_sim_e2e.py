@@ -137,7 +137,7 @@ def test_make_flow_writes_results_xml_and_identical_outputs(smoke_build):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(["make", "-C", str(root / "hw_sim"), f"RUN={smoke_build}", "BER=0,0.02", "MAPS=2",
+    proc = subprocess.run(["make", "-C", str(root / "hw_sim"), f"RUN={smoke_build}", "BER=0,0.02", "MAPS=2", "FORCE=1",
                            "SEED=4", "IMAGES=30"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = (smoke_build / "sim" / "make" / "results.xml").read_text()
