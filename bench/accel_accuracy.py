@@ -45,7 +45,7 @@ def check(run: Path) -> dict:
     sw_pred = predicted_classes(logits, scale)
     hw_pred = hw.argmax(1)
     return {
-        "run": str(run), "images": len(labels), "accelerator_accuracy": float((hw_pred == labels).mean()),
+        "run": run.name, "images": len(labels), "accelerator_accuracy": float((hw_pred == labels).mean()),
         "brevitas_accuracy": float((sw_pred == labels).mean()),
         "predictions_identical": int((hw_pred == sw_pred).sum()),
         "integer_logits_identical": int(np.all(np.abs(hw - np.round((logits / scale).numpy())) < 1e-6, axis=1).sum()),

@@ -131,3 +131,33 @@ def test_fault_maps_in_the_rtl_equal_software(cnn_runs, name, inject):
     hw = np.load(run / "sim" / "hw_outputs.npz")["outputs"]
     assert any(not np.array_equal(hw[m["id"]], hw[0]) for m in record["maps"] if m["rate"] == 0.03)
     assert compare_run(run)["identical"]
+
+
+@pytest.mark.parametrize("name", ["vgg3_w2a2", "cnv_w1a1_u8"])
+def test_weight_and_threshold_faults_without_a_clean_rate(cnn_runs, name):
+    """``--memories all`` with no rate 0 in the list, two simulator processes: FINN's
+    Thresholding_rtl (vgg3) and the thresholds embedded in BinMVAU (cnv) hold faults too."""
+    from hw_sim.sim import run_sim
+
+    run, _ = cnn_runs[(name, "fast")]
+    record = json.loads(run_sim(run, [0.01, 0.03], maps=3, images=40, seed=4, memories="all", force=True,
+                                jobs=2).read_text())
+    assert record["simulator_processes"] == 2 and len(record["maps"]) == 6
+    assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
+    from mcel_train.faults.faultmap import FaultMap
+    from mcel_train.manifest import load_manifest
+
+    thresholds = set(load_manifest(run / "build").thresholds)
+    hit = {FaultMap.load(run / "sim" / m["file"]).memory_names[i] for m in record["maps"]
+           for i in np.unique(FaultMap.load(run / "sim" / m["file"]).memory)}
+    assert hit & thresholds, "no map put a fault into a threshold memory"
+
+
+def test_transient_upset_in_a_cnn(cnn_runs):
+    from hw_sim.sim import run_sim
+
+    run, _ = cnn_runs[("vgg3_w2a2", "fast")]
+    record = json.loads(run_sim(run, [0.03], maps=2, images=30, seed=6, transient_cycle=200, force=True,
+                                jobs=1).read_text())
+    assert all(m["identical_to_software"] for m in record["maps"])
+    assert all(m["transient"]["images_after"] > 5 for m in record["maps"])

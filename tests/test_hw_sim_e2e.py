@@ -59,9 +59,37 @@ def test_binarized_and_2bit_backdoor_and_axilite(build, inject, request):
 
 @pytest.mark.slow
 def test_watchdog_reports_a_hang(smoke_build, tmp_path):
-    # A watchdog shorter than the pipeline latency must end as a reported hang, not a stuck run.
-    with pytest.raises(Exception, match="hang"):
+    """A watchdog shorter than the pipeline latency must end as a reported hang (its own error
+    type, and ``hang: true`` in hw_ber.json), not a stuck run or some other failure."""
+    from hw_sim.sim import SimulationHangError
+
+    with pytest.raises(SimulationHangError, match="hang"):
         run_sim(smoke_build, [0.0], maps=1, images=4, seed=0, force=True, watchdog_cycles=3)
+    record = json.loads((smoke_build / "sim" / "hw_ber.json").read_text())
+    assert [m["hang"] for m in record["maps"]] == [True]
+
+
+@pytest.mark.slow
+def test_mismatch_detector_fires(smoke_build, monkeypatch, capsys):
+    """A software prediction that is wrong on one image of one map (a fault the software is not
+    told about): the testbench records it, `mcel compare` exits 1 naming map, memory and image."""
+    from hw_sim import predict
+
+    real = predict.fast_predict
+
+    def wrong_on_one_image(build_dir, x, maps, **kw):
+        out = real(build_dir, x, maps, **kw)
+        out[3, 7, 0] += 1  # map 3, image 7 (maps 1 and 2 are cross-checked against FINN)
+        return out
+
+    monkeypatch.setattr(predict, "fast_predict", wrong_on_one_image)
+    record = json.loads(run_sim(smoke_build, [0.0, 0.02], maps=3, images=20, seed=5, force=True,
+                                jobs=1).read_text())
+    assert [m["identical_to_software"] for m in record["maps"]] == [True, True, True, False]
+    assert record["maps"][3]["first_differing_image"] == 7
+    assert main(["compare", str(smoke_build)]) == 1
+    out = capsys.readouterr().out
+    assert "'map': 3" in out and "'image': 7" in out and "MVAU_rtl_" in out
 
 
 def test_no_build_is_a_clear_error(smoke_run, tmp_path, capsys):
