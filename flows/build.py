@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qonnx.core.modelwrapper import ModelWrapper
 
 from flows.export import QONNX_FILE, check_export, export_qonnx_model, torch_logits
 from flows.finn_env import init_finn
@@ -33,7 +32,7 @@ from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
 from flows.stitch import stitch
 from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
-from mcel_train.finn_graph import BUILD_RECORD, output_of
+from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
 from mcel_train.runio import load_run
 from mcel_train.stage import atomic_stage, check_writable
@@ -171,19 +170,19 @@ def build_run(
         fold_dict = load_folding(Path(folding))
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
+    graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work
     with atomic_stage(target, force) as build_dir:
-        record = _build(run_dir, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
+        record = _build(graph, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
                         n_step_check, runtime_writeable)
     return record
 
 
-def _build(run_dir: Path, build_dir: Path, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
+def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
            n_step_check, runtime_writeable) -> dict:
     """The build proper, into ``build_dir`` (a temporary folder renamed into place by the caller)."""
     model, spec = run.model, run.spec
     t_start = time.perf_counter()
     times: dict[str, float] = {}
-    qonnx_path = run_dir / "export" / QONNX_FILE
     n_inputs = max(n_verify, n_step_check)
     x, labels = run.test_inputs(n_inputs)
     options = FlowOptions(
@@ -193,7 +192,7 @@ def _build(run_dir: Path, build_dir: Path, run, folding, fold_dict, target_cycle
     )
     init_finn(build_dir / "finn")
     t0 = time.perf_counter()
-    dataflow, state = run_steps(ModelWrapper(str(qonnx_path)), options, build_dir / "steps")
+    dataflow, state = run_steps(graph, options, build_dir / "steps")
     dataflow.save(str(build_dir / DATAFLOW_FILE))
     times["finn_steps"] = time.perf_counter() - t0
 

@@ -24,13 +24,21 @@ COMMAND_MODULES = (commands_train, commands_faults, commands_experiment, build_c
                    campaign_commands, sim_commands)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag or value is one ``error:`` line (naming the flag and where the
+    help is), exit 2, like every other error the user can fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mcel",
         description="Bit-error tolerance of quantized networks: train (MCEL), build (FINN), simulate (cocotb).",
     )
     parser.add_argument("--debug", action="store_true", help="show a traceback for every error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for module in COMMAND_MODULES:
         module.add_parsers(sub)
     return parser

@@ -91,7 +91,10 @@ def fashion_mnist_candidates(data_dir: str | os.PathLike | None = None) -> list[
     explicit = data_dir if data_dir is not None else os.environ.get("MCEL_DATA_DIR")
     if explicit:
         root = Path(explicit)
-        candidates += [root, root / "FashionMNIST" / "raw"]
+        if not root.is_dir():  # never fall back silently to another copy of the dataset
+            source = "--data-dir / data.data_dir" if data_dir is not None else "MCEL_DATA_DIR"
+            raise DatasetNotFoundError(f"{source} points at {root}, which is not a folder; fix it or leave it unset")
+        return [root, root / "FashionMNIST" / "raw"]
     candidates.append(DEBIAN_FASHION_MNIST)
     torchvision_root = os.environ.get("TORCHVISION_ROOT", str(Path.home() / ".torch" / "data"))
     for root in (Path(torchvision_root), Path("data")):

@@ -13,7 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
+from mcel_train.errors import ArtifactError
+
 BUILD_RECORD = "build.json"
+
+
+def load_graph(path: str | Path):
+    """An ONNX graph as FINN's ``ModelWrapper``; a truncated or foreign file is one clear error."""
+    from google.protobuf.message import DecodeError
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found")
+    try:
+        return ModelWrapper(str(path))
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX graph ({str(exc)[:120]}); "
+                            "export or build the run again with --force") from None
 
 
 def dataflow_graph_path(build_dir: str | Path) -> Path:
@@ -29,10 +46,10 @@ def dataflow_graph_path(build_dir: str | Path) -> Path:
     except FileNotFoundError:
         raise FileNotFoundError(f"{record_path} not found: run `mcel build` for this run first") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{record_path} is not valid JSON ({exc}); rebuild with `mcel build --force`") from None
+        raise ArtifactError(f"{record_path} is not valid JSON ({exc}); rebuild with `mcel build --force`") from None
     rel = record.get("dataflow_model")
     if not rel:
-        raise ValueError(f"{record_path} names no dataflow_model; rebuild with `mcel build --force`")
+        raise ArtifactError(f"{record_path} names no dataflow_model; rebuild with `mcel build --force`")
     path = build_dir / rel
     if not path.is_file():
         raise FileNotFoundError(f"{path} (the build's dataflow graph) is missing; rebuild with `mcel build --force`")

@@ -307,10 +307,14 @@ class SearchThresholdPostOp(PostOp):
 
 @dataclass(frozen=True)
 class ConvGeometry:
+    """A convolution's shape. ``weight_hwc``: the flattened weight columns are in FINN's im2col
+    order ``(kh, kw, ic)`` (a build's memories) instead of torch's ``(ic, kh, kw)``."""
+
     in_channels: int
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    weight_hwc: bool = False
 
 
 @dataclass
@@ -325,6 +329,9 @@ class IntLayer:
     conv: ConvGeometry | None = None
     pool: int = 0
     flatten_before: bool = False
+    # the flattened feature map's order in the weight columns: "chw" (torch) or "hwc" (FINN's
+    # RemoveCNVtoFCFlatten, a build's first FC layer after convolutions)
+    flatten_order: str = "chw"
 
     @property
     def bipolar(self) -> bool:
@@ -346,7 +353,10 @@ class IntLayer:
             return torch.matmul(h, w.transpose(1, 2))
         g = self.conv
         m, out = w.shape[0], w.shape[1]
-        kw = w.reshape(m * out, g.in_channels, *g.kernel)
+        if g.weight_hwc:
+            kw = w.reshape(m * out, *g.kernel, g.in_channels).permute(0, 3, 1, 2)
+        else:
+            kw = w.reshape(m * out, g.in_channels, *g.kernel)
         return F.conv2d(h, kw, stride=g.stride, padding=g.padding, groups=1 if shared else m)
 
 
@@ -415,6 +425,8 @@ class IntNetwork:
         if prepared is None:
             in_max = float(x.abs().max()) if max_abs_input is None else float(max_abs_input)
             prepared = self.prepare(weights, in_max)
+        if self.layers[0].conv is not None and x.dim() == 2:  # flat images (MLP-style callers)
+            x = x.reshape(x.shape[0], *self.input_shape)
         if all(layer.conv is None and not layer.pool for layer in self.layers):
             if first_acc is not None and not first_acc_channels_first:
                 first_acc = first_acc.transpose(1, 2)
@@ -438,7 +450,10 @@ class IntNetwork:
         shared = True
         for layer, w in zip(self.layers, prepared, strict=True):
             if layer.flatten_before:
-                h = h.reshape(n, m, -1).transpose(0, 1) if not shared else h.flatten(1)
+                groups = 1 if shared else m
+                if layer.flatten_order == "hwc":  # (N, G*C, H, W) -> (N, G, H, W, C): NHWC per map
+                    h = h.reshape(n, groups, -1, *h.shape[2:]).permute(0, 1, 3, 4, 2)
+                h = h.reshape(n, groups, -1).transpose(0, 1) if not shared else h.reshape(n, -1)
             if first_acc is not None and layer is self.layers[0]:
                 acc = first_acc.to(w.dtype)
                 if layer.conv is not None:  # given maps-major (M, N, out, H, W)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcel_train.finn_graph import dataflow_graph_path
+from mcel_train.finn_graph import dataflow_graph_path, load_graph
 from mcel_train.intnet import (
     ConvGeometry,
     IdentityPostOp,
@@ -126,12 +126,11 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     ``Thresholding_rtl`` or embedded); the last layer has none, so its accumulators are the
     network's integer outputs.
     """
-    from qonnx.core.modelwrapper import ModelWrapper
 
     build_dir = Path(build_dir)
     manifest = load_manifest(build_dir)
     weight_entries = {m.layer: m for m in manifest.weights.values()}
-    model = ModelWrapper(str(dataflow_graph_path(build_dir)))
+    model = load_graph(dataflow_graph_path(build_dir))
     layers: list[IntLayer] = []
     pending: list[PostOp | None] = []
     threshold_owners: dict[str, dict] = {}  # threshold-memory layer -> how to rebuild its post-op

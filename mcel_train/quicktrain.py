@@ -17,13 +17,13 @@ import yaml
 from torch import nn
 
 from mcel_train.data import Dataset, encode_inputs
-from mcel_train.models import ModelSpec, build_model
+from mcel_train.models import CONV_ARCHS, ModelSpec, build_model
 
 
 def model_inputs(images: np.ndarray, spec: ModelSpec) -> torch.Tensor:
     """Images -> the model's integer input tensor (flat for MLPs, ``(N, 1, H, W)`` for CNNs)."""
     x = encode_inputs(images, spec.input_kind)
-    return x if spec.arch == "vgg3" else x.flatten(1)
+    return x if spec.arch in CONV_ARCHS else x.flatten(1)
 
 
 def quick_train(

@@ -50,7 +50,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     for p in (cfg_path, weights):
         if not p.is_file():
             raise RunError(f"{p} not found: run the training stage for {run_dir} first")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise RunError(f"{cfg_path} is not a readable YAML config; train the run again") from None
     if not isinstance(cfg.get("model"), dict):
         raise RunError(f"{cfg_path}: no 'model:' mapping")
     dataset = (cfg.get("data") or {}).get("dataset")
@@ -58,5 +61,11 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         raise RunError(f"{cfg_path}: no data.dataset")
     spec = ModelSpec.from_dict(cfg["model"])
     model = build_model(spec)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); "
+                       f"train it again (mcel train ... --out {run_dir})") from None
     return TrainedRun(run_dir, spec, model.eval(), str(dataset), cfg)

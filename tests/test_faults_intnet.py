@@ -103,7 +103,7 @@ def test_finn_layout_memories_plug_in(trained):
         mems.append(Memory(f"MVAU_{i}", rows, cols, layer.weight_bits, pe=pe, simd=simd,
                            layout="finn_mvau", bipolar=layer.bipolar, layer_index=i))
     if net.layers[0].conv is not None:  # FINN's (kh, kw, ch) column order: refused, not guessed
-        with pytest.raises(NotImplementedError, match="column order"):
+        with pytest.raises(ValueError, match="FINN.s order"):
             MapEvaluator(net, x, labels, memories=mems)
         return
     maps = [generate_map(mems, "flip", 0.02, 0, i) for i in range(3)]

@@ -162,9 +162,9 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
     spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
     campaign_dir = Path(out) if out else default_dir(spec)
+    if workers is not None and workers < 1:  # 0 is not "every core": that is the default (no flag)
+        raise UserInputError(f"--workers must be >= 1 (leave it out for one per core), got {workers}")
     workers = workers or os.cpu_count() or 1
-    if workers < 1:
-        raise UserInputError(f"--workers must be >= 1, got {workers}")
     db = campaign_dir / "results.sqlite"
     if db.exists() and not resume:
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "

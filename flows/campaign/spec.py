@@ -33,6 +33,7 @@ import yaml
 
 from mcel_train.config import ConfigError, apply_override, validate
 from mcel_train.errors import UserInputError
+from mcel_train.faults.generate import FaultModel
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TOP_KEYS = {"name", "seed", "train", "grid", "software", "hardware", "retries", "timeout_s"}
@@ -172,8 +173,6 @@ def _software(value: Any) -> dict:
     fms = sw.get("fault_models", ["flip"])
     if not isinstance(fms, list) or not fms:
         _fail("software.fault_models", f"must be a non-empty list, got {fms!r}")
-    from mcel_train.faults.generate import FaultModel
-
     for fm in fms:
         try:
             FaultModel.parse(fm)
@@ -196,6 +195,10 @@ def _hardware(value: Any) -> dict | None:
     folding = hw.get("folding", "auto")
     if not isinstance(folding, (str, dict)):
         _fail("hardware.folding", f"must be 'auto', a JSON path or a mapping, got {folding!r}")
+    try:  # checked now, not after training and building
+        FaultModel.parse(str(hw.get("fault_model", "flip")))
+    except ValueError as exc:
+        _fail("hardware.fault_model", str(exc))
     return {"ber": _rates(hw["ber"], "hardware.ber"), "maps": _int(hw["maps"], "hardware.maps", 1),
             "images": _int(hw["images"], "hardware.images", 1), "inject": inject,
             "seed": _int(hw.get("seed", 0), "hardware.seed", 0),

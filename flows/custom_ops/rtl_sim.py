@@ -11,11 +11,11 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 RTL_DIR = Path(__file__).resolve().parents[2] / "rtl"
 # sources of each top-level module, dependencies first
 BIN_MVAU_RTL = ("param_mem", "axil_mem_port", "bin_mvau")
-LABEL_SELECT_RTL = ("label_select",)
 MAX_POOL_RTL = ("max_pool",)
 
 
@@ -63,9 +63,9 @@ def run(runner, toplevel: str, test_module: str, test_dir, extra_env: dict | Non
         testcase: str | None = None, seed: int = 1, module_dir=None) -> Path:
     """Run cocotb tests of ``test_module`` against a built model; returns the results.xml path.
     ``module_dir`` is put on the simulator's Python path (the runner passes on sys.path).
-    Raises if any cocotb test failed."""
-    from cocotb_tools.check_results import get_results
-
+    Raises if any cocotb test failed, if no test ran at all (a misspelt module or ``testcase``
+    otherwise passes silently: cocotb only warns when its filter leaves nothing), or if a named
+    ``testcase`` is not among those that ran."""
     _prepare_env()
     if module_dir is not None and str(module_dir) not in sys.path:
         sys.path.insert(0, str(module_dir))
@@ -81,7 +81,31 @@ def run(runner, toplevel: str, test_module: str, test_dir, extra_env: dict | Non
         seed=seed,
         results_xml=str(test_dir / "results.xml"),
     )
-    ntests, nfail = get_results(Path(results))
+    ran, nfail = ran_tests(Path(results))
     if nfail:
-        raise AssertionError(f"{nfail} of {ntests} cocotb tests failed, see {results}")
+        raise AssertionError(f"{nfail} of {len(ran) + nfail} cocotb tests failed, see {results}")
+    if not ran:
+        raise AssertionError(f"no cocotb test of {test_module} ran"
+                             + (f" (testcase {testcase!r})" if testcase else "") + f", see {results}")
+    if testcase is not None:
+        wanted = [testcase] if isinstance(testcase, str) else list(testcase)
+        names = [n.strip() for w in wanted for n in str(w).split(",") if n.strip()]
+        missing = [n for n in names if n not in ran]
+        if missing:
+            raise AssertionError(f"cocotb testcase(s) {missing} of {test_module} did not run "
+                                 f"(ran: {sorted(ran)}), see {results}")
     return Path(results)
+
+
+def ran_tests(results: Path) -> tuple[set[str], int]:
+    """Names of the cocotb tests that ran (skipped ones excluded) and the number that failed,
+    read from a results.xml (JUnit format, one ``testcase`` element per test)."""
+    if not results.is_file():
+        raise AssertionError(f"simulation ended without writing {results}")
+    ran, nfail = set(), 0
+    for tc in ElementTree.parse(results).getroot().iter("testcase"):
+        if tc.find("failure") is not None or tc.find("error") is not None:
+            nfail += 1
+        elif tc.find("skipped") is None:
+            ran.add(tc.get("name", ""))
+    return ran, nfail
