@@ -19,7 +19,7 @@ import numpy as np
 
 from hw_sim.injection import check_map_fits, faulty_words
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.finn_graph import dataflow_graph_path, output_of
+from mcel_train.finn_graph import dataflow_graph_path, load_graph, output_of
 from mcel_train.manifest import Manifest, load_manifest
 from mcel_train.memory import decode_bin_mvau_thresholds, decode_mvau, decode_thresholds
 
@@ -90,11 +90,10 @@ def faulty_matrices(manifest: Manifest, fmap: FaultMap | None,
 
 def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]) -> np.ndarray:
     """``(M, N, outputs)`` integer outputs by FINN's Python execution of each faulty graph."""
-    from qonnx.core.modelwrapper import ModelWrapper
 
     build_dir = Path(build_dir)
     manifest = load_manifest(build_dir)
-    model = ModelWrapper(str(dataflow_graph_path(build_dir)))
+    model = load_graph(dataflow_graph_path(build_dir))
     thr_names = set(manifest.thresholds)
     if any(len(split_map(m, thr_names)[1]) for m in maps if m is not None):
         raise ValueError("finn_predict: FINN's Python execution counts thresholds (MultiThreshold) while "
