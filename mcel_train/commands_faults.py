@@ -29,19 +29,17 @@ def _rates(text: str) -> list[float]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mcel_train.faults import FaultMapError, FaultModelError
-    from mcel_train.memory import MemoryLayoutError
-    from mcel_train.runio import RunError
     from mcel_train.sweep import run_sweep
 
-    try:
-        rec = run_sweep(
-            args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
-            force=args.force, manifest=args.manifest, map_batch=args.map_batch,
-            progress=not args.quiet, compile_post=args.compile, test_images=args.test_images,
-        )
-    except (FaultModelError, FaultMapError, MemoryLayoutError, RunError) as err:
-        raise UserInputError(str(err)) from err
+    for flag, value, low in (("--maps", args.maps, 1), ("--seed", args.seed, 0), ("--map-batch", args.map_batch, 1),
+                             ("--test-images", args.test_images, 0)):
+        if value < low:
+            raise UserInputError(f"{flag} must be an integer >= {low}, got {value}")
+    rec = run_sweep(
+        args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
+        force=args.force, manifest=args.manifest, map_batch=args.map_batch,
+        progress=not args.quiet, compile_post=args.compile, test_images=args.test_images,
+    )
     print(f"clean accuracy {rec['clean_accuracy']:.4f} ({rec['n_test']} test images)")
     for r in rec["results"]:
         ci = r["ci95"] or [r["mean"], r["mean"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); "
                        f"train it again (mcel train ... --out {run_dir})") from None

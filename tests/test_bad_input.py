@@ -1,0 +1,156 @@
+"""Bad input, table-driven: every case is one ``error:`` line naming the field, file or flag,
+exit status 2, and not one file under the run folder created, changed or removed.
+
+Each case works on its own copy of a small trained run (and, where the case needs one, a fake
+build folder holding only the artifact under test), hashes every file, runs the command in
+process, and hashes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tests.conftest import CONFIGS
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()} | \
+           {str(p.relative_to(root)) + "/": "dir" for p in sorted(root.rglob("*")) if p.is_dir()}
+
+
+def _write(rel: str, data: bytes | str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return setup
+
+
+def _truncate(rel: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        path = root / rel
+        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
+    return setup
+
+
+def _manifest(**change) -> Callable[[Path], None]:
+    """A fake build holding a manifest (valid JSON) with fields changed."""
+    base = {"version": 2, "top": "accel_top", "top_file": "hdl/accel_top.sv", "filelist": "hdl/filelist.f",
+            "clock": "ap_clk", "reset": "ap_rst_n", "nodes": [], "memories": [],
+            "streams": {"input": {"tdata_bits": 8, "datatype": "UINT8", "element_bits": 8, "elements": 64,
+                                  "elements_per_beat": 1, "beats_per_image": 64, "shape": [1, 64]},
+                        "output": {"tdata_bits": 16, "datatype": "INT16", "element_bits": 16, "elements": 10,
+                                   "elements_per_beat": 1, "beats_per_image": 10, "shape": [1, 10]}}}
+    return _write("build/manifest.json", json.dumps({**base, **change}))
+
+
+def _config(text: str) -> Callable[[Path], None]:
+    return _write("cfg.yaml", text)
+
+
+SMOKE = str(CONFIGS / "smoke_digits.yaml")
+CAMPAIGN = "name: c\ngrid: {models: [tfc_w2a2], losses: [ce], seeds: [0]}\nsoftware: {ber: [0], maps: 2}\n"
+
+# (id, argv with {run} = the case's run folder, setup, expected text in the message)
+CASES = [
+    # train: configs and overrides
+    ("train-missing-config", ["train", "{run}/none.yaml", "--out", "{run}/new"], None, "does not exist"),
+    ("train-section-not-mapping", ["train", "{run}/cfg.yaml", "--out", "{run}/new"], _config("model: tfc_w2a2\ndata: 5\n"), "data"),
+    ("train-malformed-yaml", ["train", "{run}/cfg.yaml", "--out", "{run}/new"], _config("model: [tfc\n  a: b\n"), "not valid YAML"),
+    ("train-binary-config", ["train", "{run}/cfg.yaml", "--out", "{run}/new"], _write("cfg.yaml", bytes(range(256))), "not a text file"),
+    ("train-top-level-list", ["train", "{run}/cfg.yaml", "--out", "{run}/new"], _config("- 1\n- 2\n"), "mapping"),
+    ("train-momentum-abc", ["train", SMOKE, "--set", "optimizer.momentum=abc", "--out", "{run}/new"], None, "optimizer.momentum"),
+    ("train-step-size-negative", ["train", SMOKE, "--set", "schedule.step_size=-1", "--out", "{run}/new"], None, "schedule.step_size"),
+    ("train-unknown-key", ["train", SMOKE, "--set", "colour=3", "--out", "{run}/new"], None, "colour"),
+    ("train-unknown-loss", ["train", SMOKE, "--set", "loss.name=foo", "--out", "{run}/new"], None, "loss.name"),
+    ("train-unknown-model", ["train", SMOKE, "--set", "model=tfc_w9a9", "--out", "{run}/new"], None, "model"),
+    ("train-zero-epochs", ["train", SMOKE, "--set", "epochs=0", "--out", "{run}/new"], None, "epochs"),
+    ("train-bad-batch", ["train", SMOKE, "--set", "batch_size=abc", "--out", "{run}/new"], None, "batch_size"),
+    ("train-bad-override-yaml", ["train", SMOKE, "--set", "loss.margin=[1", "--out", "{run}/new"], None, "loss.margin"),
+    ("train-override-no-equals", ["train", SMOKE, "--set", "epochs", "--out", "{run}/new"], None, "key=value"),
+    ("train-fault-rate", ["train", SMOKE, "--set", "fault_training={rate: 2}", "--out", "{run}/new"], None, "fault_training.rate"),
+    ("train-val-fraction", ["train", SMOKE, "--set", "data.val_fraction=2", "--out", "{run}/new"], None, "data.val_fraction"),
+    ("train-missing-data-dir", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set", "data.data_dir=/nonexistent/x",
+                                "--out", "{run}/new"], None, "/nonexistent/x"),
+    ("train-existing-run", ["train", SMOKE, "--out", "{run}"], None, "exists"),
+    # export
+    ("export-no-train", ["export", "{run}/empty"], _write("empty/.keep", ""), "not found"),
+    ("export-truncated-weights", ["export", "{run}"], _truncate("train/model.pt"), "model.pt"),
+    ("export-non-zip-weights", ["export", "{run}"], _write("train/model.pt", "not a zip"), "model.pt"),
+    ("export-broken-run-config", ["export", "{run}"], _write("train/config.yaml", "model: [x\n"), "config.yaml"),
+    ("export-existing", ["export", "{run}"], _write("export/model.qonnx.onnx", "x"), "--force"),
+    # build
+    ("build-truncated-onnx", ["build", "{run}"], _write("export/model.qonnx.onnx", b"\x08\x07garbage"), "ONNX"),
+    ("build-existing", ["build", "{run}"], _write("build/build.json", "{}"), "--force"),
+    ("build-bad-part-flag", ["build", "{run}", "--target-cycles", "x"], None, "--target-cycles"),
+    # sweep
+    ("sweep-rate-out-of-range", ["sweep", "{run}", "--ber", "2"], None, "[0, 1]"),
+    ("sweep-zero-maps", ["sweep", "{run}", "--maps", "0"], None, "--maps"),
+    ("sweep-bad-fault-model", ["sweep", "{run}", "--fault-model", "zap"], None, "zap"),
+    ("sweep-negative-seed", ["sweep", "{run}", "--seed", "-1"], None, "--seed"),
+    ("sweep-no-train", ["sweep", "{run}/empty"], _write("empty/.keep", ""), "not found"),
+    # sim: every argument is checked before the build (or its absence) is looked at
+    ("sim-negative-seed", ["sim", "{run}", "--seed", "-1"], None, "--seed"),
+    ("sim-zero-maps", ["sim", "{run}", "--maps", "0"], None, "--maps"),
+    ("sim-zero-images", ["sim", "{run}", "--images", "0"], None, "--images"),
+    ("sim-rate-out-of-range", ["sim", "{run}", "--ber", "1.5"], None, "--ber"),
+    ("sim-rate-not-a-number", ["sim", "{run}", "--ber", "abc"], None, "--ber"),
+    ("sim-bad-fault-model", ["sim", "{run}", "--fault-model", "zap"], None, "zap"),
+    ("sim-negative-jobs", ["sim", "{run}", "--jobs", "-1"], None, "--jobs"),
+    ("sim-negative-transient", ["sim", "{run}", "--transient-cycle", "-5"], None, "--transient-cycle"),
+    ("sim-axilite-thresholds", ["sim", "{run}", "--inject", "axilite", "--memories", "all"], None, "axilite"),
+    ("sim-unknown-inject", ["sim", "{run}", "--inject", "jtag"], None, "--inject"),
+    ("sim-no-build", ["sim", "{run}"], None, "has no build"),
+    ("sim-truncated-manifest", ["sim", "{run}"], lambda r: (_manifest()(r), _truncate("build/manifest.json")(r)),
+     "manifest.json"),
+    ("sim-old-manifest", ["sim", "{run}"], _manifest(version=1), "version"),
+    ("sim-manifest-bad-field", ["sim", "{run}"], _manifest(memories=5), "memories"),
+    ("sim-existing-result-bad-arg-first", ["sim", "{run}", "--seed", "-1"], _write("sim/hw_ber.json", "{}"), "--seed"),
+    # compare, plot, campaign, report
+    ("compare-no-sim", ["compare", "{run}"], None, "hw_ber.json"),
+    ("plot-no-sweep", ["plot", "{run}", "-o", "{run}/x.png"], None, "sw_ber.json"),
+    ("campaign-missing-file", ["campaign", "{run}/none.yaml", "--out", "{run}/c"], None, "none.yaml"),
+    ("campaign-zero-workers", ["campaign", "{run}/c.yaml", "--workers", "0", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN), "--workers"),
+    ("campaign-bad-hardware-fault-model", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, fault_model: zap}\n"), "hardware.fault_model"),
+    ("report-not-a-campaign", ["report", "{run}"], None, "campaign"),
+    ("unknown-command", ["frobnicate"], None, "frobnicate"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+
+    run = tmp_path_factory.mktemp("bad") / "run"
+    run_train(load_config(SMOKE, ["epochs=1"]), run, show_progress=False)
+    return run
+
+
+@pytest.mark.parametrize("case, argv, setup, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(trained, tmp_path, capsys, case, argv, setup, expected):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    if setup is not None:
+        setup(run)
+    before = _tree(tmp_path)
+    try:
+        code = main([a.replace("{run}", str(run)) for a in argv])
+    except SystemExit as exc:  # argparse's errors (one line too: flows/cli.py's OneLineParser)
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, f"{case}: exit {code}, stderr {err!r}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{case}: {err!r}"
+    assert expected in lines[0], f"{case}: {lines[0]!r} does not name {expected!r}"
+    assert _tree(tmp_path) == before, f"{case}: files changed"
