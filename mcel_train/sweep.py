@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
-from tqdm import tqdm
 
 from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, tied_images
@@ -93,7 +92,7 @@ def run_sweep(
         generate_map(memories, fm, rate, seed, 0, bits=bits)
 
     results = []
-    bar = tqdm(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
+    bar = progress(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
                disable=not progress)
     for rate in bers:
         accs = np.empty(maps)
