@@ -229,6 +229,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
         "clk_ns": clk_ns, "dataflow_model": DATAFLOW_FILE,
         "folding_request": folding if isinstance(folding, (dict, str)) else Path(folding).name,
         "target_cycles": target_cycles, "folding": folding_of(dataflow),
+        "default_folding": state.default_folding,
         "runtime_writeable": runtime_writeable,
         "decisions": {**DECISIONS, "runtime_writeable_weights": RUNTIME_WRITEABLE[
             runtime_writeable]}, "steps": state.records,

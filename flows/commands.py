@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mcel_train.errors import UserInputError
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export the trained model to QONNX and check it against torch")
@@ -17,7 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="compile with FINN into a stitched RTL accelerator (Verilator)")
     b.add_argument("run", help="run folder (runs/NAME) with a train/ stage")
     b.add_argument("--folding", default="auto", help="'auto' or a JSON file of PE/SIMD per layer")
-    b.add_argument("--target-cycles", type=int, default=None, help="cycles per image for --folding auto")
+    b.add_argument("--target-cycles", type=int, default=None,
+                   help="cycles per image for --folding auto (default: the most parallel folding "
+                   "that fits the part by FINN's estimates)")
     b.add_argument("--part", default=None, help="FPGA part for FINN's estimates (default xczu3eg)")
     b.add_argument("--verify-images", type=int, default=200, help="images checked RTL == FINN == torch")
     b.add_argument("--runtime-writeable", action="store_true",
@@ -42,7 +46,19 @@ def cmd_build(args: argparse.Namespace) -> int:
               "force": args.force, "runtime_writeable": args.runtime_writeable}
     if args.part:
         kwargs["part"] = args.part
+    if args.target_cycles is not None and args.target_cycles < 1:
+        raise UserInputError(f"--target-cycles must be >= 1, got {args.target_cycles}")
+    if args.verify_images < 0:
+        raise UserInputError(f"--verify-images must be >= 0, got {args.verify_images}")
     record = build_run(Path(args.run), **kwargs)
+    chosen = record.get("default_folding")
+    if chosen:
+        res = chosen["resources"]
+        fit = "fits" if chosen["fits"] else "does NOT fit"
+        print(f"default folding: target {chosen['target_cycles']} cycles/image, FINN estimate "
+              f"{chosen['expected_cycles_per_image']} cycles/image; LUT {res['LUT']:.0f}, BRAM_18K "
+              f"{res['BRAM_18K']:.0f}, DSP {res['DSP']:.0f}: {fit} {chosen['part']} {chosen['part_resources']}")
+        print(f"folding: {json.dumps(record['folding'])}")
     verify = record.get("verification", {})
     print(f"built {Path(args.run) / 'build'}: {json.dumps(verify)[:300]}")
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.folding import apply_folding, auto_folding
+from flows.folding import apply_folding, auto_folding, default_folding
 from flows.hdl_nodes import UnsupportedLayerError
 from flows.step_check import compare_step
 
@@ -66,6 +66,7 @@ class FlowState:
     steps_dir: Path
     parent: object = None
     records: list[dict] = field(default_factory=list)
+    default_folding: dict | None = None  # the choice of step_folding when no folding was asked for
 
 
 Step = Callable[[object, FlowState], object]
@@ -314,12 +315,14 @@ def step_fault_safe_widths(model, state: FlowState):
 
 
 def step_folding(model, state: FlowState):
-    """PE/SIMD from the explicit folding dict, or FINN's SetFolding for ``target_cycles``."""
+    """PE/SIMD from the explicit folding dict, FINN's SetFolding for ``target_cycles``, or by
+    default the most parallel folding that fits the part (flows/folding.py, ``default_folding``)."""
     opts = state.options
     if opts.folding is not None:
         return apply_folding(model, opts.folding)
     if opts.target_cycles is not None:
         return auto_folding(model, opts.target_cycles)
+    model, state.default_folding = default_folding(model, opts.part)
     return model
 
 

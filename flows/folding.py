@@ -113,6 +113,53 @@ def auto_folding(model, target_cycles: int, mvau_wwidth_max: int = 1024):
     return model
 
 
+# Resources of the default part (xczu3eg, AMD DS891): what a default folding must fit.
+PART_RESOURCES = {"xczu3eg-sbva484-1-e": {"LUT": 70560, "BRAM_18K": 432, "DSP": 360}}
+# Candidate cycles per image for the default folding, fastest first. Simulation cost follows the
+# work (lanes x cycles), not the folding, so the default is the most parallel design that fits.
+DEFAULT_TARGETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def resource_estimate(model, part: str) -> dict[str, float]:
+    """FINN's LUT/BRAM/DSP estimate of the whole design (the project's nodes included)."""
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from qonnx.custom_op.registry import getCustomOp
+
+    per_node = model.analysis(lambda m: res_estimation(m, part))
+    for node in model.graph.node:
+        if node.op_type in ("BinMVAU",) and node.name not in per_node:
+            try:
+                per_node[node.name] = getCustomOp(node).node_res_estimation(part)
+            except Exception:  # noqa: BLE001 - estimates are informational
+                pass
+    total = {"LUT": 0.0, "BRAM_18K": 0.0, "DSP": 0.0}
+    for res in per_node.values():
+        for key in total:
+            if isinstance(res.get(key, 0), (int, float)):
+                total[key] += float(res.get(key, 0))
+    return total
+
+
+def default_folding(model, part: str):
+    """The most parallel of :data:`DEFAULT_TARGETS` whose design fits ``part`` by FINN's estimates
+    (the slowest candidate when none fits, with ``fits: False``). Returns the folded model and a
+    record: target, FINN's expected cycles per image, the resource estimate and the part's."""
+    import copy
+
+    capacity = PART_RESOURCES.get(part)
+    record = None
+    for target in DEFAULT_TARGETS:
+        folded = auto_folding(copy.deepcopy(model), target)
+        res = resource_estimate(folded, part)
+        fits = capacity is not None and all(res[k] <= capacity[k] for k in capacity)
+        cycles = max(_exp_cycles(folded).values(), default=0)
+        record = {"target_cycles": target, "expected_cycles_per_image": cycles, "resources": res,
+                  "part": part, "part_resources": capacity, "fits": fits}
+        if fits or capacity is None:
+            return folded, record
+    return folded, record
+
+
 def _exp_cycles(model) -> dict[str, int]:
     """Expected cycles per image of every dataflow node (FINN's ``get_exp_cycles``)."""
     from qonnx.custom_op.registry import getCustomOp

@@ -29,7 +29,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="which on-chip memories get the faults (thresholds: backdoor only)")
     p.add_argument("--predictor", default="fast", choices=["fast", "finn"],
                    help="software prediction: batched integer evaluator (cross-checked against FINN "
-                   "execution on a few maps, first images up to 250 or 60 s of FINN) or FINN's Python execution for every map")
+                   "execution on a few maps, first images up to 250 or 60 s of FINN) or FINN's "
+                   "Python execution for every map")
     p.add_argument("--batch-images", type=int, default=1000, help="images per harness batch")
     p.add_argument("--jobs", type=int, default=0,
                    help="simulator processes, each on a slice of the images (0 = one per core when "

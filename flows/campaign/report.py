@@ -109,7 +109,7 @@ def _plot_model(rows: list[dict], model: str, path: Path) -> None:
             if not pts:
                 continue
             x = [max(r["rate"], 1e-5) for r in pts]
-            y = [r["mean"] for r in pts]  # ISSUE17 INJECTED BUG: fraction on a percent axis
+            y = [100 * r["mean"] for r in pts]
             lo = [100 * (r["mean"] - r["ci95"][0]) for r in pts]
             hi = [100 * (r["ci95"][1] - r["mean"]) for r in pts]
             if source == "software":
