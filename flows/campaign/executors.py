@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import os
 import signal
+import socket
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -119,7 +121,7 @@ class RayExecutor:
         self.ray = ray
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, log_to_driver=False)
+                connect_ray(ray, address)
             else:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         self.campaign_dir = campaign_dir
@@ -160,6 +162,45 @@ class RayExecutor:
         for key in self.running():
             self.cancel(key)
         self.ray.shutdown()
+
+
+def connect_ray(ray, address: str) -> None:
+    """Join the cluster at ``address`` in the authentication mode it uses.
+
+    Ray 2.60's ``ray start --head`` turns token authentication on, and a driver must then run
+    with ``RAY_AUTH_MODE=token`` (README, 'Campaigns on a Ray cluster'). Unless the user set the
+    mode, token mode is tried first, then none. A failure is one line, before any campaign
+    state exists.
+    """
+    from mcel_train.errors import UserInputError
+
+    host, _, port = address.rpartition(":")
+    try:  # Ray itself retries an unreachable address for minutes
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                             "`ray start --head --port=PORT` (README, 'Campaigns on a Ray cluster')") from None
+    modes = [os.environ["RAY_AUTH_MODE"]] if "RAY_AUTH_MODE" in os.environ else ["token", None]
+    errors = []
+    for mode in modes:
+        saved = os.environ.get("RAY_AUTH_MODE")
+        if mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = mode
+        try:
+            ray.init(address=address, log_to_driver=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            errors.append(f"{mode or 'no auth'}: {first}")
+            ray.shutdown()
+            if saved is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = saved
+    raise UserInputError(f"--address {address}: cannot join the Ray cluster ({'; '.join(errors)}); start one "
+                         "with `ray start --head` (README, 'Campaigns on a Ray cluster')")
 
 
 def make_executor(kind: str, campaign_dir: str, workers: int,

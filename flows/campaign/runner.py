@@ -169,6 +169,8 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
     if db.exists() and not resume:
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
                              "or --out a new folder")
+    # The executor first: a cluster that cannot be joined leaves no campaign state behind.
+    runner = make_executor(executor, str(campaign_dir.resolve()), workers, address)
     campaign_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(campaign_dir)
     try:
@@ -177,7 +179,6 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
         (campaign_dir / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
         try:
-            runner = make_executor(executor, str(campaign_dir.resolve()), workers, address)
             summary = Scheduler(spec, tasks, store, runner, campaign_dir, show_progress).run()
         finally:
             store.close()
