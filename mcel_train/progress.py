@@ -16,7 +16,7 @@ from tqdm import tqdm
 LOG_INTERVAL_S = 10.0
 
 
-def progress(total: int, desc: str, unit: str = "it", disable: bool = False, file: Any = None,
+def progress_bar(total: int, desc: str, unit: str = "it", disable: bool = False, file: Any = None,
              **kwargs: Any) -> tqdm:
     """A tqdm bar for ``total`` steps; sparse plain lines when ``file`` is not a terminal."""
     stream = file if file is not None else sys.stderr
@@ -28,7 +28,8 @@ def progress(total: int, desc: str, unit: str = "it", disable: bool = False, fil
         kwargs.setdefault("ncols", 100)
         kwargs.setdefault("ascii", True)
         stream = _NewlineStream(stream)
-    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=stream, dynamic_ncols=tty, **kwargs)
+    kwargs.setdefault("dynamic_ncols", tty)
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, file=stream, **kwargs)
 
 
 class _NewlineStream:

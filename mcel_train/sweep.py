@@ -22,6 +22,7 @@ from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
 from mcel_train.intnet import from_brevitas
 from mcel_train.manifest import load_manifest
 from mcel_train.plotting import plot_sweeps
+from mcel_train.progress import progress_bar
 from mcel_train.runio import load_run
 
 FORMAT = "mcel-sw-sweep"
@@ -92,7 +93,7 @@ def run_sweep(
         generate_map(memories, fm, rate, seed, 0, bits=bits)
 
     results = []
-    bar = progress(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
+    bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
                disable=not progress)
     for rate in bers:
         accs = np.empty(maps)

@@ -27,7 +27,7 @@ from mcel_train.data import Dataset, encode_inputs, load_dataset
 from mcel_train.errors import StageExistsError
 from mcel_train.losses import MCEL, make_loss
 from mcel_train.models import build_model
-from mcel_train.progress import progress
+from mcel_train.progress import progress_bar
 
 EVAL_BATCH = 1000
 
@@ -135,7 +135,7 @@ def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True) -> 
     per_step_sched = cfg["schedule"]["name"] == "cosine"
     hook = _fault_hook(cfg, model)
     history, step_times = [], []
-    bar = progress(total=steps_per_epoch * cfg["epochs"], desc=f"train {cfg.name}", disable=not show_progress,
+    bar = progress_bar(total=steps_per_epoch * cfg["epochs"], desc=f"train {cfg.name}", disable=not show_progress,
                    unit="step")
     try:
         for epoch in range(cfg["epochs"]):

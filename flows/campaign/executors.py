@@ -112,18 +112,20 @@ class RayExecutor:
     """
 
     def __init__(self, campaign_dir: str, workers: int, address: str | None = None) -> None:
-        try:
-            import ray
-        except ImportError:
-            from mcel_train.errors import UserInputError
+        import importlib.util
 
-            raise UserInputError("--executor ray needs the ray package: pip install 'ray==2.60.0'") from None
-        self.ray = ray
-        if not ray.is_initialized():
-            if address:
-                connect_ray(ray, address)
-            else:
+        if importlib.util.find_spec("ray") is None:
+            from mcel_train.errors import ToolMissingError
+
+            raise ToolMissingError("--executor ray needs the ray package: pip install 'ray==2.60.0'")
+        if address:
+            ray = connect_ray(address)
+        else:
+            import ray
+
+            if not ray.is_initialized():
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        self.ray = ray
         self.campaign_dir = campaign_dir
         self.workers = workers
         self.remote = ray.remote(num_cpus=1, max_retries=0)(execute)
@@ -164,13 +166,13 @@ class RayExecutor:
         self.ray.shutdown()
 
 
-def connect_ray(ray, address: str) -> None:
-    """Join the cluster at ``address`` in the authentication mode it uses.
+def connect_ray(address: str):
+    """Join the cluster at ``address``; returns the ``ray`` module.
 
-    Ray 2.60's ``ray start --head`` turns token authentication on, and a driver must then run
-    with ``RAY_AUTH_MODE=token`` (README, 'Campaigns on a Ray cluster'). Unless the user set the
-    mode, token mode is tried first, then none. A failure is one line, before any campaign
-    state exists.
+    Ray 2.60's ``ray start --head`` turns token authentication on, and every node and driver must
+    then run with ``RAY_AUTH_MODE=token`` (README, 'Campaigns on a Ray cluster'); Ray reads it
+    when it is imported. So unless the user chose a mode, token mode is set before the import. A
+    dead address or a refused connection is one line, before any campaign state exists.
     """
     from mcel_train.errors import UserInputError
 
@@ -180,27 +182,18 @@ def connect_ray(ray, address: str) -> None:
     except (OSError, ValueError) as exc:
         raise UserInputError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
                              "`ray start --head --port=PORT` (README, 'Campaigns on a Ray cluster')") from None
-    modes = [os.environ["RAY_AUTH_MODE"]] if "RAY_AUTH_MODE" in os.environ else ["token", None]
-    errors = []
-    for mode in modes:
-        saved = os.environ.get("RAY_AUTH_MODE")
-        if mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = mode
-        try:
-            ray.init(address=address, log_to_driver=False)
-            return
-        except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            errors.append(f"{mode or 'no auth'}: {first}")
-            ray.shutdown()
-            if saved is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = saved
-    raise UserInputError(f"--address {address}: cannot join the Ray cluster ({'; '.join(errors)}); start one "
-                         "with `ray start --head` (README, 'Campaigns on a Ray cluster')")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...
+        ray.shutdown()
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"--address {address}: cannot join the Ray cluster with RAY_AUTH_MODE="
+                             f"{os.environ['RAY_AUTH_MODE']} ({first}); set RAY_AUTH_MODE to the cluster's "
+                             "mode (README, 'Campaigns on a Ray cluster')") from None
+    return ray
 
 
 def make_executor(kind: str, campaign_dir: str, workers: int,

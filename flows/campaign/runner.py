@@ -23,7 +23,7 @@ from flows.campaign.spec import CampaignSpec, load_campaign
 from flows.campaign.store import ResultStore
 from flows.campaign.tasks import Task, expand
 from mcel_train.errors import UserInputError
-from mcel_train.progress import progress
+from mcel_train.progress import progress_bar
 
 POLL_SECONDS = 0.5
 
@@ -86,7 +86,7 @@ class Scheduler:
         self.started: dict[str, float] = {}
         self.pending = [t.key for t in tasks if t.key not in self.done]
         self.progress = Progress(total=len(tasks), done=len(self.done))
-        self.bar = progress(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
+        self.bar = progress_bar(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
                         unit="task", disable=not show_progress, dynamic_ncols=True)
 
     def _ready(self) -> list[str]:
