@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mcel_train.faults.faultmap import FaultMap
+
 
 class MismatchError(AssertionError):
     """Hardware and software disagree on some map and image."""
@@ -47,8 +49,6 @@ def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
     """The first map the simulation recorded as differing from software (its verdict, stored in
     ``hw_ber.json`` by the testbench's scoreboard), with the image, the memories the map faults
     and both outputs of that image."""
-    from mcel_train.faults.faultmap import FaultMap
-
     for m in record["maps"]:
         if m["identical_to_software"]:
             continue

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from hw_sim.injection import check_map_fits, faulty_words
+from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.finn_graph import dataflow_graph_path, load_graph, output_of
+from mcel_train.intnet_finn import build_memories, from_finn_build, threshold_post
 from mcel_train.manifest import Manifest, load_manifest
 from mcel_train.memory import decode_bin_mvau_thresholds, decode_mvau, decode_thresholds
 
@@ -121,8 +123,6 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     """
     import torch
 
-    from mcel_train.evaluate import MapEvaluator
-    from mcel_train.intnet_finn import build_memories, from_finn_build
 
     net = from_finn_build(build_dir)
     manifest = load_manifest(build_dir)
@@ -157,7 +157,6 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
 
 def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, thresholds: dict) -> np.ndarray:
     """One map whose threshold memories are faulty: the owners' post-ops swapped for the run."""
-    from mcel_train.intnet_finn import threshold_post
 
     owners = net.meta["threshold_owners"]
     saved = {}

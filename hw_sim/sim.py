@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from hw_sim.job import SimJob
+from hw_sim.predict import fast_predict, finn_predict, split_map
+from hw_sim.runner import build_harness, run_job
+from hw_sim.shards import auto_shards, run_sharded
 from hw_sim.streams import StreamFormat, pack
+from hw_sim.transient import classify
 from mcel_train.errors import UserError, UserInputError
+from mcel_train.faults.faultmap import FaultMap
+from mcel_train.faults.generate import FaultModel, generate_map
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
 from mcel_train.runio import load_run
 from mcel_train.stage import check_writable
@@ -53,7 +59,6 @@ CROSSCHECK_SECONDS = 60.0
 def crosscheck(build_dir: Path, x: np.ndarray, maps: list) -> np.ndarray:
     """FINN's outputs for ``maps`` on the first images, in chunks of ten until the image or the
     time budget is spent (at least CROSSCHECK_MIN_IMAGES images)."""
-    from hw_sim.predict import finn_predict
 
     parts, t0, done = [], time.perf_counter(), 0
     while done < min(len(x), CROSSCHECK_IMAGES):
@@ -78,7 +83,6 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
                    jobs: int = 1) -> None:
     """Every argument of a simulation, checked before anything is read or written; messages
     name the CLI flag."""
-    from mcel_train.faults.generate import FaultModel
 
     if not bers:
         raise UserInputError("give at least one bit error rate (--ber)")
@@ -121,7 +125,6 @@ def fault_memories(manifest: Manifest, memories: str = "weights") -> list:
 def make_maps(manifest: Manifest, bers: list[float], maps: int, seed: int, fault_model: str,
               out_dir: Path, memories: str = "weights") -> list[dict]:
     """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
-    from mcel_train.faults.generate import generate_map
 
     memories = fault_memories(manifest, memories)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,8 +153,6 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
     before it (one batch of ``images``; see :mod:`hw_sim.transient`).
     """
-    from hw_sim.predict import fast_predict, finn_predict, split_map
-    from mcel_train.faults.faultmap import FaultMap
 
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
@@ -244,7 +245,6 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
     checked = np.ones(hw.shape[:2], dtype=bool)
     transients = [None] * len(hw)
     if job.transient_cycle is not None:
-        from hw_sim.transient import classify
 
         clean = np.load(work / "predicted_clean.npy")[0]
         predicted = predicted.copy()
@@ -309,7 +309,6 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     ``pgo``: a profile-guided simulator build (trained on the first images with clean
     memories; about twice the build time for 15-20 % faster simulation, for long runs).
     """
-    from hw_sim.shards import auto_shards
 
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
@@ -327,8 +326,6 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
 
 def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
               waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0) -> Path:
-    from hw_sim.runner import build_harness, run_job
-    from hw_sim.shards import run_sharded
 
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle)

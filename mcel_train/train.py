@@ -22,12 +22,14 @@ import torch
 import yaml
 from torch import nn
 
-from mcel_train.config import TrainConfig
+from mcel_train.config import TrainConfig, validate
 from mcel_train.data import Dataset, encode_inputs, load_dataset
 from mcel_train.errors import StageExistsError
+from mcel_train.fault_training import make_fault_injection_hook
 from mcel_train.losses import MCEL, make_loss
 from mcel_train.models import build_model
 from mcel_train.progress import progress_bar
+from mcel_train.runio import load_run
 
 EVAL_BATCH = 1000
 
@@ -110,7 +112,6 @@ def _fault_hook(cfg: TrainConfig, model: nn.Module):
     ft = cfg["fault_training"]
     if not ft:
         return None
-    from mcel_train.fault_training import make_fault_injection_hook
 
     seed = int(ft.get("seed", cfg["seed"]))
     return make_fault_injection_hook(model, ft.get("model", "flip"), float(ft["rate"]), seed)
@@ -227,8 +228,6 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True)
 
 def load_trained(run_dir: str | Path) -> tuple[nn.Module, TrainConfig]:
     """A trained model (eval mode) and its validated config (:func:`mcel_train.runio.load_run`)."""
-    from mcel_train.config import validate
-    from mcel_train.runio import load_run
 
     run = load_run(run_dir)
     return run.model, validate(run.config)

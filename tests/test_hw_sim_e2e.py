@@ -73,16 +73,16 @@ def test_watchdog_reports_a_hang(smoke_build, tmp_path):
 def test_mismatch_detector_fires(smoke_build, monkeypatch, capsys):
     """A software prediction that is wrong on one image of one map (a fault the software is not
     told about): the testbench records it, `mcel compare` exits 1 naming map, memory and image."""
-    from hw_sim import predict
+    from hw_sim import sim
 
-    real = predict.fast_predict
+    real = sim.fast_predict
 
     def wrong_on_one_image(build_dir, x, maps, **kw):
         out = real(build_dir, x, maps, **kw)
         out[3, 7, 0] += 1  # map 3, image 7 (maps 1 and 2 are cross-checked against FINN)
         return out
 
-    monkeypatch.setattr(predict, "fast_predict", wrong_on_one_image)
+    monkeypatch.setattr(sim, "fast_predict", wrong_on_one_image)
     record = json.loads(run_sim(smoke_build, [0.0, 0.02], maps=3, images=20, seed=5, force=True,
                                 jobs=1).read_text())
     assert [m["identical_to_software"] for m in record["maps"]] == [True, True, True, False]
@@ -112,7 +112,6 @@ def test_threshold_memory_faults_hardware_equals_binary_search_model(build, requ
     semantics) mispredicts it, which is checked too."""
     import torch
 
-    import mcel_train.intnet_finn as intnet_finn
     from hw_sim import predict
     from mcel_train.faults.faultmap import FaultMap
     from mcel_train.intnet import ThresholdPostOp
@@ -126,7 +125,7 @@ def test_threshold_memory_faults_hardware_equals_binary_search_model(build, requ
     assert any(not np.array_equal(hw[m["id"]], hw[0]) for m in record["maps"] if m["rate"] == 0.05)
     if build != "smoke_build":
         return
-    monkeypatch.setattr(intnet_finn, "threshold_post", lambda owner, t, out_bits=None: ThresholdPostOp(
+    monkeypatch.setattr(predict, "threshold_post", lambda owner, t, out_bits=None: ThresholdPostOp(
         torch.from_numpy(np.asarray(t, dtype=np.float64)), out_bias=float(owner["act_val"])))
     from mcel_train.runio import load_run
 
