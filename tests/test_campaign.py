@@ -49,6 +49,22 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           cwd=REPO, **kwargs)
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib figure closed during the test, in order. The plotting code saves its
+    figure and then closes it, so this is how a test reads back the curves that went into a PNG."""
+    import matplotlib.pyplot as plt
+
+    seen, close = [], plt.close
+
+    def record(fig=None):
+        seen.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    return seen
+
+
 def _done_count(db: Path) -> int:
     if not db.is_file():
         return 0
@@ -181,14 +197,30 @@ def test_hung_task_is_killed_retried_and_the_rest_goes_on(tmp_path):
     assert status["failed"] == 1 and status["skipped"] == 1 and status["done"] == 2
 
 
-def test_report_has_tables_curves_and_best_margins(reference):
+def test_report_has_tables_curves_and_best_margins(reference, figures):
+    from matplotlib.image import imread
+
     _, folder = reference
     md = write_report(folder)
     text = md.read_text()
     assert "| CE | 0 |" in text and "MCEL m=32" in text and "Best loss per target rate" in text
     assert (md.parent / "report.html").read_text().count("<table>") >= 3
-    assert (md.parent / "tfc_w2a2.png").stat().st_size > 10_000
     report = json.loads((md.parent / "report.json").read_text())
+    # One plot per model. Each shows, per loss, the software curve of that model's rows in
+    # report.json: accuracy in percent over the rate (rate 0 drawn at 1e-5 on the log axis).
+    assert len(figures) == 2
+    for fig, model in zip(figures, ("tfc_w2a2", "tfc_w1a1"), strict=True):
+        (ax,) = fig.axes
+        assert model in ax.get_title()
+        drawn = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
+        rows = sorted((r for r in report["rows"] if r["model"] == model), key=lambda r: r["rate"])
+        assert {r["source"] for r in rows} == {"software"} and len(rows) == 9
+        assert drawn == {f"{loss} (software)": ([max(r["rate"], 1e-5) for r in rows if r["loss"] == loss],
+                                                [100 * r["mean"] for r in rows if r["loss"] == loss])
+                         for loss in ("CE", "MCEL m=8", "MCEL m=32")}
+        img = imread(md.parent / f"{model}.png")  # decodes, has the figure's shape, not blank
+        (h, w), (fw, fh) = img.shape[:2], fig.get_size_inches()
+        assert min(h, w) >= 300 and abs(h - w * fh / fw) <= 1 and img[..., :3].std() > 0.05
     assert {b["rate"] for b in report["best"]} == {0.01, 0.05}
     ce_clean = {r["model"]: r["clean_accuracy"] for r in report["rows"] if r["loss"] == "CE"}
     for b in report["best"]:

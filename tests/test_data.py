@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -67,17 +68,48 @@ def test_missing_dataset_names_every_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHVISION_ROOT", str(tmp_path / "nope-tv"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(data.DatasetNotFoundError) as exc:
-        data.load_fashion_mnist(tmp_path / "nope-explicit")
+        data.load_fashion_mnist()
     msg = str(exc.value)
-    for part in ("nope-explicit", "nope-debian", "nope-tv", "apt-get install dataset-fashion-mnist"):
+    for part in ("nope-debian", "nope-tv", "apt-get install dataset-fashion-mnist"):
         assert part in msg
+    # an explicit folder that does not exist is named, never silently replaced by another copy
+    with pytest.raises(data.DatasetNotFoundError, match="nope-explicit.*not a folder"):
+        data.load_fashion_mnist(tmp_path / "nope-explicit")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DatasetNotFoundError, match="empty"):
+        data.load_fashion_mnist(tmp_path / "empty")
+
+
+def _rows(split) -> Counter:
+    """Each (image bytes, label) of a split, counted: the splits hold copies of the source rows
+    and expose no indices, so a sample is recognised by its content."""
+    return Counter(zip((im.tobytes() for im in split.images), split.labels.tolist(), strict=True))
 
 
 def test_digits_are_uint8_and_disjoint():
+    """The three splits partition the 1797 source samples: together they hold every source
+    (image, label) exactly as often as the source does, and a row that is unique in the source is
+    in one split only. (Rows the source repeats could hide an overlap that drops a twin; the
+    bundled digits have none today: 1797 distinct rows.)"""
+    from sklearn.datasets import load_digits
+
     d = data.load_digits(seed=0)
-    assert d.train.images.dtype == np.uint8 and d.image_shape == (8, 8)
-    assert len(d.train) + len(d.val) + len(d.test) == 1797
-    assert d.train.images.max() <= 255
+    for split in (d.train, d.val, d.test):
+        assert split.images.dtype == np.uint8 and split.labels.dtype == np.int64
+    assert d.image_shape == (8, 8)
+    assert (len(d.train), len(d.val), len(d.test)) == (1294, 144, 359)  # 20 % test, 10 % of the rest
+    bunch = load_digits()
+    source = _rows(data.Split(np.clip(bunch.images * 16, 0, 255).astype(np.uint8),
+                              bunch.target.astype(np.int64)))
+    unique = {row for row, n in source.items() if n == 1}
+    train, val, test = _rows(d.train), _rows(d.val), _rows(d.test)
+    for a, b, names in ((train, val, "train/val"), (train, test, "train/test"), (val, test, "val/test")):
+        shared = len(a.keys() & b.keys() & unique)
+        assert shared == 0, f"{shared} samples in both {names}"
+    together = train + val + test
+    assert together == source, (f"{len(source - together)} source samples missing, "
+                                f"{len(together - source)} extra")
+    assert d.train.images.max() > 16  # rescaled from 0..16 to 0..255, not left at 0..16
 
 
 def test_encodings_are_integers():

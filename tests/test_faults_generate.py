@@ -1,7 +1,5 @@
 """Fault models: pure functions of (memories, model, rate, seed, map index), sampled sparsely."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -27,11 +25,29 @@ def test_map_i_does_not_depend_on_how_many_maps_are_made():
     assert _key(generate_map(MEMS, "flip", 0.05, 8, 0)) != _key(many[0])
 
 
-def test_maps_are_valid_and_sorted():
-    fm = generate_map(MEMS, "flip", 0.2, 0, 0)
+def _global_positions(fm):
+    """Each fault's bit in the global bit order of mcel_train/faults/generate.py (memory by
+    memory, word-major, then bit), the order generate_map returns its faults in."""
+    starts = np.cumsum([0] + [m.n_bits for m in MEMS])[:-1]
+    widths = np.array([m.width for m in MEMS])
+    return starts[fm.memory] + fm.word * widths[fm.memory] + fm.bit
+
+
+@pytest.mark.parametrize("model, rate", [("flip", 0.2), ("stuck", 0.2), ("kflips", 300),
+                                         ("asym:p01=0.5,p10=1", 0.3)])
+def test_maps_are_valid_and_sorted(model, rate):
+    """Sorted by (memory, word, bit), strictly: asym draws its ones and zeros separately and
+    kflips in random order, so only the final sort puts them in order."""
+    bits = np.random.default_rng(1).integers(0, 2, TOTAL).astype(np.uint8)
+    fm = generate_map(MEMS, model, rate, 0, 0, bits=bits)
     fm.validate(MEMS)
-    assert set(fm.memory_names) == {"layer0", "layer1"}
-    assert fm.meta == {"fault_model": "flip", "rate": 0.2, "seed": 0, "map_index": 0}
+    assert len(fm) > 100
+    assert set(fm.memory_names) == {"layer0", "layer1"} and set(fm.memory.tolist()) == {0, 1}
+    pos = _global_positions(fm)
+    assert (np.diff(pos) > 0).all()
+    assert np.array_equal(np.lexsort((fm.bit, fm.word, fm.memory)), np.arange(len(fm)))
+    assert fm.meta == {"fault_model": str(FaultModel.parse(model)), "rate": rate, "seed": 0,
+                       "map_index": 0}
 
 
 def test_rate_edges_and_counts():
@@ -90,7 +106,14 @@ def test_unknown_models_and_parameters_are_rejected():
 
 
 def test_sampling_is_sparse_on_huge_memories():
-    huge = [Memory("big", 1 << 15, 1 << 15, 8)]  # 8.6e9 bits: one draw per bit would not fit
-    t0 = time.perf_counter()
-    fm = generate_map(huge, "flip", 1e-7, 0, 0)
-    assert time.perf_counter() - t0 < 5 and 0 < len(fm) < 3000
+    """8.6e9 bits: one draw per bit would not fit in memory, so this finishing at all shows the
+    sampling is sparse. The count is Binomial(n, p): mean n*p = 859, sigma = sqrt(n*p*(1-p)) =
+    29.3; a correct sampler leaves mean +- 6 sigma with probability 2e-9, while a count off by
+    a factor (rate per byte instead of per bit, a lost bit width) lands far outside."""
+    huge = [Memory("big", 1 << 15, 1 << 15, 8)]
+    n, p = huge[0].n_bits, 1e-7
+    fm = generate_map(huge, "flip", p, 0, 0)
+    mean, sigma = n * p, np.sqrt(n * p * (1 - p))
+    assert abs(len(fm) - mean) <= 6 * sigma, (len(fm), mean, sigma)
+    fm.validate(huge)
+    assert len(set(zip(fm.word.tolist(), fm.bit.tolist(), strict=True))) == len(fm)

@@ -64,16 +64,28 @@ def test_hook_injects_the_drawn_map_with_a_straight_through_gradient():
 
 
 def test_same_seed_same_fault_sequence():
+    """Two runs with the same seed see the same maps, step by step: every array of the map
+    (memory, word, bit, kind), not the bit index alone, and never an empty map, since two empty
+    maps would be equal whatever the hook does (rate 0.1 of this network's 832 bits: about 83 faults)."""
     a, b = _model(), _model()
     ha = make_fault_injection_hook(a, "flip", 0.1, seed=5)
     hb = make_fault_injection_hook(b, "flip", 0.1, seed=5)
     x = torch.zeros(2, 16)
+    seen = []
     for _ in range(3):
         a(x)
         b(x)
-        assert np.array_equal(ha.last_map.bit, hb.last_map.bit)
+        ma, mb = ha.last_map, hb.last_map
+        assert len(ma) > 0
+        assert ma.memory_names == mb.memory_names and ma.meta == mb.meta
+        for field in ("memory", "word", "bit", "kind"):
+            assert np.array_equal(getattr(ma, field), getattr(mb, field)), field
+        seen.append(ma)
     ha.remove()
     hb.remove()
+    # a sequence: each step draws a new map
+    assert [m.meta["map_index"] for m in seen] == [0, 1, 2]
+    assert not np.array_equal(seen[0].word, seen[1].word) or not np.array_equal(seen[0].bit, seen[1].bit)
 
 
 def test_override_keeps_the_scale_and_out_of_range_values():

@@ -5,7 +5,8 @@ every output, with and without flipped memory bits. This file holds both halves,
 examples: the pytest side makes random cases (weights, thresholds, inputs; memory files), builds a
 Verilator model per folding and runs the cocotb tests below inside the simulator.
 
-Run: .venv/bin/python -m pytest tests/test_rtl_bin_mvau.py -m slow   (about 1-2 minutes cold)
+Run: .venv/bin/python -m pytest tests/test_rtl_bin_mvau.py -m slow   (about 1-2 minutes cold;
+each case builds in a fresh pytest tmp folder, so only ccache makes a rerun faster)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pytest
 
 from flows.custom_ops import bin_mvau_model as bm
 
-REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 6
 
 # name -> RTL parameters (plus the test's own "seed"); two foldings per feature
@@ -101,10 +101,16 @@ def make_case(name: str, workdir: Path) -> dict:
     return case
 
 
-def build_and_run(name: str, testcase: str | None = None) -> Path:
+# every cocotb test below; each must run (not be skipped) for every case
+COCOTB_TESTS = {"matches_model_with_backpressure", "throughput", "weight_bit_flip",
+                "threshold_bit_flip", "axilite_weight_write"}
+
+
+def build_and_run(name: str, work: Path, testcase: str | None = None) -> Path:
+    """Build case ``name`` in ``work`` (pass a fresh folder: the cocotb tests write their results
+    there, and the caller must read only what this run wrote) and run the cocotb tests."""
     from flows.custom_ops import rtl_sim
 
-    work = REPO / "build" / "rtl_tests" / "bin_mvau" / name
     case = make_case(name, work)
     runner = rtl_sim.build(rtl_sim.rtl_sources(*rtl_sim.BIN_MVAU_RTL), "bin_mvau",
                            work / "sim_build", case["rtl_params"])
@@ -115,13 +121,67 @@ def build_and_run(name: str, testcase: str | None = None) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_bin_mvau_rtl(name):
-    build_and_run(name)
-    res = json.loads((REPO / "build/rtl_tests/bin_mvau" / name / "cycles.json").read_text())
+def test_bin_mvau_rtl(name, tmp_path):
+    """All cocotb tests pass, and the cycle counts are the ones this run measured: the work folder
+    is new (a cycles.json left by an earlier run in a fixed folder would pass even if the
+    simulation never ran)."""
+    from flows.custom_ops import rtl_sim
+
+    work = tmp_path / name
+    results = build_and_run(name, work)
+    ran, failed = rtl_sim.ran_tests(results)
+    assert ran == COCOTB_TESTS and failed == 0, (ran, failed)
+    res = json.loads((work / "cycles.json").read_text())
     p = CASES[name]
     ideal = p["MH"] // p["PE"] * (p["MW"] // p["SIMD"])
     assert res["cycles_per_image"] == ideal, res
     assert res["latency"] <= ideal + 6, res
+
+
+@pytest.mark.slow
+def test_unknown_cocotb_testcase_fails(tmp_path):
+    """rtl_sim.run must not pass when the named cocotb test does not exist: cocotb's filter then
+    runs nothing, and an empty results.xml has no failures."""
+    with pytest.raises(AssertionError, match="no cocotb test"):
+        build_and_run("xnor_bipolar_f2", tmp_path / "w", testcase="no_such_test")
+
+
+class _FakeRunner:
+    """Stands in for a cocotb runner: .test writes a given results.xml, as a simulation would."""
+
+    def __init__(self, testcases: str):
+        self.xml = ('<testsuites><testsuite name="all" package="all">'
+                    f"{testcases}</testsuite></testsuites>")
+
+    def test(self, results_xml: str, **_) -> Path:
+        Path(results_xml).write_text(self.xml)
+        return Path(results_xml)
+
+
+@pytest.mark.parametrize("testcases, testcase, message", [
+    ("", None, "no cocotb test"),  # a module without tests, or a filter that matched none
+    ('<testcase name="a"><skipped/></testcase>', None, "no cocotb test"),
+    ('<testcase name="a"/>', "b", "did not run"),
+    ('<testcase name="a"/><testcase name="b"><failure/></testcase>', None, "1 of 2 cocotb tests failed"),
+    ('<testcase name="a"><error/></testcase>', None, "failed"),
+])
+def test_run_fails_unless_the_tests_ran_and_passed(tmp_path, monkeypatch, testcases, testcase, message):
+    """results.xml checks of rtl_sim.run, without a simulator: zero tests, only skipped tests,
+    a named testcase missing, failures and errors all raise."""
+    from flows.custom_ops import rtl_sim
+
+    monkeypatch.setattr(rtl_sim, "_prepare_env", lambda: None)
+    with pytest.raises(AssertionError, match=message):
+        rtl_sim.run(_FakeRunner(testcases), "top", "mod", tmp_path, testcase=testcase)
+
+
+def test_run_returns_results_when_the_tests_ran(tmp_path, monkeypatch):
+    from flows.custom_ops import rtl_sim
+
+    monkeypatch.setattr(rtl_sim, "_prepare_env", lambda: None)
+    runner = _FakeRunner('<testcase name="a"/><testcase name="b"><skipped/></testcase>')
+    res = rtl_sim.run(runner, "top", "mod", tmp_path, testcase="a")
+    assert rtl_sim.ran_tests(res) == ({"a"}, 0)
 
 
 # ------------------------------------------------------- golden model unit tests (fast)
@@ -304,7 +364,12 @@ if cocotb is not None:
 
     @cocotb.test()
     async def threshold_bit_flip(dut):
-        """Flip one bit of a threshold word (gen_thr.tmem.Mem) and compare with the model."""
+        """Flip one bit of a threshold word (gen_thr.tmem.Mem): the output changes exactly as the
+        model with the unpacked faulty thresholds predicts; restoring the bit restores the output.
+
+        The flip is the first one, in a seeded random order over every (word, bit), that the model
+        says changes some output, and the test fails if there is none: a flip that reaches no
+        output would compare the clean output with itself and pass whatever the RTL does."""
         case = _load_case()
         p = case["params"]
         if p["NO_ACT"]:
@@ -315,20 +380,25 @@ if cocotb is not None:
         words = [mem[i].value.to_unsigned() for i in range(len(mem))]
         assert words == bm.pack_thresholds(case["T"], p["PE"], aw)
         base = _expected_words(case)
-        rng = np.random.default_rng(6)
-        for _ in range(500):
-            t = int(rng.integers(len(words)))
-            b = int(rng.integers(p["PE"] * p["NT"] * aw))
+        width = p["PE"] * p["NT"] * aw
+        exp = base
+        for k in np.random.default_rng(6).permutation(len(words) * width):
+            t, b = divmod(int(k), width)
             faulty = list(words)
             faulty[t] ^= 1 << b
             Tf = bm.unpack_thresholds(faulty, p["MH"], p["NT"], p["PE"], aw)
             exp = _expected_words(case, T=Tf)
             if exp != base:
                 break
+        assert exp != base, "no threshold bit flip changes any output: the test would be blind"
         mem[t].value = faulty[t]
+        await RisingEdge(dut.ap_clk)
+        assert mem[t].value.to_unsigned() == faulty[t]
         got, _, _ = await _stream(dut, _in_words(case), len(exp), random.Random(7), 0.9, 0.5)
         mem[t].value = words[t]
-        assert got == exp
+        assert got == exp and got != base
+        got, _, _ = await _stream(dut, _in_words(case), len(base), random.Random(4))
+        assert got == base
 
     async def _axil_write(dut, addr, data):
         """One AXI-lite write (address and data offered together), waits for the response."""

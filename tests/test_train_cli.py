@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flows.cli import main
-from mcel_train.train import load_trained
+from mcel_train.data import load_dataset
+from mcel_train.train import evaluate, load_trained
 from tests.conftest import CONFIGS
 
 SMOKE = str(CONFIGS / "smoke_digits.yaml")
@@ -23,8 +24,20 @@ def test_outputs_and_reload(smoke_run):
     assert metrics["test_accuracy"] > 0.5  # far above the 10 % of chance on digits
     state = torch.load(stage / "model.pt", weights_only=True)
     model, cfg = load_trained(smoke_run)
-    assert set(state) == set(model.state_dict())
     assert cfg.model.arch == "tfc"
+    # the reloaded model holds the saved tensors, not just tensors of the same names
+    reloaded = model.state_dict()
+    assert set(state) == set(reloaded)
+    for key, tensor in state.items():
+        assert torch.equal(reloaded[key], tensor), key
+    # ... and computes what the trained model computed: the test metrics recorded at the end of
+    # training (from the model still in memory) come out again: the same accuracy, image for
+    # image, and the same mean logit margin (to float rounding)
+    data = load_dataset(cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["data"]["val_fraction"],
+                        cfg["seed"])
+    again = evaluate(model, data.test.images, data.test.labels)
+    assert again["accuracy"] == metrics["test_accuracy"]
+    assert again["mean_logit_margin"] == pytest.approx(metrics["mean_logit_margin"], rel=1e-6, abs=0)
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -66,10 +79,15 @@ def test_missing_dataset_is_clear(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.setenv("TORCHVISION_ROOT", str(tmp_path / "none"))
     out = tmp_path / "nodata"
+    (tmp_path / "empty").mkdir()
     code = main(["train", str(CONFIGS / "tfc_w1a1_fmnist.yaml"), "--out", str(out), "--quiet",
                  "--data-dir", str(tmp_path / "empty")])
     assert code == 2
     assert "Fashion-MNIST not found" in capsys.readouterr().err
+    assert not out.exists()
+    code = main(["train", str(CONFIGS / "tfc_w1a1_fmnist.yaml"), "--out", str(out), "--quiet",
+                 "--data-dir", str(tmp_path / "missing")])
+    assert code == 2 and "not a folder" in capsys.readouterr().err
     assert not out.exists()
 
 
