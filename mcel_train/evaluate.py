@@ -181,7 +181,7 @@ def predict(int_logits: torch.Tensor) -> torch.Tensor:
     """Predicted class from integer logits: the largest, ties to the lowest class index.
 
     Ties are real in integer networks (and common under faults). Deciding them on the integer
-    accumulators, (the lowest class index wins a tie), keeps the prediction free of the float
+    accumulators (the lowest class index wins a tie) keeps the prediction free of the float
     rounding that a Brevitas float forward would let break them.
     """
     return int_logits.argmax(-1)  # torch documents: the first maximal index
