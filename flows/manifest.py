@@ -49,7 +49,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def _axilite_map(width: int, depth: int) -> dict:
-    """Byte address map of a memstream's AXI-lite port (see TOOLCHAIN.md)."""
+    """Byte address map of a memstream's AXI-lite port (FINN's memstream_axi.sv)."""
     k = 2 ** math.ceil(math.log2(max(1, (width + 31) // 32)))
     return {
         "words_per_line": k,

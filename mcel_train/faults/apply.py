@@ -1,4 +1,4 @@
-"""Apply fault maps to stored integers (DESIGN.md principle 2: bit-exact integers).
+"""Apply fault maps to stored integers (docs/architecture.md, principle 2: bit-exact integers).
 
 A fault acts on the element's stored code: ``element_bits``-bit two's complement for signed
 weights, one bit for bipolar ones (a flip negates). The scale is not touched and a faulted

@@ -2,7 +2,7 @@
 
 Each map draws from its own generator, ``np.random.default_rng([seed, map_index, model code])``,
 so map ``i`` is the same whether 10 or 10,000 maps are generated and on any executor
-(DESIGN.md principle 5). Sampling is sparse: draw how many bits fail (binomial), then which
+(docs/architecture.md, principle 5). Sampling is sparse: draw how many bits fail (binomial), then which
 (without replacement). Nothing draws one random number per bit, so a 1e-6 rate on a large
 network costs almost nothing.
 """
