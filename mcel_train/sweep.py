@@ -24,6 +24,7 @@ from mcel_train.manifest import load_manifest
 from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_run
+from mcel_train.stage import atomic_stage
 
 FORMAT = "mcel-sw-sweep"
 PREDICTION_RULE = "argmax of the integer logits, ties to the lowest class index"
@@ -63,13 +64,13 @@ def run_sweep(
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
     out_json, out_png = out_dir / "sw_ber.json", out_dir / "sw_ber.png"
-    if not force and (out_json.exists() or out_png.exists()):
-        raise SweepExistsError(f"{out_json} exists already; pass force (--force) to overwrite")
     if maps < 1:
         raise UserInputError(f"maps must be >= 1, got {maps}")
     if not bers:
         raise UserInputError("no bit error rates given")
     fm = FaultModel.parse(fault_model)
+    if not force and (out_json.exists() or out_png.exists()):
+        raise SweepExistsError(f"{out_json} exists already; pass --force to replace it")
     run = load_run(run_dir)
     x, labels = run.test_set()
     if test_images < 0:
@@ -131,7 +132,7 @@ def run_sweep(
         "prediction_rule": PREDICTION_RULE,
         "results": results,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(record, indent=1) + "\n")
-    plot_sweeps([(run_dir.name, record)], out_png)
+    with atomic_stage(out_dir, force=True) as tmp:  # existence was checked before any work
+        (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
+        plot_sweeps([(run_dir.name, record)], tmp / out_png.name)
     return record

@@ -1,0 +1,85 @@
+"""`mcel build` and `mcel sim` killed with SIGKILL at random moments, then retried without
+``--force``: every retry succeeds and its results equal an undisturbed run's.
+
+Why: stages write into a temporary folder (build) or ``sim/.partial`` and move their results
+into place only at the end, so a kill can leave no half-written result that blocks or poisons
+the retry (docs/architecture.md, "Atomic stages").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BUILD = ["build", "{run}", "--target-cycles", "64", "--verify-images", "20"]
+SIM = ["sim", "{run}", "--ber", "0,0.02", "--maps", "2", "--images", "30", "--seed", "7", "--jobs", "1"]
+
+
+def _mcel(args: list[str], run) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "flows.cli", *(a.replace("{run}", str(run)) for a in args)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _kill_after(proc: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL the command's whole process group after ``seconds``; False if it ended first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def _finish(args, run) -> str:
+    proc = _mcel(args, run)
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_killed_build_and_sim_retry_without_force(smoke_run, tmp_path):
+    rng = np.random.default_rng(11)
+    reference = tmp_path / "reference"
+    shutil.copytree(smoke_run / "train", reference / "train")
+    _finish(BUILD, reference)
+    _finish(SIM, reference)
+    ref_manifest = json.loads((reference / "build" / "manifest.json").read_text())
+    ref_hw = json.loads((reference / "sim" / "hw_ber.json").read_text())
+
+    run = tmp_path / "killed"
+    shutil.copytree(smoke_run / "train", run / "train")
+    # Build: export, FINN steps, stitching, Verilator: a kill anywhere in the first 25 s.
+    kills = [float(t) for t in rng.uniform(1.0, 25.0, size=2)]
+    for t in kills:
+        if _kill_after(_mcel(BUILD, run), t):
+            assert not (run / "build").exists(), f"a build killed after {t:.1f} s left build/"
+    if not (run / "build").exists():
+        _finish(BUILD, run)
+    manifest = json.loads((run / "build" / "manifest.json").read_text())
+    assert manifest["memories"] == ref_manifest["memories"]
+    for a, b in zip(manifest["memories"], ref_manifest["memories"], strict=True):
+        assert (run / "build" / a["init_file"]).read_text() == (reference / "build" / b["init_file"]).read_text()
+    assert not list(run.glob(".build.partial-*")), "the retry left a temporary build folder"
+
+    # Sim: maps, prediction, simulator build, simulation: a kill anywhere in the first 30 s.
+    for t in (float(t) for t in rng.uniform(2.0, 30.0, size=2)):
+        if _kill_after(_mcel(SIM, run), t):
+            assert not (run / "sim" / "hw_ber.json").exists(), f"a sim killed after {t:.1f} s left a result"
+    if not (run / "sim" / "hw_ber.json").exists():
+        _finish(SIM, run)
+    hw = json.loads((run / "sim" / "hw_ber.json").read_text())
+    assert [m["digest"] for m in hw["maps"]] == [m["digest"] for m in ref_hw["maps"]]
+    assert all(m["identical_to_software"] for m in hw["maps"])
