@@ -58,3 +58,19 @@ def smoke_bin_build(tmp_path_factory) -> Path:
     run_train(load_config(CONFIGS / "smoke_digits_w1a1.yaml"), run, show_progress=False)
     build_run(run, folding="auto", target_cycles=64, n_verify=50, runtime_writeable=True)
     return run
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib figure closed during the test, in order. The plotting code saves its
+    figure and then closes it, so this is how a test reads back the curves that went into a PNG."""
+    import matplotlib.pyplot as plt
+
+    seen, close = [], plt.close
+
+    def record(fig=None):
+        seen.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", record)
+    return seen

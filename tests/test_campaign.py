@@ -49,22 +49,6 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           cwd=REPO, **kwargs)
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """Every matplotlib figure closed during the test, in order. The plotting code saves its
-    figure and then closes it, so this is how a test reads back the curves that went into a PNG."""
-    import matplotlib.pyplot as plt
-
-    seen, close = [], plt.close
-
-    def record(fig=None):
-        seen.append(fig)
-        close(fig)
-
-    monkeypatch.setattr(plt, "close", record)
-    return seen
-
-
 def _done_count(db: Path) -> int:
     if not db.is_file():
         return 0

@@ -20,39 +20,7 @@ from mcel_train.experiment import (
     overrides,
     write_report,
 )
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every matplotlib figure closed during the test, in order. The plotting code saves its
-    figure and then closes it, so this is how a test reads back the curves that went into a PNG."""
-    import matplotlib.pyplot as plt
-
-    seen, close = [], plt.close
-
-    def record(fig=None):
-        seen.append(fig)
-        close(fig)
-
-    monkeypatch.setattr(plt, "close", record)
-    return seen
-
-
-def _curves(fig) -> dict:
-    """label -> (x, y) of every line drawn on the figure's one axes."""
-    (ax,) = fig.axes
-    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
-
-
-def _png_shape(path, fig) -> tuple:
-    """The PNG decodes, has the figure's shape at a readable size (at least 300 pixels each
-    way), and is not one flat colour."""
-    from matplotlib.image import imread
-
-    img = imread(path)
-    (h, w), (fw, fh) = img.shape[:2], fig.get_size_inches()
-    assert min(h, w) >= 300 and abs(h - w * fh / fw) <= 1 and img[..., :3].std() > 0.05
-    return img.shape
+from tests.plot_checks import curves, png_shape
 
 
 def _fake_run(rd: Path, acc: float, rates: tuple[float, ...], maps: int) -> None:
@@ -84,11 +52,11 @@ def test_report_from_records(tmp_path, figures):
     # the plot has one curve per finished variant (the missing one has none), through the
     # sweep means of that run's record
     assert len(figures) == 1 and "sfc_w2a2" in figures[0].axes[0].get_title()
-    assert _curves(figures[0]) == {
+    assert curves(figures[0]) == {
         "CE": (list(rates), [0.80 - 10 * r for r in rates]),
         "MCEL m=32": (list(rates), [0.85 - 10 * r for r in rates]),
     }
-    _png_shape(tmp_path / "docs" / "results_sfc_w2a2.png", figures[0])
+    png_shape(tmp_path / "docs" / "results_sfc_w2a2.png", figures[0])
     assert json.loads((tmp_path / "docs" / "results.json").read_text())["settings"]["maps"] == 3
 
 

@@ -10,39 +10,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.margins import margin_report
 from mcel_train.plotting import plot_runs
 from mcel_train.sweep import SweepExistsError, run_sweep, t_interval
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every matplotlib figure closed during the test, in order. The plotting code saves its
-    figure and then closes it, so this is how a test reads back the curves that went into a PNG."""
-    import matplotlib.pyplot as plt
-
-    seen, close = [], plt.close
-
-    def record(fig=None):
-        seen.append(fig)
-        close(fig)
-
-    monkeypatch.setattr(plt, "close", record)
-    return seen
-
-
-def _curves(fig) -> dict:
-    """label -> (x, y) of every line drawn on the figure's one axes."""
-    (ax,) = fig.axes
-    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
-
-
-def _png_shape(path, fig) -> tuple:
-    """The PNG decodes, has the figure's shape at a readable size (at least 300 pixels each
-    way), and is not one flat colour."""
-    from matplotlib.image import imread
-
-    img = imread(path)
-    (h, w), (fw, fh) = img.shape[:2], fig.get_size_inches()
-    assert min(h, w) >= 300 and abs(h - w * fh / fw) <= 1 and img[..., :3].std() > 0.05
-    return img.shape
+from tests.plot_checks import curves, png_shape
 
 
 def _sweep_curve(rec) -> tuple:
@@ -56,8 +24,8 @@ def test_same_seed_gives_identical_json(smoke_run, figures):
     rec = run_sweep(smoke_run, [0.0, 0.01, 0.05], maps=6, seed=3, progress=False, force=True)
     first = out.read_bytes()
     # sw_ber.png shows this record: one curve, named after the run, through its mean accuracies
-    assert len(figures) == 1 and _curves(figures[0]) == {smoke_run.name: _sweep_curve(rec)}
-    _png_shape(smoke_run / "sweep" / "sw_ber.png", figures[0])
+    assert len(figures) == 1 and curves(figures[0]) == {smoke_run.name: _sweep_curve(rec)}
+    png_shape(smoke_run / "sweep" / "sw_ber.png", figures[0])
     with pytest.raises(SweepExistsError, match="force"):
         run_sweep(smoke_run, [0.0], maps=2, progress=False)
     run_sweep(smoke_run, [0.0, 0.01, 0.05], maps=6, seed=3, progress=False, force=True,
@@ -77,9 +45,9 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures):
     figures.clear()
     png = plot_runs([smoke_run, smoke_run], tmp_path / "cmp.png", labels=["a", "b"])
     # one curve per run, under the given labels, in the legend too
-    assert len(figures) == 1 and _curves(figures[0]) == {"a": _sweep_curve(rec), "b": _sweep_curve(rec)}
+    assert len(figures) == 1 and curves(figures[0]) == {"a": _sweep_curve(rec), "b": _sweep_curve(rec)}
     assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == ["a", "b"]
-    _png_shape(png, figures[0])
+    png_shape(png, figures[0])
     rec = margin_report(smoke_run, force=True)
     assert rec["mean_logit_margin"] > 0 and len(rec["hidden_layers"]) >= 1
     saved = json.loads((smoke_run / "margins" / "margins.json").read_text())
@@ -95,8 +63,8 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures):
     args = parser.parse_args(["plot", str(smoke_run), "-o", str(tmp_path / "p.png")])
     figures.clear()
     assert args.func(args) == 0
-    assert len(figures) == 1 and list(_curves(figures[0])) == [smoke_run.name]
-    _png_shape(tmp_path / "p.png", figures[0])
+    assert len(figures) == 1 and list(curves(figures[0])) == [smoke_run.name]
+    png_shape(tmp_path / "p.png", figures[0])
     with pytest.raises(UserInputError, match="exists"):
         args.func(args)
     args = parser.parse_args(["margins", str(smoke_run), "--force"])
