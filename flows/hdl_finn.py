@@ -163,71 +163,45 @@ def fifo_rtl(node, model) -> NodeHdl:
     )
 
 
-@register_hdl("StreamingDataWidthConverter_rtl")
-def dwc_rtl(node, model) -> NodeHdl:
-    """FINN's RTL data width converter (inserted where neighbouring PE/SIMD differ)."""
+def _stream_node(node, sources: list[str], lib: list[str], axilite: bool = False) -> NodeHdl:
+    """A node with only clock, reset and its two streams (plus, for FINN's FMPadding, an AXI-lite
+    port for run-time reconfiguration, tied off: the geometry is fixed at build time). ``sources``
+    are file name patterns in the node's code generation folder, ``{top}`` its module."""
     inst = custom_op(node)
-    name = node.name
     cg = codegen_dir(inst)
-    top = inst.get_nodeattr("gen_top_module") or name
-
-    def instantiate(i: str, o: str, init_file: str | None = None) -> str:
-        return (
-            f"  {top} {name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),\n"
-            f"    {stream_pins('in0_V', i)},\n    {stream_pins('out0_V', o)}\n  );\n"
-        )
-
-    return NodeHdl(
-        name=name, op_type=node.op_type, sources=[cg / f"{top}.v"],
-        lib_sources=["dwc/hdl/vpc.sv", "dwc/hdl/dwc_axi.sv"],
-        in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
-        instantiate=instantiate,
-    )
-
-
-
-def _stream_only(node, top: str, axilite: bool = False):
-    """Instantiation of a node with only clock, reset and the two streams (plus a tied-off
-    AXI-lite port, which FINN's FMPadding has for run-time reconfiguration)."""
-    name = node.name
+    top = inst.get_nodeattr("gen_top_module") or node.name
     tie = f"    {AXILITE_TIEOFF},\n" if axilite else ""
 
     def instantiate(i: str, o: str, init_file: str | None = None) -> str:
         return (
-            f"  {top} {name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),\n{tie}"
+            f"  {top} {node.name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),\n{tie}"
             f"    {stream_pins('in0_V', i)},\n    {stream_pins('out0_V', o)}\n  );\n"
         )
 
-    return instantiate
+    return NodeHdl(
+        name=node.name, op_type=node.op_type, sources=[cg / s.format(top=top) for s in sources],
+        lib_sources=lib, in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
+        instantiate=instantiate,
+    )
+
+
+@register_hdl("StreamingDataWidthConverter_rtl")
+def dwc_rtl(node, model) -> NodeHdl:
+    """FINN's RTL data width converter (inserted where neighbouring PE/SIMD differ)."""
+    return _stream_node(node, ["{top}.v"], ["dwc/hdl/vpc.sv", "dwc/hdl/dwc_axi.sv"])
 
 
 @register_hdl("FMPadding_rtl")
 def fmpadding_rtl(node, model) -> NodeHdl:
-    """FINN's RTL feature-map padding (zeros around each image, NHWC); its AXI-lite port for
-    run-time reconfiguration is tied off (the padding is fixed at build time)."""
-    inst = custom_op(node)
-    cg = codegen_dir(inst)
-    top = inst.get_nodeattr("gen_top_module") or node.name
-    return NodeHdl(
-        name=node.name, op_type=node.op_type, sources=[cg / f"{top}.v"],
-        lib_sources=[f"fmpadding/hdl/{f}" for f in ("axi2we.sv", "fmpadding.sv", "fmpadding_axi.sv")],
-        in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
-        instantiate=_stream_only(node, top, axilite=True),
-    )
+    """FINN's RTL feature-map padding (zeros around each image, NHWC)."""
+    lib = [f"fmpadding/hdl/{f}" for f in ("axi2we.sv", "fmpadding.sv", "fmpadding_axi.sv")]
+    return _stream_node(node, ["{top}.v"], lib, axilite=True)
 
 
 @register_hdl("ConvolutionInputGenerator_rtl")
 def swg_rtl(node, model) -> NodeHdl:
     """FINN's RTL sliding window generator: im2col windows for a convolution, or (depthwise)
     the windows a max-pool reduces. Its implementation module is generated per node."""
-    inst = custom_op(node)
-    if inst.get_nodeattr("dynamic_mode"):
+    if custom_op(node).get_nodeattr("dynamic_mode"):
         raise UnsupportedLayerError(f"unsupported layer {node.name} ({node.op_type}): dynamic_mode")
-    cg = codegen_dir(inst)
-    top = inst.get_nodeattr("gen_top_module") or node.name
-    return NodeHdl(
-        name=node.name, op_type=node.op_type, sources=[cg / f"{top}_wrapper.v", cg / f"{top}_impl.sv"],
-        lib_sources=["swg/swg_pkg.sv", "swg/swg_common.sv"],
-        in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
-        instantiate=_stream_only(node, top),
-    )
+    return _stream_node(node, ["{top}_wrapper.v", "{top}_impl.sv"], ["swg/swg_pkg.sv", "swg/swg_common.sv"])
