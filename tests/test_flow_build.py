@@ -114,7 +114,7 @@ def test_manifest_layouts_match_graph(builds, tmp_path):
     assert [m.layer for m in weights] == ["MVAU_rtl_0", "MVAU_rtl_1", "MVAU_rtl_2"]
     m0 = weights[0]
     assert m0.layout == {"type": "finn_mvau", "mh": 32, "mw": 64, "pe": 4, "simd": 8,
-                         "element_bits": 2, "signed": True, "bipolar": False}
+                         "element_bits": 2, "signed": True, "bipolar": False, "input": {"kind": "dense"}}
     assert m0.path == "accel_top.MVAU_rtl_0_wmem.core.genUnpumped.mem.blkMem.Mem"
     assert (m0.depth, m0.width) == (64 * 32 // 32, 4 * 8 * 2)
     assert_init_files_hold_graph_weights(run / "build")
