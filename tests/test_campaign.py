@@ -102,6 +102,7 @@ def test_existing_campaign_needs_resume(reference, tmp_path):
     assert result.returncode == 2 and "--resume" in result.stderr
 
 
+@pytest.mark.slow  # repeated campaign runs / a 60 s hang: not for the fast subset
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_table(reference, tmp_path):
     path, ref_folder = reference
     out = tmp_path / "killed"
@@ -135,6 +136,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_table(refe
     assert campaign_table(out) == campaign_table(ref_folder)
 
 
+@pytest.mark.slow  # repeated campaign runs / a 60 s hang: not for the fast subset
 def test_ray_gives_the_local_pool_numbers(reference, tmp_path):
     pytest.importorskip("ray")
     path, ref_folder = reference
@@ -143,6 +145,7 @@ def test_ray_gives_the_local_pool_numbers(reference, tmp_path):
     assert campaign_table(folder) == campaign_table(ref_folder)
 
 
+@pytest.mark.slow  # repeated campaign runs / a 60 s hang: not for the fast subset
 def test_extending_a_campaign_reuses_finished_stages(reference, tmp_path):
     """A new rate changes only the sweeps: the trained networks come from the store, not a retrain."""
     _, ref_folder = reference
@@ -163,6 +166,7 @@ def test_extending_a_campaign_reuses_finished_stages(reference, tmp_path):
     assert all(old[(r["model"], r["loss"], r["rate"])] == r["mean"] for r in rows if r["rate"] != 0.1)
 
 
+@pytest.mark.slow  # repeated campaign runs / a 60 s hang: not for the fast subset
 def test_hung_task_is_killed_retried_and_the_rest_goes_on(tmp_path):
     # The big network trains far longer than the 30 s timeout, so it counts as hung.
     campaign = {**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]},
