@@ -12,6 +12,7 @@ Two executions of the same map (docs/architecture.md, principle 1):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def golden_words(manifest: Manifest, names) -> dict[str, list[int]]:
     return {name: manifest.words(name) for name in names}
 
 
-def _faulty(manifest: Manifest, fmap: FaultMap, golden: dict[str, list[int]]) -> dict[str, list[int]]:
+def _faulty(fmap: FaultMap, golden: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The golden words with the map's faulty words in place."""
     words = {name: list(ws) for name, ws in golden.items()}
     for name, updates in faulty_words(fmap, golden).items():
         for w, v in updates.items():
@@ -61,7 +63,7 @@ def faulty_thresholds(manifest: Manifest, fmap: FaultMap,
     golden = golden or golden_words(manifest, mems)
     touched = {fmap.memory_names[i] for i in np.unique(fmap.memory)}
     layers = {mems[n].layer for n in touched if n in mems}
-    words = _faulty(manifest, fmap, golden)
+    words = _faulty(fmap, golden)
     out: dict[str, tuple[np.ndarray, int | None]] = {}
     for layer in sorted(layers):
         entries = [m for m in mems.values() if m.layer == layer]
@@ -86,13 +88,19 @@ def faulty_matrices(manifest: Manifest, fmap: FaultMap | None,
     words = golden
     if fmap is not None and len(fmap):
         check_map_fits(fmap, mems)
-        words = _faulty(manifest, fmap, golden)
+        words = _faulty(fmap, golden)
     return {m.layer: decode_mvau(words[name], m.layout) for name, m in mems.items()}
 
 
-def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]) -> np.ndarray:
-    """``(M, N, outputs)`` integer outputs by FINN's Python execution of each faulty graph."""
+def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None],
+                 seconds: float | None = None, min_images: int = 10) -> np.ndarray:
+    """``(M, N, outputs)`` integer outputs by FINN's Python execution of each faulty graph.
 
+    ``seconds``: a time budget (a cross-check sample): images are executed ten at a time for
+    every map, and execution stops once the budget is spent and ``min_images`` are done, so N
+    may be smaller than ``len(x)``. The graph, the init files and each map's faulty matrices are
+    prepared once either way.
+    """
     build_dir = Path(build_dir)
     manifest = load_manifest(build_dir)
     model = load_graph(dataflow_graph_path(build_dir))
@@ -101,16 +109,24 @@ def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
         raise ValueError("finn_predict: FINN's Python execution counts thresholds (MultiThreshold) while "
                          "Thresholding_rtl binary-searches them; faulty thresholds need the fast predictor")
     golden = golden_words(manifest, manifest.weights)
-    clean = {n.name: model.get_initializer(n.input[1]) for n in model.graph.node if n.name in
-             {m.layer for m in manifest.weights.values()}}
-    out = []
-    for fmap in maps:
-        for layer, matrix in faulty_matrices(manifest, fmap, golden).items():
-            node = model.get_node_from_name(layer)
-            # FINN's MVAU weight tensor is (MW, MH): the transpose of the memory's matrix.
-            model.set_initializer(node.input[1], matrix.T.astype(np.float32).reshape(clean[layer].shape))
-        out.append(np.rint(output_of(model, x)).astype(np.int64))
-    return np.stack(out)
+    nodes = {m.layer: model.get_node_from_name(m.layer) for m in manifest.weights.values()}
+    shapes = {layer: model.get_initializer(node.input[1]).shape for layer, node in nodes.items()}
+    # FINN's MVAU weight tensor is (MW, MH): the transpose of the memory's matrix.
+    weights = [{layer: m.T.astype(np.float32).reshape(shapes[layer]) for layer, m in
+                faulty_matrices(manifest, fmap, golden).items()} for fmap in maps]
+    step = len(x) if seconds is None else min_images
+    outs: list[list[np.ndarray]] = [[] for _ in maps]
+    t0, done = time.perf_counter(), 0
+    while done < len(x):
+        chunk = x[done:done + step]
+        for out, tensors in zip(outs, weights, strict=True):
+            for layer, tensor in tensors.items():
+                model.set_initializer(nodes[layer].input[1], tensor)
+            out.append(np.rint(output_of(model, chunk)).astype(np.int64))
+        done += len(chunk)
+        if seconds is not None and done >= min_images and time.perf_counter() - t0 > seconds:
+            break
+    return np.stack([np.concatenate(o) for o in outs])
 
 
 def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None],
@@ -122,7 +138,6 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     by :class:`mcel_train.evaluate.MapEvaluator`; ``map_batch`` maps are evaluated together.
     """
     import torch
-
 
     net = from_finn_build(build_dir)
     manifest = load_manifest(build_dir)
@@ -157,7 +172,6 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
 
 def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, thresholds: dict) -> np.ndarray:
     """One map whose threshold memories are faulty: the owners' post-ops swapped for the run."""
-
     owners = net.meta["threshold_owners"]
     saved = {}
     try:

@@ -56,20 +56,6 @@ CROSSCHECK_MIN_IMAGES = 10
 CROSSCHECK_SECONDS = 60.0
 
 
-def crosscheck(build_dir: Path, x: np.ndarray, maps: list) -> np.ndarray:
-    """FINN's outputs for ``maps`` on the first images, in chunks of ten until the image or the
-    time budget is spent (at least CROSSCHECK_MIN_IMAGES images)."""
-
-    parts, t0, done = [], time.perf_counter(), 0
-    while done < min(len(x), CROSSCHECK_IMAGES):
-        chunk = x[done: done + CROSSCHECK_MIN_IMAGES]
-        parts.append(finn_predict(build_dir, chunk, maps))
-        done += len(chunk)
-        if time.perf_counter() - t0 > CROSSCHECK_SECONDS:
-            break
-    return np.concatenate(parts, axis=1)
-
-
 def load_build_manifest(run_dir: Path) -> Manifest:
     """The manifest of the run's build (one clear line when the run has no build)."""
     path = Path(run_dir) / "build" / MANIFEST_FILE
@@ -83,7 +69,6 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
                    jobs: int = 1) -> None:
     """Every argument of a simulation, checked before anything is read or written; messages
     name the CLI flag."""
-
     if not bers:
         raise UserInputError("give at least one bit error rate (--ber)")
     bad = [b for b in bers if not 0.0 <= b <= 1.0]
@@ -125,7 +110,6 @@ def fault_memories(manifest: Manifest, memories: str = "weights") -> list:
 def make_maps(manifest: Manifest, bers: list[float], maps: int, seed: int, fault_model: str,
               out_dir: Path, memories: str = "weights") -> list[dict]:
     """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
-
     memories = fault_memories(manifest, memories)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -153,7 +137,6 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
     before it (one batch of ``images``; see :mod:`hw_sim.transient`).
     """
-
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
                    transient_cycle)
@@ -189,7 +172,8 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         # threshold faults are not cross-checked against FINN.
         thr = set(manifest.thresholds)
         check = [i for i, f in enumerate(fmaps) if len(f) and not len(split_map(f, thr)[1])][:crosscheck_maps]
-        reference = crosscheck(run_dir / "build", x, [None, *(fmaps[i] for i in check)])
+        reference = finn_predict(run_dir / "build", x[:CROSSCHECK_IMAGES], [None, *(fmaps[i] for i in check)],
+                                 seconds=CROSSCHECK_SECONDS, min_images=CROSSCHECK_MIN_IMAGES)
         record_check = {"images": len(reference[0]), "maps": ["clean", *check]}
         for ref, got, name in zip(reference, [clean, *(predicted[i] for i in check)],
                                   ["the clean map", *(f"map {i}" for i in check)], strict=True):
@@ -309,7 +293,6 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     ``pgo``: a profile-guided simulator build (trained on the first images with clean
     memories; about twice the build time for 15-20 % faster simulation, for long runs).
     """
-
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
                    transient_cycle, jobs)

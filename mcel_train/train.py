@@ -228,6 +228,5 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True)
 
 def load_trained(run_dir: str | Path) -> tuple[nn.Module, TrainConfig]:
     """A trained model (eval mode) and its validated config (:func:`mcel_train.runio.load_run`)."""
-
     run = load_run(run_dir)
     return run.model, validate(run.config)
