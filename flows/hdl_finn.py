@@ -141,32 +141,11 @@ def thresholding_rtl(node, model) -> NodeHdl:
     )
 
 
-@register_hdl("StreamingFIFO_rtl")
-def fifo_rtl(node, model) -> NodeHdl:
-    """FINN's RTL FIFO (a gauge FIFO under ``FINN_SIMULATION``)."""
-    inst = custom_op(node)
-    name = node.name
-    cg = codegen_dir(inst)
-    top = inst.get_nodeattr("gen_top_module") or name
-
-    def instantiate(i: str, o: str, init_file: str | None = None) -> str:
-        return (
-            f"  {top} {name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .count(), .maxcount(),\n"
-            f"    {stream_pins('in0_V', i)},\n    {stream_pins('out0_V', o)}\n  );\n"
-        )
-
-    lib = ["fifo/hdl/fifo_gauge.sv", "fifo/hdl/fifo.sv"]
-    return NodeHdl(
-        name=name, op_type=node.op_type, sources=[cg / f"{top}.v"], lib_sources=lib,
-        in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
-        instantiate=instantiate,
-    )
-
-
-def _stream_node(node, sources: list[str], lib: list[str], axilite: bool = False) -> NodeHdl:
+def _stream_node(node, sources: list[str], lib: list[str], axilite: bool = False, pins: str = "") -> NodeHdl:
     """A node with only clock, reset and its two streams (plus, for FINN's FMPadding, an AXI-lite
     port for run-time reconfiguration, tied off: the geometry is fixed at build time). ``sources``
-    are file name patterns in the node's code generation folder, ``{top}`` its module."""
+    are file name patterns in the node's code generation folder, ``{top}`` its module; ``pins``
+    extra port connections after reset."""
     inst = custom_op(node)
     cg = codegen_dir(inst)
     top = inst.get_nodeattr("gen_top_module") or node.name
@@ -174,7 +153,7 @@ def _stream_node(node, sources: list[str], lib: list[str], axilite: bool = False
 
     def instantiate(i: str, o: str, init_file: str | None = None) -> str:
         return (
-            f"  {top} {node.name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),\n{tie}"
+            f"  {top} {node.name} (\n    .ap_clk(ap_clk), .ap_rst_n(ap_rst_n),{pins}\n{tie}"
             f"    {stream_pins('in0_V', i)},\n    {stream_pins('out0_V', o)}\n  );\n"
         )
 
@@ -183,6 +162,13 @@ def _stream_node(node, sources: list[str], lib: list[str], axilite: bool = False
         lib_sources=lib, in_width=pad8(inst.get_instream_width()), out_width=pad8(inst.get_outstream_width()),
         instantiate=instantiate,
     )
+
+
+@register_hdl("StreamingFIFO_rtl")
+def fifo_rtl(node, model) -> NodeHdl:
+    """FINN's RTL FIFO (a gauge FIFO under ``FINN_SIMULATION``)."""
+    return _stream_node(node, ["{top}.v"], ["fifo/hdl/fifo_gauge.sv", "fifo/hdl/fifo.sv"],
+                        pins=" .count(), .maxcount(),")
 
 
 @register_hdl("StreamingDataWidthConverter_rtl")
