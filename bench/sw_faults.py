@@ -12,7 +12,11 @@ Fashion-MNIST), the test set (``--test-images``: its first N) and ``--maps`` fli
 It asserts that every map's accuracy (and every prediction) from ``intnet`` equals the
 Brevitas reference, prints a table and writes a JSON record.
 
-    .venv/bin/python bench/sw_faults.py [--run runs/NAME] [--maps 100] [--rate 0.01]
+    .venv/bin/python bench/sw_faults.py [--run runs/NAME] [--maps 100] [--rates 1e-4,1e-3,0.02]
+
+Every rate's maps also go through the difference evaluator (:mod:`mcel_train.difference`) and
+the ``auto`` choice; the bench asserts that all paths predict the same for every map and
+image, and records the fraction of (map, image) pairs that still differ after each layer.
 """
 
 from __future__ import annotations
@@ -91,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, help="run folder with train/model.pt (default: quick-train)")
     p.add_argument("--maps", type=int, default=100)
-    p.add_argument("--rate", type=float, default=0.01)
+    p.add_argument("--rates", default="0.01", help="comma-separated bit error rates, one row each")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=300, help="quick-training steps without --run")
     p.add_argument("--roof-maps", type=int, default=0, help="maps timed for the roof (0: all)")
+    p.add_argument("--brevitas-maps", type=int, default=0,
+                   help="maps checked against the per-map Brevitas reference (0: all)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for every method (1: steadiest on a shared machine)")
     p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/sw_faults.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    rates = [float(r) for r in args.rates.split(",")]
 
     if args.run:
         run = load_run(args.run)
@@ -121,65 +128,72 @@ def main(argv: list[str] | None = None) -> int:
     net = from_brevitas(model)
     mems = net.memories()
     n = len(y)
-
-    maps, t_gen = timed(lambda: [generate_map(mems, "flip", args.rate, args.seed, i)
-                                 for i in range(args.maps)])
-    ev, t_setup = timed(lambda: MapEvaluator(net, x, y, rows=args.rows,
-                                             compile_post=not args.no_compile))
-    first, t_warm = timed(ev.evaluate, maps)  # first call includes torch.compile
-    res, t_ours = timed(ev.evaluate, maps)
-    assert np.array_equal(first.predictions, res.predictions)
-    ref, t_brev = timed(brevitas_way, model, net, mems, maps, x)
-    roof_maps = args.roof_maps or args.maps
-    _, t_roof = timed(roof, net, roof_maps, x)
-
-    ref_acc = (ref == y[None, :]).mean(axis=1)
-    same_preds = bool(np.array_equal(ref, res.predictions))
-    assert np.array_equal(ref_acc, res.accuracy), "per-map accuracies differ from Brevitas"
-    assert same_preds, "per-image predictions differ from Brevitas"
-
-    work = args.maps * n
-    rows = {
-        "intnet": work / t_ours,
-        "brevitas_per_map": work / t_brev,
-        "matmul_roof": roof_maps * n / t_roof,
-    }
+    compile_post = not args.no_compile
+    dense_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="dense")
+    diff_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="difference")
+    auto_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="auto")
+    _, t_diff_setup = timed(lambda: diff_ev.difference)  # the clean state: once per test set
+    auto_ev._difference = diff_ev.difference
+    rows_out = []
+    for rate in rates:
+        maps, t_gen = timed(lambda r=rate: [generate_map(mems, "flip", r, args.seed, i) for i in range(args.maps)])
+        first, t_warm = timed(dense_ev.evaluate, maps)  # first call includes torch.compile
+        dense, t_dense = timed(dense_ev.evaluate, maps)
+        assert np.array_equal(first.predictions, dense.predictions)
+        before = diff_ev.difference.active_after.copy()
+        diff, t_diff = timed(diff_ev.evaluate, maps)
+        active = (diff_ev.difference.active_after - before) / (args.maps * n)
+        auto, t_auto = timed(auto_ev.evaluate, maps)
+        n_brev = args.brevitas_maps or args.maps
+        ref, t_brev = timed(brevitas_way, model, net, mems, maps[:n_brev], x)
+        for name, res in (("difference", diff), ("auto", auto)):
+            assert np.array_equal(res.predictions, dense.predictions), f"{name} predictions differ from dense"
+        assert np.array_equal(ref, dense.predictions[:n_brev]), "predictions differ from Brevitas"
+        roof_maps = args.roof_maps or args.maps
+        _, t_roof = timed(roof, net, roof_maps, x)
+        work = args.maps * n
+        row = {
+            "rate": rate,
+            "faults_per_map_mean": float(np.mean([len(f) for f in maps])),
+            "mean_accuracy": float(dense.accuracy.mean()),
+            "seconds": {"generate_maps": t_gen, "dense_first_call_incl_compile": t_warm, "dense": t_dense,
+                        "difference": t_diff, "auto": t_auto, "brevitas_per_map": t_brev,
+                        "matmul_roof": t_roof},
+            "map_images_per_s": {"dense": work / t_dense, "difference": work / t_diff, "auto": work / t_auto,
+                                 "brevitas_per_map": n_brev * n / t_brev, "matmul_roof": roof_maps * n / t_roof},
+            "difference_vs_dense": t_dense / t_diff,
+            "auto_vs_dense": t_dense / t_auto,
+            "auto_choice": auto_ev._choice.get(("flip", rate)),
+            "dense_vs_brevitas": (work / t_dense) / (n_brev * n / t_brev),
+            # where the difference path's time goes: the fraction of (map, image) pairs that
+            # still differ from the clean network after each layer
+            "difference_active_after_layer": [float(a) for a in active],
+            "brevitas_maps_checked": n_brev,
+            "identical_predictions": True,
+        }
+        rows_out.append(row)
+        print(f"p={rate:g} (~{row['faults_per_map_mean']:.0f} flips/map, mean acc {row['mean_accuracy']:.4f}): "
+              f"dense {t_dense:.2f} s, difference {t_diff:.2f} s ({row['difference_vs_dense']:.2f}x), "
+              f"auto {t_auto:.2f} s ({row['auto_vs_dense']:.2f}x, chose {row['auto_choice']}), "
+              f"brevitas {t_brev:.2f} s for {n_brev} maps; still differing after each layer: "
+              + ", ".join(f"{a:.0%}" for a in active), flush=True)
     record = {
         "model": spec.to_dict(),
         "source": source,
         "maps": args.maps,
-        "rate": args.rate,
         "seed": args.seed,
         "images": n,
-        "faults_per_map_mean": float(np.mean([len(f) for f in maps])),
-        "seconds": {"generate_maps": t_gen, "evaluator_setup": t_setup,
-                    "intnet_first_call_incl_compile": t_warm, "intnet": t_ours,
-                    "brevitas_per_map": t_brev, "matmul_roof": t_roof},
-        "roof_maps": roof_maps,
-        "map_images_per_s": rows,
-        "speedup_vs_brevitas": rows["intnet"] / rows["brevitas_per_map"],
-        "fraction_of_roof": rows["intnet"] / rows["matmul_roof"],
-        "identical_accuracies": True,
-        "identical_predictions": same_preds,
-        "mean_accuracy": float(res.accuracy.mean()),
+        "difference_setup_s": t_diff_setup,
+        "rows": rows_out,
         "torch_threads": torch.get_num_threads(),
         "evaluator_rows": args.rows,
-        "compiled_post_ops": not args.no_compile,
+        "compiled_post_ops": compile_post,
         "brevitas_eval_batch": EVAL_BATCH,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    print(f"\n{spec.arch}_w{spec.weight_bits}a{spec.act_bits}, {n} images, {args.maps} maps at p={args.rate} "
-          f"(~{record['faults_per_map_mean']:.0f} flips/map), mean acc {res.accuracy.mean():.4f}")
-    print(f"{'method':<20}{'map*img/s':>14}{'seconds':>10}")
-    for name, secs in (("intnet", t_ours), ("brevitas_per_map", t_brev), ("matmul_roof", t_roof)):
-        print(f"{name:<20}{rows[name]:>14.3g}{secs:>10.2f}")
-    print(f"(intnet first call incl. torch.compile: {t_warm:.1f} s; "
-          f"map generation {t_gen:.1f} s)")
-    print(f"speedup vs Brevitas per map: {record['speedup_vs_brevitas']:.1f}x (goal >= 5x); "
-          f"fraction of matmul roof: {record['fraction_of_roof']:.2f} (goal >= 0.5)")
-    print("accuracies and predictions identical to the Brevitas reference for every map")
+    print("every prediction of every map identical across dense, difference, auto and the Brevitas reference")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -39,12 +39,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
         force=args.force, manifest=args.manifest, map_batch=args.map_batch,
         progress=not args.quiet, compile_post=args.compile, test_images=args.test_images,
+        ci_width=args.ci_width, method=args.method,
     )
     print(f"clean accuracy {rec['clean_accuracy']:.4f} ({rec['n_test']} test images)")
     for r in rec["results"]:
         ci = r["ci95"] or [r["mean"], r["mean"]]
         print(f"  rate {r['rate']:<10g} accuracy {r['mean']:.4f}  "
-              f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]")
+              f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]  ({r['maps']} maps)")
     print(f"wrote {Path(args.run) / 'sweep' / 'sw_ber.json'} and sw_ber.png")
     return 0
 
@@ -96,6 +97,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="fuse the post-ops with torch.compile (faster long sweeps)")
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep")
     p.add_argument("--test-images", type=int, default=0, help="first N test images only (0 = all)")
+    p.add_argument("--ci-width", type=float, default=0.0,
+                   help="per rate, add maps until the 95%% interval is narrower than this many "
+                        "accuracy points (at most --maps; 0 = always --maps)")
+    p.add_argument("--method", choices=("auto", "dense", "difference"), default="auto",
+                   help="fault evaluator: difference (per map only what differs from the clean "
+                        "network), dense, or auto (per rate the faster; same results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
 

@@ -10,6 +10,7 @@ thousand non-zeros per map instead of a dense matmul. All arithmetic stays exact
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mcel_train.difference import DifferenceEvaluator, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.intnet import FLOAT32_EXACT, IntNetwork
+from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, layer_memories
 from mcel_train.memory import Memory
+
+METHODS = ("auto", "dense", "difference")
 
 
 @dataclass
@@ -29,37 +33,6 @@ class MapEvaluation:
 
     accuracy: np.ndarray
     predictions: np.ndarray
-
-
-def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[Memory | None]:
-    """The memory holding each layer's weights (matched by ``layer_index``), shape-checked."""
-    memories = net.memories() if memories is None else list(memories)
-    out: list[Memory | None] = [None] * len(net.layers)
-    for mem in memories:
-        if mem.kind != "weights":
-            raise ValueError(f"memory {mem.name!r}: only weight memories map onto this network")
-        i = mem.layer_index
-        if not 0 <= i < len(net.layers):
-            raise ValueError(f"memory {mem.name!r}: layer_index {i} outside the network")
-        shape = net.layers[i].weight.shape
-        if (mem.rows, mem.cols) != tuple(shape):
-            raise ValueError(
-                f"memory {mem.name!r} is {mem.rows}x{mem.cols}, layer {i} weights are {shape}"
-            )
-        if out[i] is not None:
-            raise ValueError(f"two memories for layer {i}")
-        layer = net.layers[i]
-        finn_order = (layer.conv.weight_hwc if layer.conv is not None
-                      else layer.flatten_order == "hwc" if layer.flatten_before else True)
-        if mem.layout == "finn_mvau" and not finn_order:
-            # FINN orders these columns (kh, kw, channel) / NHWC, not PyTorch's; mapping them
-            # onto a network in PyTorch's order would silently hit the wrong weights.
-            raise ValueError(
-                f"memory {mem.name!r}: a FINN memory of a conv or post-flatten layer needs the build's "
-                "own integer network (its columns are in FINN's order), not one made from the torch model"
-            )
-        out[i] = mem
-    return out
 
 
 def memory_contents(net: IntNetwork, memories: Sequence[Memory]) -> dict[str, np.ndarray]:
@@ -79,12 +52,16 @@ class MapEvaluator:
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, labels: np.ndarray,
         memories: Sequence[Memory] | None = None, rows: int = 8192, min_chunk: int = 1024,
-        sparse_first_layer: bool = True, compile_post: bool = False,
+        sparse_first_layer: bool = True, compile_post: bool = False, method: str = "auto",
     ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.method = method
         self.net = net
         self.x = x.to(torch.float32)
         self.labels = np.asarray(labels)
         self.memories = layer_memories(net, memories)
+        self.memories_given = [m for m in self.memories if m is not None]
         self.rows = int(rows)
         self.min_chunk = int(min_chunk)
         for layer in net.layers:
@@ -96,6 +73,17 @@ class MapEvaluator:
         self._clean_acc0: torch.Tensor | None = None
         if self.sparse_first:
             self._clean_acc0 = self._dense_acc0(torch.as_tensor(first.weight))
+        self._difference: DifferenceEvaluator | None = None
+        self._choice: dict[object, str] = {}  # auto: the faster path per fault rate
+        self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
+
+    @property
+    def difference(self) -> DifferenceEvaluator | None:
+        """The difference evaluator (built on first use; ``None`` if the network lacks the
+        per-channel post-ops it needs, e.g. Brevitas post-ops without thresholds)."""
+        if self._difference is None and supports(self.net):
+            self._difference = DifferenceEvaluator(self.net, self.x, self.memories_given)
+        return self._difference
 
     def _dense_acc0(self, w: torch.Tensor) -> torch.Tensor:
         bound = self.max_abs_input * float(w.abs().sum(-1).max())
@@ -140,10 +128,61 @@ class MapEvaluator:
         return corr.reshape(m, -1, hi - lo).add_(clean)
 
     def evaluate(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
-        """Accuracy and predictions for each of ``fmaps`` (an empty map = the clean network)."""
+        """Accuracy and predictions for each of ``fmaps`` (an empty map = the clean network).
+
+        ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
+        ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
+        differs; a map that changes too much is handed back to the dense path) or ``auto``:
+        per fault rate the first call times one map both ways and keeps the faster. Both paths
+        are exact, so the choice changes the time, never a prediction.
+        """
+        method = self.method
+        diff = self.difference if method != "dense" else None
+        if diff is None or not fmaps:
+            return self._evaluate_dense(fmaps)
+        if method == "auto":
+            meta = fmaps[0].meta
+            key = (meta.get("fault_model"), meta["rate"]) if "rate" in meta else ("faults", len(fmaps[0]))
+            if key not in self._choice:
+                self._choice[key] = self._probe(fmaps[0])
+            if self._choice[key] == "dense":
+                return self._evaluate_dense(fmaps)
+        t0 = time.perf_counter()
+        results = diff.run_many(fmaps)
+        self.timing["difference"] += time.perf_counter() - t0
+        preds = np.repeat(diff.clean_logits.argmax(-1).numpy()[None, :], len(fmaps), 0)
+        handed_back = [k for k, r in enumerate(results) if r is None]
+        for k, r in enumerate(results):
+            if r is not None and len(r.rows):
+                preds[k, r.rows] = predict(torch.from_numpy(r.logits)).numpy()
+        if handed_back:
+            dense = self._evaluate_dense([fmaps[k] for k in handed_back])
+            preds[handed_back] = dense.predictions
+        acc = (preds == self.labels[None, :]).mean(axis=1)
+        return MapEvaluation(accuracy=acc, predictions=preds)
+
+    def _probe(self, fmap: FaultMap) -> str:
+        """Time one map on both paths (the cost estimate of ``auto``); the faster one wins."""
+        t0 = time.perf_counter()
+        self._evaluate_batched([fmap])
+        t_dense = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = self.difference.run_many([fmap], time_limit=t_dense)[0]  # gives up once slower
+        t_diff = time.perf_counter() - t0
+        self.timing["probe"] += t_diff + t_dense
+        return "difference" if got is not None and t_diff < t_dense else "dense"
+
+    def _evaluate_dense(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
+        t0 = time.perf_counter()
+        try:
+            return self._evaluate_batched(fmaps)
+        finally:
+            self.timing["dense"] += time.perf_counter() - t0
+
+    def _evaluate_batched(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         m = len(fmaps)
         if m > 1 and all(len(f) == 0 for f in fmaps):  # e.g. rate 0: evaluate once
-            one = self.evaluate(fmaps[:1])
+            one = self._evaluate_batched(fmaps[:1])
             return MapEvaluation(np.repeat(one.accuracy, m), np.repeat(one.predictions, m, 0))
         n = len(self.labels)
         preds = np.empty((m, n), dtype=np.int64)

@@ -73,6 +73,16 @@ class PostOp:
         """This post-op followed by a ``k x k`` max-pool (subclasses may reorder it exactly)."""
         return max_pool(self(acc), k)
 
+    def channels(self, index: torch.Tensor) -> PostOp:
+        """The same post-op for the channels ``index`` only (the difference evaluator's subsets)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-channel form")
+
+    def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per accumulator, the inclusive range ``[lo, hi]`` of integer changes that leave its
+        output as it is (channels on dim 1; ``+-inf`` where unbounded). The difference evaluator
+        checks a changed accumulator with two comparisons instead of re-running the post-op."""
+        raise NotImplementedError(f"{type(self).__name__} has no unchanged range")
+
 
 class IdentityPostOp(PostOp):
     """Last layer: the accumulator is the logit; ``out_scale`` turns it into Brevitas' logit."""
@@ -82,6 +92,13 @@ class IdentityPostOp(PostOp):
 
     def __call__(self, acc: torch.Tensor) -> torch.Tensor:
         return acc
+
+    def channels(self, index: torch.Tensor) -> PostOp:
+        return self
+
+    def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zero = torch.zeros_like(acc)
+        return zero, zero
 
 
 class BrevitasPostOp(PostOp):
@@ -268,6 +285,35 @@ class ThresholdPostOp(PostOp):
             return self.real_thresholds
         return (self.thresholds * self.sign[:, None]).to(torch.float32)
 
+    def channels(self, index: torch.Tensor) -> ThresholdPostOp:
+        sub = ThresholdPostOp(self.thresholds[index], self.out_scale, self.out_bias, self.out_mult,
+                              self.sign[index])
+        sub.compiled = self.compiled
+        return sub
+
+    def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = count_unchanged_range(self._rising(acc), self.thresholds)
+        flip = (self.sign < 0).reshape((1, -1) + (1,) * (acc.dim() - 2))
+        return torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+
+
+def count_unchanged_range(x: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``count = sum_k(x >= T[c, k])`` on integer ``x`` (channels on dim 1), the inclusive
+    range of integer changes of ``x`` that keep the count: up to the nearest threshold above,
+    down to the one at or below (the count does not depend on the thresholds' order)."""
+    n_ch, n_k = thresholds.shape
+    t = torch.sort(torch.ceil(thresholds.to(torch.float64)), dim=1).values
+    inf = torch.full((n_ch, 1), torch.inf, dtype=torch.float64)
+    ext = torch.cat([-inf, t, inf], dim=1)  # (C, K + 2): ext[c, k] <= x < ext[c, k + 1]
+    xc = x.movedim(1, 0)
+    shape = xc.shape
+    xc = xc.reshape(n_ch, -1).to(torch.float64).contiguous()  # (C, everything else)
+    count = torch.searchsorted(t.contiguous(), xc, right=True)  # thresholds <= x
+    flat = torch.arange(n_ch)[:, None] * (n_k + 2) + count
+    below, above = ext.reshape(-1)[flat], ext.reshape(-1)[flat + 1]
+    lo, hi = (below - xc).to(x.dtype), (above - 1 - xc).to(x.dtype)
+    return lo.reshape(shape).movedim(0, 1), hi.reshape(shape).movedim(0, 1)
+
 
 class SearchThresholdPostOp(PostOp):
     """FINN's ``Thresholding_rtl``: a binary search over the thresholds, one comparison per stage.
@@ -303,6 +349,17 @@ class SearchThresholdPostOp(PostOp):
 
     def acc_thresholds(self) -> torch.Tensor:
         return self.thresholds.to(torch.float32)
+
+    def channels(self, index: torch.Tensor) -> SearchThresholdPostOp:
+        return SearchThresholdPostOp(self.thresholds[index], self.out_bits, self.out_bias, self.out_mult)
+
+    def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted thresholds: the search is the count, so the count's range. Unsorted (only a
+        faulty memory holds those) have none: the evaluator then runs the search itself."""
+        t = self.thresholds
+        if t.shape[1] > 1 and bool((t[:, 1:] < t[:, :-1]).any()):
+            raise NotImplementedError("unsorted thresholds: no unchanged range")
+        return count_unchanged_range(acc, t)
 
 
 @dataclass(frozen=True)
@@ -496,6 +553,37 @@ class IntNetwork:
                 collect.append(acc.transpose(1, 2))
             h_t = layer.post(acc)
         return h_t.transpose(1, 2)
+
+
+def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[Memory | None]:
+    """The memory holding each layer's weights (matched by ``layer_index``), shape-checked."""
+    memories = net.memories() if memories is None else list(memories)
+    out: list[Memory | None] = [None] * len(net.layers)
+    for mem in memories:
+        if mem.kind != "weights":
+            raise ValueError(f"memory {mem.name!r}: only weight memories map onto this network")
+        i = mem.layer_index
+        if not 0 <= i < len(net.layers):
+            raise ValueError(f"memory {mem.name!r}: layer_index {i} outside the network")
+        shape = net.layers[i].weight.shape
+        if (mem.rows, mem.cols) != tuple(shape):
+            raise ValueError(
+                f"memory {mem.name!r} is {mem.rows}x{mem.cols}, layer {i} weights are {shape}"
+            )
+        if out[i] is not None:
+            raise ValueError(f"two memories for layer {i}")
+        layer = net.layers[i]
+        finn_order = (layer.conv.weight_hwc if layer.conv is not None
+                      else layer.flatten_order == "hwc" if layer.flatten_before else True)
+        if mem.layout == "finn_mvau" and not finn_order:
+            # FINN orders these columns (kh, kw, channel) / NHWC, not PyTorch's; mapping them
+            # onto a network in PyTorch's order would silently hit the wrong weights.
+            raise ValueError(
+                f"memory {mem.name!r}: a FINN memory of a conv or post-flatten layer needs the build's "
+                "own integer network (its columns are in FINN's order), not one made from the torch model"
+            )
+        out[i] = mem
+    return out
 
 
 def _weight_ints(layer: nn.Module, name: str) -> tuple[np.ndarray, float, int]:

@@ -43,6 +43,19 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return float(v.mean() - half), float(v.mean() + half)
 
 
+def maps_needed(accs: np.ndarray, width_points: float, first: int = 3) -> int | None:
+    """The fewest leading maps (at least ``first``) whose 95 % interval of the mean accuracy
+    is narrower than ``width_points`` accuracy points, or ``None`` if no prefix is.
+
+    Checked map by map, so the answer does not depend on how many maps were evaluated at once.
+    """
+    for k in range(max(2, first), len(accs) + 1):
+        ci = t_interval(accs[:k])
+        if ci is not None and (ci[1] - ci[0]) * 100 < width_points:
+            return k
+    return None
+
+
 def _batches(n: int, size: int):
     for lo in range(0, n, size):
         yield range(lo, min(n, lo + size))
@@ -52,7 +65,7 @@ def run_sweep(
     run_dir: str | Path, bers: Sequence[float], maps: int = 100, seed: int = 0,
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
     map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
-    test_images: int = 0,
+    test_images: int = 0, ci_width: float = 0.0, method: str = "auto",
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
@@ -60,12 +73,19 @@ def run_sweep(
     build's ``manifest.json`` instead of the natural layout. ``compile_post``: fuse the
     threshold post-ops with ``torch.compile`` (faster for long sweeps, compiles once).
     ``test_images``: evaluate on the first N test images only (0 = all; for slow models).
+    ``ci_width`` (accuracy points, 0 = off): at each rate, stop adding maps once the 95 %
+    interval of the mean is narrower than this, at the latest after ``maps`` (statistical fault
+    injection). Map ``i`` is the same map however the sampling stops, so a run that stops
+    earlier holds a prefix of a longer run's maps. ``method``: the evaluator path
+    (:class:`mcel_train.evaluate.MapEvaluator`).
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
     out_json, out_png = out_dir / "sw_ber.json", out_dir / "sw_ber.png"
     if maps < 1:
         raise UserInputError(f"maps must be >= 1, got {maps}")
+    if not 0 <= ci_width < 100 or ci_width != ci_width:
+        raise UserInputError(f"--ci-width must be in [0, 100) accuracy points, got {ci_width}")
     if not bers:
         raise UserInputError("no bit error rates given")
     fm = FaultModel.parse(fault_model)
@@ -87,7 +107,7 @@ def run_sweep(
         memories = net.memories()
         memory_source = "natural"
     evaluator = MapEvaluator(net, x, labels, memories=memories, rows=rows,
-                             compile_post=compile_post)
+                             compile_post=compile_post, method=method)
     bits = stored_bits(memories, memory_contents(net, memories)) if fm.name == "asym" else None
     # Fail on a bad rate before spending time on the others.
     for rate in bers:
@@ -99,17 +119,26 @@ def run_sweep(
     for rate in bers:
         accs = np.empty(maps)
         n_faults = np.empty(maps)
+        used = evaluated = maps
         for idx in _batches(maps, map_batch):
             fmaps = [generate_map(memories, fm, rate, seed, i, bits=bits) for i in idx]
             accs[idx.start:idx.stop] = evaluator.evaluate(fmaps).accuracy
             n_faults[idx.start:idx.stop] = [len(f) for f in fmaps]
             bar.update(len(idx))
+            if ci_width:
+                done = maps_needed(accs[:idx.stop], ci_width)
+                if done is not None:
+                    used, evaluated = done, idx.stop
+                    break
+        bar.update(maps - evaluated)  # the maps the interval made unnecessary
+        accs, n_faults = accs[:used], n_faults[:used]
         ci = t_interval(accs)
         results.append({
             "rate": float(rate),
             "mean": float(accs.mean()),
-            "std": float(accs.std(ddof=1)) if maps > 1 else 0.0,
+            "std": float(accs.std(ddof=1)) if used > 1 else 0.0,
             "ci95": list(ci) if ci else None,
+            "maps": int(used),
             "faults_per_map_mean": float(n_faults.mean()),
             "accuracies": [float(a) for a in accs],
         })
@@ -127,6 +156,7 @@ def run_sweep(
         "fault_model": fm.to_dict(),
         "seed": int(seed),
         "maps": int(maps),
+        "ci_width_target": float(ci_width) if ci_width else None,
         "memory_source": memory_source,
         "memories": [m.to_dict() for m in memories],
         "prediction_rule": PREDICTION_RULE,

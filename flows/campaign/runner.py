@@ -86,6 +86,7 @@ class Scheduler:
         self.started: dict[str, float] = {}
         self.pending = [t.key for t in tasks if t.key not in self.done]
         self.progress = Progress(total=len(tasks), done=len(self.done))
+        self._status = ""
         self.bar = progress_bar(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
                         unit="task", disable=not show_progress, dynamic_ncols=True)
 
@@ -130,7 +131,10 @@ class Scheduler:
         p = self.progress
         p.done, p.failed, p.skipped = len(self.done), len(self.failed), len(self.skipped)
         p.running = [self.tasks[k].label for k in self.executor.running()]
-        self.bar.set_postfix_str(f"running {len(p.running)}, failed {p.failed}, skipped {p.skipped}")
+        status = f"running {len(p.running)}, failed {p.failed}, skipped {p.skipped}"
+        if status != self._status:  # a redraw per poll would be a log line per poll in a file
+            self._status = status
+            self.bar.set_postfix_str(status)
         _write_status(self.campaign_dir, p)
 
     def run(self) -> dict:

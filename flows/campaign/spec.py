@@ -39,7 +39,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TOP_KEYS = {"name", "seed", "train", "grid", "software", "hardware", "retries", "timeout_s"}
 TRAIN_KEYS = {"config", "set"}
 GRID_KEYS = {"models", "losses", "seeds"}
-SOFTWARE_KEYS = {"fault_models", "ber", "maps", "seed"}
+SOFTWARE_KEYS = {"fault_models", "ber", "maps", "seed", "ci_width", "test_images"}
 HARDWARE_KEYS = {"ber", "maps", "images", "inject", "seed", "fault_model", "target_cycles", "folding"}
 INJECT_MODES = ("backdoor", "axilite")
 
@@ -178,8 +178,17 @@ def _software(value: Any) -> dict:
             FaultModel.parse(fm)
         except Exception as exc:  # noqa: BLE001 - any parse failure is a campaign error
             _fail("software.fault_models", str(exc))
-    return {"fault_models": [str(f) for f in fms], "ber": _rates(sw["ber"], "software.ber"),
-            "maps": _int(sw["maps"], "software.maps", 2), "seed": _int(sw.get("seed", 0), "software.seed", 0)}
+    out = {"fault_models": [str(f) for f in fms], "ber": _rates(sw["ber"], "software.ber"),
+           "maps": _int(sw["maps"], "software.maps", 2), "seed": _int(sw.get("seed", 0), "software.seed", 0)}
+    # optional keys enter the task key only when given: older campaigns keep their keys
+    if "ci_width" in sw:
+        w = sw["ci_width"]
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < 100:
+            _fail("software.ci_width", f"must be a number of accuracy points in (0, 100), got {w!r}")
+        out["ci_width"] = float(w)
+    if "test_images" in sw:
+        out["test_images"] = _int(sw["test_images"], "software.test_images", 1)
+    return out
 
 
 def _hardware(value: Any) -> dict | None:

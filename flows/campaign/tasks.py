@@ -62,7 +62,7 @@ def expand(spec: CampaignSpec) -> list[Task]:
         train = add(Task("train", point.key, f"train {name}", {"config": point.config}))
         for fm in sw["fault_models"]:
             params = {"train": train.key, "fault_model": fm, "ber": sw["ber"], "maps": sw["maps"],
-                      "seed": sw["seed"]}
+                      "seed": sw["seed"], **{k: sw[k] for k in ("ci_width", "test_images") if k in sw}}
             add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
                      (train.key,)))
         hw = spec.hardware
@@ -114,9 +114,10 @@ def _run_sweep(folder: Path, params: dict) -> dict:
     from mcel_train.sweep import run_sweep
 
     record = run_sweep(folder, params["ber"], maps=params["maps"], seed=params["seed"],
-                       fault_model=params["fault_model"], progress=False)
-    return {"clean_accuracy": record["clean_accuracy"], "results": [
-        {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "accuracies": r["accuracies"]}
+                       fault_model=params["fault_model"], progress=False,
+                       ci_width=params.get("ci_width", 0.0), test_images=params.get("test_images", 0))
+    return {"clean_accuracy": record["clean_accuracy"], "n_test": record["n_test"], "results": [
+        {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "maps": r["maps"], "accuracies": r["accuracies"]}
         for r in record["results"]]}
 
 

@@ -50,11 +50,29 @@ def apply_to_values(
     if len(word) == 0:
         return out
     flat = out.reshape(-1)
-    idx, xor, clear, setm = fault_masks(memory, word, bit, kind)
-    code = encode_elements(flat[idx], memory.element_bits, memory.bipolar)
-    code = apply_masks(code, xor, clear, setm)
-    flat[idx] = decode_elements(code, memory.element_bits, memory.bipolar)
+    idx, delta = element_deltas(flat, memory, word, bit, kind)
+    flat[idx] += delta
     return out
+
+
+def element_deltas(
+    values: np.ndarray, memory: Memory, word: np.ndarray, bit: np.ndarray, kind: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The faults as a sparse change of the element matrix: ``(flat index, faulty - clean)``.
+
+    Only elements whose value changes are listed (a stuck-at on a bit that already holds the
+    stuck value changes nothing), so the difference evaluator sees exactly the weights a map
+    alters.
+    """
+    flat = np.asarray(values).reshape(-1)
+    if len(word) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    idx, xor, clear, setm = fault_masks(memory, word, bit, kind)
+    old = flat[idx].astype(np.int64)
+    code = apply_masks(encode_elements(old, memory.element_bits, memory.bipolar), xor, clear, setm)
+    delta = decode_elements(code, memory.element_bits, memory.bipolar) - old
+    keep = delta != 0
+    return idx[keep], delta[keep]
 
 
 def apply_map(

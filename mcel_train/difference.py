@@ -1,0 +1,423 @@
+"""Difference (concurrent) fault simulation of an integer network: the clean network once, then
+per fault map only what differs from it.
+
+At low bit error rates almost every image's result under a fault map equals the clean one, yet a
+dense evaluation costs the same at every rate. Digital fault simulators have long simulated the
+good machine once and, per fault, only the difference. For a quantized network layer ``l``:
+
+- the accumulator change is ``dW @ x + W_faulty @ dx``: ``dW`` holds only the flipped weights
+  (every image, but only the output channels ``J`` they sit in), ``dx`` only the inputs that
+  changed in the layer before (only the images ``A`` where something changed);
+- an output changes only where the new accumulator leaves the clean one's *unchanged range*
+  (:meth:`mcel_train.intnet.PostOp.unchanged_range`: the distance to the nearest thresholds),
+  two comparisons per accumulator instead of the post-op;
+- an image whose difference becomes empty is finished: its outputs are the clean ones;
+- threshold-memory faults give a layer a faulty post-op: its channels join ``J``, and the rows
+  that change are re-run through the faulty post-op itself.
+
+Convolutions: a flipped weight touches one output channel at every position (computed from the
+clean input's shifted slices), a changed input channel enters one convolution restricted to the
+changed channels. All arithmetic is on exact integers in float32 (float64 when a layer's
+accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
+
+Cost follows the faults. A map that runs past a time limit (the dense path's time for one map,
+measured by :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice) or changes more than
+``max_active`` of the images is handed back (``None``) for the dense batched path.
+The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
+image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mcel_train.faults.apply import element_deltas
+from mcel_train.faults.faultmap import FaultMap
+from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, layer_memories
+from mcel_train.memory import Memory
+
+
+@dataclass
+class LayerDelta:
+    """The weight change of one layer under one map: entries ``W[row, col] += value``."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class MapDifference:
+    """One map's result: the images whose logits differ from the clean ones, and their logits."""
+
+    rows: np.ndarray  # global image indices, ascending
+    logits: np.ndarray  # (len(rows), classes) integer logits
+
+
+@dataclass
+class _CleanLayer:
+    """One layer's clean state for an image batch (dense: channels first; conv: NCHW)."""
+
+    h: torch.Tensor  # input: dense (in, N), channels first for the dW rows / conv (N, C, H + 2p, W + 2p)
+    acc: torch.Tensor  # int32: dense (N, out) / conv (N, out, H', W')
+    lo: torch.Tensor | None  # unchanged range of every accumulator (None for the logit layer)
+    hi: torch.Tensor | None
+    out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
+
+
+def supports(net: IntNetwork) -> bool:
+    """Whether every post-op has the per-channel form and unchanged range this evaluator needs."""
+    probe = torch.zeros(1, 1)
+    for layer in net.layers:
+        try:
+            layer.post.channels(torch.zeros(1, dtype=torch.int64))
+            if layer is not net.layers[-1]:
+                n = layer.weight.shape[0]
+                layer.post.unchanged_range(probe.expand(1, n).contiguous())
+        except NotImplementedError:
+            return False
+    return True
+
+
+def _weight_bound(layer: IntLayer) -> float:
+    """Largest magnitude any fault can give one of the layer's weights."""
+    return 1.0 if layer.weight_bits == 1 else float(2 ** (layer.weight_bits - 1))
+
+
+class DifferenceEvaluator:
+    """Per-map difference evaluation of ``net`` on the images ``x`` (see the module docstring).
+
+    ``memories``: the weight memories faults are named in (default the natural layout);
+    ``max_active``: fraction of a batch's images beyond which a map is handed back for the
+    dense path (1: never); ``batch``: images per clean-state batch (default: all, or what fits
+    ``budget_bytes``).
+    """
+
+    def __init__(
+        self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
+        max_active: float = 1.0, batch: int | None = None, budget_bytes: float = 3e9,
+    ) -> None:
+        if not supports(net):
+            raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
+        self.net = net
+        self.x = x.to(torch.float32)
+        if net.layers[0].conv is not None and self.x.dim() == 2:
+            self.x = self.x.reshape(len(self.x), *net.input_shape)
+        self.memories = layer_memories(net, memories)
+        self.max_active = float(max_active)
+        self.n = len(self.x)
+        self.dtypes = self._dtypes()
+        self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
+        self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
+        per_image = self._bytes_per_image()
+        fits = int(budget_bytes // max(1, per_image))
+        # All batches are kept across calls when the whole clean state fits the budget;
+        # otherwise each call recomputes them, one batch (a quarter of the budget) at a time.
+        self.keep_state = fits >= self.n
+        self.batch = int(batch) if batch else max(1, min(self.n, fits if self.keep_state else fits // 4))
+        self._state: dict[int, list[_CleanLayer]] = {}
+        # per layer: (image, map) pairs that still differed after it, summed (where time goes)
+        self.active_after = np.zeros(len(net.layers), dtype=np.int64)
+        self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
+
+    def _dtypes(self) -> list[torch.dtype]:
+        """Per layer the float dtype exact for any faulty accumulator (float32 below 2^24)."""
+        out, in_max = [], float(self.x.abs().max()) if self.n else 1.0
+        for layer in self.net.layers:
+            bound = in_max * layer.weight.shape[1] * _weight_bound(layer)
+            out.append(torch.float32 if 2 * bound < FLOAT32_EXACT else torch.float64)
+            in_max = layer.post.max_abs_out
+        return out
+
+    def _bytes_per_image(self) -> int:
+        """Clean-state bytes per image, from one image's forward pass shapes."""
+        total = 0
+        for st in self._clean_pass(self.x[:1]):
+            total += st.h.numel() * st.h.element_size() + st.acc.numel() * 4 * 3 + st.out.numel() * 4
+        return total
+
+    # --- the clean network -------------------------------------------------------------------
+
+    def _clean(self, lo: int) -> list[_CleanLayer]:
+        if lo in self._state:
+            return self._state[lo]
+        state = self._clean_pass(self.x[lo:lo + self.batch])
+        if self.keep_state:
+            self._state[lo] = state
+        return state
+
+    def _clean_pass(self, x: torch.Tensor) -> list[_CleanLayer]:
+        states: list[_CleanLayer] = []
+        h = x
+        last = len(self.net.layers) - 1
+        with torch.no_grad():
+            for i, (layer, w, dt) in enumerate(zip(self.net.layers, self.weights, self.dtypes, strict=True)):
+                if layer.flatten_before:
+                    h = _flatten(h, layer.flatten_order)
+                if layer.conv is None:
+                    h = h.reshape(len(h), -1).to(dt)
+                    acc = h @ w.T  # (N, out)
+                    out = layer.post(acc)
+                    lo_hi = (None, None) if i == last else layer.post.unchanged_range(acc)
+                    states.append(_CleanLayer(h.T.contiguous(), acc.to(torch.int32), *lo_hi, out.to(torch.float32)))
+                    h = out
+                else:
+                    g = layer.conv
+                    hp = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
+                    acc = F.conv2d(hp, _kernel(layer, w), stride=g.stride)
+                    out = layer.post.then_pool(acc, layer.pool) if layer.pool else layer.post(acc)
+                    lo_c, hi_c = layer.post.unchanged_range(acc)
+                    states.append(_CleanLayer(hp.contiguous(), acc.to(torch.int32), lo_c.contiguous(),
+                                              hi_c.contiguous(), out.to(torch.float32)))
+                    h = out
+        return states
+
+    # --- one map ----------------------------------------------------------------------------
+
+    def deltas(self, fmap: FaultMap) -> list[LayerDelta | None]:
+        """Per layer the map's sparse weight change (``None``: untouched)."""
+        out: list[LayerDelta | None] = []
+        for layer, mem in zip(self.net.layers, self.memories, strict=True):
+            if mem is None:
+                out.append(None)
+                continue
+            word, bit, kind = fmap.for_memory(mem.name)
+            if len(word) == 0:
+                out.append(None)
+                continue
+            idx, delta = element_deltas(layer.weight, mem, word, bit, kind)
+            if len(idx) == 0:
+                out.append(None)
+                continue
+            rows, cols = np.divmod(idx, layer.weight.shape[1])
+            out.append(LayerDelta(torch.from_numpy(rows), torch.from_numpy(cols),
+                                  torch.from_numpy(delta)))
+        return out
+
+    def run(self, fmap: FaultMap, posts: Mapping[int, PostOp] | None = None) -> MapDifference | None:
+        """One map; see :meth:`run_many`."""
+        return self.run_many([fmap], [posts])[0]
+
+    def run_many(
+        self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
+        time_limit: float | None = None,
+    ) -> list[MapDifference | None]:
+        """Per map the images whose logits it changes and their logits, or ``None`` when too
+        many images change (the caller evaluates that map densely). ``posts``: per map the
+        faulty post-ops by layer index (threshold-memory faults). Image batches are the outer
+        loop, so each batch's clean state is computed once for all maps. ``time_limit``
+        (seconds, per map): a map still running past it is handed back (``None``)."""
+        posts = list(posts) if posts is not None else [None] * len(fmaps)
+        deltas = [self.deltas(f) for f in fmaps]
+        parts: list[list | None] = [[] for _ in fmaps]
+        with torch.no_grad():
+            for lo in range(0, self.n, self.batch):
+                state = self._clean(lo)
+                for k, (d, p) in enumerate(zip(deltas, posts, strict=True)):
+                    if parts[k] is None:
+                        continue
+                    deadline = None if time_limit is None else time.perf_counter() + time_limit
+                    got = self._run_batch(state, d, dict(p or {}), deadline)
+                    if got is None:
+                        parts[k] = None
+                    else:
+                        parts[k].append((got[0] + lo, got[1]))
+        out: list[MapDifference | None] = []
+        for got in parts:
+            if got is None:
+                out.append(None)
+                continue
+            rows = torch.cat([r for r, _ in got]).numpy()
+            logits = torch.cat([lg for _, lg in got]).numpy()
+            out.append(MapDifference(rows, np.rint(logits).astype(np.int64)))
+        return out
+
+    def _run_batch(self, state: list[_CleanLayer], deltas: list[LayerDelta | None],
+                   posts: dict[int, PostOp], deadline: float | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        n = state[0].acc.shape[0]
+        limit = self.max_active * n
+        active = torch.zeros(0, dtype=torch.int64)  # images with a difference, ascending
+        dx = None  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
+        ch = None
+        last = len(self.net.layers) - 1
+        for i, (layer, st, d) in enumerate(zip(self.net.layers, state, deltas, strict=True)):
+            if layer.flatten_before and len(active):
+                dx = _flatten_dx(dx, layer.flatten_order)
+            post = posts.get(i, layer.post)
+            faulty_post = i in posts
+            if layer.conv is None:
+                step = self._dense_step(i, layer, st, d, active, ch, dx, post, faulty_post, i == last)
+            else:
+                step = self._conv_step(i, layer, st, d, active, dx, post, faulty_post)
+            self.active_after[i] += len(step[0])
+            if i == last:
+                return step
+            active, ch, dx = step
+            if len(active) > limit or (deadline is not None and time.perf_counter() > deadline):
+                return None
+            if len(active) == 0 and all(dd is None for dd in deltas[i + 1:]) and not any(k > i for k in posts):
+                return active, torch.zeros(0, self.clean_logits.shape[1])  # nothing differs any more
+        raise AssertionError("unreachable")
+
+    def _dense_step(self, i, layer, st, d, active, ch, dx, post, faulty_post, is_last):
+        dt = self.dtypes[i]
+        n, out_n = st.acc.shape
+        # dW @ x for every image, on the channels J the faults sit in: (N, |J|)
+        j_idx, d_j = torch.zeros(0, dtype=torch.int64), None
+        if d is not None:
+            j_idx, j_pos = torch.unique(d.rows, return_inverse=True)
+            crow = torch.zeros(len(j_idx) + 1, dtype=torch.int64)
+            order = torch.argsort(j_pos, stable=True)
+            crow[1:] = torch.cumsum(torch.bincount(j_pos, minlength=len(j_idx)), 0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+                d_w = torch.sparse_csr_tensor(crow, d.cols[order], d.values[order].to(dt),
+                                              (len(j_idx), st.h.shape[0]), check_invariants=False)
+                d_j = torch.sparse.mm(d_w, st.h).T  # (N, |J|)
+        if faulty_post:  # every channel may change: all of them are in J
+            full = torch.zeros(n, out_n, dtype=dt)
+            if d_j is not None:
+                full[:, j_idx] = d_j
+            j_idx, d_j = torch.arange(out_n), full
+        # images the J part changes
+        touched = active
+        if d_j is not None:
+            if is_last:
+                hit = (d_j != 0).any(1)
+            elif faulty_post:
+                hit = (post(st.acc.to(dt) + d_j) != st.out).any(1)
+            else:
+                hit = ((d_j < st.lo[:, j_idx]) | (d_j > st.hi[:, j_idx])).any(1)
+            touched = torch.unique(torch.cat([active, hit.nonzero().flatten()]))
+        if len(touched) == 0:
+            return (touched, torch.zeros(0, out_n)) if is_last else (touched, None, None)
+        every = len(touched) > n // 2  # then work on whole tensors: no gathers
+        if every:
+            touched = torch.arange(n)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t if every else t[touched]
+
+        delta = torch.zeros(len(touched), out_n, dtype=dt)
+        if d_j is not None:
+            delta[:, j_idx] = rows(d_j)
+        if len(active):
+            # W_faulty @ dx with dx as (row in active, input feature, value) triplets
+            r, c, v = dx
+            at = active if every else torch.searchsorted(touched, active)
+            v = v.to(dt)
+            w_t = self.weights_t[i]
+            if d is not None:  # W_faulty = W + dW on the changed inputs: dW @ dx included
+                w_t = w_t.clone()
+                w_t.index_put_((d.cols, d.rows), d.values.to(dt), accumulate=True)
+            delta.index_add_(0, at[r], w_t[c] * v[:, None])  # one weight row per changed input
+        acc = rows(st.acc).to(dt)
+        if is_last:
+            return touched, (acc + delta).to(torch.float32)
+        if faulty_post:
+            new = post(acc + delta).to(torch.float32)
+            rr, cc = (new != rows(st.out)).nonzero(as_tuple=True)
+            vals = new[rr, cc] - rows(st.out)[rr, cc]
+        else:
+            rr, cc = ((delta < rows(st.lo)) | (delta > rows(st.hi))).nonzero(as_tuple=True)
+            # only the crossing accumulators: the post-op on each, as a channel of its own
+            new = post.channels(cc)((acc[rr, cc] + delta[rr, cc]).unsqueeze(0))[0].to(torch.float32)
+            vals = new - rows(st.out)[rr, cc]
+        kept, r_new = torch.unique(rr, return_inverse=True)
+        return touched[kept], None, (r_new, cc, vals)
+
+    def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
+        dt = self.dtypes[i]
+        g = layer.conv
+        n, out_c, ho, wo = st.acc.shape
+        d_j, j_idx = None, torch.zeros(0, dtype=torch.int64)
+        if d is not None:
+            j_idx, j_pos = torch.unique(d.rows, return_inverse=True)
+            d_j = torch.zeros(n, len(j_idx), ho, wo, dtype=dt)
+            ic, kh, kw = _conv_columns(layer, d.cols)
+            sh, sw = g.stride
+            for a in torch.unique(kh * g.kernel[1] + kw).tolist():
+                sel = (kh * g.kernel[1] + kw) == a
+                y0, x0 = divmod(a, g.kernel[1])
+                view = st.h[:, :, y0:y0 + sh * (ho - 1) + 1:sh, x0:x0 + sw * (wo - 1) + 1:sw]
+                src = view[:, ic[sel]] * d.values[sel].to(dt).reshape(1, -1, 1, 1)
+                d_j.index_add_(1, j_pos[sel], src)
+        if faulty_post:
+            full = torch.zeros(n, out_c, ho, wo, dtype=dt)
+            if d_j is not None:
+                full[:, j_idx] = d_j
+            j_idx, d_j = torch.arange(out_c), full
+        if d_j is not None:
+            if faulty_post:
+                acc = st.acc.to(dt) + d_j
+                new = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+                hit = (new != st.out).flatten(1).any(1)
+            else:
+                hit = ((d_j < st.lo[:, j_idx]) | (d_j > st.hi[:, j_idx])).flatten(1).any(1)
+            touched = torch.unique(torch.cat([active, hit.nonzero().flatten()]))
+        else:
+            touched = active
+        if len(touched) == 0:
+            return touched, None, None
+        delta = torch.zeros(len(touched), out_c, ho, wo, dtype=dt)
+        if d_j is not None:
+            delta[:, j_idx] = d_j[touched]
+        if len(active):
+            in_ch = dx.flatten(2).ne(0).any(2).any(0).nonzero().flatten()
+            kernel = _kernel(layer, self.weights[i]).clone()
+            if d is not None:
+                ic, kh, kw = _conv_columns(layer, d.cols)
+                kernel.index_put_((d.rows, ic, kh, kw), d.values.to(dt), accumulate=True)
+            dxp = F.pad(dx[:, in_ch].to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
+            at = torch.searchsorted(touched, active)
+            delta[at] += F.conv2d(dxp, kernel[:, in_ch].contiguous(), stride=g.stride)
+        if not faulty_post:
+            cross = ((delta < st.lo[touched]) | (delta > st.hi[touched])).flatten(1).any(1)
+            keep = cross.nonzero().flatten()
+            touched, delta = touched[keep], delta[keep]
+            if len(touched) == 0:
+                return touched, None, None
+        acc = st.acc[touched].to(dt) + delta
+        new = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+        diff = new.to(torch.float32) - st.out[touched]
+        rows_any = diff.flatten(1).ne(0).any(1)
+        return touched[rows_any], None, diff[rows_any]
+
+
+def _kernel(layer: IntLayer, w: torch.Tensor) -> torch.Tensor:
+    """The layer's ``(out, in)`` weight matrix as a conv kernel ``(out, C, kh, kw)``."""
+    g = layer.conv
+    if g.weight_hwc:
+        return w.reshape(w.shape[0], *g.kernel, g.in_channels).permute(0, 3, 1, 2)
+    return w.reshape(w.shape[0], g.in_channels, *g.kernel)
+
+
+def _conv_columns(layer: IntLayer, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weight-matrix columns -> (input channel, kernel row, kernel column)."""
+    g = layer.conv
+    kh_n, kw_n = g.kernel
+    if g.weight_hwc:  # (kh, kw, ic)
+        return cols % g.in_channels, cols // (kw_n * g.in_channels), (cols // g.in_channels) % kw_n
+    return cols // (kh_n * kw_n), (cols // kw_n) % kh_n, cols % kw_n
+
+
+def _flatten(h: torch.Tensor, order: str) -> torch.Tensor:
+    """Conv output ``(N, C, H, W)`` -> ``(N, features)`` in the dense layer's column order."""
+    if order == "hwc":
+        h = h.permute(0, 2, 3, 1)
+    return h.reshape(len(h), -1)
+
+
+def _flatten_dx(dx: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A conv layer's ``(|A|, C, H, W)`` differences -> (row, feature, value) triplets."""
+    flat = _flatten(dx, order)
+    r, c = flat.nonzero(as_tuple=True)
+    return r, c, flat[r, c]

@@ -1,0 +1,131 @@
+"""The difference evaluator is exact: every map's logits equal the dense integer forward's, for
+dense and conv layers, weight and threshold faults, flips, stuck-at and asymmetric faults."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mcel_train.data import load_dataset
+from mcel_train.difference import DifferenceEvaluator
+from mcel_train.evaluate import MapEvaluator, memory_contents, predict
+from mcel_train.fault_training import override_quant_weights
+from mcel_train.faults import apply_map, generate_map
+from mcel_train.faults.generate import stored_bits
+from mcel_train.intnet import ThresholdPostOp, from_brevitas
+from mcel_train.models import ModelSpec
+from mcel_train.quicktrain import model_inputs, quick_train
+from mcel_train.sweep import maps_needed, t_interval
+
+SPECS = {
+    "tfc_w2a2": ModelSpec(arch="tfc", weight_bits=2, act_bits=2, hidden=(32, 32), image_shape=(8, 8)),
+    "tfc_w1a1": ModelSpec(arch="tfc", weight_bits=1, act_bits=1, hidden=(32, 32), image_shape=(8, 8)),
+    # binarized layers fed 8-bit pixels, conv + pool + flatten
+    "cnv_w1a1": ModelSpec(arch="cnv", weight_bits=1, act_bits=1, channels=(4, 8), hidden=(16, 16),
+                          image_shape=(8, 8)),
+    "vgg3_w4a4": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
+                           image_shape=(8, 8)),
+}
+CASES = [("flip", 0.002), ("flip", 0.03), ("stuck", 0.03), ("asym:p01=1,p10=0.1", 0.03), ("kflips", 3)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def trained(request, digits):
+    spec = SPECS[request.param].resolved()
+    torch.manual_seed(0)
+    model = quick_train(spec, digits, steps=40, batch_size=64)
+    x = model_inputs(digits.test.images, spec)
+    net = from_brevitas(model)
+    return model, net, x, digits.test.labels
+
+
+def dense_logits(net, x, ev, fmap):
+    weights = ev.stacked_weights([fmap])
+    return net.forward(torch.as_tensor(x, dtype=torch.float32), weights, max_abs_input=ev.max_abs_input)[0]
+
+
+def with_difference(diff: DifferenceEvaluator, result) -> torch.Tensor:
+    logits = diff.clean_logits.clone()
+    if len(result.rows):
+        logits[torch.from_numpy(result.rows)] = torch.from_numpy(result.logits).to(logits.dtype)
+    return logits
+
+
+@pytest.mark.parametrize("fault_model, rate", CASES)
+def test_difference_logits_equal_dense_for_every_map(trained, fault_model, rate):
+    model, net, x, labels = trained
+    mems = net.memories()
+    bits = stored_bits(mems, memory_contents(net, mems)) if fault_model.startswith("asym") else None
+    maps = [generate_map(mems, fault_model, rate, 3, i, bits=bits) for i in range(4)]
+    ev = MapEvaluator(net, x, labels, method="dense")
+    diff = DifferenceEvaluator(net, torch.as_tensor(x), mems, batch=70)  # several image batches
+    results = diff.run_many(maps)
+    changed_somewhere = False
+    for fmap, res in zip(maps, results, strict=True):
+        assert res is not None
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        # the rows reported are exactly the images whose logits differ
+        differs = (ref != diff.clean_logits).any(1).nonzero().flatten().numpy()
+        assert set(differs) <= set(res.rows)
+        changed_somewhere |= len(differs) > 0
+        # and the prediction equals the per-map Brevitas reference
+        faulty = apply_map(net.contents(), mems, fmap)
+        m = copy.deepcopy(model)
+        override_quant_weights(m, {j: faulty[mem.name] for j, mem in enumerate(mems)})
+        with torch.no_grad():
+            lg, scale = m.logits_and_scale(torch.as_tensor(x))
+        assert torch.equal(predict(with_difference(diff, res)), predict(torch.round(lg / scale)))
+    assert changed_somewhere  # the faults reached the output: the check compared something
+
+
+def test_threshold_faults_enter_as_faulty_post_ops(trained):
+    _, net, x, labels = trained
+    mems = net.memories()
+    diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
+    rng = np.random.default_rng(0)
+    hidden = [i for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp)]
+    weight_map = generate_map(mems, "flip", 0.002, 5, 0)
+    for i in hidden:
+        post = net.layers[i].post
+        t = post.thresholds.clone()
+        chans = rng.choice(t.shape[0], size=2, replace=False)
+        finite = torch.isfinite(t[chans])
+        t[chans] = torch.where(finite, t[chans] + torch.as_tensor(rng.integers(-6, 7, t[chans].shape)), t[chans])
+        faulty = ThresholdPostOp(t, post.out_scale, post.out_bias, post.out_mult, post.sign)
+        res = diff.run(weight_map, {i: faulty})
+        saved = net.layers[i].post
+        try:
+            net.layers[i].post = faulty
+            ref = dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map)
+        finally:
+            net.layers[i].post = saved
+        assert torch.equal(with_difference(diff, res), ref)
+
+
+def test_every_method_predicts_the_same(trained):
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 0.01, 7, i) for i in range(6)]
+    preds = {m: MapEvaluator(net, x, labels, method=m).evaluate(maps).predictions
+             for m in ("dense", "difference", "auto")}
+    assert np.array_equal(preds["dense"], preds["difference"])
+    assert np.array_equal(preds["dense"], preds["auto"])
+
+
+def test_maps_needed_is_the_first_narrow_prefix():
+    rng = np.random.default_rng(1)
+    accs = 0.8 + 0.02 * rng.standard_normal(200)
+    k = maps_needed(accs, 1.0)
+    assert k is not None and k >= 3
+    lo, hi = t_interval(accs[:k])
+    assert (hi - lo) * 100 < 1.0
+    lo, hi = t_interval(accs[:k - 1])
+    assert (hi - lo) * 100 >= 1.0 or k == 3
+    assert maps_needed(accs[:5], 0.001) is None
