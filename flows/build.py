@@ -32,8 +32,10 @@ from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
 from flows.stitch import stitch
 from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
+from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
+from mcel_train.models import ModelSpec
 from mcel_train.runio import load_run
 from mcel_train.stage import atomic_stage, check_writable
 
@@ -66,6 +68,15 @@ RUNTIME_WRITEABLE = {
 }
 
 
+def refuse_software_only(spec: ModelSpec) -> None:
+    """Refuse recipes the FINN flow cannot build, before any stage folder is made."""
+    if spec.weight_scaling == "minmax":
+        raise UserInputError(
+            "this run uses min/max weight quantization (unsigned codes with a zero point), a "
+            "software-only recipe: FINN's MVAU takes signed weights without a zero point. Use "
+            "mcel sweep for it, or train with --set model.weight_scaling=stats (or const) to build")
+
+
 def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
     """Export the run's model to ``export/model.qonnx.onnx`` and check it against torch."""
     run_dir = Path(run_dir)
@@ -73,6 +84,7 @@ def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
     check_writable(out, force)
     run = load_run(run_dir)
     model, spec = run.model, run.spec
+    refuse_software_only(spec)
     t0 = time.perf_counter()
     with atomic_stage(out, force) as tmp:
         path = export_qonnx_model(model, tuple(model.input_shape), spec.input_kind, tmp)
@@ -163,6 +175,7 @@ def build_run(
     target = run_dir / "build"
     check_writable(target, force)
     run = load_run(run_dir)
+    refuse_software_only(run.spec)
     fold_dict = None
     if isinstance(folding, dict):
         fold_dict = folding

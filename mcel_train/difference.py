@@ -88,6 +88,8 @@ def supports(net: IntNetwork) -> bool:
 
 def _weight_bound(layer: IntLayer) -> float:
     """Largest magnitude any fault can give one of the layer's weights."""
+    if layer.weight_zero_point is not None:
+        return float(2**layer.weight_bits - 1)
     return 1.0 if layer.weight_bits == 1 else float(2 ** (layer.weight_bits - 1))
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
-from mcel_train.memory import Memory, memory_for_layer
+from mcel_train.memory import Memory, memory_for_layer, weight_zero_point
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -286,10 +286,9 @@ class ThresholdPostOp(PostOp):
         return (self.thresholds * self.sign[:, None]).to(torch.float32)
 
     def channels(self, index: torch.Tensor) -> ThresholdPostOp:
-        sub = ThresholdPostOp(self.thresholds[index], self.out_scale, self.out_bias, self.out_mult,
-                              self.sign[index])
-        sub.compiled = self.compiled
-        return sub
+        # eager: subsets come in ever new shapes, each a recompile for torch.compile
+        return ThresholdPostOp(self.thresholds[index], self.out_scale, self.out_bias, self.out_mult,
+                               self.sign[index])
 
     def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = count_unchanged_range(self._rising(acc), self.thresholds)
@@ -389,13 +388,15 @@ class IntLayer:
     # the flattened feature map's order in the weight columns: "chw" (torch) or "hwc" (FINN's
     # RemoveCNVtoFCFlatten, a build's first FC layer after convolutions)
     flatten_order: str = "chw"
+    # min/max (unsigned) weights: the stored code is weight + zero point (faults flip its bits)
+    weight_zero_point: int | None = None
 
     @property
     def bipolar(self) -> bool:
         return self.weight_bits == 1
 
     def memory(self, index: int) -> Memory:
-        return memory_for_layer(self.name, self.weight.shape, self.weight_bits, index)
+        return memory_for_layer(self.name, self.weight.shape, self.weight_bits, index, self.weight_zero_point)
 
     def accumulate(self, h: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
         """Integer accumulators for ``M`` weight sets ``w`` of shape ``(M, out, in)``.
@@ -586,7 +587,8 @@ def layer_memories(net: IntNetwork, memories: Sequence[Memory] | None) -> list[M
     return out
 
 
-def _weight_ints(layer: nn.Module, name: str) -> tuple[np.ndarray, float, int]:
+def _weight_ints(layer: nn.Module, name: str) -> tuple[np.ndarray, float, int, int | None]:
+    """Integer weights ``(value / scale)``, scale, bit width and zero point (None: signed)."""
     qw = layer.quant_weight()
     scale = qw.scale.detach()
     if scale.numel() != 1:
@@ -598,7 +600,7 @@ def _weight_ints(layer: nn.Module, name: str) -> tuple[np.ndarray, float, int]:
         raise IntNetError(f"{name}: weight / scale is not integer (max error {err:g})")
     bits = int(round(float(qw.bit_width)))
     w = ints.to(torch.int64).reshape(ints.shape[0], -1).numpy()
-    return w, float(scale), bits
+    return w, float(scale), bits, weight_zero_point(qw)
 
 
 def from_brevitas(model: nn.Module, thresholds: bool = True) -> IntNetwork:
@@ -631,7 +633,7 @@ def from_brevitas(model: nn.Module, thresholds: bool = True) -> IntNetwork:
     for i, group in enumerate(groups):
         q = group[0]
         name = f"layer{i}"
-        w, w_scale, bits = _weight_ints(q, name)
+        w, w_scale, bits, zero_point = _weight_ints(q, name)
         bn = next((g for g in group if isinstance(g, (nn.BatchNorm1d, nn.BatchNorm2d))), None)
         act = next((g for g in group if isinstance(g, (QuantReLU, QuantIdentity))), None)
         pool = next((g for g in group if isinstance(g, nn.MaxPool2d)), None)
@@ -657,7 +659,7 @@ def from_brevitas(model: nn.Module, thresholds: bool = True) -> IntNetwork:
                 raise IntNetError(f"{name}: only non-overlapping max pooling is supported")
             pool_k = int(k)
         layers.append(IntLayer(name, w, w_scale, bits, post, conv, pool_k,
-                               flatten_before=was_conv and conv is None))
+                               flatten_before=was_conv and conv is None, weight_zero_point=zero_point))
         was_conv = conv is not None
         in_scale = post.out_scale
     spec = getattr(model, "spec", None)

@@ -70,7 +70,8 @@ class Memory:
     """A named memory of ``depth`` words of ``width`` bits holding ``element_bits``-bit elements.
 
     ``rows x cols`` is the logical matrix stored (``MH x MW``); ``pe``/``simd`` its folding.
-    ``bipolar`` elements are one bit (1 = +1, 0 = -1); otherwise signed two's complement.
+    ``bipolar`` elements are one bit (1 = +1, 0 = -1); otherwise signed two's complement, or,
+    with a ``zero_point``, unsigned codes ``value + zero_point`` (per-tensor min/max quantization).
     """
 
     name: str
@@ -84,6 +85,8 @@ class Memory:
     signed: bool = True
     bipolar: bool = False
     layer_index: int = 0
+    # unsigned codes with a zero point (min/max quantization): value = code - zero_point
+    zero_point: int | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -101,6 +104,9 @@ class Memory:
             )
         if self.bipolar and self.element_bits != 1:
             raise MemoryLayoutError(f"memory {self.name!r}: bipolar elements must be 1 bit wide")
+        if self.zero_point is not None and not 0 <= self.zero_point < 2**self.element_bits:
+            raise MemoryLayoutError(f"memory {self.name!r}: zero point {self.zero_point} is not a "
+                                    f"{self.element_bits}-bit code")
 
     @property
     def depth(self) -> int:
@@ -152,7 +158,7 @@ class Memory:
     def stored_bits(self, values: np.ndarray) -> np.ndarray:
         """The memory's contents as a ``(depth, width)`` uint8 array of bits, from the integer
         element matrix ``values`` (needed by fault models that depend on the stored bit)."""
-        codes = encode_elements(np.asarray(values).reshape(-1), self.element_bits, self.bipolar)
+        codes = encode_elements(np.asarray(values).reshape(-1), self.element_bits, self.bipolar, self.zero_point)
         word, bit = np.meshgrid(np.arange(self.depth), np.arange(self.width), indexing="ij")
         idx, ebit = self.bits_to_elements(word.ravel(), bit.ravel())
         return ((codes[idx] >> ebit) & 1).astype(np.uint8).reshape(self.depth, self.width)
@@ -163,9 +169,15 @@ class Memory:
         return d
 
 
-def encode_elements(values: np.ndarray, element_bits: int, bipolar: bool) -> np.ndarray:
+def encode_elements(values: np.ndarray, element_bits: int, bipolar: bool,
+                    zero_point: int | None = None) -> np.ndarray:
     """Integer element values -> their stored codes (unsigned, ``element_bits`` wide)."""
     values = np.asarray(values).astype(np.int64)
+    if zero_point is not None:
+        codes = values + zero_point
+        if codes.size and (codes.min() < 0 or codes.max() >= 2**element_bits):
+            raise ValueError(f"values do not fit {element_bits}-bit codes with zero point {zero_point}")
+        return codes
     if bipolar:
         if values.size and not np.all(np.abs(values) == 1):
             raise ValueError("bipolar elements must be +1 or -1")
@@ -173,9 +185,13 @@ def encode_elements(values: np.ndarray, element_bits: int, bipolar: bool) -> np.
     return values & ((1 << element_bits) - 1)
 
 
-def decode_elements(codes: np.ndarray, element_bits: int, bipolar: bool) -> np.ndarray:
-    """Stored codes -> integer element values (two's complement, or 1 -> +1 / 0 -> -1)."""
+def decode_elements(codes: np.ndarray, element_bits: int, bipolar: bool,
+                    zero_point: int | None = None) -> np.ndarray:
+    """Stored codes -> integer element values (two's complement, 1 -> +1 / 0 -> -1, or
+    ``code - zero_point``)."""
     codes = np.asarray(codes).astype(np.int64)
+    if zero_point is not None:
+        return codes - zero_point
     if bipolar:
         return 2 * codes - 1
     sign = 1 << (element_bits - 1)
@@ -183,7 +199,8 @@ def decode_elements(codes: np.ndarray, element_bits: int, bipolar: bool) -> np.n
 
 
 def memory_for_layer(
-    name: str, weight_shape: Iterable[int], weight_bits: int, layer_index: int
+    name: str, weight_shape: Iterable[int], weight_bits: int, layer_index: int,
+    zero_point: int | None = None,
 ) -> Memory:
     """Natural-layout memory for one layer's weight tensor (conv weights flattened)."""
     shape = tuple(int(s) for s in weight_shape)
@@ -195,6 +212,8 @@ def memory_for_layer(
         element_bits=weight_bits,
         bipolar=weight_bits == 1,
         layer_index=layer_index,
+        signed=zero_point is None,
+        zero_point=zero_point,
     )
 
 
@@ -204,9 +223,20 @@ def memories_from_model(model: nn.Module) -> list[Memory]:
 
     mems = []
     for i, layer in enumerate(quant_layers(model)):
-        bits = int(round(float(layer.quant_weight().bit_width)))
-        mems.append(memory_for_layer(f"layer{i}", layer.weight.shape, bits, i))
+        qw = layer.quant_weight()
+        bits = int(round(float(qw.bit_width)))
+        mems.append(memory_for_layer(f"layer{i}", layer.weight.shape, bits, i, weight_zero_point(qw)))
     return mems
+
+
+def weight_zero_point(quant_weight) -> int | None:
+    """The integer zero point of an unsigned (min/max) per-tensor weight quantizer, else None."""
+    if getattr(quant_weight, "signed", True) or quant_weight.zero_point is None:
+        return None
+    zp = quant_weight.zero_point.detach().reshape(-1)
+    if zp.numel() != 1:
+        raise MemoryLayoutError("only per-tensor zero points are supported")
+    return int(round(float(zp[0])))
 
 
 # ----------------------------------------------------------------- memory init files (words)

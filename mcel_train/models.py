@@ -44,7 +44,7 @@ from brevitas.core.zero_point import ZeroZeroPoint
 from brevitas.inject import ExtendedInjector
 from brevitas.inject.enum import FloatToIntImplType
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
-from brevitas.quant import Int8WeightPerTensorFloat
+from brevitas.quant import Int8WeightPerTensorFloat, ShiftedUint8WeightPerTensorFloat
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from dependencies import value
 from torch import nn
@@ -63,7 +63,9 @@ DEFAULT_CHANNELS = {"cnv": (32, 32, 64, 64, 128)}
 DEFAULT_INPUT_KIND = {"cnv": "uint8"}
 BIT_PRESETS = {"w1a1": (1, 1), "w1a2": (1, 2), "w2a2": (2, 2), "w4a4": (4, 4), "w8a8": (8, 8)}
 SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
-WEIGHT_SCALINGS = ("stats", "const")
+# stats: Brevitas' symmetric abs-max scale; const: a fixed scale; minmax: per-tensor min/max with
+# unsigned codes and a zero point (the MCEL paper authors' evaluation code), software only.
+WEIGHT_SCALINGS = ("stats", "const", "minmax")
 
 
 class _ConstScaleQuant(ExtendedInjector):
@@ -123,6 +125,8 @@ class ModelSpec:
             raise ValueError(
                 f"weight_scaling must be one of {', '.join(WEIGHT_SCALINGS)}, got {self.weight_scaling!r}"
             )
+        if self.weight_scaling == "minmax" and self.weight_bits < 2:
+            raise ValueError("weight_scaling minmax needs weight_bits >= 2 (1-bit weights are bipolar)")
         hidden = tuple(self.hidden) or DEFAULT_HIDDEN.get(self.arch, (256,))
         if any(int(h) <= 0 for h in hidden):
             raise ValueError(f"hidden sizes must be positive, got {hidden}")
@@ -222,6 +226,8 @@ def _weight_quant_kwargs(spec: ModelSpec) -> dict:
             "weight_bit_width": spec.weight_bits,
             "weight_scaling_const": spec.const_weight_scale,
         }
+    if spec.weight_scaling == "minmax":
+        return {"weight_quant": ShiftedUint8WeightPerTensorFloat, "weight_bit_width": spec.weight_bits}
     return {"weight_quant": Int8WeightPerTensorFloat, "weight_bit_width": spec.weight_bits}
 
 
@@ -233,7 +239,13 @@ def _output_weight_quant_kwargs(spec: ModelSpec, fan_in: int) -> dict:
     on sfc_w1a1). The output layer therefore gets the constant scale 2**-round(log2(sqrt(fan_in))),
     a power of two so that ``logits / scale`` stays exactly the integer accumulator and argmax
     (all the accelerator computes) is unchanged.
+
+    With ``minmax`` the logit layer keeps the symmetric statistics scale: Brevitas gives no
+    output scale for an accumulator with a zero point ("zero point of output accumulator not
+    supported"), and the logits must stay integer accumulators times one scale.
     """
+    if spec.weight_scaling == "minmax":
+        return {"weight_quant": Int8WeightPerTensorFloat, "weight_bit_width": spec.weight_bits}
     kwargs = _weight_quant_kwargs(spec)
     if spec.weight_bits == 1:
         kwargs["weight_scaling_const"] = 2.0 ** -round(math.log2(math.sqrt(fan_in)))

@@ -154,3 +154,23 @@ def test_bad_input_is_one_line_and_changes_nothing(trained, tmp_path, capsys, ca
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{case}: {err!r}"
     assert expected in lines[0], f"{case}: {lines[0]!r} does not name {expected!r}"
     assert _tree(tmp_path) == before, f"{case}: files changed"
+
+
+def test_min_max_runs_sweep_but_refuse_to_build(tmp_path, capsys):
+    """The paper's min/max quantizer is software-only: sweeps work, export and build refuse
+    it in one line and write nothing."""
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+
+    run = tmp_path / "run"
+    run_train(load_config(SMOKE, ["epochs=1", "model.weight_scaling=minmax"]), run, show_progress=False)
+    for command in (["export", str(run)], ["build", str(run)]):
+        before = _tree(tmp_path)
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "software-only" in err and "weight_scaling" in err
+        assert _tree(tmp_path) == before
+    assert main(["sweep", str(run), "--ber", "0,0.05", "--maps", "3", "--quiet"]) == 0
+    record = json.loads((run / "sweep" / "sw_ber.json").read_text())
+    assert all(m["zero_point"] is not None for m in record["memories"][:-1])  # unsigned codes
+    assert record["results"][1]["mean"] < record["results"][0]["mean"]  # the flips did something

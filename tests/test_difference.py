@@ -26,6 +26,9 @@ SPECS = {
                           image_shape=(8, 8)),
     "vgg3_w4a4": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
                            image_shape=(8, 8)),
+    # the paper's quantizer: per-tensor min/max, unsigned codes with a zero point
+    "vgg3_w4a4_minmax": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
+                                  image_shape=(8, 8), weight_scaling="minmax"),
 }
 CASES = [("flip", 0.002), ("flip", 0.03), ("stuck", 0.03), ("asym:p01=1,p10=0.1", 0.03), ("kflips", 3)]
 

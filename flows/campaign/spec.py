@@ -12,7 +12,8 @@ Example (``flows/campaigns/ce_vs_mcel_tfc.yaml`` is the shipped one)::
     train: {config: flows/configs/tfc_w2a2_fmnist.yaml, set: {epochs: 10}}
     grid:
       models: [tfc_w1a1, tfc_w2a2]
-      losses: [{name: ce}, {name: mcel, margin: 8}, {name: mcel, margin: 32}]
+      losses: [{name: ce}, {name: mcel, margin: 8}, {name: mcel, margin: 32},
+               {name: ce, fault_training: {rate: 0.01}, label: CE+flips}]
       seeds: [0]
     software: {fault_models: [flip], ber: [0, 0.001, 0.01], maps: 50, seed: 0}
     hardware: {ber: [0, 0.01], maps: 3, images: 500, inject: backdoor, target_cycles: 784}
@@ -158,6 +159,10 @@ def _train_point(train: dict, model: Any, loss: Any, seed: int, model_label: str
     for key, value in (train.get("set") or {}).items():
         apply_override(raw, f"{key}={json.dumps(value)}")
     raw["model"] = model
+    loss = dict(loss)
+    fault_training = loss.pop("fault_training", None)  # bit-flip training rides on a loss entry
+    if fault_training is not None:
+        raw["fault_training"] = fault_training
     raw["loss"] = {**(raw.get("loss") or {}), **loss} if loss.get("name") == raw.get("loss", {}).get("name") else loss
     raw["seed"] = seed
     raw["name"] = f"{model_label}_{loss_label}_s{seed}".replace(" ", "").replace("=", "")
@@ -232,10 +237,12 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         _fail("grid.seeds", f"must be a non-empty list of integers, got {seeds!r}")
     seeds = [_int(s, "grid.seeds", 0) for s in seeds]
     points = []
-    for model in grid["models"]:
-        model_label, model_value = _label(model, "model")
-        for loss in grid["losses"]:
-            loss_label, loss_value = _label(loss, "loss")
+    # Losses outermost: tasks start in this order, so a campaign cut short has the first losses
+    # for every model and seed (variants are cut before seeds and models).
+    for loss in grid["losses"]:
+        loss_label, loss_value = _label(loss, "loss")
+        for model in grid["models"]:
+            model_label, model_value = _label(model, "model")
             for seed in seeds:
                 points.append(_train_point(train, model_value, loss_value, seed, model_label, loss_label))
     for what, key in (("model", "models"), ("loss", "losses")):

@@ -1,7 +1,8 @@
 """Apply fault maps to stored integers (docs/architecture.md, principle 2: bit-exact integers).
 
 A fault acts on the element's stored code: ``element_bits``-bit two's complement for signed
-weights, one bit for bipolar ones (a flip negates). The scale is not touched and a faulted
+weights, one bit for bipolar ones (a flip negates), the unsigned code ``value + zero_point`` for
+min/max-quantized ones. The scale is not touched and a faulted
 value that leaves the narrow range (``-2`` in 2-bit narrow) is kept as is: no clipping.
 """
 
@@ -69,8 +70,9 @@ def element_deltas(
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     idx, xor, clear, setm = fault_masks(memory, word, bit, kind)
     old = flat[idx].astype(np.int64)
-    code = apply_masks(encode_elements(old, memory.element_bits, memory.bipolar), xor, clear, setm)
-    delta = decode_elements(code, memory.element_bits, memory.bipolar) - old
+    code = apply_masks(encode_elements(old, memory.element_bits, memory.bipolar, memory.zero_point),
+                       xor, clear, setm)
+    delta = decode_elements(code, memory.element_bits, memory.bipolar, memory.zero_point) - old
     keep = delta != 0
     return idx[keep], delta[keep]
 
@@ -97,7 +99,8 @@ def apply_maps_stacked(
     result is ``int8`` when the elements fit (at most 8 bits), to keep the copies small.
     """
     base = np.asarray(values)
-    dtype = np.int8 if memory.element_bits <= 8 else np.int64
+    narrow = memory.element_bits <= (8 if memory.zero_point is None else 7)
+    dtype = np.int8 if narrow else np.int64
     stacked = np.broadcast_to(base.astype(dtype), (len(fmaps),) + base.shape).copy()
     parts = [(i, *fmap.for_memory(memory.name)) for i, fmap in enumerate(fmaps)]
     parts = [p for p in parts if len(p[1])]
@@ -110,7 +113,7 @@ def apply_maps_stacked(
     # Each map's (word, bit) within the memory, offset to that map's copy.
     uniq, flip, clear, set_ = fault_masks(memory, word, bit, kind, offset)
     flat = stacked.reshape(-1)
-    code = encode_elements(flat[uniq], memory.element_bits, memory.bipolar)
+    code = encode_elements(flat[uniq], memory.element_bits, memory.bipolar, memory.zero_point)
     code = apply_masks(code, flip, clear, set_)
-    flat[uniq] = decode_elements(code, memory.element_bits, memory.bipolar)
+    flat[uniq] = decode_elements(code, memory.element_bits, memory.bipolar, memory.zero_point)
     return stacked
