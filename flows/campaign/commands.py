@@ -24,6 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="Markdown + HTML report of a campaign folder")
     r.add_argument("campaign_dir", help="campaign folder (runs/campaigns/<name>)")
     r.add_argument("--out", default=None, help="report folder (default <campaign_dir>/report)")
+    r.add_argument("--target-ber", type=float, default=None,
+                   help="recommend a loss and margin for this bit error rate (a rate of the grid)")
+    r.add_argument("--max-clean-drop", type=float, default=0.5,
+                   help="with --target-ber: clean accuracy points you accept to lose against CE")
     r.set_defaults(func=cmd_report)
 
 
@@ -46,7 +50,22 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flows.campaign.report import write_report
+    from flows.campaign.report import campaign_table, recommend, write_report
+    from mcel_train.errors import UserInputError
 
-    print(f"report: {write_report(Path(args.campaign_dir), args.out)}")
+    if args.target_ber is None:
+        print(f"report: {write_report(Path(args.campaign_dir), args.out)}")
+        return 0
+    if not 0 < args.target_ber <= 1:
+        raise UserInputError(f"--target-ber must be in (0, 1], got {args.target_ber}")
+    if not 0 <= args.max_clean_drop <= 100:
+        raise UserInputError(f"--max-clean-drop must be in [0, 100] points, got {args.max_clean_drop}")
+    for rec in recommend(campaign_table(args.campaign_dir), args.target_ber, args.max_clean_drop):
+        line = f"{rec['model']} at rate {args.target_ber:g}"
+        if "choice" in rec:
+            ci = rec["ci95_seeds"]
+            interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
+            line += (f": train with {rec['choice']}, expected accuracy {rec['accuracy'] * 100:.1f} %{interval} "
+                     f"(95 % across seeds), clean {rec['clean_accuracy'] * 100:.1f} %")
+        print(f"{line}; {rec['verdict']}")
     return 0

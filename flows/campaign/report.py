@@ -11,6 +11,7 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from flows.campaign.spec import CampaignSpec, parse_campaign
@@ -86,6 +87,63 @@ def best_margins(rows: list[dict]) -> list[dict]:
                     "accuracy": pick["mean"], "clean_accuracy": pick["clean_accuracy"],
                     "gain_over_ce": None if ce is None else pick["mean"] - ce["mean"],
                     "clean_cost_vs_ce": None if ce is None else (ce["clean_accuracy"] or 0.0) - clean})
+    return out
+
+
+def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_model: str = "flip") -> list[dict]:
+    """Per model: which loss to train with for ``target_ber`` within a clean-accuracy budget.
+
+    ``max_clean_drop``: accuracy points of clean accuracy the user gives up at most, measured
+    against cross-entropy of the same model (the best clean variant if the grid has no CE).
+    Each variant's expected accuracy at the rate is the mean over training seeds of its
+    per-seed mean over fault maps, with a Student-t 95 % interval across the seeds (the map
+    intervals are reported too). ``verdict`` says when the grid cannot support a choice: the
+    rate is not in it, fewer than two seeds, no variant within the budget, or the best one's
+    interval includes cross-entropy's mean (then CE is recommended: nothing is shown better).
+    """
+    from mcel_train.sweep import t_interval
+
+    sw = [r for r in rows if r["source"] == "software" and r["fault_model"] == fault_model]
+    out = []
+    for model in sorted({r["model"] for r in sw}):
+        mine = [r for r in sw if r["model"] == model]
+        rates = sorted({r["rate"] for r in mine})
+        at = [r for r in mine if abs(r["rate"] - target_ber) <= 1e-12]
+        if not at:
+            out.append({"model": model, "verdict": f"the grid has no rate {target_ber:g} "
+                        f"(rates: {', '.join(f'{x:g}' for x in rates)})"})
+            continue
+        variants = []
+        for loss in sorted({r["loss"] for r in at}):
+            seeds = [r for r in at if r["loss"] == loss]
+            acc = [r["mean"] for r in seeds]
+            clean = [r["clean_accuracy"] for r in seeds if r["clean_accuracy"] is not None]
+            map_half = [(r["ci95"][1] - r["ci95"][0]) / 2 for r in seeds if r["ci95"]]
+            variants.append({"loss": loss, "seeds": len(seeds), "accuracy": float(np.mean(acc)),
+                             "ci95_seeds": t_interval(acc), "clean_accuracy": float(np.mean(clean)) if clean else None,
+                             "map_ci95_half_width": float(np.mean(map_half)) if map_half else None})
+        ce = next((v for v in variants if v["loss"].upper() == "CE"), None)
+        ref = ce if ce is not None else max(variants, key=lambda v: v["clean_accuracy"] or 0.0)
+        budget = (ref["clean_accuracy"] or 0.0) - max_clean_drop / 100
+        eligible = [v for v in variants if v["clean_accuracy"] is not None and v["clean_accuracy"] >= budget]
+        rec = {"model": model, "rate": target_ber, "max_clean_drop_points": max_clean_drop,
+               "reference": ref["loss"], "variants": variants}
+        if not eligible:
+            out.append(rec | {"verdict": "no variant keeps its clean accuracy within the budget"})
+            continue
+        best = max(eligible, key=lambda v: v["accuracy"])
+        rec |= {"choice": best["loss"], "accuracy": best["accuracy"], "ci95_seeds": best["ci95_seeds"],
+                "clean_accuracy": best["clean_accuracy"]}
+        if best["seeds"] < 2 or best["ci95_seeds"] is None:
+            rec["verdict"] = "one training seed only: no interval across seeds, the choice is not supported"
+        elif ce is not None and best is not ce and best["ci95_seeds"][0] <= ce["accuracy"]:
+            rec |= {"choice": ce["loss"], "accuracy": ce["accuracy"], "ci95_seeds": ce["ci95_seeds"],
+                    "clean_accuracy": ce["clean_accuracy"],
+                    "verdict": f"no loss beats CE beyond the interval across seeds (best: {best['loss']})"}
+        else:
+            gain = None if ce is None else best["accuracy"] - ce["accuracy"]
+            rec["verdict"] = "supported" + ("" if gain is None else f": {gain * 100:+.1f} points over CE")
+        out.append(rec)
     return out
 
 

@@ -1,0 +1,37 @@
+"""``mcel report --target-ber``: the recommendation follows the numbers and says when it cannot."""
+
+from flows.campaign.report import recommend
+
+
+def rows(acc_at_rate: dict[str, list[float]], clean: dict[str, float], rate: float = 0.01) -> list[dict]:
+    out = []
+    for loss, accs in acc_at_rate.items():
+        for seed, a in enumerate(accs):
+            out.append({"source": "software", "fault_model": "flip", "model": "vgg3", "loss": loss, "seed": seed,
+                        "rate": rate, "mean": a, "ci95": [a - 0.002, a + 0.002], "clean_accuracy": clean[loss]})
+    return out
+
+
+def test_a_clearly_better_loss_within_budget_is_chosen():
+    rec = recommend(rows({"CE": [0.70, 0.71, 0.69], "MCEL m=32": [0.80, 0.81, 0.79]},
+                         {"CE": 0.90, "MCEL m=32": 0.898}), 0.01, 0.5)[0]
+    assert rec["choice"] == "MCEL m=32" and rec["verdict"].startswith("supported")
+    assert rec["ci95_seeds"][0] < 0.80 < rec["ci95_seeds"][1]
+
+
+def test_the_clean_budget_excludes_a_costly_loss():
+    rec = recommend(rows({"CE": [0.70, 0.71, 0.69], "MCEL m=128": [0.85, 0.86, 0.84]},
+                         {"CE": 0.90, "MCEL m=128": 0.88}), 0.01, 0.5)[0]
+    assert rec["choice"] == "CE"
+
+
+def test_overlapping_seeds_fall_back_to_ce_and_say_so():
+    rec = recommend(rows({"CE": [0.70, 0.78, 0.62], "MCEL m=32": [0.74, 0.66, 0.80]},
+                         {"CE": 0.90, "MCEL m=32": 0.90}), 0.01, 0.5)[0]
+    assert rec["choice"] == "CE" and "no loss beats CE" in rec["verdict"]
+
+
+def test_unsupported_grids_are_named():
+    assert "no rate" in recommend(rows({"CE": [0.7, 0.7]}, {"CE": 0.9}), 0.001, 0.5)[0]["verdict"]
+    one_seed = recommend(rows({"CE": [0.7], "MCEL m=32": [0.8]}, {"CE": 0.9, "MCEL m=32": 0.9}), 0.01, 0.5)[0]
+    assert "one training seed" in one_seed["verdict"]
