@@ -130,12 +130,13 @@ def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
 
 
 def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None],
-                 map_batch: int = 32) -> np.ndarray:
-    """``(M, N, outputs)`` integer outputs, as :func:`finn_predict`, from the batched evaluator.
+                 method: str = "auto") -> np.ndarray:
+    """``(M, N, outputs)`` integer outputs, as :func:`finn_predict`, from the fault evaluator.
 
     The build's integer network (:func:`mcel_train.intnet_finn.from_finn_build`, weights
-    decoded from the init files) with each map applied through the manifest's memory layout
-    by :class:`mcel_train.evaluate.MapEvaluator`; ``map_batch`` maps are evaluated together.
+    decoded from the init files) with each map applied through the manifest's memory layout by
+    :class:`mcel_train.evaluate.MapEvaluator` (``method``: dense, difference or auto); maps with
+    threshold faults run with their layers' post-ops rebuilt from the faulty threshold words.
     """
     import torch
 
@@ -144,44 +145,20 @@ def fast_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     memories = build_memories(manifest, net)
     thr_names = set(manifest.thresholds)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
-    evaluator = MapEvaluator(net, xt, np.zeros(len(xt), dtype=np.int64), memories=memories)
+    evaluator = MapEvaluator(net, xt, np.zeros(len(xt), dtype=np.int64), memories=memories, method=method)
     empty = FaultMap.empty([m.name for m in memories])
-    weight_maps, threshold_maps = [], []
+    owners = net.meta.get("threshold_owners", {})
+    thr_golden = None
+    weight_maps, posts = [], []
     for m in maps:
         w, t = split_map(m, thr_names) if m is not None else (empty, None)
         weight_maps.append(w)
-        threshold_maps.append(t if t is not None and len(t) else None)
-    thr_golden = golden_words(manifest, manifest.thresholds) if any(t is not None for t in threshold_maps) else {}
-    out: list[np.ndarray | None] = [None] * len(maps)
-    with torch.no_grad():
-        # Maps with weight faults only: batched, map_batch at a time.
-        plain = [i for i, t in enumerate(threshold_maps) if t is None]
-        for lo in range(0, len(plain), map_batch):
-            ids = plain[lo:lo + map_batch]
-            weights = evaluator.stacked_weights([weight_maps[i] for i in ids])
-            logits = net.forward(xt, weights, max_abs_input=evaluator.max_abs_input)
-            for i, map_logits in zip(ids, logits.expand(len(ids), *logits.shape[1:]).numpy(), strict=True):
-                out[i] = map_logits
-        # Maps with threshold faults: one at a time, with the owners' post-ops swapped.
-        for i, tmap in enumerate(threshold_maps):
-            if tmap is not None:
-                thresholds = faulty_thresholds(manifest, tmap, thr_golden)
-                out[i] = _predict_with_thresholds(net, evaluator, xt, weight_maps[i], thresholds)[0]
-    return np.rint(np.stack(out)).astype(np.int64) if out else np.empty((0, len(xt), 0), dtype=np.int64)
-
-
-def _predict_with_thresholds(net, evaluator, xt, weight_map: FaultMap, thresholds: dict) -> np.ndarray:
-    """One map whose threshold memories are faulty: the owners' post-ops swapped for the run."""
-    owners = net.meta["threshold_owners"]
-    saved = {}
-    try:
-        for layer, (t, out_bits) in thresholds.items():
-            index = owners[layer]["layer_index"]
-            saved[index] = net.layers[index].post
-            net.layers[index].post = threshold_post(owners[layer], t, out_bits)
-        weights = evaluator.stacked_weights([weight_map])
-        logits = net.forward(xt, weights, max_abs_input=evaluator.max_abs_input)
-    finally:
-        for index, post in saved.items():
-            net.layers[index].post = post
-    return logits.numpy()
+        if t is None or not len(t):
+            posts.append(None)
+            continue
+        thr_golden = thr_golden or golden_words(manifest, manifest.thresholds)
+        posts.append({owners[layer]["layer_index"]: threshold_post(owners[layer], table, out_bits)
+                      for layer, (table, out_bits) in faulty_thresholds(manifest, t, thr_golden).items()})
+    if not maps:
+        return np.empty((0, len(xt), 0), dtype=np.int64)
+    return evaluator.logits(weight_maps, posts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from mcel_train.difference import DifferenceEvaluator, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, layer_memories
+from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, PostOp, layer_memories
 from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
@@ -164,11 +164,79 @@ class MapEvaluator:
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
 
-    def _probe(self, fmap: FaultMap, dense_per_map: float) -> str:
+    def logits(self, fmaps: Sequence[FaultMap],
+               posts: Sequence[Mapping[int, PostOp] | None] | None = None) -> np.ndarray:
+        """Integer logits ``(M, N, classes)`` of each map (what an accelerator outputs).
+
+        ``posts``: per map, faulty post-ops by layer index (threshold-memory faults). The path
+        follows ``method`` as in :meth:`evaluate`; ``auto`` decides per fault rate, timing the
+        first map of a rate both ways.
+        """
+        posts = list(posts) if posts is not None else [None] * len(fmaps)
+        out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        diff = self.difference if self.method != "dense" else None
+        todo = list(range(len(fmaps)))
+        if diff is not None and fmaps:
+            use = self.method == "difference"
+            if self.method == "auto":
+                meta = fmaps[0].meta
+                key = ("logits", meta.get("fault_model"), meta.get("rate", len(fmaps[0])))
+                if key not in self._choice:
+                    t0 = time.perf_counter()
+                    out[0] = self._dense_logits([fmaps[0]], [posts[0]])[0]
+                    todo = todo[1:]
+                    self._choice[key] = self._probe(fmaps[0], time.perf_counter() - t0, posts[0])
+                use = self._choice[key] == "difference"
+            if use and todo:
+                t0 = time.perf_counter()
+                results = diff.run_many([fmaps[k] for k in todo], [posts[k] for k in todo])
+                self.timing["difference"] += time.perf_counter() - t0
+                clean = np.rint(diff.clean_logits.numpy()).astype(np.int64)
+                rest = []
+                for k, res in zip(todo, results, strict=True):
+                    if res is None:
+                        rest.append(k)
+                        continue
+                    out[k] = clean
+                    out[k, res.rows] = res.logits
+                todo = rest
+        if todo:
+            out[todo] = self._dense_logits([fmaps[k] for k in todo], [posts[k] for k in todo])
+        return out
+
+    def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
+                      map_batch: int = 32) -> np.ndarray:
+        """The dense path's logits: weight-only maps batched, maps with faulty post-ops one by one
+        with those post-ops swapped in for the run."""
+        t0 = time.perf_counter()
+        out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        plain = [k for k, p in enumerate(posts) if not p]
+        with torch.no_grad():
+            for lo in range(0, len(plain), map_batch):
+                ids = plain[lo:lo + map_batch]
+                weights = self.stacked_weights([fmaps[k] for k in ids])
+                lg = self.net.forward(self.x, weights, max_abs_input=self.max_abs_input)
+                out[ids] = np.rint(lg.expand(len(ids), *lg.shape[1:]).numpy())
+            for k, p in enumerate(posts):
+                if not p:
+                    continue
+                saved = {i: self.net.layers[i].post for i in p}
+                try:
+                    for i, post in p.items():
+                        self.net.layers[i].post = post
+                    lg = self.net.forward(self.x, self.stacked_weights([fmaps[k]]), max_abs_input=self.max_abs_input)
+                finally:
+                    for i, post in saved.items():
+                        self.net.layers[i].post = post
+                out[k] = np.rint(lg[0].numpy())
+        self.timing["dense"] += time.perf_counter() - t0
+        return out
+
+    def _probe(self, fmap: FaultMap, dense_per_map: float, posts: Mapping[int, PostOp] | None = None) -> str:
         """``auto``'s cost estimate: the difference path on one map, given as long as the dense
         path took per map; the faster path is kept for the rate."""
         t0 = time.perf_counter()
-        got = self.difference.run_many([fmap], time_limit=dense_per_map)[0]
+        got = self.difference.run_many([fmap], [posts], time_limit=dense_per_map)[0]
         t_diff = time.perf_counter() - t0
         self.timing["probe"] += t_diff
         return "difference" if got is not None and t_diff < dense_per_map else "dense"

@@ -30,12 +30,36 @@ def test_fast_predict_equals_finn_predict(smoke_build):
     x, _ = load_run(smoke_build).test_inputs(60)
     maps = [None, *_maps(build, [1e-3, 5e-3, 1e-2, 3e-2, 0.1, 0.3])]
     assert sum(len(m) for m in maps[1:]) > 0
-    fast = fast_predict(build, x, maps)
     ref = finn_predict(build, x, maps)
-    assert fast.shape == ref.shape == (len(maps), len(x), 10)
-    np.testing.assert_array_equal(fast, ref)
+    for method in ("dense", "difference", "auto"):  # every evaluator path against FINN
+        fast = fast_predict(build, x, maps, method=method)
+        assert fast.shape == ref.shape == (len(maps), len(x), 10)
+        np.testing.assert_array_equal(fast, ref, err_msg=method)
     # Faults must matter, or the comparison would prove nothing.
     assert (fast[-1] != fast[0]).any()
+
+
+def test_threshold_faults_same_on_both_evaluator_paths(smoke_build):
+    """Threshold-memory faults (FINN cannot execute the RTL's binary search on unsorted
+    thresholds): the dense path swaps the rebuilt post-ops in, the difference path takes them
+    as faulty post-ops; both must agree on every output."""
+    from hw_sim.predict import fast_predict
+    from mcel_train.faults.generate import generate_map
+    from mcel_train.manifest import load_manifest
+    from mcel_train.runio import load_run
+
+    build = smoke_build / "build"
+    x, _ = load_run(smoke_build).test_inputs(60)
+    manifest = load_manifest(build)
+    thr = manifest.fault_memories(("thresholds",))
+    assert thr, "the smoke build has threshold memories"
+    everything = manifest.fault_memories(("weights", "thresholds"))
+    maps = [generate_map(thr, "flip", 0.05, 3, 0), generate_map(everything, "flip", 0.02, 3, 1)]
+    dense = fast_predict(build, x, maps, method="dense")
+    diff = fast_predict(build, x, maps, method="difference")
+    np.testing.assert_array_equal(dense, diff)
+    clean = fast_predict(build, x, [None], method="dense")[0]
+    assert (dense[0] != clean).any()  # the threshold faults changed outputs
 
 
 def test_from_finn_build_layers(smoke_build):
