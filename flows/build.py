@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.export import QONNX_FILE, check_export, export_qonnx_model, torch_logits
+from flows.export import QONNX_FILE, check_export, export_qonnx_model, qonnx_execute, torch_logits
 from flows.finn_env import init_finn
 from flows.finn_steps import DEFAULT_CLK_NS, DEFAULT_PART, FlowOptions, run_steps
 from flows.folding import folding_of, load_folding
@@ -36,7 +36,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
 from mcel_train.models import ModelSpec
-from mcel_train.runio import load_run
+from mcel_train.runio import load_run, load_source
 from mcel_train.stage import atomic_stage, check_writable
 
 DATAFLOW_FILE = "dataflow.onnx"  # the final dataflow graph (build.json's dataflow_model)
@@ -121,7 +121,7 @@ def _torch_integer_logits(torch_model, x: np.ndarray) -> np.ndarray | None:
 
 
 def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, manifest: Manifest,
-                 sim_binary: Path) -> dict:
+                 sim_binary: Path, reference: np.ndarray | None = None) -> dict:
     """Verilated outputs == FINN Python execution (bit for bit); argmax agrees with torch.
 
     Agreement with torch counts an image when torch's argmax is one of the hardware's maximal
@@ -133,11 +133,11 @@ def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, ma
     hw, stats = run_simulator(sim_binary, x, cpp_harness_format(manifest), build_dir / "verify",
                               mem_dir=build_dir / "hdl" / "mem")
     finn_out = output_of(dataflow_model, x).astype(np.int64)
-    ref = torch_logits(torch_model, x)
+    ref = torch_logits(torch_model, x) if reference is None else reference
     hw_equal_finn = int(np.sum(np.all(hw == finn_out, axis=1)))
     top = hw == hw.max(axis=1, keepdims=True)
     argmax_equal = int(np.sum(top[np.arange(len(x)), ref.argmax(1)]))
-    ints = _torch_integer_logits(torch_model, x)
+    ints = None if torch_model is None else _torch_integer_logits(torch_model, x)
     result = {
         "n": len(x), "hw_equal_finn": hw_equal_finn, "argmax_equal_torch": argmax_equal,
         "int_equal_torch": None if ints is None else int(np.sum(np.all(
@@ -174,8 +174,9 @@ def build_run(
     run_dir = Path(run_dir).resolve()
     target = run_dir / "build"
     check_writable(target, force)
-    run = load_run(run_dir)
-    refuse_software_only(run.spec)
+    run = load_source(run_dir)
+    if not run.imported:
+        refuse_software_only(run.spec)
     fold_dict = None
     if isinstance(folding, dict):
         fold_dict = folding
@@ -199,7 +200,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     n_inputs = max(n_verify, n_step_check)
     x, labels = run.test_inputs(n_inputs)
     options = FlowOptions(
-        input_kind=spec.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
+        input_kind=run.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
         target_cycles=target_cycles if fold_dict is None else None,
         check_inputs=x[:n_step_check], runtime_writeable=runtime_writeable,
     )
@@ -211,7 +212,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
 
     t0 = time.perf_counter()
     stitched = stitch(dataflow, build_dir / "hdl", expose_axilite=runtime_writeable)
-    manifest = build_manifest(dataflow, stitched, spec.input_kind, part, build_dir)
+    manifest = build_manifest(dataflow, stitched, run.input_kind, part, build_dir)
     write_manifest(manifest, build_dir / MANIFEST_FILE)
     times["stitch_manifest"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -227,7 +228,10 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     verification = None
     if n_verify:
         t0 = time.perf_counter()
-        verification = verify_build(build_dir, dataflow, model, x[:n_verify], manifest, sim.path)
+        # the reference: torch for a trained run, the imported QONNX graph's execution otherwise
+        reference = (torch_logits(model, x[:n_verify]) if model is not None
+                     else qonnx_execute(run.run_dir / "export" / QONNX_FILE, x[:n_verify]))
+        verification = verify_build(build_dir, dataflow, model, x[:n_verify], manifest, sim.path, reference)
         verification["accuracy_vs_labels"] = float(
             np.mean(np.load(build_dir / "verify" / "hw_logits.npy").argmax(1) == labels[:n_verify])
         )
@@ -238,7 +242,8 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
         }
 
     record = {
-        "stage": "build", "model": spec.to_dict(), "part": part,
+        "stage": "build", "model": spec.to_dict() if spec is not None else None,
+        "source": run.source if run.imported else {"kind": "trained"}, "part": part,
         "clk_ns": clk_ns, "dataflow_model": DATAFLOW_FILE,
         "folding_request": folding if isinstance(folding, (dict, str)) else Path(folding).name,
         "target_cycles": target_cycles, "folding": folding_of(dataflow),

@@ -16,8 +16,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--force", action="store_true", help="replace an existing export/ folder")
     e.set_defaults(func=cmd_export)
 
+    i = sub.add_parser("import", help="bring your own QONNX model: check it and make it a run's export stage")
+    i.add_argument("model", help="QONNX (or FINN-ONNX) file, e.g. a Brevitas export_qonnx of your network")
+    i.add_argument("--dataset", default=None, help="dataset it classifies: fashion_mnist | digits "
+                   "(default: the model's mcel.dataset metadata)")
+    i.add_argument("--input-kind", default=None, help="pixel encoding: uint8 (0..255) | bipolar (+-1) "
+                   "(default: the model's mcel.input_kind metadata)")
+    i.add_argument("--out", required=True, help="run folder to create (runs/NAME)")
+    i.add_argument("--check-images", type=int, default=100, help="test images executed to report its accuracy")
+    i.add_argument("--force", action="store_true", help="replace an existing export/ folder")
+    i.set_defaults(func=cmd_import)
+
     b = sub.add_parser("build", help="compile with FINN into a stitched RTL accelerator (Verilator)")
-    b.add_argument("run", help="run folder (runs/NAME) with a train/ stage")
+    b.add_argument("run", help="run folder (runs/NAME) with a train/ stage or an imported export/")
     b.add_argument("--folding", default="auto", help="'auto' or a JSON file of PE/SIMD per layer")
     b.add_argument("--target-cycles", type=int, default=None,
                    help="cycles per image for --folding auto (default: the most parallel folding "
@@ -36,6 +47,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_run(Path(args.run), n_check=args.images, force=args.force)
     record = json.loads((path.parent / "export.json").read_text())
     print(f"exported {path}; QONNX == torch on {record['check']}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from flows.import_model import import_qonnx
+
+    rec = import_qonnx(args.model, args.dataset, Path(args.out), args.input_kind, args.check_images, args.force)
+    check = rec["check"]
+    print(f"imported {args.model} into {Path(args.out) / 'export'}: input {rec['input_shape']} "
+          f"({rec['input_kind']}), {rec['source']['dataset']} accuracy {check['accuracy']:.4f} on the first "
+          f"{check['images']} test images (QONNX execution)")
     return 0
 
 

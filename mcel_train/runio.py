@@ -1,7 +1,15 @@
-"""Read a training run folder (``runs/NAME/train/``) back into a model and its test set."""
+"""Read a run folder back into its network source and test set.
+
+Two sources: a run trained here (``runs/NAME/train/``: config + Brevitas weights,
+:class:`TrainedRun`) and a network imported by ``mcel import`` (``runs/NAME/export/`` holds the
+user's QONNX graph and ``export.json`` a ``source`` record, :class:`ImportedRun`). Both give the
+test set encoded the way the network (and the accelerator) takes it; only a trained run has a
+Brevitas module. :func:`load_source` picks the one a folder holds.
+"""
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from mcel_train.data import load_dataset
+from mcel_train.data import encode_inputs, load_dataset
 from mcel_train.errors import ArtifactError
 from mcel_train.models import ModelSpec, build_model
 from mcel_train.quicktrain import model_inputs
@@ -19,6 +27,9 @@ from mcel_train.quicktrain import model_inputs
 
 class RunError(ArtifactError, FileNotFoundError):
     """A run folder lacks the training stage's files or they are malformed."""
+
+
+EXPORT_RECORD = "export.json"
 
 
 @dataclass
@@ -41,6 +52,69 @@ class TrainedRun:
         """The first ``n`` test images, encoded as the model (and the accelerator) takes them."""
         x, labels = self.test_set()
         return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+
+    @property
+    def input_kind(self) -> str:
+        return self.spec.input_kind
+
+    @property
+    def imported(self) -> bool:
+        return False
+
+
+@dataclass
+class ImportedRun:
+    """A network brought in by ``mcel import``: its QONNX graph, dataset and input encoding."""
+
+    run_dir: Path
+    dataset: str
+    input_kind: str
+    input_shape: tuple[int, ...]
+    source: dict
+    seed: int = 0
+    spec: None = None
+    model: None = None
+
+    @property
+    def imported(self) -> bool:
+        return True
+
+    def test_set(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The dataset's test split encoded as ``input_kind`` in the graph's input shape."""
+        ds = load_dataset(self.dataset, seed=self.seed)
+        x = encode_inputs(ds.test.images, self.input_kind)
+        return x.reshape(len(x), *self.input_shape), ds.test.labels
+
+    def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x, labels = self.test_set()
+        return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+
+
+def load_imported(run_dir: str | Path) -> ImportedRun:
+    """The imported network of ``run_dir`` (``export/export.json`` with a ``source`` record)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "export" / EXPORT_RECORD
+    try:
+        rec = json.loads(path.read_text())
+        src = rec["source"]
+        return ImportedRun(run_dir, str(src["dataset"]), str(rec["input_kind"]),
+                           tuple(int(d) for d in rec["input_shape"]), src, int(src.get("seed", 0)))
+    except FileNotFoundError:
+        raise RunError(f"{path} not found: import the network with mcel import first") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise RunError(f"{path} is not a readable import record; run mcel import again with --force") from None
+
+
+def load_source(run_dir: str | Path) -> TrainedRun | ImportedRun:
+    """The run's network source: trained here (``train/``) or imported (``export/export.json``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "train").exists() and (run_dir / "export" / EXPORT_RECORD).is_file():
+        try:
+            if "source" in json.loads((run_dir / "export" / EXPORT_RECORD).read_text()):
+                return load_imported(run_dir)
+        except (ValueError, UnicodeDecodeError):
+            raise RunError(f"{run_dir / 'export' / EXPORT_RECORD} is not readable; export or import again") from None
+    return load_run(run_dir)
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:

@@ -20,10 +20,11 @@ from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, tied_images
 from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
 from mcel_train.intnet import from_brevitas
+from mcel_train.intnet_finn import build_memories, from_finn_build
 from mcel_train.manifest import load_manifest
 from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
-from mcel_train.runio import load_run
+from mcel_train.runio import load_source
 from mcel_train.stage import atomic_stage
 
 FORMAT = "mcel-sw-sweep"
@@ -91,14 +92,26 @@ def run_sweep(
     fm = FaultModel.parse(fault_model)
     if not force and (out_json.exists() or out_png.exists()):
         raise SweepExistsError(f"{out_json} exists already; pass --force to replace it")
-    run = load_run(run_dir)
+    run = load_source(run_dir)
     x, labels = run.test_set()
     if test_images < 0:
         raise UserInputError(f"test_images must be >= 0, got {test_images}")
     if test_images:
         x, labels = x[:test_images], labels[:test_images]
-    net = from_brevitas(run.model)
-    if manifest is not None:
+    if run.imported:  # no Brevitas module: the build's integer network, in the build's layout
+        build = run_dir / "build"
+        if not (build / "manifest.json").is_file():
+            raise UserInputError(f"{run_dir} is an imported network: build it first (mcel build {run_dir}); "
+                                 "its sweep uses the build's integer network")
+        net = from_finn_build(build)
+        x = x.reshape(len(x), -1)
+        memories = build_memories(load_manifest(build), net)
+        memory_source = "build"
+    else:
+        net = from_brevitas(run.model)
+    if run.imported:
+        pass
+    elif manifest is not None:
         manifest_path = Path(manifest)
         memories = load_manifest(manifest_path.parent if manifest_path.name.endswith(".json") else manifest_path
                                  ).fault_memories(("weights",))
@@ -148,7 +161,8 @@ def run_sweep(
         "format": FORMAT,
         "version": 1,
         "run": run_dir.name,
-        "model": run.spec.to_dict(),
+        "model": run.spec.to_dict() if run.spec is not None else None,
+        "source": run.source if run.imported else {"kind": "trained"},
         "dataset": run.dataset,
         "n_test": int(len(labels)),
         "clean_accuracy": clean_accuracy(net, x, labels),

@@ -1,0 +1,117 @@
+"""Bring your own network: ``mcel import MODEL.onnx`` and :func:`import_brevitas` for a module.
+
+The pipeline after training needs no zoo model: ``mcel build`` compiles the export stage's QONNX
+graph, the simulator's prediction and ``mcel sweep`` use the build's integer network. So an
+imported network becomes a run folder whose ``export/`` stage holds the user's graph and an
+``export.json`` with a ``source`` record (file name, SHA-256, dataset, input encoding) instead of
+a training stage. The import checks what it can before writing anything: the graph loads, every
+node is of a type the FINN flow here lowers, the dataset's images fit the graph's input, and the
+graph classifies the first test images (QONNX execution) with an accuracy printed at once, so a
+wrong dataset or input encoding shows immediately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flows.export import QONNX_FILE, export_qonnx_model, qonnx_execute
+from mcel_train.data import DATASET_NAMES, INPUT_KINDS
+from mcel_train.errors import UserInputError
+from mcel_train.finn_graph import load_graph
+from mcel_train.runio import EXPORT_RECORD, ImportedRun
+from mcel_train.stage import atomic_stage, check_writable
+
+# Node types of a Brevitas QONNX export that the FINN flow here (flows/finn_steps.py) lowers.
+SUPPORTED_OPS = ("Quant", "BipolarQuant", "BatchNormalization", "Relu", "Conv", "MaxPool", "Transpose",
+                 "MatMul", "Gemm", "Flatten", "Reshape", "Mul", "Add", "Identity")
+INPUT_KIND_KEY = "mcel.input_kind"  # optional ONNX metadata: how the graph's pixels are encoded
+DATASET_KEY = "mcel.dataset"
+
+
+def _metadata(model) -> dict[str, str]:
+    return {p.key: p.value for p in model.model.metadata_props}
+
+
+def check_supported(model) -> None:
+    """One line naming the first node the flow cannot lower, and what is supported."""
+    for node in model.graph.node:
+        if node.op_type not in SUPPORTED_OPS:
+            raise UserInputError(
+                f"node {node.name or '?'} ({node.op_type}) is not supported by the FINN flow here; "
+                f"supported: {', '.join(SUPPORTED_OPS)} (a Brevitas QONNX export of quantized "
+                "Linear/Conv2d layers with BatchNorm, QuantReLU/QuantIdentity and MaxPool2d)")
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UserInputError(f"the graph must have exactly one input and one output, it has {len(inputs)} "
+                             f"and {len(model.graph.output)}")
+
+
+def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, input_kind: str | None = None,
+                 n_check: int = 100, force: bool = False) -> dict:
+    """Check a QONNX model and write it as the export stage of the run folder ``out``.
+
+    ``dataset`` / ``input_kind`` default to the model's ``mcel.dataset`` / ``mcel.input_kind``
+    metadata when present. Returns the record written to ``out/export/export.json``.
+    """
+    model_path, out = Path(model_path), Path(out)
+    if not model_path.is_file():
+        raise UserInputError(f"{model_path} not found")
+    if n_check < 1:
+        raise UserInputError(f"--check-images must be >= 1, got {n_check}")
+    check_writable(out / "export", force)
+    model = load_graph(model_path)
+    meta = _metadata(model)
+    dataset = dataset or meta.get(DATASET_KEY)
+    if dataset not in DATASET_NAMES:
+        raise UserInputError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
+    input_kind = input_kind or meta.get(INPUT_KIND_KEY)
+    if input_kind not in INPUT_KINDS:
+        raise UserInputError(f"--input-kind must be one of {', '.join(INPUT_KINDS)} (how the graph's pixels "
+                             f"are encoded; the model has no {INPUT_KIND_KEY} metadata), got {input_kind!r}")
+    check_supported(model)
+    shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise UserInputError(f"the graph's input shape {shape} is not static (batch, features...)")
+    input_shape = tuple(shape[1:])
+    source = {"kind": "import", "file": model_path.name, "dataset": dataset, "seed": 0,
+              "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
+    run = ImportedRun(out, dataset, input_kind, input_shape, source)
+    try:
+        x, labels = run.test_inputs(n_check)
+    except RuntimeError as exc:  # reshape: the dataset's images do not fit the graph
+        raise UserInputError(f"the {dataset} images do not fit the graph's input shape {list(input_shape)} "
+                             f"({str(exc).splitlines()[0][:100]}); check --dataset") from None
+    t0 = time.perf_counter()
+    logits = qonnx_execute(model_path, x)
+    accuracy = float((logits.argmax(1) == labels).mean())
+    record = {"stage": "export", "qonnx": QONNX_FILE, "input_shape": list(input_shape), "input_kind": input_kind,
+              "source": source, "check": {"images": len(x), "accuracy": accuracy,
+                                          "seconds": round(time.perf_counter() - t0, 2)}}
+    with atomic_stage(out / "export", force) as tmp:
+        shutil.copyfile(model_path, tmp / QONNX_FILE)
+        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def import_brevitas(module, example_input, dataset: str, out: str | Path, input_kind: str = "uint8",
+                    n_check: int = 100, force: bool = False) -> dict:
+    """Export a Brevitas ``nn.Module`` (in eval mode) with ``example_input`` and import it.
+
+    ``example_input``: one input in the network's shape, batch dimension included, encoded as
+    ``input_kind`` (uint8: pixel values 0..255 as float; bipolar: +-1). The QONNX file is
+    written to a temporary folder and imported into ``out`` like ``mcel import`` would.
+    """
+    shape = tuple(np.shape(example_input))
+    if len(shape) < 2 or shape[0] != 1:
+        raise UserInputError(f"example_input must have a batch dimension of 1, got shape {shape}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_qonnx_model(module, shape[1:], input_kind, Path(tmp))
+        return import_qonnx(path, dataset, out, input_kind, n_check, force)
