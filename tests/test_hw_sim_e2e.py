@@ -28,7 +28,7 @@ def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     assert any(not np.array_equal(hw[i], hw[0]) for i in worst)
     # cycles per image near FINN's expected initiation interval (the harness streams back to back)
     ii = [m["ii_cycles"] for m in record["maps"]]
-    assert max(ii) <= 1.1 * record["expected_ii_cycles"] + 2
+    assert max(ii) <= record["expected_ii_cycles"] + 1
     # same seed, same maps, same numbers, also with the images split over two simulators
     again = json.loads(run_sim(smoke_build, bers[:2], maps=2, images=60, seed=0, force=True,
                                jobs=2).read_text())
@@ -189,3 +189,36 @@ def test_profile_guided_build_equals_software(smoke_build, tmp_path):
     assert record["build"]["pgo"] and list((run / "sim" / "sim_build").glob("*.gcda"))
     assert "-fprofile-use" in (run / "sim" / "sim_build.log").read_text()
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, kwargs", [
+    ("stuck-at", {"bers": [0.0, 0.02], "fault_model": "stuck"}),
+    ("finn-predictor", {"bers": [0.0, 0.02], "predictor": "finn", "images": 12}),
+    ("backpressure", {"bers": [0.0, 0.02], "backpressure": True}),
+    ("all-memories-no-rate-0", {"bers": [0.01, 0.03], "memories": "all"}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_paths_through_the_rtl(smoke_build, case, kwargs):
+    """Stuck-at faults, FINN's execution as the predictor, a sink that stalls the output stream,
+    and faults in every memory without a clean rate: each end to end, every output identical,
+    and the faults must change some output (or the equality would prove nothing)."""
+    kw = {"maps": 2, "images": 30, "seed": 4, "force": True, "jobs": 1} | kwargs
+    bers = kw.pop("bers")
+    record = json.loads(run_sim(smoke_build, bers, **kw).read_text())
+    assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"]), case
+    hw = np.load(smoke_build / "sim" / "hw_outputs.npz")["outputs"]
+    clean = fast_clean_outputs(smoke_build, kw["images"])
+    assert any(not np.array_equal(out, clean) for out, m in zip(hw, record["maps"], strict=True) if m["faults"]), case
+    if case == "backpressure":  # the output stream is no bottleneck here: the ii may not move
+        assert record["backpressure"]
+    else:  # back to back: one image per FINN initiation interval
+        assert all(m["ii_cycles"] <= record["expected_ii_cycles"] + 1 for m in record["maps"]), \
+            [m["ii_cycles"] for m in record["maps"]]
+
+
+def fast_clean_outputs(run, images: int) -> np.ndarray:
+    from hw_sim.predict import fast_predict
+    from mcel_train.runio import load_run
+
+    x, _ = load_run(run).test_inputs(images)
+    return fast_predict(run / "build", x, [None], method="dense")[0]
