@@ -37,7 +37,12 @@ def resolve(dut, path: str):
         parts = parts[1:]
     handle = dut.dut
     for part in parts:
-        handle = getattr(handle, part)
+        try:
+            handle = getattr(handle, part)
+        except AttributeError:
+            raise LookupError(f"manifest memory path {path} does not exist in the RTL (no {part!r}): "
+                              "the build's manifest.json does not match its hdl/; rebuild with "
+                              "mcel build --force") from None
     return handle
 
 

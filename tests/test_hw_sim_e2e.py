@@ -222,3 +222,22 @@ def fast_clean_outputs(run, images: int) -> np.ndarray:
 
     x, _ = load_run(run).test_inputs(images)
     return fast_predict(run / "build", x, [None], method="dense")[0]
+
+
+@pytest.mark.slow
+def test_manifest_path_missing_in_rtl_is_one_line(smoke_build, tmp_path, capsys):
+    """A manifest that names a memory the RTL does not have (a corrupted or mismatched build):
+    one line naming the path and the fix, exit 2, and no result written."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_build, run, symlinks=True, ignore=shutil.ignore_patterns("sim"))
+    manifest = json.loads((run / "build" / "manifest.json").read_text())
+    victim = manifest["memories"][0]
+    victim["path"] = victim["path"].rsplit(".", 1)[0] + ".no_such_memory"
+    (run / "build" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["sim", str(run), "--ber", "0.01", "--maps", "1", "--images", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no_such_memory" in err and "does not exist in the RTL" in err and "--force" in err
+    assert err.count("\n") == 0
+    assert not (run / "sim" / "hw_ber.json").exists()

@@ -1,0 +1,65 @@
+"""Benchmark: a sweep with a fixed number of maps per rate against one that stops adding maps
+once the 95 % interval is narrow enough (``mcel sweep --ci-width``), on the same run and rates.
+
+Both sweeps use the same maps (map ``i`` of a rate does not depend on where sampling stops), so
+the adaptive sweep's accuracies are a prefix of the fixed one's. Records per rate the maps
+needed, the interval reached, and both wall times.
+
+    .venv/bin/python bench/sweep_ci.py --run runs/NAME [--maps 200] [--ci-width 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
+
+
+def sweep(run: Path, args: list[str]) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(run), "--ber", RATES, "--quiet", "--force",
+                    *args], check=True, stdout=subprocess.DEVNULL)
+    return json.loads((run / "sweep" / "sw_ber.json").read_text()), time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument("--maps", type=int, default=200)
+    p.add_argument("--ci-width", type=float, default=0.1, help="accuracy points")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/sweep_ci.json"))
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:  # the run's own sweep is left alone
+        run = Path(tmp) / args.run.name
+        shutil.copytree(args.run / "train", run / "train")
+        fixed, t_fixed = sweep(run, ["--maps", str(args.maps), "--method", "dense"])
+        adaptive, t_adaptive = sweep(run, ["--maps", str(args.maps), "--ci-width", str(args.ci_width)])
+    rows = []
+    for f, a in zip(fixed["results"], adaptive["results"], strict=True):
+        assert a["accuracies"] == f["accuracies"][: a["maps"]], "the adaptive maps are not a prefix"
+        width = (a["ci95"][1] - a["ci95"][0]) * 100 if a["ci95"] else None
+        rows.append({"rate": a["rate"], "maps_needed": a["maps"], "reached_width_points": width,
+                     "target_met": width is not None and width < args.ci_width,
+                     "fixed_width_points": (f["ci95"][1] - f["ci95"][0]) * 100 if f["ci95"] else None})
+        print(f"rate {a['rate']:<8g} maps {a['maps']:>4} / {args.maps}  interval {width:.3f} points"
+              f"{'' if rows[-1]['target_met'] else '  (cap reached)'}")
+    record = {"run": args.run.name, "images": fixed["n_test"], "cap_maps": args.maps, "ci_width_points": args.ci_width,
+              "rows": rows, "seconds": {"fixed_dense": t_fixed, "adaptive_auto": t_adaptive},
+              "speedup": t_fixed / t_adaptive}
+    print(f"fixed {args.maps} maps per rate (dense): {t_fixed:.0f} s; adaptive (auto): {t_adaptive:.0f} s "
+          f"({record['speedup']:.2f}x)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
