@@ -25,6 +25,7 @@ from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, PostOp, layer_memories
 from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
+AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
 
 
 @dataclass
@@ -137,6 +138,8 @@ class MapEvaluator:
         are exact, so the choice changes the time, never a prediction.
         """
         method = self.method
+        if method == "auto" and len(fmaps) < AUTO_MIN_MAPS:
+            method = "dense"  # too few maps to repay the clean state and the probe
         diff = self.difference if method != "dense" else None
         if diff is None or not fmaps:
             return self._evaluate_dense(fmaps)
@@ -174,7 +177,8 @@ class MapEvaluator:
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
         out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
-        diff = self.difference if self.method != "dense" else None
+        few = self.method == "auto" and len(fmaps) < AUTO_MIN_MAPS  # not worth the clean state
+        diff = self.difference if self.method != "dense" and not few else None
         todo = list(range(len(fmaps)))
         if diff is not None and fmaps:
             use = self.method == "difference"

@@ -213,3 +213,48 @@ def test_report_has_tables_curves_and_best_margins(reference, figures):
     ce_clean = {r["model"]: r["clean_accuracy"] for r in report["rows"] if r["loss"] == "CE"}
     for b in report["best"]:
         assert b["clean_cost_vs_ce"] == pytest.approx(ce_clean[b["model"]] - b["clean_accuracy"])
+
+
+@pytest.mark.slow
+def test_hardware_stage_survives_sigkill(tmp_path):
+    """A campaign with a FINN build and an RTL simulation, killed while its hardware stage runs:
+    the resumed campaign's table (software and hardware rows) equals an uninterrupted run's."""
+    campaign = {
+        "name": "hw", "seed": 0,
+        "train": {"config": str(REPO / "flows/configs/smoke_digits.yaml"), "set": {"epochs": 2}},
+        "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}], "losses": ["ce"]},
+        "software": {"ber": [0, 0.05], "maps": 2, "seed": 0},
+        "hardware": {"ber": [0, 0.02], "maps": 2, "images": 20, "inject": "backdoor", "target_cycles": 64},
+        "retries": 1,
+    }
+    path = _write(tmp_path, campaign)
+    ref, summary = run_campaign(path, tmp_path / "ref", workers=1, show_progress=False)
+    assert summary["done"] == summary["total"] == 4 and summary["failed"] == 0
+    out = tmp_path / "killed"
+    db = out / "results.sqlite"
+    args = [sys.executable, "-m", "flows.cli", "campaign", str(path), "--out", str(out), "--workers", "1",
+            "--quiet", "--no-report"]
+    def running() -> list[str]:
+        try:
+            return json.loads((out / "status.json").read_text())["running_tasks"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    for stage, delay in (("build", 3.0), ("hwsim", 2.0)):  # into the build, then into the simulation
+        proc = subprocess.Popen(args + (["--resume"] if db.exists() else []), cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while not any(r.startswith(stage) for r in running()) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(delay)
+        assert proc.poll() is None, "the campaign ended before the kill"
+        assert any(r.startswith(stage) for r in running()), f"the kill missed the {stage} stage"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = _cli("campaign", str(path), "--out", str(out), "--workers", "1", "--resume", "--quiet", "--no-report")
+    assert result.returncode == 0, result.stderr + result.stdout
+    table = campaign_table(out)
+    assert table == campaign_table(ref)
+    hw = [r for r in table if r["source"] == "hardware"]
+    assert hw and all(r["identical_maps"] == r["maps"] for r in hw)
