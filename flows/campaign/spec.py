@@ -28,20 +28,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from mcel_train.config import ConfigError, apply_override, validate
 from mcel_train.errors import UserInputError
 from mcel_train.faults.generate import FaultModel
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-TOP_KEYS = {"name", "seed", "train", "grid", "software", "hardware", "retries", "timeout_s"}
-TRAIN_KEYS = {"config", "set"}
-GRID_KEYS = {"models", "losses", "seeds"}
-SOFTWARE_KEYS = {"fault_models", "ber", "maps", "seed", "ci_width", "test_images"}
-HARDWARE_KEYS = {"ber", "maps", "images", "inject", "seed", "fault_model", "target_cycles", "folding"}
 INJECT_MODES = ("backdoor", "axilite")
 
 
@@ -96,33 +92,90 @@ def _fail(where: str, message: str) -> None:
     raise CampaignError(f"campaign {where}: {message}")
 
 
-def _mapping(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a mapping, got {value!r}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        _fail(where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    missing = sorted(required - set(value))
-    if missing:
-        _fail(where, f"missing key(s) {', '.join(missing)}")
-    return value
+# --- the campaign file's schema (pydantic: one loader, messages naming the key) -------------
+
+Rate = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
 
 
-def _int(value: Any, where: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(where, f"must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def _rates(value: Any, where: str) -> list[float]:
-    if not isinstance(value, list) or not value:
-        _fail(where, f"must be a non-empty list of bit error rates, got {value!r}")
-    for r in value:
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r <= 1:
-            _fail(where, f"every rate must be a number in [0, 1], got {r!r}")
-    if len(set(value)) != len(value):
-        _fail(where, "rates repeat")
-    return [float(r) for r in value]
+def _unique_rates(rates: list[float]) -> list[float]:
+    if len(set(rates)) != len(rates):
+        raise ValueError("rates repeat")
+    return [float(r) for r in rates]
+
+
+def _fault_model(name: str) -> str:
+    FaultModel.parse(name)  # checked now, not after training
+    return name
+
+
+class TrainSection(_Section):
+    config: str | None = None
+    set: dict[str, Any] | None = None
+
+
+class GridSection(_Section):
+    models: list[str | dict] = Field(min_length=1)
+    losses: list[str | dict] = Field(min_length=1)
+    seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, min_length=1)
+
+
+class SoftwareSection(_Section):
+    fault_models: list[Annotated[str, AfterValidator(_fault_model)]] = Field(["flip"], min_length=1)
+    ber: Annotated[list[Rate], Field(min_length=1), AfterValidator(_unique_rates)]
+    maps: StrictInt = Field(ge=2)
+    seed: StrictInt = Field(0, ge=0)
+    ci_width: Annotated[StrictFloat | StrictInt, Field(gt=0, lt=100)] | None = None
+    test_images: StrictInt | None = Field(None, ge=1)
+
+    def as_params(self) -> dict:
+        """The sweep tasks' settings; optional keys only when given (older campaigns keep keys)."""
+        out = {"fault_models": list(self.fault_models), "ber": list(self.ber), "maps": self.maps,
+               "seed": self.seed}
+        if self.ci_width is not None:
+            out["ci_width"] = float(self.ci_width)
+        if self.test_images is not None:
+            out["test_images"] = self.test_images
+        return out
+
+
+class HardwareSection(_Section):
+    ber: Annotated[list[Rate], Field(min_length=1), AfterValidator(_unique_rates)]
+    maps: StrictInt = Field(ge=1)
+    images: StrictInt = Field(ge=1)
+    inject: Literal[INJECT_MODES] = "backdoor"  # type: ignore[valid-type]
+    seed: StrictInt = Field(0, ge=0)
+    fault_model: Annotated[str, AfterValidator(_fault_model)] = "flip"
+    target_cycles: StrictInt | None = Field(None, ge=1)
+    folding: str | dict = "auto"
+
+
+class CampaignFile(_Section):
+    name: str = Field(min_length=1, pattern=r"^[^/]+$")
+    seed: StrictInt = Field(0, ge=0)
+    train: TrainSection = TrainSection()
+    grid: GridSection
+    software: SoftwareSection
+    hardware: HardwareSection | None = None
+    retries: StrictInt = Field(1, ge=0)
+    timeout_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 6 * 3600
+
+
+def _campaign_error(err: ValidationError) -> CampaignError:
+    """The first problem as one line: ``campaign <key path>: <what is wrong> (got ...)``."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-after", "list[", "str", "dict"))]
+    loc = [p for p in loc if not p.isdigit()] or ["file"]
+    where = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        return CampaignError(f"campaign {where}: unknown key; see flows/campaign/spec.py for the allowed keys")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return CampaignError(f"campaign {where}: {msg}{shown}")
 
 
 def _label(entry: Any, kind: str) -> tuple[str, Any]:
@@ -173,93 +226,37 @@ def _train_point(train: dict, model: Any, loss: Any, seed: int, model_label: str
     return TrainPoint(model_label, loss_label, seed, cfg.raw)
 
 
-def _software(value: Any) -> dict:
-    sw = _mapping(value, "software", SOFTWARE_KEYS, {"ber", "maps"})
-    fms = sw.get("fault_models", ["flip"])
-    if not isinstance(fms, list) or not fms:
-        _fail("software.fault_models", f"must be a non-empty list, got {fms!r}")
-    for fm in fms:
-        try:
-            FaultModel.parse(fm)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a campaign error
-            _fail("software.fault_models", str(exc))
-    out = {"fault_models": [str(f) for f in fms], "ber": _rates(sw["ber"], "software.ber"),
-           "maps": _int(sw["maps"], "software.maps", 2), "seed": _int(sw.get("seed", 0), "software.seed", 0)}
-    # optional keys enter the task key only when given: older campaigns keep their keys
-    if "ci_width" in sw:
-        w = sw["ci_width"]
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < 100:
-            _fail("software.ci_width", f"must be a number of accuracy points in (0, 100), got {w!r}")
-        out["ci_width"] = float(w)
-    if "test_images" in sw:
-        out["test_images"] = _int(sw["test_images"], "software.test_images", 1)
-    return out
-
-
-def _hardware(value: Any) -> dict | None:
-    if value is None:
-        return None
-    hw = _mapping(value, "hardware", HARDWARE_KEYS, {"ber", "maps", "images"})
-    inject = hw.get("inject", "backdoor")
-    if inject not in INJECT_MODES:
-        _fail("hardware.inject", f"must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
-    target = hw.get("target_cycles")
-    if target is not None:
-        _int(target, "hardware.target_cycles", 1)
-    folding = hw.get("folding", "auto")
-    if not isinstance(folding, (str, dict)):
-        _fail("hardware.folding", f"must be 'auto', a JSON path or a mapping, got {folding!r}")
-    try:  # checked now, not after training and building
-        FaultModel.parse(str(hw.get("fault_model", "flip")))
-    except ValueError as exc:
-        _fail("hardware.fault_model", str(exc))
-    return {"ber": _rates(hw["ber"], "hardware.ber"), "maps": _int(hw["maps"], "hardware.maps", 1),
-            "images": _int(hw["images"], "hardware.images", 1), "inject": inject,
-            "seed": _int(hw.get("seed", 0), "hardware.seed", 0),
-            "fault_model": str(hw.get("fault_model", "flip")), "target_cycles": target, "folding": folding}
-
-
 def parse_campaign(raw: Any) -> CampaignSpec:
     """Validate a campaign mapping; every problem is a :class:`CampaignError` naming its key."""
-    raw = _mapping(raw, "file", TOP_KEYS, {"name", "grid", "software"})
-    name = raw["name"]
-    if not isinstance(name, str) or not name or "/" in name:
-        _fail("name", f"must be a non-empty string without '/', got {name!r}")
-    train = _mapping(raw.get("train") or {}, "train", TRAIN_KEYS)
-    if train.get("set") is not None and not isinstance(train["set"], dict):
-        _fail("train.set", "must be a mapping of dotted config keys to values")
-    grid = _mapping(raw["grid"], "grid", GRID_KEYS, {"models", "losses"})
-    for key in ("models", "losses"):
-        if not isinstance(grid[key], list) or not grid[key]:
-            _fail(f"grid.{key}", f"must be a non-empty list, got {grid[key]!r}")
-    seeds = grid.get("seeds", [raw.get("seed", 0)])
-    if not isinstance(seeds, list) or not seeds:
-        _fail("grid.seeds", f"must be a non-empty list of integers, got {seeds!r}")
-    seeds = [_int(s, "grid.seeds", 0) for s in seeds]
+    if not isinstance(raw, dict):
+        _fail("file", f"must be a mapping, got {raw!r}")
+    try:
+        spec = CampaignFile.model_validate(raw)
+    except ValidationError as err:
+        raise _campaign_error(err) from None
+    train = spec.train.model_dump(exclude_none=True)
+    seeds = spec.grid.seeds if spec.grid.seeds is not None else [spec.seed]
     points = []
     # Losses outermost: tasks start in this order, so a campaign cut short has the first losses
     # for every model and seed (variants are cut before seeds and models).
-    for loss in grid["losses"]:
+    for loss in spec.grid.losses:
         loss_label, loss_value = _label(loss, "loss")
-        for model in grid["models"]:
+        for model in spec.grid.models:
             model_label, model_value = _label(model, "model")
             for seed in seeds:
                 points.append(_train_point(train, model_value, loss_value, seed, model_label, loss_label))
-    for what, key in (("model", "models"), ("loss", "losses")):
-        distinct = {json.dumps(e, sort_keys=True): _label(e, what)[0] for e in grid[key]}
+    for what, entries in (("model", spec.grid.models), ("loss", spec.grid.losses)):
+        distinct = {json.dumps(e, sort_keys=True): _label(e, what)[0] for e in entries}
         if len(set(distinct.values())) < len(distinct):
-            _fail(f"grid.{key}", f"two different {what} entries share a label; give each a 'label'")
+            _fail(f"grid.{what}es" if what == "loss" else "grid.models",
+                  f"two different {what} entries share a label; give each a 'label'")
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         _fail("grid", "two entries resolve to the same training config (a repeated model or loss)")
-    timeout = raw.get("timeout_s", 6 * 3600)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-        _fail("timeout_s", f"must be a number of seconds > 0, got {timeout!r}")
+    hardware = None if spec.hardware is None else spec.hardware.model_dump()
     return CampaignSpec(
-        name=name, seed=_int(raw.get("seed", 0), "seed", 0), points=tuple(points),
-        software=_software(raw["software"]), hardware=_hardware(raw.get("hardware")),
-        retries=_int(raw.get("retries", 1), "retries", 0),
-        timeout_s=float(timeout), raw=raw,
+        name=spec.name, seed=spec.seed, points=tuple(points), software=spec.software.as_params(),
+        hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw,
     )
 
 
