@@ -43,6 +43,10 @@ from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, layer_memories
 from mcel_train.memory import Memory
 
+# A sparse product costs about this many dense multiply-adds per non-zero (BLAS is that much
+# faster per operation), so a block denser than 1 / SPARSE_FACTOR goes dense.
+SPARSE_FACTOR = 16
+
 
 @dataclass
 class LayerDelta:
@@ -320,7 +324,7 @@ class DifferenceEvaluator:
             if d is not None:  # W_faulty = W + dW on the changed inputs: dW @ dx included
                 w_t = w_t.clone()
                 w_t.index_put_((d.cols, d.rows), d.values.to(dt), accumulate=True)
-            delta.index_add_(0, at[r], w_t[c] * v[:, None])  # one weight row per changed input
+            delta[at] += _rows_times(r, c, v, len(active), w_t)
         acc = rows(st.acc).to(dt)
         if is_last:
             return touched, (acc + delta).to(torch.float32)
@@ -392,6 +396,22 @@ class DifferenceEvaluator:
         diff = new.to(torch.float32) - st.out[touched]
         rows_any = diff.flatten(1).ne(0).any(1)
         return touched[rows_any], None, diff[rows_any]
+
+
+def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:
+    """``dx @ w_t`` for ``dx`` given as (row, column, value) triplets sorted by row then column:
+    a dense block when dense enough for BLAS, otherwise a CSR product (no per-change copies of
+    weight rows)."""
+    if len(v) * SPARSE_FACTOR >= n_rows * w_t.shape[0]:
+        dense = torch.zeros(n_rows, w_t.shape[0], dtype=w_t.dtype)
+        dense[r, c] = v
+        return dense @ w_t
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(r, minlength=n_rows), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        csr = torch.sparse_csr_tensor(crow, c, v, (n_rows, w_t.shape[0]), check_invariants=False)
+        return torch.sparse.mm(csr, w_t)
 
 
 def _kernel(layer: IntLayer, w: torch.Tensor) -> torch.Tensor:

@@ -301,12 +301,15 @@ def count_unchanged_range(x: torch.Tensor, thresholds: torch.Tensor) -> tuple[to
     range of integer changes of ``x`` that keep the count: up to the nearest threshold above,
     down to the one at or below (the count does not depend on the thresholds' order)."""
     n_ch, n_k = thresholds.shape
-    t = torch.sort(torch.ceil(thresholds.to(torch.float64)), dim=1).values
-    inf = torch.full((n_ch, 1), torch.inf, dtype=torch.float64)
+    # x's own dtype: it is exact for x (the evaluator picks it so), and a threshold it rounds is
+    # one no reachable x gets near
+    dt = x.dtype if x.dtype.is_floating_point else torch.float64
+    t = torch.sort(torch.ceil(thresholds.to(torch.float64)), dim=1).values.to(dt)
+    inf = torch.full((n_ch, 1), torch.inf, dtype=dt)
     ext = torch.cat([-inf, t, inf], dim=1)  # (C, K + 2): ext[c, k] <= x < ext[c, k + 1]
     xc = x.movedim(1, 0)
     shape = xc.shape
-    xc = xc.reshape(n_ch, -1).to(torch.float64).contiguous()  # (C, everything else)
+    xc = xc.reshape(n_ch, -1).to(dt).contiguous()  # (C, everything else)
     count = torch.searchsorted(t.contiguous(), xc, right=True)  # thresholds <= x
     flat = torch.arange(n_ch)[:, None] * (n_k + 2) + count
     below, above = ext.reshape(-1)[flat], ext.reshape(-1)[flat + 1]
