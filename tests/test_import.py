@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from brevitas.nn import QuantLinear, QuantReLU
+from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 from torch import nn
 
 from flows.cli import main
@@ -19,30 +19,43 @@ pytestmark = pytest.mark.slow
 
 
 class UsersMLP(nn.Module):
-    """Not a zoo model: the user's own layer sizes and quantizers (4-bit weights, 3-bit ReLU),
-    taking the raw 8-bit pixels as FINN's networks do."""
+    """Not a zoo model: its own widths and bit widths (3-bit weights, 2-bit ReLU), on raw 8-bit
+    pixels. (An input quantizer with a learned scale builds bit-exact, but FINN lowers it to a
+    thresholding unit without a matrix unit before it, which the fast predictor does not read.)"""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1 = QuantLinear(64, 24, bias=False, weight_bit_width=4)
+        self.fc1 = QuantLinear(64, 24, bias=False, weight_bit_width=3)
         self.bn1 = nn.BatchNorm1d(24)
-        self.act1 = QuantReLU(bit_width=3, return_quant_tensor=True)
-        self.fc2 = QuantLinear(24, 10, bias=False, weight_bit_width=4)
+        self.act1 = QuantReLU(bit_width=2, return_quant_tensor=True)
+        self.fc2 = QuantLinear(24, 10, bias=False, weight_bit_width=3)
 
     def forward(self, x):
         return self.fc2(self.act1(self.bn1(self.fc1(x))))
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
-    from flows.import_model import import_brevitas
+class UsersCNN(nn.Module):
+    """A small CNN of the user's own: conv, BatchNorm, 3-bit ReLU, max-pool, then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = QuantConv2d(1, 6, 3, padding=1, bias=False, weight_bit_width=4)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = QuantReLU(bit_width=3, return_quant_tensor=True)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = QuantLinear(6 * 4 * 4, 10, bias=False, weight_bit_width=4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.act(self.bn(self.conv(x)))), 1))
+
+
+def _train(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     from mcel_train.data import encode_inputs, load_dataset
 
     torch.manual_seed(0)
     ds = load_dataset("digits")
-    x = encode_inputs(ds.train.images, "uint8").flatten(1)
+    x = encode_inputs(ds.train.images, "uint8").reshape(-1, *shape)
     y = torch.as_tensor(ds.train.labels)
-    model = UsersMLP()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(150):
         idx = torch.randint(0, len(x), (64,))
@@ -50,31 +63,74 @@ def imported(tmp_path_factory) -> Path:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def users_mlp() -> nn.Module:
+    return _train(UsersMLP(), (64,))
+
+
+@pytest.fixture(scope="module")
+def imported(users_mlp, tmp_path_factory) -> Path:
+    """The MLP brought in through the Python entry point."""
+    from flows.import_model import import_brevitas
+
     run = tmp_path_factory.mktemp("byo") / "users_mlp"
-    record = import_brevitas(model.eval(), torch.zeros(1, 64), "digits", run, "uint8")
+    record = import_brevitas(users_mlp, torch.zeros(1, 64), "digits", run, "uint8")
     assert record["check"]["accuracy"] > 0.5  # the import executed the graph on real images
     return run
 
 
-def test_import_build_simulate_and_sweep(imported, capsys):
+def _build_and_simulate(run: Path) -> np.ndarray:
+    """Build, simulate at 3 fault rates (and 0) and compare; every output must be identical."""
+    assert main(["build", str(run), "--target-cycles", "64", "--verify-images", "40"]) == 0
+    build = json.loads((run / "build" / "build.json").read_text())
+    assert build["source"]["kind"] == "import"
+    assert build["verification"]["bit_exact"] and build["verification"]["argmax_equal_torch"] == 40
+    assert main(["sim", str(run), "--ber", "0,0.005,0.01,0.02", "--maps", "2", "--images", "30"]) == 0
+    sim = json.loads((run / "sim" / "hw_ber.json").read_text())
+    assert len(sim["maps"]) == 7 and all(m["identical_to_software"] for m in sim["maps"])
+    assert main(["compare", str(run)]) == 0
+    hw = np.load(run / "sim" / "hw_outputs.npz")["outputs"]
+    assert any(not np.array_equal(hw[i], hw[0]) for i in range(1, len(hw)))  # the faults mattered
+    return hw
+
+
+def test_entry_point_and_mcel_import_reach_identical_hardware(users_mlp, imported, tmp_path):
+    """The same module through the Python entry point and through a QONNX file the test exports
+    and `mcel import`s: both built, simulated with faults at 3 rates, every output identical to
+    software, and the two accelerators' outputs identical to each other."""
+    from flows.export import export_qonnx_model
+
+    onnx_file = export_qonnx_model(users_mlp, (64,), "uint8", tmp_path / "exported")
+    cli_run = tmp_path / "via_cli"
+    assert main(["import", str(onnx_file), "--dataset", "digits", "--input-kind", "uint8",
+                 "--out", str(cli_run)]) == 0
     rec = json.loads((imported / "export" / "export.json").read_text())
     assert rec["source"]["kind"] == "import" and len(rec["source"]["sha256"]) == 64
     assert not (imported / "train").exists()
-    assert main(["build", str(imported), "--target-cycles", "64", "--verify-images", "40"]) == 0
-    build = json.loads((imported / "build" / "build.json").read_text())
-    assert build["source"]["kind"] == "import"
-    assert build["verification"]["bit_exact"] and build["verification"]["argmax_equal_torch"] == 40
-    assert main(["sim", str(imported), "--ber", "0,0.02", "--maps", "2", "--images", "40"]) == 0
-    sim = json.loads((imported / "sim" / "hw_ber.json").read_text())
-    assert all(m["identical_to_software"] for m in sim["maps"])
+    hw_entry = _build_and_simulate(imported)
+    hw_cli = _build_and_simulate(cli_run)
+    np.testing.assert_array_equal(hw_entry, hw_cli)
+
+
+def test_users_small_cnn(tmp_path):
+    from flows.import_model import import_brevitas
+
+    run = tmp_path / "users_cnn"
+    record = import_brevitas(_train(UsersCNN(), (1, 8, 8)), torch.zeros(1, 1, 8, 8), "digits", run, "uint8")
+    assert record["check"]["accuracy"] > 0.3
+    _build_and_simulate(run)
+
+
+def test_sweep_from_the_build(imported):
+    if not (imported / "build").exists():
+        assert main(["build", str(imported), "--target-cycles", "64", "--verify-images", "10"]) == 0
     assert main(["sweep", str(imported), "--ber", "0,0.05", "--maps", "4", "--quiet"]) == 0
     sweep = json.loads((imported / "sweep" / "sw_ber.json").read_text())
     assert sweep["memory_source"] == "build" and sweep["source"]["kind"] == "import"
     assert sweep["results"][1]["mean"] < sweep["results"][0]["mean"]
-    # the sweep's clean network is the build's: its accuracy on the first images is the hardware's
-    hw_clean = next(m for m in sim["maps"] if m["rate"] == 0)
-    labels = np.asarray(sim["maps"][0]["predicted_classes"])
-    assert len(labels) == 40 and hw_clean["identical_to_software"]
 
 
 def _one_line_error(argv, capsys) -> str:
@@ -112,3 +168,26 @@ def test_bad_imports_are_one_line_and_write_nothing(imported, tmp_path, capsys):
     shutil.copytree(imported / "export", again / "export")
     assert "--force" in _one_line_error(["import", str(model), "--dataset", "digits", "--input-kind", "uint8",
                                          "--out", str(again)], capsys)
+
+
+def test_campaign_on_an_imported_network(imported, tmp_path):
+    """A campaign grid can name an imported run: it is copied, built, swept from its build and
+    simulated with faults, without any training task."""
+    import yaml
+
+    from flows.campaign.report import campaign_table
+    from flows.campaign.runner import run_campaign
+
+    spec = {"name": "byo", "grid": {"imported": [{"path": str(imported), "label": "users_mlp"}]},
+            "software": {"ber": [0, 0.05], "maps": 3},
+            "hardware": {"ber": [0, 0.02], "maps": 2, "images": 20, "target_cycles": 64}}
+    path = tmp_path / "byo.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    folder, summary = run_campaign(path, tmp_path / "c", workers=1, show_progress=False)
+    assert summary["done"] == summary["total"] == 4 and summary["failed"] == 0  # import, build, sweep, hwsim
+    table = campaign_table(folder)
+    sw = [r for r in table if r["source"] == "software"]
+    hw = [r for r in table if r["source"] == "hardware"]
+    assert {r["model"] for r in table} == {"users_mlp"} and len(sw) == 2 and len(hw) == 2
+    assert all(r["identical_maps"] == r["maps"] for r in hw)
+    assert sw[1]["mean"] < sw[0]["mean"] == sw[0]["clean_accuracy"]

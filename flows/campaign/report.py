@@ -43,13 +43,22 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
     """
     spec, tasks, done = load_results(campaign_dir)
     rows = []
+    sources = []
     for point in spec.points:
         train = done.get(point.key)
-        base = {"model": point.model_label, "loss": point.loss_label, "margin": point.margin, "seed": point.seed,
-                "clean_accuracy": None if train is None else train["test_accuracy"],
-                "mean_logit_margin": None if train is None else train["mean_logit_margin"]}
+        sources.append(("train", point.key, {
+            "model": point.model_label, "loss": point.loss_label, "margin": point.margin, "seed": point.seed,
+            "clean_accuracy": None if train is None else train["test_accuracy"],
+            "mean_logit_margin": None if train is None else train["mean_logit_margin"]}))
+    for ip in spec.imports:  # imported networks: clean accuracy from their sweep (all test images)
+        sweeps = [done[t.key] for t in tasks if t.stage == "sweep" and t.params.get("import") == ip.key
+                  and t.key in done]
+        sources.append(("import", ip.key, {
+            "model": ip.label, "loss": "imported", "margin": 0.0, "seed": 0,
+            "clean_accuracy": sweeps[0]["clean_accuracy"] if sweeps else None, "mean_logit_margin": None}))
+    for field, key, base in sources:
         for task in tasks:
-            if task.params.get("train") != point.key or task.key not in done:
+            if task.params.get(field) != key or task.key not in done or task.stage not in ("sweep", "hwsim"):
                 continue
             result = done[task.key]
             if task.stage == "sweep":

@@ -19,6 +19,10 @@ Example (``flows/campaigns/ce_vs_mcel_tfc.yaml`` is the shipped one)::
     hardware: {ber: [0, 0.01], maps: 3, images: 500, inject: backdoor, target_cycles: 784}
     retries: 1
     timeout_s: 3600
+
+``grid.imported`` lists run folders made by ``mcel import`` (or ``{path, label}``): each is
+copied into the campaign (an ``import`` task, checked against its SHA-256), built, swept from its
+build's integer network and simulated; ``models`` and ``losses`` may then be left out.
 """
 
 from __future__ import annotations
@@ -31,11 +35,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from mcel_train.config import ConfigError, apply_override, validate
 from mcel_train.errors import UserInputError
 from mcel_train.faults.generate import FaultModel
+from mcel_train.runio import RunError, load_imported
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 INJECT_MODES = ("backdoor", "axilite")
@@ -72,6 +86,20 @@ class TrainPoint:
 
 
 @dataclass(frozen=True)
+class ImportPoint:
+    """A network of the grid brought in by ``mcel import``: no training, its export is copied."""
+
+    label: str
+    path: str  # absolute run folder
+    source: dict  # the import's source record (file, SHA-256, dataset, encoding)
+
+    @property
+    def key(self) -> str:
+        return content_key({"stage": "import", "sha256": self.source["sha256"],
+                            "dataset": self.source["dataset"], "input_kind": self.source.get("input_kind")})
+
+
+@dataclass(frozen=True)
 class CampaignSpec:
     """A validated campaign: the training grid plus the software and hardware stage settings."""
 
@@ -83,6 +111,7 @@ class CampaignSpec:
     retries: int
     timeout_s: float
     raw: dict
+    imports: tuple[ImportPoint, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True, indent=1)
@@ -118,9 +147,19 @@ class TrainSection(_Section):
 
 
 class GridSection(_Section):
-    models: list[str | dict] = Field(min_length=1)
-    losses: list[str | dict] = Field(min_length=1)
+    models: list[str | dict] = []
+    losses: list[str | dict] = []
     seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, min_length=1)
+    # networks brought in by `mcel import`: run folders (or {path, label}) built and swept as is
+    imported: list[str | dict] = []
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> GridSection:
+        if bool(self.models) != bool(self.losses):
+            raise ValueError("models and losses go together: give both (or neither, with imported)")
+        if not self.models and not self.imported:
+            raise ValueError("nothing to run: give models and losses, or imported run folders")
+        return self
 
 
 class SoftwareSection(_Section):
@@ -253,11 +292,30 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         _fail("grid", "two entries resolve to the same training config (a repeated model or loss)")
+    imports = tuple(_import_point(entry) for entry in spec.grid.imported)
+    labels = [p.label for p in imports]
+    if len(set(labels)) != len(labels):
+        _fail("grid.imported", "two imported runs share a label; give each a 'label'")
     hardware = None if spec.hardware is None else spec.hardware.model_dump()
     return CampaignSpec(
         name=spec.name, seed=spec.seed, points=tuple(points), software=spec.software.as_params(),
-        hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw,
+        hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw, imports=imports,
     )
+
+
+def _import_point(entry: str | dict) -> ImportPoint:
+    """An imported run folder of the grid, checked now (its export stage must be there)."""
+    entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+    unknown = set(entry) - {"path", "label"}
+    if unknown or "path" not in entry:
+        _fail("grid.imported", f"entries are a run folder or {{path, label}}, got {entry!r}")
+    path = Path(str(entry["path"])).resolve()
+    try:
+        run = load_imported(path)
+    except RunError as exc:
+        _fail("grid.imported", str(exc))
+    source = {**run.source, "input_kind": run.input_kind}
+    return ImportPoint(str(entry.get("label") or path.name), str(path), source)
 
 
 def load_campaign(path: str | Path) -> CampaignSpec:
@@ -272,4 +330,5 @@ def load_campaign(path: str | Path) -> CampaignSpec:
     return parse_campaign(raw)
 
 
-__all__ = ["CampaignError", "CampaignSpec", "TrainPoint", "content_key", "load_campaign", "parse_campaign"]
+__all__ = ["CampaignError", "CampaignSpec", "ImportPoint", "TrainPoint", "content_key", "load_campaign",
+           "parse_campaign"]

@@ -1,9 +1,10 @@
 """The campaign's task graph and the stage functions its workers run.
 
-A campaign expands into four kinds of task, each keyed by the content of its inputs (the
+A campaign expands into five kinds of task, each keyed by the content of its inputs (the
 resolved config plus the keys of the tasks it reads), so that the same training config is trained
 once, the same build built once, however many grid cells share them:
 
+* ``import`` -- copy of a network brought in by ``mcel import`` (its export stage);
 * ``train``  -- one network (:func:`mcel_train.train.run_train`);
 * ``sweep``  -- software bit-error sweep of a trained network for one fault model;
 * ``build``  -- FINN build + Verilator model of a trained network;
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from flows.campaign.spec import CampaignSpec, content_key
 
-STAGES = ("train", "sweep", "build", "hwsim")
+STAGES = ("import", "train", "sweep", "build", "hwsim")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,17 @@ def expand(spec: CampaignSpec) -> list[Task]:
         return tasks[task.key]
 
     sw = spec.software
+    for ip in spec.imports:
+        imp = add(Task("import", ip.key, f"import {ip.label}", {"path": ip.path, "sha256": ip.source["sha256"]}))
+        build = add(_build_task(spec, ip.label, {"import": imp.key}, (imp.key,)))
+        for fm in sw["fault_models"]:  # an imported network sweeps on its build's integer network
+            params = {"import": imp.key, "build": build.key, "fault_model": fm, "ber": sw["ber"],
+                      "maps": sw["maps"], "seed": sw["seed"],
+                      **{k: sw[k] for k in ("ci_width", "test_images") if k in sw}}
+            add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {ip.label} {fm}", params,
+                     (build.key, imp.key)))
+        if spec.hardware is not None:
+            add(_hwsim_task(spec, ip.label, build, {"import": imp.key}, (build.key, imp.key)))
     for point in spec.points:
         name = f"{point.model_label} {point.loss_label} seed {point.seed}"
         train = add(Task("train", point.key, f"train {name}", {"config": point.config}))
@@ -65,18 +77,25 @@ def expand(spec: CampaignSpec) -> list[Task]:
                       "seed": sw["seed"], **{k: sw[k] for k in ("ci_width", "test_images") if k in sw}}
             add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
                      (train.key,)))
-        hw = spec.hardware
-        if hw is None:
+        if spec.hardware is None:
             continue
-        build_params = {"train": train.key, "target_cycles": hw["target_cycles"], "folding": hw["folding"],
-                        "runtime_writeable": hw["inject"] == "axilite"}
-        build = add(Task("build", content_key({"stage": "build", **build_params}), f"build {name}",
-                         build_params, (train.key,)))
-        sim_params = {"build": build.key, "train": train.key,
-                      **{k: hw[k] for k in ("ber", "maps", "images", "inject", "seed", "fault_model")}}
-        add(Task("hwsim", content_key({"stage": "hwsim", **sim_params}), f"hwsim {name}", sim_params,
-                 (build.key, train.key)))
+        build = add(_build_task(spec, name, {"train": train.key}, (train.key,)))
+        add(_hwsim_task(spec, name, build, {"train": train.key}, (build.key, train.key)))
     return list(tasks.values())
+
+
+def _build_task(spec: CampaignSpec, name: str, source: dict, deps: tuple[str, ...]) -> Task:
+    hw = spec.hardware
+    params = {**source, "target_cycles": hw["target_cycles"], "folding": hw["folding"],
+              "runtime_writeable": hw["inject"] == "axilite"}
+    return Task("build", content_key({"stage": "build", **params}), f"build {name}", params, deps)
+
+
+def _hwsim_task(spec: CampaignSpec, name: str, build: Task, source: dict, deps: tuple[str, ...]) -> Task:
+    hw = spec.hardware
+    params = {"build": build.key, **source, **{k: hw[k] for k in ("ber", "maps", "images", "inject", "seed",
+                                                                  "fault_model")}}
+    return Task("hwsim", content_key({"stage": "hwsim", **params}), f"hwsim {name}", params, deps)
 
 
 def _link(folder: Path, name: str, target: Path) -> None:
@@ -94,9 +113,32 @@ def prepare_folder(campaign_dir: Path, task: Task) -> Path:
     train_key = task.params.get("train")
     if train_key:
         _link(folder, "train", tasks_dir / f"train-{train_key}" / "train")
-    if task.stage == "hwsim":
+    import_key = task.params.get("import")
+    if import_key and task.stage != "import":
+        _link(folder, "export", tasks_dir / f"import-{import_key}" / "export")
+    if task.stage in ("hwsim", "sweep") and "build" in task.params:
         _link(folder, "build", tasks_dir / f"build-{task.params['build']}" / "build")
     return folder
+
+
+def _run_import(folder: Path, params: dict) -> dict:
+    """Copy the imported run's export stage into the task (the campaign then needs nothing
+    outside its folder), checking that the graph is still the one the campaign was made with."""
+    import hashlib
+
+    from flows.export import QONNX_FILE
+    from mcel_train.errors import ArtifactError
+    from mcel_train.runio import EXPORT_RECORD
+
+    src = Path(params["path"]) / "export"
+    digest = hashlib.sha256((src / QONNX_FILE).read_bytes()).hexdigest()
+    record = json.loads((src / EXPORT_RECORD).read_text())
+    if digest != params["sha256"] or record["source"]["sha256"] != params["sha256"]:
+        raise ArtifactError(f"{src} changed since the campaign was set up (SHA-256 differs); import it again")
+    tmp = folder / "export.partial"
+    shutil.copytree(src, tmp)
+    tmp.rename(folder / "export")
+    return {"source": record["source"], "check": record["check"], "input_kind": record["input_kind"]}
 
 
 def _run_train(folder: Path, params: dict) -> dict:
@@ -124,7 +166,8 @@ def _run_sweep(folder: Path, params: dict) -> dict:
 def _run_build(folder: Path, params: dict) -> dict:
     from flows.build import build_run, export_run
 
-    export_run(folder)
+    if "import" not in params:  # an imported network's export stage is linked in already
+        export_run(folder)
     record = build_run(folder, folding=params["folding"], target_cycles=params["target_cycles"],
                        runtime_writeable=params["runtime_writeable"])
     verification = record.get("verification") or {}
@@ -148,7 +191,8 @@ def _run_hwsim(folder: Path, params: dict) -> dict:
             "images": record["images"]}
 
 
-RUNNERS = {"train": _run_train, "sweep": _run_sweep, "build": _run_build, "hwsim": _run_hwsim}
+RUNNERS = {"import": _run_import, "train": _run_train, "sweep": _run_sweep, "build": _run_build,
+           "hwsim": _run_hwsim}
 
 
 def execute(task_dict: dict, campaign_dir: str) -> dict:
