@@ -21,8 +21,8 @@ changed channels. All arithmetic is on exact integers in float32 (float64 when a
 accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
 
 Cost follows the faults. A map that runs past a time limit (the dense path's time for one map,
-measured by :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice) or changes more than
-``max_active`` of the images is handed back (``None``) for the dense batched path.
+measured by :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice) is handed back
+(``None``) for the dense batched path.
 The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
 image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
 """
@@ -101,14 +101,12 @@ class DifferenceEvaluator:
     """Per-map difference evaluation of ``net`` on the images ``x`` (see the module docstring).
 
     ``memories``: the weight memories faults are named in (default the natural layout);
-    ``max_active``: fraction of a batch's images beyond which a map is handed back for the
-    dense path (1: never); ``batch``: images per clean-state batch (default: all, or what fits
-    ``budget_bytes``).
+    ``batch``: images per clean-state batch (default: all, or what fits ``budget_bytes``).
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
-        max_active: float = 1.0, batch: int | None = None, budget_bytes: float = 3e9,
+        batch: int | None = None, budget_bytes: float = 3e9,
     ) -> None:
         if not supports(net):
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
@@ -117,7 +115,6 @@ class DifferenceEvaluator:
         if net.layers[0].conv is not None and self.x.dim() == 2:
             self.x = self.x.reshape(len(self.x), *net.input_shape)
         self.memories = layer_memories(net, memories)
-        self.max_active = float(max_active)
         self.n = len(self.x)
         self.dtypes = self._dtypes()
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
@@ -215,8 +212,8 @@ class DifferenceEvaluator:
         self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
         time_limit: float | None = None,
     ) -> list[MapDifference | None]:
-        """Per map the images whose logits it changes and their logits, or ``None`` when too
-        many images change (the caller evaluates that map densely). ``posts``: per map the
+        """Per map the images whose logits it changes and their logits, or ``None`` when it ran
+        past ``time_limit`` (the caller evaluates that map densely). ``posts``: per map the
         faulty post-ops by layer index (threshold-memory faults). Image batches are the outer
         loop, so each batch's clean state is computed once for all maps. ``time_limit``
         (seconds, per map): a map still running past it is handed back (``None``)."""
@@ -248,11 +245,8 @@ class DifferenceEvaluator:
     def _run_batch(self, state: list[_CleanLayer], deltas: list[LayerDelta | None],
                    posts: dict[int, PostOp], deadline: float | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        n = state[0].acc.shape[0]
-        limit = self.max_active * n
         active = torch.zeros(0, dtype=torch.int64)  # images with a difference, ascending
         dx = None  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
-        ch = None
         last = len(self.net.layers) - 1
         for i, (layer, st, d) in enumerate(zip(self.net.layers, state, deltas, strict=True)):
             if layer.flatten_before and len(active):
@@ -260,34 +254,29 @@ class DifferenceEvaluator:
             post = posts.get(i, layer.post)
             faulty_post = i in posts
             if layer.conv is None:
-                step = self._dense_step(i, layer, st, d, active, ch, dx, post, faulty_post, i == last)
+                step = self._dense_step(i, st, d, active, dx, post, faulty_post, i == last)
             else:
                 step = self._conv_step(i, layer, st, d, active, dx, post, faulty_post)
             self.active_after[i] += len(step[0])
             if i == last:
                 return step
-            active, ch, dx = step
-            if len(active) > limit or (deadline is not None and time.perf_counter() > deadline):
+            active, dx = step
+            if deadline is not None and time.perf_counter() > deadline:
                 return None
             if len(active) == 0 and all(dd is None for dd in deltas[i + 1:]) and not any(k > i for k in posts):
                 return active, torch.zeros(0, self.clean_logits.shape[1])  # nothing differs any more
         raise AssertionError("unreachable")
 
-    def _dense_step(self, i, layer, st, d, active, ch, dx, post, faulty_post, is_last):
+    def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
         # dW @ x for every image, on the channels J the faults sit in: (N, |J|)
         j_idx, d_j = torch.zeros(0, dtype=torch.int64), None
         if d is not None:
             j_idx, j_pos = torch.unique(d.rows, return_inverse=True)
-            crow = torch.zeros(len(j_idx) + 1, dtype=torch.int64)
             order = torch.argsort(j_pos, stable=True)
-            crow[1:] = torch.cumsum(torch.bincount(j_pos, minlength=len(j_idx)), 0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                d_w = torch.sparse_csr_tensor(crow, d.cols[order], d.values[order].to(dt),
-                                              (len(j_idx), st.h.shape[0]), check_invariants=False)
-                d_j = torch.sparse.mm(d_w, st.h).T  # (N, |J|)
+            d_w = csr_matrix(j_pos[order], d.cols[order], d.values[order].to(dt), (len(j_idx), st.h.shape[0]))
+            d_j = sparse_mm(d_w, st.h).T  # (N, |J|)
         if faulty_post:  # every channel may change: all of them are in J
             full = torch.zeros(n, out_n, dtype=dt)
             if d_j is not None:
@@ -304,7 +293,7 @@ class DifferenceEvaluator:
                 hit = ((d_j < st.lo[:, j_idx]) | (d_j > st.hi[:, j_idx])).any(1)
             touched = torch.unique(torch.cat([active, hit.nonzero().flatten()]))
         if len(touched) == 0:
-            return (touched, torch.zeros(0, out_n)) if is_last else (touched, None, None)
+            return (touched, torch.zeros(0, out_n)) if is_last else (touched, None)
         every = len(touched) > n // 2  # then work on whole tensors: no gathers
         if every:
             touched = torch.arange(n)
@@ -338,7 +327,7 @@ class DifferenceEvaluator:
             new = post.channels(cc)((acc[rr, cc] + delta[rr, cc]).unsqueeze(0))[0].to(torch.float32)
             vals = new - rows(st.out)[rr, cc]
         kept, r_new = torch.unique(rr, return_inverse=True)
-        return touched[kept], None, (r_new, cc, vals)
+        return touched[kept], (r_new, cc, vals)
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
         dt = self.dtypes[i]
@@ -372,7 +361,7 @@ class DifferenceEvaluator:
         else:
             touched = active
         if len(touched) == 0:
-            return touched, None, None
+            return touched, None
         delta = torch.zeros(len(touched), out_c, ho, wo, dtype=dt)
         if d_j is not None:
             delta[:, j_idx] = d_j[touched]
@@ -390,12 +379,12 @@ class DifferenceEvaluator:
             keep = cross.nonzero().flatten()
             touched, delta = touched[keep], delta[keep]
             if len(touched) == 0:
-                return touched, None, None
+                return touched, None
         acc = st.acc[touched].to(dt) + delta
         new = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
         diff = new.to(torch.float32) - st.out[touched]
         rows_any = diff.flatten(1).ne(0).any(1)
-        return touched[rows_any], None, diff[rows_any]
+        return touched[rows_any], diff[rows_any]
 
 
 def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:
@@ -406,12 +395,23 @@ def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, 
         dense = torch.zeros(n_rows, w_t.shape[0], dtype=w_t.dtype)
         dense[r, c] = v
         return dense @ w_t
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(torch.bincount(r, minlength=n_rows), 0)
+    return sparse_mm(csr_matrix(r, c, v, (n_rows, w_t.shape[0])), w_t)
+
+
+def csr_matrix(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A sparse CSR matrix from (row, column, value) entries already sorted by row."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        csr = torch.sparse_csr_tensor(crow, c, v, (n_rows, w_t.shape[0]), check_invariants=False)
-        return torch.sparse.mm(csr, w_t)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+def sparse_mm(csr: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``csr @ dense`` without torch's beta warning on every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.mm(csr, dense)
 
 
 def _kernel(layer: IntLayer, w: torch.Tensor) -> torch.Tensor:

@@ -11,14 +11,13 @@ thousand non-zeros per map instead of a dense matmul. All arithmetic stays exact
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mcel_train.difference import DifferenceEvaluator, supports
+from mcel_train.difference import DifferenceEvaluator, csr_matrix, sparse_mm, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, PostOp, layer_memories
@@ -109,12 +108,7 @@ class MapEvaluator:
             return None
         delta = (w0 - torch.as_tensor(self.net.layers[0].weight)).reshape(-1, w0.shape[-1])
         rows, cols = delta.nonzero(as_tuple=True)  # row-major order: already CSR-sorted
-        crow = torch.zeros(delta.shape[0] + 1, dtype=torch.int64)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=delta.shape[0]), 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            return torch.sparse_csr_tensor(crow, cols, delta[rows, cols].to(dtype), delta.shape,
-                                           check_invariants=False)
+        return csr_matrix(rows, cols, delta[rows, cols].to(dtype), tuple(delta.shape))
 
     def _first_acc(
         self, delta: torch.Tensor | None, m: int, lo: int, hi: int, dtype: torch.dtype
@@ -123,9 +117,7 @@ class MapEvaluator:
         clean = self._clean_acc0[:, lo:hi].to(dtype)
         if delta is None:
             return clean.unsqueeze(0).expand(m, *clean.shape)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            corr = torch.sparse.mm(delta, self.x[lo:hi].to(dtype).T)
+        corr = sparse_mm(delta, self.x[lo:hi].to(dtype).T)
         return corr.reshape(m, -1, hi - lo).add_(clean)
 
     def evaluate(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
@@ -133,37 +125,17 @@ class MapEvaluator:
 
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
-        differs; a map that changes too much is handed back to the dense path) or ``auto``:
-        per fault rate the first call times one map both ways and keeps the faster. Both paths
-        are exact, so the choice changes the time, never a prediction.
+        differs; a map that runs too long is handed back to the dense path) or ``auto``: per
+        fault rate the first call runs dense, timed, and one map tries the difference path; the
+        faster is kept. Both paths are exact, so the choice changes the time, never a prediction.
         """
-        method = self.method
-        if method == "auto" and len(fmaps) < AUTO_MIN_MAPS:
-            method = "dense"  # too few maps to repay the clean state and the probe
-        diff = self.difference if method != "dense" else None
-        if diff is None or not fmaps:
-            return self._evaluate_dense(fmaps)
-        if method == "auto":
-            meta = fmaps[0].meta
-            key = (meta.get("fault_model"), meta["rate"]) if "rate" in meta else ("faults", len(fmaps[0]))
-            if key not in self._choice:  # this call goes dense, timed; one map tries the other path
-                t0 = time.perf_counter()
-                result = self._evaluate_dense(fmaps)
-                self._choice[key] = self._probe(fmaps[0], (time.perf_counter() - t0) / len(fmaps))
-                return result
-            if self._choice[key] == "dense":
-                return self._evaluate_dense(fmaps)
-        t0 = time.perf_counter()
-        results = diff.run_many(fmaps)
-        self.timing["difference"] += time.perf_counter() - t0
-        preds = np.repeat(diff.clean_logits.argmax(-1).numpy()[None, :], len(fmaps), 0)
-        handed_back = [k for k, r in enumerate(results) if r is None]
-        for k, r in enumerate(results):
-            if r is not None and len(r.rows):
-                preds[k, r.rows] = predict(torch.from_numpy(r.logits)).numpy()
-        if handed_back:
-            dense = self._evaluate_dense([fmaps[k] for k in handed_back])
-            preds[handed_back] = dense.predictions
+        path = self._path(fmaps)
+        if path != "difference":
+            return self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
+        logits, rest = self._difference_logits(fmaps, [None] * len(fmaps))
+        preds = predict(torch.from_numpy(logits)).numpy()
+        if rest:
+            preds[rest] = self._evaluate_dense([fmaps[k] for k in rest]).predictions
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
 
@@ -172,41 +144,55 @@ class MapEvaluator:
         """Integer logits ``(M, N, classes)`` of each map (what an accelerator outputs).
 
         ``posts``: per map, faulty post-ops by layer index (threshold-memory faults). The path
-        follows ``method`` as in :meth:`evaluate`; ``auto`` decides per fault rate, timing the
-        first map of a rate both ways.
+        follows ``method`` as in :meth:`evaluate`.
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
-        out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
-        few = self.method == "auto" and len(fmaps) < AUTO_MIN_MAPS  # not worth the clean state
-        diff = self.difference if self.method != "dense" and not few else None
-        todo = list(range(len(fmaps)))
-        if diff is not None and fmaps:
-            use = self.method == "difference"
-            if self.method == "auto":
-                meta = fmaps[0].meta
-                key = ("logits", meta.get("fault_model"), meta.get("rate", len(fmaps[0])))
-                if key not in self._choice:
-                    t0 = time.perf_counter()
-                    out[0] = self._dense_logits([fmaps[0]], [posts[0]])[0]
-                    todo = todo[1:]
-                    self._choice[key] = self._probe(fmaps[0], time.perf_counter() - t0, posts[0])
-                use = self._choice[key] == "difference"
-            if use and todo:
-                t0 = time.perf_counter()
-                results = diff.run_many([fmaps[k] for k in todo], [posts[k] for k in todo])
-                self.timing["difference"] += time.perf_counter() - t0
-                clean = np.rint(diff.clean_logits.numpy()).astype(np.int64)
-                rest = []
-                for k, res in zip(todo, results, strict=True):
-                    if res is None:
-                        rest.append(k)
-                        continue
-                    out[k] = clean
-                    out[k, res.rows] = res.logits
-                todo = rest
-        if todo:
-            out[todo] = self._dense_logits([fmaps[k] for k in todo], [posts[k] for k in todo])
+        path = self._path(fmaps)
+        if path != "difference":
+            return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
+        out, rest = self._difference_logits(fmaps, posts)
+        if rest:
+            out[rest] = self._dense_logits([fmaps[k] for k in rest], [posts[k] for k in rest])
         return out
+
+    def _rate_key(self, fmap: FaultMap) -> tuple:
+        meta = fmap.meta
+        return (meta.get("fault_model"), meta["rate"]) if "rate" in meta else ("faults", len(fmap))
+
+    def _path(self, fmaps: Sequence[FaultMap]) -> str:
+        """``dense``, ``difference``, or ``probe`` (auto's first call at a rate)."""
+        if self.method == "dense" or not fmaps:
+            return "dense"
+        if self.method == "auto" and len(fmaps) < AUTO_MIN_MAPS:
+            return "dense"  # too few maps to repay the clean state and the probe
+        if self.difference is None:
+            return "dense"
+        if self.method == "difference":
+            return "difference"
+        return self._choice.get(self._rate_key(fmaps[0]), "probe")
+
+    def _dense_maybe_probe(self, fmaps, posts, dense, path: str):
+        """The dense path; on a ``probe`` call it is timed and one map tries the other path."""
+        t0 = time.perf_counter()
+        result = dense(fmaps)
+        if path == "probe":
+            per_map = (time.perf_counter() - t0) / len(fmaps)
+            self._choice[self._rate_key(fmaps[0])] = self._probe(fmaps[0], per_map, posts[0])
+        return result
+
+    def _difference_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
+                           ) -> tuple[np.ndarray, list[int]]:
+        """Logits of every map the difference path finished (clean logits plus its changed rows),
+        and the indices of the maps it handed back."""
+        t0 = time.perf_counter()
+        results = self.difference.run_many(fmaps, posts)
+        self.timing["difference"] += time.perf_counter() - t0
+        clean = np.rint(self.difference.clean_logits.numpy()).astype(np.int64)
+        out = np.repeat(clean[None], len(fmaps), 0)
+        for k, res in enumerate(results):
+            if res is not None and len(res.rows):
+                out[k, res.rows] = res.logits
+        return out, [k for k, res in enumerate(results) if res is None]
 
     def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
                       map_batch: int = 32) -> np.ndarray:

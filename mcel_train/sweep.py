@@ -107,16 +107,14 @@ def run_sweep(
         x = x.reshape(len(x), -1)
         memories = build_memories(load_manifest(build), net)
         memory_source = "build"
-    else:
-        net = from_brevitas(run.model)
-    if run.imported:
-        pass
     elif manifest is not None:
+        net = from_brevitas(run.model)
         manifest_path = Path(manifest)
         memories = load_manifest(manifest_path.parent if manifest_path.name.endswith(".json") else manifest_path
                                  ).fault_memories(("weights",))
         memory_source = f"manifest:{manifest_path.name}"
     else:
+        net = from_brevitas(run.model)
         memories = net.memories()
         memory_source = "natural"
     evaluator = MapEvaluator(net, x, labels, memories=memories, rows=rows,

@@ -18,6 +18,31 @@ def _isolated_env(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8x8 digits, split as the project splits them."""
+    from mcel_train.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def brevitas_predictions(model, x, ints=None):
+    """Reference: the Brevitas forward (optionally on given integer weights), integer argmax."""
+    import copy
+
+    import torch
+
+    from mcel_train.evaluate import predict
+    from mcel_train.fault_training import override_quant_weights
+
+    m = copy.deepcopy(model)
+    if ints is not None:
+        override_quant_weights(m, ints)
+    with torch.no_grad():
+        logits, scale = m.logits_and_scale(torch.as_tensor(x))
+    return logits, predict(torch.round(logits / scale))
+
+
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """A tfc_w2a2 run trained for a few epochs on the bundled digits (seconds)."""
     from mcel_train.config import load_config

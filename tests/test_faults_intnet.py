@@ -1,19 +1,16 @@
 """The integer network reproduces Brevitas exactly; the batched evaluator matches per-map runs."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 
-from mcel_train.data import load_dataset
 from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, predict
-from mcel_train.fault_training import override_quant_weights
 from mcel_train.faults import apply_map, generate_map
 from mcel_train.intnet import FLOAT32_EXACT, ThresholdPostOp, from_brevitas, max_pool
 from mcel_train.memory import Memory
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import model_inputs, quick_train
+from tests.conftest import brevitas_predictions
 
 SPECS = {
     "tfc_w2a2": ModelSpec(arch="tfc", weight_bits=2, act_bits=2, hidden=(32, 32),
@@ -27,27 +24,12 @@ SPECS = {
 }
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def trained(request, digits):
     spec = SPECS[request.param].resolved()
     model = quick_train(spec, digits, steps=40, batch_size=64)
     x = model_inputs(digits.test.images, spec)
     return request.param, spec, model, x, digits.test.labels
-
-
-def brevitas_predictions(model, x, ints=None):
-    """Reference: the Brevitas forward (optionally on given integer weights), integer argmax."""
-    m = copy.deepcopy(model)
-    if ints is not None:
-        override_quant_weights(m, ints)
-    with torch.no_grad():
-        logits, scale = m.logits_and_scale(x)
-    return logits, predict(torch.round(logits / scale))
 
 
 def test_clean_integer_network_matches_brevitas(trained):
