@@ -104,6 +104,10 @@ def thresholding_rtl(node, model) -> NodeHdl:
     cg = codegen_dir(inst)
     top = inst.get_nodeattr("gen_top_module") or name
     pe, ch = inst.get_nodeattr("PE"), inst.get_nodeattr("NumChannels")
+    if model.get_initializer(node.input[1]).shape[0] == 1:
+        # One threshold set for all channels (a per-tensor quantizer): FINN's RTL then holds
+        # PE copies of it, one per lane, and channel c reads lane c % PE's copy.
+        ch = pe
     obits = inst.get_output_datatype().bitwidth()
     wt = inst.get_input_datatype(1).bitwidth()
     prefix = cg / f"{name}_"
@@ -120,6 +124,8 @@ def thresholding_rtl(node, model) -> NodeHdl:
                     extra={"channels": ch, "pe": pe, "pe_index": p, "stage": stage,
                            "out_bits": obits, "num_steps": inst.get_nodeattr("numSteps"),
                            "element_bits": wt, "datatype": inst.get_input_datatype(1).name,
+                           # the RTL compares thresholds as signed only if its input is signed
+                           "signed": bool(inst.get_input_datatype(0).signed()),
                            "instance": name, "init_param": "THRESHOLDS_PATH"},
                 )
             )

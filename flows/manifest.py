@@ -131,13 +131,13 @@ def _threshold_entry(top: str, node, mem, model) -> dict:
     layout = {
         "type": "finn_thresholds", "channels": x["channels"], "pe": x["pe"],
         "pe_index": x["pe_index"], "stage": x["stage"], "out_bits": x["out_bits"],
-        "num_steps": x["num_steps"], "element_bits": x["element_bits"], "signed": True,
+        "num_steps": x["num_steps"], "element_bits": x["element_bits"], "signed": x["signed"],
     }
     entry = {
         "name": f"{node.name}_thresholds_s{x['stage']}_p{x['pe_index']}", "layer": node.name,
         "kind": "thresholds", "path": f"{top}.{mem.rel_path}", "depth": mem.depth,
         "width": mem.width, "data_bits": mem.width, "element_bits": x["element_bits"],
-        "datatype": x["datatype"], "signed": True, "bipolar": False, "pe": x["pe"], "simd": None,
+        "datatype": x["datatype"], "signed": x["signed"], "bipolar": False, "pe": x["pe"], "simd": None,
         "layout": layout,
         "init_file": str(mem.init_file), "instance": f"{top}.{x['instance']}",
         "init_param": x["init_param"], "axilite": None,

@@ -20,7 +20,7 @@ import torch
 from mcel_train.difference import DifferenceEvaluator, csr_matrix, sparse_mm, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, PostOp, layer_memories
+from mcel_train.intnet import FLOAT32_EXACT, INPUT_POST, IntNetwork, PostOp, layer_memories
 from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
@@ -58,7 +58,8 @@ class MapEvaluator:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.method = method
         self.net = net
-        self.x = x.to(torch.float32)
+        self.raw_x = x.to(torch.float32)  # the images, for maps that fault the input quantizer
+        self.x = net.encode_input(self.raw_x)  # what the first layer sees
         self.labels = np.asarray(labels)
         self.memories = layer_memories(net, memories)
         self.memories_given = [m for m in self.memories if m is not None]
@@ -150,7 +151,14 @@ class MapEvaluator:
         path = self._path(fmaps)
         if path != "difference":
             return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
-        out, rest = self._difference_logits(fmaps, posts)
+        # A faulty input quantizer changes the input itself: such (rare) maps go dense.
+        own = [k for k, p in enumerate(posts) if not p or INPUT_POST not in p]
+        if len(own) == len(fmaps):
+            out, rest = self._difference_logits(fmaps, posts)
+        else:
+            out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+            out[own], rest_own = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
+            rest = [own[k] for k in rest_own] + [k for k in range(len(fmaps)) if k not in set(own)]
         if rest:
             out[rest] = self._dense_logits([fmaps[k] for k in rest], [posts[k] for k in rest])
         return out
@@ -210,11 +218,14 @@ class MapEvaluator:
             for k, p in enumerate(posts):
                 if not p:
                     continue
-                saved = {i: self.net.layers[i].post for i in p}
+                layer_posts = {i: post for i, post in p.items() if i != INPUT_POST}
+                x = self.net.encode_input(self.raw_x, p[INPUT_POST]) if INPUT_POST in p else self.x
+                saved = {i: self.net.layers[i].post for i in layer_posts}
                 try:
-                    for i, post in p.items():
+                    for i, post in layer_posts.items():
                         self.net.layers[i].post = post
-                    lg = self.net.forward(self.x, self.stacked_weights([fmaps[k]]), max_abs_input=self.max_abs_input)
+                    lg = self.net.forward(x, self.stacked_weights([fmaps[k]]),
+                                          max_abs_input=max(self.max_abs_input, float(x.abs().max())))
                 finally:
                     for i, post in saved.items():
                         self.net.layers[i].post = post
@@ -225,6 +236,8 @@ class MapEvaluator:
     def _probe(self, fmap: FaultMap, dense_per_map: float, posts: Mapping[int, PostOp] | None = None) -> str:
         """``auto``'s cost estimate: the difference path on one map, given as long as the dense
         path took per map; the faster path is kept for the rate."""
+        if posts:  # the input quantizer's faults never take the difference path: leave them out
+            posts = {i: p for i, p in posts.items() if i != INPUT_POST}
         t0 = time.perf_counter()
         got = self.difference.run_many([fmap], [posts], time_limit=dense_per_map)[0]
         t_diff = time.perf_counter() - t0
@@ -288,12 +301,12 @@ def predict(int_logits: torch.Tensor) -> torch.Tensor:
 def clean_accuracy(net: IntNetwork, x: torch.Tensor, labels: np.ndarray) -> float:
     """Accuracy of the fault-free integer network."""
     with torch.no_grad():
-        logits = net.forward(x.to(torch.float32))[0]
+        logits = net.forward(net.encode_input(x.to(torch.float32)))[0]
     return float((predict(logits).numpy() == np.asarray(labels)).mean())
 
 
 def tied_images(net: IntNetwork, x: torch.Tensor) -> int:
     """Test images whose two largest clean integer logits are equal (decided by the tie rule)."""
     with torch.no_grad():
-        top2 = torch.topk(net.forward(x.to(torch.float32))[0], 2, dim=-1).values
+        top2 = torch.topk(net.forward(net.encode_input(x.to(torch.float32)))[0], 2, dim=-1).values
     return int((top2[:, 0] == top2[:, 1]).sum())

@@ -421,14 +421,32 @@ class IntLayer:
         return F.conv2d(h, kw, stride=g.stride, padding=g.padding, groups=1 if shared else m)
 
 
+INPUT_POST = -1  # the input quantizer's key in per-map post-op dicts (its threshold faults)
+
+
 @dataclass
 class IntNetwork:
-    """A chain of :class:`IntLayer`; inputs are the integer images of ``encode_inputs``."""
+    """A chain of :class:`IntLayer`; inputs are the integer images of ``encode_inputs``.
+
+    ``input_post``: an input quantizer, if the network has one (a Brevitas ``QuantIdentity``
+    before the first layer, which FINN lowers to a thresholding unit on the raw pixels).
+    :meth:`forward` takes its codes: callers turn images into them with :meth:`encode_input`.
+    """
 
     layers: list[IntLayer]
     input_shape: tuple[int, ...]
     input_kind: str
     meta: dict = field(default_factory=dict)
+    input_post: PostOp | None = None
+
+    def encode_input(self, x: torch.Tensor, post: PostOp | None = None) -> torch.Tensor:
+        """``x`` through the input quantizer (``post`` instead, e.g. a faulty one), same shape
+        and dtype; ``x`` itself when the network has none."""
+        post = post or self.input_post
+        if post is None:
+            return x
+        shaped = x.reshape(len(x), *self.input_shape) if x.dim() == 2 else x  # channels on dim 1
+        return post(shaped.to(torch.float64)).reshape(x.shape).to(x.dtype)
 
     def memories(self) -> list[Memory]:
         """Natural-layout memories, one per layer, named like the layers (``layer0``, ...)."""

@@ -27,6 +27,7 @@ import torch
 
 from mcel_train.finn_graph import dataflow_graph_path, load_graph
 from mcel_train.intnet import (
+    INPUT_POST,
     ConvGeometry,
     IdentityPostOp,
     IntLayer,
@@ -101,6 +102,8 @@ def threshold_post(owner: dict, thresholds: np.ndarray, out_bits: int | None = N
     if owner["semantics"] == "bin_mvau":
         return _bin_mvau_post(owner, thresholds)
     t = np.asarray(thresholds, dtype=np.float64)
+    if t.shape[0] != owner["channels"]:  # shared sets, one per PE lane: channel c uses set c % PE
+        t = t[np.arange(owner["channels"]) % t.shape[0]]
     if owner["odt"] == "BIPOLAR":
         return SearchThresholdPostOp(torch.from_numpy(t), 1, out_bias=-1.0, out_mult=2.0)
     return SearchThresholdPostOp(torch.from_numpy(t), int(out_bits), out_bias=float(owner["act_val"]))
@@ -124,7 +127,9 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     (the manifest's ``layer``); its weights ``(MH, MW)`` are decoded from the init file of its
     weight memory. Its post-op is the thresholding that follows it (separate
     ``Thresholding_rtl`` or embedded); the last layer has none, so its accumulators are the
-    network's integer outputs.
+    network's integer outputs. A thresholding unit before the first matrix unit (an input
+    quantizer) becomes the network's ``input_post``; its threshold owner has layer index
+    ``INPUT_POST``.
     """
 
     build_dir = Path(build_dir)
@@ -137,6 +142,7 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
     padding = (0, 0)
     conv: ConvGeometry | None = None  # the window generator seen since the last matrix unit
     pool_window = 0  # a depthwise window generator waiting for its max-pool
+    input_post: PostOp | None = None  # a thresholding unit before the first matrix unit
     for node in model.graph.node:
         op = node.op_type
         if op.startswith(PLUMBING):
@@ -191,13 +197,19 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
             pending.append(post)
             conv = None
         elif op.startswith("Thresholding"):
-            if not layers or pending[-1] is not None:
-                raise IntNetError(f"{node.name}: thresholding without a preceding matrix unit")
+            if (pending and pending[-1] is not None) or (not layers and input_post is not None):
+                raise IntNetError(f"{node.name}: two thresholding units in a row")
+            if conv is not None or pool_window:
+                raise IntNetError(f"{node.name}: thresholding between a window generator and its consumer")
             t = model.get_initializer(node.input[1])
-            pending[-1] = _threshold_post(t, _attr(node, "NumChannels"),
-                                          _attr(node, "outputDataType"),
-                                          int(_attr(node, "ActVal", 0) or 0))
-            threshold_owners[node.name] = {"layer_index": len(layers) - 1, "semantics": "search",
+            post = _threshold_post(t, _attr(node, "NumChannels"), _attr(node, "outputDataType"),
+                                   int(_attr(node, "ActVal", 0) or 0))
+            if layers:
+                pending[-1] = post
+            else:  # before any matrix unit: the input quantizer, on the raw pixels
+                input_post = post
+            threshold_owners[node.name] = {"layer_index": len(layers) - 1 if layers else INPUT_POST,
+                                           "semantics": "search", "channels": _attr(node, "NumChannels"),
                                            "odt": _attr(node, "outputDataType"),
                                            "act_val": int(_attr(node, "ActVal", 0) or 0)}
         else:
@@ -217,7 +229,7 @@ def from_finn_build(build_dir: str | Path) -> IntNetwork:
         if shape[2] != 1:
             raise IntNetError(f"{build_dir}: multi-channel image input {shape} is not supported")
         shape = (shape[2], shape[0], shape[1])
-    return IntNetwork(layers, shape, input_kind, {"threshold_owners": threshold_owners})
+    return IntNetwork(layers, shape, input_kind, {"threshold_owners": threshold_owners}, input_post)
 
 
 def build_memories(manifest: Manifest, net: IntNetwork) -> list[Memory]:

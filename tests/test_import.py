@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
 from flows.cli import main
@@ -19,19 +19,20 @@ pytestmark = pytest.mark.slow
 
 
 class UsersMLP(nn.Module):
-    """Not a zoo model: its own widths and bit widths (3-bit weights, 2-bit ReLU), on raw 8-bit
-    pixels. (An input quantizer with a learned scale builds bit-exact, but FINN lowers it to a
-    thresholding unit without a matrix unit before it, which the fast predictor does not read.)"""
+    """Not a zoo model: its own widths and bit widths (3-bit weights, 2-bit ReLU), and a 4-bit
+    input quantizer with a learned scale on the raw 8-bit pixels, which FINN lowers to a
+    thresholding unit before the first matrix unit."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.inq = QuantIdentity(bit_width=4, return_quant_tensor=True)
         self.fc1 = QuantLinear(64, 24, bias=False, weight_bit_width=3)
         self.bn1 = nn.BatchNorm1d(24)
         self.act1 = QuantReLU(bit_width=2, return_quant_tensor=True)
         self.fc2 = QuantLinear(24, 10, bias=False, weight_bit_width=3)
 
     def forward(self, x):
-        return self.fc2(self.act1(self.bn1(self.fc1(x))))
+        return self.fc2(self.act1(self.bn1(self.fc1(self.inq(x)))))
 
 
 class UsersCNN(nn.Module):
@@ -131,6 +132,40 @@ def test_sweep_from_the_build(imported):
     sweep = json.loads((imported / "sweep" / "sw_ber.json").read_text())
     assert sweep["memory_source"] == "build" and sweep["source"]["kind"] == "import"
     assert sweep["results"][1]["mean"] < sweep["results"][0]["mean"]
+
+
+def test_faults_in_the_input_quantizer(imported):
+    """FINN lowers the input quantizer to a thresholding unit on the raw pixels, with one threshold
+    set shared by all 64 channels, compared unsigned (the pixels are unsigned). Threshold faults
+    there and in the hidden thresholding change the outputs, identically in RTL and software."""
+    from mcel_train.faults.faultmap import FaultMap
+    from mcel_train.manifest import load_manifest
+
+    if not (imported / "build").exists():
+        assert main(["build", str(imported), "--target-cycles", "64", "--verify-images", "10"]) == 0
+    manifest = load_manifest(imported / "build")
+    inq = {n: m for n, m in manifest.thresholds.items() if m.layer == "Thresholding_rtl_0"}
+    assert inq and all(not m.signed and m.depth == 2 ** m.layout["stage"] for m in inq.values())
+    assert main(["sim", str(imported), "--ber", "0,0.01,0.05", "--maps", "3", "--images", "30",
+                 "--memories", "thresholds", "--force"]) == 0
+    sim = json.loads((imported / "sim" / "hw_ber.json").read_text())
+    assert all(m["identical_to_software"] for m in sim["maps"])
+    hw = np.load(imported / "sim" / "hw_outputs.npz")["outputs"]
+
+    def memories_hit(entry: dict) -> set[str]:
+        fmap = FaultMap.load(imported / "sim" / entry["file"])
+        return {fmap.memory_names[i] for i in fmap.memory}
+
+    hit_input = [k for k, m in enumerate(sim["maps"]) if m["faults"] and memories_hit(m) & set(inq)]
+    assert any(not np.array_equal(hw[k], hw[0]) for k in hit_input)  # input faults reached the output
+    # both evaluator paths (a faulty input quantizer sends its map to the dense one)
+    from hw_sim.predict import fast_predict
+    from mcel_train.runio import load_source
+
+    x, _ = load_source(imported).test_inputs(30)
+    maps = [FaultMap.load(imported / "sim" / m["file"]) if m["faults"] else None for m in sim["maps"]]
+    for method in ("dense", "difference"):
+        np.testing.assert_array_equal(fast_predict(imported / "build", x, maps, method), hw)
 
 
 def _one_line_error(argv, capsys) -> str:
