@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from flows import commands as build_commands
+from flows import commands_experiment
 from flows.campaign import commands as campaign_commands
 from hw_sim import commands as sim_commands
-from mcel_train import commands_experiment, commands_faults, commands_train
+from mcel_train import commands_faults, commands_train
 from mcel_train.errors import UserError
 
 # Modules that contribute sub-commands, in the order of the pipeline.

@@ -80,6 +80,10 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     ({"retries": -1}, "retries"),
     ({"timeout_s": 0}, "timeout_s"),
     ({"train": {"config": "/nonexistent.yaml"}}, "does not exist"),
+    ({"grid": {"models": ["tfc_w2a2"], "losses": [{"name": "ce", "set": ["epochs", 2]}]}}, "'set' must map"),
+    ({"grid": {"models": ["tfc_w2a2"], "losses": [{"name": "ce", "set": {"model.weight_scaling": "wild"}}]}},
+     "weight_scaling"),
+    ({"grid": {"models": [{"name": "tfc_w2a2", "test_images": 0}], "losses": ["ce"]}}, "test_images"),
 ])
 def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change, message):
     path = _write(tmp_path, {**TINY, **change})

@@ -166,6 +166,14 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
     spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
     campaign_dir = Path(out) if out else default_dir(spec)
+    return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress)
+
+
+def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "local", address: str | None = None,
+             workers: int | None = None, resume: bool = False, show_progress: bool = True) -> dict:
+    """Run a validated campaign in ``campaign_dir`` (presets such as ``mcel experiment`` build
+    their spec in code); returns the final progress counts."""
+    campaign_dir = Path(campaign_dir)
     if workers is not None and workers < 1:  # 0 is not "every core": that is the default (no flag)
         raise UserInputError(f"--workers must be >= 1 (leave it out for one per core), got {workers}")
     workers = workers or os.cpu_count() or 1
@@ -188,4 +196,4 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
             store.close()
     finally:
         lock.close()
-    return campaign_dir, summary
+    return summary

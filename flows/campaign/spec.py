@@ -20,6 +20,12 @@ Example (``flows/campaigns/ce_vs_mcel_tfc.yaml`` is the shipped one)::
     retries: 1
     timeout_s: 3600
 
+A model or loss entry given as a mapping may carry ``label``, ``set`` (training-config overrides
+applied last, e.g. ``{name: mcel, margin: 32, set: {model.weight_scaling: const}}`` for a recipe
+that changes the model too, or ``{name: vgg3_w4a4, set: {epochs: 3}}``) and, on a model,
+``test_images`` (its sweeps' test images, instead of ``software.test_images``). ``mcel
+experiment`` is such a grid (``flows/experiment.py``).
+
 ``grid.imported`` lists run folders made by ``mcel import`` (or ``{path, label}``): each is
 copied into the campaign (an ``import`` task, checked against its SHA-256), built, swept from its
 build's integer network and simulated; ``models`` and ``losses`` may then be left out.
@@ -73,6 +79,7 @@ class TrainPoint:
     loss_label: str
     seed: int
     config: dict  # resolved TrainConfig.raw
+    test_images: int | None = None  # the model entry's own sweep size (else software.test_images)
 
     @property
     def key(self) -> str:
@@ -217,6 +224,34 @@ def _campaign_error(err: ValidationError) -> CampaignError:
     return CampaignError(f"campaign {where}: {msg}{shown}")
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A grid entry split into its label, its model or loss value, and its extras."""
+
+    label: str
+    value: Any
+    set: dict  # training-config overrides (dotted keys), applied last
+    test_images: int | None = None  # models only: the sweeps' test images for this model
+
+
+def _entry(entry: Any, kind: str) -> _Entry:
+    """A grid entry: a name, or a mapping with optional ``label``, ``set`` (training-config
+    overrides such as ``{epochs: 3}`` or ``{model.weight_scaling: const}``, for recipes that
+    are not a plain model or loss) and, on models, ``test_images`` (its sweeps' size)."""
+    extras: dict = {}
+    if isinstance(entry, dict):
+        entry = dict(entry)
+        extras["set"] = entry.pop("set", None) or {}
+        if not isinstance(extras["set"], dict):
+            _fail(f"grid.{kind}s", f"'set' must map config keys to values, got {extras['set']!r}")
+        if kind == "model" and "test_images" in entry:
+            extras["test_images"] = entry.pop("test_images")
+            if not isinstance(extras["test_images"], int) or extras["test_images"] < 1:
+                _fail("grid.models", f"test_images must be a whole number >= 1, got {extras['test_images']!r}")
+    label, value = _label(entry, kind)
+    return _Entry(label, value, extras.get("set", {}), extras.get("test_images"))
+
+
 def _label(entry: Any, kind: str) -> tuple[str, Any]:
     """Split an optional ``label`` off a grid entry (a name or a mapping)."""
     if isinstance(entry, dict):
@@ -246,7 +281,9 @@ def _base_config(train: dict, model: Any) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def _train_point(train: dict, model: Any, loss: Any, seed: int, model_label: str, loss_label: str) -> TrainPoint:
+def _train_point(train: dict, model_entry: _Entry, loss_entry: _Entry, seed: int) -> TrainPoint:
+    model, loss = model_entry.value, loss_entry.value
+    model_label, loss_label = model_entry.label, loss_entry.label
     raw = copy.deepcopy(_base_config(train, model))
     for key, value in (train.get("set") or {}).items():
         apply_override(raw, f"{key}={json.dumps(value)}")
@@ -258,11 +295,14 @@ def _train_point(train: dict, model: Any, loss: Any, seed: int, model_label: str
     raw["loss"] = {**(raw.get("loss") or {}), **loss} if loss.get("name") == raw.get("loss", {}).get("name") else loss
     raw["seed"] = seed
     raw["name"] = f"{model_label}_{loss_label}_s{seed}".replace(" ", "").replace("=", "")
+    where = f"grid entry (model {model_label}, loss {loss_label}, seed {seed})"
     try:
+        for key, value in {**model_entry.set, **loss_entry.set}.items():
+            apply_override(raw, f"{key}={json.dumps(value)}")
         cfg = validate(raw)
     except ConfigError as exc:
-        _fail(f"grid entry (model {model_label}, loss {loss_label}, seed {seed})", str(exc))
-    return TrainPoint(model_label, loss_label, seed, cfg.raw)
+        _fail(where, str(exc))
+    return TrainPoint(model_label, loss_label, seed, cfg.raw, model_entry.test_images)
 
 
 def parse_campaign(raw: Any) -> CampaignSpec:
@@ -279,13 +319,13 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     # Losses outermost: tasks start in this order, so a campaign cut short has the first losses
     # for every model and seed (variants are cut before seeds and models).
     for loss in spec.grid.losses:
-        loss_label, loss_value = _label(loss, "loss")
+        loss_entry = _entry(loss, "loss")
         for model in spec.grid.models:
-            model_label, model_value = _label(model, "model")
+            model_entry = _entry(model, "model")
             for seed in seeds:
-                points.append(_train_point(train, model_value, loss_value, seed, model_label, loss_label))
+                points.append(_train_point(train, model_entry, loss_entry, seed))
     for what, entries in (("model", spec.grid.models), ("loss", spec.grid.losses)):
-        distinct = {json.dumps(e, sort_keys=True): _label(e, what)[0] for e in entries}
+        distinct = {json.dumps(e, sort_keys=True): _entry(e, what).label for e in entries}
         if len(set(distinct.values())) < len(distinct):
             _fail(f"grid.{what}es" if what == "loss" else "grid.models",
                   f"two different {what} entries share a label; give each a 'label'")

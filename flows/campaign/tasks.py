@@ -72,9 +72,12 @@ def expand(spec: CampaignSpec) -> list[Task]:
     for point in spec.points:
         name = f"{point.model_label} {point.loss_label} seed {point.seed}"
         train = add(Task("train", point.key, f"train {name}", {"config": point.config}))
+        sizes = {k: sw[k] for k in ("ci_width", "test_images") if k in sw}
+        if point.test_images is not None:
+            sizes["test_images"] = point.test_images
         for fm in sw["fault_models"]:
             params = {"train": train.key, "fault_model": fm, "ber": sw["ber"], "maps": sw["maps"],
-                      "seed": sw["seed"], **{k: sw[k] for k in ("ci_width", "test_images") if k in sw}}
+                      "seed": sw["seed"], **sizes}
             add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
                      (train.key,)))
         if spec.hardware is None:

@@ -1,31 +1,28 @@
-"""The paper's experiment as one resumable command: train every (model, variant), sweep, report.
+"""The paper's experiment as one command: a campaign preset that trains every (model, variant),
+sweeps it, and writes ``docs/results.md``.
 
-For each model in ``models`` and each variant in ``variants`` this trains a run under
-``out/MODEL/VARIANT/`` (skipped when its ``train/`` exists, so an interrupted experiment
-resumes), runs the software bit-error sweep (skipped when a sweep with the same rates, maps and
-seed exists; its threshold comparisons fused by ``torch.compile``, a one-off cost per run that
-long sweeps repay many times), and finally writes ``docs/results.md`` + ``docs/results.json`` + one plot per
-model from the files on disk alone. The report states the settings that were actually used
-(epochs, training images, maps), read back from each run's own records, so a short run can
+``mcel experiment`` turns its options into a campaign (:func:`campaign_spec`: the models and
+the loss variants as the grid, each variant a loss entry that may carry config overrides, per-model
+epochs and sweep sizes on the model entries) and runs it with the campaign runner in
+``out/``, so it resumes after a kill like any campaign (``flows/campaign/runner.py``): finished
+trainings and sweeps are kept, changed settings make new tasks. The report is then written from
+the campaign's task records alone (:func:`collect`); it states the settings that were actually
+used (epochs, training images, maps), read back from each run's own records, so a short run can
 never be mistaken for the paper's full protocol.
-
-Runs execute in ``jobs`` worker processes with one torch thread each: the machine this was
-written for has two shared cores, and one thread per worker keeps runs from fighting over them.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
+from flows.campaign.report import load_results
+from flows.campaign.runner import run_spec
+from flows.campaign.spec import CONFIG_DIR, CampaignSpec, parse_campaign
 from mcel_train.errors import UserInputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "flows" / "configs"
 DEFAULT_MODELS = ("sfc_w2a2", "sfc_w4a4", "sfc_w1a1", "vgg3_w4a4")
 DEFAULT_RATES = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2e-2)
 DEFAULT_MAPS = 50
@@ -33,25 +30,25 @@ DEFAULT_MAPS = 50
 
 @dataclass(frozen=True)
 class Variant:
-    """One training recipe: config overrides applied on top of the model's YAML."""
+    """One training recipe: a campaign loss entry (which may carry config overrides in ``set``)."""
 
     name: str
     label: str
-    overrides: tuple[str, ...] = field(default_factory=tuple)
+    loss: dict = field(default_factory=dict)
 
 
-_MCEL = ("loss.name=mcel", "loss.L=100")
+_MCEL = {"name": "mcel", "L": 100}
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("ce", "CE"),
-    Variant("mcel8", "MCEL m=8", (*_MCEL, "loss.margin=8")),
-    Variant("mcel32", "MCEL m=32", (*_MCEL, "loss.margin=32")),
-    Variant("mcel128", "MCEL m=128", (*_MCEL, "loss.margin=128")),
-    Variant("hinge", "modified hinge (b=128)", ("loss.name=hinge", "loss.b=128")),
+    Variant("ce", "CE", {"name": "ce"}),
+    Variant("mcel8", "MCEL m=8", {**_MCEL, "margin": 8}),
+    Variant("mcel32", "MCEL m=32", {**_MCEL, "margin": 32}),
+    Variant("mcel128", "MCEL m=128", {**_MCEL, "margin": 128}),
+    Variant("hinge", "modified hinge (b=128)", {"name": "hinge", "b": 128}),
     Variant("fat", "CE + fault-aware training p=1%",
-            ("fault_training={model: flip, rate: 0.01}",)),
-    Variant("mcel32_int", "MCEL m=32, integer logits", (*_MCEL, "loss.margin=32", "loss.logits=integer")),
+            {"name": "ce", "fault_training": {"model": "flip", "rate": 0.01}}),
+    Variant("mcel32_int", "MCEL m=32, integer logits", {**_MCEL, "margin": 32, "logits": "integer"}),
     Variant("mcel32_const", "MCEL m=32, const weight scale (init abs-max)",
-            (*_MCEL, "loss.margin=32", "model.weight_scaling=const")),
+            {**_MCEL, "margin": 32, "set": {"model.weight_scaling": "const"}}),
 )}
 
 
@@ -84,21 +81,21 @@ class ExperimentSettings:
         """Reject unknown names and bad sizes before any work starts."""
         for m in self.models:
             if not config_path(m).is_file():
-                raise UserInputError(f"no config {config_path(m)} for model {m!r}")
+                raise UserInputError(f"no config {config_path(m)} for model {m!r}; give --models zoo names")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
-            raise UserInputError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
+            raise UserInputError(f"unknown --variants {', '.join(bad)}; known: {', '.join(VARIANTS)}")
         if self.maps < 2:
-            raise UserInputError("maps must be >= 2 (a confidence interval needs two maps)")
+            raise UserInputError("--maps must be >= 2 (a confidence interval needs two maps)")
         if any(e is not None and e < 1 for e in (self.epochs, *self.epochs_by_model.values())):
-            raise UserInputError("epochs must be >= 1")
+            raise UserInputError("--epochs must be >= 1")
         if any(t < 0 for t in (self.test_images, *self.test_images_by_model.values())):
-            raise UserInputError("test images must be >= 0 (0 = all)")
+            raise UserInputError("--test-images must be >= 0 (0 = all)")
         for name in (*self.epochs_by_model, *self.test_images_by_model):
             if name not in self.models:
                 raise UserInputError(f"per-model setting for {name!r}, which is not in --models")
         if self.jobs < 1:
-            raise UserInputError("jobs must be >= 1")
+            raise UserInputError("--jobs must be >= 1")
 
 
 def config_path(model: str) -> Path:
@@ -106,96 +103,57 @@ def config_path(model: str) -> Path:
     return CONFIG_DIR / f"{model}_fmnist.yaml"
 
 
-def run_dir(settings: ExperimentSettings, model: str, variant: str) -> Path:
-    return Path(settings.out) / model / variant
+def campaign_raw(settings: ExperimentSettings) -> dict:
+    """The experiment as a campaign file's content (what ``out/campaign.yaml`` holds)."""
+    models = []
+    for m in settings.models:
+        entry: dict = {"name": m, "label": m}
+        if settings.epochs_for(m) is not None:
+            entry["set"] = {"epochs": settings.epochs_for(m)}
+        if settings.test_images_for(m):
+            entry["test_images"] = settings.test_images_for(m)
+        models.append(entry)
+    losses = [{**VARIANTS[v].loss, "label": v} for v in settings.variants]
+    train_set = {"data.limit_train": settings.limit_train} if settings.limit_train else {}
+    return {
+        "name": "experiment", "seed": settings.seed,
+        "train": {"set": train_set} if train_set else {},
+        "grid": {"models": models, "losses": losses,
+                 "seeds": [0 if settings.train_seed is None else settings.train_seed]},
+        "software": {"fault_models": ["flip"], "ber": [float(r) for r in settings.rates],
+                     "maps": settings.maps, "seed": settings.seed},
+        "retries": 1,
+    }
 
 
-def overrides(settings: ExperimentSettings, model: str, variant: str) -> list[str]:
-    """Config overrides for one run: the variant's recipe plus the experiment's size options."""
-    out = [f"name={model}_{variant}", *VARIANTS[variant].overrides]
-    if settings.epochs_for(model) is not None:
-        out.append(f"epochs={settings.epochs_for(model)}")
-    if settings.limit_train:
-        out.append(f"data.limit_train={settings.limit_train}")
-    if settings.train_seed is not None:
-        out.append(f"seed={settings.train_seed}")
-    return out
-
-
-def _sweep_matches(path: Path, settings: ExperimentSettings, model: str) -> bool:
-    if not path.is_file():
-        return False
-    rec = json.loads(path.read_text())
-    test_images = settings.test_images_for(model)
-    return (rec.get("maps") == settings.maps and rec.get("seed") == settings.seed
-            and [r["rate"] for r in rec["results"]] == [float(r) for r in settings.rates]
-            and (not test_images or rec.get("n_test") == test_images))
-
-
-def run_one(settings: ExperimentSettings, model: str, variant: str) -> str:
-    """Train (unless done) and sweep (unless done) one run; returns a one-line status."""
-    import torch
-
-    torch.set_num_threads(1)
-    from mcel_train.config import load_config
-    from mcel_train.sweep import run_sweep
-    from mcel_train.train import run_train
-
-    rd = run_dir(settings, model, variant)
-    did = []
-    if not (rd / "train").is_dir():
-        run_train(load_config(config_path(model), overrides(settings, model, variant)), rd,
-                  show_progress=False)
-        did.append("trained")
-    if not _sweep_matches(rd / "sweep" / "sw_ber.json", settings, model):
-        run_sweep(rd, list(settings.rates), maps=settings.maps, seed=settings.seed, force=True,
-                  test_images=settings.test_images_for(model), compile_post=True, progress=False)
-        did.append("swept")
-    return f"{model}/{variant}: {', '.join(did) or 'up to date'}"
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
+def campaign_spec(settings: ExperimentSettings) -> CampaignSpec:
+    settings.check()
+    return parse_campaign(campaign_raw(settings))
 
 
 def run_experiment(settings: ExperimentSettings, docs: Path = Path("docs"),
-                   log: Callable[[str], None] = print, notes: Sequence[str] = ()) -> dict:
-    """Run every missing (model, variant), then write the report; returns the results record."""
-    settings.check()
-    jobs = [(m, v) for m in settings.models for v in settings.variants]
-    t0 = time.perf_counter()
-    failures = []
-    if settings.jobs == 1:
-        for m, v in jobs:
-            log(run_one(settings, m, v))
-    else:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            futs = {pool.submit(run_one, settings, m, v): (m, v) for m, v in jobs}
-            for fut in as_completed(futs):
-                try:
-                    log(f"[{time.perf_counter() - t0:6.0f}s] {fut.result()}")
-                except Exception as err:  # noqa: BLE001 - report and keep the other runs going
-                    failures.append(futs[fut])
-                    log(f"FAILED {'/'.join(futs[fut])}: {type(err).__name__}: {err}")
+                   notes: Sequence[str] = (), show_progress: bool = True) -> dict:
+    """Run (or resume) the experiment's campaign, then write the report; returns the record."""
+    spec = campaign_spec(settings)
+    summary = run_spec(spec, settings.out, workers=settings.jobs, resume=True, show_progress=show_progress)
     record = collect(settings, notes)
     write_report(record, docs)
-    if failures:
-        raise UserInputError(f"{len(failures)} run(s) failed: {failures}")
+    if summary["failed"]:
+        raise UserInputError(f"{summary['failed']} task(s) failed: {summary['failures']}; "
+                             f"rerun the same command to retry them")
     return record
 
 
-def _run_summary(rd: Path) -> dict | None:
-    """Numbers of one finished run, read from its train and sweep records."""
+def _run_summary(rd: Path, base: Path) -> dict | None:
+    """Numbers of one finished run, read from its train and sweep records (``rd``: a sweep task
+    folder, which holds ``sweep/`` and a link to its ``train/``)."""
     metrics_p, sweep_p = rd / "train" / "metrics.json", rd / "sweep" / "sw_ber.json"
     if not (metrics_p.is_file() and sweep_p.is_file()):
         return None
     metrics = json.loads(metrics_p.read_text())
     sweep = json.loads(sweep_p.read_text())
     return {
-        "run": str(rd),
+        "run": str(rd.relative_to(base)),
         "epochs": len(metrics["epochs"]),
         "train_images": metrics["train_images"],
         "test_images": metrics["test_images"],
@@ -211,13 +169,33 @@ def _run_summary(rd: Path) -> dict | None:
     }
 
 
+def _sweep_folders(settings: ExperimentSettings) -> dict[tuple[str, str], Path]:
+    """(model, variant) -> the folder of its finished sweep task in the experiment's campaign."""
+    out = Path(settings.out)
+    if not (out / "results.sqlite").is_file():
+        return {}
+    _, tasks, done = load_results(out)
+    spec = campaign_spec(settings)
+    wanted = {p.key: (p.model_label, p.loss_label) for p in spec.points}
+    sw = spec.software
+    found = {}
+    for t in tasks:
+        if (t.stage == "sweep" and t.key in done and t.params.get("train") in wanted
+                and t.params["maps"] == sw["maps"] and t.params["ber"] == sw["ber"] and t.params["seed"] == sw["seed"]):
+            model, variant = wanted[t.params["train"]]
+            if t.params.get("test_images", 0) == settings.test_images_for(model):
+                found[(model, variant)] = out / "tasks" / t.folder
+    return found
+
+
 def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
-    """Gather every finished run of the experiment from disk (missing runs are listed)."""
+    """Gather every finished run of the experiment from its campaign (missing runs are listed)."""
+    folders = _sweep_folders(settings)
     models, missing = {}, []
     for m in settings.models:
         rows = {}
         for v in settings.variants:
-            s = _run_summary(run_dir(settings, m, v))
+            s = _run_summary(folders[(m, v)], Path(settings.out)) if (m, v) in folders else None
             if s is None:
                 missing.append(f"{m}/{v}")
             else:
@@ -225,7 +203,7 @@ def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
         models[m] = rows
     return {
         "format": "mcel-experiment",
-        "version": 1,
+        "version": 2,
         "settings": {
             "models": list(settings.models), "variants": list(settings.variants),
             "out": str(settings.out), "epochs_override": settings.epochs,
@@ -236,8 +214,7 @@ def collect(settings: ExperimentSettings, notes: Sequence[str] = ()) -> dict:
             "train_seed_override": settings.train_seed,
             "fault_model": "flip", "memory_layout": "natural (software model)",
         },
-        "variants": {v: {"label": VARIANTS[v].label, "overrides": list(VARIANTS[v].overrides)}
-                     for v in settings.variants},
+        "variants": {v: {"label": VARIANTS[v].label, "loss": VARIANTS[v].loss} for v in settings.variants},
         "models": models,
         "missing": missing,
         "notes": list(notes),
@@ -305,8 +282,8 @@ def markdown(record: dict, plots: dict[str, str]) -> str:
     """The human-readable report of a results record."""
     rates = record["settings"]["rates"]
     lines = ["# Results: bit-error tolerance by training loss", "",
-             "Generated by `mcel experiment`; numbers are read from the run folders under "
-             f"`{record['settings']['out']}`.", ""]
+             "Generated by `mcel experiment` (a campaign preset); numbers are read from the task "
+             f"records of the campaign in `{record['settings']['out']}`.", ""]
     lines += _settings_text(record)
     if record.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in record["notes"]], ""]

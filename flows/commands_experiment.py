@@ -1,7 +1,8 @@
 """CLI sub-command ``mcel experiment``: the paper's train-sweep-report experiment in one go.
 
-``add_parsers(subparsers)`` registers it on the main CLI's sub-parsers. Re-running the same
-command resumes: finished trainings and sweeps are reused, the report is always rewritten.
+``add_parsers(subparsers)`` registers it on the main CLI's sub-parsers. It is a campaign preset
+(flows/experiment.py): re-running the same command resumes the campaign in ``--out``, finished
+trainings and sweeps are reused, the report is always rewritten.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from mcel_train.experiment import VARIANTS, ExperimentSettings, collect, parse_list, run_experiment, write_report
+    from flows.experiment import VARIANTS, ExperimentSettings, collect, parse_list, run_experiment, write_report
 
     epochs, epochs_by_model = args.epochs
     test_images, test_images_by_model = args.test_images
@@ -27,7 +28,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         settings.check()
         md = write_report(collect(settings, args.note), args.docs)
     else:
-        run_experiment(settings, args.docs, notes=args.note)
+        run_experiment(settings, args.docs, notes=args.note, show_progress=not args.quiet)
         md = args.docs / "results.md"
     print(f"wrote {md} and {args.docs / 'results.json'}")
     return 0
@@ -51,8 +52,8 @@ def per_model_ints(text: str) -> tuple[int | None, dict[str, int]]:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``experiment`` on the main CLI's sub-parsers."""
+    from flows.experiment import DEFAULT_MAPS, DEFAULT_MODELS, DEFAULT_RATES, VARIANTS
     from mcel_train.commands_faults import _rates
-    from mcel_train.experiment import DEFAULT_MAPS, DEFAULT_MODELS, DEFAULT_RATES, VARIANTS
 
     p = subparsers.add_parser(
         "experiment", help="train all (model, loss variant) pairs, sweep them, write docs/results.md")
@@ -71,8 +72,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-images", type=per_model_ints, default=(0, {}),
                    help="sweep on the first N test images (0 = all): N for all, MODEL=N for one "
                    "(for slow models such as vgg3)")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
-    p.add_argument("--out", type=Path, default=Path("runs/experiment"), help="experiment folder")
+    p.add_argument("--jobs", type=int, default=2, help="campaign workers (tasks in parallel)")
+    p.add_argument("--out", type=Path, default=Path("runs/experiment"),
+                   help="the experiment's campaign folder (rerun to resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/json/png go")
     p.add_argument("--note", action="append", default=[],
                    help="a sentence for the report's Notes section (repeatable)")
