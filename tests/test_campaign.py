@@ -84,6 +84,8 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     ({"grid": {"models": ["tfc_w2a2"], "losses": [{"name": "ce", "set": {"model.weight_scaling": "wild"}}]}},
      "weight_scaling"),
     ({"grid": {"models": [{"name": "tfc_w2a2", "test_images": 0}], "losses": ["ce"]}}, "test_images"),
+    ({"hardware": {"only": {"losses": ["MCEL m=9"]}, "ber": [0.01], "maps": 2, "images": 10}},
+     "hardware.only.losses: 'MCEL m=9' is not in the grid"),
 ])
 def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change, message):
     path = _write(tmp_path, {**TINY, **change})
@@ -93,6 +95,18 @@ def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change,
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: campaign") and message in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_hardware_only_builds_the_selected_networks():
+    from flows.campaign.tasks import expand
+
+    hw = {"only": {"losses": ["CE", "MCEL m=32"], "models": ["tfc_w2a2"]}, "ber": [0.01], "maps": 2, "images": 10}
+    spec = parse_campaign({**TINY, "grid": {**TINY["grid"], "seeds": [0, 1]}, "hardware": hw})
+    built = sorted(t.label for t in expand(spec) if t.stage == "build")
+    assert built == ["build tfc_w2a2 CE seed 0", "build tfc_w2a2 CE seed 1",
+                     "build tfc_w2a2 MCEL m=32 seed 0", "build tfc_w2a2 MCEL m=32 seed 1"]
+    everything = parse_campaign({**TINY, "hardware": {k: v for k, v in hw.items() if k != "only"}})
+    assert sum(t.stage == "hwsim" for t in expand(everything)) == len(everything.points) == 6
 
 
 def test_duplicate_grid_entries_are_rejected():

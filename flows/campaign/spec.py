@@ -123,6 +123,14 @@ class CampaignSpec:
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True, indent=1)
 
+    def on_hardware(self, point: TrainPoint) -> bool:
+        """Whether ``point`` is built and simulated (``hardware.only`` selects; default all)."""
+        if self.hardware is None:
+            return False
+        only = self.hardware.get("only") or {}
+        return all(only.get(key) is None or value in only[key] for key, value in
+                   (("models", point.model_label), ("losses", point.loss_label), ("seeds", point.seed)))
+
 
 def _fail(where: str, message: str) -> None:
     raise CampaignError(f"campaign {where}: {message}")
@@ -188,7 +196,17 @@ class SoftwareSection(_Section):
         return out
 
 
+class HardwareSelection(_Section):
+    """Which trained networks get a build and an RTL simulation (all if a key is left out):
+    model and loss labels, training seeds. Builds are long; a check needs only a few."""
+
+    models: list[str] | None = None
+    losses: list[str] | None = None
+    seeds: list[StrictInt] | None = None
+
+
 class HardwareSection(_Section):
+    only: HardwareSelection | None = None
     ber: Annotated[list[Rate], Field(min_length=1), AfterValidator(_unique_rates)]
     maps: StrictInt = Field(ge=1)
     images: StrictInt = Field(ge=1)
@@ -337,6 +355,14 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     if len(set(labels)) != len(labels):
         _fail("grid.imported", "two imported runs share a label; give each a 'label'")
     hardware = None if spec.hardware is None else spec.hardware.model_dump()
+    only = (hardware or {}).get("only") or {}
+    known = {"models": {p.model_label for p in points}, "losses": {p.loss_label for p in points},
+             "seeds": {p.seed for p in points}}
+    for key, values in only.items():
+        unknown = [v for v in values or () if v not in known[key]]
+        if unknown:
+            _fail(f"hardware.only.{key}", f"{unknown[0]!r} is not in the grid (known: "
+                  f"{', '.join(str(v) for v in sorted(known[key], key=str))})")
     return CampaignSpec(
         name=spec.name, seed=spec.seed, points=tuple(points), software=spec.software.as_params(),
         hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw, imports=imports,

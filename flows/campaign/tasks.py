@@ -80,7 +80,7 @@ def expand(spec: CampaignSpec) -> list[Task]:
                       "seed": sw["seed"], **sizes}
             add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
                      (train.key,)))
-        if spec.hardware is None:
+        if not spec.on_hardware(point):
             continue
         build = add(_build_task(spec, name, {"train": train.key}, (train.key,)))
         add(_hwsim_task(spec, name, build, {"train": train.key}, (build.key, train.key)))
