@@ -276,3 +276,33 @@ def test_hardware_stage_survives_sigkill(tmp_path):
     assert table == campaign_table(ref)
     hw = [r for r in table if r["source"] == "hardware"]
     assert hw and all(r["identical_maps"] == r["maps"] for r in hw)
+
+
+def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures):
+    """The reproduction document's numbers are the campaign's: seed means are the sweeps' means
+    (one seed: no interval across seeds), gains are their differences, the code histograms count
+    every weight, and the recommendation says when the grid lacks the rate or the seeds."""
+    from flows.paper_reproduction import build_doc
+
+    _, folder = reference
+    docs = tmp_path / "docs"
+    md = build_doc(folder, docs, rate=0.01, loss="MCEL m=32", evidence_images=100).read_text()
+    rec = json.loads((docs / "paper_reproduction.json").read_text())
+    sw = {(r["model"], r["loss"], r["rate"]): r for r in campaign_table(folder) if r["source"] == "software"}
+    assert len(rec["seed_table"]) == len(sw) == 2 * 3 * 3
+    for c in rec["seed_table"]:
+        assert c["mean"] == sw[(c["model"], c["loss"], c["rate"])]["mean"] and c["ci95_seeds"] is None
+    for g in rec["gains"]:
+        mcel, ce = sw[(g["model"], "MCEL m=32", 0.01)], sw[(g["model"], "CE", 0.01)]
+        assert g["points"] == pytest.approx(100 * (mcel["mean"] - ce["mean"]))
+    assert {(e["model"], e["loss"]) for e in rec["evidence"]} == {(m, loss) for m, loss, _ in sw}
+    for e in rec["evidence"]:
+        assert e["images"] == 100
+        assert all(sum(layer["histogram"].values()) == layer["weights"] for layer in e["layers"])
+    binary = next(e for e in rec["evidence"] if e["model"] == "tfc_w1a1")
+    assert set(binary["layers"][0]["histogram"]) == {"-1", "1"}  # bipolar codes (JSON keys)
+    assert "the grid has no rate 0.001" in md and "one training seed only" in md
+    assert "## Conclusion" in md and md.count("of the paper's +15") == 2
+    assert (docs / "campaigns" / "tiny" / "report.md").is_file()
+    png_titles = [f.axes[0].get_title() for f in figures]
+    assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
