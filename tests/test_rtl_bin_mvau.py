@@ -225,8 +225,9 @@ def test_write_memh(tmp_path):
 
 try:
     import cocotb
-    from cocotb.clock import Clock
     from cocotb.triggers import ReadOnly, RisingEdge
+
+    from tests.axis_stream import reset, stream
 except ImportError:  # pragma: no cover
     cocotb = None
 
@@ -251,44 +252,6 @@ def _expected_words(case, W=None, T=None) -> list[int]:
     return bm.pack_stream(out, p["PE"], oel)
 
 
-async def _reset(dut):
-    cocotb.start_soon(Clock(dut.ap_clk, 10, unit="ns").start())
-    dut.ap_rst_n.value = 0
-    dut.in0_V_TVALID.value = 0
-    dut.in0_V_TDATA.value = 0
-    dut.out0_V_TREADY.value = 0
-    for _ in range(3):
-        await RisingEdge(dut.ap_clk)
-    dut.ap_rst_n.value = 1
-    await RisingEdge(dut.ap_clk)
-
-
-async def _stream(dut, in_words, n_out, rng, p_in=1.0, p_out=1.0, max_cycles=200000):
-    """Drive in0 (valid held until accepted, random gaps with prob 1-p_in) and collect n_out
-    words from out0 (random TREADY with prob p_out). Returns (words, in_cycles, out_cycles)."""
-    outs, in_cyc, out_cyc = [], [], []
-    i, cyc, valid = 0, 0, 0
-    while len(outs) < n_out:
-        if not valid and i < len(in_words) and rng.random() < p_in:
-            valid = 1
-            dut.in0_V_TDATA.value = in_words[i]
-        dut.in0_V_TVALID.value = valid
-        dut.out0_V_TREADY.value = int(rng.random() < p_out)
-        await ReadOnly()
-        if valid and dut.in0_V_TREADY.value:
-            i, valid = i + 1, 0
-            in_cyc.append(cyc)
-        if dut.out0_V_TVALID.value and dut.out0_V_TREADY.value:
-            outs.append(dut.out0_V_TDATA.value.to_unsigned())
-            out_cyc.append(cyc)
-        await RisingEdge(dut.ap_clk)
-        cyc += 1
-        assert cyc < max_cycles, "timeout"
-    dut.in0_V_TVALID.value = 0
-    dut.out0_V_TREADY.value = 0
-    return outs, in_cyc, out_cyc
-
-
 def _core(dut):
     """The bin_mvau instance: the top itself, or a sub-instance (e.g. "core" in a generated
     FINN node wrapper) named by the case's "core" entry."""
@@ -309,10 +272,10 @@ if cocotb is not None:
     async def matches_model_with_backpressure(dut):
         """Random input gaps and output backpressure; every output word equals the model."""
         case = _load_case()
-        await _reset(dut)
+        await reset(dut)
         exp = _expected_words(case)
         rng = random.Random(11)
-        got, _, _ = await _stream(dut, _in_words(case), len(exp), rng, p_in=0.7, p_out=0.6)
+        got, _, _ = await stream(dut, _in_words(case), len(exp), rng, p_in=0.7, p_out=0.6)
         assert got == exp
 
     @cocotb.test()
@@ -320,9 +283,9 @@ if cocotb is not None:
         """Streams never stalled: cycles/image must be MH/PE * MW/SIMD; writes cycles.json."""
         case = _load_case()
         p = case["params"]
-        await _reset(dut)
+        await reset(dut)
         exp = _expected_words(case)
-        got, in_c, out_c = await _stream(dut, _in_words(case), len(exp), random.Random(1))
+        got, in_c, out_c = await stream(dut, _in_words(case), len(exp), random.Random(1))
         assert got == exp
         nout = p["MH"] // p["PE"]
         last = [out_c[(k + 1) * nout - 1] for k in range(N_IMAGES)]
@@ -338,7 +301,7 @@ if cocotb is not None:
         with that weight negated predicts; restoring the bit restores the output."""
         case = _load_case()
         p = case["params"]
-        await _reset(dut)
+        await reset(dut)
         wmem = _core(dut).wmem.Mem
         words = [wmem[t].value.to_unsigned() for t in range(len(wmem))]
         assert words == bm.pack_weights_memstream(case["W"], p["PE"], p["SIMD"])
@@ -356,10 +319,10 @@ if cocotb is not None:
         wmem[t].value = faulty[t]
         await RisingEdge(dut.ap_clk)
         assert wmem[t].value.to_unsigned() == faulty[t]
-        got, _, _ = await _stream(dut, _in_words(case), len(exp), random.Random(3), 0.8, 0.8)
+        got, _, _ = await stream(dut, _in_words(case), len(exp), random.Random(3), 0.8, 0.8)
         wmem[t].value = words[t]
         assert got == exp and got != base
-        got, _, _ = await _stream(dut, _in_words(case), len(exp), random.Random(4))
+        got, _, _ = await stream(dut, _in_words(case), len(exp), random.Random(4))
         assert got == base
 
     @cocotb.test()
@@ -374,7 +337,7 @@ if cocotb is not None:
         p = case["params"]
         if p["NO_ACT"]:
             return
-        await _reset(dut)
+        await reset(dut)
         mem = _core(dut).gen_thr.tmem.Mem
         aw = p["ACCU_WIDTH"]
         words = [mem[i].value.to_unsigned() for i in range(len(mem))]
@@ -394,10 +357,10 @@ if cocotb is not None:
         mem[t].value = faulty[t]
         await RisingEdge(dut.ap_clk)
         assert mem[t].value.to_unsigned() == faulty[t]
-        got, _, _ = await _stream(dut, _in_words(case), len(exp), random.Random(7), 0.9, 0.5)
+        got, _, _ = await stream(dut, _in_words(case), len(exp), random.Random(7), 0.9, 0.5)
         mem[t].value = words[t]
         assert got == exp and got != base
-        got, _, _ = await _stream(dut, _in_words(case), len(base), random.Random(4))
+        got, _, _ = await stream(dut, _in_words(case), len(base), random.Random(4))
         assert got == base
 
     async def _axil_write(dut, addr, data):
@@ -453,7 +416,7 @@ if cocotb is not None:
         p = case["params"]
         if not p.get("RUNTIME_WRITEABLE"):
             return
-        await _reset(dut)
+        await reset(dut)
         for c in ("AW", "W", "AR"):
             getattr(dut, f"s_axilite_{c}VALID").value = 0
         wmem = _core(dut).wmem.Mem
@@ -473,6 +436,6 @@ if cocotb is not None:
         faulty[t] = new
         Wf = bm.unpack_weights_memstream(faulty, p["MW"], p["MH"], p["PE"], p["SIMD"])
         exp = _expected_words(case, W=Wf)
-        got, _, _ = await _stream(dut, _in_words(case), len(exp), random.Random(8), 0.8, 0.7)
+        got, _, _ = await stream(dut, _in_words(case), len(exp), random.Random(8), 0.8, 0.7)
         wmem[t].value = words[t]
         assert got == exp

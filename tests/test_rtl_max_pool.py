@@ -381,56 +381,11 @@ endmodule
 
 try:
     import cocotb
-    from cocotb.clock import Clock
     from cocotb.triggers import ReadOnly, RisingEdge
+
+    from tests.axis_stream import reset, stream
 except ImportError:  # pragma: no cover
     cocotb = None
-
-
-async def _reset(dut) -> None:
-    cocotb.start_soon(Clock(dut.ap_clk, 10, unit="ns").start())
-    dut.ap_rst_n.value = 0
-    dut.in0_V_TVALID.value = 0
-    dut.in0_V_TDATA.value = 0
-    dut.out0_V_TREADY.value = 0
-    for _ in range(3):
-        await RisingEdge(dut.ap_clk)
-    dut.ap_rst_n.value = 1
-    await RisingEdge(dut.ap_clk)
-
-
-async def _stream(dut, in_words, n_out, rng, p_in=1.0, p_out=1.0, max_cycles=100000):
-    """Drive in0 (valid held until accepted, gaps with probability 1-p_in), take n_out words
-    from out0 (TREADY with probability p_out), until both are done (an SWG emits the last
-    window of an odd-sized image before it has read the image's last row). Checks the
-    AXI-stream rule that a stalled output word stays valid and unchanged. Returns (words,
-    input accept cycles, output cycles)."""
-    outs, in_cyc, out_cyc = [], [], []
-    i, cyc, valid, held = 0, 0, 0, None
-    while len(outs) < n_out or i < len(in_words):
-        if not valid and i < len(in_words) and rng.random() < p_in:
-            valid = 1
-            dut.in0_V_TDATA.value = in_words[i]
-        dut.in0_V_TVALID.value = valid
-        dut.out0_V_TREADY.value = ready = int(rng.random() < p_out)
-        await ReadOnly()
-        ovalid = bool(dut.out0_V_TVALID.value)
-        data = dut.out0_V_TDATA.value.to_unsigned() if ovalid else None
-        if held is not None:
-            assert ovalid and data == held, f"stalled output word changed at cycle {cyc}"
-        held = data if ovalid and not ready else None
-        if valid and dut.in0_V_TREADY.value:
-            i, valid = i + 1, 0
-            in_cyc.append(cyc)
-        if ovalid and ready:
-            outs.append(data)
-            out_cyc.append(cyc)
-        await RisingEdge(dut.ap_clk)
-        cyc += 1
-        assert cyc < max_cycles, "timeout"
-    dut.in0_V_TVALID.value = 0
-    dut.out0_V_TREADY.value = 0
-    return outs, in_cyc, out_cyc
 
 
 def _case() -> dict:
@@ -443,9 +398,9 @@ if cocotb is not None:
     async def matches_model_with_gaps_and_backpressure(dut):
         """Random input gaps and output backpressure: every word equals the op's model."""
         case = _case()
-        await _reset(dut)
+        await reset(dut)
         for seed, p_in, p_out in [(1, 0.7, 0.5), (2, 1.0, 0.2), (3, 0.3, 0.9)]:
-            got, _, _ = await _stream(dut, case["in_words"], len(case["exp_words"]),
+            got, _, _ = await stream(dut, case["in_words"], len(case["exp_words"]),
                                       random.Random(seed), p_in, p_out)
             assert got == case["exp_words"], f"pass with seed {seed}"
 
@@ -455,8 +410,8 @@ if cocotb is not None:
         result leaves one cycle after its last word."""
         case = _case()
         k = case["params"]["K"]
-        await _reset(dut)
-        got, in_c, out_c = await _stream(dut, case["in_words"], len(case["exp_words"]),
+        await reset(dut)
+        got, in_c, out_c = await stream(dut, case["in_words"], len(case["exp_words"]),
                                          random.Random(4))
         assert got == case["exp_words"]
         assert in_c == list(range(in_c[0], in_c[0] + len(case["in_words"])))
@@ -470,7 +425,7 @@ if cocotb is not None:
         case = _case()
         k = case["params"]["K"]
         words = case["in_words"]
-        await _reset(dut)
+        await reset(dut)
         taken = 0
         for _ in range(4 * k + 10):
             dut.in0_V_TDATA.value = words[taken]
@@ -484,6 +439,6 @@ if cocotb is not None:
         assert taken == 2 * k - 1
         assert dut.out0_V_TVALID.value and dut.out0_V_TDATA.value.to_unsigned() == case["exp_words"][0]
         await RisingEdge(dut.ap_clk)
-        rest, _, _ = await _stream(dut, words[taken:], len(case["exp_words"]), random.Random(6),
+        rest, _, _ = await stream(dut, words[taken:], len(case["exp_words"]), random.Random(6),
                                    0.8, 0.6)
         assert rest == case["exp_words"]
