@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from scipy import stats
@@ -66,7 +67,7 @@ def run_sweep(
     run_dir: str | Path, bers: Sequence[float], maps: int = 100, seed: int = 0,
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
     map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
-    test_images: int = 0, ci_width: float = 0.0, method: str = "auto",
+    test_images: int = 0, ci_width: float = 0.0, method: str = "auto", progress_file: TextIO | None = None,
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
@@ -126,8 +127,9 @@ def run_sweep(
 
     results = []
     bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
-               disable=not progress)
+                       disable=not progress, file=progress_file)
     for rate in bers:
+        bar.set_postfix_str(f"rate {rate:g}")
         accs = np.empty(maps)
         n_faults = np.empty(maps)
         used = evaluated = maps

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -117,8 +118,10 @@ def _fault_hook(cfg: TrainConfig, model: nn.Module):
     return make_fault_injection_hook(model, ft.get("model", "flip"), float(ft["rate"]), seed)
 
 
-def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True) -> tuple[nn.Module, dict]:
-    """Train a zoo model on ``data`` as ``cfg`` says; return it (eval mode) and its metrics."""
+def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True,
+                progress_file: TextIO | None = None) -> tuple[nn.Module, dict]:
+    """Train a zoo model on ``data`` as ``cfg`` says; return it (eval mode) and its metrics.
+    ``progress_file``: where the progress goes (default stderr; a file gets sparse lines)."""
     gen = set_seed(cfg["seed"])
     model = build_model(cfg.model)
     loss_cfg = cfg["loss"]
@@ -137,7 +140,7 @@ def train_model(cfg: TrainConfig, data: Dataset, show_progress: bool = True) -> 
     hook = _fault_hook(cfg, model)
     history, step_times = [], []
     bar = progress_bar(total=steps_per_epoch * cfg["epochs"], desc=f"train {cfg.name}", disable=not show_progress,
-                   unit="step")
+                       unit="step", file=progress_file)
     try:
         for epoch in range(cfg["epochs"]):
             model.train()
@@ -199,7 +202,8 @@ def versions() -> dict:
     }
 
 
-def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True) -> Path:
+def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
+              progress_file: TextIO | None = None) -> Path:
     """Train and write ``run_dir/train/``. Raises before any work if it exists already."""
     run_dir = Path(run_dir)
     stage = run_dir / "train"
@@ -207,7 +211,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True)
         raise RunExistsError(f"{stage} exists already; choose another --out or delete it first")
     data = load_dataset(cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["data"]["val_fraction"], cfg["seed"])
     t0 = time.perf_counter()
-    model, metrics = train_model(cfg, data, show_progress)
+    model, metrics = train_model(cfg, data, show_progress, progress_file)
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["dataset_source"] = data.source
     metrics["versions"] = versions()

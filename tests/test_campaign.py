@@ -97,6 +97,18 @@ def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change,
     assert not out.exists()
 
 
+def test_long_tasks_log_sparse_progress(reference):
+    """Trainings and sweeps write their progress into the task folder (``tail -f`` it), as
+    plain lines: no carriage-return redraws in a file."""
+    _, folder = reference
+    for stage in ("train", "sweep"):
+        logs = sorted(folder.glob(f"tasks/{stage}-*/progress.log"))
+        assert len(logs) == 6
+        text = logs[0].read_text()
+        assert "\r" not in text and text.startswith(stage) and "100%" in text.splitlines()[-1]
+    assert "rate 0.05" in logs[0].read_text()
+
+
 def test_hardware_only_builds_the_selected_networks():
     from flows.campaign.tasks import expand
 

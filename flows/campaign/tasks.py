@@ -15,6 +15,7 @@ Each task works in its own folder ``<campaign>/tasks/<stage>-<key>/``; stages th
 earlier stage's output see it through relative symlinks (``train``, ``build``), so the project's
 run-folder layout (``<run>/train``, ``<run>/build``, ...) holds in every task folder. A folder
 without a finished row in the store is stale (a killed task) and is wiped before the task reruns.
+Trainings and sweeps write sparse progress lines to ``progress.log`` in their folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from flows.campaign.spec import CampaignSpec, content_key
 
 STAGES = ("import", "train", "sweep", "build", "hwsim")
+PROGRESS_LOG = "progress.log"  # a long task's sparse progress lines (tail -f it)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def _run_train(folder: Path, params: dict) -> dict:
     from mcel_train.train import run_train
 
     # run_train writes <folder>/train atomically; the folder itself exists already.
-    run_train(validate(params["config"]), folder, show_progress=False)
+    with open(folder / PROGRESS_LOG, "a") as log:
+        run_train(validate(params["config"]), folder, progress_file=log)
     metrics = json.loads((folder / "train" / "metrics.json").read_text())
     return {k: metrics[k] for k in ("test_accuracy", "mean_logit_margin", "median_step_time_s", "wall_time_s")} | {
         "final_loss": metrics["epochs"][-1]["loss"]}
@@ -158,9 +161,10 @@ def _run_train(folder: Path, params: dict) -> dict:
 def _run_sweep(folder: Path, params: dict) -> dict:
     from mcel_train.sweep import run_sweep
 
-    record = run_sweep(folder, params["ber"], maps=params["maps"], seed=params["seed"],
-                       fault_model=params["fault_model"], progress=False,
-                       ci_width=params.get("ci_width", 0.0), test_images=params.get("test_images", 0))
+    with open(folder / PROGRESS_LOG, "a") as log:
+        record = run_sweep(folder, params["ber"], maps=params["maps"], seed=params["seed"],
+                           fault_model=params["fault_model"], progress_file=log,
+                           ci_width=params.get("ci_width", 0.0), test_images=params.get("test_images", 0))
     return {"clean_accuracy": record["clean_accuracy"], "n_test": record["n_test"], "results": [
         {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "maps": r["maps"], "accuracies": r["accuracies"]}
         for r in record["results"]]}
