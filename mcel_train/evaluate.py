@@ -152,13 +152,14 @@ class MapEvaluator:
         if path != "difference":
             return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
         # A faulty input quantizer changes the input itself: such (rare) maps go dense.
-        own = [k for k, p in enumerate(posts) if not p or INPUT_POST not in p]
-        if len(own) == len(fmaps):
+        faulty_input = [k for k, p in enumerate(posts) if p and INPUT_POST in p]
+        if not faulty_input:
             out, rest = self._difference_logits(fmaps, posts)
         else:
+            own = [k for k in range(len(fmaps)) if k not in set(faulty_input)]
             out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
-            out[own], rest_own = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
-            rest = [own[k] for k in rest_own] + [k for k in range(len(fmaps)) if k not in set(own)]
+            out[own], handed_back = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
+            rest = [own[k] for k in handed_back] + faulty_input
         if rest:
             out[rest] = self._dense_logits([fmaps[k] for k in rest], [posts[k] for k in rest])
         return out
