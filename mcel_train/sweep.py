@@ -8,8 +8,10 @@ so the same inputs give a byte-identical JSON on any machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -125,10 +127,15 @@ def run_sweep(
     for rate in bers:
         generate_map(memories, fm, rate, seed, 0, bits=bits)
 
-    results = []
+    checkpoint = SweepCheckpoint(run_dir / CHECKPOINT, {
+        "bers": [float(r) for r in bers], "maps": int(maps), "seed": int(seed), "fault_model": fm.to_dict(),
+        "ci_width": float(ci_width), "n_test": int(len(labels)), "memory_source": memory_source,
+        "weights": _fingerprint(memory_contents(net, memories))})
+    results = checkpoint.load()
     bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
                        disable=not progress, file=progress_file)
-    for rate in bers:
+    bar.update(len(results) * maps)  # rates finished before an interruption
+    for rate in bers[len(results):]:
         bar.set_postfix_str(f"rate {rate:g}")
         accs = np.empty(maps)
         n_faults = np.empty(maps)
@@ -155,6 +162,7 @@ def run_sweep(
             "faults_per_map_mean": float(n_faults.mean()),
             "accuracies": [float(a) for a in accs],
         })
+        checkpoint.save(results)
     bar.close()
 
     record = {
@@ -179,4 +187,47 @@ def run_sweep(
     with atomic_stage(out_dir, force=True) as tmp:  # existence was checked before any work
         (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
         plot_sweeps([(run_dir.name, record)], tmp / out_png.name)
+    checkpoint.remove()
     return record
+
+
+CHECKPOINT = ".sweep-checkpoint.json"  # in the run folder: the rates a sweep has finished
+
+
+def _fingerprint(contents: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the swept memories' integer contents: a checkpoint of other weights is stale."""
+    digest = hashlib.sha256()
+    for name in sorted(contents):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(contents[name], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+class SweepCheckpoint:
+    """The results of the rates a sweep has finished, so a killed sweep resumes at the next rate.
+
+    Why: a full-test-set sweep of a large network takes an hour; a campaign killed at the end of
+    a session would otherwise start it over. Map ``i`` of a rate is a pure function of the seed,
+    so the resumed record equals an uninterrupted one. The checkpoint holds the sweep's
+    parameters and the weights' fingerprint; any difference makes it stale (ignored).
+    """
+
+    def __init__(self, path: Path, params: dict) -> None:
+        self.path, self.params = path, params
+
+    def load(self) -> list[dict]:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(saved, dict) or saved.get("params") != self.params:
+            return []
+        return list(saved.get("results", []))
+
+    def save(self, results: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"params": self.params, "results": results}))
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -318,3 +318,19 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert (docs / "campaigns" / "tiny" / "report.md").is_file()
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
+
+
+def test_a_stale_sweep_folder_keeps_its_checkpoint(tmp_path):
+    """A killed sweep task's folder is wiped before the rerun, except the finished rates."""
+    from flows.campaign.tasks import Task, prepare_folder
+    from mcel_train.sweep import CHECKPOINT
+
+    for stage in ("sweep", "train"):
+        task = Task(stage, "k" + stage, stage, {})
+        folder = tmp_path / "tasks" / task.folder
+        folder.mkdir(parents=True)
+        (folder / "half-written").write_text("x")
+        (folder / CHECKPOINT).write_text('{"params": {}, "results": []}')
+        prepare_folder(tmp_path, task)
+        assert not (folder / "half-written").exists()
+        assert (folder / CHECKPOINT).is_file() == (stage == "sweep")

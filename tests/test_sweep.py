@@ -86,3 +86,35 @@ def test_t_interval():
 def test_bad_rates_fail_before_work(smoke_run):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_sweep(smoke_run, [0.01, 2.0], maps=2, progress=False, force=True)
+
+
+def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch):
+    """The rates a sweep finished survive its interruption (the run folder's checkpoint); the
+    resumed record equals an uninterrupted one, and only the missing rates are evaluated."""
+    from mcel_train import evaluate, sweep
+
+    rates = [0.0, 0.01, 0.05]
+    whole = run_sweep(smoke_run, rates, maps=4, seed=5, progress=False, force=True)
+    real, calls = evaluate.MapEvaluator.evaluate, []
+
+    def killed_at_the_last_rate(self, fmaps):
+        calls.append(fmaps[0].meta["rate"])
+        if fmaps[0].meta["rate"] == 0.05 and len(calls) < 10:
+            raise KeyboardInterrupt  # the kill, after rates 0 and 0.01 finished
+        return real(self, fmaps)
+
+    monkeypatch.setattr(evaluate.MapEvaluator, "evaluate", killed_at_the_last_rate)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(smoke_run, rates, maps=4, seed=5, progress=False, force=True)
+    assert (smoke_run / sweep.CHECKPOINT).is_file()
+    calls.clear()
+    calls.extend([None] * 10)  # the next call at 0.05 goes through
+    resumed = run_sweep(smoke_run, rates, maps=4, seed=5, progress=False, force=True)
+    assert calls[10:] == [0.05]  # rates 0 and 0.01 came from the checkpoint
+    assert resumed["results"] == whole["results"]
+    assert not (smoke_run / sweep.CHECKPOINT).exists()
+    # other parameters (here the seed) make the checkpoint stale: nothing is reused
+    monkeypatch.setattr(evaluate.MapEvaluator, "evaluate", real)
+    sweep.SweepCheckpoint(smoke_run / sweep.CHECKPOINT, {"seed": 5}).save(whole["results"][:2])
+    other = run_sweep(smoke_run, rates, maps=4, seed=6, progress=False, force=True)
+    assert other["results"][1]["accuracies"] != whole["results"][1]["accuracies"]

@@ -110,11 +110,19 @@ def _link(folder: Path, name: str, target: Path) -> None:
 
 def prepare_folder(campaign_dir: Path, task: Task) -> Path:
     """A fresh folder for ``task`` (a stale one from a killed attempt is wiped first)."""
+    from mcel_train.sweep import CHECKPOINT
+
     tasks_dir = Path(campaign_dir) / "tasks"
     folder = tasks_dir / task.folder
+    # A killed sweep's finished rates survive the wipe (mcel_train/sweep.py, SweepCheckpoint):
+    # they are checked against the sweep's parameters and weights before any is reused.
+    checkpoint = folder / CHECKPOINT
+    kept = checkpoint.read_bytes() if task.stage == "sweep" and checkpoint.is_file() else None
     if folder.exists() or folder.is_symlink():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    if kept is not None:
+        checkpoint.write_bytes(kept)
     train_key = task.params.get("train")
     if train_key:
         _link(folder, "train", tasks_dir / f"train-{train_key}" / "train")
