@@ -33,6 +33,7 @@ import matplotlib
 import numpy as np
 
 from flows.campaign.report import campaign_table, load_results, recommend, write_report
+from flows.campaign.spec import CampaignSpec
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.intnet import from_brevitas
 from mcel_train.margins import integer_margins
@@ -66,8 +67,9 @@ def seed_table(rows: list[dict]) -> list[dict]:
 
 
 def gain(table: list[dict], model: str, loss: str, rate: float, base: str = "CE") -> dict | None:
-    """``loss`` minus ``base`` at ``rate`` for ``model``: difference of the seed means, with the
-    seeds paired when both have the same seeds (their per-seed differences' t-interval)."""
+    """``loss`` minus ``base`` at ``rate`` for ``model``: the difference of the seed means, each
+    side's interval across seeds, whether those intervals are separated, and the seeds when both
+    sides have the same ones."""
     def cell(name: str) -> dict | None:
         return next((c for c in table if (c["model"], c["loss"], c["rate"]) == (model, name, rate)), None)
 
@@ -122,9 +124,10 @@ def network_evidence(train_dir: Path, images: int) -> dict:
             "layers": layers}
 
 
-def evidence(campaign_dir: Path, images: int, seeds: Sequence[int] = (0,)) -> list[dict]:
-    """:func:`network_evidence` of every trained network of the given seeds."""
-    spec, _, done = load_results(campaign_dir)
+def evidence(campaign_dir: Path, spec: CampaignSpec, done: dict, images: int,
+             seeds: Sequence[int] = (0,)) -> list[dict]:
+    """:func:`network_evidence` of every finished training of the given seeds (``spec`` and
+    ``done``: the campaign's spec and finished results, as :func:`load_results` gives them)."""
     out = []
     for p in spec.points:
         folder = campaign_dir / "tasks" / f"train-{p.key}"
@@ -226,7 +229,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     table = seed_table(rows)
     models = list(dict.fromkeys(c["model"] for c in table))
     gains = [g for g in (gain(table, m, loss, rate) for m in models) if g is not None]
-    ev = evidence(campaign_dir, evidence_images)
+    ev = evidence(campaign_dir, spec, done, evidence_images)
     recs = {t: recommend(rows, t, 0.5) for t in (0.01, 0.001)}
     hw = [r for r in rows if r["source"] == "hardware"]
     _plot_curves(table, docs / "paper_reproduction.png")
