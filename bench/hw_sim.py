@@ -2,9 +2,13 @@
 
 Measured in one run, on one build:
 
-- ``cpp``: the build's plain C++ harness (``build/verilator/accel_sim``), the speed roof;
+- ``cpp``: the build's plain C++ harness (``build/verilator/accel_sim``), the speed roof; both
+  sides are timed over the streaming alone (the harness reports ``stream_seconds``; the
+  testbench times its batches), not the start-up and memory loading;
+- ``--repeats``: C++ and cocotb alternate, and the median ratio of the repeats is reported, so
+  that a load change on a shared machine does not fall on one side only;
 - ``cocotb_bulk``: the project's testbench (bulk buffers in the harness, clock in C, Python only
-  between batches, only the harness and the memory arrays VPI-visible); goal: at least half of
+  between batches, only the harness and the memory arrays VPI-visible); goal: at least 0.8 of
   ``cpp``;
 - ``cocotb_bulk_public_all``: the same testbench verilated the cocotb-runner default way, every
   signal public (``--public-flat-rw``): what the selective visibility buys;
@@ -92,6 +96,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--naive-images", type=int, default=20)
     ap.add_argument("--batch", type=int, default=2000, help="images per harness batch")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="alternating C++ and cocotb runs; the median ratio is reported")
     ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
     ap.add_argument("--skip-public-all", action="store_true",
                     help="skip the every-signal-public build (its compile takes long on a large design)")
@@ -111,14 +117,23 @@ def main() -> None:
     np.save(words_file, pack(x.reshape(n, -1), in_fmt))
     expected_ii = manifest.expected_ii()
 
-    t0 = time.perf_counter()
-    cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
-                                       sim_dir / "cpp", mem_dir=run / "build" / "hdl" / "mem")
-    cpp_s = time.perf_counter() - t0
-
     build = build_harness(run / "build", sim_dir, args.batch)
-    bulk = _cocotb(run, sim_dir, words_file, [""], args.batch)
-    assert np.array_equal(bulk["outputs"][0], cpp_out), "cocotb and C++ harness outputs differ"
+    # C++ and cocotb alternate, so that a change in the machine's load (a shared machine) hits
+    # both sides of each repeat's ratio alike; the median ratio is the headline.
+    repeats = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        cpp_out, cpp_stats = run_simulator(run / "build" / "verilator" / "accel_sim", x,
+                                           cpp_harness_format(manifest), sim_dir / "cpp",
+                                           mem_dir=run / "build" / "hdl" / "mem")
+        # The streaming alone (reported by the harness), as the testbench's time; a harness built
+        # before it reported that falls back to the whole process (start-up and memory load too).
+        cpp_s = cpp_stats.get("stream_seconds", time.perf_counter() - t0)
+        bulk = _cocotb(run, sim_dir, words_file, [""], args.batch)
+        assert np.array_equal(bulk["outputs"][0], cpp_out), "cocotb and C++ harness outputs differ"
+        repeats.append({"cpp_images_per_s": n / cpp_s, "cocotb_images_per_s": n / bulk["wall_in_testbench_s"],
+                        "ratio": cpp_s / bulk["wall_in_testbench_s"]})
+    median = sorted(repeats, key=lambda r: r["ratio"])[len(repeats) // 2]
 
     public, build_public = None, None
     if not args.skip_public_all:
@@ -132,7 +147,7 @@ def main() -> None:
     naive = _cocotb(run, sim_dir, naive_words, [""], args.batch, mode="naive")
     assert np.array_equal(naive["outputs"][0], cpp_out[: args.naive_images]), "naive outputs differ"
 
-    ips = {"cpp": n / cpp_s, "cocotb_bulk": n / bulk["wall_in_testbench_s"],
+    ips = {"cpp": median["cpp_images_per_s"], "cocotb_bulk": median["cocotb_images_per_s"],
            "cocotb_naive": args.naive_images / naive["wall_in_testbench_s"]}
     if public is not None:
         ips["cocotb_bulk_public_all"] = n / public["wall_in_testbench_s"]
@@ -140,11 +155,11 @@ def main() -> None:
     result = {
         "run": run.name, "images": n, "expected_ii_cycles": expected_ii, "measured_ii_cycles": ii,
         "cycles_per_image_total": bulk["cycles"] / n, "ii_within_10pct": abs(ii - expected_ii) <= 0.1 * expected_ii,
-        "images_per_s": ips, "cocotb_over_cpp": ips["cocotb_bulk"] / ips["cpp"],
+        "images_per_s": ips, "cocotb_over_cpp": median["ratio"], "repeats": repeats,
         "bulk_over_naive": ips["cocotb_bulk"] / ips["cocotb_naive"],
         "selective_over_public_all": ips["cocotb_bulk"] / ips["cocotb_bulk_public_all"] if public else None,
-        "cycles_per_s": {"cpp": cpp_stats["cycles"] / cpp_s,
-                         "cocotb_bulk": bulk["cycles"] / bulk["wall_in_testbench_s"]},
+        "cycles_per_s": {"cpp": cpp_stats["cycles"] / n * ips["cpp"],
+                         "cocotb_bulk": bulk["cycles"] / n * ips["cocotb_bulk"]},
         "harness_build": build, "harness_build_public_all": build_public, "cpp_stats": cpp_stats,
     }
     if args.full:

@@ -24,3 +24,7 @@ include $(shell cocotb-config --makefiles)/Makefile.sim
 # every signal: cocotb's blanket --public-flat-rw blocks Verilator's optimisation (see
 # bench/results/hw_sim.json, selective_over_public_all).
 COMPILE_ARGS := $(filter-out --public-flat-rw,$(COMPILE_ARGS))
+# The simulator's main() with the clock built in (hw_sim/cpp/cocotb_main.cpp; MCEL_MAIN comes
+# from sources.mk), in place of cocotb's generic one; make_flow.py passes the plusarg that starts
+# the clock (COCOTB_PLUSARGS).
+VERILATOR_CPP := $(MCEL_MAIN)

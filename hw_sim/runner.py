@@ -45,6 +45,11 @@ PGO_USE = tuple(f"{v}=-O2 -fprofile-use -fprofile-correction -Wno-missing-profil
                 for v in ("OPT_FAST", "OPT_GLOBAL"))
 PGO_TRAINING_IMAGES = 300
 
+# The simulator's main() with a built-in clock (see the file), and the plusarg that starts it:
+# a 10 ns period, the testbench's CLOCK_NS.
+COCOTB_MAIN = Path(__file__).resolve().parent / "cpp" / "cocotb_main.cpp"
+CLOCK_PLUSARG = "+mcel_clock_ps=10000"
+
 
 class PgoError(RuntimeError):
     """The profile-guided build could not be made (no profile written by the training run)."""
@@ -102,6 +107,9 @@ def _runner(public_all: bool, make_vars: tuple[str, ...] = ()):
             cmds = super()._build_command()
             if not public_all:
                 cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            # Our main() with the clock built in (hw_sim/cpp/cocotb_main.cpp) replaces cocotb's.
+            cmds[0] = [str(COCOTB_MAIN) if a.endswith(f"verilator{os.sep}verilator.cpp") else a
+                       for a in cmds[0]]
             cmds[1] = [*cmds[1], *make_vars]
             return cmds
 
@@ -138,7 +146,7 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     sources = design_sources(manifest) + [harness]
     stamp = sim_dir / "sim_build" / "build_stamp.json"
     # Keyed by content, not by path or time: a copied or moved run reuses its simulator.
-    key = {"sources": content_digest(sources), "spec": spec.__repr__(), "waves": waves,
+    key = {"sources": content_digest([*sources, COCOTB_MAIN]), "spec": spec.__repr__(), "waves": waves,
            "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
@@ -237,7 +245,7 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
             runner.test(
                 test_module="hw_sim.tb_accel", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
                 build_dir=sim_dir / "sim_build", test_dir=test_dir,
-                extra_env={"MCEL_SIM_JOB": str(job_file.resolve())},
+                extra_env={"MCEL_SIM_JOB": str(job_file.resolve())}, plusargs=[CLOCK_PLUSARG],
                 results_xml=str(results), waves=waves, log_file=test_dir / "sim.log",
             )
         except SystemExit:

@@ -7,8 +7,9 @@ the packed input words, the fault maps and where to write the results. The runne
 (:mod:`hw_sim.runner`) writes the job and points ``MCEL_SIM_JOB`` at it; the make flow
 (``hw_sim/Makefile``) does the same.
 
-Python never runs per clock cycle in the hot loop: the clock is generated in C and the test
-sleeps on the harness's ``done``/``hang`` edges while a whole batch streams.
+Python never runs per clock cycle in the hot loop: the simulator's main() drives the clock
+(``hw_sim/cpp/cocotb_main.cpp``) and the test sleeps on the harness's ``done``/``hang`` edges
+while a whole batch streams.
 """
 
 from __future__ import annotations
@@ -200,6 +201,18 @@ class Scoreboard:
             self.first_mismatch = {"map": map_id, "image": int(diff[0])}
 
 
+def start_clock(dut) -> None:
+    """The clock, unless the simulator's own main() drives it (``+mcel_clock_ps``, see
+    hw_sim/cpp/cocotb_main.cpp): then no Python and no VPI call runs per edge at all. Otherwise
+    cocotb's C clock (``impl="gpi"``), still far cheaper than the default Python one."""
+    period_ps = cocotb.plusargs.get("mcel_clock_ps")
+    if period_ps is not None:
+        if int(period_ps) != CLOCK_NS * 1000:
+            raise AssertionError(f"+mcel_clock_ps={period_ps}, the testbench expects {CLOCK_NS * 1000}")
+        return
+    cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns", impl="gpi").start())
+
+
 async def reset(dut) -> None:
     dut.run.value = 0
     dut.bp_enable.value = 0
@@ -329,8 +342,7 @@ async def run_job(dut) -> None:
     batch = job.batch_images
     predicted = np.load(job.predicted) if job.predicted else None
 
-    # impl="gpi": the clock toggles in C; the default Python clock would run Python every edge.
-    cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns", impl="gpi").start())
+    start_clock(dut)
     await reset(dut)
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
