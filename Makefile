@@ -11,9 +11,13 @@ setup:
 demo: setup
 	bash scripts/demo.sh
 
+# The suite's tests are mostly single-threaded builds and simulations: one pytest worker per
+# core (pytest-xdist). Whole files go to one worker (--dist loadfile), so a file's module
+# fixtures (the CNN builds of tests/test_cnn_hw.py) are built once and the one Ray test never
+# meets a second local Ray instance.
 test: setup
 	.venv/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .
