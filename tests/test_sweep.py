@@ -3,6 +3,7 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 
 from mcel_train.commands_faults import add_parsers
@@ -33,6 +34,7 @@ def test_same_seed_gives_identical_json(smoke_run, figures):
     assert out.read_bytes() == first
     r0 = rec["results"][0]
     assert r0["accuracies"] == [rec["clean_accuracy"]] * 6 and r0["ci95"] == [r0["mean"]] * 2
+    assert r0["mean"] == rec["clean_accuracy"]
     r1 = rec["results"][1]
     assert len(r1["accuracies"]) == 6 and r1["ci95"][0] <= r1["mean"] <= r1["ci95"][1]
     assert rec["seed"] == 3 and rec["fault_model"]["name"] == "flip"
@@ -75,6 +77,15 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures):
     args = parser.parse_args(["margins", str(tmp_path / "nowhere")])
     with pytest.raises(UserInputError, match="not found"):
         args.func(args)
+
+
+def test_mean_accuracy_of_equal_maps_is_exactly_their_accuracy():
+    """Equal maps average to their own accuracy, bit for bit (a float mean did not: 3 x 332/359)."""
+    from mcel_train.sweep import mean_accuracy
+
+    for k, n in ((332, 359), (283, 306), (357, 386), (1, 3)):
+        assert mean_accuracy(np.full(3, k / n), n) == k / n
+    assert mean_accuracy(np.array([0.5, 0.75]), 4) == 0.625
 
 
 def test_t_interval():
