@@ -86,6 +86,7 @@ module {HARNESS_TOP} #(
   output logic done,
   output logic hang,
   output logic [63:0] cycles,
+  output logic [63:0] stalls,    // cycles an output word waited for tready (back-pressure at work)
   output logic [31:0] in_ptr,
   output logic [31:0] out_ptr
 );
@@ -119,10 +120,11 @@ module {HARNESS_TOP} #(
 
   always_ff @(posedge ap_clk) begin
     if (!ap_rst_n || !run) begin
-      in_ptr <= 0; out_ptr <= 0; cycles <= 0; idle <= 0; done <= 0; hang <= 0;
+      in_ptr <= 0; out_ptr <= 0; cycles <= 0; stalls <= 0; idle <= 0; done <= 0; hang <= 0;
       lfsr <= 16'hACE1;
     end else if (active) begin
       cycles <= cycles + 1;
+      if (m_tvalid && !m_tready) stalls <= stalls + 1;
       lfsr <= {{lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10]}};
       if (s_tvalid && s_tready) begin
         in_cycle[in_ptr[$clog2(IN_DEPTH)-1:0]] <= cycles;

@@ -72,6 +72,7 @@ def merge_results(shard_jobs: list[SimJob], out: Path) -> None:
         first_differing=first_differing,
         outputs=np.concatenate([r["outputs"] for r in raws], axis=1),
         cycles=np.sum([r["cycles"] for r in raws], axis=0),
+        stalled_cycles=np.sum([r["stalled_cycles"] for r in raws], axis=0),
         hang=np.any([r["hang"] for r in raws], axis=0),
         ii=np.mean([r["ii"] for r in raws], axis=0),
         wall=np.max([r["wall"] for r in raws], axis=0),

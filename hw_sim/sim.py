@@ -257,7 +257,10 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
     np.savez(work / "hw_outputs.npz", outputs=hw, labels=labels, **timing)
     np.savez(work / "sw_outputs.npz", outputs=predicted, labels=labels, checked=checked)
     images = len(labels)
+    # Output cycles that waited for tready: more than 0 proves that back-pressure was applied.
+    stalled = raw["stalled_cycles"] if "stalled_cycles" in raw.files else np.zeros(len(hw), np.int64)
     for e, out, cyc, hang, ii in zip(record["maps"], hw, raw["cycles"], raw["hang"], raw["ii"], strict=True):
+        e["stalled_output_cycles"] = int(stalled[e["id"]])
         e.update({
             "accuracy": float((out.argmax(1) == labels).mean()), "cycles": int(cyc), "hang": bool(hang),
             "cycles_per_image": float(cyc) / images, "ii_cycles": float(ii), "digest": digest(out),

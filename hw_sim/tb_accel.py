@@ -214,8 +214,10 @@ def start_clock(dut) -> None:
 
 
 async def reset(dut) -> None:
+    """Reset the accelerator and the harness's stream state. The back-pressure switch is the
+    job's setting and stays as it is (it was once cleared here, after the job had set it, so
+    back-pressure never reached the stream)."""
     dut.run.value = 0
-    dut.bp_enable.value = 0
     dut.ext_mode.value = 0
     dut.ext_tvalid.value = 0
     dut.ext_tdata.value = 0
@@ -229,8 +231,9 @@ async def reset(dut) -> None:
 
 
 async def stream_batch(dut, driver: StreamDriver, monitor: StreamMonitor, in_words: list[int],
-                       n_out: int, watchdog: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Stream one batch through the accelerator; returns (out words, out cycles, cycles, hang)."""
+                       n_out: int, watchdog: int) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
+    """Stream one batch through the accelerator; returns (out words, out cycles, cycles, stalled
+    output cycles, hang)."""
     driver.load(in_words)
     dut.n_in.value = len(in_words)
     dut.n_out.value = n_out
@@ -241,11 +244,12 @@ async def stream_batch(dut, driver: StreamDriver, monitor: StreamMonitor, in_wor
     hang = bool(int(dut.hang.value))
     got = int(dut.out_ptr.value)
     cycles = int(dut.cycles.value)
+    stalls = int(dut.stalls.value)
     await RisingEdge(dut.ap_clk)
     words, out_cycles = monitor.collect(got)
     dut.run.value = 0
     await RisingEdge(dut.ap_clk)
-    return words, out_cycles, cycles, hang
+    return words, out_cycles, cycles, stalls, hang
 
 
 async def stream_naive(dut, in_words: list[int], n_out: int) -> tuple[list[int], int]:
@@ -306,7 +310,7 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
         updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
         await reset(dut)
         upset = cocotb.start_soon(upset_at(dut, injector, updates, job.transient_cycle))
-        words, cyc, cycles, hang = await stream_batch(dut, driver, monitor, inputs,
+        words, cyc, cycles, _, hang = await stream_batch(dut, driver, monitor, inputs,
                                                       n_images * out_fmt.words_per_image, job.watchdog_cycles)
         if upset.done():
             upsets[m] = await upset
@@ -343,6 +347,7 @@ async def run_job(dut) -> None:
     predicted = np.load(job.predicted) if job.predicted else None
 
     start_clock(dut)
+    dut.bp_enable.value = int(job.backpressure)
     await reset(dut)
     driver, monitor = StreamDriver(dut), StreamMonitor(dut, out_fmt.word_bytes)
     injector = BackdoorInjector(dut, memories)
@@ -362,10 +367,10 @@ async def run_job(dut) -> None:
         np.savez(job.out, outputs=outputs, cycles=np.array([cycles]), hang=np.array([False]),
                  ii=np.zeros(1), wall=np.array([wall]))
         return
-    dut.bp_enable.value = int(job.backpressure)
     map_files = job.maps
     outputs = np.zeros((len(map_files), n_images, out_fmt.elems_per_image), dtype=np.int64)
     total_cycles = np.zeros(len(map_files), dtype=np.int64)
+    stalled = np.zeros(len(map_files), dtype=np.int64)  # output cycles that waited for tready
     hangs = np.zeros(len(map_files), dtype=bool)
     ii = np.zeros(len(map_files), dtype=np.float64)
     wall = np.zeros(len(map_files), dtype=np.float64)
@@ -391,8 +396,10 @@ async def run_job(dut) -> None:
             stop = min(n_images, start + batch)
             words = in_ints[start * in_fmt.words_per_image : stop * in_fmt.words_per_image]
             n_out = (stop - start) * out_fmt.words_per_image
-            out_words, out_cycles, cycles, hang = await stream_batch(dut, driver, monitor, words, n_out, watchdog)
+            out_words, out_cycles, cycles, stalls, hang = await stream_batch(dut, driver, monitor, words, n_out,
+                                                                             watchdog)
             total_cycles[m] += cycles
+            stalled[m] += stalls
             if hang:
                 hangs[m] = True
                 dut._log.error(f"map {m}: hang, no output for {watchdog} cycles "
@@ -419,7 +426,7 @@ async def run_job(dut) -> None:
                       f"{wall[m]:.2f} s")
 
     np.savez(job.out, outputs=outputs, cycles=total_cycles, hang=hangs, ii=ii, wall=wall,
-             first_differing=scoreboard.first_differing)
+             first_differing=scoreboard.first_differing, stalled_cycles=stalled)
     if predicted is not None and scoreboard.first_mismatch is not None:
         raise AssertionError(f"hardware differs from software prediction: first at {scoreboard.first_mismatch}, "
                              f"{scoreboard.mismatched_images}/{scoreboard.compared} images")
