@@ -38,6 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pgo", action="store_true",
                    help="profile-guided simulator build: about twice the build time, 15-20%% faster "
                    "simulation (for long runs)")
+    p.add_argument("--backpressure", action="store_true",
+                   help="a sink that stalls the output stream pseudo-randomly (a quarter of the "
+                   "cycles); hw_ber.json counts the stalled output cycles per map")
     p.add_argument("--waves", action="store_true", help="dump waveforms (slow)")
     p.add_argument("--force", action="store_true", help="replace an existing sim/hw_ber.json")
     p.set_defaults(func=cmd_sim)
@@ -53,7 +56,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
                    args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
                    memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs,
-                   pgo=args.pgo)
+                   pgo=args.pgo, backpressure=args.backpressure)
     print(f"wrote {path}")
     return 0
 
