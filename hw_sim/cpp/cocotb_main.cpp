@@ -79,6 +79,10 @@ uint64_t half_period(VerilatedContext& context) {
   if (arg.empty()) return 0;
   const long long period_ps = std::atoll(arg.c_str() + std::string("+mcel_clock_ps=").size());
   // timeprecision() is a power of ten, e.g. -12 for picoseconds.
+  if (context.timeprecision() < -12) {
+    std::fprintf(stderr, "+mcel_clock_ps: a time precision finer than 1 ps is not supported\n");
+    std::exit(2);
+  }
   long long ps_per_unit = 1;
   for (int p = context.timeprecision(); p > -12; --p) ps_per_unit *= 10;
   if (period_ps <= 0 || period_ps % (2 * ps_per_unit) != 0) {
