@@ -362,9 +362,23 @@ class DifferenceEvaluator:
             touched = active
         if len(touched) == 0:
             return touched, None
-        delta = torch.zeros(len(touched), out_c, ho, wo, dtype=dt)
+        # The output channels that can change: only those of the flipped weights unless an input
+        # changed (a changed input channel reaches every output channel). Working on those alone
+        # keeps a map with a few flipped kernels from paying for the whole layer.
+        chans = torch.arange(out_c) if len(active) or faulty_post else j_idx
+        every = len(touched) == n  # then slices, not gathers, of the clean state
+
+        def clean(t: torch.Tensor) -> torch.Tensor:
+            t = t if every else t[touched]
+            return t if len(chans) == out_c else t[:, chans]
+
+        delta = torch.zeros(len(touched), len(chans), ho, wo, dtype=dt)
         if d_j is not None:
-            delta[:, j_idx] = d_j[touched]
+            d_t = d_j if every else d_j[touched]
+            if chans is j_idx:
+                delta += d_t
+            else:
+                delta[:, j_idx] = d_t
         if len(active):
             in_ch = dx.flatten(2).ne(0).any(2).any(0).nonzero().flatten()
             kernel = _kernel(layer, self.weights[i]).clone()
@@ -375,16 +389,22 @@ class DifferenceEvaluator:
             at = torch.searchsorted(touched, active)
             delta[at] += F.conv2d(dxp, kernel[:, in_ch].contiguous(), stride=g.stride)
         if not faulty_post:
-            cross = ((delta < st.lo[touched]) | (delta > st.hi[touched])).flatten(1).any(1)
+            cross = ((delta < clean(st.lo)) | (delta > clean(st.hi))).flatten(1).any(1)
             keep = cross.nonzero().flatten()
-            touched, delta = touched[keep], delta[keep]
+            if len(keep) < len(touched):
+                touched, delta, every = touched[keep], delta[keep], False
             if len(touched) == 0:
                 return touched, None
-        acc = st.acc[touched].to(dt) + delta
-        new = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
-        diff = new.to(torch.float32) - st.out[touched]
-        rows_any = diff.flatten(1).ne(0).any(1)
-        return touched[rows_any], diff[rows_any]
+        sub_post = post if len(chans) == out_c else post.channels(chans)
+        acc = clean(st.acc).to(dt) + delta
+        new = sub_post.then_pool(acc, layer.pool) if layer.pool else sub_post(acc)
+        diff_c = new.to(torch.float32) - clean(st.out)
+        rows_any = diff_c.flatten(1).ne(0).any(1)
+        if len(chans) == out_c:
+            return touched[rows_any], diff_c[rows_any]
+        diff = torch.zeros(int(rows_any.sum()), out_c, *diff_c.shape[2:])
+        diff[:, chans] = diff_c[rows_any]
+        return touched[rows_any], diff
 
 
 def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:
