@@ -10,6 +10,7 @@ import pytest
 from flows.cli import main
 from hw_sim.compare import compare_run
 from hw_sim.sim import NoBuildError, run_sim
+from mcel_train.faults.faultmap import FaultMap
 
 
 @pytest.mark.slow
@@ -212,6 +213,14 @@ def test_paths_through_the_rtl(smoke_build, case, kwargs):
     hw = np.load(smoke_build / "sim" / "hw_outputs.npz")["outputs"]
     clean = fast_clean_outputs(smoke_build, kw["images"])
     assert any(not np.array_equal(out, clean) for out, m in zip(hw, record["maps"], strict=True) if m["faults"]), case
+    # every rate its maps (only a rate 0 has a single one), each map's faults in the memories asked
+    assert [(m["rate"], m["map_index"]) for m in record["maps"]] == \
+        [(b, k) for b in bers for k in range(1 if b == 0 else kw["maps"])], case
+    hit_kinds = set()
+    for m in record["maps"]:
+        fmap = FaultMap.load(smoke_build / "sim" / m["file"])
+        hit_kinds |= {memory_kind(smoke_build, fmap.memory_names[i]) for i in np.unique(fmap.memory)}
+    assert hit_kinds == ({"weights", "thresholds"} if kw.get("memories") == "all" else {"weights"}), case
     stalled = [m["stalled_output_cycles"] for m in record["maps"]]
     if case == "backpressure":  # the sink stalled (it once never did); the ii may not move here
         assert record["backpressure"] and min(stalled) > 0, stalled
@@ -219,6 +228,13 @@ def test_paths_through_the_rtl(smoke_build, case, kwargs):
         assert max(stalled) == 0, stalled
         assert all(m["ii_cycles"] <= record["expected_ii_cycles"] + 1 for m in record["maps"]), \
             [m["ii_cycles"] for m in record["maps"]]
+
+
+def memory_kind(run, name: str) -> str:
+    """``weights`` or ``thresholds``: the kind the build's manifest gives the memory ``name``."""
+    from mcel_train.manifest import load_manifest
+
+    return load_manifest(run / "build").of_kind("weights", "thresholds")[name].kind
 
 
 def fast_clean_outputs(run, images: int) -> np.ndarray:
