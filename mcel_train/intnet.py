@@ -490,7 +490,7 @@ class IntNetwork:
         self, x: torch.Tensor, weights: Sequence[torch.Tensor | np.ndarray | None] | None = None,
         max_abs_input: float | None = None, first_acc: torch.Tensor | None = None,
         prepared: list[torch.Tensor] | None = None, collect: list | None = None,
-        first_acc_channels_first: bool = False,
+        first_acc_channels_first: bool = False, first_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Integer logits ``(M, N, classes)`` for ``M`` weight sets (``None``: clean weights).
 
@@ -498,7 +498,9 @@ class IntNetwork:
         across image batches). ``first_acc`` optionally supplies layer 0's accumulators
         ``(M, N, out, ...)``, computed by the caller some cheaper way (the evaluator adds
         sparse fault deltas to clean ones), as ``(M, out, N)`` if ``first_acc_channels_first``
-        (a dense-layer-only layout that saves a transposing copy). ``collect``, if given,
+        (a dense-layer-only layout that saves a transposing copy). ``first_out`` instead
+        supplies a conv layer 0's output (post-op and pool applied), ``(N, M * C, H, W)`` or,
+        shared by all maps, ``(N, C, H, W)``; layer 0 is then skipped. ``collect``, if given,
         receives every layer's accumulators (margin diagnostics).
         """
         if prepared is None:
@@ -512,11 +514,13 @@ class IntNetwork:
             return self._forward_dense(x, prepared, first_acc, collect)
         if first_acc is not None and first_acc_channels_first:
             raise ValueError("channels-first layer-0 accumulators need an all-dense network")
-        return self._forward_general(x, prepared, first_acc, collect)
+        if first_out is not None and (self.layers[0].conv is None or collect is not None):
+            raise ValueError("layer-0 outputs are taken for a conv layer 0, without collect")
+        return self._forward_general(x, prepared, first_acc, collect, first_out)
 
     def _forward_general(
         self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
-        collect: list | None,
+        collect: list | None, first_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Any chain of conv and dense layers (see :meth:`IntLayer.accumulate` for layouts).
 
@@ -527,7 +531,11 @@ class IntNetwork:
         m, n = prepared[0].shape[0], x.shape[0]
         h = x
         shared = True
-        for layer, w in zip(self.layers, prepared, strict=True):
+        start = 0
+        if first_out is not None:
+            h, start = first_out, 1
+            shared = first_out.shape[1] == prepared[0].shape[1]
+        for layer, w in zip(self.layers[start:], prepared[start:], strict=True):
             if layer.flatten_before:
                 groups = 1 if shared else m
                 if layer.flatten_order == "hwc":  # (N, G*C, H, W) -> (N, G, H, W, C): NHWC per map
