@@ -85,6 +85,21 @@ def roof(net, n_maps: int, x: torch.Tensor) -> None:
             h.argmax(-1)
 
 
+def _out_positions(net, i: int) -> int:
+    """Output positions per channel of conv layer ``i`` (after its pool), from a clean forward."""
+    layers = net.layers
+    x = torch.zeros(1, *net.input_shape)
+    with torch.no_grad():
+        for layer in layers[: i + 1]:
+            if layer.flatten_before:
+                x = x.reshape(1, -1)
+            w = torch.as_tensor(layer.weight, dtype=torch.float32).unsqueeze(0)
+            x = layer.accumulate(x, w, True)
+            if layer.conv is not None and layer.pool:
+                x = F.max_pool2d(x, layer.pool)
+    return int(x[0, 0].numel())
+
+
 def timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -141,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         dense, t_dense = timed(dense_ev.evaluate, maps)
         assert np.array_equal(first.predictions, dense.predictions)
         before = diff_ev.difference.active_after.copy()
+        changed_before = diff_ev.difference.changed_after.copy()
         diff, t_diff = timed(diff_ev.evaluate, maps)
-        active = (diff_ev.difference.active_after - before) / (args.maps * n)
+        active_pairs = diff_ev.difference.active_after - before
+        active = active_pairs / (args.maps * n)
+        changed = (diff_ev.difference.changed_after - changed_before) / np.maximum(active_pairs, 1)
+        widths = [layer.weight.shape[0] * (1 if layer.conv is None else _out_positions(net, i))
+                  for i, layer in enumerate(net.layers)]
         auto, t_auto = timed(auto_ev.evaluate, maps)
         n_brev = args.brevitas_maps or args.maps
         ref, t_brev = timed(brevitas_way, model, net, mems, maps[:n_brev], x)
@@ -168,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             # where the difference path's time goes: the fraction of (map, image) pairs that
             # still differ from the clean network after each layer
             "difference_active_after_layer": [float(a) for a in active],
+            # and, per differing (map, image) pair, the fraction of the layer's outputs that
+            # changed: the part of the next layer's inputs a difference path must redo
+            "difference_changed_fraction_after_layer": [
+                float(c / w) for c, w in zip(changed[:-1], widths[:-1], strict=True)],
             "brevitas_maps_checked": n_brev,
             "identical_predictions": True,
         }
@@ -176,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
               f"dense {t_dense:.2f} s, difference {t_diff:.2f} s ({row['difference_vs_dense']:.2f}x), "
               f"auto {t_auto:.2f} s ({row['auto_vs_dense']:.2f}x, chose {row['auto_choice']}), "
               f"brevitas {t_brev:.2f} s for {n_brev} maps; still differing after each layer: "
-              + ", ".join(f"{a:.0%}" for a in active), flush=True)
+              + ", ".join(f"{a:.0%}" for a in active) + "; outputs changed per differing image: "
+              + ", ".join(f"{c:.1%}" for c in row["difference_changed_fraction_after_layer"]), flush=True)
     record = {
         "model": spec.to_dict(),
         "source": source,

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcel_train.difference_kernel import dense_layer_crossings, threshold_changes
 from mcel_train.faults.apply import element_deltas
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, layer_memories
+from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, ThresholdPostOp, layer_memories
 from mcel_train.memory import Memory
 
 # A sparse product costs about this many dense multiply-adds per non-zero (BLAS is that much
@@ -128,6 +129,8 @@ class DifferenceEvaluator:
         self._state: dict[int, list[_CleanLayer]] = {}
         # per layer: (image, map) pairs that still differed after it, summed (where time goes)
         self.active_after = np.zeros(len(net.layers), dtype=np.int64)
+        # per layer: changed outputs summed over those pairs (the work the next layer redoes)
+        self.changed_after = np.zeros(len(net.layers), dtype=np.int64)
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
     def _dtypes(self) -> list[torch.dtype]:
@@ -168,7 +171,7 @@ class DifferenceEvaluator:
                     h = h.reshape(len(h), -1).to(dt)
                     acc = h @ w.T  # (N, out)
                     out = layer.post(acc)
-                    lo_hi = (None, None) if i == last else layer.post.unchanged_range(acc)
+                    lo_hi = (None, None) if i == last else (t.contiguous() for t in layer.post.unchanged_range(acc))
                     states.append(_CleanLayer(h.T.contiguous(), acc.to(torch.int32), *lo_hi, out.to(torch.float32)))
                     h = out
                 else:
@@ -258,6 +261,8 @@ class DifferenceEvaluator:
             else:
                 step = self._conv_step(i, layer, st, d, active, dx, post, faulty_post)
             self.active_after[i] += len(step[0])
+            if i < last and step[1] is not None:
+                self.changed_after[i] += len(step[1][2]) if isinstance(step[1], tuple) else int(step[1].ne(0).sum())
             if i == last:
                 return step
             active, dx = step
@@ -268,6 +273,8 @@ class DifferenceEvaluator:
         raise AssertionError("unreachable")
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
+        if not (is_last or faulty_post or (len(active) and _dense_enough(dx, len(active), st.h.shape[0]))):
+            return self._dense_step_compiled(i, st, d, active, dx, post)
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
         # dW @ x for every image, on the channels J the faults sit in: (N, |J|)
@@ -328,6 +335,47 @@ class DifferenceEvaluator:
             vals = new - rows(st.out)[rr, cc]
         kept, r_new = torch.unique(rr, return_inverse=True)
         return touched[kept], (r_new, cc, vals)
+
+    def _dense_step_compiled(self, i, st, d, active, dx, post):
+        """A dense layer with its clean post-op, not the last: the per-image loop of
+        :func:`mcel_train.difference_kernel.dense_layer_crossings`, then the post-op on the
+        crossing accumulators only."""
+        dt = self.dtypes[i]
+        np_dt = np.float32 if dt == torch.float32 else np.float64
+        n = st.acc.shape[0]
+        w_t = self.weights_t[i]
+        j_idx, d_j = np.zeros(0, np.int64), np.zeros((n, 0), np_dt)
+        if d is not None:
+            j, j_pos = torch.unique(d.rows, return_inverse=True)
+            order = torch.argsort(j_pos, stable=True)
+            d_w = csr_matrix(j_pos[order], d.cols[order], d.values[order].to(dt), (len(j), st.h.shape[0]))
+            j_idx, d_j = j.numpy(), sparse_mm(d_w, st.h).T.contiguous().numpy()
+        active_pos = np.full(n, -1, np.int64)
+        indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np_dt)
+        if len(active):
+            r, c, v = dx
+            active_pos[active.numpy()] = np.arange(len(active))
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(r.numpy(), minlength=len(active)))])
+            cols, vals = c.numpy().astype(np.int64), v.to(dt).numpy()
+            if d is not None:  # W_faulty = W + dW on the changed inputs: dW @ dx included
+                w_t = w_t.clone()
+                w_t.index_put_((d.cols, d.rows), d.values.to(dt), accumulate=True)
+        rr, cc, dv = dense_layer_crossings(active_pos, indptr, cols, vals, w_t.numpy(), j_idx, d_j,
+                                           st.lo.numpy(), st.hi.numpy())
+        if len(rr) == 0:
+            return torch.from_numpy(rr), None
+        if isinstance(post, ThresholdPostOp):
+            change = torch.from_numpy(threshold_changes(
+                rr, cc, dv, st.acc.numpy(), st.out.numpy(), post.thresholds.numpy(), post.sign.numpy(),
+                post.out_bias, post.out_mult))
+        else:
+            rr_t, cc_t = torch.from_numpy(rr), torch.from_numpy(cc)
+            new = post.channels(cc_t)((st.acc[rr_t, cc_t].to(dt) + torch.from_numpy(dv)).unsqueeze(0))[0]
+            change = new.to(torch.float32) - st.out[rr_t, cc_t]
+        # rows come out ascending: each run of equal rows is one changed image
+        first = np.flatnonzero(np.diff(rr, prepend=-1))
+        r_new = np.cumsum(np.diff(rr, prepend=-1) != 0) - 1
+        return torch.from_numpy(rr[first]), (torch.from_numpy(r_new), torch.from_numpy(cc), change)
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
         dt = self.dtypes[i]
@@ -407,11 +455,16 @@ class DifferenceEvaluator:
         return touched[rows_any], diff
 
 
+def _dense_enough(dx: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int, n_cols: int) -> bool:
+    """Whether changed inputs ``dx`` (triplets) are dense enough for a BLAS product."""
+    return len(dx[2]) * SPARSE_FACTOR >= n_rows * n_cols
+
+
 def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:
     """``dx @ w_t`` for ``dx`` given as (row, column, value) triplets sorted by row then column:
     a dense block when dense enough for BLAS, otherwise a CSR product (no per-change copies of
     weight rows)."""
-    if len(v) * SPARSE_FACTOR >= n_rows * w_t.shape[0]:
+    if _dense_enough((r, c, v), n_rows, w_t.shape[0]):
         dense = torch.zeros(n_rows, w_t.shape[0], dtype=w_t.dtype)
         dense[r, c] = v
         return dense @ w_t

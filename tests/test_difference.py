@@ -121,3 +121,33 @@ def test_maps_needed_is_the_first_narrow_prefix():
     lo, hi = t_interval(accs[:k - 1])
     assert (hi - lo) * 100 >= 1.0 or k == 3
     assert maps_needed(accs[:5], 0.001) is None
+
+
+def test_falling_channels_take_the_same_path_as_dense(digits):
+    """Channels whose output falls as the accumulator rises (negative ``sign``): the compiled
+    dense step (mcel_train/difference_kernel.py) counts thresholds in the rising domain like the
+    post-op does, so its logits equal the dense forward's."""
+    spec = SPECS["tfc_w2a2"].resolved()
+    torch.manual_seed(0)
+    model = quick_train(spec, digits, steps=40, batch_size=64)
+    x = model_inputs(digits.test.images, spec)
+    net = from_brevitas(model)
+    flipped = 0
+    for layer in net.layers[:-1]:
+        post = layer.post
+        assert isinstance(post, ThresholdPostOp)
+        sign = post.sign.clone()
+        sign[::2] = -1
+        flipped += int((sign < 0).sum())
+        layer.post = ThresholdPostOp(post.thresholds, post.out_scale, post.out_bias, post.out_mult, sign)
+    assert flipped > 0
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 0.01, 5, i) for i in range(4)]
+    ev = MapEvaluator(net, x, digits.test.labels, method="dense")
+    diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
+    changed = 0
+    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        changed += int((ref != diff.clean_logits).any(1).sum())
+    assert changed > 0
