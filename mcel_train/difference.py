@@ -47,6 +47,9 @@ from mcel_train.memory import Memory
 # A sparse product costs about this many dense multiply-adds per non-zero (BLAS is that much
 # faster per operation), so a block denser than 1 / SPARSE_FACTOR goes dense.
 SPARSE_FACTOR = 16
+# The compiled dense step multiplies changed inputs row by row (vectorized over the outputs); a
+# BLAS product is faster once about this fraction of the inputs changed.
+BLAS_FRACTION = 0.2
 
 
 @dataclass
@@ -273,7 +276,7 @@ class DifferenceEvaluator:
         raise AssertionError("unreachable")
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
-        if not (is_last or faulty_post or (len(active) and _dense_enough(dx, len(active), st.h.shape[0]))):
+        if not (is_last or faulty_post):
             return self._dense_step_compiled(i, st, d, active, dx, post)
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
@@ -352,6 +355,7 @@ class DifferenceEvaluator:
             j_idx, d_j = j.numpy(), sparse_mm(d_w, st.h).T.contiguous().numpy()
         active_pos = np.full(n, -1, np.int64)
         indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np_dt)
+        pre = np.zeros((0, w_t.shape[1]), np_dt)
         if len(active):
             r, c, v = dx
             active_pos[active.numpy()] = np.arange(len(active))
@@ -360,8 +364,12 @@ class DifferenceEvaluator:
             if d is not None:  # W_faulty = W + dW on the changed inputs: dW @ dx included
                 w_t = w_t.clone()
                 w_t.index_put_((d.cols, d.rows), d.values.to(dt), accumulate=True)
+            if len(vals) >= BLAS_FRACTION * len(active) * w_t.shape[0]:  # dense changes: one BLAS product
+                block = torch.zeros(len(active), w_t.shape[0], dtype=dt)
+                block[r, c] = v.to(dt)
+                pre = (block @ w_t).numpy()
         rr, cc, dv = dense_layer_crossings(active_pos, indptr, cols, vals, w_t.numpy(), j_idx, d_j,
-                                           st.lo.numpy(), st.hi.numpy())
+                                           st.lo.numpy(), st.hi.numpy(), pre)
         if len(rr) == 0:
             return torch.from_numpy(rr), None
         if isinstance(post, ThresholdPostOp):
@@ -455,16 +463,11 @@ class DifferenceEvaluator:
         return touched[rows_any], diff
 
 
-def _dense_enough(dx: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n_rows: int, n_cols: int) -> bool:
-    """Whether changed inputs ``dx`` (triplets) are dense enough for a BLAS product."""
-    return len(dx[2]) * SPARSE_FACTOR >= n_rows * n_cols
-
-
 def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:
     """``dx @ w_t`` for ``dx`` given as (row, column, value) triplets sorted by row then column:
     a dense block when dense enough for BLAS, otherwise a CSR product (no per-change copies of
     weight rows)."""
-    if _dense_enough((r, c, v), n_rows, w_t.shape[0]):
+    if len(v) * SPARSE_FACTOR >= n_rows * w_t.shape[0]:
         dense = torch.zeros(n_rows, w_t.shape[0], dtype=w_t.dtype)
         dense[r, c] = v
         return dense @ w_t

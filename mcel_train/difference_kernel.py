@@ -33,7 +33,7 @@ _FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def dense_layer_crossings(active_pos, indptr, cols, vals, w_t, j_idx, d_j, lo, hi):  # noqa: PLR0913
+def dense_layer_crossings(active_pos, indptr, cols, vals, w_t, j_idx, d_j, lo, hi, pre):  # noqa: PLR0913
     """The accumulators of one dense layer that leave their unchanged range under one map.
 
     - ``active_pos`` ``(N,)``: per image its row in the CSR input change (``-1``: unchanged input);
@@ -41,7 +41,9 @@ def dense_layer_crossings(active_pos, indptr, cols, vals, w_t, j_idx, d_j, lo, h
     - ``w_t`` ``(in, out)``: the faulty weights, rows by input;
     - ``j_idx`` ``(J,)`` and ``d_j`` ``(N, J)``: the output channels holding flipped weights and
       their accumulator change on the clean input (``dW @ x``);
-    - ``lo``, ``hi`` ``(N, out)``: the clean accumulators' unchanged ranges.
+    - ``lo``, ``hi`` ``(N, out)``: the clean accumulators' unchanged ranges;
+    - ``pre``: ``W_faulty @ dx`` of the CSR rows, computed by the caller (a BLAS product when the
+      input changes are dense), or an empty ``(0, out)`` array to compute it here from the CSR.
 
     Returns ``(image, output, accumulator change)`` of every crossing, images ascending, then
     outputs ascending. An image with an unchanged input can only change in the ``J`` channels.
@@ -68,14 +70,17 @@ def dense_layer_crossings(active_pos, indptr, cols, vals, w_t, j_idx, d_j, lo, h
                     rows[k], outs[k], dvals[k] = i, o, dv
                     k += 1
             continue
-        delta[:] = 0
+        if pre.shape[0]:
+            delta[:] = pre[a]
+        else:
+            delta[:] = 0
+            for e in range(indptr[a], indptr[a + 1]):
+                v = vals[e]
+                w_row = w_t[cols[e]]
+                for o in range(out_n):
+                    delta[o] += v * w_row[o]
         for q in range(j_idx.shape[0]):
             delta[j_idx[q]] += dj_i[q]
-        for e in range(indptr[a], indptr[a + 1]):
-            v = vals[e]
-            w_row = w_t[cols[e]]
-            for o in range(out_n):
-                delta[o] += v * w_row[o]
         for o in range(out_n):
             dv = delta[o]
             if dv < lo_i[o] or dv > hi_i[o]:
