@@ -248,6 +248,30 @@ class DifferenceEvaluator:
             out.append(MapDifference(rows, np.rint(logits).astype(np.int64)))
         return out
 
+    def estimate_seconds(self, fmap: FaultMap, posts: Mapping[int, PostOp] | None = None,
+                         fraction: float = 0.125, small: int = 64) -> float:
+        """Seconds one map would take on all images, at about ``fraction`` of that cost: the map
+        runs on the first ``small`` images and on the first ``fraction`` of them; the difference
+        is the per-image cost, the rest the per-map cost (weight deltas, kernels' set-up)."""
+        k = min(self.batch, self.n, max(2 * small, int(self.n * fraction)))
+        deltas = self.deltas(fmap)
+        counters = self.active_after.copy(), self.changed_after.copy()
+        clean = self._clean(0)
+        seconds = []
+        for m in (small, small, k):  # the first run only loads the compiled kernels
+            state = [_CleanLayer(st.h[:, :m] if layer.conv is None else st.h[:m], st.acc[:m],
+                                 None if st.lo is None else st.lo[:m], None if st.hi is None else st.hi[:m],
+                                 st.out[:m])
+                     for layer, st in zip(self.net.layers, clean, strict=True)]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                self._run_batch(state, deltas, dict(posts or {}))
+            seconds.append(time.perf_counter() - t0)
+        self.active_after, self.changed_after = counters  # a probe is not part of any result
+        t_small, t_k = seconds[1:]
+        per_image = max(0.0, t_k - t_small) / (k - small) if k > small else t_k / k
+        return t_small + per_image * (self.n - small)
+
     def _run_batch(self, state: list[_CleanLayer], deltas: list[LayerDelta | None],
                    posts: dict[int, PostOp], deadline: float | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -279,15 +279,15 @@ class MapEvaluator:
         return out
 
     def _probe(self, fmap: FaultMap, dense_per_map: float, posts: Mapping[int, PostOp] | None = None) -> str:
-        """``auto``'s cost estimate: the difference path on one map, given as long as the dense
-        path took per map; the faster path is kept for the rate."""
+        """``auto``'s cost estimate: the difference path's time for one map, estimated on a
+        slice of the images (:meth:`DifferenceEvaluator.estimate_seconds`), against the time the
+        dense path took per map; the faster path is kept for the rate."""
         if posts:  # the input quantizer's faults never take the difference path: leave them out
             posts = {i: p for i, p in posts.items() if i != INPUT_POST}
         t0 = time.perf_counter()
-        got = self.difference.run_many([fmap], [posts], time_limit=dense_per_map)[0]
-        t_diff = time.perf_counter() - t0
-        self.timing["probe"] += t_diff
-        return "difference" if got is not None and t_diff < dense_per_map else "dense"
+        estimate = self.difference.estimate_seconds(fmap, posts)
+        self.timing["probe"] += time.perf_counter() - t0
+        return "difference" if estimate < dense_per_map else "dense"
 
     def _evaluate_dense(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         t0 = time.perf_counter()
