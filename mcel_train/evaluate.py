@@ -75,11 +75,10 @@ class MapEvaluator:
         if self.sparse_first:
             self._clean_acc0 = self._dense_acc0(torch.as_tensor(first.weight))
         # A conv layer 0 (one input channel: a memory-bound convolution, and the widest
-        # activations of the network) is run once clean; a map then recomputes only the output
-        # channels its flipped weights sit in.
+        # activations of the network) is run once clean, on the first batched evaluation; a map
+        # then recomputes only the output channels its flipped weights sit in.
+        self.conv_first = sparse_first_layer and first.conv is not None
         self._clean_out0: torch.Tensor | None = None
-        if sparse_first_layer and first.conv is not None:
-            self._clean_out0 = self._conv_out0()
         self._difference: DifferenceEvaluator | None = None
         self._choice: dict[object, str] = {}  # auto: the faster path per fault rate
         self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
@@ -124,6 +123,8 @@ class MapEvaluator:
     def _first_out(self, w0: torch.Tensor | None, prepared0: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """A conv layer 0's outputs for images ``lo:hi``: the clean ones shared by all maps when
         none faults layer 0, else ``(N, M * C, H, W)`` with each map's faulty channels redone."""
+        if self._clean_out0 is None:
+            self._clean_out0 = self._conv_out0()
         clean = self._clean_out0[lo:hi].to(torch.float32)
         if w0 is None:
             return clean
@@ -325,7 +326,7 @@ class MapEvaluator:
             first = first_out = None
             if self.sparse_first:
                 first = self._first_acc(delta0, m, lo, hi, prepared[0].dtype)
-            if self._clean_out0 is not None:
+            if self.conv_first:
                 first_out = self._first_out(weights[0], prepared[0], lo, hi)
             logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared,
                                       first_acc_channels_first=self.sparse_first, first_out=first_out)
