@@ -50,6 +50,10 @@ SPARSE_FACTOR = 16
 # The compiled dense step multiplies changed inputs row by row (vectorized over the outputs); a
 # BLAS product is faster once about this fraction of the inputs changed.
 BLAS_FRACTION = 0.2
+# Once more than this fraction of a layer's outputs (over the batch's images) changed, the
+# remaining layers run as a plain dense forward pass on the batch (measured on sfc_w2a2 and the
+# paper VGG3: at 1e-3, 7 % and 18 % changed, and the difference steps cost more than the layers).
+SWITCH_FRACTION = 0.05
 
 
 @dataclass
@@ -105,16 +109,18 @@ class DifferenceEvaluator:
     """Per-map difference evaluation of ``net`` on the images ``x`` (see the module docstring).
 
     ``memories``: the weight memories faults are named in (default the natural layout);
-    ``batch``: images per clean-state batch (default: all, or what fits ``budget_bytes``).
+    ``batch``: images per clean-state batch (default: all, or what fits ``budget_bytes``);
+    ``switch_fraction``: changed outputs beyond which the remaining layers run densely.
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
-        batch: int | None = None, budget_bytes: float = 3e9,
+        batch: int | None = None, budget_bytes: float = 3e9, switch_fraction: float = SWITCH_FRACTION,
     ) -> None:
         if not supports(net):
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
         self.net = net
+        self.switch_fraction = switch_fraction  # see SWITCH_FRACTION (inf: never switch)
         self.x = x.to(torch.float32)
         if net.layers[0].conv is not None and self.x.dim() == 2:
             self.x = self.x.reshape(len(self.x), *net.input_shape)
@@ -288,16 +294,54 @@ class DifferenceEvaluator:
             else:
                 step = self._conv_step(i, layer, st, d, active, dx, post, faulty_post)
             self.active_after[i] += len(step[0])
-            if i < last and step[1] is not None:
-                self.changed_after[i] += len(step[1][2]) if isinstance(step[1], tuple) else int(step[1].ne(0).sum())
             if i == last:
                 return step
             active, dx = step
+            if dx is not None:
+                n_changed = len(dx[2]) if isinstance(dx, tuple) else int(dx.ne(0).sum())
+                self.changed_after[i] += n_changed
+                if n_changed > self.switch_fraction * st.out.numel():
+                    return self._finish_dense(i, state, active, dx, deltas, posts)
             if deadline is not None and time.perf_counter() > deadline:
                 return None
             if len(active) == 0 and all(dd is None for dd in deltas[i + 1:]) and not any(k > i for k in posts):
                 return active, torch.zeros(0, self.clean_logits.shape[1])  # nothing differs any more
         raise AssertionError("unreachable")
+
+    def _finish_dense(self, i: int, state: list[_CleanLayer], active: torch.Tensor, dx,
+                      deltas: list[LayerDelta | None], posts: dict[int, PostOp],
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layers after ``i`` on every image of the batch as a dense forward pass: layer
+        ``i``'s faulty outputs (the clean ones plus ``dx``) through the faulty weights. Taken
+        once so many outputs changed that a difference costs more than the layer itself."""
+        h = state[i].out.clone()
+        if isinstance(dx, tuple):
+            r, c, v = dx
+            h[active[r], c] += v
+        else:
+            h[active] += dx
+        last = len(self.net.layers) - 1
+        with torch.no_grad():
+            for j in range(i + 1, last + 1):
+                layer, dt, d = self.net.layers[j], self.dtypes[j], deltas[j]
+                w = self.weights[j]
+                if d is not None:
+                    w = w.clone()
+                    w.index_put_((d.rows, d.cols), d.values.to(dt), accumulate=True)
+                if layer.flatten_before:
+                    h = _flatten(h, layer.flatten_order)
+                post = posts.get(j, layer.post)
+                if layer.conv is None:
+                    acc = h.reshape(len(h), -1).to(dt) @ w.T
+                    h = acc if j == last else post(acc)
+                else:
+                    g = layer.conv
+                    hp = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
+                    acc = F.conv2d(hp, _kernel(layer, w), stride=g.stride)
+                    h = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+        logits = h.to(torch.float32)
+        touched = (logits != state[last].out).any(1).nonzero().flatten()
+        return touched, logits[touched]
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
         if not (is_last or faulty_post):

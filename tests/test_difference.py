@@ -61,11 +61,14 @@ def test_difference_logits_equal_dense_for_every_map(trained, fault_model, rate)
     ev = MapEvaluator(net, x, labels, method="dense")
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems, batch=70)  # several image batches
     results = diff.run_many(maps)
+    # and the difference carried through every layer, never switching to the dense finish
+    whole = DifferenceEvaluator(net, torch.as_tensor(x), mems, batch=70, switch_fraction=float("inf"))
     changed_somewhere = False
-    for fmap, res in zip(maps, results, strict=True):
+    for fmap, res, res_whole in zip(maps, results, whole.run_many(maps), strict=True):
         assert res is not None
         ref = dense_logits(net, x, ev, fmap)
         assert torch.equal(with_difference(diff, res), ref)
+        assert torch.equal(with_difference(whole, res_whole), ref)
         # every image whose logits differ is among the rows reported
         differs = (ref != diff.clean_logits).any(1).nonzero().flatten().numpy()
         assert set(differs) <= set(res.rows)
