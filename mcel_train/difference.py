@@ -121,6 +121,7 @@ class DifferenceEvaluator:
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
         self.net = net
         self.switch_fraction = switch_fraction  # see SWITCH_FRACTION (inf: never switch)
+        self._estimating = False  # estimate_seconds runs: eager post-ops (see _finish_dense)
         self.x = x.to(torch.float32)
         if net.layers[0].conv is not None and self.x.dim() == 2:
             self.x = self.x.reshape(len(self.x), *net.input_shape)
@@ -270,8 +271,12 @@ class DifferenceEvaluator:
                                  st.out[:m])
                      for layer, st in zip(self.net.layers, clean, strict=True)]
             t0 = time.perf_counter()
-            with torch.no_grad():
-                self._run_batch(state, deltas, dict(posts or {}))
+            self._estimating = True
+            try:
+                with torch.no_grad():
+                    self._run_batch(state, deltas, dict(posts or {}))
+            finally:
+                self._estimating = False
             seconds.append(time.perf_counter() - t0)
         self.active_after, self.changed_after = counters  # a probe is not part of any result
         t_small, t_k = seconds[1:]
@@ -331,6 +336,11 @@ class DifferenceEvaluator:
                 if layer.flatten_before:
                     h = _flatten(h, layer.flatten_order)
                 post = posts.get(j, layer.post)
+                if self._estimating and j < last:
+                    # torch.compile'd post-ops recompile for every new shape, and an estimate
+                    # runs on slices of a batch: the eager form (slower: the estimate errs
+                    # towards the dense path)
+                    post = post.channels(torch.arange(w.shape[0]))
                 if layer.conv is None:
                     acc = h.reshape(len(h), -1).to(dt) @ w.T
                     h = acc if j == last else post(acc)
@@ -519,7 +529,9 @@ class DifferenceEvaluator:
                 touched, delta, every = touched[keep], delta[keep], False
             if len(touched) == 0:
                 return touched, None
-        sub_post = post if len(chans) == out_c else post.channels(chans)
+        # the eager form even for all channels: the rows differ from map to map, and a
+        # torch.compile'd post-op would recompile for every new shape
+        sub_post = post.channels(chans)
         acc = clean(st.acc).to(dt) + delta
         new = sub_post.then_pool(acc, layer.pool) if layer.pool else sub_post(acc)
         diff_c = new.to(torch.float32) - clean(st.out)
