@@ -85,21 +85,6 @@ def roof(net, n_maps: int, x: torch.Tensor) -> None:
             h.argmax(-1)
 
 
-def _out_positions(net, i: int) -> int:
-    """Output positions per channel of conv layer ``i`` (after its pool), from a clean forward."""
-    layers = net.layers
-    x = torch.zeros(1, *net.input_shape)
-    with torch.no_grad():
-        for layer in layers[: i + 1]:
-            if layer.flatten_before:
-                x = x.reshape(1, -1)
-            w = torch.as_tensor(layer.weight, dtype=torch.float32).unsqueeze(0)
-            x = layer.accumulate(x, w, True)
-            if layer.conv is not None and layer.pool:
-                x = F.max_pool2d(x, layer.pool)
-    return int(x[0, 0].numel())
-
-
 def timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -162,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         active_pairs = diff_ev.difference.active_after - before
         active = active_pairs / (args.maps * n)
         changed = (diff_ev.difference.changed_after - changed_before) / np.maximum(active_pairs, 1)
-        widths = [layer.weight.shape[0] * (1 if layer.conv is None else _out_positions(net, i))
-                  for i, layer in enumerate(net.layers)]
+        widths = [st.out[0].numel() for st in diff_ev.difference._clean(0)]  # outputs per image
         auto, t_auto = timed(auto_ev.evaluate, maps)
         n_brev = args.brevitas_maps or args.maps
         ref, t_brev = timed(brevitas_way, model, net, mems, maps[:n_brev], x)

@@ -20,9 +20,10 @@ clean input's shifted slices), a changed input channel enters one convolution re
 changed channels. All arithmetic is on exact integers in float32 (float64 when a layer's
 accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
 
-Cost follows the faults. A map that runs past a time limit (the dense path's time for one map,
-measured by :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice) is handed back
-(``None``) for the dense batched path.
+Cost follows the faults: dense layers step through one compiled per-image loop
+(:mod:`mcel_train.difference_kernel`), and once a layer's changes are dense the remaining layers
+run as one plain forward pass. :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice
+compares :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
 image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
 """
@@ -175,24 +176,12 @@ class DifferenceEvaluator:
         last = len(self.net.layers) - 1
         with torch.no_grad():
             for i, (layer, w, dt) in enumerate(zip(self.net.layers, self.weights, self.dtypes, strict=True)):
-                if layer.flatten_before:
-                    h = _flatten(h, layer.flatten_order)
-                if layer.conv is None:
-                    h = h.reshape(len(h), -1).to(dt)
-                    acc = h @ w.T  # (N, out)
-                    out = layer.post(acc)
-                    lo_hi = (None, None) if i == last else (t.contiguous() for t in layer.post.unchanged_range(acc))
-                    states.append(_CleanLayer(h.T.contiguous(), acc.to(torch.int32), *lo_hi, out.to(torch.float32)))
-                    h = out
-                else:
-                    g = layer.conv
-                    hp = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
-                    acc = F.conv2d(hp, _kernel(layer, w), stride=g.stride)
-                    out = layer.post.then_pool(acc, layer.pool) if layer.pool else layer.post(acc)
-                    lo_c, hi_c = layer.post.unchanged_range(acc)
-                    states.append(_CleanLayer(hp.contiguous(), acc.to(torch.int32), lo_c.contiguous(),
-                                              hi_c.contiguous(), out.to(torch.float32)))
-                    h = out
+                h_in, acc, out = _layer_forward(layer, h, w, dt, layer.post)
+                lo, hi = (None, None) if i == last else (t.contiguous() for t in layer.post.unchanged_range(acc))
+                # dense inputs channels first, for the dW rows; conv inputs padded
+                h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
+                states.append(_CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32)))
+                h = out
         return states
 
     # --- one map ----------------------------------------------------------------------------
@@ -217,39 +206,27 @@ class DifferenceEvaluator:
                                   torch.from_numpy(delta)))
         return out
 
-    def run(self, fmap: FaultMap, posts: Mapping[int, PostOp] | None = None) -> MapDifference | None:
+    def run(self, fmap: FaultMap, posts: Mapping[int, PostOp] | None = None) -> MapDifference:
         """One map; see :meth:`run_many`."""
         return self.run_many([fmap], [posts])[0]
 
     def run_many(
         self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
-        time_limit: float | None = None,
-    ) -> list[MapDifference | None]:
-        """Per map the images whose logits it changes and their logits, or ``None`` when it ran
-        past ``time_limit`` (the caller evaluates that map densely). ``posts``: per map the
+    ) -> list[MapDifference]:
+        """Per map the images whose logits it changes and their logits. ``posts``: per map the
         faulty post-ops by layer index (threshold-memory faults). Image batches are the outer
-        loop, so each batch's clean state is computed once for all maps. ``time_limit``
-        (seconds, per map): a map still running past it is handed back (``None``)."""
+        loop, so each batch's clean state is computed once for all maps."""
         posts = list(posts) if posts is not None else [None] * len(fmaps)
         deltas = [self.deltas(f) for f in fmaps]
-        parts: list[list | None] = [[] for _ in fmaps]
+        parts: list[list] = [[] for _ in fmaps]
         with torch.no_grad():
             for lo in range(0, self.n, self.batch):
                 state = self._clean(lo)
                 for k, (d, p) in enumerate(zip(deltas, posts, strict=True)):
-                    if parts[k] is None:
-                        continue
-                    deadline = None if time_limit is None else time.perf_counter() + time_limit
-                    got = self._run_batch(state, d, dict(p or {}), deadline)
-                    if got is None:
-                        parts[k] = None
-                    else:
-                        parts[k].append((got[0] + lo, got[1]))
-        out: list[MapDifference | None] = []
+                    got = self._run_batch(state, d, dict(p or {}))
+                    parts[k].append((got[0] + lo, got[1]))
+        out: list[MapDifference] = []
         for got in parts:
-            if got is None:
-                out.append(None)
-                continue
             rows = torch.cat([r for r, _ in got]).numpy()
             logits = torch.cat([lg for _, lg in got]).numpy()
             out.append(MapDifference(rows, np.rint(logits).astype(np.int64)))
@@ -284,8 +261,7 @@ class DifferenceEvaluator:
         return t_small + per_image * (self.n - small)
 
     def _run_batch(self, state: list[_CleanLayer], deltas: list[LayerDelta | None],
-                   posts: dict[int, PostOp], deadline: float | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+                   posts: dict[int, PostOp]) -> tuple[torch.Tensor, torch.Tensor]:
         active = torch.zeros(0, dtype=torch.int64)  # images with a difference, ascending
         dx = None  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
         last = len(self.net.layers) - 1
@@ -307,8 +283,6 @@ class DifferenceEvaluator:
                 self.changed_after[i] += n_changed
                 if n_changed > self.switch_fraction * st.out.numel():
                     return self._finish_dense(i, state, active, dx, deltas, posts)
-            if deadline is not None and time.perf_counter() > deadline:
-                return None
             if len(active) == 0 and all(dd is None for dd in deltas[i + 1:]) and not any(k > i for k in posts):
                 return active, torch.zeros(0, self.clean_logits.shape[1])  # nothing differs any more
         raise AssertionError("unreachable")
@@ -333,38 +307,25 @@ class DifferenceEvaluator:
                 if d is not None:
                     w = w.clone()
                     w.index_put_((d.rows, d.cols), d.values.to(dt), accumulate=True)
-                if layer.flatten_before:
-                    h = _flatten(h, layer.flatten_order)
                 post = posts.get(j, layer.post)
                 if self._estimating and j < last:
                     # torch.compile'd post-ops recompile for every new shape, and an estimate
                     # runs on slices of a batch: the eager form (slower: the estimate errs
                     # towards the dense path)
                     post = post.channels(torch.arange(w.shape[0]))
-                if layer.conv is None:
-                    acc = h.reshape(len(h), -1).to(dt) @ w.T
-                    h = acc if j == last else post(acc)
-                else:
-                    g = layer.conv
-                    hp = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
-                    acc = F.conv2d(hp, _kernel(layer, w), stride=g.stride)
-                    h = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+                h = _layer_forward(layer, h, w, dt, post)[2]
         logits = h.to(torch.float32)
         touched = (logits != state[last].out).any(1).nonzero().flatten()
         return touched, logits[touched]
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
+        """A dense layer. Hidden layers with their clean post-op take the compiled step; the
+        logit layer and faulty post-ops (threshold-memory faults) take this tensor form."""
         if not (is_last or faulty_post):
             return self._dense_step_compiled(i, st, d, active, dx, post)
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
-        # dW @ x for every image, on the channels J the faults sit in: (N, |J|)
-        j_idx, d_j = torch.zeros(0, dtype=torch.int64), None
-        if d is not None:
-            j_idx, j_pos = torch.unique(d.rows, return_inverse=True)
-            order = torch.argsort(j_pos, stable=True)
-            d_w = csr_matrix(j_pos[order], d.cols[order], d.values[order].to(dt), (len(j_idx), st.h.shape[0]))
-            d_j = sparse_mm(d_w, st.h).T  # (N, |J|)
+        j_idx, d_j = _flipped_channels(d, st.h, dt)
         if faulty_post:  # every channel may change: all of them are in J
             full = torch.zeros(n, out_n, dtype=dt)
             if d_j is not None:
@@ -373,12 +334,7 @@ class DifferenceEvaluator:
         # images the J part changes
         touched = active
         if d_j is not None:
-            if is_last:
-                hit = (d_j != 0).any(1)
-            elif faulty_post:
-                hit = (post(st.acc.to(dt) + d_j) != st.out).any(1)
-            else:
-                hit = ((d_j < st.lo[:, j_idx]) | (d_j > st.hi[:, j_idx])).any(1)
+            hit = (d_j != 0).any(1) if is_last else (post(st.acc.to(dt) + d_j) != st.out).any(1)
             touched = torch.unique(torch.cat([active, hit.nonzero().flatten()]))
         if len(touched) == 0:
             return (touched, torch.zeros(0, out_n)) if is_last else (touched, None)
@@ -405,15 +361,9 @@ class DifferenceEvaluator:
         acc = rows(st.acc).to(dt)
         if is_last:
             return touched, (acc + delta).to(torch.float32)
-        if faulty_post:
-            new = post(acc + delta).to(torch.float32)
-            rr, cc = (new != rows(st.out)).nonzero(as_tuple=True)
-            vals = new[rr, cc] - rows(st.out)[rr, cc]
-        else:
-            rr, cc = ((delta < rows(st.lo)) | (delta > rows(st.hi))).nonzero(as_tuple=True)
-            # only the crossing accumulators: the post-op on each, as a channel of its own
-            new = post.channels(cc)((acc[rr, cc] + delta[rr, cc]).unsqueeze(0))[0].to(torch.float32)
-            vals = new - rows(st.out)[rr, cc]
+        new = post(acc + delta).to(torch.float32)  # a faulty post-op: any output may change
+        rr, cc = (new != rows(st.out)).nonzero(as_tuple=True)
+        vals = new[rr, cc] - rows(st.out)[rr, cc]
         kept, r_new = torch.unique(rr, return_inverse=True)
         return touched[kept], (r_new, cc, vals)
 
@@ -425,12 +375,9 @@ class DifferenceEvaluator:
         np_dt = np.float32 if dt == torch.float32 else np.float64
         n = st.acc.shape[0]
         w_t = self.weights_t[i]
-        j_idx, d_j = np.zeros(0, np.int64), np.zeros((n, 0), np_dt)
-        if d is not None:
-            j, j_pos = torch.unique(d.rows, return_inverse=True)
-            order = torch.argsort(j_pos, stable=True)
-            d_w = csr_matrix(j_pos[order], d.cols[order], d.values[order].to(dt), (len(j), st.h.shape[0]))
-            j_idx, d_j = j.numpy(), sparse_mm(d_w, st.h).T.contiguous().numpy()
+        j, d_j_t = _flipped_channels(d, st.h, dt)
+        j_idx = j.numpy()
+        d_j = np.zeros((n, 0), np_dt) if d_j_t is None else d_j_t.contiguous().numpy()
         active_pos = np.full(n, -1, np.int64)
         indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np_dt)
         pre = np.zeros((0, w_t.shape[1]), np_dt)
@@ -459,9 +406,9 @@ class DifferenceEvaluator:
             new = post.channels(cc_t)((st.acc[rr_t, cc_t].to(dt) + torch.from_numpy(dv)).unsqueeze(0))[0]
             change = new.to(torch.float32) - st.out[rr_t, cc_t]
         # rows come out ascending: each run of equal rows is one changed image
-        first = np.flatnonzero(np.diff(rr, prepend=-1))
-        r_new = np.cumsum(np.diff(rr, prepend=-1) != 0) - 1
-        return torch.from_numpy(rr[first]), (torch.from_numpy(r_new), torch.from_numpy(cc), change)
+        starts = np.diff(rr, prepend=-1) != 0
+        r_new = np.cumsum(starts) - 1
+        return torch.from_numpy(rr[starts]), (torch.from_numpy(r_new), torch.from_numpy(cc), change)
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
         dt = self.dtypes[i]
@@ -541,6 +488,34 @@ class DifferenceEvaluator:
         diff = torch.zeros(int(rows_any.sum()), out_c, *diff_c.shape[2:])
         diff[:, chans] = diff_c[rows_any]
         return touched[rows_any], diff
+
+
+def _layer_forward(layer: IntLayer, h: torch.Tensor, w: torch.Tensor, dt: torch.dtype, post: PostOp,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer on ``h`` (flattened first if the layer says so): its input as the layer reads
+    it (dense ``(N, in)``, conv padded), its accumulators and its output (post-op, pool)."""
+    if layer.flatten_before:
+        h = _flatten(h, layer.flatten_order)
+    if layer.conv is None:
+        h_in = h.reshape(len(h), -1).to(dt)
+        acc = h_in @ w.T
+        return h_in, acc, post(acc)
+    g = layer.conv
+    h_in = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
+    acc = F.conv2d(h_in, _kernel(layer, w), stride=g.stride)
+    return h_in, acc, post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+
+
+def _flipped_channels(d: LayerDelta | None, h_t: torch.Tensor, dt: torch.dtype,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A dense layer's output channels ``J`` holding flipped weights, and ``dW @ x`` on them for
+    every image, ``(N, |J|)`` (``None`` without faults); ``h_t`` is the clean input ``(in, N)``."""
+    if d is None:
+        return torch.zeros(0, dtype=torch.int64), None
+    j_idx, j_pos = torch.unique(d.rows, return_inverse=True)
+    order = torch.argsort(j_pos, stable=True)
+    d_w = csr_matrix(j_pos[order], d.cols[order], d.values[order].to(dt), (len(j_idx), h_t.shape[0]))
+    return j_idx, sparse_mm(d_w, h_t).T
 
 
 def _rows_times(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n_rows: int, w_t: torch.Tensor) -> torch.Tensor:

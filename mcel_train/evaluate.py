@@ -171,17 +171,15 @@ class MapEvaluator:
 
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
-        differs; a map that runs too long is handed back to the dense path) or ``auto``: per
-        fault rate the first call runs dense, timed, and one map tries the difference path; the
-        faster is kept. Both paths are exact, so the choice changes the time, never a prediction.
+        differs) or ``auto``: per fault rate the first call runs dense, timed, and the difference
+        path's time for one map is estimated; the faster is kept. Both paths are exact, so the
+        choice changes the time, never a prediction.
         """
         path = self._path(fmaps)
         if path != "difference":
             return self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
-        logits, rest = self._difference_logits(fmaps, [None] * len(fmaps))
+        logits = self._difference_logits(fmaps, [None] * len(fmaps))
         preds = predict(torch.from_numpy(logits)).numpy()
-        if rest:
-            preds[rest] = self._evaluate_dense([fmaps[k] for k in rest]).predictions
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
 
@@ -199,14 +197,11 @@ class MapEvaluator:
         # A faulty input quantizer changes the input itself: such (rare) maps go dense.
         faulty_input = [k for k, p in enumerate(posts) if p and INPUT_POST in p]
         if not faulty_input:
-            out, rest = self._difference_logits(fmaps, posts)
-        else:
-            own = [k for k in range(len(fmaps)) if k not in set(faulty_input)]
-            out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
-            out[own], handed_back = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
-            rest = [own[k] for k in handed_back] + faulty_input
-        if rest:
-            out[rest] = self._dense_logits([fmaps[k] for k in rest], [posts[k] for k in rest])
+            return self._difference_logits(fmaps, posts)
+        own = [k for k in range(len(fmaps)) if k not in set(faulty_input)]
+        out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        out[own] = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
+        out[faulty_input] = self._dense_logits([fmaps[k] for k in faulty_input], [posts[k] for k in faulty_input])
         return out
 
     def _rate_key(self, fmap: FaultMap) -> tuple:
@@ -226,7 +221,7 @@ class MapEvaluator:
         return self._choice.get(self._rate_key(fmaps[0]), "probe")
 
     def _dense_maybe_probe(self, fmaps, posts, dense, path: str):
-        """The dense path; on a ``probe`` call it is timed and one map tries the other path."""
+        """The dense path; on a ``probe`` call it is timed and the other path is estimated."""
         t0 = time.perf_counter()
         result = dense(fmaps)
         if path == "probe":
@@ -235,18 +230,17 @@ class MapEvaluator:
         return result
 
     def _difference_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
-                           ) -> tuple[np.ndarray, list[int]]:
-        """Logits of every map the difference path finished (clean logits plus its changed rows),
-        and the indices of the maps it handed back."""
+                           ) -> np.ndarray:
+        """Logits of every map by the difference path: the clean logits plus its changed rows."""
         t0 = time.perf_counter()
         results = self.difference.run_many(fmaps, posts)
         self.timing["difference"] += time.perf_counter() - t0
         clean = np.rint(self.difference.clean_logits.numpy()).astype(np.int64)
         out = np.repeat(clean[None], len(fmaps), 0)
         for k, res in enumerate(results):
-            if res is not None and len(res.rows):
+            if len(res.rows):
                 out[k, res.rows] = res.logits
-        return out, [k for k, res in enumerate(results) if res is None]
+        return out
 
     def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
                       map_batch: int = 32) -> np.ndarray:

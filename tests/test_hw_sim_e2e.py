@@ -216,10 +216,11 @@ def test_paths_through_the_rtl(smoke_build, case, kwargs):
     # every rate its maps (only a rate 0 has a single one), each map's faults in the memories asked
     assert [(m["rate"], m["map_index"]) for m in record["maps"]] == \
         [(b, k) for b in bers for k in range(1 if b == 0 else kw["maps"])], case
+    kinds = memory_kinds(smoke_build)
     hit_kinds = set()
     for m in record["maps"]:
         fmap = FaultMap.load(smoke_build / "sim" / m["file"])
-        hit_kinds |= {memory_kind(smoke_build, fmap.memory_names[i]) for i in np.unique(fmap.memory)}
+        hit_kinds |= {kinds[fmap.memory_names[i]] for i in np.unique(fmap.memory)}
     assert hit_kinds == ({"weights", "thresholds"} if kw.get("memories") == "all" else {"weights"}), case
     stalled = [m["stalled_output_cycles"] for m in record["maps"]]
     if case == "backpressure":  # the sink stalled (it once never did); the ii may not move here
@@ -230,11 +231,11 @@ def test_paths_through_the_rtl(smoke_build, case, kwargs):
             [m["ii_cycles"] for m in record["maps"]]
 
 
-def memory_kind(run, name: str) -> str:
-    """``weights`` or ``thresholds``: the kind the build's manifest gives the memory ``name``."""
+def memory_kinds(run) -> dict[str, str]:
+    """Per memory name, ``weights`` or ``thresholds``, as the build's manifest gives it."""
     from mcel_train.manifest import load_manifest
 
-    return load_manifest(run / "build").of_kind("weights", "thresholds")[name].kind
+    return {m.name: m.kind for m in load_manifest(run / "build").memories}
 
 
 def fast_clean_outputs(run, images: int) -> np.ndarray:
