@@ -86,6 +86,8 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     ({"grid": {"models": [{"name": "tfc_w2a2", "test_images": 0}], "losses": ["ce"]}}, "test_images"),
     ({"hardware": {"only": {"losses": ["MCEL m=9"]}, "ber": [0.01], "maps": 2, "images": 10}},
      "hardware.only.losses: 'MCEL m=9' is not in the grid"),
+    ({"grid": {**TINY["grid"], "order": ["seed", "loss", "loss"]}}, "grid.order"),
+    ({"grid": {**TINY["grid"], "order": ["seed", "model", "epoch"]}}, "grid.order"),
 ])
 def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change, message):
     path = _write(tmp_path, {**TINY, **change})
@@ -119,6 +121,19 @@ def test_hardware_only_builds_the_selected_networks():
                      "build tfc_w2a2 MCEL m=32 seed 0", "build tfc_w2a2 MCEL m=32 seed 1"]
     everything = parse_campaign({**TINY, "hardware": {k: v for k, v in hw.items() if k != "only"}})
     assert sum(t.stage == "hwsim" for t in expand(everything)) == len(everything.points) == 6
+
+
+def test_grid_order_sets_which_trainings_start_first_and_keeps_their_keys():
+    """A campaign that spans sessions may put the seeds outermost: the same trainings (same
+    content keys, so finished stages are reused on --resume), started in a different order."""
+    grid = {**TINY["grid"], "seeds": [0, 1]}
+    default = parse_campaign({**TINY, "grid": grid}).points
+    seeds_first = parse_campaign({**TINY, "grid": {**grid, "order": ["seed", "model", "loss"]}}).points
+    assert [(p.loss_label, p.seed) for p in default[:3]] == [("CE", 0), ("CE", 1), ("CE", 0)]
+    assert [(p.model_label, p.loss_label, p.seed) for p in seeds_first[:4]] == [
+        ("tfc_w2a2", "CE", 0), ("tfc_w2a2", "MCEL m=8", 0), ("tfc_w2a2", "MCEL m=32", 0), ("tfc_w1a1", "CE", 0)]
+    assert {p.seed for p in seeds_first[:6]} == {0}
+    assert sorted(p.key for p in default) == sorted(p.key for p in seeds_first)
 
 
 def test_duplicate_grid_entries_are_rejected():

@@ -26,6 +26,9 @@ that changes the model too, or ``{name: vgg3_w4a4, set: {epochs: 3}}``) and, on 
 ``test_images`` (its sweeps' test images, instead of ``software.test_images``). ``mcel
 experiment`` is such a grid (``flows/experiment.py``).
 
+``grid.order`` sets the nesting of the trainings, outermost first (default ``[loss, model,
+seed]``); tasks start in that order, which decides what a campaign cut short has finished.
+
 ``grid.imported`` lists run folders made by ``mcel import`` (or ``{path, label}``): each is
 copied into the campaign (an ``import`` task, checked against its SHA-256), built, swept from its
 build's integer network and simulated; ``models`` and ``losses`` may then be left out.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -167,6 +172,17 @@ class GridSection(_Section):
     seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, min_length=1)
     # networks brought in by `mcel import`: run folders (or {path, label}) built and swept as is
     imported: list[str | dict] = []
+    # The nesting of the trainings, outermost first; tasks start in this order. The default keeps
+    # every seed of the first loss before the next loss; [seed, model, loss] gives a campaign that
+    # spans several sessions the whole comparison at its first seed before the other seeds.
+    order: list[Literal["loss", "model", "seed"]] = ["loss", "model", "seed"]
+
+    @field_validator("order")
+    @classmethod
+    def _permutation(cls, order: list[str]) -> list[str]:
+        if sorted(order) != ["loss", "model", "seed"]:
+            raise ValueError("order names loss, model and seed once each, outermost first")
+        return order
 
     @model_validator(mode="after")
     def _something_to_run(self) -> GridSection:
@@ -333,15 +349,12 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         raise _campaign_error(err) from None
     train = spec.train.model_dump(exclude_none=True)
     seeds = spec.grid.seeds if spec.grid.seeds is not None else [spec.seed]
+    axes = {"loss": [_entry(e, "loss") for e in spec.grid.losses],
+            "model": [_entry(e, "model") for e in spec.grid.models], "seed": seeds}
     points = []
-    # Losses outermost: tasks start in this order, so a campaign cut short has the first losses
-    # for every model and seed (variants are cut before seeds and models).
-    for loss in spec.grid.losses:
-        loss_entry = _entry(loss, "loss")
-        for model in spec.grid.models:
-            model_entry = _entry(model, "model")
-            for seed in seeds:
-                points.append(_train_point(train, model_entry, loss_entry, seed))
+    for combo in itertools.product(*(axes[name] for name in spec.grid.order)):
+        at = dict(zip(spec.grid.order, combo, strict=True))
+        points.append(_train_point(train, at["model"], at["loss"], at["seed"]))
     for what, entries in (("model", spec.grid.models), ("loss", spec.grid.losses)):
         distinct = {json.dumps(e, sort_keys=True): _entry(e, what).label for e in entries}
         if len(set(distinct.values())) < len(distinct):
