@@ -20,9 +20,11 @@ clean input's shifted slices), a changed input channel enters one convolution re
 changed channels. All arithmetic is on exact integers in float32 (float64 when a layer's
 accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
 
-Cost follows the faults: dense layers step through one compiled per-image loop
-(:mod:`mcel_train.difference_kernel`), and once a layer's changes are dense the remaining layers
-run as one plain forward pass. :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice
+Cost follows the faults: dense layers step through one compiled per-image loop for a group of
+maps at once (:mod:`mcel_train.difference_kernel`; the images' clean rows are read once for all
+the group's maps, and consecutive dense layers pass the group's differences on without
+re-sorting them), and once a layer's changes are dense the remaining layers run as one plain
+forward pass. :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice
 compares :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
 image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcel_train.difference_kernel import dense_layer_crossings, threshold_changes
+from mcel_train.difference_kernel import dense_layer_maps
 from mcel_train.faults.apply import element_deltas
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, ThresholdPostOp, layer_memories
@@ -55,6 +57,9 @@ BLAS_FRACTION = 0.2
 # remaining layers run as a plain dense forward pass on the batch (measured on sfc_w2a2 and the
 # paper VGG3: at 1e-3, 7 % and 18 % changed, and the difference steps cost more than the layers).
 SWITCH_FRACTION = 0.05
+# Maps stepped through the dense layers together: each image's clean rows are read from memory
+# once for all of them (see mcel_train.difference_kernel).
+MAP_GROUP = 16
 
 
 @dataclass
@@ -80,9 +85,89 @@ class _CleanLayer:
 
     h: torch.Tensor  # input: dense (in, N), channels first for the dW rows / conv (N, C, H + 2p, W + 2p)
     acc: torch.Tensor  # int32: dense (N, out) / conv (N, out, H', W')
-    lo: torch.Tensor | None  # unchanged range of every accumulator (None for the logit layer)
-    hi: torch.Tensor | None
+    lo: torch.Tensor  # unchanged range of every accumulator (empty, zeros, for the logit layer)
+    hi: torch.Tensor
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
+
+
+@dataclass
+class _Joint:
+    """The differences of a group of ``g`` maps at one dense layer's output, side by side:
+    entries ``(key, col, val)`` with ``key = image * g + map``, keys ascending (images, then
+    maps), each key's columns ascending. The fused step reads and writes this order, so
+    consecutive dense layers pass it on without sorting."""
+
+    g: int
+    key: np.ndarray
+    col: np.ndarray
+    val: np.ndarray  # float32
+
+    @classmethod
+    def empty(cls, g: int) -> _Joint:
+        return cls(g, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+    def counts(self) -> np.ndarray:
+        """Per map its number of changed entries."""
+        return np.bincount(self.key % self.g, minlength=self.g)
+
+    def images(self) -> int:
+        """(image, map) pairs with a change."""
+        return int(np.count_nonzero(np.diff(self.key, prepend=-1)))
+
+    def keep(self, maps: set[int]) -> _Joint:
+        if len(maps) == self.g or not len(self.key):
+            return self
+        sel = np.isin(self.key % self.g, list(maps))
+        return _Joint(self.g, self.key[sel], self.col[sel], self.val[sel])
+
+    def merged(self, per_map: dict[int, tuple]) -> _Joint:
+        """These entries plus maps in their own form ``(active, (row in active, col, val))``."""
+        parts = [(self.key, self.col, self.val)]
+        for m, (active, dx) in per_map.items():
+            if len(active):
+                r, c, v = dx
+                parts.append((active.numpy()[r.numpy()] * self.g + m, c.numpy().astype(np.int64),
+                              v.numpy().astype(np.float32)))
+        if len(parts) == 1:
+            return self
+        key, col, val = (np.concatenate(a) for a in zip(*parts, strict=True))
+        order = np.lexsort((col, key))
+        return _Joint(self.g, key[order], col[order], val[order])
+
+    def take(self, maps: list[int]) -> dict[int, tuple[torch.Tensor, object]]:
+        """The maps ``maps`` in their own form: active images and ``(row in active, col, val)``."""
+        if not maps:
+            return {}
+        image, of_map = np.divmod(self.key, self.g)
+        order = np.argsort(of_map, kind="stable")  # each map's entries keep their order
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=self.g))])
+        out = {}
+        for m in maps:
+            sel = order[bounds[m]:bounds[m + 1]]
+            out[m] = _own_form(image[sel], self.col[sel], self.val[sel])
+        return out
+
+    def split_rows(self, n: int, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every map's changed images (of ``n``) and their full rows of changes (``width``
+        columns), through one dense ``(g, n, width)`` scatter (the logit layer is narrow)."""
+        image, of_map = np.divmod(self.key, self.g)
+        full = np.zeros((self.g, n, width), np.float32)
+        full[of_map, image, self.col] = self.val
+        out = []
+        for m in range(self.g):
+            images = np.flatnonzero(full[m].any(1))
+            out.append((torch.from_numpy(images), torch.from_numpy(full[m, images])))
+        return out
+
+
+def _own_form(rows: np.ndarray, col: np.ndarray, val: np.ndarray) -> tuple[torch.Tensor, object]:
+    """Entries of one map, images ascending -> its active images and ``(row in active, col, val)``."""
+    starts = np.diff(rows, prepend=-1) != 0
+    images = torch.from_numpy(rows[starts])
+    if not len(rows):
+        return images, None
+    r_new = torch.from_numpy(np.cumsum(starts) - 1)
+    return images, (r_new, torch.from_numpy(col), torch.from_numpy(val))
 
 
 def supports(net: IntNetwork) -> bool:
@@ -131,13 +216,20 @@ class DifferenceEvaluator:
         self.dtypes = self._dtypes()
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
         self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
-        per_image = self._bytes_per_image()
+        one_image = self._clean_pass(self.x[:1])
+        per_image = sum(st.h.numel() * st.h.element_size() + st.acc.numel() * 4 * 3 + st.out.numel() * 4
+                        for st in one_image)  # clean-state bytes
         fits = int(budget_bytes // max(1, per_image))
         # All batches are kept across calls when the whole clean state fits the budget;
         # otherwise each call recomputes them, one batch (a quarter of the budget) at a time.
         self.keep_state = fits >= self.n
         self.batch = int(batch) if batch else max(1, min(self.n, fits if self.keep_state else fits // 4))
         self._state: dict[int, list[_CleanLayer]] = {}
+        # maps stepped together (see _run_group); a conv layer's difference is a dense
+        # (images, C, H, W) tensor per map, so conv networks hold fewer at once
+        conv_out = max((st.out.numel() for layer, st in zip(net.layers, one_image, strict=True)
+                        if layer.conv is not None), default=0)
+        self.group = max(1, min(MAP_GROUP, int(budget_bytes // 4 // max(1, 12 * conv_out * self.batch))))
         # per layer: (image, map) pairs that still differed after it, summed (where time goes)
         self.active_after = np.zeros(len(net.layers), dtype=np.int64)
         # per layer: changed outputs summed over those pairs (the work the next layer redoes)
@@ -152,13 +244,6 @@ class DifferenceEvaluator:
             out.append(torch.float32 if 2 * bound < FLOAT32_EXACT else torch.float64)
             in_max = layer.post.max_abs_out
         return out
-
-    def _bytes_per_image(self) -> int:
-        """Clean-state bytes per image, from one image's forward pass shapes."""
-        total = 0
-        for st in self._clean_pass(self.x[:1]):
-            total += st.h.numel() * st.h.element_size() + st.acc.numel() * 4 * 3 + st.out.numel() * 4
-        return total
 
     # --- the clean network -------------------------------------------------------------------
 
@@ -177,7 +262,9 @@ class DifferenceEvaluator:
         with torch.no_grad():
             for i, (layer, w, dt) in enumerate(zip(self.net.layers, self.weights, self.dtypes, strict=True)):
                 h_in, acc, out = _layer_forward(layer, h, w, dt, layer.post)
-                lo, hi = (None, None) if i == last else (t.contiguous() for t in layer.post.unchanged_range(acc))
+                # the logit layer's range is empty (identity): every change of a logit counts
+                lo, hi = (t.to(torch.float32 if i == last else t.dtype).contiguous()
+                          for t in layer.post.unchanged_range(acc))
                 # dense inputs channels first, for the dW rows; conv inputs padded
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
                 states.append(_CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32)))
@@ -216,15 +303,16 @@ class DifferenceEvaluator:
         """Per map the images whose logits it changes and their logits. ``posts``: per map the
         faulty post-ops by layer index (threshold-memory faults). Image batches are the outer
         loop, so each batch's clean state is computed once for all maps."""
-        posts = list(posts) if posts is not None else [None] * len(fmaps)
+        posts = [dict(p or {}) for p in posts] if posts is not None else [{} for _ in fmaps]
         deltas = [self.deltas(f) for f in fmaps]
         parts: list[list] = [[] for _ in fmaps]
         with torch.no_grad():
             for lo in range(0, self.n, self.batch):
                 state = self._clean(lo)
-                for k, (d, p) in enumerate(zip(deltas, posts, strict=True)):
-                    got = self._run_batch(state, d, dict(p or {}))
-                    parts[k].append((got[0] + lo, got[1]))
+                for g0 in range(0, len(fmaps), self.group):
+                    got = self._run_group(state, deltas[g0:g0 + self.group], posts[g0:g0 + self.group])
+                    for k, (rows, logits) in enumerate(got, start=g0):
+                        parts[k].append((rows + lo, logits))
         out: list[MapDifference] = []
         for got in parts:
             rows = torch.cat([r for r, _ in got]).numpy()
@@ -232,60 +320,112 @@ class DifferenceEvaluator:
             out.append(MapDifference(rows, np.rint(logits).astype(np.int64)))
         return out
 
-    def estimate_seconds(self, fmap: FaultMap, posts: Mapping[int, PostOp] | None = None,
+    def estimate_seconds(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
                          fraction: float = 0.125, small: int = 64) -> float:
-        """Seconds one map would take on all images, at about ``fraction`` of that cost: the map
-        runs on the first ``small`` images and on the first ``fraction`` of them; the difference
-        is the per-image cost, the rest the per-map cost (weight deltas, kernels' set-up)."""
+        """Seconds per map on all images, for maps like ``fmaps`` run as one group, at about
+        ``fraction`` of that cost: the group runs on the first ``small`` images and on the
+        first ``fraction`` of them; the difference is the per-image cost, the rest the per-map
+        cost (weight deltas, kernels' set-up)."""
+        fmaps = list(fmaps)[: self.group]
+        posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
         k = min(self.batch, self.n, max(2 * small, int(self.n * fraction)))
-        deltas = self.deltas(fmap)
+        deltas = [self.deltas(f) for f in fmaps]
         counters = self.active_after.copy(), self.changed_after.copy()
         clean = self._clean(0)
         seconds = []
         for m in (small, small, k):  # the first run only loads the compiled kernels
             state = [_CleanLayer(st.h[:, :m] if layer.conv is None else st.h[:m], st.acc[:m],
-                                 None if st.lo is None else st.lo[:m], None if st.hi is None else st.hi[:m],
+                                 st.lo[:m], st.hi[:m],
                                  st.out[:m])
                      for layer, st in zip(self.net.layers, clean, strict=True)]
             t0 = time.perf_counter()
             self._estimating = True
             try:
                 with torch.no_grad():
-                    self._run_batch(state, deltas, dict(posts or {}))
+                    self._run_group(state, deltas, posts)
             finally:
                 self._estimating = False
             seconds.append(time.perf_counter() - t0)
         self.active_after, self.changed_after = counters  # a probe is not part of any result
         t_small, t_k = seconds[1:]
         per_image = max(0.0, t_k - t_small) / (k - small) if k > small else t_k / k
-        return t_small + per_image * (self.n - small)
+        return (t_small + per_image * (self.n - small)) / len(fmaps)
 
-    def _run_batch(self, state: list[_CleanLayer], deltas: list[LayerDelta | None],
-                   posts: dict[int, PostOp]) -> tuple[torch.Tensor, torch.Tensor]:
-        active = torch.zeros(0, dtype=torch.int64)  # images with a difference, ascending
-        dx = None  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
+    def _run_group(self, state: list[_CleanLayer], deltas: list[list[LayerDelta | None]],
+                   posts: list[dict[int, PostOp]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A group of maps on one image batch, layer by layer; per map the images whose logits
+        differ, and their logits.
+
+        Dense layers with their clean post-op (the logit layer too) take one compiled step for
+        all the group's maps (:meth:`_fused_dense_step`), on the maps' differences kept side by
+        side as a :class:`_Joint` from one such layer to the next. Conv layers and faulty
+        post-ops take a step per map, on the map's own form: its active images and their
+        changes."""
+        g = len(deltas)
+        active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
+        dx: list = [None] * g  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
+        joint = _Joint.empty(g)  # the differences of the maps in `in_joint`
+        in_joint: set[int] = set()
+        done: list = [None] * g
         last = len(self.net.layers) - 1
-        for i, (layer, st, d) in enumerate(zip(self.net.layers, state, deltas, strict=True)):
-            if layer.flatten_before and len(active):
-                dx = _flatten_dx(dx, layer.flatten_order)
-            post = posts.get(i, layer.post)
-            faulty_post = i in posts
-            if layer.conv is None:
-                step = self._dense_step(i, st, d, active, dx, post, faulty_post, i == last)
-            else:
-                step = self._conv_step(i, layer, st, d, active, dx, post, faulty_post)
-            self.active_after[i] += len(step[0])
-            if i == last:
-                return step
-            active, dx = step
-            if dx is not None:
-                n_changed = len(dx[2]) if isinstance(dx, tuple) else int(dx.ne(0).sum())
+        for i, (layer, st) in enumerate(zip(self.net.layers, state, strict=True)):
+            running = [m for m in range(g) if done[m] is None]
+            if not running:
+                break
+            fused = [m for m in running if layer.conv is None and i not in posts[m]]
+            own = [m for m in running if m not in fused]
+            for m, form in joint.take([m for m in own if m in in_joint]).items():
+                active[m], dx[m] = form
+            if layer.flatten_before:  # conv -> dense: the maps' conv differences as triplets
+                for m in running:
+                    if m not in in_joint and len(active[m]):
+                        dx[m] = _flatten_dx(dx[m], layer.flatten_order)
+            joint = joint.keep(in_joint & set(fused)).merged(
+                {m: (active[m], dx[m]) for m in fused if m not in in_joint})
+            in_joint = set(fused)
+            for m in own:
+                post, faulty_post = posts[m].get(i, layer.post), i in posts[m]
+                if layer.conv is None:
+                    step = self._dense_step(i, st, deltas[m][i], active[m], dx[m], post, faulty_post, i == last)
+                else:
+                    step = self._conv_step(i, layer, st, deltas[m][i], active[m], dx[m], post, faulty_post)
+                self.active_after[i] += len(step[0])
+                if i == last:
+                    done[m] = step
+                else:
+                    active[m], dx[m] = step
+            if fused:
+                joint = self._fused_dense_step(i, st, [deltas[m][i] if m in in_joint else None for m in range(g)],
+                                               joint)
+                self.active_after[i] += joint.images()
+                if i == last:
+                    for m, (rows, change) in enumerate(joint.split_rows(*st.out.shape)):
+                        if m in in_joint:
+                            done[m] = rows, st.out[rows] + change
+                    continue
+            counts = joint.counts()
+            switching = []
+            for m in running:
+                if done[m] is not None:
+                    continue
+                if m in in_joint:
+                    n_changed = int(counts[m])
+                else:
+                    n_changed = 0 if dx[m] is None else (len(dx[m][2]) if isinstance(dx[m], tuple)
+                                                         else int(dx[m].ne(0).sum()))
                 self.changed_after[i] += n_changed
                 if n_changed > self.switch_fraction * st.out.numel():
-                    return self._finish_dense(i, state, active, dx, deltas, posts)
-            if len(active) == 0 and all(dd is None for dd in deltas[i + 1:]) and not any(k > i for k in posts):
-                return active, torch.zeros(0, self.clean_logits.shape[1])  # nothing differs any more
-        raise AssertionError("unreachable")
+                    switching.append(m)
+                elif (n_changed == 0 and all(dd is None for dd in deltas[m][i + 1:])
+                        and not any(k > i for k in posts[m])):
+                    in_joint.discard(m)
+                    done[m] = torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.clean_logits.shape[1])
+            for m, form in joint.take([m for m in switching if m in in_joint]).items():
+                active[m], dx[m] = form
+                in_joint.discard(m)
+            for m in switching:
+                done[m] = self._finish_dense(i, state, active[m], dx[m], deltas[m], posts[m])
+        return done
 
     def _finish_dense(self, i: int, state: list[_CleanLayer], active: torch.Tensor, dx,
                       deltas: list[LayerDelta | None], posts: dict[int, PostOp],
@@ -319,10 +459,9 @@ class DifferenceEvaluator:
         return touched, logits[touched]
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
-        """A dense layer. Hidden layers with their clean post-op take the compiled step; the
-        logit layer and faulty post-ops (threshold-memory faults) take this tensor form."""
-        if not (is_last or faulty_post):
-            return self._dense_step_compiled(i, st, d, active, dx, post)
+        """The logit layer, or a dense layer with a faulty post-op (threshold-memory faults), for
+        one map as tensor operations (hidden layers with their clean post-op take
+        :meth:`_fused_dense_step`)."""
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
         j_idx, d_j = _flipped_channels(d, st.h, dt)
@@ -367,48 +506,60 @@ class DifferenceEvaluator:
         kept, r_new = torch.unique(rr, return_inverse=True)
         return touched[kept], (r_new, cc, vals)
 
-    def _dense_step_compiled(self, i, st, d, active, dx, post):
-        """A dense layer with its clean post-op, not the last: the per-image loop of
-        :func:`mcel_train.difference_kernel.dense_layer_crossings`, then the post-op on the
-        crossing accumulators only."""
+    def _fused_dense_step(self, i: int, st: _CleanLayer, layer_deltas: list[LayerDelta | None],
+                          joint: _Joint) -> _Joint:
+        """A dense layer with its clean post-op for a group of maps at once: ``joint`` holds the
+        maps' input changes, ``layer_deltas`` per map its weight change here (``None`` also for
+        the maps not taking this step). One call of
+        :func:`mcel_train.difference_kernel.dense_layer_maps`; returns the output changes (of
+        the logits, on the logit layer)."""
         dt = self.dtypes[i]
         np_dt = np.float32 if dt == torch.float32 else np.float64
-        n = st.acc.shape[0]
+        n, out_n = st.acc.shape
         w_t = self.weights_t[i]
-        j, d_j_t = _flipped_channels(d, st.h, dt)
-        j_idx = j.numpy()
-        d_j = np.zeros((n, 0), np_dt) if d_j_t is None else d_j_t.contiguous().numpy()
-        active_pos = np.full(n, -1, np.int64)
-        indptr, cols, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np_dt)
-        pre = np.zeros((0, w_t.shape[1]), np_dt)
-        if len(active):
-            r, c, v = dx
-            active_pos[active.numpy()] = np.arange(len(active))
-            indptr = np.concatenate([[0], np.cumsum(np.bincount(r.numpy(), minlength=len(active)))])
-            cols, vals = c.numpy().astype(np.int64), v.to(dt).numpy()
-            if d is not None:  # W_faulty = W + dW on the changed inputs: dW @ dx included
-                w_t = w_t.clone()
-                w_t.index_put_((d.cols, d.rows), d.values.to(dt), accumulate=True)
-            if len(vals) >= BLAS_FRACTION * len(active) * w_t.shape[0]:  # dense changes: one BLAS product
-                block = torch.zeros(len(active), w_t.shape[0], dtype=dt)
-                block[r, c] = v.to(dt)
-                pre = (block @ w_t).numpy()
-        rr, cc, dv = dense_layer_crossings(active_pos, indptr, cols, vals, w_t.numpy(), j_idx, d_j,
-                                           st.lo.numpy(), st.hi.numpy(), pre)
-        if len(rr) == 0:
-            return torch.from_numpy(rr), None
-        if isinstance(post, ThresholdPostOp):
-            change = torch.from_numpy(threshold_changes(
-                rr, cc, dv, st.acc.numpy(), st.out.numpy(), post.thresholds.numpy(), post.sign.numpy(),
-                post.out_bias, post.out_mult))
-        else:
-            rr_t, cc_t = torch.from_numpy(rr), torch.from_numpy(cc)
-            new = post.channels(cc_t)((st.acc[rr_t, cc_t].to(dt) + torch.from_numpy(dv)).unsqueeze(0))[0]
-            change = new.to(torch.float32) - st.out[rr_t, cc_t]
-        # rows come out ascending: each run of equal rows is one changed image
-        starts = np.diff(rr, prepend=-1) != 0
-        r_new = np.cumsum(starts) - 1
-        return torch.from_numpy(rr[starts]), (torch.from_numpy(r_new), torch.from_numpy(cc), change)
+        in_n = w_t.shape[0]
+        g = joint.g
+        # per map: the flipped weights' channels J and dW @ x on them; its flipped weights by input
+        j_parts = [_flipped_channels(d, st.h, dt) for d in layer_deltas]
+        j_ptr = np.zeros(g + 1, np.int64)
+        j_ptr[1:] = np.cumsum([len(j) for j, _ in j_parts])
+        j_idx = torch.cat([j for j, _ in j_parts]).numpy()
+        d_js = [dj for _, dj in j_parts if dj is not None]
+        d_j = torch.cat(d_js, 1).contiguous().numpy() if d_js else np.zeros((n, 0), np_dt)
+        dw_ptr = np.zeros((g, in_n + 1), np.int64)
+        dw_rows, dw_vals, offset = [np.zeros(0, np.int64)], [np.zeros(0, np_dt)], 0
+        for m, d in enumerate(layer_deltas):
+            dw_ptr[m] = offset
+            if d is not None:
+                order = np.argsort(d.cols.numpy(), kind="stable")
+                dw_ptr[m, 1:] += np.cumsum(np.bincount(d.cols.numpy(), minlength=in_n))
+                dw_rows.append(d.rows.numpy()[order])
+                dw_vals.append(d.values.numpy()[order].astype(np_dt))
+                offset += len(order)
+        col, val = joint.col, joint.val.astype(np_dt)
+        starts = np.flatnonzero(np.diff(joint.key, prepend=-1))
+        pair_key, pair_ptr = joint.key[starts], np.append(starts, len(col)).astype(np.int64)
+        pre = np.zeros((0, out_n), np_dt)
+        if len(val) and len(val) >= BLAS_FRACTION * len(pair_key) * in_n:  # dense changes: one BLAS product
+            block = torch.zeros(len(pair_key), in_n, dtype=dt)
+            pair_of = np.repeat(np.arange(len(pair_key)), np.diff(pair_ptr))
+            block[torch.from_numpy(pair_of), torch.from_numpy(col)] = torch.from_numpy(val)
+            pre = (block @ w_t).numpy()
+        post = self.net.layers[i].post
+        counted = isinstance(post, ThresholdPostOp)
+        thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
+        sign = post.sign.numpy() if counted else np.zeros(0)
+        out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
+        key, out, change = dense_layer_maps(
+            g, pair_key, pair_ptr, col, val, pre, w_t.numpy(), dw_ptr, np.concatenate(dw_rows),
+            np.concatenate(dw_vals), j_ptr, j_idx, d_j, st.lo.numpy(), st.hi.numpy(), st.acc.numpy(),
+            st.out.numpy(), thresholds, sign, out_bias, out_mult)
+        if not counted and i != len(self.net.layers) - 1:
+            # the accumulator changes: the post-op on the crossing outputs only
+            img, cc = torch.from_numpy(key // g), torch.from_numpy(out)
+            new = post.channels(cc)((st.acc[img, cc].to(dt) + torch.from_numpy(change).to(dt)).unsqueeze(0))[0]
+            change = (new.to(torch.float32) - st.out[img, cc]).numpy()
+        return _Joint(g, key, out, change.astype(np.float32))
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
         dt = self.dtypes[i]

@@ -1,4 +1,5 @@
-"""The difference evaluator's dense-layer step as one compiled loop (numba).
+"""The difference evaluator's dense-layer step as one compiled loop (numba), for several fault
+maps at once.
 
 At low fault rates most images differ from the clean network in only a few activations per
 layer (on sfc_w2a2 at a rate of 1e-4, 1 to 2 % of a 256-wide layer). The exact update of one
@@ -7,8 +8,14 @@ weights' own contribution, then two comparisons per output against the range in 
 output stays as it is (:meth:`mcel_train.intnet.PostOp.unchanged_range`). Written as tensor
 operations, every step touches whole ``(images, outputs)`` arrays and the bookkeeping costs more
 than a dense matrix product; fused into one loop per image it costs about ``outputs x (changed
-inputs + 1)`` operations. :mod:`mcel_train.difference` calls it for dense layers whose post-op
-is the clean one and which are not the logit layer.
+inputs + 1)`` operations.
+
+What is left then is memory traffic: each image's unchanged ranges, accumulators and outputs
+(four ``outputs``-wide rows) are read from main memory, and the few crossing outputs' rows are
+random accesses. The loop therefore takes the image as its outer index and the maps of a group
+as the inner one: an image's rows are loaded once and stay in cache for all the maps.
+:mod:`mcel_train.difference` calls it for dense layers whose post-op is the clean one and which
+are not the logit layer.
 
 All values are exact integers held in float32 (float64 where the layer needs it), so the order
 of the additions does not change any result.
@@ -33,74 +40,97 @@ _FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def dense_layer_crossings(active_pos, indptr, cols, vals, w_t, j_idx, d_j, lo, hi, pre):  # noqa: PLR0913
-    """The accumulators of one dense layer that leave their unchanged range under one map.
+def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
+    n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, j_ptr, j_idx, d_j,
+    lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
+):
+    """The outputs of one dense layer that change under each of ``n_maps`` maps.
 
-    - ``active_pos`` ``(N,)``: per image its row in the CSR input change (``-1``: unchanged input);
-    - ``indptr``, ``cols``, ``vals``: the changed inputs of those rows (CSR, rows ascending);
-    - ``w_t`` ``(in, out)``: the faulty weights, rows by input;
-    - ``j_idx`` ``(J,)`` and ``d_j`` ``(N, J)``: the output channels holding flipped weights and
-      their accumulator change on the clean input (``dW @ x``);
-    - ``lo``, ``hi`` ``(N, out)``: the clean accumulators' unchanged ranges;
-    - ``pre``: ``W_faulty @ dx`` of the CSR rows, computed by the caller (a BLAS product when the
-      input changes are dense), or an empty ``(0, out)`` array to compute it here from the CSR.
+    - ``pair_key`` ``(P,)``, ascending: ``image * n_maps + map`` of every (image, map) pair whose
+      input changed; ``pair_ptr`` ``(P + 1,)``, ``cols``, ``vals``: its changed inputs (CSR);
+    - ``pre``: ``W @ dx`` of every pair with the clean weights, computed by the caller (a BLAS
+      product when the input changes are dense), or an empty ``(0, out)`` array to compute it
+      here from the CSR;
+    - ``w_t`` ``(in, out)``: the clean weights, rows by input;
+    - ``dw_ptr`` ``(n_maps, in + 1)``, ``dw_rows``, ``dw_vals``: each map's flipped weights by
+      input (CSC), for ``dW @ dx``;
+    - ``j_ptr`` ``(n_maps + 1,)``, ``j_idx`` and ``d_j`` ``(N, sum J)``: per map the output
+      channels holding flipped weights and their accumulator change on the clean input
+      (``dW @ x``), the maps' blocks side by side;
+    - ``lo``, ``hi``, ``acc``, ``clean_out`` ``(N, out)``: the clean accumulators, their
+      unchanged ranges and the clean outputs;
+    - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the threshold post-op
+      (:class:`mcel_train.intnet.ThresholdPostOp`, counted in float64 like the post-op); with no
+      rows, the accumulator change is returned instead of the output change.
 
-    Returns ``(image, output, accumulator change)`` of every crossing, images ascending, then
-    outputs ascending. An image with an unchanged input can only change in the ``J`` channels.
+    Returns ``(key, output, change)`` of every changed output, keys ascending, then outputs
+    ascending. A pair without a changed input can only change in its map's ``J`` channels.
     All arrays C-contiguous (rows are taken as 1-D views, which the loops vectorize over).
     """
-    n = active_pos.shape[0]
-    out_n = w_t.shape[1]
-    cap = 4 * out_n + 1024
-    rows = np.empty(cap, np.int64)
-    outs = np.empty(cap, np.int64)
-    dvals = np.empty(cap, w_t.dtype)
-    k = 0
-    delta = np.zeros(out_n, w_t.dtype)
-    for i in range(n):
-        if k + out_n > rows.shape[0]:  # room for every output of this image: no checks below
-            rows, outs, dvals = _grow(rows, out_n), _grow(outs, out_n), _grow(dvals, out_n)
-        a = active_pos[i]
-        lo_i, hi_i, dj_i = lo[i], hi[i], d_j[i]
-        if a < 0:
-            for q in range(j_idx.shape[0]):
-                o = j_idx[q]
-                dv = dj_i[q]
-                if dv < lo_i[o] or dv > hi_i[o]:
-                    rows[k], outs[k], dvals[k] = i, o, dv
-                    k += 1
-            continue
-        if pre.shape[0]:
-            delta[:] = pre[a]
-        else:
-            delta[:] = 0
-            for e in range(indptr[a], indptr[a + 1]):
-                v = vals[e]
-                w_row = w_t[cols[e]]
-                for o in range(out_n):
-                    delta[o] += v * w_row[o]
-        for q in range(j_idx.shape[0]):
-            delta[j_idx[q]] += dj_i[q]
-        for o in range(out_n):
-            dv = delta[o]
-            if dv < lo_i[o] or dv > hi_i[o]:
-                rows[k], outs[k], dvals[k] = i, o, dv
-                k += 1
-    return rows[:k], outs[:k], dvals[:k]
-
-
-@njit(cache=True, nogil=True)
-def threshold_changes(rows, outs, dvals, acc, clean_out, thresholds, sign, out_bias, out_mult):  # noqa: PLR0913
-    """Output changes of the crossing accumulators under a threshold post-op
-    (:class:`mcel_train.intnet.ThresholdPostOp`: ``bias + mult * sum_k(sign * acc >= T[c, k])``),
-    computed in float64 like the post-op itself, as ``new - clean``."""
-    out = np.empty(rows.shape[0], np.float32)
+    n, out_n = lo.shape
+    n_pairs = pair_key.shape[0]
+    count_here = thresholds.shape[0] > 0
     n_k = thresholds.shape[1]
-    for e in range(rows.shape[0]):
-        i, o = rows[e], outs[e]
-        x = sign[o] * (np.float64(acc[i, o]) + np.float64(dvals[e]))
-        count = 0
-        for k in range(n_k):
-            count += x >= thresholds[o, k]
-        out[e] = np.float32(out_bias + out_mult * count) - clean_out[i, o]
-    return out
+    cap = 4 * out_n + 1024
+    keys = np.empty(cap, np.int64)
+    outs = np.empty(cap, np.int64)
+    change = np.empty(cap, np.float64)
+    k = 0
+    p = 0
+    delta = np.zeros(out_n, w_t.dtype)
+    n_words = (out_n + 7) // 8
+    flags = np.zeros(8 * n_words, np.uint8)  # the tail past out_n stays 0
+    words = flags.view(np.uint64)
+    for i in range(n):
+        lo_i, hi_i, dj_i = lo[i], hi[i], d_j[i]
+        for m in range(n_maps):
+            key = i * n_maps + m
+            has = p < n_pairs and pair_key[p] == key
+            j0, j1 = j_ptr[m], j_ptr[m + 1]
+            if not has and j0 == j1:
+                continue
+            if k + out_n > keys.shape[0]:  # room for every output of this pair: no checks below
+                keys, outs, change = _grow(keys, out_n), _grow(outs, out_n), _grow(change, out_n)
+            first = k
+            if not has:
+                for q in range(j0, j1):
+                    o = j_idx[q]
+                    dv = dj_i[q]
+                    if dv < lo_i[o] or dv > hi_i[o]:
+                        keys[k], outs[k], change[k] = key, o, dv
+                        k += 1
+            else:
+                if pre.shape[0]:
+                    delta[:] = pre[p]
+                else:
+                    delta[:] = 0
+                    for e in range(pair_ptr[p], pair_ptr[p + 1]):
+                        v = vals[e]
+                        w_row = w_t[cols[e]]
+                        for o in range(out_n):
+                            delta[o] += v * w_row[o]
+                for e in range(pair_ptr[p], pair_ptr[p + 1]):  # dW @ dx: flipped weights of changed inputs
+                    c, v = cols[e], vals[e]
+                    for f in range(dw_ptr[m, c], dw_ptr[m, c + 1]):
+                        delta[dw_rows[f]] += v * dw_vals[f]
+                for q in range(j0, j1):
+                    delta[j_idx[q]] += dj_i[q]
+                # crossing flags in one vectorized pass, then only the 8-output words holding one
+                for o in range(out_n):
+                    flags[o] = (delta[o] < lo_i[o]) | (delta[o] > hi_i[o])
+                for w in range(n_words):
+                    if words[w]:
+                        for o in range(8 * w, 8 * w + 8):
+                            if flags[o]:
+                                keys[k], outs[k], change[k] = key, o, delta[o]
+                                k += 1
+                p += 1
+            if count_here:  # the new output levels, while this image's rows are in cache
+                for e in range(first, k):
+                    o = outs[e]
+                    x = sign[o] * (np.float64(acc[i, o]) + change[e])
+                    count = 0
+                    for t in range(n_k):
+                        count += x >= thresholds[o, t]
+                    change[e] = np.float32(out_bias + out_mult * count) - clean_out[i, o]
+    return keys[:k], outs[:k], change[:k]

@@ -226,7 +226,7 @@ class MapEvaluator:
         result = dense(fmaps)
         if path == "probe":
             per_map = (time.perf_counter() - t0) / len(fmaps)
-            self._choice[self._rate_key(fmaps[0])] = self._probe(fmaps[0], per_map, posts[0])
+            self._choice[self._rate_key(fmaps[0])] = self._probe(fmaps, per_map, posts)
         return result
 
     def _difference_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
@@ -273,14 +273,15 @@ class MapEvaluator:
         self.timing["dense"] += time.perf_counter() - t0
         return out
 
-    def _probe(self, fmap: FaultMap, dense_per_map: float, posts: Mapping[int, PostOp] | None = None) -> str:
-        """``auto``'s cost estimate: the difference path's time for one map, estimated on a
-        slice of the images (:meth:`DifferenceEvaluator.estimate_seconds`), against the time the
-        dense path took per map; the faster path is kept for the rate."""
-        if posts:  # the input quantizer's faults never take the difference path: leave them out
-            posts = {i: p for i, p in posts.items() if i != INPUT_POST}
+    def _probe(self, fmaps: Sequence[FaultMap], dense_per_map: float,
+               posts: Sequence[Mapping[int, PostOp] | None]) -> str:
+        """``auto``'s cost estimate: the difference path's time per map, estimated on a slice of
+        the images for a group of these maps (:meth:`DifferenceEvaluator.estimate_seconds`),
+        against the time the dense path took per map; the faster path is kept for the rate."""
+        # the input quantizer's faults never take the difference path: leave them out
+        posts = [{i: q for i, q in (p or {}).items() if i != INPUT_POST} for p in posts]
         t0 = time.perf_counter()
-        estimate = self.difference.estimate_seconds(fmap, posts)
+        estimate = self.difference.estimate_seconds(fmaps, posts)
         self.timing["probe"] += time.perf_counter() - t0
         return "difference" if estimate < dense_per_map else "dense"
 

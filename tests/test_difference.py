@@ -81,12 +81,15 @@ def test_difference_logits_equal_dense_for_every_map(trained, fault_model, rate)
 
 
 def test_threshold_faults_enter_as_faulty_post_ops(trained):
+    """Maps with a faulty post-op at one layer share a group with a weight-only map: at each
+    layer the maps with their clean post-op take the fused step, the others their own step."""
     _, net, x, labels = trained
     mems = net.memories()
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
     rng = np.random.default_rng(0)
     hidden = [i for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp)]
     weight_map = generate_map(mems, "flip", 0.002, 5, 0)
+    posts, refs = [], []
     for i in hidden:
         post = net.layers[i].post
         t = post.thresholds.clone()
@@ -94,14 +97,20 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained):
         finite = torch.isfinite(t[chans])
         t[chans] = torch.where(finite, t[chans] + torch.as_tensor(rng.integers(-6, 7, t[chans].shape)), t[chans])
         faulty = ThresholdPostOp(t, post.out_scale, post.out_bias, post.out_mult, post.sign)
-        res = diff.run(weight_map, {i: faulty})
         saved = net.layers[i].post
         try:
             net.layers[i].post = faulty
-            ref = dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map)
+            refs.append(dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map))
         finally:
             net.layers[i].post = saved
+        posts.append({i: faulty})
+    posts.append(None)
+    refs.append(dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map))
+    assert diff.group >= len(posts)
+    results = diff.run_many([weight_map] * len(posts), posts)
+    for res, ref in zip(results, refs, strict=True):
         assert torch.equal(with_difference(diff, res), ref)
+    assert not torch.equal(refs[0], refs[-1])  # the threshold faults changed some logits
 
 
 def test_every_method_predicts_the_same(trained):
