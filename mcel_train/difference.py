@@ -60,6 +60,9 @@ SWITCH_FRACTION = 0.05
 # Maps stepped through the dense layers together: each image's clean rows are read from memory
 # once for all of them (see mcel_train.difference_kernel).
 MAP_GROUP = 16
+# auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
+# the estimate's cost
+ESTIMATE_MAPS = 4
 
 
 @dataclass
@@ -321,12 +324,12 @@ class DifferenceEvaluator:
         return out
 
     def estimate_seconds(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
-                         fraction: float = 0.125, small: int = 64) -> float:
-        """Seconds per map on all images, for maps like ``fmaps`` run as one group, at about
-        ``fraction`` of that cost: the group runs on the first ``small`` images and on the
-        first ``fraction`` of them; the difference is the per-image cost, the rest the per-map
-        cost (weight deltas, kernels' set-up)."""
-        fmaps = list(fmaps)[: self.group]
+                         fraction: float = 0.0625, small: int = 64, maps: int = ESTIMATE_MAPS) -> float:
+        """Seconds per map on all images, for maps like the first ``maps`` of ``fmaps`` run as
+        one group, at about ``fraction`` of that cost: the group runs on the first ``small``
+        images and on the first ``fraction`` of them; the difference is the per-image cost, the
+        rest the per-map cost (weight deltas, kernels' set-up)."""
+        fmaps = list(fmaps)[: min(maps, self.group)]
         posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
         k = min(self.batch, self.n, max(2 * small, int(self.n * fraction)))
         deltas = [self.deltas(f) for f in fmaps]
@@ -335,8 +338,7 @@ class DifferenceEvaluator:
         seconds = []
         for m in (small, small, k):  # the first run only loads the compiled kernels
             state = [_CleanLayer(st.h[:, :m] if layer.conv is None else st.h[:m], st.acc[:m],
-                                 st.lo[:m], st.hi[:m],
-                                 st.out[:m])
+                                 st.lo[:m], st.hi[:m], st.out[:m])
                      for layer, st in zip(self.net.layers, clean, strict=True)]
             t0 = time.perf_counter()
             self._estimating = True
@@ -524,8 +526,8 @@ class DifferenceEvaluator:
         j_ptr = np.zeros(g + 1, np.int64)
         j_ptr[1:] = np.cumsum([len(j) for j, _ in j_parts])
         j_idx = torch.cat([j for j, _ in j_parts]).numpy()
-        d_js = [dj for _, dj in j_parts if dj is not None]
-        d_j = torch.cat(d_js, 1).contiguous().numpy() if d_js else np.zeros((n, 0), np_dt)
+        d_js = [dj.T for _, dj in j_parts if dj is not None]  # (J, N) as computed: stack, then one transpose
+        d_j = torch.cat(d_js).T.contiguous().numpy() if d_js else np.zeros((n, 0), np_dt)
         dw_ptr = np.zeros((g, in_n + 1), np.int64)
         dw_rows, dw_vals, offset = [np.zeros(0, np.int64)], [np.zeros(0, np_dt)], 0
         for m, d in enumerate(layer_deltas):
