@@ -171,16 +171,13 @@ class MapEvaluator:
 
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
-        differs) or ``auto``: per fault rate the first call runs its first maps dense, timed,
-        the difference path's time per map is estimated, and the faster is kept (for the rest
-        of the call too). Both paths are exact, so the
+        differs) or ``auto``: per fault rate the first call runs dense, timed, and the difference
+        path's time per map is estimated; the faster is kept. (The first call is not split into
+        a dense head and a chosen tail: the head's new map count would recompile the dense
+        path's compiled post-ops, seconds on sfc_w2a2.) Both paths are exact, so the
         choice changes the time, never a prediction.
         """
         path = self._path(fmaps)
-        if path == "probe" and len(fmaps) > AUTO_MIN_MAPS:  # probe on a few maps, the rest by the choice
-            head, tail = self.evaluate(fmaps[:AUTO_MIN_MAPS]), self.evaluate(fmaps[AUTO_MIN_MAPS:])
-            return MapEvaluation(accuracy=np.concatenate([head.accuracy, tail.accuracy]),
-                                 predictions=np.concatenate([head.predictions, tail.predictions]))
         if path != "difference":
             return self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
         logits = self._difference_logits(fmaps, [None] * len(fmaps))
@@ -197,9 +194,6 @@ class MapEvaluator:
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
         path = self._path(fmaps)
-        if path == "probe" and len(fmaps) > AUTO_MIN_MAPS:  # probe on a few maps, the rest by the choice
-            k = AUTO_MIN_MAPS
-            return np.concatenate([self.logits(fmaps[:k], posts[:k]), self.logits(fmaps[k:], posts[k:])])
         if path != "difference":
             return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
         # A faulty input quantizer changes the input itself: such (rare) maps go dense.
