@@ -228,11 +228,11 @@ class DifferenceEvaluator:
         self.keep_state = fits >= self.n
         self.batch = int(batch) if batch else max(1, min(self.n, fits if self.keep_state else fits // 4))
         self._state: dict[int, list[_CleanLayer]] = {}
-        # maps stepped together (see _run_group); a conv layer's difference is a dense
-        # (images, C, H, W) tensor per map, so conv networks hold fewer at once
-        conv_out = max((st.out.numel() for layer, st in zip(net.layers, one_image, strict=True)
-                        if layer.conv is not None), default=0)
-        self.group = max(1, min(MAP_GROUP, int(budget_bytes // 4 // max(1, 12 * conv_out * self.batch))))
+        # maps stepped together (see _run_group), their differences held within a quarter of the
+        # budget: a conv layer's is a dense (images, C, H, W) tensor per map, a dense layer's
+        # flipped channels at most an (images, outputs) block per map
+        per_map = max(st.out.numel() for st in one_image) * 4 * self.batch
+        self.group = max(1, min(MAP_GROUP, int(budget_bytes // 4 // per_map)))
         # per layer: (image, map) pairs that still differed after it, summed (where time goes)
         self.active_after = np.zeros(len(net.layers), dtype=np.int64)
         # per layer: changed outputs summed over those pairs (the work the next layer redoes)
