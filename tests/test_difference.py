@@ -80,6 +80,33 @@ def test_difference_logits_equal_dense_for_every_map(trained, fault_model, rate)
     assert changed_somewhere  # the faults reached the output: the check compared something
 
 
+def test_a_group_mixing_rates_gives_each_map_its_own_result(trained, monkeypatch):
+    """One group of maps at very different rates: some switch to the dense finish after the
+    first layer, some carry their difference to the logits, an empty map ends at once; each
+    map's logits equal its own dense evaluation (the maps share one compiled step per layer)."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, model, rate, 11, i) for i, (model, rate) in enumerate(
+        [("kflips", 1), ("flip", 0.08), ("flip", 0.0), ("flip", 0.004), ("flip", 0.3), ("kflips", 2)])]
+    diff = DifferenceEvaluator(net, torch.as_tensor(x), mems, batch=90)
+    assert diff.group >= len(maps)
+    ev = MapEvaluator(net, x, labels, method="dense")
+    finishes = []
+    plain_finish = DifferenceEvaluator._finish_dense
+
+    def counted_finish(self, *args):
+        finishes.append(args[0])
+        return plain_finish(self, *args)
+
+    monkeypatch.setattr(DifferenceEvaluator, "_finish_dense", counted_finish)
+    results = diff.run_many(maps)
+    assert len(results[2].rows) == 0  # no faults: no image differs
+    for fmap, res in zip(maps, results, strict=True):
+        assert torch.equal(with_difference(diff, res), dense_logits(net, x, ev, fmap))
+    batches = -(-len(x) // diff.batch)
+    assert 0 < len(finishes) < 5 * batches  # some maps switched to the dense finish, not all
+
+
 def test_threshold_faults_enter_as_faulty_post_ops(trained):
     """Maps with a faulty post-op at one layer share a group with a weight-only map: at each
     layer the maps with their clean post-op take the fused step, the others their own step."""
