@@ -136,6 +136,22 @@ def test_grid_order_sets_which_trainings_start_first_and_keeps_their_keys():
     assert sorted(p.key for p in default) == sorted(p.key for p in seeds_first)
 
 
+def test_software_only_leaves_builds_and_simulations_for_a_later_resume(tmp_path):
+    campaign = {**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}], "losses": ["ce"]},
+                "hardware": {"ber": [0.01], "maps": 2, "images": 10}}
+    path = _write(tmp_path, campaign)
+    folder, summary = run_campaign(path, tmp_path / "c", workers=1, show_progress=False, software_only=True)
+    assert summary["done"] == summary["total"] == 2 and summary["failed"] == 0
+    stages = [t["stage"] for t in json.loads((folder / "tasks.json").read_text())]
+    assert sorted(stages) == ["build", "hwsim", "sweep", "train"]  # the whole plan is recorded
+    with sqlite3.connect(folder / "results.sqlite") as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT stage FROM tasks WHERE status = 'done'")) == ["sweep", "train"]
+    assert not list(folder.glob("tasks/build-*")) and not list(folder.glob("tasks/hwsim-*"))
+    # the flag on the command line: resuming with it has nothing left to do
+    result = _cli("campaign", str(path), "--out", str(folder), "--resume", "--software-only", "--quiet", "--no-report")
+    assert result.returncode == 0 and "2/2 tasks done" in result.stdout, result.stderr
+
+
 def test_duplicate_grid_entries_are_rejected():
     with pytest.raises(CampaignError, match="same training config"):
         parse_campaign({**TINY, "grid": {"models": ["tfc_w2a2", "tfc_w2a2"], "losses": ["ce"]}})

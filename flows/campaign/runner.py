@@ -21,7 +21,7 @@ import yaml
 from flows.campaign.executors import make_executor
 from flows.campaign.spec import CampaignSpec, load_campaign
 from flows.campaign.store import ResultStore
-from flows.campaign.tasks import Task, expand
+from flows.campaign.tasks import Task, expand, software_tasks
 from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
 
@@ -162,17 +162,21 @@ class Scheduler:
 
 def run_campaign(campaign_file: str | Path, out: str | Path | None = None, executor: str = "local",
                  address: str | None = None, workers: int | None = None, resume: bool = False,
-                 show_progress: bool = True) -> tuple[Path, dict]:
+                 show_progress: bool = True, software_only: bool = False) -> tuple[Path, dict]:
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
     spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
     campaign_dir = Path(out) if out else default_dir(spec)
-    return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress)
+    return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress,
+                                  software_only)
 
 
 def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "local", address: str | None = None,
-             workers: int | None = None, resume: bool = False, show_progress: bool = True) -> dict:
+             workers: int | None = None, resume: bool = False, show_progress: bool = True,
+             software_only: bool = False) -> dict:
     """Run a validated campaign in ``campaign_dir`` (presets such as ``mcel experiment`` build
-    their spec in code); returns the final progress counts."""
+    their spec in code); returns the final progress counts. ``software_only``: this run leaves
+    the builds and RTL simulations for a later ``--resume`` (an RTL simulation of a large
+    network takes longer than what is left of a working session, and a killed one restarts)."""
     campaign_dir = Path(campaign_dir)
     if workers is not None and workers < 1:  # 0 is not "every core": that is the default (no flag)
         raise UserInputError(f"--workers must be >= 1 (leave it out for one per core), got {workers}")
@@ -190,6 +194,8 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         (campaign_dir / "campaign.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
         (campaign_dir / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
+        if software_only:
+            tasks = software_tasks(tasks, set(store.done()))
         try:
             summary = Scheduler(spec, tasks, store, runner, campaign_dir, show_progress).run()
         finally:

@@ -29,6 +29,7 @@ from pathlib import Path
 from flows.campaign.spec import CampaignSpec, content_key
 
 STAGES = ("import", "train", "sweep", "build", "hwsim")
+SOFTWARE_STAGES = ("import", "train", "sweep")  # no FINN, no RTL simulator
 PROGRESS_LOG = "progress.log"  # a long task's sparse progress lines (tail -f it)
 
 
@@ -49,6 +50,18 @@ class Task:
     def to_dict(self) -> dict:
         return {"stage": self.stage, "key": self.key, "label": self.label, "params": self.params,
                 "deps": list(self.deps)}
+
+
+def software_tasks(tasks: list[Task], done: set[str]) -> list[Task]:
+    """The tasks of software stages whose inputs are software too or finished already (an
+    imported network's sweep reads its build); ``tasks`` in dependency order."""
+    kept: list[Task] = []
+    keys: set[str] = set()
+    for task in tasks:
+        if task.stage in SOFTWARE_STAGES and all(d in keys or d in done for d in task.deps):
+            kept.append(task)
+            keys.add(task.key)
+    return kept
 
 
 def expand(spec: CampaignSpec) -> list[Task]:
