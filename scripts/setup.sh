@@ -25,7 +25,8 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
 fi
 
 PY=${PYTHON:-python3}
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# A venv whose creation was interrupted has a python but no pip: make it again.
+"$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PY" -m venv --clear "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # pip's resolver reports finn-plus's overridden brevitas pin as a red ERROR on every install
 # once finn-plus is present. That one conflict is intended (brevitas 0.13.0 breaks on torch
