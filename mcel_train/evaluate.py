@@ -25,6 +25,7 @@ from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
+DENSE_MAP_BATCH = 32  # maps per forward pass of the dense path's logits
 
 
 @dataclass
@@ -172,12 +173,18 @@ class MapEvaluator:
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
         differs) or ``auto``: per fault rate the first call runs dense, timed, and the difference
-        path's time per map is estimated; the faster is kept. (The first call is not split into
-        a dense head and a chosen tail: the head's new map count would recompile the dense
-        path's compiled post-ops, seconds on sfc_w2a2.) Both paths are exact, so the
-        choice changes the time, never a prediction.
+        path's time per map is estimated; the faster is kept. That first call runs only its head
+        dense, one group of the dense path's own batching (:meth:`_dense_plan`, so the compiled
+        post-ops see no new shape), and its tail by the chosen path. Both paths are exact, so
+        the choice changes the time, never a prediction.
         """
         path = self._path(fmaps)
+        k = self._probe_head(fmaps, path, self._dense_plan(len(fmaps))[1])
+        if k:
+            head = self._dense_maybe_probe(fmaps[:k], [None] * k, self._evaluate_dense, path)
+            tail = self.evaluate(fmaps[k:])
+            return MapEvaluation(np.concatenate([head.accuracy, tail.accuracy]),
+                                 np.concatenate([head.predictions, tail.predictions]))
         if path != "difference":
             return self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
         logits = self._difference_logits(fmaps, [None] * len(fmaps))
@@ -194,6 +201,10 @@ class MapEvaluator:
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
         path = self._path(fmaps)
+        k = self._probe_head(fmaps, path, DENSE_MAP_BATCH)
+        if k:
+            head = self._dense_maybe_probe(fmaps[:k], posts[:k], lambda f: self._dense_logits(f, posts[:k]), path)
+            return np.concatenate([head, self.logits(fmaps[k:], posts[k:])])
         if path != "difference":
             return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
         # A faulty input quantizer changes the input itself: such (rare) maps go dense.
@@ -222,6 +233,23 @@ class MapEvaluator:
             return "difference"
         return self._choice.get(self._rate_key(fmaps[0]), "probe")
 
+    @staticmethod
+    def _probe_head(fmaps: Sequence[FaultMap], path: str, dense_group: int) -> int:
+        """How many of a probe call's maps run dense (one dense group) before the rest take the
+        chosen path; 0 when the rest would be too few to gain from the choice."""
+        if path != "probe":
+            return 0
+        head = min(len(fmaps), dense_group)
+        return head if len(fmaps) - head >= AUTO_MIN_MAPS else 0
+
+    def _dense_plan(self, m: int) -> tuple[int, int]:
+        """The dense path's ``(images per step, maps per group)`` for ``m`` maps: groups of maps
+        x chunks of images, so that every matmul has >= ``min_chunk`` rows per map."""
+        n = len(self.labels)
+        chunk = min(n, max(self.min_chunk, self.rows // max(1, m)))
+        chunk = -(-n // -(-n // chunk))  # equal chunks: few distinct shapes
+        return chunk, max(1, self.rows // chunk)
+
     def _dense_maybe_probe(self, fmaps, posts, dense, path: str):
         """The dense path; on a ``probe`` call it is timed and the other path is estimated."""
         t0 = time.perf_counter()
@@ -245,7 +273,7 @@ class MapEvaluator:
         return out
 
     def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
-                      map_batch: int = 32) -> np.ndarray:
+                      map_batch: int = DENSE_MAP_BATCH) -> np.ndarray:
         """The dense path's logits: weight-only maps batched, maps with faulty post-ops one by one
         with those post-ops swapped in for the run."""
         t0 = time.perf_counter()
@@ -299,12 +327,8 @@ class MapEvaluator:
         if m > 1 and all(len(f) == 0 for f in fmaps):  # e.g. rate 0: evaluate once
             one = self._evaluate_batched(fmaps[:1])
             return MapEvaluation(np.repeat(one.accuracy, m), np.repeat(one.predictions, m, 0))
-        n = len(self.labels)
-        preds = np.empty((m, n), dtype=np.int64)
-        # Groups of maps x chunks of images, so that every matmul has >= ~1000 rows per map.
-        chunk = min(n, max(self.min_chunk, self.rows // max(1, m)))
-        chunk = -(-n // -(-n // chunk))  # equal chunks: few distinct shapes
-        group = max(1, self.rows // chunk)
+        preds = np.empty((m, len(self.labels)), dtype=np.int64)
+        chunk, group = self._dense_plan(m)
         with torch.no_grad():
             for g0 in range(0, m, group):
                 sub = fmaps[g0:g0 + group]

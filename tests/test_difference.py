@@ -150,6 +150,29 @@ def test_every_method_predicts_the_same(trained):
     assert np.array_equal(preds["dense"], preds["auto"])
 
 
+def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
+    """A rate's first call under ``auto``: only one dense group of maps is timed dense, the rest
+    take the path the estimate chose (forced here to the difference path), and every prediction
+    and logit equals the dense path's."""
+    _, net, x, labels = trained
+    maps = [generate_map(net.memories(), "flip", 1e-3, 3, i) for i in range(9)]
+    dense = MapEvaluator(net, x, labels, method="dense")
+    rows = 2 * len(labels)  # the dense path then batches 2 maps per group
+    auto = MapEvaluator(net, x, labels, rows=rows, min_chunk=len(labels), method="auto")
+    chosen = []
+    auto._probe = lambda fmaps, *a: chosen.append(len(fmaps)) or "difference"
+    assert auto._dense_plan(len(maps))[1] == 2
+    got = auto.evaluate(maps)
+    assert chosen == [2]  # the estimate saw the head only
+    assert auto._choice[("flip", 1e-3)] == "difference" and auto.timing["difference"] > 0
+    assert np.array_equal(got.predictions, dense.evaluate(maps).predictions)
+    auto_logits = MapEvaluator(net, x, labels, method="auto")
+    auto_logits._probe = lambda fmaps, *a: chosen.append(len(fmaps)) or "difference"
+    many = maps * 4  # 36 maps: a head of 32 (one dense forward) and a tail of 4
+    assert np.array_equal(auto_logits.logits(many), dense.logits(many))
+    assert chosen[-1] == 32 and auto_logits.timing["difference"] > 0
+
+
 def test_maps_needed_is_the_first_narrow_prefix():
     rng = np.random.default_rng(1)
     accs = 0.8 + 0.02 * rng.standard_normal(200)
