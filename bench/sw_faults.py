@@ -85,6 +85,20 @@ def roof(net, n_maps: int, x: torch.Tensor) -> None:
             h.argmax(-1)
 
 
+def unchanged_reach(diff) -> list[dict]:
+    """Per hidden layer, how close the clean accumulators sit to a threshold: the median of
+    ``min(-lo, hi)`` (the smallest accumulator change that moves the output) and the fraction of
+    outputs one changed input (of weight 1) or two can move. Where these are large, every
+    changed input must be checked against most outputs, whatever the evaluator."""
+    out = []
+    for i, st in enumerate(diff._clean(0)[:-1]):
+        reach = torch.minimum(-st.lo, st.hi).flatten().numpy()
+        out.append({"layer": i, "median_steps_to_threshold": float(np.median(reach)),
+                    "moved_by_a_change_of_1": float((reach < 1).mean()),
+                    "moved_by_a_change_of_2": float((reach < 2).mean())})
+    return out
+
+
 def timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -195,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "images": n,
         "difference_setup_s": t_diff_setup,
+        "unchanged_reach": unchanged_reach(diff_ev.difference),
         "rows": rows_out,
         "torch_threads": torch.get_num_threads(),
         "evaluator_rows": args.rows,

@@ -307,7 +307,12 @@ class MapEvaluator:
                posts: Sequence[Mapping[int, PostOp] | None]) -> str:
         """``auto``'s cost estimate: the difference path's time per map, estimated on a slice of
         the images for a group of these maps (:meth:`DifferenceEvaluator.estimate_seconds`),
-        against the time the dense path took per map; the faster path is kept for the rate."""
+        against the time the dense path took per map; the faster path is kept for the rate.
+        A rate above one where the dense path already won keeps it without an estimate: the
+        difference path's cost grows with the faults, the dense path's does not."""
+        key = self._rate_key(fmaps[0])
+        if any(k[0] == key[0] and k[1] <= key[1] and c == "dense" for k, c in self._choice.items()):
+            return "dense"
         # the input quantizer's faults never take the difference path: leave them out
         posts = [{i: q for i, q in (p or {}).items() if i != INPUT_POST} for p in posts]
         t0 = time.perf_counter()

@@ -173,6 +173,21 @@ def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
     assert chosen[-1] == 32 and auto_logits.timing["difference"] > 0
 
 
+def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(trained):
+    _, net, x, labels = trained
+    auto = MapEvaluator(net, x, labels, method="auto")
+    auto._choice[("flip", 1e-3)] = "dense"
+    estimates = []
+    auto.difference.estimate_seconds = lambda *a, **k: estimates.append(1) or 0.0  # "difference wins"
+    mems = net.memories()
+    auto.evaluate([generate_map(mems, "flip", 1e-2, 3, i) for i in range(6)])
+    assert not estimates and auto._choice[("flip", 1e-2)] == "dense"
+    auto.evaluate([generate_map(mems, "flip", 1e-4, 3, i) for i in range(6)])  # below: estimated
+    assert estimates and auto._choice[("flip", 1e-4)] == "difference"
+    auto.evaluate([generate_map(mems, "stuck", 1e-2, 3, i) for i in range(6)])  # another fault model
+    assert len(estimates) == 2 and auto._choice[("stuck", 1e-2)] == "difference"
+
+
 def test_maps_needed_is_the_first_narrow_prefix():
     rng = np.random.default_rng(1)
     accs = 0.8 + 0.02 * rng.standard_normal(200)
