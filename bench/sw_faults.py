@@ -86,10 +86,10 @@ def roof(net, n_maps: int, x: torch.Tensor) -> None:
 
 
 def unchanged_reach(diff) -> list[dict]:
-    """Per hidden layer, how close the clean accumulators sit to a threshold: the median of
-    ``min(-lo, hi)`` (the smallest accumulator change that moves the output) and the fraction of
-    outputs one changed input (of weight 1) or two can move. Where these are large, every
-    changed input must be checked against most outputs, whatever the evaluator."""
+    """Per layer but the logit layer, how close the clean accumulators sit to a threshold: the
+    median of ``min(-lo, hi)`` (the smallest accumulator change that can move the output) and
+    the fraction of outputs an accumulator change of 1 or of 2 can move. Where these are large,
+    every changed input must be checked against most outputs, whatever the evaluator."""
     out = []
     for i, st in enumerate(diff._clean(0)[:-1]):
         reach = torch.minimum(-st.lo, st.hi).flatten().numpy()
