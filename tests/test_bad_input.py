@@ -174,3 +174,24 @@ def test_min_max_runs_sweep_but_refuse_to_build(tmp_path, capsys):
     record = json.loads((run / "sweep" / "sw_ber.json").read_text())
     assert all(m["zero_point"] is not None for m in record["memories"][:-1])  # unsigned codes
     assert record["results"][1]["mean"] < record["results"][0]["mean"]  # the flips did something
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["{tmp}/campaign", "--evidence-maps", "0"], "--evidence-maps"),
+    (["{tmp}/campaign", "--evidence-images", "-3"], "--evidence-images"),
+    (["{tmp}/campaign", "--rate", "1.5"], "--rate"),
+    (["{tmp}/campaign", "--rate", "abc"], "--rate"),
+    (["{tmp}/campaign"], "campaign"),  # not a campaign folder
+])
+def test_paper_reproduction_bad_input_is_one_line_and_writes_no_doc(tmp_path, capsys, argv, expected):
+    from flows.paper_reproduction import main as reproduce
+
+    (tmp_path / "campaign").mkdir()
+    before = _tree(tmp_path)
+    try:
+        code = reproduce([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--docs", str(tmp_path / "docs")])
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert _tree(tmp_path) == before

@@ -329,7 +329,7 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
 
     _, folder = reference
     docs = tmp_path / "docs"
-    md = build_doc(folder, docs, rate=0.01, loss="MCEL m=32", evidence_images=100).read_text()
+    md = build_doc(folder, docs, rate=0.01, loss="MCEL m=32", evidence_images=100, evidence_maps=2).read_text()
     rec = json.loads((docs / "paper_reproduction.json").read_text())
     sw = {(r["model"], r["loss"], r["rate"]): r for r in campaign_table(folder) if r["source"] == "software"}
     assert len(rec["seed_table"]) == len(sw) == 2 * 3 * 3
@@ -342,10 +342,15 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     for e in rec["evidence"]:
         assert e["images"] == 100
         assert all(sum(layer["histogram"].values()) == layer["weights"] for layer in e["layers"])
+        # the fault evidence at the headline rate, on the same images, for every weight memory
+        assert e["margin_shift"]["rate"] == 0.01 and e["margin_shift"]["images"] == 100
+        assert [f["memory"] for f in e["faulted_alone"]] == [layer["layer"] for layer in e["layers"]]
+        assert sum(f["share_of_bits"] for f in e["faulted_alone"]) == pytest.approx(1.0)
     binary = next(e for e in rec["evidence"] if e["model"] == "tfc_w1a1")
     assert set(binary["layers"][0]["histogram"]) == {"-1", "1"}  # bipolar codes (JSON keys)
     assert "the grid has no rate 0.001" in md and "one training seed only" in md
     assert "## Conclusion" in md and md.count("of the paper's +15") == 2
+    assert md.count("- Faults at p=0.01") == 2 and "one layer's memory faulted at p=0.01" in md
     assert (docs / "campaigns" / "tiny" / "report.md").is_file()
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model

@@ -1,0 +1,84 @@
+"""The fault-effect evidence of the paper reproduction is what the faulted networks compute: the
+margin shrink equals a recomputation from the per-map integer forward with the faulted weights,
+and a layer faulted alone is scored like the per-map Brevitas reference with only that layer's
+weights faulted."""
+
+import numpy as np
+import pytest
+import torch
+
+from mcel_train.fault_effect import layer_attribution, margin_shift
+from mcel_train.faults import apply_map, generate_map
+from mcel_train.intnet import from_brevitas
+from mcel_train.models import ModelSpec
+from mcel_train.quicktrain import model_inputs, quick_train
+from tests.conftest import brevitas_predictions
+
+SPECS = {
+    "tfc_w2a2": ModelSpec(arch="tfc", weight_bits=2, act_bits=2, hidden=(32, 32), image_shape=(8, 8)),
+    "vgg3_w4a4_minmax": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
+                                  image_shape=(8, 8), weight_scaling="minmax"),
+}
+RATE = 0.03
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def trained(request, digits):
+    spec = SPECS[request.param].resolved()
+    torch.manual_seed(0)
+    model = quick_train(spec, digits, steps=40, batch_size=64)
+    x = torch.as_tensor(model_inputs(digits.test.images, spec), dtype=torch.float32)
+    return model, from_brevitas(model), x, np.asarray(digits.test.labels)
+
+
+def _faulted_logits(net, x, fmap):
+    faulty = apply_map(net.contents(), net.memories(), fmap)
+    weights = [torch.as_tensor(faulty[layer.name])[None] for layer in net.layers]
+    return net.forward(net.encode_input(x), weights)[0].double().numpy()
+
+
+def _lead(z, top):
+    own = z[np.arange(len(z)), top]
+    other = z.copy()
+    other[np.arange(len(z)), top] = -np.inf
+    return own - other.max(1)
+
+
+def test_margin_shift_is_recomputed_from_the_faulted_networks(trained):
+    _, net, x, labels = trained
+    got = margin_shift(net, x, labels, RATE, maps=3, seed=5)
+    clean = net.forward(net.encode_input(x))[0].double().numpy()
+    top = clean.argmax(1)
+    margin = _lead(clean, top)
+    maps = [generate_map(net.memories(), "flip", RATE, 5, i) for i in range(3)]
+    faulty = np.stack([_faulted_logits(net, x, m) for m in maps])
+    shrink = np.concatenate([margin - _lead(z, top) for z in faulty])
+    assert got["median_clean_margin"] == np.median(margin)
+    assert got["median_shrink"] == pytest.approx(np.median(shrink))
+    assert got["fraction_predictions_changed"] == pytest.approx((faulty.argmax(2) != top).mean())
+    assert got["median_largest_logit_change"] == np.median(np.abs(faulty - clean).max(2))
+    assert got["fraction_predictions_changed"] > 0  # the faults reached the outputs: the check compared something
+    assert got["accuracy_faulty"] < got["accuracy_clean"]
+
+
+def test_a_layer_faulted_alone_matches_brevitas_with_only_that_layer_faulted(trained):
+    model, net, x, labels = trained
+    rows = layer_attribution(net, x, labels, RATE, maps=2, seed=7)
+    mems = net.memories()
+    assert [r["memory"] for r in rows] == [m.name for m in mems]
+    assert sum(r["share_of_bits"] for r in rows) == pytest.approx(1.0)
+    _, clean_pred = brevitas_predictions(model, x)
+    clean_acc = (clean_pred.numpy() == labels).mean()
+    for row, mem in zip(rows, mems, strict=True):
+        accs = []
+        for i in range(2):
+            fmap = generate_map([mem], "flip", RATE, 7, i)
+            faulty = apply_map(net.contents(), mems, fmap)
+            for other in mems:  # only this layer's weights differ from the clean ones
+                assert np.array_equal(faulty[other.name], net.contents()[other.name]) == (other is not mem) \
+                    or len(fmap) == 0
+            _, pred = brevitas_predictions(model, x, {j: faulty[m.name] for j, m in enumerate(mems)})
+            accs.append((pred.numpy() == labels).mean())
+        assert row["accuracy"] == pytest.approx(np.mean(accs))
+        assert row["drop_points"] == pytest.approx(100 * (clean_acc - np.mean(accs)))
+    assert any(r["drop_points"] > 0 for r in rows)
