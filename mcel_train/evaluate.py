@@ -21,6 +21,7 @@ from mcel_train.difference import DifferenceEvaluator, csr_matrix, sparse_mm, su
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, INPUT_POST, IntNetwork, PostOp, layer_memories
+from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
@@ -57,6 +58,7 @@ class MapEvaluator:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        keep_freed_memory()  # each call frees and reallocates large tensors: see mcel_train.malloc_tuning
         self.method = method
         self.net = net
         self.raw_x = x.to(torch.float32)  # the images, for maps that fault the input quantizer

@@ -28,6 +28,7 @@ from mcel_train.data import Dataset, encode_inputs, load_dataset
 from mcel_train.errors import StageExistsError
 from mcel_train.fault_training import make_fault_injection_hook
 from mcel_train.losses import MCEL, make_loss
+from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.models import build_model
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_run
@@ -206,6 +207,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
               progress_file: TextIO | None = None) -> Path:
     """Train and write ``run_dir/train/``. Raises before any work if it exists already."""
     run_dir = Path(run_dir)
+    keep_freed_memory()  # every step frees and reallocates its activations: see mcel_train.malloc_tuning
     stage = run_dir / "train"
     if stage.exists():
         raise RunExistsError(f"{stage} exists already; choose another --out or delete it first")
