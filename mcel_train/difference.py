@@ -585,7 +585,11 @@ class DifferenceEvaluator:
             if d_j is not None:
                 full[:, j_idx] = d_j
             j_idx, d_j = torch.arange(out_c), full
-        if d_j is not None:
+        if d_j is not None and not faulty_post and 2 * len(active) >= n:
+            # most images differ already: take them all and let the crossing test below drop the
+            # rest, rather than test every flipped channel twice
+            touched = torch.arange(n)
+        elif d_j is not None:
             if faulty_post:
                 acc = st.acc.to(dt) + d_j
                 new = post.then_pool(acc, layer.pool) if layer.pool else post(acc)
