@@ -1,0 +1,78 @@
+"""What keeping freed memory for reuse (``mcel_train/malloc_tuning.py``) saves, measured in one
+run: the same fault maps evaluated in two fresh processes, one with glibc's default thresholds and
+one tuned, each timed by ``getrusage`` around the second of two identical calls (the first
+compiles and warms up).
+
+    .venv/bin/python bench/malloc_tuning.py --run runs/vgg3_w4a4_paper --test-images 2000 \
+        --maps 8 --rate 0.01 --out bench/results/malloc_tuning_vgg3.json
+
+Writes wall, user and system seconds, minor page faults and peak resident memory per mode, and
+the ratio of the wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+import torch
+from mcel_train import malloc_tuning
+if sys.argv[1] == "default":
+    malloc_tuning._tuned = True  # as if done: glibc's own thresholds stay in effect
+from mcel_train.evaluate import MapEvaluator
+from mcel_train.faults.generate import generate_map
+from mcel_train.intnet import from_brevitas
+from mcel_train.runio import load_run
+torch.set_num_threads(1)
+run = load_run(Path(sys.argv[2]))
+x, y = run.test_set()
+n = int(sys.argv[3]) or len(y)
+net = from_brevitas(run.model)
+ev = MapEvaluator(net, x[:n], y[:n], method=sys.argv[6], compile_post=True)
+maps = [generate_map(net.memories(), "flip", float(sys.argv[5]), 0, i) for i in range(int(sys.argv[4]))]
+ev.evaluate(maps)
+r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+acc = ev.evaluate(maps).accuracy
+wall = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime,
+                  "minor_faults": r1.ru_minflt - r0.ru_minflt, "peak_rss_gb": r1.ru_maxrss / 1e6,
+                  "mean_accuracy": float(acc.mean())}))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="run folder with train/model.pt")
+    p.add_argument("--test-images", type=int, default=2000, help="first N test images (0 = all)")
+    p.add_argument("--maps", type=int, default=8)
+    p.add_argument("--rate", type=float, default=0.01)
+    p.add_argument("--method", default="dense", choices=["dense", "difference", "auto"])
+    p.add_argument("--out", type=Path, default=Path("runs/bench/malloc_tuning.json"))
+    args = p.parse_args(argv)
+    modes = {}
+    for mode in ("default", "tuned"):
+        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.run), str(args.test_images),
+                              str(args.maps), str(args.rate), args.method],
+                             capture_output=True, text=True, check=True)
+        modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(mode, modes[mode], flush=True)
+    assert modes["default"]["mean_accuracy"] == modes["tuned"]["mean_accuracy"], "results differ"
+    record = {"run": str(args.run), "test_images": args.test_images, "maps": args.maps, "rate": args.rate,
+              "method": args.method, "modes": modes,
+              "default_over_tuned_wall": modes["default"]["wall_s"] / modes["tuned"]["wall_s"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
+    print(f"wall {modes['default']['wall_s']:.2f} s -> {modes['tuned']['wall_s']:.2f} s "
+          f"({record['default_over_tuned_wall']:.2f}x); wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
