@@ -22,7 +22,14 @@ def test_a_clearly_better_loss_within_budget_is_chosen():
 def test_the_clean_budget_excludes_a_costly_loss():
     rec = recommend(rows({"CE": [0.70, 0.71, 0.69], "MCEL m=128": [0.85, 0.86, 0.84]},
                          {"CE": 0.90, "MCEL m=128": 0.88}), 0.01, 0.5)[0]
+    assert rec["choice"] == "CE" and rec["verdict"] == "CE is the only loss within the budget"
+
+
+def test_ce_ahead_says_by_how_much_the_next_loss_trails():
+    rec = recommend(rows({"CE": [0.80, 0.81, 0.79], "MCEL m=32": [0.78, 0.79, 0.77]},
+                         {"CE": 0.90, "MCEL m=32": 0.899}), 0.01, 0.5)[0]
     assert rec["choice"] == "CE"
+    assert rec["verdict"] == "CE is the most accurate loss within the budget (next: MCEL m=32, 2.0 points lower)"
 
 
 def test_overlapping_seeds_fall_back_to_ce_and_say_so():

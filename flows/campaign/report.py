@@ -149,6 +149,12 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
             rec |= {"choice": ce["loss"], "accuracy": ce["accuracy"], "ci95_seeds": ce["ci95_seeds"],
                     "clean_accuracy": ce["clean_accuracy"],
                     "verdict": f"no loss beats CE beyond the interval across seeds (best: {best['loss']})"}
+        elif best is ce:
+            others = [v for v in eligible if v is not ce]
+            runner = max(others, key=lambda v: v["accuracy"]) if others else None
+            rec["verdict"] = ("CE is the only loss within the budget" if runner is None else
+                              f"CE is the most accurate loss within the budget (next: {runner['loss']}, "
+                              f"{(ce['accuracy'] - runner['accuracy']) * 100:.1f} points lower)")
         else:
             gain = None if ce is None else best["accuracy"] - ce["accuracy"]
             rec["verdict"] = "supported" + ("" if gain is None else f": {gain * 100:+.1f} points over CE")
