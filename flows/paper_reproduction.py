@@ -35,7 +35,7 @@ from flows.campaign.report import campaign_table, load_results, recommend, write
 from flows.campaign.spec import CampaignSpec
 from flows.cli import OneLineParser
 from mcel_train.errors import UserError, UserInputError
-from mcel_train.fault_effect import layer_attribution, margin_shift
+from mcel_train.fault_effect import evaluator, layer_attribution, margin_shift
 from mcel_train.intnet import from_brevitas
 from mcel_train.margins import integer_margins
 from mcel_train.runio import load_run
@@ -117,6 +117,7 @@ def network_evidence(train_dir: Path, images: int, rate: float = 0.01, maps: int
                        "histogram": dict(zip(*(v.tolist() for v in np.unique(codes, return_counts=True)),
                                              strict=True))})
     dist = m["layer_distances"]
+    ev = evaluator(net, x, labels)  # one for both fault measurements
     return {"images": int(len(labels)),
             "mean_integer_logit_margin": float(m["margin_int"].mean()),
             "median_integer_logit_margin": float(np.median(m["margin_int"])),
@@ -124,8 +125,8 @@ def network_evidence(train_dir: Path, images: int, rate: float = 0.01, maps: int
             "hidden_fraction_within_1": [float((d < 1).mean()) for d in dist],
             "hidden_median_distance": [float(np.median(d)) for d in dist],
             "layers": layers,
-            "margin_shift": margin_shift(net, x, labels, rate, maps=maps),
-            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps)}
+            "margin_shift": margin_shift(net, x, labels, rate, maps=maps, ev=ev),
+            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps, ev=ev)}
 
 
 def evidence(campaign_dir: Path, spec: CampaignSpec, done: dict, images: int,

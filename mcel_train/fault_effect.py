@@ -46,8 +46,14 @@ def _bits(net: IntNetwork, memories: Sequence[Memory], fault_model: str) -> np.n
     return stored_bits(memories, memory_contents(net, memories)) if fault_model.startswith("asym") else None
 
 
+def evaluator(net: IntNetwork, x: torch.Tensor, labels: np.ndarray) -> MapEvaluator:
+    """The evaluator both measurements run on (build it once and pass it to both: it keeps the
+    clean first layer across calls)."""
+    return MapEvaluator(net, x, labels, net.memories(), method="auto")
+
+
 def margin_shift(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate: float, maps: int = 5,
-                 seed: int = 0, fault_model: str = "flip") -> dict:
+                 seed: int = 0, fault_model: str = "flip", ev: MapEvaluator | None = None) -> dict:
     """How far ``maps`` fault maps at ``rate`` move each image's integer logit margin.
 
     The clean margin of an image is its top-1 integer logit minus the runner-up. Under a map,
@@ -58,13 +64,14 @@ def margin_shift(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate: flo
     ``shrink_over_margin`` is the ratio of the two medians.
     """
     memories = net.memories()
-    ev = MapEvaluator(net, x, labels, memories, method="auto")
+    ev = ev or evaluator(net, x, labels)
     clean = ev.logits([FaultMap.empty([m.name for m in memories])])[0]
     top = predict(torch.from_numpy(clean)).numpy()
     margin = _lead(clean, top)
     faulty = ev.logits(_maps(memories, fault_model, rate, seed, maps, _bits(net, memories, fault_model)))
     shrink = margin[None, :] - _lead(faulty, np.broadcast_to(top, faulty.shape[:2]))
-    changed = predict(torch.from_numpy(faulty)).numpy() != top[None, :]
+    faulty_pred = predict(torch.from_numpy(faulty)).numpy()
+    changed = faulty_pred != top[None, :]
     largest_change = np.abs(faulty - clean[None]).max(axis=-1)
     med_margin, med_shrink = float(np.median(margin)), float(np.median(shrink))
     return {
@@ -76,16 +83,17 @@ def margin_shift(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate: flo
         "median_largest_logit_change": float(np.median(largest_change)),
         "fraction_predictions_changed": float(changed.mean()),
         "accuracy_clean": float((top == labels).mean()),
-        "accuracy_faulty": float((predict(torch.from_numpy(faulty)).numpy() == labels[None, :]).mean()),
+        "accuracy_faulty": float((faulty_pred == labels[None, :]).mean()),
     }
 
 
 def layer_attribution(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate: float,
-                      maps: int = 3, seed: int = 0, fault_model: str = "flip") -> list[dict]:
+                      maps: int = 3, seed: int = 0, fault_model: str = "flip",
+                      ev: MapEvaluator | None = None) -> list[dict]:
     """Per weight memory: its share of the network's bits, and the accuracy when only that memory
     takes faults at ``rate`` (``maps`` maps each, the same seed for every memory)."""
     memories = net.memories()
-    ev = MapEvaluator(net, x, labels, memories, method="auto")
+    ev = ev or evaluator(net, x, labels)
     labels = np.asarray(labels)
     clean = float(ev.evaluate([FaultMap.empty([m.name for m in memories])]).accuracy[0])
     total = sum(m.n_bits for m in memories)
