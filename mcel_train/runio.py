@@ -9,6 +9,7 @@ Brevitas module. :func:`load_source` picks the one a folder holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from dataclasses import dataclass
@@ -115,6 +116,17 @@ def load_source(run_dir: str | Path) -> TrainedRun | ImportedRun:
         except (ValueError, UnicodeDecodeError):
             raise RunError(f"{run_dir / 'export' / EXPORT_RECORD} is not readable; export or import again") from None
     return load_run(run_dir)
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """SHA-256 of a run's trained tensors (names and values, in name order): two trainings
+    with equal digests made the same network, whatever the file's container bytes."""
+    state = torch.load(Path(run_dir) / "train" / "model.pt", map_location="cpu", weights_only=True)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:

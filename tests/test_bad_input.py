@@ -123,6 +123,17 @@ CASES = [
     ("campaign-bad-hardware-fault-model", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
      _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, fault_model: zap}\n"), "hardware.fault_model"),
     ("report-not-a-campaign", ["report", "{run}"], None, "campaign"),
+    # --restore: a results file of another campaign, a torn one, a missing one; nothing is created
+    ("campaign-restore-missing", ["campaign", "{run}/c.yaml", "--out", "{run}/c", "--restore", "{run}/r.json"],
+     _write("c.yaml", CAMPAIGN), "no such file"),
+    ("campaign-restore-torn", ["campaign", "{run}/c.yaml", "--out", "{run}/c", "--restore", "{run}/r.json"],
+     lambda r: (_write("c.yaml", CAMPAIGN)(r), _write("r.json", '{"format": "mcel-campaign-res')(r)),
+     "not a campaign results file"),
+    ("campaign-restore-other-campaign", ["campaign", "{run}/c.yaml", "--out", "{run}/c", "--restore",
+                                         "{run}/r.json"],
+     lambda r: (_write("c.yaml", CAMPAIGN)(r), _write("r.json", json.dumps(
+         {"format": "mcel-campaign-results/1", "campaign": "other", "rows": [], "sweep_checkpoints": {}}))(r)),
+     "holds campaign 'other'"),
     ("unknown-command", ["frobnicate"], None, "frobnicate"),
 ]
 

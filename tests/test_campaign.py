@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -356,6 +357,28 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
 
 
+@pytest.mark.slow  # two document builds
+def test_paper_reproduction_keeps_the_evidence_of_networks_restored_from_the_results_file(reference, tmp_path):
+    """A campaign restored in a fresh clone has its results but not its networks: the document
+    keeps the evidence measured earlier on the same weights, and says which is missing when
+    the earlier evidence used other settings."""
+    from flows.paper_reproduction import build_doc
+
+    path, folder = reference
+    docs = tmp_path / "docs"
+    build_doc(folder, docs, evidence_images=50, evidence_maps=2)
+    first = json.loads((docs / "paper_reproduction.json").read_text())["evidence"]
+    assert len(first) == 6 and all(len(e["weights_sha256"]) == 64 for e in first)
+    restored, summary = run_campaign(path, tmp_path / "restored", workers=1, show_progress=False,
+                                     restore=docs / "campaigns" / "tiny" / "results.json")
+    assert summary["finished_here"] == 0 and not (restored / "tasks").exists()
+    build_doc(restored, docs, evidence_images=50, evidence_maps=2)
+    assert json.loads((docs / "paper_reproduction.json").read_text())["evidence"] == first
+    md = build_doc(restored, docs, evidence_images=40, evidence_maps=2).read_text()
+    assert "No evidence yet for tfc_w2a2 CE seed 0" in md
+    assert json.loads((docs / "paper_reproduction.json").read_text())["evidence"] == []
+
+
 def test_a_stale_sweep_folder_keeps_its_checkpoint(tmp_path):
     """A killed sweep task's folder is wiped before the rerun, except the finished rates."""
     from flows.campaign.tasks import Task, prepare_folder
@@ -370,3 +393,92 @@ def test_a_stale_sweep_folder_keeps_its_checkpoint(tmp_path):
         prepare_folder(tmp_path, task)
         assert not (folder / "half-written").exists()
         assert (folder / CHECKPOINT).is_file() == (stage == "sweep")
+
+
+CARRIED = {**TINY, "name": "carried",
+           "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}], "losses": ["ce"]},
+           "software": {**TINY["software"], "fault_models": ["flip", "stuck"]}}
+
+
+def _rows(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT key, finished || ':' || result FROM tasks WHERE status = 'done'"))
+
+
+@pytest.mark.slow  # four small campaign runs
+def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
+    """The committed results file carries a campaign to another clone. Restored results are
+    used as they are; a restored training that a pending sweep needs is redone, and gives the
+    same weights (a seeded single-thread training is deterministic). When the weights differ
+    from what the file says, the finished sweep that read the old ones is redone as well."""
+    from flows.campaign.archive import read_archive, write_archive
+    from flows.campaign.spec import load_campaign
+
+    path = _write(tmp_path, CARRIED)
+    original, summary = run_campaign(path, tmp_path / "original", workers=2, show_progress=False)
+    assert summary["done"] == 3
+    write_report(original, tmp_path / "report")
+    archive = tmp_path / "report" / "results.json"
+    full = json.loads(archive.read_text())
+    assert len(full["rows"]) == 3 and full["campaign"] == "carried"
+    assert read_archive(archive, load_campaign(path)).rows[0].key == full["rows"][0]["key"]
+    train = next(r for r in full["rows"] if r["stage"] == "train")
+    sweeps = sorted((r for r in full["rows"] if r["stage"] == "sweep"), key=lambda r: r["label"])
+    assert len(train["result"]["weights_sha256"]) == 64 and train["result"]["epochs"] == 2
+
+    # Everything restored: nothing runs, no task folder is made, the table is the original's.
+    folder, summary = run_campaign(path, tmp_path / "all", workers=2, show_progress=False, restore=archive)
+    assert summary["restored"] == 3 and summary["done"] == 3 and summary["finished_here"] == 0
+    assert not (folder / "tasks").exists() or not any((folder / "tasks").iterdir())
+    assert campaign_table(folder) == campaign_table(original)
+
+    def carried(name: str, drop: dict, digest: str | None = None) -> Path:
+        rows = [r for r in full["rows"] if r["key"] != drop["key"]]
+        if digest:
+            rows = [r | {"result": r["result"] | {"weights_sha256": digest}} if r["key"] == train["key"] else r
+                    for r in rows]
+        out = tmp_path / f"{name}.json"
+        out.write_text(json.dumps(full | {"rows": rows}))
+        return out
+
+    # One sweep missing: its training is redone (same weights), the other sweep is kept.
+    kept, redo = sweeps
+    folder, summary = run_campaign(path, tmp_path / "one", workers=2, show_progress=False,
+                                   restore=carried("one", redo))
+    assert summary["restored"] == 2 and summary["done"] == 3
+    assert (folder / "tasks" / f"train-{train['key']}" / "train" / "model.pt").is_file()
+    assert not (folder / "tasks" / f"sweep-{kept['key']}").exists()
+    rows = _rows(folder / "results.sqlite")
+    assert rows[kept["key"]] == _rows(original / "results.sqlite")[kept["key"]]  # untouched
+    assert campaign_table(folder) == campaign_table(original)
+
+    # The file claims other weights: the kept sweep read those, so it is redone too.
+    folder, summary = run_campaign(path, tmp_path / "other", workers=2, show_progress=False,
+                                   restore=carried("other", redo, digest="0" * 64))
+    assert summary["done"] == 3
+    assert (folder / "tasks" / f"sweep-{kept['key']}" / "sweep" / "sw_ber.json").is_file()
+    assert campaign_table(folder) == campaign_table(original)
+
+    # An unfinished sweep's checkpoint travels with the file and lands in its task folder.
+    from mcel_train.sweep import CHECKPOINT
+
+    half = tmp_path / "half"
+    shutil.copytree(original, half, symlinks=True)
+    with sqlite3.connect(half / "results.sqlite") as conn:
+        conn.execute("DELETE FROM tasks WHERE key = ?", (redo["key"],))
+    (half / "tasks" / f"sweep-{redo['key']}" / CHECKPOINT).write_text('{"params": {"p": 1}, "results": [7]}')
+    write_archive(half, tmp_path / "half.json")
+    assert json.loads((tmp_path / "half.json").read_text())["sweep_checkpoints"] == {
+        redo["key"]: {"params": {"p": 1}, "results": [7]}}
+    from flows.campaign.archive import restore
+    from flows.campaign.store import ResultStore
+    from flows.campaign.tasks import expand
+
+    spec, fresh = load_campaign(path), tmp_path / "fresh"
+    fresh.mkdir()
+    store = ResultStore(fresh / "results.sqlite")
+    try:
+        assert restore(read_archive(tmp_path / "half.json", spec), store, expand(spec), fresh) == 2
+    finally:
+        store.close()
+    assert json.loads((fresh / "tasks" / f"sweep-{redo['key']}" / CHECKPOINT).read_text())["results"] == [7]

@@ -17,6 +17,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     c.add_argument("--workers", type=int, default=None, help="tasks at a time (default: CPU count)")
     c.add_argument("--resume", action="store_true", help="continue a campaign folder; finished tasks are kept")
+    c.add_argument("--restore", default=None, metavar="RESULTS_JSON",
+                   help="first take the finished results of this file (results.json, written by mcel report), "
+                        "e.g. a campaign carried over from another clone")
     c.add_argument("--software-only", action="store_true",
                    help="run the trainings and sweeps only; builds and RTL simulations wait for a later --resume")
     c.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
@@ -38,7 +41,10 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     from flows.campaign.runner import run_campaign
 
     folder, summary = run_campaign(args.campaign, args.out, args.executor, args.address, args.workers,
-                                   args.resume, show_progress=not args.quiet, software_only=args.software_only)
+                                   args.resume, show_progress=not args.quiet, software_only=args.software_only,
+                                   restore=args.restore)
+    if args.restore:
+        print(f"restored {summary['restored']} finished task(s) from {args.restore}")
     print(f"campaign {folder}: {summary['done']}/{summary['total']} tasks done, {summary['failed']} failed, "
           f"{summary['skipped']} skipped (their inputs failed)")
     for label, error in summary["failures"].items():

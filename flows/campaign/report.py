@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from flows.campaign.archive import ARCHIVE_NAME, write_archive
 from flows.campaign.spec import CampaignSpec, parse_campaign
 from flows.campaign.store import ResultStore
 from flows.campaign.tasks import expand
@@ -313,4 +314,5 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
     (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
+    write_archive(campaign_dir, out / ARCHIVE_NAME)  # what --restore takes in another clone
     return out / "report.md"

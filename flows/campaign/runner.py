@@ -5,6 +5,11 @@ depends on is done, records a finished task in one transaction, retries a failed
 (hung) task up to ``retries`` times, and gives up on the tasks that depend on a task that failed
 for good while the rest of the campaign goes on. ``--resume`` skips every task with a finished
 row; a task folder without one is stale and is redone from scratch.
+
+A finished task whose output is gone (its row was restored from another folder,
+:mod:`flows.campaign.archive`) is redone when a pending task must read that output. If a redone
+training gives other weights than its row said, every finished task that read the old weights is
+redone too, so no result mixes two networks.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from pathlib import Path
 
 import yaml
 
+from flows.campaign.archive import read_archive
+from flows.campaign.archive import restore as restore_archive
 from flows.campaign.executors import make_executor
 from flows.campaign.spec import CampaignSpec, load_campaign
 from flows.campaign.store import ResultStore
-from flows.campaign.tasks import Task, expand, software_tasks
+from flows.campaign.tasks import Task, expand, output_missing, software_tasks
 from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
 
@@ -53,7 +60,8 @@ class Progress:
     def as_dict(self) -> dict:
         eta = self.eta_seconds()
         return {"total": self.total, "done": self.done, "running": len(self.running), "failed": self.failed,
-                "skipped": self.skipped, "eta_s": None if eta is None else round(eta, 1),
+                "skipped": self.skipped, "finished_here": self.finished_here,
+                "eta_s": None if eta is None else round(eta, 1),
                 "running_tasks": self.running}
 
 
@@ -79,7 +87,11 @@ class Scheduler:
                  show_progress: bool = True) -> None:
         self.spec, self.tasks, self.store, self.executor = spec, {t.key: t for t in tasks}, store, executor
         self.campaign_dir = campaign_dir
-        self.done = set(store.done()) & set(self.tasks)
+        finished = store.done()
+        self.done = set(finished) & set(self.tasks)
+        redo = self._outputs_to_redo()
+        self.done -= redo
+        self.previous = {k: finished[k] for k in redo}  # what a redone task's row said before
         self.failed: dict[str, str] = {}
         self.skipped: set[str] = set()
         self.attempts: dict[str, int] = {}
@@ -89,6 +101,37 @@ class Scheduler:
         self._status = ""
         self.bar = progress_bar(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
                         unit="task", disable=not show_progress, dynamic_ncols=True)
+
+    def _outputs_to_redo(self) -> set[str]:
+        """Finished tasks whose output a pending task reads but whose folder lacks it."""
+        redo: set[str] = set()
+        frontier = [k for k in self.tasks if k not in self.done]
+        while frontier:
+            for dep in self.tasks[frontier.pop()].deps:
+                if (dep in self.done and dep not in redo and dep in self.tasks
+                        and output_missing(self.campaign_dir, self.tasks[dep])):
+                    redo.add(dep)
+                    frontier.append(dep)
+        return redo
+
+    def _redo_readers_of(self, key: str) -> None:
+        """Every finished task that read ``key``'s earlier output, directly or not, runs again."""
+        stale: set[str] = set()
+        grew = True
+        while grew:
+            grew = False
+            for task in self.tasks.values():
+                if task.key in self.done and task.key not in stale and any(d == key or d in stale for d in task.deps):
+                    stale.add(task.key)
+                    grew = True
+        if not stale:
+            return
+        self.store.forget(stale)
+        self.done -= stale
+        order = list(self.tasks)
+        self.pending = sorted(set(self.pending) | stale, key=order.index)
+        self.bar.write(f"{self.tasks[key].label} gave other weights than its earlier row: "
+                       f"redoing the {len(stale)} task(s) that read them")
 
     def _ready(self) -> list[str]:
         ready = []
@@ -111,6 +154,10 @@ class Scheduler:
             self.pending.remove(key)
             self.progress.finished_here += 1
             self.bar.update(1)
+            before = self.previous.pop(key, None)
+            if before is not None and task.stage == "train" and before.get("weights_sha256") != payload.get(
+                    "weights_sha256"):
+                self._redo_readers_of(key)
             return
         if attempts <= self.spec.retries:
             self.bar.write(f"retrying {task.label} (attempt {attempts} failed): {str(payload).splitlines()[0]}")
@@ -162,26 +209,29 @@ class Scheduler:
 
 def run_campaign(campaign_file: str | Path, out: str | Path | None = None, executor: str = "local",
                  address: str | None = None, workers: int | None = None, resume: bool = False,
-                 show_progress: bool = True, software_only: bool = False) -> tuple[Path, dict]:
+                 show_progress: bool = True, software_only: bool = False,
+                 restore: str | Path | None = None) -> tuple[Path, dict]:
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
     spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
     campaign_dir = Path(out) if out else default_dir(spec)
     return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress,
-                                  software_only)
+                                  software_only, restore)
 
 
 def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "local", address: str | None = None,
              workers: int | None = None, resume: bool = False, show_progress: bool = True,
-             software_only: bool = False) -> dict:
+             software_only: bool = False, restore: str | Path | None = None) -> dict:
     """Run a validated campaign in ``campaign_dir`` (presets such as ``mcel experiment`` build
     their spec in code); returns the final progress counts. ``software_only``: this run leaves
     the builds and RTL simulations for a later ``--resume`` (an RTL simulation of a large
-    network takes longer than what is left of a working session, and a killed one restarts)."""
+    network takes longer than what is left of a working session, and a killed one restarts).
+    ``restore``: a results file of :mod:`flows.campaign.archive` whose rows the store takes first."""
     campaign_dir = Path(campaign_dir)
     if workers is not None and workers < 1:  # 0 is not "every core": that is the default (no flag)
         raise UserInputError(f"--workers must be >= 1 (leave it out for one per core), got {workers}")
     workers = workers or os.cpu_count() or 1
     db = campaign_dir / "results.sqlite"
+    archive = None if restore is None else read_archive(restore, spec)  # checked before anything is written
     if db.exists() and not resume:
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
                              "or --out a new folder")
@@ -194,6 +244,7 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         (campaign_dir / "campaign.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
         (campaign_dir / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
+        restored = 0 if archive is None else restore_archive(archive, store, tasks, campaign_dir)
         if software_only:
             tasks = software_tasks(tasks, set(store.done()))
         try:
@@ -202,4 +253,4 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
             store.close()
     finally:
         lock.close()
-    return summary
+    return summary | {"restored": restored}

@@ -72,6 +72,28 @@ class ResultStore:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
+    def done_rows(self) -> list[dict]:
+        """Every finished row, whole (what :mod:`flows.campaign.archive` carries to another folder)."""
+        cur = self.conn.execute("SELECT key, stage, label, attempts, seconds, result, finished FROM tasks "
+                                "WHERE status = 'done' ORDER BY key")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) | {"result": json.loads(row[5])} for row in cur.fetchall()]
+
+    def insert_rows(self, rows: list[dict]) -> None:
+        """Finished rows from elsewhere, in one transaction (all or none)."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, 'done', ?, ?, ?, NULL, ?)",
+                [(r["key"], r["stage"], r["label"], r["attempts"], r["seconds"],
+                  json.dumps(r["result"], sort_keys=True), r["finished"]) for r in rows])
+
+    def forget(self, keys: set[str]) -> None:
+        """Drop the rows of ``keys`` (results whose inputs were redone differently)."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("DELETE FROM tasks WHERE key = ?", [(k,) for k in sorted(keys)])
+
     def set_meta(self, name: str, value: str) -> None:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))

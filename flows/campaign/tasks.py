@@ -52,6 +52,17 @@ class Task:
                 "deps": list(self.deps)}
 
 
+# What a finished task leaves for the tasks after it, under its folder (the rest is its record).
+OUTPUTS = {"import": "export", "train": "train", "build": "build"}
+
+
+def output_missing(campaign_dir: Path, task: Task) -> bool:
+    """True when later tasks read ``task``'s output and its folder does not hold it (a result
+    restored from another folder, :mod:`flows.campaign.archive`)."""
+    sub = OUTPUTS.get(task.stage)
+    return sub is not None and not (Path(campaign_dir) / "tasks" / task.folder / sub).exists()
+
+
 def software_tasks(tasks: list[Task], done: set[str]) -> list[Task]:
     """The tasks of software stages whose inputs are software too or finished already (an
     imported network's sweep reads its build); ``tasks`` in dependency order."""
@@ -174,9 +185,13 @@ def _run_train(folder: Path, params: dict) -> dict:
     # run_train writes <folder>/train atomically; the folder itself exists already.
     with open(folder / PROGRESS_LOG, "a") as log:
         run_train(validate(params["config"]), folder, progress_file=log)
+    from mcel_train.runio import weights_digest
+
     metrics = json.loads((folder / "train" / "metrics.json").read_text())
-    return {k: metrics[k] for k in ("test_accuracy", "mean_logit_margin", "median_step_time_s", "wall_time_s")} | {
-        "final_loss": metrics["epochs"][-1]["loss"]}
+    keep = ("test_accuracy", "mean_logit_margin", "median_step_time_s", "wall_time_s", "train_images", "test_images")
+    return {k: metrics[k] for k in keep} | {
+        "final_loss": metrics["epochs"][-1]["loss"], "epochs": len(metrics["epochs"]),
+        "weights_sha256": weights_digest(folder)}
 
 
 def _run_sweep(folder: Path, params: dict) -> dict:
