@@ -137,6 +137,35 @@ def test_grid_order_sets_which_trainings_start_first_and_keeps_their_keys():
     assert sorted(p.key for p in default) == sorted(p.key for p in seeds_first)
 
 
+def test_ready_tasks_finish_a_network_before_the_next_training_starts(tmp_path):
+    """Once a network is trained, its build and sweep go before the next training, and its RTL
+    simulation before both: what a campaign cut short has started is what it finishes."""
+    from flows.campaign.runner import Scheduler
+    from flows.campaign.store import ResultStore
+    from flows.campaign.tasks import expand
+
+    spec = parse_campaign({**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}],
+                                            "losses": ["ce", {"name": "mcel", "margin": 8}]},
+                           "hardware": {"ber": [0.01], "maps": 2, "images": 10}})
+    tasks = expand(spec)
+    first, second = spec.points
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.record_done(first.key, "train", "t", 1, 1.0, {})
+    stage = {t.key: t.stage for t in tasks}
+    ready = Scheduler(spec, tasks, store, executor=None, campaign_dir=tmp_path, show_progress=False)._ready()
+    # the restored training has no folder, so it is redone first; the rest waits for it
+    assert [stage[k] for k in ready] == ["train", "train"]
+    (tmp_path / "tasks" / f"train-{first.key}" / "train").mkdir(parents=True)
+    scheduler = Scheduler(spec, tasks, store, executor=None, campaign_dir=tmp_path, show_progress=False)
+    assert [stage[k] for k in scheduler._ready()] == ["build", "sweep", "train"]
+    build = next(t.key for t in tasks if t.stage == "build" and t.params["train"] == first.key)
+    scheduler.done.add(build)
+    scheduler.pending.remove(build)
+    assert [stage[k] for k in scheduler._ready()] == ["hwsim", "sweep", "train"]
+    assert scheduler._ready()[-1] == second.key
+    store.close()
+
+
 def test_software_only_leaves_builds_and_simulations_for_a_later_resume(tmp_path):
     campaign = {**TINY, "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}], "losses": ["ce"]},
                 "hardware": {"ber": [0.01], "maps": 2, "images": 10}}

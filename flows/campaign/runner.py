@@ -33,6 +33,11 @@ from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
 
 POLL_SECONDS = 0.5
+# Among the ready tasks, later stages go first: a campaign cut short (a session ends) then has
+# finished what it started before it started another network. A training without its sweep is
+# worth nothing in a fresh clone (it is trained again there), and an RTL simulation killed
+# midway restarts, so the long simulations should start as early as their inputs allow.
+STAGE_FIRST = {"hwsim": 0, "build": 1, "sweep": 2, "import": 3, "train": 4}
 
 
 def default_dir(spec: CampaignSpec) -> Path:
@@ -142,7 +147,7 @@ class Scheduler:
             elif all(d in self.done for d in deps) and key not in self.started:
                 ready.append(key)
         self.pending = [k for k in self.pending if k not in self.skipped]
-        return ready
+        return sorted(ready, key=lambda k: STAGE_FIRST[self.tasks[k].stage])  # stable: grid order within a stage
 
     def _finish(self, key: str, ok: bool, payload) -> None:
         task = self.tasks[key]
