@@ -12,7 +12,10 @@ It answers the question the MCEL paper raises (Yayla and Kumar 2026: up to +15 a
 - the evidence for *why*: the mean logit margin (training's record), the integer margins of the
   exact integer network (:func:`mcel_train.margins.integer_margins`: top-1 minus top-2 integer
   logit, and how close hidden accumulators sit to a threshold), and the weight-code
-  distributions (the stored codes the bit flips hit, and how much of the code range they use);
+  distributions (the stored codes the bit flips hit, and how much of the code range they use),
+  and what fault maps at the headline rate do to the margin, per layer. The campaign's
+  ``evidence`` section measures these as tasks while the networks exist (a campaign folder does
+  not outlive its clone; its ``results.json`` does);
 - the hardware check (RTL simulation against the software prediction for the same maps);
 - ``mcel report``'s recommendation for target rates of 1 % and 0.1 %;
 - a conclusion computed from these numbers.
@@ -35,10 +38,7 @@ from flows.campaign.report import campaign_table, load_results, recommend, write
 from flows.campaign.spec import CampaignSpec
 from flows.cli import OneLineParser
 from mcel_train.errors import UserError, UserInputError
-from mcel_train.fault_effect import evaluator, layer_attribution, margin_shift
-from mcel_train.intnet import from_brevitas
-from mcel_train.margins import integer_margins
-from mcel_train.runio import load_run
+from mcel_train.fault_effect import network_evidence
 from mcel_train.sweep import t_interval
 
 matplotlib.use("Agg")
@@ -84,90 +84,30 @@ def gain(table: list[dict], model: str, loss: str, rate: float, base: str = "CE"
                               and (a["ci95_seeds"][0] > b["ci95_seeds"][1] or a["ci95_seeds"][1] < b["ci95_seeds"][0]))}
 
 
-def network_evidence(train_dir: Path, images: int, rate: float = 0.01, maps: int = 8) -> dict:
-    """Integer margins, weight-code statistics and the effect of faults at ``rate`` (``maps`` maps:
-    :mod:`mcel_train.fault_effect`) of one trained network (its ``train/`` folder's parent), on
-    the first ``images`` test images."""
-    import torch
+def evidence(campaign_dir: Path, spec: CampaignSpec, tasks: list, done: dict, images: int,
+             seeds: Sequence[int] = (0,), rate: float = 0.01, maps: int = 8) -> tuple[list[dict], list[str]]:
+    """The evidence of every finished training that should have it, and the trainings that lack it.
 
-    run = load_run(train_dir)
-    net = from_brevitas(run.model)
-    x, labels = run.test_set()
-    x, labels = x[:images], np.asarray(labels[:images])
-    with torch.no_grad():
-        m = integer_margins(net, x.to(torch.float32), labels)
-    layers = []
-    for layer in net.layers:
-        w = np.asarray(layer.weight, dtype=np.int64)
-        zp = layer.weight_zero_point
-        codes = w + zp if zp is not None else w
-        lo, hi = (0, 2 ** layer.weight_bits - 1) if zp is not None else (-(2 ** (layer.weight_bits - 1)),
-                                                                         2 ** (layer.weight_bits - 1) - 1)
-        rms = float(np.sqrt((w.astype(np.float64) ** 2).mean()))
-        # A flip of bit k moves a b-bit code by 2^k in either code form, so the mean change per
-        # flip is (2^b - 1) / b codes (2 for bipolar +-1); relative to the weights' rms it says
-        # how hard a flip hits.
-        per_flip = 2.0 if layer.weight_bits == 1 else (2 ** layer.weight_bits - 1) / layer.weight_bits
-        layers.append({"layer": layer.name, "weights": int(w.size), "bits": layer.weight_bits,
-                       "zero_point": zp, "scale": layer.weight_scale,
-                       "rms_code_distance_from_zero": rms,
-                       "mean_flip_change_over_rms": per_flip / rms if rms else None,
-                       "fraction_zero": float((w == 0).mean()),
-                       "fraction_at_code_extremes": float(((codes == lo) | (codes == hi)).mean()),
-                       "histogram": dict(zip(*(v.tolist() for v in np.unique(codes, return_counts=True)),
-                                             strict=True))})
-    dist = m["layer_distances"]
-    ev = evaluator(net, x, labels)  # one for both fault measurements
-    return {"images": int(len(labels)),
-            "mean_integer_logit_margin": float(m["margin_int"].mean()),
-            "median_integer_logit_margin": float(np.median(m["margin_int"])),
-            "logit_scale": float(net.logit_scale),
-            "hidden_fraction_within_1": [float((d < 1).mean()) for d in dist],
-            "hidden_median_distance": [float(np.median(d)) for d in dist],
-            "layers": layers,
-            "margin_shift": margin_shift(net, x, labels, rate, maps=maps, ev=ev),
-            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps, ev=ev)}
-
-
-def evidence(campaign_dir: Path, spec: CampaignSpec, done: dict, images: int,
-             seeds: Sequence[int] = (0,), rate: float = 0.01, maps: int = 8,
-             earlier: Sequence[dict] = ()) -> tuple[list[dict], list[str]]:
-    """:func:`network_evidence` of every finished training of the given seeds (``spec`` and
-    ``done``: the campaign's spec and finished results, as :func:`load_results` gives them),
-    and the trainings it lacks.
-
-    A training restored from another clone (:mod:`flows.campaign.archive`) has no network in
-    the folder. Its evidence is taken from ``earlier`` (the previous ``paper_reproduction.json``)
-    when an entry there was measured on the same weights (digest) with the same settings.
+    With an ``evidence`` section the campaign measured it as a task while the network existed
+    (:func:`mcel_train.fault_effect.network_evidence`); those records are read, and the
+    section's seeds, rate, maps and images apply. A campaign without the section is measured
+    here, on the networks in its folder, for ``seeds`` with ``images``, ``rate`` and ``maps``.
     """
+    recorded = {t.params["train"]: done.get(t.key) for t in tasks if t.stage == "evidence"}
     out, missing = [], []
     for p in spec.points:
-        if p.seed not in seeds or p.key not in done:
+        if p.key not in done or not (spec.has_evidence(p) if spec.evidence else p.seed in seeds):
             continue
-        folder = campaign_dir / "tasks" / f"train-{p.key}"
-        settings = {"train_key": p.key, "weights_sha256": done[p.key].get("weights_sha256"),
-                    "evidence_images": images, "evidence_rate": rate, "evidence_maps": maps}
-        if (folder / "train" / "model.pt").is_file():
-            out.append({"model": p.model_label, "loss": p.loss_label, "seed": p.seed,
-                        "mean_logit_margin": done[p.key]["mean_logit_margin"],
-                        "clean_accuracy": done[p.key]["test_accuracy"], **settings,
-                        **network_evidence(folder, images, rate, maps)})
+        head = {"model": p.model_label, "loss": p.loss_label, "seed": p.seed, "train_key": p.key,
+                "mean_logit_margin": done[p.key]["mean_logit_margin"], "clean_accuracy": done[p.key]["test_accuracy"]}
+        if spec.evidence:
+            if recorded.get(p.key) is None:
+                missing.append(f"{p.model_label} {p.loss_label} seed {p.seed}")
+            else:
+                out.append(head | recorded[p.key])
             continue
-        kept = next((e for e in earlier if settings["weights_sha256"] is not None
-                     and all(e.get(k) == v for k, v in settings.items())), None)
-        if kept is not None:
-            out.append(kept)
-        else:
-            missing.append(f"{p.model_label} {p.loss_label} seed {p.seed}")
+        out.append(head | network_evidence(campaign_dir / "tasks" / f"train-{p.key}", images, rate, maps))
     return out, missing
-
-
-def _earlier_evidence(docs: Path) -> list[dict]:
-    """The evidence entries of the previous document in ``docs`` (none if absent or unreadable)."""
-    try:
-        return list(json.loads((docs / "paper_reproduction.json").read_text()).get("evidence") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
 
 
 def _pct(x: float | None) -> str:
@@ -206,9 +146,10 @@ def _plot_codes(ev: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, max(1, len(ev)), figsize=(3.6 * max(1, len(ev)), 3.2), squeeze=False)
     for ax, e in zip(axes[0], ev, strict=False):
         big = max(e["layers"], key=lambda layer: layer["weights"])
-        codes = sorted(big["histogram"])
-        total = sum(big["histogram"].values())
-        ax.bar(codes, [big["histogram"][c] / total for c in codes], color="C2")
+        hist = {int(code): count for code, count in big["histogram"].items()}  # JSON keys are strings
+        codes = sorted(hist)
+        total = sum(hist.values())
+        ax.bar(codes, [hist[c] / total for c in codes], color="C2")
         zp = big["zero_point"]
         ax.set_title(f"{e['model']}\n{e['loss']} s{e['seed']}: {big['layer']}", fontsize=8)
         ax.set_xlabel("stored weight code" + (f" (zero point {zp})" if zp is not None else " (signed)"))
@@ -270,7 +211,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
             raise UserInputError(f"{flag} must be at least 1, got {value}")
     if not 0 < rate < 1:
         raise UserInputError(f"--rate must be a bit error rate between 0 and 1, got {rate:g}")
-    spec, _, done = load_results(campaign_dir)
+    spec, tasks, done = load_results(campaign_dir)
     rows = campaign_table(campaign_dir)
     if not any(r["source"] == "software" for r in rows):
         raise UserInputError(f"{campaign_dir} has no finished sweep yet; resume the campaign first")
@@ -280,8 +221,10 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     table = seed_table(rows)
     models = list(dict.fromkeys(c["model"] for c in table))
     gains = [g for g in (gain(table, m, loss, rate) for m in models) if g is not None]
-    ev, ev_missing = evidence(campaign_dir, spec, done, evidence_images, rate=rate, maps=evidence_maps,
-                              earlier=_earlier_evidence(docs))
+    ev, ev_missing = evidence(campaign_dir, spec, tasks, done, evidence_images, rate=rate, maps=evidence_maps)
+    ev_rate = rate
+    if spec.evidence:  # the campaign's own settings
+        evidence_images, evidence_maps, ev_rate = (spec.evidence[k] for k in ("images", "maps", "rate"))
     recs = {t: recommend(rows, t, 0.5) for t in (0.01, 0.001)}
     hw = [r for r in rows if r["source"] == "hardware"]
     _plot_curves(table, docs / "paper_reproduction.png")
@@ -327,14 +270,14 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## Why: margins and weight codes", "",
-              f"Per trained network of seed 0, on the first {evidence_images} test images. The integer logit "
+              f"Per trained network of seed {', '.join(sorted({str(e['seed']) for e in ev})) or '-'}, on the first "
+              f"{evidence_images} test images. The integer logit "
               "margin is top-1 minus top-2 integer logit; 'within 1' is the fraction of hidden accumulators "
               "one unit or less from a threshold (one flipped low bit can change that neuron's output); "
               "'flip / rms' is the mean change of a weight code by one bit flip, (2^b - 1)/b, over the rms "
               "distance of the layer's weights from zero in codes.", ""]
     if ev_missing:
-        lines += [f"No evidence yet for {', '.join(ev_missing)}: the network is not in the campaign folder "
-                  "and the previous document has none for its weights.", ""]
+        lines += [f"No evidence yet for {', '.join(ev_missing)} (the campaign's evidence task has not run).", ""]
     if ev:
         lines += ["| model | loss | clean % | mean logit margin | integer logit margin (mean / median) "
                   "| hidden within 1 | largest layer: flip / rms, zero %, at extremes % |",
@@ -347,7 +290,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
                          f"| {big['mean_flip_change_over_rms']:.2f}, {100 * big['fraction_zero']:.1f}, "
                          f"{100 * big['fraction_at_code_extremes']:.1f} |")
         lines += ["", "![weight codes](paper_reproduction_codes.png)", "",
-                  f"### What faults at p={rate:g} do to the margin", "",
+                  f"### What faults at p={ev_rate:g} do to the margin", "",
                   f"{evidence_maps} fault maps per network on the same images. The *shrink* of an image's "
                   "integer margin is the clean margin minus the clean top-1 class's lead over the other classes "
                   "under the map (`mcel_train/fault_effect.py`); medians over all (map, image) pairs. If a "
@@ -364,7 +307,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
                          f"| {100 * ms['fraction_predictions_changed']:.2f} % |")
         names = [f["memory"] for f in ev[0]["faulted_alone"]]
         shares = ", ".join(f"{f['memory']} {100 * f['share_of_bits']:.3g} %" for f in ev[0]["faulted_alone"])
-        lines += ["", f"### Where the damage comes from: one layer's memory faulted at p={rate:g}", "",
+        lines += ["", f"### Where the damage comes from: one layer's memory faulted at p={ev_rate:g}", "",
                   f"Accuracy drop in points when only that layer's weight memory takes faults ({evidence_maps} maps "
                   f"each). Share of the network's bits: {shares}.", "",
                   "| model | loss | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -414,9 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--docs", type=Path, default=Path("docs"))
     p.add_argument("--rate", type=float, default=0.01, help="the headline rate")
     p.add_argument("--loss", default="MCEL m=32", help="the loss label compared with CE")
-    p.add_argument("--evidence-images", type=int, default=2000, help="test images for the margin evidence")
+    p.add_argument("--evidence-images", type=int, default=2000,
+                   help="test images for the margin evidence of a campaign without an evidence section "
+                        "(with one, the campaign measured it: its section's settings apply)")
     p.add_argument("--evidence-maps", type=int, default=8,
-                   help="fault maps per network (and per layer faulted alone) for the evidence")
+                   help="fault maps per network (and per layer faulted alone) for that evidence")
     args = p.parse_args(argv)
     try:
         md = build_doc(args.campaign, args.docs, args.rate, args.loss, args.evidence_images,

@@ -17,6 +17,7 @@ of the sweeps and of the accelerator.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,3 +108,51 @@ def layer_attribution(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate
         out.append({"memory": mem.name, "bits": int(mem.n_bits), "share_of_bits": mem.n_bits / total,
                     "accuracy": float(acc.mean()), "drop_points": 100 * (clean - float(acc.mean()))})
     return out
+
+
+def network_evidence(train_dir: str | Path, images: int, rate: float = 0.01, maps: int = 8) -> dict:
+    """Integer margins, weight-code statistics and the effect of faults at ``rate`` (``maps``
+    maps: :func:`margin_shift`, :func:`layer_attribution`) of one trained network (its
+    ``train/`` folder's parent), on the first ``images`` test images. A campaign's ``evidence``
+    stage (``flows/campaign/tasks.py``) records it while the network exists."""
+    from mcel_train.intnet import from_brevitas
+    from mcel_train.margins import integer_margins
+    from mcel_train.runio import load_run
+
+    run = load_run(train_dir)
+    net = from_brevitas(run.model)
+    x, labels = run.test_set()
+    x, labels = x[:images], np.asarray(labels[:images])
+    with torch.no_grad():
+        m = integer_margins(net, x.to(torch.float32), labels)
+    layers = []
+    for layer in net.layers:
+        w = np.asarray(layer.weight, dtype=np.int64)
+        zp = layer.weight_zero_point
+        codes = w + zp if zp is not None else w
+        lo, hi = (0, 2 ** layer.weight_bits - 1) if zp is not None else (-(2 ** (layer.weight_bits - 1)),
+                                                                         2 ** (layer.weight_bits - 1) - 1)
+        rms = float(np.sqrt((w.astype(np.float64) ** 2).mean()))
+        # A flip of bit k moves a b-bit code by 2^k in either code form, so the mean change per
+        # flip is (2^b - 1) / b codes (2 for bipolar +-1); relative to the weights' rms it says
+        # how hard a flip hits.
+        per_flip = 2.0 if layer.weight_bits == 1 else (2 ** layer.weight_bits - 1) / layer.weight_bits
+        layers.append({"layer": layer.name, "weights": int(w.size), "bits": layer.weight_bits,
+                       "zero_point": zp, "scale": layer.weight_scale,
+                       "rms_code_distance_from_zero": rms,
+                       "mean_flip_change_over_rms": per_flip / rms if rms else None,
+                       "fraction_zero": float((w == 0).mean()),
+                       "fraction_at_code_extremes": float(((codes == lo) | (codes == hi)).mean()),
+                       "histogram": dict(zip(*(v.tolist() for v in np.unique(codes, return_counts=True)),
+                                             strict=True))})
+    dist = m["layer_distances"]
+    ev = evaluator(net, x, labels)  # one for both fault measurements
+    return {"images": int(len(labels)),
+            "mean_integer_logit_margin": float(m["margin_int"].mean()),
+            "median_integer_logit_margin": float(np.median(m["margin_int"])),
+            "logit_scale": float(net.logit_scale),
+            "hidden_fraction_within_1": [float((d < 1).mean()) for d in dist],
+            "hidden_median_distance": [float(np.median(d)) for d in dist],
+            "layers": layers,
+            "margin_shift": margin_shift(net, x, labels, rate, maps=maps, ev=ev),
+            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps, ev=ev)}

@@ -89,6 +89,9 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
      "hardware.only.losses: 'MCEL m=9' is not in the grid"),
     ({"grid": {**TINY["grid"], "order": ["seed", "loss", "loss"]}}, "grid.order"),
     ({"grid": {**TINY["grid"], "order": ["seed", "model", "epoch"]}}, "grid.order"),
+    ({"evidence": {"rate": 0}}, "evidence.rate"),
+    ({"evidence": {"maps": 0}}, "evidence.maps"),
+    ({"evidence": {"images": 10, "colour": 1}}, "evidence.colour"),
 ])
 def test_malformed_campaign_is_one_clear_error_before_any_work(tmp_path, change, message):
     path = _write(tmp_path, {**TINY, **change})
@@ -386,26 +389,42 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
 
 
-@pytest.mark.slow  # two document builds
-def test_paper_reproduction_keeps_the_evidence_of_networks_restored_from_the_results_file(reference, tmp_path):
-    """A campaign restored in a fresh clone has its results but not its networks: the document
-    keeps the evidence measured earlier on the same weights, and says which is missing when
-    the earlier evidence used other settings."""
+@pytest.mark.slow  # a small campaign, two document builds
+def test_evidence_is_a_campaign_task_and_the_document_reads_it_without_the_networks(tmp_path):
+    """The evidence section measures each selected network as a task, with the same numbers
+    as measuring it directly; a campaign restored in a fresh clone (no networks) gives the same
+    document evidence, and a network whose evidence task has not run is named as missing."""
     from flows.paper_reproduction import build_doc
+    from mcel_train.fault_effect import network_evidence
 
-    path, folder = reference
+    losses = ["ce", {"name": "mcel", "margin": 32}]
+    campaign = {**CARRIED, "name": "evidenced", "grid": {**CARRIED["grid"], "losses": losses},
+                "software": TINY["software"], "evidence": {"images": 60, "maps": 2}}
+    path = _write(tmp_path, campaign)
+    folder, summary = run_campaign(path, tmp_path / "c", workers=2, show_progress=False)
+    assert summary["done"] == 6  # 2 trainings, 2 sweeps, 2 evidence tasks
     docs = tmp_path / "docs"
-    build_doc(folder, docs, evidence_images=50, evidence_maps=2)
+    build_doc(folder, docs, evidence_images=999, evidence_maps=9)  # the section's settings apply
     first = json.loads((docs / "paper_reproduction.json").read_text())["evidence"]
-    assert len(first) == 6 and all(len(e["weights_sha256"]) == 64 for e in first)
+    assert [e["loss"] for e in first] == ["CE", "MCEL m=32"]
+    train = next(folder.glob("tasks/train-*"))
+    direct = json.loads(json.dumps(network_evidence(train, 60, 0.01, 2)))
+    mine = next(e for e in first if e["train_key"] == train.name.removeprefix("train-"))
+    assert {k: mine[k] for k in direct} == direct
+    assert mine["margin_shift"]["images"] == 60 and mine["margin_shift"]["maps"] == 2
+
     restored, summary = run_campaign(path, tmp_path / "restored", workers=1, show_progress=False,
-                                     restore=docs / "campaigns" / "tiny" / "results.json")
+                                     restore=docs / "campaigns" / "evidenced" / "results.json")
     assert summary["finished_here"] == 0 and not (restored / "tasks").exists()
-    build_doc(restored, docs, evidence_images=50, evidence_maps=2)
+    md = build_doc(restored, docs).read_text()
     assert json.loads((docs / "paper_reproduction.json").read_text())["evidence"] == first
-    md = build_doc(restored, docs, evidence_images=40, evidence_maps=2).read_text()
-    assert "No evidence yet for tfc_w2a2 CE seed 0" in md
-    assert json.loads((docs / "paper_reproduction.json").read_text())["evidence"] == []
+    assert "### What faults at p=0.01 do to the margin" in md
+
+    with sqlite3.connect(restored / "results.sqlite") as conn:
+        conn.execute("DELETE FROM tasks WHERE stage = 'evidence' AND label LIKE '%MCEL%'")
+    md = build_doc(restored, docs).read_text()
+    assert "No evidence yet for tfc_w2a2 MCEL m=32 seed 0" in md
+    assert [e["loss"] for e in json.loads((docs / "paper_reproduction.json").read_text())["evidence"]] == ["CE"]
 
 
 def test_a_stale_sweep_folder_keeps_its_checkpoint(tmp_path):

@@ -37,7 +37,7 @@ POLL_SECONDS = 0.5
 # finished what it started before it started another network. A training without its sweep is
 # worth nothing in a fresh clone (it is trained again there), and an RTL simulation killed
 # midway restarts, so the long simulations should start as early as their inputs allow.
-STAGE_FIRST = {"hwsim": 0, "build": 1, "sweep": 2, "import": 3, "train": 4}
+STAGE_FIRST = {"hwsim": 0, "build": 1, "evidence": 2, "sweep": 3, "import": 4, "train": 5}
 
 
 def default_dir(spec: CampaignSpec) -> Path:

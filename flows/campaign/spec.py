@@ -124,6 +124,7 @@ class CampaignSpec:
     timeout_s: float
     raw: dict
     imports: tuple[ImportPoint, ...] = ()
+    evidence: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.raw, sort_keys=True, indent=1)
@@ -135,6 +136,10 @@ class CampaignSpec:
         only = self.hardware.get("only") or {}
         return all(only.get(key) is None or value in only[key] for key, value in
                    (("models", point.model_label), ("losses", point.loss_label), ("seeds", point.seed)))
+
+    def has_evidence(self, point: TrainPoint) -> bool:
+        """Whether ``point``'s network gets an ``evidence`` task (``evidence.seeds`` selects)."""
+        return self.evidence is not None and (self.evidence["seeds"] is None or point.seed in self.evidence["seeds"])
 
 
 def _fail(where: str, message: str) -> None:
@@ -233,6 +238,19 @@ class HardwareSection(_Section):
     folding: str | dict = "auto"
 
 
+class EvidenceSection(_Section):
+    """Per trained network of the given seeds (all if left out), while the network exists: its
+    integer margins, weight codes, and what ``maps`` fault maps at ``rate`` do to the margin
+    and per layer (:func:`mcel_train.fault_effect.network_evidence`), on ``images`` test images.
+    A campaign folder is not kept across clones, its results are (``flows/campaign/archive.py``),
+    so what is measured on the networks is measured as a task."""
+
+    seeds: list[StrictInt] | None = None
+    rate: Annotated[StrictFloat | StrictInt, Field(gt=0, lt=1)] = 0.01
+    maps: StrictInt = Field(8, ge=1)
+    images: StrictInt = Field(2000, ge=1)
+
+
 class CampaignFile(_Section):
     name: str = Field(min_length=1, pattern=r"^[^/]+$")
     seed: StrictInt = Field(0, ge=0)
@@ -240,6 +258,7 @@ class CampaignFile(_Section):
     grid: GridSection
     software: SoftwareSection
     hardware: HardwareSection | None = None
+    evidence: EvidenceSection | None = None
     retries: StrictInt = Field(1, ge=0)
     timeout_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 6 * 3600
 
@@ -379,6 +398,7 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     return CampaignSpec(
         name=spec.name, seed=spec.seed, points=tuple(points), software=spec.software.as_params(),
         hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw, imports=imports,
+        evidence=None if spec.evidence is None else spec.evidence.model_dump(),
     )
 
 

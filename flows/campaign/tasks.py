@@ -1,6 +1,6 @@
 """The campaign's task graph and the stage functions its workers run.
 
-A campaign expands into five kinds of task, each keyed by the content of its inputs (the
+A campaign expands into six kinds of task, each keyed by the content of its inputs (the
 resolved config plus the keys of the tasks it reads), so that the same training config is trained
 once, the same build built once, however many grid cells share them:
 
@@ -9,7 +9,10 @@ once, the same build built once, however many grid cells share them:
 * ``sweep``  -- software bit-error sweep of a trained network for one fault model;
 * ``build``  -- FINN build + Verilator model of a trained network;
 * ``hwsim``  -- cocotb RTL simulation of a build at every hardware rate, then the hardware vs
-  software comparison (one Verilator harness build serves all rates and maps).
+  software comparison (one Verilator harness build serves all rates and maps);
+* ``evidence`` -- margins, weight codes and the effect of faults on the margin of a trained
+  network (:func:`mcel_train.fault_effect.network_evidence`), for the campaign's ``evidence``
+  section.
 
 Each task works in its own folder ``<campaign>/tasks/<stage>-<key>/``; stages that read an
 earlier stage's output see it through relative symlinks (``train``, ``build``), so the project's
@@ -28,8 +31,8 @@ from pathlib import Path
 
 from flows.campaign.spec import CampaignSpec, content_key
 
-STAGES = ("import", "train", "sweep", "build", "hwsim")
-SOFTWARE_STAGES = ("import", "train", "sweep")  # no FINN, no RTL simulator
+STAGES = ("import", "train", "sweep", "build", "hwsim", "evidence")
+SOFTWARE_STAGES = ("import", "train", "sweep", "evidence")  # no FINN, no RTL simulator
 PROGRESS_LOG = "progress.log"  # a long task's sparse progress lines (tail -f it)
 
 
@@ -105,6 +108,10 @@ def expand(spec: CampaignSpec) -> list[Task]:
             params = {"train": train.key, "fault_model": fm, "ber": sw["ber"], "maps": sw["maps"],
                       "seed": sw["seed"], **sizes}
             add(Task("sweep", content_key({"stage": "sweep", **params}), f"sweep {name} {fm}", params,
+                     (train.key,)))
+        if spec.has_evidence(point):
+            params = {"train": train.key, **{k: spec.evidence[k] for k in ("rate", "maps", "images")}}
+            add(Task("evidence", content_key({"stage": "evidence", **params}), f"evidence {name}", params,
                      (train.key,)))
         if not spec.on_hardware(point):
             continue
@@ -206,6 +213,12 @@ def _run_sweep(folder: Path, params: dict) -> dict:
         for r in record["results"]]}
 
 
+def _run_evidence(folder: Path, params: dict) -> dict:
+    from mcel_train.fault_effect import network_evidence
+
+    return network_evidence(folder, params["images"], params["rate"], params["maps"])
+
+
 def _run_build(folder: Path, params: dict) -> dict:
     from flows.build import build_run, export_run
 
@@ -235,7 +248,7 @@ def _run_hwsim(folder: Path, params: dict) -> dict:
 
 
 RUNNERS = {"import": _run_import, "train": _run_train, "sweep": _run_sweep, "build": _run_build,
-           "hwsim": _run_hwsim}
+           "hwsim": _run_hwsim, "evidence": _run_evidence}
 
 
 def execute(task_dict: dict, campaign_dir: str) -> dict:
