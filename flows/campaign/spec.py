@@ -17,6 +17,7 @@ Example (``flows/campaigns/ce_vs_mcel_tfc.yaml`` is the shipped one)::
       seeds: [0]
     software: {fault_models: [flip], ber: [0, 0.001, 0.01], maps: 50, seed: 0}
     hardware: {ber: [0, 0.01], maps: 3, images: 500, inject: backdoor, target_cycles: 784}
+    evidence: {seeds: [0], rate: 0.01, maps: 8, images: 2000}   # margins and fault effect per network
     retries: 1
     timeout_s: 3600
 
