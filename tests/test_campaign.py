@@ -515,7 +515,7 @@ def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
     with sqlite3.connect(half / "results.sqlite") as conn:
         conn.execute("DELETE FROM tasks WHERE key = ?", (redo["key"],))
     (half / "tasks" / f"sweep-{redo['key']}" / CHECKPOINT).write_text('{"params": {"p": 1}, "results": [7]}')
-    write_archive(half, tmp_path / "half.json")
+    write_archive(half, tmp_path / "half.json", "carried")
     assert json.loads((tmp_path / "half.json").read_text())["sweep_checkpoints"] == {
         redo["key"]: {"params": {"p": 1}, "results": [7]}}
     from flows.campaign.archive import restore

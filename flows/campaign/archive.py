@@ -52,9 +52,9 @@ class _Archive(BaseModel):
     sweep_checkpoints: dict[str, dict]
 
 
-def write_archive(campaign_dir: str | Path, path: str | Path) -> Path:
-    """``path`` <- the finished rows of ``campaign_dir``'s store and its unfinished sweeps'
-    checkpoints (written to a temporary file, then renamed)."""
+def write_archive(campaign_dir: str | Path, path: str | Path, campaign: str) -> Path:
+    """``path`` <- the finished rows of ``campaign_dir``'s store (campaign named ``campaign``)
+    and its unfinished sweeps' checkpoints (written to a temporary file, then renamed)."""
     from mcel_train.sweep import CHECKPOINT
 
     campaign_dir, path = Path(campaign_dir), Path(path)
@@ -72,18 +72,11 @@ def write_archive(campaign_dir: str | Path, path: str | Path) -> Path:
                 checkpoints[key] = json.loads(ckpt.read_text())
             except (OSError, ValueError):
                 continue  # a torn checkpoint is ignored by the sweep too
-    name = _campaign_name(campaign_dir)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": FORMAT, "campaign": name, "rows": rows,
+    tmp.write_text(json.dumps({"format": FORMAT, "campaign": campaign, "rows": rows,
                                "sweep_checkpoints": checkpoints}, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def _campaign_name(campaign_dir: Path) -> str:
-    import yaml
-
-    return str(yaml.safe_load((campaign_dir / "campaign.yaml").read_text())["name"])
 
 
 def read_archive(path: str | Path, spec: CampaignSpec) -> _Archive:

@@ -314,5 +314,5 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
     (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
-    write_archive(campaign_dir, out / ARCHIVE_NAME)  # what --restore takes in another clone
+    write_archive(campaign_dir, out / ARCHIVE_NAME, spec.name)  # what --restore takes in another clone
     return out / "report.md"
