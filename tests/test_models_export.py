@@ -34,31 +34,59 @@ def _calibrated(name: str | ModelSpec) -> torch.nn.Module:
 
 
 # lfc_w8a8: in a 1024-wide 8-bit layer, torch and onnxruntime sum in different float32 orders,
-# and a hidden activation sitting on a rounding boundary can land one quantization level apart
-# (with seed 0, every run: logits off by ~1e-3). The hardware path uses integer thresholds, so
-# it is exact; this float-vs-float check is a known failure, strict so that a change that makes it
-# pass (or a different failure mode) is noticed, rather than a loosened tolerance.
-KNOWN_FLOAT_BOUNDARY = {"lfc_w8a8"}
+# and a hidden activation whose pre-activation sits within float noise of a rounding boundary can
+# land one quantization level apart on one machine and not on another (CI saw both). The hardware
+# path uses integer thresholds, so it is exact; this float-vs-float check instead feeds such
+# networks only images whose every hidden pre-activation is at least BOUNDARY_GAP quantization
+# steps from a rounding boundary, where float32 summation order cannot change a level.
+BOUNDARY_SENSITIVE = {"lfc_w8a8"}
+BOUNDARY_GAP = 1e-4
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="float32 rounding at an 8-bit quantization boundary", strict=True,
-                                            raises=AssertionError))
-    if n in KNOWN_FLOAT_BOUNDARY else n for n in ZOO
-])
+@pytest.mark.parametrize("name", ZOO)
 def test_qonnx_export_matches_torch(name, tmp_path):
-    _check_qonnx_export(_calibrated(name), tmp_path / f"{name}.onnx")
+    model = _calibrated(name)
+    _check_qonnx_export(model, tmp_path / f"{name}.onnx", away_from_boundaries=name in BOUNDARY_SENSITIVE)
 
 
-def _check_qonnx_export(model: torch.nn.Module, path) -> None:
+def _boundary_distance(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per image: the smallest distance, in quantization steps, of any hidden unsigned activation's
+    pre-activation from a rounding boundary (half-way between two levels below the top level)."""
+    from brevitas.nn import QuantReLU
+
+    dists: list[torch.Tensor] = []
+
+    def hook(mod, inputs, out):
+        pre = inputs[0].value if hasattr(inputs[0], "value") else inputs[0]
+        steps = pre / out.scale
+        dist = (steps - torch.floor(steps) - 0.5).abs()
+        dist = torch.where(steps < 2 ** float(out.bit_width) - 0.5, dist, torch.ones_like(dist))
+        dists.append(dist.flatten(1).min(1).values)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, QuantReLU)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(dists).min(0).values
+
+
+def _check_qonnx_export(model: torch.nn.Module, path, away_from_boundaries: bool = False) -> None:
     from brevitas.export import export_qonnx
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.infer_shapes import InferShapes
 
     rng = np.random.default_rng(1)
-    imgs = rng.integers(0, 256, (4, *model.spec.image_shape), dtype=np.uint8)
-    x = encode_inputs(imgs, model.spec.input_kind).reshape(4, *model.input_shape)
+    n = 64 if away_from_boundaries else 4
+    imgs = rng.integers(0, 256, (n, *model.spec.image_shape), dtype=np.uint8)
+    x = encode_inputs(imgs, model.spec.input_kind).reshape(n, *model.input_shape)
+    if away_from_boundaries:
+        keep = torch.nonzero(_boundary_distance(model, x) > BOUNDARY_GAP).flatten()[:4]
+        assert len(keep) == 4, "too few random images away from rounding boundaries"
+        x = x[keep]
     export_qonnx(model, args=x, export_path=str(path))
     wrapped = ModelWrapper(str(path)).transform(InferShapes())
     iname, oname = wrapped.graph.input[0].name, wrapped.graph.output[0].name
