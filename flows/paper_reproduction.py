@@ -32,39 +32,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
-from flows.campaign.report import campaign_table, load_results, recommend, write_report
+from flows.campaign.report import across_seeds, campaign_table, load_results, recommend, write_report
 from flows.campaign.spec import CampaignSpec
 from flows.cli import OneLineParser
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.fault_effect import network_evidence
-from mcel_train.sweep import t_interval
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PAPER_GAIN_POINTS = 15.0  # the paper's headline: MCEL over CE at 1 % bit errors, VGG3 4-bit
-
-
-def seed_table(rows: list[dict]) -> list[dict]:
-    """Per (model, loss, rate) of the software sweeps: mean over seeds, its 95 % interval across
-    seeds, the seeds' count, and the mean fault-map interval half width of one seed's mean."""
-    sw = [r for r in rows if r["source"] == "software"]
-    out = []
-    for model, loss, rate in dict.fromkeys((r["model"], r["loss"], r["rate"]) for r in sw):
-        cells = [r for r in sw if (r["model"], r["loss"], r["rate"]) == (model, loss, rate)]
-        acc = [r["mean"] for r in cells]
-        halves = [(r["ci95"][1] - r["ci95"][0]) / 2 for r in cells if r["ci95"]]
-        clean = [r["clean_accuracy"] for r in cells if r["clean_accuracy"] is not None]
-        out.append({"model": model, "loss": loss, "rate": rate, "seeds": sorted(r["seed"] for r in cells),
-                    "mean": float(np.mean(acc)), "ci95_seeds": t_interval(acc),
-                    "map_ci95_half_width": float(np.mean(halves)) if halves else None,
-                    "maps": [r["maps"] for r in cells],
-                    "clean_accuracy": float(np.mean(clean)) if clean else None,
-                    "mean_logit_margin": float(np.mean([r["mean_logit_margin"] for r in cells
-                                                        if r["mean_logit_margin"] is not None] or [np.nan]))})
-    return out
 
 
 def gain(table: list[dict], model: str, loss: str, rate: float, base: str = "CE") -> dict | None:
@@ -112,6 +90,10 @@ def evidence(campaign_dir: Path, spec: CampaignSpec, tasks: list, done: dict, im
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _ci(ci: Sequence[float] | None) -> str:
@@ -218,7 +200,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     docs.mkdir(parents=True, exist_ok=True)
     report_dir = docs / "campaigns" / spec.name
     write_report(campaign_dir, report_dir)
-    table = seed_table(rows)
+    table = across_seeds(rows)
     models = list(dict.fromkeys(c["model"] for c in table))
     gains = [g for g in (gain(table, m, loss, rate) for m in models) if g is not None]
     ev, ev_missing = evidence(campaign_dir, spec, tasks, done, evidence_images, rate=rate, maps=evidence_maps)
@@ -262,7 +244,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
             cells = {c["rate"]: c for c in table if (c["model"], c["loss"]) == (model, name)}
             first = next(iter(cells.values()))
             row = [name, ",".join(map(str, first["seeds"])), _pct(first["clean_accuracy"]),
-                   f"{first['mean_logit_margin']:.2f}"]
+                   _num(first["mean_logit_margin"])]
             for r in (r for r in rates if r > 0):
                 c = cells.get(r)
                 row.append("-" if c is None else f"{_pct(c['mean'])} {_ci(c['ci95_seeds'])} "

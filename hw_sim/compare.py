@@ -9,27 +9,23 @@ numbers written to ``compare.json``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from mcel_train.faults.faultmap import FaultMap
+from mcel_train.sweep import t_interval
 
 
 class MismatchError(AssertionError):
     """Hardware and software disagree on some map and image."""
 
 
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t confidence interval."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()), 0.0
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), half
+def mean_and_half_width(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t interval over maps (0 with one map)."""
+    ci = t_interval(values)
+    mean = float(np.mean(values))
+    return mean, 0.0 if ci is None else (ci[1] - ci[0]) / 2
 
 
 def curves(record: dict) -> list[dict]:
@@ -37,8 +33,8 @@ def curves(record: dict) -> list[dict]:
     rows = []
     for ber in record["bers"]:
         maps = [m for m in record["maps"] if m["rate"] == ber]
-        hw_mean, hw_half = t_interval([m["accuracy"] for m in maps])
-        sw_mean, sw_half = t_interval([m["predicted_accuracy"] for m in maps])
+        hw_mean, hw_half = mean_and_half_width([m["accuracy"] for m in maps])
+        sw_mean, sw_half = mean_and_half_width([m["predicted_accuracy"] for m in maps])
         rows.append({"rate": ber, "maps": len(maps), "hw_mean": hw_mean, "hw_ci95": hw_half,
                      "sw_mean": sw_mean, "sw_ci95": sw_half,
                      "identical_maps": sum(m["identical_to_software"] for m in maps)})

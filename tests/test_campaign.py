@@ -289,7 +289,8 @@ def test_report_has_tables_curves_and_best_margins(reference, figures):
     assert (md.parent / "report.html").read_text().count("<table>") >= 3
     report = json.loads((md.parent / "report.json").read_text())
     # One plot per model. Each shows, per loss, the software curve of that model's rows in
-    # report.json: accuracy in percent over the rate (rate 0 drawn at 1e-5 on the log axis).
+    # report.json (one seed here: the seed's own means): accuracy in percent over the rate (rate 0
+    # drawn at 1e-5 on the log axis). Means over several seeds: tests/test_recommend.py.
     assert len(figures) == 2
     for fig, model in zip(figures, ("tfc_w2a2", "tfc_w1a1"), strict=True):
         (ax,) = fig.axes
@@ -297,7 +298,7 @@ def test_report_has_tables_curves_and_best_margins(reference, figures):
         drawn = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
         rows = sorted((r for r in report["rows"] if r["model"] == model), key=lambda r: r["rate"])
         assert {r["source"] for r in rows} == {"software"} and len(rows) == 9
-        assert drawn == {f"{loss} (software)": ([max(r["rate"], 1e-5) for r in rows if r["loss"] == loss],
+        assert drawn == {f"{loss} (software, 1 seed)": ([max(r["rate"], 1e-5) for r in rows if r["loss"] == loss],
                                                 [100 * r["mean"] for r in rows if r["loss"] == loss])
                          for loss in ("CE", "MCEL m=8", "MCEL m=32")}
         img = imread(md.parent / f"{model}.png")  # decodes, has the figure's shape, not blank

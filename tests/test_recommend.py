@@ -1,6 +1,9 @@
-"""``mcel report --target-ber``: the recommendation follows the numbers and says when it cannot."""
+"""``mcel report --target-ber``: the recommendation follows the numbers and says when it cannot;
+the best loss per rate and the report's curves compare means over training seeds."""
 
-from flows.campaign.report import recommend
+import pytest
+
+from flows.campaign.report import across_seeds, best_margins, recommend
 
 
 def rows(acc_at_rate: dict[str, list[float]], clean: dict[str, float], rate: float = 0.01) -> list[dict]:
@@ -42,3 +45,21 @@ def test_unsupported_grids_are_named():
     assert "no rate" in recommend(rows({"CE": [0.7, 0.7]}, {"CE": 0.9}), 0.001, 0.5)[0]["verdict"]
     one_seed = recommend(rows({"CE": [0.7], "MCEL m=32": [0.8]}, {"CE": 0.9, "MCEL m=32": 0.9}), 0.01, 0.5)[0]
     assert "one training seed" in one_seed["verdict"]
+
+
+def test_seeds_are_averaged_before_losses_are_compared():
+    # CE has one lucky seed (0.95) above every MCEL seed, but MCEL's mean is far above CE's:
+    # comparing single seeds would pick CE
+    table = rows({"CE": [0.60, 0.62, 0.95], "MCEL m=32": [0.84, 0.85, 0.86]}, {"CE": 0.90, "MCEL m=32": 0.90})
+    cells = {c["loss"]: c for c in across_seeds(table)}
+    assert set(cells) == {"CE", "MCEL m=32"} and all(c["seeds"] == [0, 1, 2] for c in cells.values())
+    assert cells["CE"]["mean"] == pytest.approx((0.60 + 0.62 + 0.95) / 3)
+    assert cells["MCEL m=32"]["ci95"] == cells["MCEL m=32"]["ci95_seeds"]
+    (best,) = best_margins(table)
+    assert best["loss"] == "MCEL m=32" and best["seeds"] == [0, 1, 2]
+    assert best["gain_over_ce"] == pytest.approx(0.85 - (0.60 + 0.62 + 0.95) / 3)
+
+
+def test_one_seed_falls_back_to_the_map_interval():
+    (cell,) = across_seeds(rows({"CE": [0.7]}, {"CE": 0.9}))
+    assert cell["ci95_seeds"] is None and cell["ci95"] == pytest.approx((0.698, 0.702))

@@ -77,24 +77,57 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
     return rows
 
 
-def best_margins(rows: list[dict]) -> list[dict]:
-    """Per (model, fault model, rate > 0): the loss that keeps the most accuracy there.
+def across_seeds(rows: list[dict]) -> list[dict]:
+    """Per (model, loss, fault model, rate) of the software sweeps: the mean over training seeds
+    of each seed's mean over fault maps, its Student-t 95 % interval across the seeds
+    (``ci95_seeds``, ``None`` with one seed), the mean half width of one seed's map interval,
+    and the seeds' mean clean accuracy and logit margin. ``ci95`` is the interval across seeds,
+    or with one seed that seed's map interval.
 
-    Among the losses whose mean at that rate lies inside the best one's 95 % interval (a tie
-    within the measurement), the one with the highest clean accuracy wins: the most tolerance
-    at the least clean-accuracy cost. Its gain over cross-entropy is reported alongside.
+    Every comparison of losses (best loss per rate, recommendations, the curves, the paper
+    reproduction) reads this, so none compares one seed's result with another loss's mean."""
+    from mcel_train.sweep import t_interval
+
+    sw = [r for r in rows if r["source"] == "software"]
+    out = []
+    for model, loss, fm, rate in dict.fromkeys((r["model"], r["loss"], r["fault_model"], r["rate"]) for r in sw):
+        cells = [r for r in sw if (r["model"], r["loss"], r["fault_model"], r["rate"]) == (model, loss, fm, rate)]
+        acc = [r["mean"] for r in cells]
+        halves = [(r["ci95"][1] - r["ci95"][0]) / 2 for r in cells if r["ci95"]]
+        clean = [r["clean_accuracy"] for r in cells if r["clean_accuracy"] is not None]
+        margins = [r["mean_logit_margin"] for r in cells if r.get("mean_logit_margin") is not None]
+        mean, seeds_ci = float(np.mean(acc)), t_interval(acc)
+        half = float(np.mean(halves)) if halves else None
+        out.append({"model": model, "loss": loss, "margin": cells[0].get("margin", 0.0), "fault_model": fm,
+                    "rate": rate, "seeds": sorted(r["seed"] for r in cells), "mean": mean,
+                    "ci95_seeds": seeds_ci, "map_ci95_half_width": half,
+                    "ci95": seeds_ci or (None if half is None else (mean - half, mean + half)),
+                    "maps": [r.get("maps") for r in cells],
+                    "clean_accuracy": float(np.mean(clean)) if clean else None,
+                    "mean_logit_margin": float(np.mean(margins)) if margins else None})
+    return out
+
+
+def best_margins(rows: list[dict]) -> list[dict]:
+    """Per (model, fault model, rate > 0): the loss that keeps the most accuracy there, on the
+    means over training seeds (:func:`across_seeds`).
+
+    Among the losses whose mean at that rate lies inside the best one's 95 % interval (across
+    seeds; one seed's map interval when there is one seed) -- a tie within the measurement --
+    the one with the highest clean accuracy wins: the most tolerance at the least
+    clean-accuracy cost. Its gain over cross-entropy is reported alongside.
     """
     out = []
-    sw = [r for r in rows if r["source"] == "software" and r["rate"] > 0]
+    sw = [r for r in across_seeds(rows) if r["rate"] > 0]
     for model, fm, rate in sorted({(r["model"], r["fault_model"], r["rate"]) for r in sw}):
         cands = [r for r in sw if (r["model"], r["fault_model"], r["rate"]) == (model, fm, rate)]
         best = max(cands, key=lambda r: r["mean"])
-        tied = [r for r in cands if r["mean"] >= best["ci95"][0]]
+        tied = [r for r in cands if best["ci95"] is None or r["mean"] >= best["ci95"][0]]
         pick = max(tied, key=lambda r: (r["clean_accuracy"] or 0.0, r["mean"]))
         ce = next((r for r in cands if r["margin"] == 0 and r["loss"].upper() == "CE"), None)
         clean = pick["clean_accuracy"] or 0.0
         out.append({"model": model, "fault_model": fm, "rate": rate, "loss": pick["loss"], "margin": pick["margin"],
-                    "accuracy": pick["mean"], "clean_accuracy": pick["clean_accuracy"],
+                    "seeds": pick["seeds"], "accuracy": pick["mean"], "clean_accuracy": pick["clean_accuracy"],
                     "gain_over_ce": None if ce is None else pick["mean"] - ce["mean"],
                     "clean_cost_vs_ce": None if ce is None else (ce["clean_accuracy"] or 0.0) - clean})
     return out
@@ -111,9 +144,7 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
     rate is not in it, fewer than two seeds, no variant within the budget, or the best one's
     interval includes cross-entropy's mean (then CE is recommended: nothing is shown better).
     """
-    from mcel_train.sweep import t_interval
-
-    sw = [r for r in rows if r["source"] == "software" and r["fault_model"] == fault_model]
+    sw = [r for r in across_seeds(rows) if r["fault_model"] == fault_model]
     out = []
     for model in sorted({r["model"] for r in sw}):
         mine = [r for r in sw if r["model"] == model]
@@ -123,15 +154,10 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
             out.append({"model": model, "verdict": f"the grid has no rate {target_ber:g} "
                         f"(rates: {', '.join(f'{x:g}' for x in rates)})"})
             continue
-        variants = []
-        for loss in sorted({r["loss"] for r in at}):
-            seeds = [r for r in at if r["loss"] == loss]
-            acc = [r["mean"] for r in seeds]
-            clean = [r["clean_accuracy"] for r in seeds if r["clean_accuracy"] is not None]
-            map_half = [(r["ci95"][1] - r["ci95"][0]) / 2 for r in seeds if r["ci95"]]
-            variants.append({"loss": loss, "seeds": len(seeds), "accuracy": float(np.mean(acc)),
-                             "ci95_seeds": t_interval(acc), "clean_accuracy": float(np.mean(clean)) if clean else None,
-                             "map_ci95_half_width": float(np.mean(map_half)) if map_half else None})
+        variants = [{"loss": r["loss"], "seeds": len(r["seeds"]), "accuracy": r["mean"],
+                     "ci95_seeds": r["ci95_seeds"], "clean_accuracy": r["clean_accuracy"],
+                     "map_ci95_half_width": r["map_ci95_half_width"]}
+                    for r in sorted(at, key=lambda r: r["loss"])]
         ce = next((v for v in variants if v["loss"].upper() == "CE"), None)
         ref = ce if ce is not None else max(variants, key=lambda v: v["clean_accuracy"] or 0.0)
         budget = (ref["clean_accuracy"] or 0.0) - max_clean_drop / 100
@@ -174,25 +200,35 @@ def _plot_model(rows: list[dict], model: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    mine = [r for r in rows if r["model"] == model]
-    losses = list(dict.fromkeys(r["loss"] for r in mine))
-    for i, loss in enumerate(losses):
-        color = f"C{i}"
-        for source, style in (("software", "-"), ("hardware", "o")):
-            pts = sorted((r for r in mine if r["loss"] == loss and r["source"] == source), key=lambda r: r["rate"])
-            if not pts:
-                continue
+    sw = [r for r in across_seeds(rows) if r["model"] == model]
+    hw = [r for r in rows if r["model"] == model and r["source"] == "hardware"]
+    several_fm = len({r["fault_model"] for r in sw + hw}) > 1
+    curves = list(dict.fromkeys((r["loss"], r["fault_model"]) for r in sw + hw))
+    for i, (loss, fm) in enumerate(curves):
+        color, name = f"C{i}", f"{loss}, {fm}" if several_fm else loss
+        pts = sorted((r for r in sw if (r["loss"], r["fault_model"]) == (loss, fm)), key=lambda r: r["rate"])
+        if pts:
+            # one curve per loss: the mean over training seeds, the band its interval across
+            # seeds (one seed: the map interval)
             x = [max(r["rate"], 1e-5) for r in pts]
-            y = [100 * r["mean"] for r in pts]
-            lo = [100 * (r["mean"] - r["ci95"][0]) for r in pts]
-            hi = [100 * (r["ci95"][1] - r["mean"]) for r in pts]
-            if source == "software":
-                ax.plot(x, y, style, color=color, label=f"{loss} (software)")
-                ax.fill_between(x, [a - b for a, b in zip(y, lo, strict=True)],
-                                [a + b for a, b in zip(y, hi, strict=True)], color=color, alpha=0.15)
-            else:
-                ax.errorbar(x, y, yerr=[lo, hi], fmt=style, color=color, mfc="none", capsize=3,
-                            label=f"{loss} (RTL simulation)")
+            n_seeds = max(len(r["seeds"]) for r in pts)
+            ax.plot(x, [100 * r["mean"] for r in pts], "-", color=color,
+                    label=f"{name} (software, {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+            band = [(x_, r["ci95"]) for x_, r in zip(x, pts, strict=True) if r["ci95"] is not None]
+            if band:
+                ax.fill_between([b[0] for b in band], [100 * b[1][0] for b in band],
+                                [100 * b[1][1] for b in band], color=color, alpha=0.15)
+        for seed in dict.fromkeys(r["seed"] for r in hw if (r["loss"], r["fault_model"]) == (loss, fm)):
+            # the RTL over the software prediction for the same maps and images
+            hp = sorted((r for r in hw if (r["loss"], r["fault_model"], r["seed"]) == (loss, fm, seed)),
+                        key=lambda r: r["rate"])
+            x = [max(r["rate"], 1e-5) for r in hp]
+            y = [100 * r["mean"] for r in hp]
+            ax.errorbar(x, y, yerr=[[100 * (r["mean"] - r["ci95"][0]) for r in hp],
+                                    [100 * (r["ci95"][1] - r["mean"]) for r in hp]],
+                        fmt="o", color=color, mfc="none", capsize=3, label=f"{name} seed {seed} (RTL simulation)")
+            ax.plot(x, [100 * r["sw_predicted_mean"] for r in hp], "+", color=color, markersize=9,
+                    label=f"{name} seed {seed} (software, same maps and images)")
     ax.set_xscale("log")
     ax.set_xlabel("bit error rate (rate 0 drawn at 1e-5)")
     ax.set_ylabel("test accuracy (%)")
