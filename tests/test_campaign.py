@@ -383,11 +383,27 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     binary = next(e for e in rec["evidence"] if e["model"] == "tfc_w1a1")
     assert set(binary["layers"][0]["histogram"]) == {"-1", "1"}  # bipolar codes (JSON keys)
     assert "the grid has no rate 0.001" in md and "one training seed only" in md
+    # TINY trains CE, MCEL m=8 and m=32: the rest of the full grid is named as cut
+    assert ("- Cut for CPU time (2 cores, no GPU), variants before seeds: MCEL m=128, the modified hinge loss, "
+            "CE with bit-flip training at 1 %;") in md
     assert "## Conclusion" in md and md.count("of the paper's +15") == 2
     assert md.count("- Faults at p=0.01") == 2 and "one layer's memory faulted at p=0.01" in md
     assert (docs / "campaigns" / "tiny" / "report.md").is_file()
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
+
+
+def test_cut_losses_are_the_full_grid_minus_the_campaigns():
+    from flows.paper_reproduction import FULL_LOSS_GRID, cut_losses
+
+    losses = ["ce", {"name": "mcel", "margin": 32}, {"name": "hinge", "b": 128},
+              {"name": "ce", "fault_training": {"rate": 0.01}, "label": "CE+flips"},
+              {"name": "mcel", "margin": 16}]  # not in the full grid: ignored
+    spec = parse_campaign({**TINY, "grid": {**TINY["grid"], "losses": losses}})
+    assert cut_losses(spec) == ["MCEL m=8", "MCEL m=128"]
+    everything = [{"name": n, **({"margin": m} if m else {}), **({"fault_training": {"rate": r}} if r else {}),
+                   "label": label} for n, m, r, label in FULL_LOSS_GRID]
+    assert cut_losses(parse_campaign({**TINY, "grid": {**TINY["grid"], "losses": everything}})) == []
 
 
 @pytest.mark.slow  # a small campaign, two document builds
