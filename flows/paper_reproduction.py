@@ -204,6 +204,25 @@ def conclusion(gains: list[dict], ev: list[dict], rate: float) -> list[str]:
     return lines
 
 
+def _images(rows: list[dict]) -> str:
+    """The sweeps' test image counts, e.g. ``10000`` (older records without the count: ``all``)."""
+    counts = sorted({r.get("images") for r in rows if r["source"] == "software" and r.get("images")})
+    return ", ".join(str(c) for c in counts) or "all"
+
+
+def _maps_by_rate(rows: list[dict]) -> str:
+    """How many maps the interval target needed per rate, as ``p=0.01: 5-50``."""
+    by_rate: dict[float, list[int]] = {}
+    for r in rows:
+        if r["source"] == "software":
+            by_rate.setdefault(r["rate"], []).append(r["maps"])
+    parts = []
+    for rate, maps in sorted(by_rate.items()):
+        lo, hi = min(maps), max(maps)
+        parts.append(f"p={rate:g}: {lo}" + (f"-{hi}" if hi != lo else ""))
+    return "; ".join(parts)
+
+
 def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "MCEL m=32",
               evidence_images: int = 2000, command: str | None = None, evidence_maps: int = 8) -> Path:
     """Write the reproduction document; returns the markdown path."""
@@ -250,8 +269,8 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
              f"- Software sweeps: fault model {', '.join(spec.software['fault_models'])}, rates "
              f"{', '.join(f'{r:g}' for r in spec.software['ber'])}, maps until the 95 % interval is "
              f"{spec.software.get('ci_width', '-')} points wide or {spec.software['maps']} maps, seed "
-             f"{spec.software['seed']}; accuracy of the bit-exact integer network on the test images "
-             f"({', '.join(sorted({str(r['maps']) for r in rows if r['source'] == 'software'}))} maps per cell).",
+             f"{spec.software['seed']}; accuracy of the bit-exact integer network on "
+             f"{_images(rows)} test images; maps per cell (fewest-most over networks): {_maps_by_rate(rows)}.",
              "- Intervals: across training seeds, a Student-t 95 % interval of the seeds' means; the map "
              "interval of one seed's mean is shown as ± next to it.",
              "- Cut for CPU time (2 cores, no GPU), variants before seeds: "

@@ -386,6 +386,11 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     # TINY trains CE, MCEL m=8 and m=32: the rest of the full grid is named as cut
     assert ("- Cut for CPU time (2 cores, no GPU), variants before seeds: MCEL m=128, the modified hinge loss, "
             "CE with bit-flip training at 1 %;") in md
+    # the settings name the sweeps' image count and, per rate, the maps the interval target needed
+    images = {r["images"] for r in sw.values()}
+    assert len(images) == 1 and f"on {images.pop()} test images;" in md
+    maps_001 = sorted(r["maps"] for r in sw.values() if r["rate"] == 0.01)
+    assert f"p=0.01: {maps_001[0]}" + (f"-{maps_001[-1]}" if maps_001[-1] != maps_001[0] else "") in md
     assert "## Conclusion" in md and md.count("of the paper's +15") == 2
     assert md.count("- Faults at p=0.01") == 2 and "one layer's memory faulted at p=0.01" in md
     assert (docs / "campaigns" / "tiny" / "report.md").is_file()

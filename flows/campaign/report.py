@@ -66,7 +66,7 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
                 for r in result["results"]:
                     rows.append(base | {"source": "software", "fault_model": task.params["fault_model"],
                                         "rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"],
-                                        "maps": len(r["accuracies"])})
+                                        "maps": len(r["accuracies"]), "images": result.get("n_test")})
             elif task.stage == "hwsim":
                 for c in result["curves"]:
                     half = c["hw_ci95"]
