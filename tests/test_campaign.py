@@ -353,6 +353,7 @@ def test_hardware_stage_survives_sigkill(tmp_path):
     assert table == campaign_table(ref)
     hw = [r for r in table if r["source"] == "hardware"]
     assert hw and all(r["identical_maps"] == r["maps"] for r in hw)
+    assert all(0.0 <= r["ci95"][0] <= r["mean"] <= r["ci95"][1] <= 1.0 for r in hw)  # an accuracy's interval
 
 
 def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures):
@@ -393,7 +394,7 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert f"p=0.01: {maps_001[0]}" + (f"-{maps_001[-1]}" if maps_001[-1] != maps_001[0] else "") in md
     assert "## Conclusion" in md and md.count("of the paper's +15") == 2
     assert md.count("- Faults at p=0.01") == 2 and "one layer's memory faulted at p=0.01" in md
-    assert (docs / "campaigns" / "tiny" / "report.md").is_file()
+    assert "software: 2 maps per rate," in (docs / "campaigns" / "tiny" / "report.md").read_text()
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
 

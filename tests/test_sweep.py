@@ -10,7 +10,7 @@ from mcel_train.commands_faults import add_parsers
 from mcel_train.errors import UserInputError
 from mcel_train.margins import margin_report
 from mcel_train.plotting import plot_runs
-from mcel_train.sweep import SweepExistsError, run_sweep, t_interval
+from mcel_train.sweep import SweepExistsError, maps_needed, run_sweep, t_interval
 from tests.plot_checks import curves, png_shape
 
 
@@ -40,6 +40,25 @@ def test_same_seed_gives_identical_json(smoke_run, figures):
     assert rec["seed"] == 3 and rec["fault_model"]["name"] == "flip"
     other = run_sweep(smoke_run, [0.01], maps=6, seed=4, progress=False, force=True)
     assert other["results"][0]["accuracies"] != r1["accuracies"]
+
+
+def test_ci_width_stops_at_a_prefix_of_the_fixed_maps(smoke_run):
+    """``--ci-width``: each rate stops at the first map count whose 95 % interval is narrower
+    than the target (or at ``maps``), records that count, and its maps are the first maps of a
+    fixed-count sweep with the same seed, so the result does not depend on where it stopped."""
+    rates, width = [0.0, 0.002, 0.05], 7.0
+    fixed = run_sweep(smoke_run, rates, maps=12, seed=5, progress=False, force=True, map_batch=2)
+    adaptive = run_sweep(smoke_run, rates, maps=12, seed=5, progress=False, force=True, map_batch=2,
+                         ci_width=width)
+    assert adaptive["ci_width_target"] == width and fixed["ci_width_target"] is None
+    for f, a in zip(fixed["results"], adaptive["results"], strict=True):
+        k = a["maps"]
+        assert k == (maps_needed(np.asarray(f["accuracies"]), width) or 12)
+        assert a["accuracies"] == f["accuracies"][:k]
+        lo, hi = t_interval(np.asarray(a["accuracies"]))
+        assert a["ci95"] == [lo, hi] and a["mean"] == pytest.approx(np.mean(a["accuracies"]))
+        assert k == 12 or (hi - lo) * 100 < width
+    assert adaptive["results"][0]["maps"] == 3  # no faults: the interval is empty after the least 3
 
 
 def test_plot_margins_and_cli(smoke_run, tmp_path, figures):

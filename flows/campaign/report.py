@@ -72,7 +72,9 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
                     half = c["hw_ci95"]
                     rows.append(base | {"source": "hardware", "fault_model": task.params["fault_model"],
                                         "rate": c["rate"], "mean": c["hw_mean"],
-                                        "ci95": [c["hw_mean"] - half, c["hw_mean"] + half], "maps": c["maps"],
+                                        # an accuracy lies in [0, 1]; few maps give t-intervals past it
+                                        "ci95": [max(c["hw_mean"] - half, 0.0), min(c["hw_mean"] + half, 1.0)],
+                                        "maps": c["maps"],
                                         "sw_predicted_mean": c["sw_mean"], "identical_maps": c["identical_maps"]})
     return rows
 
@@ -240,9 +242,17 @@ def _plot_model(rows: list[dict], model: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _maps_rule(software: dict) -> str:
+    """How many maps each software rate got: fixed, or added until the interval is narrow enough."""
+    if software.get("ci_width"):
+        return (f"maps added per rate until the 95 % interval is {software['ci_width']:g} points wide, "
+                f"at most {software['maps']}")
+    return f"{software['maps']} maps per rate"
+
+
 def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str]) -> str:
     lines = [f"# Campaign `{spec.name}`", "",
-             f"{len(spec.points)} trained networks; software: {spec.software['maps']} maps per rate, "
+             f"{len(spec.points)} trained networks; software: {_maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
     if spec.hardware:
         hw = spec.hardware
