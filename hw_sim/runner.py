@@ -153,6 +153,11 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     t0 = time.perf_counter()
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
     sim_build = sim_dir / "sim_build"
+    if not stamp.exists() and sim_build.exists():
+        # No stamp: the last build was killed (the stamp is removed before and written after
+        # every build). Verilator trusts its own file list (Vtop__verFiles.dat) and would skip
+        # regenerating a C++ file it had left empty, so start over (ccache keeps this cheap).
+        shutil.rmtree(sim_build)
     stamp.unlink(missing_ok=True)
     if pgo_job is not None or any(sim_build.glob("*.gcda")):
         # Verilator keeps unchanged sources' timestamps, so make would keep objects compiled
