@@ -23,6 +23,7 @@ import yaml
 from flows.campaign.report import campaign_table, write_report
 from flows.campaign.runner import run_campaign
 from flows.campaign.spec import CampaignError, parse_campaign
+from mcel_train.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -394,7 +395,8 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert f"p=0.01: {maps_001[0]}" + (f"-{maps_001[-1]}" if maps_001[-1] != maps_001[0] else "") in md
     assert "## Conclusion" in md and md.count("of the paper's +15") == 2
     assert md.count("- Faults at p=0.01") == 2 and "one layer's memory faulted at p=0.01" in md
-    assert "software: 2 maps per rate," in (docs / "campaigns" / "tiny" / "report.md").read_text()
+    tiny_report = (docs / "campaigns" / "tiny" / "report.md").read_text()
+    assert f"software: {TINY['software']['maps']} maps per rate," in tiny_report
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
 
@@ -435,6 +437,33 @@ def test_evidence_is_a_campaign_task_and_the_document_reads_it_without_the_netwo
     mine = next(e for e in first if e["train_key"] == train.name.removeprefix("train-"))
     assert {k: mine[k] for k in direct} == direct
     assert mine["margin_shift"]["images"] == 60 and mine["margin_shift"]["maps"] == 2
+
+    # The same networks trained longer: the training-length section pairs them by model, loss
+    # and seed, each number from its own campaign; a campaign that is not longer is refused.
+    longer = {**campaign, "name": "evidenced_long", "train": {**campaign["train"], "set": {"epochs": 3}}}
+    long_folder, summary = run_campaign(_write(tmp_path, longer, "long.yaml"), tmp_path / "long", workers=2,
+                                        show_progress=False)
+    assert summary["done"] == 6
+    md = build_doc(folder, docs, longer=long_folder).read_text()
+    length = json.loads((docs / "paper_reproduction.json").read_text())["longer_training"]
+    assert sorted((r["loss"], r["epochs"]) for r in length["rows"]) == [("CE", 2), ("CE", 3), ("MCEL m=32", 2),
+                                                                        ("MCEL m=32", 3)]
+    at = {}
+    for r in length["rows"]:
+        source = campaign_table(folder if r["epochs"] == 2 else long_folder)
+        cell = next(c for c in source if c["source"] == "software" and (c["loss"], c["rate"]) == (r["loss"], 0.01))
+        assert r["accuracy"]["0.01"] == cell["mean"] and r["clean_accuracy"] == cell["clean_accuracy"]
+        assert r["median_integer_margin"] is not None  # the long campaign's evidence task too
+        at[(r["loss"], r["epochs"])] = cell["mean"]
+    assert sorted((g["epochs"], g["points"]) for g in length["gains"]) == [
+        (e, pytest.approx(100 * (at[("MCEL m=32", e)] - at[("CE", e)]))) for e in (2, 3)]
+    assert "## Training length: 2 against 3 epochs" in md
+    assert "- Training length, tfc_w2a2 (seed 0): MCEL m=32 minus CE at p=0.01 is " in md
+    assert (docs / "campaigns" / "evidenced_long" / "report.md").is_file()
+    before = (docs / "paper_reproduction.md").read_bytes()
+    with pytest.raises(UserInputError, match="--longer .* not more than"):
+        build_doc(long_folder, docs, longer=folder)
+    assert (docs / "paper_reproduction.md").read_bytes() == before  # refused before writing
 
     restored, summary = run_campaign(path, tmp_path / "restored", workers=1, show_progress=False,
                                      restore=docs / "campaigns" / "evidenced" / "results.json")
