@@ -204,6 +204,87 @@ def conclusion(gains: list[dict], ev: list[dict], rate: float) -> list[str]:
     return lines
 
 
+def longer_training(base_dir: Path, long_dir: Path, rate: float, loss: str, base_ev: list[dict],
+                    base: str = "CE") -> tuple[list[str], list[str], dict]:
+    """Set a campaign that trains the same networks longer against the main one, seed by seed.
+
+    The main grid trains few epochs to fit its many trainings on a CPU; a small campaign with
+    the config's full length (``flows/campaigns/paper_vgg3_long.yaml``) tells whether the short
+    training hides the paper's gain. Each of its finished trainings is paired with the main
+    campaign's training of the same model, loss and seed; the pair's epochs come from the
+    training records. Returns the section's lines, the conclusion's lines and the record.
+    """
+    b_spec, _, b_done = load_results(base_dir)
+    l_spec, l_tasks, l_done = load_results(long_dir)
+    base_points = {(p.model_label, p.loss_label, p.seed): p for p in b_spec.points if p.key in b_done}
+    pairs = [(base_points[k], p) for p in l_spec.points if p.key in l_done
+             and (k := (p.model_label, p.loss_label, p.seed)) in base_points]
+    if not pairs:
+        raise UserInputError(f"--longer {long_dir}: no finished training there has the same model, loss and seed "
+                             f"as one in {base_dir}; run or resume that campaign first")
+    for bp, lp in pairs:
+        if l_done[lp.key]["epochs"] <= b_done[bp.key]["epochs"]:
+            raise UserInputError(f"--longer {long_dir}: {lp.model_label} {lp.loss_label} seed {lp.seed} trains "
+                                 f"{l_done[lp.key]['epochs']} epochs, not more than the main campaign's "
+                                 f"{b_done[bp.key]['epochs']}; pass a campaign that trains longer")
+    sw = {}
+    for folder, spec, done in ((base_dir, b_spec, b_done), (long_dir, l_spec, l_done)):
+        keys = {(p.model_label, p.loss_label, p.seed): done[p.key]["epochs"] for p in spec.points if p.key in done}
+        for r in campaign_table(folder):
+            k = (r["model"], r["loss"], r["seed"])
+            if r["source"] == "software" and k in keys:
+                sw.setdefault((*k, keys[k]), {})[r["rate"]] = r
+    l_ev, _ = evidence(long_dir, l_spec, l_tasks, l_done, 0, seeds=())  # recorded evidence only
+    ev = {(e["model"], e["loss"], e["seed"], done[e["train_key"]]["epochs"]): e
+          for evs, done in ((base_ev, b_done), (l_ev, l_done)) for e in evs}
+    rates = sorted({r for cells in sw.values() for r in cells if r > 0})
+    rows, gains = [], []
+    for bp, lp in pairs:
+        for p, done in ((bp, b_done), (lp, l_done)):
+            k = (p.model_label, p.loss_label, p.seed, done[p.key]["epochs"])
+            shift = ev[k]["margin_shift"] if k in ev else None
+            rows.append({"model": k[0], "loss": k[1], "seed": k[2], "epochs": k[3],
+                         "clean_accuracy": done[p.key]["test_accuracy"],
+                         "mean_logit_margin": done[p.key]["mean_logit_margin"],
+                         "accuracy": {str(r): c["mean"] for r, c in sw.get(k, {}).items()},
+                         "map_ci95": {str(r): c["ci95"] for r, c in sw.get(k, {}).items()},
+                         "median_integer_margin": shift and shift["median_clean_margin"],
+                         "shrink_over_margin": shift and shift["shrink_over_margin"]})
+    by = {(r["model"], r["loss"], r["seed"], r["epochs"]): r for r in rows}
+    for model, name, seed, epochs in by:
+        a, b = by.get((model, loss, seed, epochs)), by.get((model, base, seed, epochs))
+        if name == loss and a and b and str(rate) in a["accuracy"] and str(rate) in b["accuracy"]:
+            gains.append({"model": model, "seed": seed, "epochs": epochs,
+                          "points": 100 * (a["accuracy"][str(rate)] - b["accuracy"][str(rate)])})
+    lines = [f"## Training length: {' against '.join(str(e) for e in sorted({r['epochs'] for r in rows}))} epochs",
+             "", f"The campaign `{l_spec.name}` (`flows/campaigns/{l_spec.name}.yaml`) trains the same networks "
+             "longer, each set against the main campaign's training of the same model, loss and seed (one "
+             "seed, so the ± is the fault-map interval only). Its report: "
+             f"[campaigns/{l_spec.name}/report.md](campaigns/{l_spec.name}/report.md).", "",
+             "| model | loss | seed | epochs | clean % | mean logit margin | median integer margin "
+             "| shrink / margin at the evidence rate | " + " | ".join(f"p={r:g}" for r in rates) + " |",
+             "|" + "---|" * (8 + len(rates))]
+    for r in rows:
+        cells = []
+        for rt in rates:
+            ci = r["map_ci95"].get(str(rt))
+            cells.append("-" if str(rt) not in r["accuracy"] else
+                         f"{_pct(r['accuracy'][str(rt)])} ±{_pct(None if ci is None else (ci[1] - ci[0]) / 2)}")
+        lines.append(f"| {r['model']} | {r['loss']} | {r['seed']} | {r['epochs']} | {_pct(r['clean_accuracy'])} "
+                     f"| {_num(r['mean_logit_margin'])} | {_num(r['median_integer_margin'])} "
+                     f"| {_num(r['shrink_over_margin'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    summary = []
+    for model, seed in dict.fromkeys((g["model"], g["seed"]) for g in gains):
+        mine = sorted((g for g in gains if (g["model"], g["seed"]) == (model, seed)), key=lambda g: g["epochs"])
+        if len(mine) > 1:
+            summary.append(f"- Training length, {model} (seed {seed}): {loss} minus {base} at p={rate:g} is "
+                           + ", ".join(f"{g['points']:+.1f} points after {g['epochs']} epochs" for g in mine)
+                           + f" (the paper: +{PAPER_GAIN_POINTS:.0f}).")
+    lines += summary + [""]
+    return lines, summary, {"campaign": l_spec.name, "rows": rows, "gains": gains}
+
+
 def _images(rows: list[dict]) -> str:
     """The sweeps' test image counts, e.g. ``10000`` (older records without the count: ``all``)."""
     counts = sorted({r.get("images") for r in rows if r["source"] == "software" and r.get("images")})
@@ -224,8 +305,12 @@ def _maps_by_rate(rows: list[dict]) -> str:
 
 
 def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "MCEL m=32",
-              evidence_images: int = 2000, command: str | None = None, evidence_maps: int = 8) -> Path:
-    """Write the reproduction document; returns the markdown path."""
+              evidence_images: int = 2000, command: str | None = None, evidence_maps: int = 8,
+              longer: Path | None = None) -> Path:
+    """Write the reproduction document; returns the markdown path.
+
+    ``longer``: a campaign training some of the same networks longer (:func:`longer_training`).
+    """
     campaign_dir, docs = Path(campaign_dir), Path(docs)
     for flag, value in (("--evidence-images", evidence_images), ("--evidence-maps", evidence_maps)):
         if value < 1:
@@ -236,13 +321,19 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     rows = campaign_table(campaign_dir)
     if not any(r["source"] == "software" for r in rows):
         raise UserInputError(f"{campaign_dir} has no finished sweep yet; resume the campaign first")
+    # Everything that can refuse the input runs before the first file is written.
+    ev, ev_missing = evidence(campaign_dir, spec, tasks, done, evidence_images, rate=rate, maps=evidence_maps)
+    length_lines, length_summary, length = [], [], None
+    if longer is not None:
+        length_lines, length_summary, length = longer_training(campaign_dir, Path(longer), rate, loss, ev)
     docs.mkdir(parents=True, exist_ok=True)
     report_dir = docs / "campaigns" / spec.name
     write_report(campaign_dir, report_dir)
+    if length:
+        write_report(Path(longer), docs / "campaigns" / length["campaign"])
     table = across_seeds(rows)
     models = list(dict.fromkeys(c["model"] for c in table))
     gains = [g for g in (gain(table, m, loss, rate) for m in models) if g is not None]
-    ev, ev_missing = evidence(campaign_dir, spec, tasks, done, evidence_images, rate=rate, maps=evidence_maps)
     ev_rate = rate
     if spec.evidence:  # the campaign's own settings
         evidence_images, evidence_maps, ev_rate = (spec.evidence[k] for k in ("images", "maps", "rate"))
@@ -274,7 +365,8 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
              "- Intervals: across training seeds, a Student-t 95 % interval of the seeds' means; the map "
              "interval of one seed's mean is shown as ± next to it.",
              "- Cut for CPU time (2 cores, no GPU), variants before seeds: "
-             + (", ".join(cut) if cut else "nothing") + "; and the paper's training length (epochs above).", "",
+             + (", ".join(cut) if cut else "nothing") + "; and the paper's training length (epochs above"
+             + ("; one seed trained longer below" if length else "") + ").", "",
              "## Accuracy under bit flips, by weight quantizer and loss", "",
              "![accuracy vs rate](paper_reproduction.png)", ""]
     rates = sorted({c["rate"] for c in table})
@@ -293,6 +385,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
                            f"±{_pct(c['map_ci95_half_width'])}")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines += length_lines
     lines += ["## Why: margins and weight codes", "",
               f"Per trained network of seed {', '.join(sorted({str(e['seed']) for e in ev})) or '-'}, on the first "
               f"{evidence_images} test images. The integer logit "
@@ -360,7 +453,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
             acc = f"{_pct(rec['accuracy'])} % {_ci(rec.get('ci95_seeds'))}" if "accuracy" in rec else "-"
             lines.append(f"- target p={target:g}, {rec['model']}: {choice}, expected accuracy {acc}; "
                          f"{rec['verdict']}.")
-    lines += ["", "## Conclusion", "", *conclusion(gains, ev, rate), ""]
+    lines += ["", "## Conclusion", "", *conclusion(gains, ev, rate), *length_summary, ""]
     missing = len(spec.points) - len(trained)
     if missing:
         lines += [f"{missing} trainings of the grid have not finished yet. The campaign resumes in any clone with "
@@ -371,7 +464,8 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     md.write_text("\n".join(lines))
     (docs / "paper_reproduction.json").write_text(json.dumps(
         {"campaign": spec.name, "rate": rate, "loss": loss, "seed_table": table, "gains": gains,
-         "evidence": ev, "hardware": hw, "recommendations": {str(k): v for k, v in recs.items()}}, indent=1))
+         "evidence": ev, "hardware": hw, "recommendations": {str(k): v for k, v in recs.items()},
+         "longer_training": length}, indent=1))
     return md
 
 
@@ -386,11 +480,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(with one, the campaign measured it: its section's settings apply)")
     p.add_argument("--evidence-maps", type=int, default=8,
                    help="fault maps per network (and per layer faulted alone) for that evidence")
+    p.add_argument("--longer", type=Path, default=None,
+                   help="a campaign folder that trains some of the same networks for more epochs "
+                        "(flows/campaigns/paper_vgg3_long.yaml): adds a training-length section")
     args = p.parse_args(argv)
+    longer = f" --longer {args.longer}" if args.longer else ""
     try:
         md = build_doc(args.campaign, args.docs, args.rate, args.loss, args.evidence_images,
-                       command=f"python -m flows.paper_reproduction {args.campaign} --docs {args.docs}",
-                       evidence_maps=args.evidence_maps)
+                       command=f"python -m flows.paper_reproduction {args.campaign}{longer} --docs {args.docs}",
+                       evidence_maps=args.evidence_maps, longer=args.longer)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
