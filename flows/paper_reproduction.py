@@ -204,33 +204,35 @@ def conclusion(gains: list[dict], ev: list[dict], rate: float) -> list[str]:
     return lines
 
 
-def longer_training(base_dir: Path, long_dir: Path, rate: float, loss: str, base_ev: list[dict],
-                    base: str = "CE") -> tuple[list[str], list[str], dict]:
+def longer_training(main: tuple[CampaignSpec, dict, list[dict]], long_dir: Path, rate: float, loss: str,
+                    base_ev: list[dict], base: str = "CE") -> tuple[list[str], list[str], dict]:
     """Set a campaign that trains the same networks longer against the main one, seed by seed.
 
     The main grid trains few epochs to fit its many trainings on a CPU; a small campaign with
     the config's full length (``flows/campaigns/paper_vgg3_long.yaml``) tells whether the short
     training hides the paper's gain. Each of its finished trainings is paired with the main
     campaign's training of the same model, loss and seed; the pair's epochs come from the
-    training records. Returns the section's lines, the conclusion's lines and the record.
+    training records. ``main``: the main campaign's spec, finished records and table, as
+    :func:`build_doc` already read them. Returns the section's lines, the conclusion's lines and
+    the record.
     """
-    b_spec, _, b_done = load_results(base_dir)
+    b_spec, b_done, b_rows = main
     l_spec, l_tasks, l_done = load_results(long_dir)
     base_points = {(p.model_label, p.loss_label, p.seed): p for p in b_spec.points if p.key in b_done}
     pairs = [(base_points[k], p) for p in l_spec.points if p.key in l_done
              and (k := (p.model_label, p.loss_label, p.seed)) in base_points]
     if not pairs:
         raise UserInputError(f"--longer {long_dir}: no finished training there has the same model, loss and seed "
-                             f"as one in {base_dir}; run or resume that campaign first")
+                             f"as one in the main campaign {b_spec.name}; run or resume that campaign first")
     for bp, lp in pairs:
         if l_done[lp.key]["epochs"] <= b_done[bp.key]["epochs"]:
             raise UserInputError(f"--longer {long_dir}: {lp.model_label} {lp.loss_label} seed {lp.seed} trains "
                                  f"{l_done[lp.key]['epochs']} epochs, not more than the main campaign's "
                                  f"{b_done[bp.key]['epochs']}; pass a campaign that trains longer")
     sw = {}
-    for folder, spec, done in ((base_dir, b_spec, b_done), (long_dir, l_spec, l_done)):
+    for table, spec, done in ((b_rows, b_spec, b_done), (campaign_table(long_dir), l_spec, l_done)):
         keys = {(p.model_label, p.loss_label, p.seed): done[p.key]["epochs"] for p in spec.points if p.key in done}
-        for r in campaign_table(folder):
+        for r in table:
             k = (r["model"], r["loss"], r["seed"])
             if r["source"] == "software" and k in keys:
                 sw.setdefault((*k, keys[k]), {})[r["rate"]] = r
@@ -325,7 +327,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
     ev, ev_missing = evidence(campaign_dir, spec, tasks, done, evidence_images, rate=rate, maps=evidence_maps)
     length_lines, length_summary, length = [], [], None
     if longer is not None:
-        length_lines, length_summary, length = longer_training(campaign_dir, Path(longer), rate, loss, ev)
+        length_lines, length_summary, length = longer_training((spec, done, rows), Path(longer), rate, loss, ev)
     docs.mkdir(parents=True, exist_ok=True)
     report_dir = docs / "campaigns" / spec.name
     write_report(campaign_dir, report_dir)
