@@ -157,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         _, t_diff_warm = timed(diff_ev.evaluate, maps[:2])  # first call loads (or compiles) the kernels
         before = diff_ev.difference.active_after.copy()
         changed_before = diff_ev.difference.changed_after.copy()
+        seconds_before = diff_ev.difference.seconds_in.copy()
         diff, t_diff = timed(diff_ev.evaluate, maps)
         active_pairs = diff_ev.difference.active_after - before
         active = active_pairs / (args.maps * n)
         changed = (diff_ev.difference.changed_after - changed_before) / np.maximum(active_pairs, 1)
+        layer_seconds = diff_ev.difference.seconds_in - seconds_before
         widths = [st.out[0].numel() for st in diff_ev.difference._clean(0)]  # outputs per image
         auto, t_auto = timed(auto_ev.evaluate, maps)
         n_brev = args.brevitas_maps or args.maps
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             # changed: the part of the next layer's inputs a difference path must redo
             "difference_changed_fraction_after_layer": [
                 float(c / w) for c, w in zip(changed[:-1], widths[:-1], strict=True)],
+            # and the difference path's seconds in each layer's steps, then in the dense passes
+            # that finish maps whose changes became dense (the rest: clean state, bookkeeping)
+            "difference_seconds_in_layer": [float(t) for t in layer_seconds[:-1]],
+            "difference_seconds_dense_finish": float(layer_seconds[-1]),
             "brevitas_maps_checked": n_brev,
             "identical_predictions": True,
         }
@@ -201,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
               f"auto {t_auto:.2f} s ({row['auto_vs_dense']:.2f}x, chose {row['auto_choice']}), "
               f"brevitas {t_brev:.2f} s for {n_brev} maps; still differing after each layer: "
               + ", ".join(f"{a:.0%}" for a in active) + "; outputs changed per differing image: "
-              + ", ".join(f"{c:.1%}" for c in row["difference_changed_fraction_after_layer"]), flush=True)
+              + ", ".join(f"{c:.1%}" for c in row["difference_changed_fraction_after_layer"])
+              + "; seconds per layer: " + ", ".join(f"{t:.2f}" for t in layer_seconds[:-1])
+              + f", dense finish {layer_seconds[-1]:.2f}", flush=True)
     record = {
         "model": spec.to_dict(),
         "source": source,

@@ -91,6 +91,7 @@ class _CleanLayer:
     lo: torch.Tensor  # unchanged range of every accumulator (empty, zeros, for the logit layer)
     hi: torch.Tensor
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
+    rows: torch.Tensor | None = None  # dense: the input again as (N, in), for the compiled step's dW @ x
 
 
 @dataclass
@@ -104,6 +105,10 @@ class _Joint:
     key: np.ndarray
     col: np.ndarray
     val: np.ndarray  # float32
+    # the entries grouped by key (distinct keys, CSR pointer) and per map their number, when the
+    # compiled step has them already (None: found from ``key`` when asked)
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
+    per_map: np.ndarray | None = None
 
     @classmethod
     def empty(cls, g: int) -> _Joint:
@@ -111,11 +116,20 @@ class _Joint:
 
     def counts(self) -> np.ndarray:
         """Per map its number of changed entries."""
-        return np.bincount(self.key % self.g, minlength=self.g)
+        if self.per_map is None:
+            self.per_map = np.bincount(self.key % self.g, minlength=self.g)
+        return self.per_map
+
+    def pair_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct keys (ascending) and the CSR pointer of their entries."""
+        if self.pairs is None:
+            starts = np.flatnonzero(np.diff(self.key, prepend=-1))
+            self.pairs = self.key[starts], np.append(starts, len(self.key)).astype(np.int64)
+        return self.pairs
 
     def images(self) -> int:
         """(image, map) pairs with a change."""
-        return int(np.count_nonzero(np.diff(self.key, prepend=-1)))
+        return len(self.pair_index()[0])
 
     def keep(self, maps: set[int]) -> _Joint:
         if len(maps) == self.g or not len(self.key):
@@ -150,16 +164,19 @@ class _Joint:
             out[m] = _own_form(image[sel], self.col[sel], self.val[sel])
         return out
 
-    def split_rows(self, n: int, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every map's changed images (of ``n``) and their full rows of changes (``width``
-        columns), through one dense ``(g, n, width)`` scatter (the logit layer is narrow)."""
-        image, of_map = np.divmod(self.key, self.g)
-        full = np.zeros((self.g, n, width), np.float32)
-        full[of_map, image, self.col] = self.val
+    def split_rows(self, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every map's changed images and their full rows of changes (``width`` columns): one
+        ``(pairs, width)`` scatter, then each map's pairs (the logit layer is narrow)."""
+        pair_key, ptr = self.pair_index()
+        full = np.zeros((len(pair_key), width), np.float32)
+        full[np.repeat(np.arange(len(pair_key)), np.diff(ptr)), self.col] = self.val
+        image, of_map = np.divmod(pair_key, self.g)
+        order = np.argsort(of_map, kind="stable")  # each map's images stay ascending
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=self.g))])
         out = []
         for m in range(self.g):
-            images = np.flatnonzero(full[m].any(1))
-            out.append((torch.from_numpy(images), torch.from_numpy(full[m, images])))
+            sel = order[bounds[m]:bounds[m + 1]]
+            out.append((torch.from_numpy(image[sel]), torch.from_numpy(full[sel])))
         return out
 
 
@@ -220,8 +237,8 @@ class DifferenceEvaluator:
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
         self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
         one_image = self._clean_pass(self.x[:1])
-        per_image = sum(st.h.numel() * st.h.element_size() + st.acc.numel() * 4 * 3 + st.out.numel() * 4
-                        for st in one_image)  # clean-state bytes
+        per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
+                        + st.acc.numel() * 4 * 3 + st.out.numel() * 4 for st in one_image)  # clean-state bytes
         fits = int(budget_bytes // max(1, per_image))
         # All batches are kept across calls when the whole clean state fits the budget;
         # otherwise each call recomputes them, one batch (a quarter of the budget) at a time.
@@ -237,6 +254,9 @@ class DifferenceEvaluator:
         self.active_after = np.zeros(len(net.layers), dtype=np.int64)
         # per layer: changed outputs summed over those pairs (the work the next layer redoes)
         self.changed_after = np.zeros(len(net.layers), dtype=np.int64)
+        # per layer: seconds spent in its difference steps, and (last slot) in the dense passes
+        # that finish maps whose changes became dense
+        self.seconds_in = np.zeros(len(net.layers) + 1)
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
     def _dtypes(self) -> list[torch.dtype]:
@@ -268,9 +288,11 @@ class DifferenceEvaluator:
                 # the logit layer's range is empty (identity): every change of a logit counts
                 lo, hi = (t.to(torch.float32 if i == last else t.dtype).contiguous()
                           for t in layer.post.unchanged_range(acc))
-                # dense inputs channels first, for the dW rows; conv inputs padded
+                # dense inputs channels first, for the dW rows (and as rows for the compiled
+                # step); conv inputs padded
+                rows = h_in.contiguous() if layer.conv is None else None
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
-                states.append(_CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32)))
+                states.append(_CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows))
                 h = out
         return states
 
@@ -334,12 +356,12 @@ class DifferenceEvaluator:
         # at least 4 x small: on 2000 paper-VGG3 images a 128-image slice misjudged 1e-3
         k = min(self.batch, self.n, max(4 * small, int(self.n * fraction)))
         deltas = [self.deltas(f) for f in fmaps]
-        counters = self.active_after.copy(), self.changed_after.copy()
+        counters = self.active_after.copy(), self.changed_after.copy(), self.seconds_in.copy()
         clean = self._clean(0)
         seconds = []
         for m in (small, small, k):  # the first run only loads the compiled kernels
             state = [_CleanLayer(st.h[:, :m] if layer.conv is None else st.h[:m], st.acc[:m],
-                                 st.lo[:m], st.hi[:m], st.out[:m])
+                                 st.lo[:m], st.hi[:m], st.out[:m], None if st.rows is None else st.rows[:m])
                      for layer, st in zip(self.net.layers, clean, strict=True)]
             t0 = time.perf_counter()
             self._estimating = True
@@ -349,7 +371,7 @@ class DifferenceEvaluator:
             finally:
                 self._estimating = False
             seconds.append(time.perf_counter() - t0)
-        self.active_after, self.changed_after = counters  # a probe is not part of any result
+        self.active_after, self.changed_after, self.seconds_in = counters  # a probe is not part of any result
         t_small, t_k = seconds[1:]
         per_image = max(0.0, t_k - t_small) / (k - small) if k > small else t_k / k
         return (t_small + per_image * (self.n - small)) / len(fmaps)
@@ -375,6 +397,7 @@ class DifferenceEvaluator:
             running = [m for m in range(g) if done[m] is None]
             if not running:
                 break
+            t_layer = time.perf_counter()
             fused = [m for m in running if layer.conv is None and i not in posts[m]]
             own = [m for m in running if m not in fused]
             for m, form in joint.take([m for m in own if m in in_joint]).items():
@@ -402,9 +425,10 @@ class DifferenceEvaluator:
                                                joint)
                 self.active_after[i] += joint.images()
                 if i == last:
-                    for m, (rows, change) in enumerate(joint.split_rows(*st.out.shape)):
+                    for m, (rows, change) in enumerate(joint.split_rows(st.out.shape[1])):
                         if m in in_joint:
                             done[m] = rows, st.out[rows] + change
+                    self.seconds_in[i] += time.perf_counter() - t_layer
                     continue
             counts = joint.counts()
             switching = []
@@ -426,8 +450,11 @@ class DifferenceEvaluator:
             for m, form in joint.take([m for m in switching if m in in_joint]).items():
                 active[m], dx[m] = form
                 in_joint.discard(m)
+            t_dense = time.perf_counter()
+            self.seconds_in[i] += t_dense - t_layer
             for m in switching:
                 done[m] = self._finish_dense(i, state, active[m], dx[m], deltas[m], posts[m])
+            self.seconds_in[-1] += time.perf_counter() - t_dense
         return done
 
     def _finish_dense(self, i: int, state: list[_CleanLayer], active: torch.Tensor, dx,
@@ -522,26 +549,29 @@ class DifferenceEvaluator:
         w_t = self.weights_t[i]
         in_n = w_t.shape[0]
         g = joint.g
-        # per map: the flipped weights' channels J and dW @ x on them; its flipped weights by input
-        j_parts = [_flipped_channels(d, st.h, dt) for d in layer_deltas]
-        j_ptr = np.zeros(g + 1, np.int64)
-        j_ptr[1:] = np.cumsum([len(j) for j, _ in j_parts])
-        j_idx = torch.cat([j for j, _ in j_parts]).numpy()
-        d_js = [dj.T for _, dj in j_parts if dj is not None]  # (J, N) as computed: stack, then one transpose
-        d_j = torch.cat(d_js).T.contiguous().numpy() if d_js else np.zeros((n, 0), np_dt)
+        # per map its flipped weights by input (for dW @ dx) and by output (for dW @ x)
         dw_ptr = np.zeros((g, in_n + 1), np.int64)
-        dw_rows, dw_vals, offset = [np.zeros(0, np.int64)], [np.zeros(0, np_dt)], 0
+        f_ptr = np.zeros(g + 1, np.int64)
+        dw_rows, dw_vals, f_rows, f_cols, f_vals = ([np.zeros(0, np.int64)], [np.zeros(0, np_dt)],
+                                                    [np.zeros(0, np.int64)], [np.zeros(0, np.int64)],
+                                                    [np.zeros(0, np_dt)])
+        offset = 0
         for m, d in enumerate(layer_deltas):
             dw_ptr[m] = offset
             if d is not None:
-                order = np.argsort(d.cols.numpy(), kind="stable")
-                dw_ptr[m, 1:] += np.cumsum(np.bincount(d.cols.numpy(), minlength=in_n))
-                dw_rows.append(d.rows.numpy()[order])
-                dw_vals.append(d.values.numpy()[order].astype(np_dt))
+                rows, cols, values = d.rows.numpy(), d.cols.numpy(), d.values.numpy().astype(np_dt)
+                order = np.argsort(cols, kind="stable")
+                dw_ptr[m, 1:] += np.cumsum(np.bincount(cols, minlength=in_n))
+                dw_rows.append(rows[order])
+                dw_vals.append(values[order])
+                order = np.lexsort((cols, rows))
+                f_rows.append(rows[order])
+                f_cols.append(cols[order])
+                f_vals.append(values[order])
                 offset += len(order)
+            f_ptr[m + 1] = offset
         col, val = joint.col, joint.val.astype(np_dt)
-        starts = np.flatnonzero(np.diff(joint.key, prepend=-1))
-        pair_key, pair_ptr = joint.key[starts], np.append(starts, len(col)).astype(np.int64)
+        pair_key, pair_ptr = joint.pair_index()
         pre = np.zeros((0, out_n), np_dt)
         if len(val) and len(val) >= BLAS_FRACTION * len(pair_key) * in_n:  # dense changes: one BLAS product
             block = torch.zeros(len(pair_key), in_n, dtype=dt)
@@ -553,16 +583,17 @@ class DifferenceEvaluator:
         thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
         sign = post.sign.numpy() if counted else np.zeros(0)
         out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
-        key, out, change = dense_layer_maps(
+        key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
             g, pair_key, pair_ptr, col, val, pre, w_t.numpy(), dw_ptr, np.concatenate(dw_rows),
-            np.concatenate(dw_vals), j_ptr, j_idx, d_j, st.lo.numpy(), st.hi.numpy(), st.acc.numpy(),
+            np.concatenate(dw_vals), f_ptr, np.concatenate(f_rows), np.concatenate(f_cols),
+            np.concatenate(f_vals), st.rows.numpy(), st.lo.numpy(), st.hi.numpy(), st.acc.numpy(),
             st.out.numpy(), thresholds, sign, out_bias, out_mult)
         if not counted and i != len(self.net.layers) - 1:
             # the accumulator changes: the post-op on the crossing outputs only
             img, cc = torch.from_numpy(key // g), torch.from_numpy(out)
             new = post.channels(cc)((st.acc[img, cc].to(dt) + torch.from_numpy(change).to(dt)).unsqueeze(0))[0]
             change = (new.to(torch.float32) - st.out[img, cc]).numpy()
-        return _Joint(g, key, out, change.astype(np.float32))
+        return _Joint(g, key, out, change.astype(np.float32), (out_keys, out_ptr), per_map)
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
         dt = self.dtypes[i]

@@ -39,10 +39,19 @@ def _grow(a: np.ndarray, at_least: int) -> np.ndarray:
 _FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
+# ctz of a 64-bit word by de Bruijn multiplication: the crossing outputs of a word are found
+# one per step instead of testing its 8 flags one by one
+_DEBRUIJN_MUL = 0x03F79D71B4CB0A89
+_DEBRUIJN = np.zeros(64, np.int64)
+for _i in range(64):
+    _DEBRUIJN[(((1 << _i) * _DEBRUIJN_MUL) & (2**64 - 1)) >> 58] = _i
+_DEBRUIJN_MUL_U64 = np.uint64(_DEBRUIJN_MUL)
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
-    n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, j_ptr, j_idx, d_j,
-    lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
+    n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, f_ptr, f_row, f_col,
+    f_val, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
 ):
     """The outputs of one dense layer that change under each of ``n_maps`` maps.
 
@@ -54,9 +63,9 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``w_t`` ``(in, out)``: the clean weights, rows by input;
     - ``dw_ptr`` ``(n_maps, in + 1)``, ``dw_rows``, ``dw_vals``: each map's flipped weights by
       input (CSC), for ``dW @ dx``;
-    - ``j_ptr`` ``(n_maps + 1,)``, ``j_idx`` and ``d_j`` ``(N, sum J)``: per map the output
-      channels holding flipped weights and their accumulator change on the clean input
-      (``dW @ x``), the maps' blocks side by side;
+    - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
+      again, sorted by output then input, for ``dW @ x`` on the clean input rows ``x`` ``(N, in)``
+      (a few multiply-adds per pair: no ``(N, flipped outputs)`` block is built);
     - ``lo``, ``hi``, ``acc``, ``clean_out`` ``(N, out)``: the clean accumulators, their
       unchanged ranges and the clean outputs;
     - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the threshold post-op
@@ -64,8 +73,10 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
       rows, the accumulator change is returned instead of the output change.
 
     Returns ``(key, output, change)`` of every changed output, keys ascending, then outputs
-    ascending. A pair without a changed input can only change in its map's ``J`` channels.
-    All arrays C-contiguous (rows are taken as 1-D views, which the loops vectorize over).
+    ascending, and the same grouped by pair: ``(pair key, pair pointer)`` and per map its number
+    of changed outputs, which the next layer and the caller read without another pass. A pair
+    without a changed input can only change in its map's flipped outputs. All arrays
+    C-contiguous (rows are taken as 1-D views, which the loops vectorize over).
     """
     n, out_n = lo.shape
     n_pairs = pair_key.shape[0]
@@ -75,6 +86,10 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     keys = np.empty(cap, np.int64)
     outs = np.empty(cap, np.int64)
     change = np.empty(cap, np.float64)
+    out_keys = np.empty(n * n_maps, np.int64)
+    out_ptr = np.zeros(n * n_maps + 1, np.int64)
+    counts = np.zeros(n_maps, np.int64)
+    n_out = 0
     k = 0
     p = 0
     delta = np.zeros(out_n, w_t.dtype)
@@ -82,20 +97,24 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     flags = np.zeros(8 * n_words, np.uint8)  # the tail past out_n stays 0
     words = flags.view(np.uint64)
     for i in range(n):
-        lo_i, hi_i, dj_i = lo[i], hi[i], d_j[i]
+        lo_i, hi_i, x_i = lo[i], hi[i], x[i]
         for m in range(n_maps):
             key = i * n_maps + m
             has = p < n_pairs and pair_key[p] == key
-            j0, j1 = j_ptr[m], j_ptr[m + 1]
-            if not has and j0 == j1:
+            f0, f1 = f_ptr[m], f_ptr[m + 1]
+            if not has and f0 == f1:
                 continue
             if k + out_n > keys.shape[0]:  # room for every output of this pair: no checks below
                 keys, outs, change = _grow(keys, out_n), _grow(outs, out_n), _grow(change, out_n)
             first = k
-            if not has:
-                for q in range(j0, j1):
-                    o = j_idx[q]
-                    dv = dj_i[q]
+            if not has:  # only the flipped outputs can change: dW @ x on each, one by one
+                f = f0
+                while f < f1:
+                    o = f_row[f]
+                    dv = 0.0
+                    while f < f1 and f_row[f] == o:
+                        dv += f_val[f] * x_i[f_col[f]]
+                        f += 1
                     if dv < lo_i[o] or dv > hi_i[o]:
                         keys[k], outs[k], change[k] = key, o, dv
                         k += 1
@@ -113,24 +132,32 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                     c, v = cols[e], vals[e]
                     for f in range(dw_ptr[m, c], dw_ptr[m, c + 1]):
                         delta[dw_rows[f]] += v * dw_vals[f]
-                for q in range(j0, j1):
-                    delta[j_idx[q]] += dj_i[q]
-                # crossing flags in one vectorized pass, then only the 8-output words holding one
+                for f in range(f0, f1):  # dW @ x
+                    delta[f_row[f]] += f_val[f] * x_i[f_col[f]]
+                # crossing flags in one vectorized pass, then the set flags of each 8-output word
                 for o in range(out_n):
                     flags[o] = (delta[o] < lo_i[o]) | (delta[o] > hi_i[o])
                 for w in range(n_words):
-                    if words[w]:
-                        for o in range(8 * w, 8 * w + 8):
-                            if flags[o]:
-                                keys[k], outs[k], change[k] = key, o, delta[o]
-                                k += 1
+                    bits = words[w]
+                    while bits:
+                        low = bits & (~bits + np.uint64(1))
+                        o = 8 * w + (_DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)] >> 3)
+                        keys[k], outs[k], change[k] = key, o, delta[o]
+                        k += 1
+                        bits ^= low
                 p += 1
+            if k == first:
+                continue
+            out_keys[n_out] = key
+            n_out += 1
+            out_ptr[n_out] = k
+            counts[m] += k - first
             if count_here:  # the new output levels, while this image's rows are in cache
                 for e in range(first, k):
                     o = outs[e]
-                    x = sign[o] * (np.float64(acc[i, o]) + change[e])
+                    xo = sign[o] * (np.float64(acc[i, o]) + change[e])
                     count = 0
                     for t in range(n_k):
-                        count += x >= thresholds[o, t]
+                        count += xo >= thresholds[o, t]
                     change[e] = np.float32(out_bias + out_mult * count) - clean_out[i, o]
-    return keys[:k], outs[:k], change[:k]
+    return keys[:k], outs[:k], change[:k], out_keys[:n_out], out_ptr[:n_out + 1], counts
