@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcel_train.difference_kernel import dense_layer_maps
+from mcel_train.difference_kernel import conv_layer_maps, dense_layer_maps
 from mcel_train.faults.apply import element_deltas
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, ThresholdPostOp, layer_memories
@@ -409,9 +409,16 @@ class DifferenceEvaluator:
             joint = joint.keep(in_joint & set(fused)).merged(
                 {m: (active[m], dx[m]) for m in fused if m not in in_joint})
             in_joint = set(fused)
+            compiled_conv = [m for m in own if layer.conv is not None and i not in posts[m]
+                             and type(layer.post) is ThresholdPostOp]
+            steps = dict(zip(compiled_conv, self._compiled_conv_step(
+                i, layer, st, [deltas[m][i] for m in compiled_conv], [active[m] for m in compiled_conv],
+                [dx[m] for m in compiled_conv], layer.post), strict=True)) if compiled_conv else {}
             for m in own:
                 post, faulty_post = posts[m].get(i, layer.post), i in posts[m]
-                if layer.conv is None:
+                if m in steps:
+                    step = steps[m]
+                elif layer.conv is None:
                     step = self._dense_step(i, st, deltas[m][i], active[m], dx[m], post, faulty_post, i == last)
                 else:
                     step = self._conv_step(i, layer, st, deltas[m][i], active[m], dx[m], post, faulty_post)
@@ -596,6 +603,10 @@ class DifferenceEvaluator:
         return _Joint(g, key, out, change.astype(np.float32), (out_keys, out_ptr), per_map)
 
     def _conv_step(self, i, layer, st, d, active, dx, post, faulty_post):
+        """One map through a conv layer as tensor operations: the images whose outputs change,
+        and their changes ``(|touched|, C, H'', W'')``. Taken for threshold-memory faults and
+        post-ops other than thresholds (a clean threshold post-op takes
+        :meth:`_compiled_conv_step`)."""
         dt = self.dtypes[i]
         g = layer.conv
         n, out_c, ho, wo = st.acc.shape
@@ -677,6 +688,68 @@ class DifferenceEvaluator:
         diff = torch.zeros(int(rows_any.sum()), out_c, *diff_c.shape[2:])
         diff[:, chans] = diff_c[rows_any]
         return touched[rows_any], diff
+
+
+    def _compiled_conv_step(self, i: int, layer: IntLayer, st: _CleanLayer, ds: list[LayerDelta | None],
+                            actives: list[torch.Tensor], dxs: list, post: ThresholdPostOp,
+                            ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`_conv_step` for a group of maps through a conv layer with its clean threshold
+        post-op, as one call of :func:`mcel_train.difference_kernel.conv_layer_maps`: per
+        image and map only the flipped channels' planes and the changed inputs'
+        neighbourhoods are computed and tested, and only the pool windows holding a crossing
+        are counted again."""
+        dt = self.dtypes[i]
+        np_dt = np.float32 if dt == torch.float32 else np.float64
+        g, n_maps = layer.conv, len(ds)
+        n, out_c = st.acc.shape[:2]
+        clean_kernel = _kernel(layer, self.weights[i])
+        kernels = clean_kernel.permute(1, 2, 3, 0).unsqueeze(0).repeat(n_maps, 1, 1, 1, 1)
+        t_ptr, f_ptr = np.zeros(n_maps + 1, np.int64), np.zeros(n_maps + 1, np.int64)
+        taps: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in range(4)] + [[np.zeros(0, np_dt)]]
+        f_chans = [np.zeros(0, np.int64)]
+        e_ptr = np.zeros((n_maps, n + 1), np.int64)
+        entries: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in range(3)] + [[np.zeros(0, np_dt)]]
+        images = set()
+        for m, (d, active, dx) in enumerate(zip(ds, actives, dxs, strict=True)):
+            t_ptr[m + 1], f_ptr[m + 1] = t_ptr[m], f_ptr[m]
+            if d is not None:
+                ic, kh, kw = _conv_columns(layer, d.cols)
+                values = d.values.to(dt)
+                kernels[m].index_put_((ic, kh, kw, d.rows), values, accumulate=True)
+                for part, a in zip(taps, (d.rows, ic, kh, kw, values), strict=True):
+                    part.append(a.numpy())
+                chans = np.unique(d.rows.numpy())
+                f_chans.append(chans)
+                t_ptr[m + 1] += len(values)
+                f_ptr[m + 1] += len(chans)
+            if len(active):
+                r, c, y, x = dx.nonzero(as_tuple=True)  # row-major: images ascending
+                for part, a in zip(entries, (c, y, x, dx[r, c, y, x].to(dt)), strict=True):
+                    part.append(a.numpy())
+                e_ptr[m, 1:] = np.cumsum(np.bincount(active[r].numpy(), minlength=n))
+                images.update(active.tolist())
+        e_ptr[1:] += np.cumsum(e_ptr[:-1, -1])[:, None]  # the maps' entries side by side
+        any_taps = t_ptr[-1] > 0
+        images = np.arange(n) if any_taps else np.array(sorted(images), np.int64)
+        rec_map, rec_img, ch, yy, xx, val = conv_layer_maps(
+            n_maps, images, st.h.numpy(), t_ptr, *(np.concatenate(part) for part in taps), f_ptr,
+            np.concatenate(f_chans), e_ptr, *(np.concatenate(part) for part in entries),
+            kernels.contiguous().numpy(), st.lo.numpy(), st.hi.numpy(), st.acc.numpy(), st.out.numpy(),
+            post.thresholds.numpy(), post.sign.numpy(), post.out_bias, post.out_mult, layer.pool,
+            *g.stride, *g.padding)
+        order = np.argsort(rec_map, kind="stable")  # each map's records stay by image
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(rec_map, minlength=n_maps))])
+        out = []
+        for m in range(n_maps):
+            sel = order[bounds[m]:bounds[m + 1]]
+            if not len(sel):
+                out.append((torch.zeros(0, dtype=torch.int64), None))
+                continue
+            rows, at = np.unique(rec_img[sel], return_inverse=True)
+            diff = torch.zeros(len(rows), out_c, *st.out.shape[2:])
+            diff[at, ch[sel], yy[sel], xx[sel]] = torch.from_numpy(val[sel])
+            out.append((torch.from_numpy(rows), diff))
+        return out
 
 
 def _layer_forward(layer: IntLayer, h: torch.Tensor, w: torch.Tensor, dt: torch.dtype, post: PostOp,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from mcel_train import difference
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
@@ -200,11 +201,16 @@ def test_maps_needed_is_the_first_narrow_prefix():
     assert maps_needed(accs[:5], 0.001) is None
 
 
-def test_falling_channels_take_the_same_path_as_dense(digits):
+@pytest.mark.parametrize("name", ["tfc_w2a2", "vgg3_w4a4", "cnv_w1a1"])
+def test_falling_channels_take_the_same_path_as_dense(digits, name, monkeypatch):
     """Channels whose output falls as the accumulator rises (negative ``sign``): the compiled
-    dense step (mcel_train/difference_kernel.py) counts thresholds in the rising domain like the
-    post-op does, so its logits equal the dense forward's."""
-    spec = SPECS["tfc_w2a2"].resolved()
+    dense and conv steps (mcel_train/difference_kernel.py) count thresholds in the rising domain
+    like the post-op does (the conv step pools there too), so their logits equal the dense
+    forward's."""
+    calls = []
+    compiled = difference.conv_layer_maps
+    monkeypatch.setattr(difference, "conv_layer_maps", lambda *a: calls.append(a[0]) or compiled(*a))
+    spec = SPECS[name].resolved()
     torch.manual_seed(0)
     model = quick_train(spec, digits, steps=40, batch_size=64)
     x = model_inputs(digits.test.images, spec)
@@ -228,3 +234,5 @@ def test_falling_channels_take_the_same_path_as_dense(digits):
         assert torch.equal(with_difference(diff, res), ref)
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert changed > 0
+    # the conv layers took the compiled step (every map's first layer at least)
+    assert sum(calls) == 0 if spec.arch == "tfc" else sum(calls) >= len(maps)
