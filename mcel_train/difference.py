@@ -54,9 +54,12 @@ SPARSE_FACTOR = 16
 # BLAS product is faster once about this fraction of the inputs changed.
 BLAS_FRACTION = 0.2
 # Once more than this fraction of a layer's outputs (over the batch's images) changed, the
-# remaining layers run as a plain dense forward pass on the batch (measured on sfc_w2a2 and the
-# paper VGG3: at 1e-3, 7 % and 18 % changed, and the difference steps cost more than the layers).
-SWITCH_FRACTION = 0.05
+# remaining layers run as a plain dense forward pass on the batch. Measured with the compiled
+# steps (20 maps of sfc_w2a2 on 10k images, 8 of the paper VGG3 on 2000, CPU seconds of the
+# difference path at 0.05 / 0.1 / 0.2 / never): sfc_w2a2 at 1e-3 (6.5 % changed after the
+# first layer) 1.48 / 0.84 / 0.86 / 0.92, at 2e-2 (26 %) 4.3 / 4.3 / 4.1 / 7.5; VGG3 at 1e-4
+# 1.22 / 1.21 / 1.11 s, at 1e-3 6.6 / 6.5 / 7.1 s.
+SWITCH_FRACTION = 0.2
 # Maps stepped through the dense layers together: each image's clean rows are read from memory
 # once for all of them (see mcel_train.difference_kernel).
 MAP_GROUP = 16
@@ -236,6 +239,8 @@ class DifferenceEvaluator:
         self.dtypes = self._dtypes()
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
         self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
+        # the same in the narrowest integer type, for the compiled dense step (see there)
+        self.weights_t_compact = [_compact(w) for w in self.weights_t]
         one_image = self._clean_pass(self.x[:1])
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
                         + st.acc.numel() * 4 * 3 + st.out.numel() * 4 for st in one_image)  # clean-state bytes
@@ -591,7 +596,7 @@ class DifferenceEvaluator:
         sign = post.sign.numpy() if counted else np.zeros(0)
         out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
         key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
-            g, pair_key, pair_ptr, col, val, pre, w_t.numpy(), dw_ptr, np.concatenate(dw_rows),
+            g, pair_key, pair_ptr, col, val, pre, self.weights_t_compact[i], dw_ptr, np.concatenate(dw_rows),
             np.concatenate(dw_vals), f_ptr, np.concatenate(f_rows), np.concatenate(f_cols),
             np.concatenate(f_vals), st.rows.numpy(), st.lo.numpy(), st.hi.numpy(), st.acc.numpy(),
             st.out.numpy(), thresholds, sign, out_bias, out_mult)
@@ -750,6 +755,16 @@ class DifferenceEvaluator:
             diff[at, ch[sel], yy[sel], xx[sel]] = torch.from_numpy(val[sel])
             out.append((torch.from_numpy(rows), diff))
         return out
+
+
+def _compact(w: torch.Tensor) -> np.ndarray:
+    """Integer-valued weights as int8 or int16 when they fit (else as they are)."""
+    a = w.numpy()
+    for dtype in (np.int8, np.int16):
+        info = np.iinfo(dtype)
+        if a.size and a.min() >= info.min and a.max() <= info.max and np.array_equal(a, np.rint(a)):
+            return a.astype(dtype)
+    return a
 
 
 def _layer_forward(layer: IntLayer, h: torch.Tensor, w: torch.Tensor, dt: torch.dtype, post: PostOp,

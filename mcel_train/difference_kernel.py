@@ -60,7 +60,9 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``pre``: ``W @ dx`` of every pair with the clean weights, computed by the caller (a BLAS
       product when the input changes are dense), or an empty ``(0, out)`` array to compute it
       here from the CSR;
-    - ``w_t`` ``(in, out)``: the clean weights, rows by input;
+    - ``w_t`` ``(in, out)``: the clean weights, rows by input, in the narrowest integer type
+      that holds them (a changed input reads a whole row: on a wide layer the rows come from
+      memory, not cache);
     - ``dw_ptr`` ``(n_maps, in + 1)``, ``dw_rows``, ``dw_vals``: each map's flipped weights by
       input (CSC), for ``dW @ dx``;
     - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
@@ -92,7 +94,7 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_out = 0
     k = 0
     p = 0
-    delta = np.zeros(out_n, w_t.dtype)
+    delta = np.zeros(out_n, vals.dtype)
     n_words = (out_n + 7) // 8
     flags = np.zeros(8 * n_words, np.uint8)  # the tail past out_n stays 0
     words = flags.view(np.uint64)
