@@ -15,15 +15,17 @@ good machine once and, per fault, only the difference. For a quantized network l
 - threshold-memory faults give a layer a faulty post-op: its channels join ``J``, and the rows
   that change are re-run through the faulty post-op itself.
 
-Convolutions: a flipped weight touches one output channel at every position (computed from the
-clean input's shifted slices), a changed input channel enters one convolution restricted to the
-changed channels. All arithmetic is on exact integers in float32 (float64 when a layer's
+Convolutions: a flipped weight touches one output channel at every position (its input plane,
+shifted, times the weight change), a changed input pixel the ``kh x kw`` neighbourhood it
+reaches in every output channel (its slice of the faulty kernel); only those planes and
+neighbourhoods are tested, and only the pool windows holding a crossing are pooled and counted
+again. All arithmetic is on exact integers in float32 (float64 when a layer's
 accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
 
-Cost follows the faults: dense layers step through one compiled per-image loop for a group of
-maps at once (:mod:`mcel_train.difference_kernel`; the images' clean rows are read once for all
-the group's maps, and consecutive dense layers pass the group's differences on without
-re-sorting them), and once a layer's changes are dense the remaining layers run as one plain
+Cost follows the faults: dense and conv layers step through compiled per-image loops for a
+group of maps at once (:mod:`mcel_train.difference_kernel`; each image's clean state is read
+once for all the group's maps, and consecutive dense layers pass the group's differences on
+without re-sorting them), and once a layer's changes are dense the remaining layers run as one plain
 forward pass. :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice
 compares :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
@@ -388,9 +390,10 @@ class DifferenceEvaluator:
 
         Dense layers with their clean post-op (the logit layer too) take one compiled step for
         all the group's maps (:meth:`_fused_dense_step`), on the maps' differences kept side by
-        side as a :class:`_Joint` from one such layer to the next. Conv layers and faulty
-        post-ops take a step per map, on the map's own form: its active images and their
-        changes."""
+        side as a :class:`_Joint` from one such layer to the next. Conv layers with their
+        clean threshold post-op take one compiled step for the group too
+        (:meth:`_compiled_conv_step`), on each map's own form: its active images and their
+        changes; faulty post-ops (threshold-memory faults) a tensor step per map."""
         g = len(deltas)
         active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
         dx: list = [None] * g  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)

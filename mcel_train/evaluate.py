@@ -84,6 +84,8 @@ class MapEvaluator:
         self._clean_out0: torch.Tensor | None = None
         self._difference: DifferenceEvaluator | None = None
         self._choice: dict[object, str] = {}  # auto: the faster path per fault rate
+        # auto: the dense path's seconds per map, as last timed (it does not depend on the rate)
+        self._dense_per_map: float | None = None
         self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
 
     @property
@@ -177,10 +179,11 @@ class MapEvaluator:
         differs) or ``auto``: per fault rate the first call runs dense, timed, and the difference
         path's time per map is estimated; the faster is kept. That first call runs only its head
         dense, one group of the dense path's own batching (:meth:`_dense_plan`, so the compiled
-        post-ops see no new shape), and its tail by the chosen path. Both paths are exact, so
+        post-ops see no new shape), and its tail by the chosen path; at later rates the dense
+        time is known and only the estimate runs. Both paths are exact, so
         the choice changes the time, never a prediction.
         """
-        path = self._path(fmaps)
+        path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
         k = self._probe_head(fmaps, path, self._dense_plan(len(fmaps))[1])
         if k:
             head = self._dense_maybe_probe(fmaps[:k], [None] * k, self._evaluate_dense, path)
@@ -202,7 +205,7 @@ class MapEvaluator:
         follows ``method`` as in :meth:`evaluate`.
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
-        path = self._path(fmaps)
+        path = self._known_dense_choice(fmaps, self._path(fmaps), posts)
         k = self._probe_head(fmaps, path, DENSE_MAP_BATCH)
         if k:
             head = self._dense_maybe_probe(fmaps[:k], posts[:k], lambda f: self._dense_logits(f, posts[:k]), path)
@@ -235,6 +238,17 @@ class MapEvaluator:
             return "difference"
         return self._choice.get(self._rate_key(fmaps[0]), "probe")
 
+    def _known_dense_choice(self, fmaps: Sequence[FaultMap], path: str,
+                            posts: Sequence[Mapping[int, PostOp] | None]) -> str:
+        """A probe call once the dense path has been timed (at another rate): its time per map
+        does not depend on the rate, so only the difference path is estimated and no dense
+        head runs; the choice is kept for the rate."""
+        if path != "probe" or self._dense_per_map is None:
+            return path
+        choice = self._probe(fmaps, self._dense_per_map, posts)
+        self._choice[self._rate_key(fmaps[0])] = choice
+        return choice
+
     @staticmethod
     def _probe_head(fmaps: Sequence[FaultMap], path: str, dense_group: int) -> int:
         """How many of a probe call's maps run dense (one dense group) before the rest take the
@@ -257,8 +271,8 @@ class MapEvaluator:
         t0 = time.perf_counter()
         result = dense(fmaps)
         if path == "probe":
-            per_map = (time.perf_counter() - t0) / len(fmaps)
-            self._choice[self._rate_key(fmaps[0])] = self._probe(fmaps, per_map, posts)
+            self._dense_per_map = (time.perf_counter() - t0) / len(fmaps)
+            self._choice[self._rate_key(fmaps[0])] = self._probe(fmaps, self._dense_per_map, posts)
         return result
 
     def _difference_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],

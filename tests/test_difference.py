@@ -189,6 +189,25 @@ def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(train
     assert len(estimates) == 2 and auto._choice[("stuck", 1e-2)] == "difference"
 
 
+def test_auto_times_the_dense_path_once_then_only_estimates(trained):
+    """The dense path's time per map does not depend on the rate: after the first rate's dense
+    head, a new rate's first call runs no dense map, only the difference estimate."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    auto = MapEvaluator(net, x, labels, method="auto")
+    dense = MapEvaluator(net, x, labels, method="dense")
+    first = [generate_map(mems, "flip", 1e-3, 3, i) for i in range(6)]
+    assert np.array_equal(auto.evaluate(first).predictions, dense.evaluate(first).predictions)
+    dense_seconds = auto.timing["dense"]
+    assert dense_seconds > 0 and auto._dense_per_map is not None
+    estimates = []
+    auto.difference.estimate_seconds = lambda *a, **k: estimates.append(1) or 0.0  # "difference wins"
+    second = [generate_map(mems, "flip", 1e-4, 3, i) for i in range(6)]
+    assert np.array_equal(auto.evaluate(second).predictions, dense.evaluate(second).predictions)
+    assert estimates == [1] and auto._choice[("flip", 1e-4)] == "difference"
+    assert auto.timing["dense"] == dense_seconds  # not one map ran dense
+
+
 def test_maps_needed_is_the_first_narrow_prefix():
     rng = np.random.default_rng(1)
     accs = 0.8 + 0.02 * rng.standard_normal(200)
