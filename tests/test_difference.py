@@ -4,13 +4,21 @@ dense and conv layers, weight and threshold faults, flips, stuck-at and asymmetr
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mcel_train import difference
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
 from mcel_train.faults.generate import stored_bits
-from mcel_train.intnet import ThresholdPostOp, from_brevitas
+from mcel_train.intnet import (
+    ConvGeometry,
+    IdentityPostOp,
+    IntLayer,
+    IntNetwork,
+    ThresholdPostOp,
+    from_brevitas,
+)
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import model_inputs, quick_train
 from mcel_train.sweep import maps_needed, t_interval
@@ -255,3 +263,54 @@ def test_falling_channels_take_the_same_path_as_dense(digits, name, monkeypatch)
     assert changed > 0
     # the conv layers took the compiled step (every map's first layer at least)
     assert sum(calls) == 0 if spec.arch == "tfc" else sum(calls) >= len(maps)
+
+
+def _quantile_post(acc: torch.Tensor, sign: torch.Tensor) -> ThresholdPostOp:
+    """Thresholds at each channel's quartiles of ``sign * acc`` (channels on dim 1): many
+    accumulators sit near one, so flips cross them."""
+    rising = (acc * sign.reshape(1, -1, *(1,) * (acc.dim() - 2))).transpose(0, 1).reshape(acc.shape[1], -1)
+    t = torch.quantile(rising.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=1).T
+    return ThresholdPostOp(torch.floor(t) + 0.5, sign=sign)
+
+
+def test_strided_padded_convs_and_odd_pools_match_dense():
+    """Conv geometry no zoo model has, through the compiled conv step: a padded conv with
+    falling channels, then a stride-2 padded conv (its changed inputs land on every other
+    output) whose 2 x 2 pool drops a row and a column (13 x 13 -> 13 x 13 -> 7 x 7 -> 3 x 3);
+    every map's logits equal the dense forward's."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(96, 2, 13, 13)).astype(np.float32))
+    g0 = ConvGeometry(in_channels=2, kernel=(3, 3), stride=(1, 1), padding=(1, 1))
+    g1 = ConvGeometry(in_channels=6, kernel=(3, 3), stride=(2, 2), padding=(1, 1))
+    w0 = rng.integers(-3, 4, size=(6, 18)).astype(np.float32)
+    w1 = rng.integers(-3, 4, size=(4, 54)).astype(np.float32)
+    w2 = rng.integers(-3, 4, size=(10, 36)).astype(np.float32)
+    sign0 = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
+    acc0 = F.conv2d(x, torch.from_numpy(w0).reshape(6, 2, 3, 3), padding=1)
+    post0 = _quantile_post(acc0, sign0)
+    h1 = post0(acc0.double()).float()
+    acc1 = F.conv2d(h1, torch.from_numpy(w1).reshape(4, 6, 3, 3), stride=2, padding=1)
+    post1 = _quantile_post(acc1, torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+    net = IntNetwork([
+        IntLayer("layer0", w0, 1.0, 3, post0, conv=g0),
+        IntLayer("layer1", w1, 1.0, 3, post1, conv=g1, pool=2),
+        IntLayer("layer2", w2, 1.0, 3, IdentityPostOp(1.0), flatten_before=True),
+    ], input_shape=(2, 13, 13), input_kind="uint8")
+    mems = net.memories()
+    labels = np.zeros(len(x), dtype=np.int64)
+    ev = MapEvaluator(net, x, labels, method="dense")
+    diff = DifferenceEvaluator(net, x, mems, batch=40, switch_fraction=float("inf"))
+    calls = []
+    compiled = difference.conv_layer_maps
+    difference.conv_layer_maps, restore = (lambda *a: calls.append(a[0]) or compiled(*a)), compiled
+    try:
+        maps = [generate_map(mems, "flip", 0.02, 11, i) for i in range(6)]
+        results = diff.run_many(maps)
+    finally:
+        difference.conv_layer_maps = restore
+    changed = 0
+    for fmap, res in zip(maps, results, strict=True):
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        changed += int((ref != diff.clean_logits).any(1).sum())
+    assert changed > 0 and sum(calls) >= 2 * len(maps)  # both conv layers, every map
