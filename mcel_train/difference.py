@@ -97,6 +97,7 @@ class _CleanLayer:
     hi: torch.Tensor
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
     rows: torch.Tensor | None = None  # dense: the input again as (N, in), for the compiled step's dW @ x
+    levels: torch.Tensor | None = None  # conv: the outputs' threshold counts, when first asked
 
 
 @dataclass
@@ -245,7 +246,8 @@ class DifferenceEvaluator:
         self.weights_t_compact = [_compact(w) for w in self.weights_t]
         one_image = self._clean_pass(self.x[:1])
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
-                        + st.acc.numel() * 4 * 3 + st.out.numel() * 4 for st in one_image)  # clean-state bytes
+                        + st.acc.numel() * 4 * 3 + st.out.numel() * (4 if st.rows is not None else 6)
+                        for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
         fits = int(budget_bytes // max(1, per_image))
         # All batches are kept across calls when the whole clean state fits the budget;
         # otherwise each call recomputes them, one batch (a quarter of the budget) at a time.
@@ -698,6 +700,13 @@ class DifferenceEvaluator:
         return touched[rows_any], diff
 
 
+    @staticmethod
+    def _levels(st: _CleanLayer, post: ThresholdPostOp) -> torch.Tensor:
+        """The clean outputs' threshold counts (int16), computed once per clean state."""
+        if st.levels is None:
+            st.levels = torch.round((st.out.double() - post.out_bias) / post.out_mult).to(torch.int16)
+        return st.levels
+
     def _compiled_conv_step(self, i: int, layer: IntLayer, st: _CleanLayer, ds: list[LayerDelta | None],
                             actives: list[torch.Tensor], dxs: list, post: ThresholdPostOp,
                             ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -742,9 +751,9 @@ class DifferenceEvaluator:
         rec_map, rec_img, ch, yy, xx, val = conv_layer_maps(
             n_maps, images, st.h.numpy(), t_ptr, *(np.concatenate(part) for part in taps), f_ptr,
             np.concatenate(f_chans), e_ptr, *(np.concatenate(part) for part in entries),
-            kernels.contiguous().numpy(), st.lo.numpy(), st.hi.numpy(), st.acc.numpy(), st.out.numpy(),
-            post.thresholds.numpy(), post.sign.numpy(), post.out_bias, post.out_mult, layer.pool,
-            *g.stride, *g.padding)
+            kernels.contiguous().numpy(), st.acc.numpy(), st.out.numpy(), self._levels(st, post).numpy(),
+            post.thresholds.numpy(), _level_bounds(post.thresholds).numpy(), post.sign.numpy(),
+            post.out_bias, post.out_mult, layer.pool, *g.stride, *g.padding)
         order = np.argsort(rec_map, kind="stable")  # each map's records stay by image
         bounds = np.concatenate([[0], np.cumsum(np.bincount(rec_map, minlength=n_maps))])
         out = []
@@ -758,6 +767,13 @@ class DifferenceEvaluator:
             diff[at, ch[sel], yy[sel], xx[sel]] = torch.from_numpy(val[sel])
             out.append((torch.from_numpy(rows), diff))
         return out
+
+
+def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:
+    """``(C, K + 2)``: each channel's thresholds sorted, between ``-inf`` and ``inf``; a count
+    ``L`` of thresholds ``<= x`` holds exactly for ``bounds[L] <= x < bounds[L + 1]``."""
+    inf = torch.full((len(thresholds), 1), torch.inf, dtype=torch.float64)
+    return torch.cat([-inf, torch.sort(thresholds.double(), dim=1).values, inf], dim=1).contiguous()
 
 
 def _compact(w: torch.Tensor) -> np.ndarray:

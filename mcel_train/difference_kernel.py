@@ -177,19 +177,10 @@ def _landing(extent: int, k: int, stride: int, n_out: int) -> np.ndarray:
     return table
 
 
-@njit(cache=True, nogil=True)
-def _window(n: int, k: int, n_windows: int) -> np.ndarray:
-    """Output index -> its pool window (``k`` wide), or -1 past the last whole window."""
-    table = np.full(n, -1, np.int64)
-    for y in range(min(n, n_windows * k)):
-        table[y] = y // k
-    return table
-
-
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_maps, images, h, t_ptr, t_out, t_chan, t_ky, t_kx, t_dv, f_ptr, f_chans, e_ptr, e_chan, e_y, e_x,
-    e_val, kernel_t, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult, pool, sh, sw, ph, pw,
+    e_val, kernel_t, acc, clean_out, levels, thresholds, bounds, sign, out_bias, out_mult, pool, sh, sw, ph, pw,
 ):
     """The outputs of one conv layer (threshold post-op, then an optional max-pool) that change
     under each of ``n_maps`` maps.
@@ -203,11 +194,13 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``e_ptr`` ``(n_maps, N + 1)`` and ``e_*``: per map each image's changed inputs (unpadded
       coordinates); ``kernel_t`` ``(n_maps, C, kh, kw, out)``: each map's faulty kernel, output
       channels last;
-    - ``lo``, ``hi``, ``acc`` ``(N, out, Ho, Wo)``: the clean accumulators and their unchanged
-      ranges; ``clean_out`` ``(N, out, Ho // pool, Wo // pool)``: the clean outputs;
+    - ``acc`` ``(N, out, Ho, Wo)``: the clean accumulators; ``clean_out`` and ``levels``
+      ``(N, out, Ho // pool, Wo // pool)``: the clean outputs and their threshold counts;
     - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the post-op
       (:class:`mcel_train.intnet.ThresholdPostOp`, which pools before it counts: exact, as the
-      count rises with ``sign * acc``).
+      count rises with ``sign * acc``); ``bounds`` ``(out, K + 2)``: the thresholds sorted,
+      between ``-inf`` and ``inf``, so that a count ``L`` holds for ``bounds[L] <= x <
+      bounds[L + 1]``.
 
     The image is the outer loop and the maps the inner one, so an image's clean state (input
     planes, accumulators, ranges: some 200 kB on the paper VGG3's second conv) is read from
@@ -216,32 +209,29 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     channel's plane (``dW * x``, rows of ``Wo`` multiply-adds). The changed inputs are scattered
     first into a channels-last buffer, where each adds its ``out``-wide kernel slice at the
     ``kh x kw`` positions it reaches (``W_faulty * dx``), then those positions are moved over.
-    Only the flipped channels' planes (all planes once an input changed) are tested against the
-    unchanged ranges, only a pool window holding a crossing is pooled and counted again, and
-    the buffers are cleared where they were written. Returns ``(map, image, channel, y, x,
+    Only the flipped channels' planes (all planes once an input changed) are pooled again, each
+    window's new maximum tested against its clean level's range (two comparisons, no per-output
+    ranges read), only a window that leaves it counted again, and the buffers are cleared where
+    they were written. Returns ``(map, image, channel, y, x,
     change)`` of every changed output, images ascending, then maps.
     """
-    o_n, ho, wo = lo.shape[1], lo.shape[2], lo.shape[3]
+    o_n, ho, wo = acc.shape[1], acc.shape[2], acc.shape[3]
     kh_n, kw_n = kernel_t.shape[2], kernel_t.shape[3]
     k = max(pool, 1)
     hp, wp = clean_out.shape[2], clean_out.shape[3]
     n_k = thresholds.shape[1]
-    # Integer divisions cost tens of cycles: every one in the loops below is a table look-up.
-    # Input row (column) + padding - kernel row (column), offset by the kernel size -> the
-    # output row (column) it lands on, or -1; output row (column) -> pool window row (column).
+    # Integer divisions cost tens of cycles: the scatter below looks them up. Input row
+    # (column) + padding - kernel row (column), offset by the kernel size -> the output row
+    # (column) it lands on, or -1.
     row_at = _landing(h.shape[2] - ph, kh_n, sh, ho)
     col_at = _landing(h.shape[3] - pw, kw_n, sw, wo)
-    window_row, window_col = _window(ho, k, hp), _window(wo, k, wp)
     delta = np.zeros((o_n, ho, wo), h.dtype)
     scatter = np.zeros((ho, wo, o_n), h.dtype)
     stamp = np.zeros((ho, wo), np.int64)  # the (image, map) step (+ 1) whose inputs reached a position
-    window_stamp = np.zeros((o_n, hp, wp), np.int64)  # the step (+ 1) that re-counted a window
     pos_y = np.empty(ho * wo, np.int64)
+    best_row = np.empty(wp, np.float64)
     pos_x = np.empty(ho * wo, np.int64)
     every = np.arange(o_n)
-    cross_o = np.empty(o_n * ho * wo, np.int64)
-    cross_y = np.empty(o_n * ho * wo, np.int64)
-    cross_x = np.empty(o_n * ho * wo, np.int64)
     cap = 1024
     r_map = np.empty(cap, np.int64)
     r_img = np.empty(cap, np.int64)
@@ -288,37 +278,34 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                     plane[pos_y[q], pos_x[q]] += scatter[pos_y[q], pos_x[q], o]
             for q in range(n_pos):
                 scatter[pos_y[q], pos_x[q]] = 0
-            # crossings: every plane once an input changed, else the flipped channels' planes
+            # every pool window of the planes that changed (all of them once an input changed,
+            # else the flipped channels'): its new maximum, in sign * acc, against the range of
+            # the clean window's level; only a window that leaves it is counted again
             chans = every if n_pos else f_chans[f_ptr[m]:f_ptr[m + 1]]
-            n_cross = 0
             for o in chans:
-                d_p, lo_p, hi_p = delta[o], lo[i, o], hi[i, o]
-                for y in range(ho):
-                    for x in range(wo):
-                        if d_p[y, x] < lo_p[y, x] or d_p[y, x] > hi_p[y, x]:
-                            cross_o[n_cross], cross_y[n_cross], cross_x[n_cross] = o, y, x
-                            n_cross += 1
-            # the windows holding a crossing: pooled (in sign * acc) and counted again
-            for q in range(n_cross):
-                o, py, px = cross_o[q], window_row[cross_y[q]], window_col[cross_x[q]]
-                if py < 0 or px < 0 or window_stamp[o, py, px] == mark:
-                    continue
-                window_stamp[o, py, px] = mark
-                best = -np.inf
-                for yy in range(py * k, py * k + k):
-                    for xx in range(px * k, px * k + k):
-                        best = max(best, sign[o] * (np.float64(acc[i, o, yy, xx]) + delta[o, yy, xx]))
-                count = 0
-                for t in range(n_k):
-                    count += best >= thresholds[o, t]
-                change = np.float32(out_bias + out_mult * count) - clean_out[i, o, py, px]
-                if change != 0:
-                    if n_rec == r_img.shape[0]:
-                        r_map, r_img, r_chan = _grow(r_map, 1), _grow(r_img, 1), _grow(r_chan, 1)
-                        r_y, r_x, r_val = _grow(r_y, 1), _grow(r_x, 1), _grow(r_val, 1)
-                    r_map[n_rec], r_img[n_rec], r_chan[n_rec] = m, i, o
-                    r_y[n_rec], r_x[n_rec], r_val[n_rec] = py, px, change
-                    n_rec += 1
+                s_o, acc_p, d_p, level_p, b_o = sign[o], acc[i, o], delta[o], levels[i, o], bounds[o]
+                for py in range(hp):  # the row's window maxima first (a loop without branches)
+                    row = best_row
+                    row[:] = -np.inf
+                    for yy in range(py * k, py * k + k):
+                        a_r, d_r = acc_p[yy], d_p[yy]
+                        for px in range(wp):
+                            for xx in range(px * k, px * k + k):
+                                row[px] = max(row[px], s_o * (np.float64(a_r[xx]) + d_r[xx]))
+                    for px in range(wp):
+                        best, level = row[px], level_p[py, px]
+                        if b_o[level] <= best < b_o[level + 1]:
+                            continue
+                        count = 0
+                        for t in range(n_k):
+                            count += best >= thresholds[o, t]
+                        change = np.float32(out_bias + out_mult * count) - clean_out[i, o, py, px]
+                        if n_rec == r_img.shape[0]:
+                            r_map, r_img, r_chan = _grow(r_map, 1), _grow(r_img, 1), _grow(r_chan, 1)
+                            r_y, r_x, r_val = _grow(r_y, 1), _grow(r_x, 1), _grow(r_val, 1)
+                        r_map[n_rec], r_img[n_rec], r_chan[n_rec] = m, i, o
+                        r_y[n_rec], r_x[n_rec], r_val[n_rec] = py, px, change
+                        n_rec += 1
             for o in chans:  # clear what this step wrote
                 delta[o] = 0
     return r_map[:n_rec], r_img[:n_rec], r_chan[:n_rec], r_y[:n_rec], r_x[:n_rec], r_val[:n_rec]
