@@ -713,8 +713,8 @@ class DifferenceEvaluator:
         """:meth:`_conv_step` for a group of maps through a conv layer with its clean threshold
         post-op, as one call of :func:`mcel_train.difference_kernel.conv_layer_maps`: per
         image and map only the flipped channels' planes and the changed inputs'
-        neighbourhoods are computed and tested, and only the pool windows holding a crossing
-        are counted again."""
+        neighbourhoods are computed, only the changed planes are pooled again, and only a
+        window that leaves its clean level's range is counted again."""
         dt = self.dtypes[i]
         np_dt = np.float32 if dt == torch.float32 else np.float64
         g, n_maps = layer.conv, len(ds)
