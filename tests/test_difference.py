@@ -273,7 +273,7 @@ def _quantile_post(acc: torch.Tensor, sign: torch.Tensor) -> ThresholdPostOp:
     return ThresholdPostOp(torch.floor(t) + 0.5, sign=sign)
 
 
-def test_strided_padded_convs_and_odd_pools_match_dense():
+def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch):
     """Conv geometry no zoo model has, through the compiled conv step: a padded conv with
     falling channels, then a stride-2 padded conv (its changed inputs land on every other
     output) whose 2 x 2 pool drops a row and a column (13 x 13 -> 13 x 13 -> 7 x 7 -> 3 x 3);
@@ -302,12 +302,9 @@ def test_strided_padded_convs_and_odd_pools_match_dense():
     diff = DifferenceEvaluator(net, x, mems, batch=40, switch_fraction=float("inf"))
     calls = []
     compiled = difference.conv_layer_maps
-    difference.conv_layer_maps, restore = (lambda *a: calls.append(a[0]) or compiled(*a)), compiled
-    try:
-        maps = [generate_map(mems, "flip", 0.02, 11, i) for i in range(6)]
-        results = diff.run_many(maps)
-    finally:
-        difference.conv_layer_maps = restore
+    monkeypatch.setattr(difference, "conv_layer_maps", lambda *a: calls.append(a[0]) or compiled(*a))
+    maps = [generate_map(mems, "flip", 0.02, 11, i) for i in range(6)]
+    results = diff.run_many(maps)
     changed = 0
     for fmap, res in zip(maps, results, strict=True):
         ref = dense_logits(net, x, ev, fmap)
