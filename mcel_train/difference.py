@@ -17,9 +17,9 @@ good machine once and, per fault, only the difference. For a quantized network l
 
 Convolutions: a flipped weight touches one output channel at every position (its input plane,
 shifted, times the weight change), a changed input pixel the ``kh x kw`` neighbourhood it
-reaches in every output channel (its slice of the faulty kernel); only those planes and
-neighbourhoods are tested, and only the pool windows holding a crossing are pooled and counted
-again. All arithmetic is on exact integers in float32 (float64 when a layer's
+reaches in every output channel (its slice of the faulty kernel); only the planes so changed
+are pooled again, and only a pool window whose maximum leaves its clean level's threshold
+range is counted again. All arithmetic is on exact integers in float32 (float64 when a layer's
 accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.forward`.
 
 Cost follows the faults: dense and conv layers step through compiled per-image loops for a
@@ -59,7 +59,7 @@ BLAS_FRACTION = 0.2
 # remaining layers run as a plain dense forward pass on the batch. Measured with the compiled
 # steps (20 maps of sfc_w2a2 on 10k images, 8 of the paper VGG3 on 2000, CPU seconds of the
 # difference path at 0.05 / 0.1 / 0.2 / never): sfc_w2a2 at 1e-3 (6.5 % changed after the
-# first layer) 1.48 / 0.84 / 0.86 / 0.92, at 2e-2 (26 %) 4.3 / 4.3 / 4.1 / 7.5; VGG3 at 1e-4
+# first layer) 1.48 / 0.84 / 0.86 / 0.92, at 2e-2 (26 %) 5.2 / 4.3 / 4.1 / 7.5; VGG3 at 1e-4
 # 1.22 / 1.21 / 1.11 s, at 1e-3 6.6 / 6.5 / 7.1 s.
 SWITCH_FRACTION = 0.2
 # Maps stepped through the dense layers together: each image's clean rows are read from memory
@@ -162,13 +162,8 @@ class _Joint:
         if not maps:
             return {}
         image, of_map = np.divmod(self.key, self.g)
-        order = np.argsort(of_map, kind="stable")  # each map's entries keep their order
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=self.g))])
-        out = {}
-        for m in maps:
-            sel = order[bounds[m]:bounds[m + 1]]
-            out[m] = _own_form(image[sel], self.col[sel], self.val[sel])
-        return out
+        per_map = _by_map(of_map, self.g)
+        return {m: _own_form(image[per_map[m]], self.col[per_map[m]], self.val[per_map[m]]) for m in maps}
 
     def split_rows(self, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every map's changed images and their full rows of changes (``width`` columns): one
@@ -177,13 +172,15 @@ class _Joint:
         full = np.zeros((len(pair_key), width), np.float32)
         full[np.repeat(np.arange(len(pair_key)), np.diff(ptr)), self.col] = self.val
         image, of_map = np.divmod(pair_key, self.g)
-        order = np.argsort(of_map, kind="stable")  # each map's images stay ascending
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=self.g))])
-        out = []
-        for m in range(self.g):
-            sel = order[bounds[m]:bounds[m + 1]]
-            out.append((torch.from_numpy(image[sel]), torch.from_numpy(full[sel])))
-        return out
+        return [(torch.from_numpy(image[sel]), torch.from_numpy(full[sel])) for sel in _by_map(of_map, self.g)]
+
+
+def _by_map(of_map: np.ndarray, g: int) -> list[np.ndarray]:
+    """Per map of ``g`` the indices of its entries (``of_map``: each entry's map), in their
+    order."""
+    order = np.argsort(of_map, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=g))])
+    return [order[bounds[m]:bounds[m + 1]] for m in range(g)]
 
 
 def _own_form(rows: np.ndarray, col: np.ndarray, val: np.ndarray) -> tuple[torch.Tensor, object]:
@@ -699,7 +696,6 @@ class DifferenceEvaluator:
         diff[:, chans] = diff_c[rows_any]
         return touched[rows_any], diff
 
-
     @staticmethod
     def _levels(st: _CleanLayer, post: ThresholdPostOp) -> torch.Tensor:
         """The clean outputs' threshold counts (int16), computed once per clean state."""
@@ -719,8 +715,8 @@ class DifferenceEvaluator:
         np_dt = np.float32 if dt == torch.float32 else np.float64
         g, n_maps = layer.conv, len(ds)
         n, out_c = st.acc.shape[:2]
-        clean_kernel = _kernel(layer, self.weights[i])
-        kernels = clean_kernel.permute(1, 2, 3, 0).unsqueeze(0).repeat(n_maps, 1, 1, 1, 1)
+        # each map's faulty kernel, output channels last (repeat copies: contiguous)
+        kernels = _kernel(layer, self.weights[i]).permute(1, 2, 3, 0).unsqueeze(0).repeat(n_maps, 1, 1, 1, 1)
         t_ptr, f_ptr = np.zeros(n_maps + 1, np.int64), np.zeros(n_maps + 1, np.int64)
         taps: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in range(4)] + [[np.zeros(0, np_dt)]]
         f_chans = [np.zeros(0, np.int64)]
@@ -751,14 +747,11 @@ class DifferenceEvaluator:
         rec_map, rec_img, ch, yy, xx, val = conv_layer_maps(
             n_maps, images, st.h.numpy(), t_ptr, *(np.concatenate(part) for part in taps), f_ptr,
             np.concatenate(f_chans), e_ptr, *(np.concatenate(part) for part in entries),
-            kernels.contiguous().numpy(), st.acc.numpy(), st.out.numpy(), self._levels(st, post).numpy(),
+            kernels.numpy(), st.acc.numpy(), st.out.numpy(), self._levels(st, post).numpy(),
             post.thresholds.numpy(), _level_bounds(post.thresholds).numpy(), post.sign.numpy(),
             post.out_bias, post.out_mult, layer.pool, *g.stride, *g.padding)
-        order = np.argsort(rec_map, kind="stable")  # each map's records stay by image
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(rec_map, minlength=n_maps))])
         out = []
-        for m in range(n_maps):
-            sel = order[bounds[m]:bounds[m + 1]]
+        for sel in _by_map(rec_map, n_maps):  # each map's records stay by image
             if not len(sel):
                 out.append((torch.zeros(0, dtype=torch.int64), None))
                 continue

@@ -203,7 +203,7 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
       bounds[L + 1]``.
 
     The image is the outer loop and the maps the inner one, so an image's clean state (input
-    planes, accumulators, ranges: some 200 kB on the paper VGG3's second conv) is read from
+    planes, accumulators, outputs: some 130 kB on the paper VGG3's second conv) is read from
     memory once for all the maps. Per (image, map) the accumulator change is built in a
     channel-first ``(out, Ho, Wo)`` buffer: a flipped tap adds its input plane to its
     channel's plane (``dW * x``, rows of ``Wo`` multiply-adds). The changed inputs are scattered
@@ -212,8 +212,8 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     Only the flipped channels' planes (all planes once an input changed) are pooled again, each
     window's new maximum tested against its clean level's range (two comparisons, no per-output
     ranges read), only a window that leaves it counted again, and the buffers are cleared where
-    they were written. Returns ``(map, image, channel, y, x,
-    change)`` of every changed output, images ascending, then maps.
+    they were written. Returns ``(map, image, channel, y, x, change)`` of every changed
+    output, images ascending, then maps.
     """
     o_n, ho, wo = acc.shape[1], acc.shape[2], acc.shape[3]
     kh_n, kw_n = kernel_t.shape[2], kernel_t.shape[3]
@@ -229,8 +229,8 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     scatter = np.zeros((ho, wo, o_n), h.dtype)
     stamp = np.zeros((ho, wo), np.int64)  # the (image, map) step (+ 1) whose inputs reached a position
     pos_y = np.empty(ho * wo, np.int64)
-    best_row = np.empty(wp, np.float64)
     pos_x = np.empty(ho * wo, np.int64)
+    best_row = np.empty(wp, np.float64)
     every = np.arange(o_n)
     cap = 1024
     r_map = np.empty(cap, np.int64)
