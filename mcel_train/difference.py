@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcel_train.difference_kernel import conv_layer_maps, dense_layer_maps
+from mcel_train.difference_kernel import clean_input_layer_maps, conv_layer_maps, dense_layer_maps, stable_groups
 from mcel_train.faults.apply import element_deltas
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, ThresholdPostOp, layer_memories
@@ -65,6 +65,9 @@ SWITCH_FRACTION = 0.2
 # Maps stepped through the dense layers together: each image's clean rows are read from memory
 # once for all of them (see mcel_train.difference_kernel).
 MAP_GROUP = 16
+# Images per block of the first layer's compiled step: the block's entries are sorted while they
+# are in cache (sfc_w2a2 at 1e-3: 16 maps x about 200 flipped outputs x 8 % of the images)
+CLEAN_INPUT_BLOCK = 256
 # auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
 # the estimate's cost
 ESTIMATE_MAPS = 4
@@ -98,6 +101,17 @@ class _CleanLayer:
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
     rows: torch.Tensor | None = None  # dense: the input again as (N, in), for the compiled step's dW @ x
     levels: torch.Tensor | None = None  # conv: the outputs' threshold counts, when first asked
+    # the first layer, when dense: lo, hi, acc and out again as (out, N) rows, for the compiled
+    # step of a clean input (difference_kernel.clean_input_layer_maps)
+    by_output: tuple[np.ndarray, ...] | None = None
+
+    def head(self, m: int, conv: bool) -> _CleanLayer:
+        """The state of the first ``m`` images (contiguous: the compiled steps need rows)."""
+        by_output = None if self.by_output is None else tuple(np.ascontiguousarray(a[:, :m])
+                                                                for a in self.by_output)
+        return _CleanLayer(self.h[:m] if conv else self.h[:, :m].contiguous(), self.acc[:m], self.lo[:m],
+                           self.hi[:m], self.out[:m], None if self.rows is None else self.rows[:m],
+                           by_output=by_output)
 
 
 @dataclass
@@ -177,9 +191,8 @@ class _Joint:
 
 def _by_map(of_map: np.ndarray, g: int) -> list[np.ndarray]:
     """Per map of ``g`` the indices of its entries (``of_map``: each entry's map), in their
-    order."""
-    order = np.argsort(of_map, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(of_map, minlength=g))])
+    order (a counting sort: millions of entries on a conv layer)."""
+    order, bounds = stable_groups(np.ascontiguousarray(of_map, dtype=np.int64), g)
     return [order[bounds[m]:bounds[m + 1]] for m in range(g)]
 
 
@@ -191,6 +204,41 @@ def _own_form(rows: np.ndarray, col: np.ndarray, val: np.ndarray) -> tuple[torch
         return images, None
     r_new = torch.from_numpy(np.cumsum(starts) - 1)
     return images, (r_new, torch.from_numpy(col), torch.from_numpy(val))
+
+
+@dataclass
+class _ConvChange:
+    """One map's changed outputs of a conv layer as entries, as the compiled conv step finds
+    them: the next conv step and the flatten into a dense layer read them as they are; only
+    a tensor step or a dense pass asks for the ``(|active|, C, H, W)`` block."""
+
+    shape: tuple[int, int, int]  # (C, H, W) of one image's output
+    rows: np.ndarray  # each entry's row in the map's active images, ascending
+    pos: np.ndarray  # (channel * H + y) * W + x, ascending within a row
+    val: np.ndarray  # float32 change
+
+    def dense(self, n_rows: int) -> torch.Tensor:
+        block = torch.zeros(n_rows, int(np.prod(self.shape)))
+        block[torch.from_numpy(self.rows), torch.from_numpy(self.pos)] = torch.from_numpy(self.val)
+        return block.reshape(n_rows, *self.shape)
+
+    def triplets(self, order: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, feature, value) in a dense layer's column order (:func:`_flatten`), sorted by
+        row then feature."""
+        col = self.pos
+        if order == "hwc":
+            c_n, hw = self.shape[0], self.shape[1] * self.shape[2]
+            col = (self.pos % hw) * c_n + self.pos // hw
+            at = np.lexsort((col, self.rows))
+            return (torch.from_numpy(self.rows[at]), torch.from_numpy(col[at]),
+                    torch.from_numpy(self.val[at]))
+        return torch.from_numpy(self.rows), torch.from_numpy(col), torch.from_numpy(self.val)
+
+
+def _dense_change(dx, n_rows: int):
+    """A conv layer's change of ``n_rows`` active images as the ``(n_rows, C, H, W)`` block
+    (other forms stay as they are)."""
+    return dx.dense(n_rows) if isinstance(dx, _ConvChange) else dx
 
 
 def supports(net: IntNetwork) -> bool:
@@ -244,6 +292,7 @@ class DifferenceEvaluator:
         one_image = self._clean_pass(self.x[:1])
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
                         + st.acc.numel() * 4 * 3 + st.out.numel() * (4 if st.rows is not None else 6)
+                        + sum(a.nbytes for a in st.by_output or ())
                         for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
         fits = int(budget_bytes // max(1, per_image))
         # All batches are kept across calls when the whole clean state fits the budget;
@@ -263,6 +312,8 @@ class DifferenceEvaluator:
         # per layer: seconds spent in its difference steps, and (last slot) in the dense passes
         # that finish maps whose changes became dense
         self.seconds_in = np.zeros(len(net.layers) + 1)
+        # per conv layer: changed outputs the compiled step reserves room for (its last count)
+        self._records: dict[int, int] = {}
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
     def _dtypes(self) -> list[torch.dtype]:
@@ -298,7 +349,10 @@ class DifferenceEvaluator:
                 # step); conv inputs padded
                 rows = h_in.contiguous() if layer.conv is None else None
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
-                states.append(_CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows))
+                st = _CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows)
+                if i == 0 and layer.conv is None:
+                    st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
+                states.append(st)
                 h = out
         return states
 
@@ -366,9 +420,7 @@ class DifferenceEvaluator:
         clean = self._clean(0)
         seconds = []
         for m in (small, small, k):  # the first run only loads the compiled kernels
-            state = [_CleanLayer(st.h[:, :m] if layer.conv is None else st.h[:m], st.acc[:m],
-                                 st.lo[:m], st.hi[:m], st.out[:m], None if st.rows is None else st.rows[:m])
-                     for layer, st in zip(self.net.layers, clean, strict=True)]
+            state = [st.head(m, layer.conv is not None) for layer, st in zip(self.net.layers, clean, strict=True)]
             t0 = time.perf_counter()
             self._estimating = True
             try:
@@ -395,7 +447,8 @@ class DifferenceEvaluator:
         changes; faulty post-ops (threshold-memory faults) a tensor step per map."""
         g = len(deltas)
         active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
-        dx: list = [None] * g  # dense: (row in active, feature, value) triplets; conv: (|A|, C, H, W)
+        # dense: (row in active, feature, value) triplets; conv: a _ConvChange or (|A|, C, H, W)
+        dx: list = [None] * g
         joint = _Joint.empty(g)  # the differences of the maps in `in_joint`
         in_joint: set[int] = set()
         done: list = [None] * g
@@ -412,7 +465,8 @@ class DifferenceEvaluator:
             if layer.flatten_before:  # conv -> dense: the maps' conv differences as triplets
                 for m in running:
                     if m not in in_joint and len(active[m]):
-                        dx[m] = _flatten_dx(dx[m], layer.flatten_order)
+                        dx[m] = (dx[m].triplets(layer.flatten_order) if isinstance(dx[m], _ConvChange)
+                                 else _flatten_dx(dx[m], layer.flatten_order))
             joint = joint.keep(in_joint & set(fused)).merged(
                 {m: (active[m], dx[m]) for m in fused if m not in in_joint})
             in_joint = set(fused)
@@ -428,7 +482,8 @@ class DifferenceEvaluator:
                 elif layer.conv is None:
                     step = self._dense_step(i, st, deltas[m][i], active[m], dx[m], post, faulty_post, i == last)
                 else:
-                    step = self._conv_step(i, layer, st, deltas[m][i], active[m], dx[m], post, faulty_post)
+                    step = self._conv_step(i, layer, st, deltas[m][i], active[m],
+                                           _dense_change(dx[m], len(active[m])), post, faulty_post)
                 self.active_after[i] += len(step[0])
                 if i == last:
                     done[m] = step
@@ -452,8 +507,8 @@ class DifferenceEvaluator:
                 if m in in_joint:
                     n_changed = int(counts[m])
                 else:
-                    n_changed = 0 if dx[m] is None else (len(dx[m][2]) if isinstance(dx[m], tuple)
-                                                         else int(dx[m].ne(0).sum()))
+                    n_changed = (0 if dx[m] is None else len(dx[m][2]) if isinstance(dx[m], tuple)
+                                 else len(dx[m].val) if isinstance(dx[m], _ConvChange) else int(dx[m].ne(0).sum()))
                 self.changed_after[i] += n_changed
                 if n_changed > self.switch_fraction * st.out.numel():
                     switching.append(m)
@@ -478,6 +533,7 @@ class DifferenceEvaluator:
         ``i``'s faulty outputs (the clean ones plus ``dx``) through the faulty weights. Taken
         once so many outputs changed that a difference costs more than the layer itself."""
         h = state[i].out.clone()
+        dx = _dense_change(dx, len(active))
         if isinstance(dx, tuple):
             r, c, v = dx
             h[active[r], c] += v
@@ -584,6 +640,17 @@ class DifferenceEvaluator:
                 f_vals.append(values[order])
                 offset += len(order)
             f_ptr[m + 1] = offset
+        post = self.net.layers[i].post
+        counted = isinstance(post, ThresholdPostOp)
+        thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
+        sign = post.sign.numpy() if counted else np.zeros(0)
+        out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
+        f_rows, f_cols, f_vals = (np.concatenate(a) for a in (f_rows, f_cols, f_vals))
+        if st.by_output is not None and not len(joint.key):  # the clean input: dW @ x only
+            key, out, change, out_keys, out_ptr, per_map = clean_input_layer_maps(
+                g, f_ptr, f_rows, f_cols, f_vals, st.h.numpy(), *st.by_output, thresholds, sign, out_bias, out_mult,
+                CLEAN_INPUT_BLOCK)
+            return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
         col, val = joint.col, joint.val.astype(np_dt)
         pair_key, pair_ptr = joint.pair_index()
         pre = np.zeros((0, out_n), np_dt)
@@ -592,16 +659,18 @@ class DifferenceEvaluator:
             pair_of = np.repeat(np.arange(len(pair_key)), np.diff(pair_ptr))
             block[torch.from_numpy(pair_of), torch.from_numpy(col)] = torch.from_numpy(val)
             pre = (block @ w_t).numpy()
-        post = self.net.layers[i].post
-        counted = isinstance(post, ThresholdPostOp)
-        thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
-        sign = post.sign.numpy() if counted else np.zeros(0)
-        out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
         key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
             g, pair_key, pair_ptr, col, val, pre, self.weights_t_compact[i], dw_ptr, np.concatenate(dw_rows),
-            np.concatenate(dw_vals), f_ptr, np.concatenate(f_rows), np.concatenate(f_cols),
-            np.concatenate(f_vals), st.rows.numpy(), st.lo.numpy(), st.hi.numpy(), st.acc.numpy(),
-            st.out.numpy(), thresholds, sign, out_bias, out_mult)
+            np.concatenate(dw_vals), f_ptr, f_rows, f_cols, f_vals, st.rows.numpy(), st.lo.numpy(), st.hi.numpy(),
+            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult)
+        return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+
+    def _joint_out(self, i: int, st: _CleanLayer, g: int, post: PostOp, counted: bool, key: np.ndarray,
+                   out: np.ndarray, change: np.ndarray, out_keys: np.ndarray, out_ptr: np.ndarray,
+                   per_map: np.ndarray) -> _Joint:
+        """A compiled dense step's entries as the next layer's :class:`_Joint` (a post-op other
+        than thresholds is run here, on the crossing outputs only)."""
+        dt = self.dtypes[i]
         if not counted and i != len(self.net.layers) - 1:
             # the accumulator changes: the post-op on the crossing outputs only
             img, cc = torch.from_numpy(key // g), torch.from_numpy(out)
@@ -736,29 +805,41 @@ class DifferenceEvaluator:
                 t_ptr[m + 1] += len(values)
                 f_ptr[m + 1] += len(chans)
             if len(active):
-                r, c, y, x = dx.nonzero(as_tuple=True)  # row-major: images ascending
-                for part, a in zip(entries, (c, y, x, dx[r, c, y, x].to(dt)), strict=True):
-                    part.append(a.numpy())
-                e_ptr[m, 1:] = np.cumsum(np.bincount(active[r].numpy(), minlength=n))
+                if isinstance(dx, _ConvChange):  # as the step before found them
+                    r = dx.rows
+                    hw = dx.shape[1] * dx.shape[2]
+                    c, yx = np.divmod(dx.pos, hw)
+                    y, x = np.divmod(yx, dx.shape[2])
+                    parts = c, y, x, dx.val.astype(np_dt)
+                else:
+                    rt, *cyx = dx.nonzero(as_tuple=True)  # row-major: images ascending
+                    r = rt.numpy()
+                    parts = *(t.numpy() for t in cyx), dx[rt, *cyx].to(dt).numpy()
+                for part, a in zip(entries, parts, strict=True):
+                    part.append(a)
+                e_ptr[m, 1:] = np.cumsum(np.bincount(active.numpy()[r], minlength=n))
                 images.update(active.tolist())
         e_ptr[1:] += np.cumsum(e_ptr[:-1, -1])[:, None]  # the maps' entries side by side
         any_taps = t_ptr[-1] > 0
         images = np.arange(n) if any_taps else np.array(sorted(images), np.int64)
-        rec_map, rec_img, ch, yy, xx, val = conv_layer_maps(
+        key, pos, val = conv_layer_maps(
             n_maps, images, st.h.numpy(), t_ptr, *(np.concatenate(part) for part in taps), f_ptr,
             np.concatenate(f_chans), e_ptr, *(np.concatenate(part) for part in entries),
             kernels.numpy(), st.acc.numpy(), st.out.numpy(), self._levels(st, post).numpy(),
             post.thresholds.numpy(), _level_bounds(post.thresholds).numpy(), post.sign.numpy(),
-            post.out_bias, post.out_mult, layer.pool, *g.stride, *g.padding)
+            post.out_bias, post.out_mult, layer.pool, *g.stride, *g.padding, self._records.get(i, 0))
+        self._records[i] = int(1.25 * len(key))  # the next group's reservation
+        image, of_map = np.divmod(key, n_maps)
         out = []
-        for sel in _by_map(rec_map, n_maps):  # each map's records stay by image
+        for sel in _by_map(of_map, n_maps):  # each map's records stay by image
             if not len(sel):
                 out.append((torch.zeros(0, dtype=torch.int64), None))
                 continue
-            rows, at = np.unique(rec_img[sel], return_inverse=True)
-            diff = torch.zeros(len(rows), out_c, *st.out.shape[2:])
-            diff[at, ch[sel], yy[sel], xx[sel]] = torch.from_numpy(val[sel])
-            out.append((torch.from_numpy(rows), diff))
+            img = image[sel]
+            starts = np.diff(img, prepend=-1) != 0
+            out.append((torch.from_numpy(img[starts]),
+                        _ConvChange((out_c, *st.out.shape[2:]), np.cumsum(starts) - 1, pos[sel].astype(np.int64),
+                                    val[sel])))
         return out
 
 

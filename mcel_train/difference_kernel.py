@@ -166,6 +166,23 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
 
 
 @njit(cache=True, nogil=True)
+def stable_groups(labels: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stable counting sort of ``labels`` (each in ``[0, n_groups)``): the order of the
+    entries by label, and where each label's entries start in it (``n_groups + 1``)."""
+    bounds = np.zeros(n_groups + 1, np.int64)
+    for lab in labels:
+        bounds[lab + 1] += 1
+    for k in range(n_groups):
+        bounds[k + 1] += bounds[k]
+    at = bounds[:-1].copy()
+    order = np.empty(labels.shape[0], np.int64)
+    for e in range(labels.shape[0]):
+        order[at[labels[e]]] = e
+        at[labels[e]] += 1
+    return order, bounds
+
+
+@njit(cache=True, nogil=True)
 def _landing(extent: int, k: int, stride: int, n_out: int) -> np.ndarray:
     """``t = in + pad - kernel offset`` (stored at ``t + k``, ``t`` from ``-k`` below
     ``extent``) -> the output index ``t / stride`` that reads it, or -1 (negative, not a
@@ -180,7 +197,7 @@ def _landing(extent: int, k: int, stride: int, n_out: int) -> np.ndarray:
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_maps, images, h, t_ptr, t_out, t_chan, t_ky, t_kx, t_dv, f_ptr, f_chans, e_ptr, e_chan, e_y, e_x,
-    e_val, kernel_t, acc, clean_out, levels, thresholds, bounds, sign, out_bias, out_mult, pool, sh, sw, ph, pw,
+    e_val, kernel_t, acc, clean_out, levels, thresholds, bounds, sign, out_bias, out_mult, pool, sh, sw, ph, pw, cap,
 ):
     """The outputs of one conv layer (threshold post-op, then an optional max-pool) that change
     under each of ``n_maps`` maps.
@@ -212,8 +229,9 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     Only the flipped channels' planes (all planes once an input changed) are pooled again, each
     window's new maximum tested against its clean level's range (two comparisons, no per-output
     ranges read), only a window that leaves it counted again, and the buffers are cleared where
-    they were written. Returns ``(map, image, channel, y, x, change)`` of every changed
-    output, images ascending, then maps.
+    they were written. ``cap``: the expected number of changed outputs (space is reserved for
+    them). Returns ``(key, position, change)`` of every changed output: ``key = image * n_maps
+    + map`` (ascending) and the position ``(channel * H'' + y) * W'' + x``.
     """
     o_n, ho, wo = acc.shape[1], acc.shape[2], acc.shape[3]
     kh_n, kw_n = kernel_t.shape[2], kernel_t.shape[3]
@@ -230,15 +248,17 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     stamp = np.zeros((ho, wo), np.int64)  # the (image, map) step (+ 1) whose inputs reached a position
     pos_y = np.empty(ho * wo, np.int64)
     pos_x = np.empty(ho * wo, np.int64)
-    best_row = np.empty(wp, np.float64)
+    value = np.empty((ho, wo), h.dtype)
+    col_max = np.empty(wo, h.dtype)
+    best_row = np.empty(wp, h.dtype)
+    moved = np.empty(wp, np.bool_)
     every = np.arange(o_n)
-    cap = 1024
-    r_map = np.empty(cap, np.int64)
-    r_img = np.empty(cap, np.int64)
-    r_chan = np.empty(cap, np.int64)
-    r_y = np.empty(cap, np.int64)
-    r_x = np.empty(cap, np.int64)
-    r_val = np.empty(cap, np.float32)
+    # records are compact (16 bytes) and sized from the caller's guess: on the paper VGG3 at
+    # 1e-3 a fifth of all outputs change, and writing (growing, first touching) wide records
+    # cost more than finding them
+    r_key = np.empty(max(1024, cap), np.int64)
+    r_pos = np.empty(max(1024, cap), np.int32)
+    r_val = np.empty(max(1024, cap), np.float32)
     n_rec = 0
     mark = 0
     for ii in range(images.shape[0]):
@@ -284,28 +304,147 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
             chans = every if n_pos else f_chans[f_ptr[m]:f_ptr[m + 1]]
             for o in chans:
                 s_o, acc_p, d_p, level_p, b_o = sign[o], acc[i, o], delta[o], levels[i, o], bounds[o]
-                for py in range(hp):  # the row's window maxima first (a loop without branches)
-                    row = best_row
-                    row[:] = -np.inf
-                    for yy in range(py * k, py * k + k):
-                        a_r, d_r = acc_p[yy], d_p[yy]
+                for y in range(ho):  # the plane's new values first, in one vectorized pass
+                    a_r, d_r, v_r = acc_p[y], d_p[y], value[y]
+                    for x in range(wo):
+                        v_r[x] = s_o * (a_r[x] + d_r[x])
+                for py in range(hp):
+                    if k == 1:
+                        best_row[:] = value[py, :wp]
+                    elif k == 2:  # the common 2 x 2 pool: row pairs, then column pairs
+                        r0, r1 = value[2 * py], value[2 * py + 1]
+                        for x in range(2 * wp):
+                            col_max[x] = max(r0[x], r1[x])
                         for px in range(wp):
-                            for xx in range(px * k, px * k + k):
-                                row[px] = max(row[px], s_o * (np.float64(a_r[xx]) + d_r[xx]))
+                            best_row[px] = max(col_max[2 * px], col_max[2 * px + 1])
+                    else:
+                        best_row[:] = -np.inf
+                        for yy in range(py * k, py * k + k):
+                            v_r = value[yy]
+                            for px in range(wp):
+                                for xx in range(px * k, px * k + k):
+                                    best_row[px] = max(best_row[px], v_r[xx])
+                    lv = level_p[py]
+                    for px in range(wp):  # the windows that leave their level, without branches
+                        best = np.float64(best_row[px])
+                        moved[px] = (best < b_o[lv[px]]) | (best >= b_o[lv[px] + 1])
                     for px in range(wp):
-                        best, level = row[px], level_p[py, px]
-                        if b_o[level] <= best < b_o[level + 1]:
+                        if not moved[px]:
                             continue
+                        best = np.float64(best_row[px])
                         count = 0
                         for t in range(n_k):
                             count += best >= thresholds[o, t]
-                        change = np.float32(out_bias + out_mult * count) - clean_out[i, o, py, px]
-                        if n_rec == r_img.shape[0]:
-                            r_map, r_img, r_chan = _grow(r_map, 1), _grow(r_img, 1), _grow(r_chan, 1)
-                            r_y, r_x, r_val = _grow(r_y, 1), _grow(r_x, 1), _grow(r_val, 1)
-                        r_map[n_rec], r_img[n_rec], r_chan[n_rec] = m, i, o
-                        r_y[n_rec], r_x[n_rec], r_val[n_rec] = py, px, change
+                        if n_rec == r_key.shape[0]:
+                            r_key, r_pos, r_val = _grow(r_key, 1), _grow(r_pos, 1), _grow(r_val, 1)
+                        r_key[n_rec] = i * n_maps + m
+                        r_pos[n_rec] = (o * hp + py) * wp + px
+                        r_val[n_rec] = np.float32(out_bias + out_mult * count) - clean_out[i, o, py, px]
                         n_rec += 1
             for o in chans:  # clear what this step wrote
                 delta[o] = 0
-    return r_map[:n_rec], r_img[:n_rec], r_chan[:n_rec], r_y[:n_rec], r_x[:n_rec], r_val[:n_rec]
+    return r_key[:n_rec], r_pos[:n_rec], r_val[:n_rec]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
+    n_maps, f_ptr, f_row, f_col, f_val, x_t, lo_t, hi_t, acc_t, out_t, thresholds, sign, out_bias, out_mult, block,
+):
+    """The outputs of a dense layer whose input is the clean one (the network's first layer)
+    that change under each of ``n_maps`` maps: only ``dW @ x`` on the flipped outputs.
+
+    Here every image of every map differs in the same few outputs, so
+    :func:`dense_layer_maps`'s loop over (image, map) pairs would gather a handful of inputs
+    per pair and branch per output. This loop takes a block of images at a time and, per map
+    and flipped output, the whole block at once: ``dv = sum of value * x_t[input]`` as
+    contiguous, vectorized rows, then the crossing flags of the row against the output's
+    unchanged ranges, and only the set flags visited. A stable counting sort on the key then
+    puts the block's entries in :func:`dense_layer_maps`'s order (keys ascending, outputs
+    ascending within a key) while they are still in cache.
+
+    - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
+      sorted by output then input;
+    - ``x_t`` ``(in, N)``: the clean input, rows by input; ``lo_t``, ``hi_t``, ``acc_t``,
+      ``out_t`` ``(out, N)``: the clean unchanged ranges, accumulators and outputs, rows by
+      output;
+    - the post-op as in :func:`dense_layer_maps` (no threshold rows: the accumulator change is
+      returned);
+    - ``block``: images per block (a multiple of 8).
+
+    Returns what :func:`dense_layer_maps` returns.
+    """
+    n = x_t.shape[1]
+    count_here = thresholds.shape[0] > 0
+    n_k = thresholds.shape[1]
+    dv = np.zeros(block, lo_t.dtype)
+    flags = np.zeros(block, np.uint8)
+    words = flags.view(np.uint64)
+    # the block's entries before sorting; every map and output could cross in every image
+    cap = 1024
+    b_key = np.empty(cap, np.int64)
+    b_out = np.empty(cap, np.int64)
+    b_change = np.empty(cap, np.float64)
+    start = np.zeros(block * n_maps + 1, np.int64)
+    keys = np.empty(cap, np.int64)
+    outs = np.empty(cap, np.int64)
+    change = np.empty(cap, np.float64)
+    counts = np.zeros(n_maps, np.int64)
+    out_keys = np.empty(n * n_maps, np.int64)
+    out_ptr = np.zeros(n * n_maps + 1, np.int64)
+    n_out = 0
+    k = 0
+    for b0 in range(0, n, block):
+        nb = min(block, n - b0)
+        flags[:] = 0
+        kb = 0
+        for m in range(n_maps):
+            f, f1 = f_ptr[m], f_ptr[m + 1]
+            while f < f1:
+                o = f_row[f]
+                dv[:] = 0
+                while f < f1 and f_row[f] == o:
+                    v, x_r = f_val[f], x_t[f_col[f], b0:b0 + nb]
+                    for i in range(nb):
+                        dv[i] += v * x_r[i]
+                    f += 1
+                lo_o, hi_o = lo_t[o, b0:b0 + nb], hi_t[o, b0:b0 + nb]
+                for i in range(nb):
+                    flags[i] = (dv[i] < lo_o[i]) | (dv[i] > hi_o[i])
+                if kb + nb > b_key.shape[0]:
+                    b_key, b_out, b_change = _grow(b_key, nb), _grow(b_out, nb), _grow(b_change, nb)
+                for w in range((nb + 7) // 8):
+                    bits = words[w]
+                    while bits:
+                        low = bits & (~bits + np.uint64(1))
+                        i = 8 * w + (_DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)] >> 3)
+                        c = np.float64(dv[i])
+                        if count_here:
+                            xo = sign[o] * (np.float64(acc_t[o, b0 + i]) + c)
+                            count = 0
+                            for t in range(n_k):
+                                count += xo >= thresholds[o, t]
+                            c = np.float32(out_bias + out_mult * count) - out_t[o, b0 + i]
+                        b_key[kb], b_out[kb], b_change[kb] = i * n_maps + m, o, c
+                        kb += 1
+                        bits ^= low
+        # stable counting sort of the block's entries by key, appended to the result
+        n_keys = nb * n_maps
+        start[: n_keys + 1] = 0
+        for e in range(kb):
+            start[b_key[e] + 1] += 1
+        for key in range(n_keys):
+            c = start[key + 1]
+            if c:
+                counts[key % n_maps] += c
+                out_keys[n_out] = b0 * n_maps + key
+                n_out += 1
+                out_ptr[n_out] = k + start[key] + c
+            start[key + 1] += start[key]
+        if k + kb > keys.shape[0]:
+            keys, outs, change = _grow(keys, kb), _grow(outs, kb), _grow(change, kb)
+        for e in range(kb):
+            at = k + start[b_key[e]]
+            start[b_key[e]] += 1
+            keys[at], outs[at], change[at] = b0 * n_maps + b_key[e], b_out[e], b_change[e]
+        k += kb
+    return keys[:k], outs[:k], change[:k], out_keys[:n_out], out_ptr[:n_out + 1], counts

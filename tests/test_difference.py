@@ -273,18 +273,22 @@ def _quantile_post(acc: torch.Tensor, sign: torch.Tensor) -> ThresholdPostOp:
     return ThresholdPostOp(torch.floor(t) + 0.5, sign=sign)
 
 
-def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch):
+@pytest.mark.parametrize("pool, order", [(2, "chw"), (3, "hwc")])
+def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch, pool, order):
     """Conv geometry no zoo model has, through the compiled conv step: a padded conv with
     falling channels, then a stride-2 padded conv (its changed inputs land on every other
-    output) whose 2 x 2 pool drops a row and a column (13 x 13 -> 13 x 13 -> 7 x 7 -> 3 x 3);
-    every map's logits equal the dense forward's."""
+    output) whose pool drops rows and columns (13 x 13 -> 13 x 13 -> 7 x 7 -> 3 x 3 with a
+    2 x 2 pool, 2 x 2 with a 3 x 3 one, which takes the step's general pooling loop), flattened
+    channels first or channels last (FINN's order) into the logit layer; every map's logits
+    equal the dense forward's."""
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, size=(96, 2, 13, 13)).astype(np.float32))
     g0 = ConvGeometry(in_channels=2, kernel=(3, 3), stride=(1, 1), padding=(1, 1))
     g1 = ConvGeometry(in_channels=6, kernel=(3, 3), stride=(2, 2), padding=(1, 1))
     w0 = rng.integers(-3, 4, size=(6, 18)).astype(np.float32)
     w1 = rng.integers(-3, 4, size=(4, 54)).astype(np.float32)
-    w2 = rng.integers(-3, 4, size=(10, 36)).astype(np.float32)
+    side = 7 // pool
+    w2 = rng.integers(-3, 4, size=(10, 4 * side * side)).astype(np.float32)
     sign0 = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
     acc0 = F.conv2d(x, torch.from_numpy(w0).reshape(6, 2, 3, 3), padding=1)
     post0 = _quantile_post(acc0, sign0)
@@ -293,8 +297,8 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch):
     post1 = _quantile_post(acc1, torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
     net = IntNetwork([
         IntLayer("layer0", w0, 1.0, 3, post0, conv=g0),
-        IntLayer("layer1", w1, 1.0, 3, post1, conv=g1, pool=2),
-        IntLayer("layer2", w2, 1.0, 3, IdentityPostOp(1.0), flatten_before=True),
+        IntLayer("layer1", w1, 1.0, 3, post1, conv=g1, pool=pool),
+        IntLayer("layer2", w2, 1.0, 3, IdentityPostOp(1.0), flatten_before=True, flatten_order=order),
     ], input_shape=(2, 13, 13), input_kind="uint8")
     mems = net.memories()
     labels = np.zeros(len(x), dtype=np.int64)
@@ -311,3 +315,34 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch):
         assert torch.equal(with_difference(diff, res), ref)
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert changed > 0 and sum(calls) >= 2 * len(maps)  # both conv layers, every map
+
+
+def test_first_layer_blocks_match_dense(monkeypatch):
+    """The first dense layer's compiled step (every image's input clean: only the flipped
+    outputs, a block of images at a time, each block's entries sorted by image and map) over
+    blocks of 16 images, the last one partial (100 images): every map's logits equal the dense
+    forward's, through hidden layers whose accumulators sit near their thresholds."""
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 256, size=(100, 20)).astype(np.float32))
+    w0 = rng.integers(-3, 4, size=(12, 20)).astype(np.float32)
+    w1 = rng.integers(-3, 4, size=(10, 12)).astype(np.float32)
+    acc0 = x @ torch.from_numpy(w0).T
+    post0 = _quantile_post(acc0, torch.ones(12, dtype=torch.float64))
+    net = IntNetwork([
+        IntLayer("layer0", w0, 1.0, 3, post0),
+        IntLayer("layer1", w1, 1.0, 3, IdentityPostOp(1.0)),
+    ], input_shape=(20,), input_kind="uint8")
+    mems = net.memories()
+    ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
+    monkeypatch.setattr(difference, "CLEAN_INPUT_BLOCK", 16)
+    calls = []
+    compiled = difference.clean_input_layer_maps
+    monkeypatch.setattr(difference, "clean_input_layer_maps", lambda *a: calls.append(a[-1]) or compiled(*a))
+    diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
+    maps = [generate_map(mems, "flip", 0.05, 5, i) for i in range(6)]
+    changed = 0
+    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        changed += int((ref != diff.clean_logits).any(1).sum())
+    assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
