@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = parse_model_name("sfc_w2a2")
         ds = load_dataset("fashion_mnist")
         print(f"quick-training sfc_w2a2 for {args.steps} steps on Fashion-MNIST ...", flush=True)
+        torch.manual_seed(args.seed)
         model = quick_train(spec, ds, steps=args.steps)
         x, y = model_inputs(ds.test.images, spec), ds.test.labels
         source = f"quick_train({args.steps} steps)"

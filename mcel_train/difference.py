@@ -168,7 +168,9 @@ class _Joint:
         if len(parts) == 1:
             return self
         key, col, val = (np.concatenate(a) for a in zip(*parts, strict=True))
-        order = np.lexsort((col, key))
+        # each part is sorted by key, then column, and a key comes from one part: a stable
+        # counting sort by key keeps the columns in order (millions of entries after a conv)
+        order = stable_groups(key, int(key.max()) + 1)[0] if len(key) else np.zeros(0, np.int64)
         return _Joint(self.g, key[order], col[order], val[order])
 
     def take(self, maps: list[int]) -> dict[int, tuple[torch.Tensor, object]]:

@@ -249,6 +249,7 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     pos_y = np.empty(ho * wo, np.int64)
     pos_x = np.empty(ho * wo, np.int64)
     value = np.empty((ho, wo), h.dtype)
+    signs = sign.astype(h.dtype)
     col_max = np.empty(wo, h.dtype)
     best_row = np.empty(wp, h.dtype)
     moved = np.empty(wp, np.bool_)
@@ -272,8 +273,13 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                 plane, target, d, ky, kx = h[i, t_chan[t]], delta[t_out[t]], t_dv[t], t_ky[t], t_kx[t]
                 for y in range(ho):
                     src, dst = plane[y * sh + ky], target[y]
-                    for x in range(wo):
-                        dst[x] += d * src[x * sw + kx]
+                    if sw == 1:  # contiguous: vectorized
+                        src = src[kx:kx + wo]
+                        for x in range(wo):
+                            dst[x] += d * src[x]
+                    else:
+                        for x in range(wo):
+                            dst[x] += d * src[x * sw + kx]
             n_pos = 0
             for e in range(e0, e1):  # W_faulty * dx: neighbourhoods, channels last
                 c, v = e_chan[e], e_val[e]
@@ -303,11 +309,12 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
             # the clean window's level; only a window that leaves it is counted again
             chans = every if n_pos else f_chans[f_ptr[m]:f_ptr[m + 1]]
             for o in chans:
-                s_o, acc_p, d_p, level_p, b_o = sign[o], acc[i, o], delta[o], levels[i, o], bounds[o]
+                s_o, acc_p, d_p, level_p, b_o = signs[o], acc[i, o], delta[o], levels[i, o], bounds[o]
                 for y in range(ho):  # the plane's new values first, in one vectorized pass
                     a_r, d_r, v_r = acc_p[y], d_p[y], value[y]
-                    for x in range(wo):
-                        v_r[x] = s_o * (a_r[x] + d_r[x])
+                    for x in range(wo):  # (stores convert: the sums stay in the layer's dtype)
+                        v_r[x] = a_r[x]
+                        v_r[x] = s_o * (v_r[x] + d_r[x])
                 for py in range(hp):
                     if k == 1:
                         best_row[:] = value[py, :wp]

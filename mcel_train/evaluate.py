@@ -11,7 +11,7 @@ thousand non-zeros per map instead of a dense matmul. All arithmetic stays exact
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,9 @@ from mcel_train.memory import Memory
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
 DENSE_MAP_BATCH = 32  # maps per forward pass of the dense path's logits
+# auto's first call at a rate runs the dense path's first group on this many image chunks and
+# times the last (the first may carry one-off work)
+PROBE_CHUNKS = 2
 
 
 @dataclass
@@ -176,15 +179,19 @@ class MapEvaluator:
 
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
-        differs) or ``auto``: per fault rate the first call runs dense, timed, and the difference
-        path's time per map is estimated; the faster is kept. That first call runs only its head
-        dense, one group of the dense path's own batching (:meth:`_dense_plan`, so the compiled
-        post-ops see no new shape), and its tail by the chosen path; at later rates the dense
-        time is known and only the estimate runs. Both paths are exact, so
-        the choice changes the time, never a prediction.
+        differs) or ``auto``: per fault rate the first call times the dense path, the difference
+        path's time per map is estimated, and the faster is kept. The dense path is timed on two
+        image chunks of its first group of maps (:meth:`_probe_chunks`; the group goes on if
+        dense wins, only those chunks are lost if not), or, with fewer than three chunks, by
+        running that group whole before the tail takes the chosen path. At later rates the dense
+        time is known and only the estimate runs. Both paths are exact, so the choice changes
+        the time, never a prediction.
         """
         path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
-        k = self._probe_head(fmaps, path, self._dense_plan(len(fmaps))[1])
+        chunk, group = self._dense_plan(len(fmaps))
+        if path == "probe" and -(-len(self.labels) // chunk) >= PROBE_CHUNKS + 1 and len(fmaps) > group:
+            return self._probe_chunks(fmaps, chunk, group)
+        k = self._probe_head(fmaps, path, group)
         if k:
             head = self._dense_maybe_probe(fmaps[:k], [None] * k, self._evaluate_dense, path)
             tail = self.evaluate(fmaps[k:])
@@ -196,6 +203,42 @@ class MapEvaluator:
         preds = predict(torch.from_numpy(logits)).numpy()
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
+
+    def _probe_chunks(self, fmaps: Sequence[FaultMap], chunk: int, group: int) -> MapEvaluation:
+        """A rate's first ``auto`` call: the dense path runs its first group of maps on
+        ``PROBE_CHUNKS`` image chunks, the last one timed (the first may carry one-off work:
+        compiling post-ops, the clean conv layer 0), which with the group's preparation gives
+        its time per map; then the estimate decides. Dense: the group finishes its chunks and
+        the other maps follow dense. Difference: every map takes it, and only the probe's
+        chunks were spent."""
+        head = list(fmaps[:group])
+        t0 = time.perf_counter()
+        chunks = self._group_chunks(head, chunk)
+        with torch.no_grad():
+            next(chunks)  # the group's preparation (stacked weights, first-layer deltas)
+            t_prepare = time.perf_counter() - t0
+            done = []
+            for _ in range(PROBE_CHUNKS):
+                t_chunk = time.perf_counter()
+                done.append(next(chunks))
+                t_chunk = time.perf_counter() - t_chunk
+        self.timing["dense"] += time.perf_counter() - t0
+        n_chunks = -(-len(self.labels) // chunk)
+        self._dense_per_map = (t_prepare + t_chunk * n_chunks) / len(head)
+        choice = self._probe(fmaps, self._dense_per_map, [None] * len(fmaps))
+        self._choice[self._rate_key(fmaps[0])] = choice
+        if choice != "dense":
+            return self.evaluate(fmaps)
+        t0 = time.perf_counter()
+        preds = np.empty((len(head), len(self.labels)), dtype=np.int64)
+        with torch.no_grad():
+            for lo, hi, p in (*done, *chunks):
+                preds[:, lo:hi] = p
+        self.timing["dense"] += time.perf_counter() - t0
+        head_eval = MapEvaluation((preds == self.labels[None, :]).mean(axis=1), preds)
+        tail = self.evaluate(fmaps[group:])
+        return MapEvaluation(np.concatenate([head_eval.accuracy, tail.accuracy]),
+                             np.concatenate([head_eval.predictions, tail.predictions]))
 
     def logits(self, fmaps: Sequence[FaultMap],
                posts: Sequence[Mapping[int, PostOp] | None] | None = None) -> np.ndarray:
@@ -358,11 +401,22 @@ class MapEvaluator:
         return MapEvaluation(accuracy=acc, predictions=preds)
 
     def _evaluate_group(self, fmaps: Sequence[FaultMap], chunk: int) -> np.ndarray:
+        preds = np.empty((len(fmaps), len(self.labels)), dtype=np.int64)
+        chunks = self._group_chunks(fmaps, chunk)
+        next(chunks)
+        for lo, hi, p in chunks:
+            preds[:, lo:hi] = p
+        return preds
+
+    def _group_chunks(self, fmaps: Sequence[FaultMap], chunk: int) -> Iterator:
+        """One group of maps on the dense path, one image chunk per step: first ``None`` once
+        the group is prepared, then ``(lo, hi, predictions (maps, hi - lo))`` per chunk (so
+        that ``auto`` can time a chunk and go on or stop)."""
         m, n = len(fmaps), len(self.labels)
         weights = self.stacked_weights(fmaps)
         prepared = self.net.prepare(weights, self.max_abs_input)
         delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
-        preds = np.empty((m, n), dtype=np.int64)
+        yield None
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             first = first_out = None
@@ -374,8 +428,7 @@ class MapEvaluator:
                                       first_acc_channels_first=self.sparse_first, first_out=first_out)
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
-            preds[:, lo:hi] = predict(logits).numpy()
-        return preds
+            yield lo, hi, predict(logits).numpy()
 
 
 def predict(int_logits: torch.Tensor) -> torch.Tensor:

@@ -182,6 +182,35 @@ def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
     assert chosen[-1] == 32 and auto_logits.timing["difference"] > 0
 
 
+@pytest.mark.parametrize("choice", ["difference", "dense"])
+def test_autos_first_call_times_two_chunks_of_the_first_dense_group(trained, monkeypatch, choice):
+    """With three or more image chunks, a rate's first ``auto`` call runs only two chunks of
+    the dense path's first group before the estimate decides: if the difference path wins,
+    every map takes it and no other chunk runs dense; if dense wins, the group goes on from
+    its third chunk (no chunk twice) and the other maps follow dense. Either way every
+    prediction equals the dense path's."""
+    _, net, x, labels = trained
+    maps = [generate_map(net.memories(), "flip", 1e-3, 3, i) for i in range(9)]
+    dense = MapEvaluator(net, x, labels, method="dense").evaluate(maps).predictions
+    auto = MapEvaluator(net, x, labels, rows=256, min_chunk=64, method="auto")
+    chunk, group = auto._dense_plan(len(maps))
+    n_chunks = -(-len(labels) // chunk)
+    assert n_chunks >= 3 and group < len(maps)
+    estimated = []
+    monkeypatch.setattr(auto, "_probe", lambda fmaps, per_map, posts: estimated.append(per_map) or choice)
+    forwards = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda h, *a, **k: forwards.append(len(h)) or forward(h, *a, **k))
+    got = auto.evaluate(maps)
+    assert np.array_equal(got.predictions, dense)
+    assert len(estimated) == 1 and estimated[0] > 0 and auto._choice[("flip", 1e-3)] == choice
+    if choice == "difference":
+        assert forwards == [chunk, chunk] and auto.timing["difference"] > 0
+    else:
+        groups = -(-len(maps) // group)
+        assert len(forwards) == groups * n_chunks and auto.timing["difference"] == 0
+
+
 def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(trained):
     _, net, x, labels = trained
     auto = MapEvaluator(net, x, labels, method="auto")
