@@ -13,7 +13,9 @@ good machine once and, per fault, only the difference. For a quantized network l
   two comparisons per accumulator instead of the post-op;
 - an image whose difference becomes empty is finished: its outputs are the clean ones;
 - threshold-memory faults give a layer a faulty post-op: its channels join ``J``, and the rows
-  that change are re-run through the faulty post-op itself.
+  that change are re-run through the faulty post-op itself; a conv layer takes them in its
+  compiled step, a channel with other thresholds pooled at every position like a flipped one
+  and each window tested against the faulty thresholds' range of its clean level.
 
 Convolutions: a flipped weight touches one output channel at every position (its input plane,
 shifted, times the weight change), a changed input pixel the ``kh x kw`` neighbourhood it
@@ -445,10 +447,11 @@ class DifferenceEvaluator:
 
         Dense layers with their clean post-op (the logit layer too) take one compiled step for
         all the group's maps (:meth:`_fused_dense_step`), on the maps' differences kept side by
-        side as a :class:`_Joint` from one such layer to the next. Conv layers with their
-        clean threshold post-op take one compiled step for the group too
-        (:meth:`_compiled_conv_step`), on each map's own form: its active images and their
-        changes; faulty post-ops (threshold-memory faults) a tensor step per map."""
+        side as a :class:`_Joint` from one such layer to the next. Conv layers with a threshold
+        post-op take one compiled step for the group too (:meth:`_compiled_conv_step`, a map's
+        faulty thresholds included), on each map's own form: its active images and their
+        changes; other faulty post-ops (a dense layer's threshold-memory faults) a tensor step
+        per map."""
         g = len(deltas)
         active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
         # dense: (row in active, feature, value) triplets; conv: a _ConvChange or (|A|, C, H, W)
@@ -474,11 +477,12 @@ class DifferenceEvaluator:
             joint = joint.keep(in_joint & set(fused)).merged(
                 {m: (active[m], dx[m]) for m in fused if m not in in_joint})
             in_joint = set(fused)
-            compiled_conv = [m for m in own if layer.conv is not None and i not in posts[m]
-                             and type(layer.post) is ThresholdPostOp]
+            compiled_conv = [m for m in own if layer.conv is not None and type(layer.post) is ThresholdPostOp
+                             and (i not in posts[m] or _only_thresholds_differ(posts[m][i], layer.post))]
             steps = dict(zip(compiled_conv, self._compiled_conv_step(
                 i, layer, st, [deltas[m][i] for m in compiled_conv], [active[m] for m in compiled_conv],
-                [dx[m] for m in compiled_conv], layer.post), strict=True)) if compiled_conv else {}
+                [dx[m] for m in compiled_conv], layer.post, [posts[m].get(i) for m in compiled_conv]),
+                strict=True)) if compiled_conv else {}
             for m in own:
                 post, faulty_post = posts[m].get(i, layer.post), i in posts[m]
                 if m in steps:
@@ -778,12 +782,16 @@ class DifferenceEvaluator:
 
     def _compiled_conv_step(self, i: int, layer: IntLayer, st: _CleanLayer, ds: list[LayerDelta | None],
                             actives: list[torch.Tensor], dxs: list, post: ThresholdPostOp,
+                            faulty: list[ThresholdPostOp | None],
                             ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """:meth:`_conv_step` for a group of maps through a conv layer with its clean threshold
-        post-op, as one call of :func:`mcel_train.difference_kernel.conv_layer_maps`: per
-        image and map only the flipped channels' planes and the changed inputs'
-        neighbourhoods are computed, only the changed planes are pooled again, and only a
-        window that leaves its clean level's range is counted again."""
+        """:meth:`_conv_step` for a group of maps through a conv layer with a threshold post-op,
+        as one call of :func:`mcel_train.difference_kernel.conv_layer_maps`: per image and map
+        only the flipped channels' planes and the changed inputs' neighbourhoods are computed,
+        only the changed planes are pooled again, and only a window that leaves its clean
+        level's range is counted again. ``faulty``: per map its faulty post-op here (threshold
+        memory faults) or ``None``; a channel whose thresholds differ is pooled at every
+        position, each window tested against the faulty thresholds' range of its clean level
+        (it stays only if the faulty thresholds give the clean count)."""
         dt = self.dtypes[i]
         np_dt = np.float32 if dt == torch.float32 else np.float64
         g, n_maps = layer.conv, len(ds)
@@ -796,18 +804,26 @@ class DifferenceEvaluator:
         e_ptr = np.zeros((n_maps, n + 1), np.int64)
         entries: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] for _ in range(3)] + [[np.zeros(0, np_dt)]]
         images = set()
-        for m, (d, active, dx) in enumerate(zip(ds, actives, dxs, strict=True)):
+        thresholds = post.thresholds.numpy()[None].repeat(n_maps, 0)  # (maps, out, K)
+        bounds = _level_bounds(post.thresholds).numpy()[None].repeat(n_maps, 0)
+        for m, (d, active, dx, p) in enumerate(zip(ds, actives, dxs, faulty, strict=True)):
             t_ptr[m + 1], f_ptr[m + 1] = t_ptr[m], f_ptr[m]
+            chans = np.zeros(0, np.int64)
             if d is not None:
                 ic, kh, kw = _conv_columns(layer, d.cols)
                 values = d.values.to(dt)
                 kernels[m].index_put_((ic, kh, kw, d.rows), values, accumulate=True)
                 for part, a in zip(taps, (d.rows, ic, kh, kw, values), strict=True):
                     part.append(a.numpy())
-                chans = np.unique(d.rows.numpy())
-                f_chans.append(chans)
+                chans = d.rows.numpy()
                 t_ptr[m + 1] += len(values)
-                f_ptr[m + 1] += len(chans)
+            if p is not None:
+                thresholds[m] = p.thresholds.numpy()
+                bounds[m] = _level_bounds(p.thresholds).numpy()
+                chans = np.concatenate([chans, (p.thresholds != post.thresholds).any(1).nonzero().flatten().numpy()])
+            chans = np.unique(chans)
+            f_chans.append(chans)
+            f_ptr[m + 1] += len(chans)
             if len(active):
                 if isinstance(dx, _ConvChange):  # as the step before found them
                     r = dx.rows
@@ -824,13 +840,13 @@ class DifferenceEvaluator:
                 e_ptr[m, 1:] = np.cumsum(np.bincount(active.numpy()[r], minlength=n))
                 images.update(active.tolist())
         e_ptr[1:] += np.cumsum(e_ptr[:-1, -1])[:, None]  # the maps' entries side by side
-        any_taps = t_ptr[-1] > 0
-        images = np.arange(n) if any_taps else np.array(sorted(images), np.int64)
+        # a flipped weight or threshold reaches every image
+        images = np.arange(n) if f_ptr[-1] > 0 else np.array(sorted(images), np.int64)
         key, pos, val = conv_layer_maps(
             n_maps, images, st.h.numpy(), t_ptr, *(np.concatenate(part) for part in taps), f_ptr,
             np.concatenate(f_chans), e_ptr, *(np.concatenate(part) for part in entries),
             kernels.numpy(), st.acc.numpy(), st.out.numpy(), self._levels(st, post).numpy(),
-            post.thresholds.numpy(), _level_bounds(post.thresholds).numpy(), post.sign.numpy(),
+            thresholds, bounds, post.sign.numpy(),
             post.out_bias, post.out_mult, layer.pool, *g.stride, *g.padding, self._records.get(i, 0))
         self._records[i] = int(1.25 * len(key))  # the next group's reservation
         image, of_map = np.divmod(key, n_maps)
@@ -845,6 +861,14 @@ class DifferenceEvaluator:
                         _ConvChange((out_c, *st.out.shape[2:]), np.cumsum(starts) - 1, pos[sel].astype(np.int64),
                                     val[sel])))
         return out
+
+
+def _only_thresholds_differ(faulty: PostOp, clean: ThresholdPostOp) -> bool:
+    """Whether ``faulty`` is ``clean`` with other thresholds (a threshold-memory fault), which
+    the compiled conv step takes as it takes flipped weights."""
+    return (type(faulty) is ThresholdPostOp and faulty.thresholds.shape == clean.thresholds.shape
+            and torch.equal(faulty.sign, clean.sign)
+            and (faulty.out_bias, faulty.out_mult) == (clean.out_bias, clean.out_mult))
 
 
 def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:

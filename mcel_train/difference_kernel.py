@@ -207,17 +207,18 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``h`` ``(N, C, Hp, Wp)``: the clean padded input;
     - ``t_ptr`` ``(n_maps + 1,)``, ``t_*``: each map's flipped kernel taps (output channel,
       input channel, kernel row and column, weight change); ``f_ptr``, ``f_chans``: each map's
-      distinct flipped output channels;
+      distinct output channels holding a flipped weight or threshold;
     - ``e_ptr`` ``(n_maps, N + 1)`` and ``e_*``: per map each image's changed inputs (unpadded
       coordinates); ``kernel_t`` ``(n_maps, C, kh, kw, out)``: each map's faulty kernel, output
       channels last;
     - ``acc`` ``(N, out, Ho, Wo)``: the clean accumulators; ``clean_out`` and ``levels``
       ``(N, out, Ho // pool, Wo // pool)``: the clean outputs and their threshold counts;
-    - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the post-op
-      (:class:`mcel_train.intnet.ThresholdPostOp`, which pools before it counts: exact, as the
-      count rises with ``sign * acc``); ``bounds`` ``(out, K + 2)``: the thresholds sorted,
-      between ``-inf`` and ``inf``, so that a count ``L`` holds for ``bounds[L] <= x <
-      bounds[L + 1]``.
+    - ``thresholds`` ``(n_maps, out, K)`` (each map's, faulty or clean), ``sign``, ``out_bias``,
+      ``out_mult``: the post-op (:class:`mcel_train.intnet.ThresholdPostOp`, which pools
+      before it counts: exact, as the count rises with ``sign * acc`` whatever the thresholds'
+      order); ``bounds`` ``(n_maps, out, K + 2)``: the thresholds sorted, between ``-inf`` and
+      ``inf``, so that a count ``L`` holds for ``bounds[L] <= x < bounds[L + 1]``: a window
+      whose maximum stays in its clean level's range keeps its clean output.
 
     The image is the outer loop and the maps the inner one, so an image's clean state (input
     planes, accumulators, outputs: some 130 kB on the paper VGG3's second conv) is read from
@@ -237,7 +238,7 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     kh_n, kw_n = kernel_t.shape[2], kernel_t.shape[3]
     k = max(pool, 1)
     hp, wp = clean_out.shape[2], clean_out.shape[3]
-    n_k = thresholds.shape[1]
+    n_k = thresholds.shape[2]
     # Integer divisions cost tens of cycles: the scatter below looks them up. Input row
     # (column) + padding - kernel row (column), offset by the kernel size -> the output row
     # (column) it lands on, or -1.
@@ -266,7 +267,7 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
         i = images[ii]
         for m in range(n_maps):
             e0, e1 = e_ptr[m, i], e_ptr[m, i + 1]
-            if t_ptr[m] == t_ptr[m + 1] and e0 == e1:
+            if f_ptr[m] == f_ptr[m + 1] and e0 == e1:  # no flipped channel, no changed input
                 continue
             mark += 1
             for t in range(t_ptr[m], t_ptr[m + 1]):  # dW * x: the flipped taps' planes
@@ -309,7 +310,8 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
             # the clean window's level; only a window that leaves it is counted again
             chans = every if n_pos else f_chans[f_ptr[m]:f_ptr[m + 1]]
             for o in chans:
-                s_o, acc_p, d_p, level_p, b_o = signs[o], acc[i, o], delta[o], levels[i, o], bounds[o]
+                s_o, acc_p, d_p, level_p = signs[o], acc[i, o], delta[o], levels[i, o]
+                b_o, t_o = bounds[m, o], thresholds[m, o]
                 for y in range(ho):  # the plane's new values first, in one vectorized pass
                     a_r, d_r, v_r = acc_p[y], d_p[y], value[y]
                     for x in range(wo):  # (stores convert: the sums stay in the layer's dtype)
@@ -341,7 +343,7 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                         best = np.float64(best_row[px])
                         count = 0
                         for t in range(n_k):
-                            count += best >= thresholds[o, t]
+                            count += best >= t_o[t]
                         if n_rec == r_key.shape[0]:
                             r_key, r_pos, r_val = _grow(r_key, 1), _grow(r_pos, 1), _grow(r_val, 1)
                         r_key[n_rec] = i * n_maps + m

@@ -116,12 +116,24 @@ def test_a_group_mixing_rates_gives_each_map_its_own_result(trained, monkeypatch
     assert 0 < len(finishes) < 5 * batches  # some maps switched to the dense finish, not all
 
 
-def test_threshold_faults_enter_as_faulty_post_ops(trained):
+def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
     """Maps with a faulty post-op at one layer share a group with a weight-only map: at each
-    layer the maps with their clean post-op take the fused step, the others their own step."""
+    dense layer the maps with their clean post-op take the fused step, the others their own
+    step; every conv layer takes the compiled step for all of them, a map's faulty thresholds
+    beside the clean ones."""
     _, net, x, labels = trained
     mems = net.memories()
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
+    faulty_in_compiled = []
+    compiled = difference.conv_layer_maps
+
+    def conv_layer_maps(*a):
+        thresholds = a[20]  # (maps, out, K)
+        faulty_in_compiled.append(any(not np.array_equal(t, thresholds[-1]) for t in thresholds))
+        return compiled(*a)
+
+    monkeypatch.setattr(difference, "conv_layer_maps", conv_layer_maps)
+    monkeypatch.setattr(diff, "_conv_step", lambda *a: pytest.fail("a conv layer took the tensor step"))
     rng = np.random.default_rng(0)
     hidden = [i for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp)]
     weight_map = generate_map(mems, "flip", 0.002, 5, 0)
@@ -147,6 +159,8 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained):
     for res, ref in zip(results, refs, strict=True):
         assert torch.equal(with_difference(diff, res), ref)
     assert not torch.equal(refs[0], refs[-1])  # the threshold faults changed some logits
+    convs = sum(layer.conv is not None for layer in net.layers)
+    assert sum(faulty_in_compiled) == convs  # each conv layer's faulty thresholds went compiled
 
 
 def test_every_method_predicts_the_same(trained):

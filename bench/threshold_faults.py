@@ -1,0 +1,110 @@
+"""Benchmark: threshold-memory faults on conv layers through the difference evaluator's compiled
+conv step, against the per-map tensor step they took before.
+
+Each map flips weights at ``--rate`` and changes the thresholds of ``--channels`` output
+channels of one conv layer (the maps take the conv layers in turn), as a threshold-memory
+fault does: the layer gets a faulty post-op. The compiled step pools such a channel at every
+position and tests each window against the faulty thresholds' range of its clean level; the
+tensor step (``DifferenceEvaluator._conv_step``) recomputes the map's whole layer. Both must
+give the same logits for every map and image, and equal the dense path's (asserted on the
+first ``--dense-maps`` maps). Writes a JSON record.
+
+    .venv/bin/python bench/threshold_faults.py --run runs/vgg3_w4a4_paper --test-images 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcel_train import difference
+from mcel_train.difference import DifferenceEvaluator
+from mcel_train.evaluate import MapEvaluator
+from mcel_train.faults.generate import generate_map
+from mcel_train.intnet import ThresholdPostOp, from_brevitas
+from mcel_train.runio import load_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="run folder of a conv network (train/model.pt)")
+    p.add_argument("--test-images", type=int, default=500, help="first N test images (0 = all)")
+    p.add_argument("--maps", type=int, default=16)
+    p.add_argument("--rate", type=float, default=1e-4, help="weight bit error rate of every map")
+    p.add_argument("--channels", type=int, default=2, help="output channels with faulty thresholds per map")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=2, help="fastest of this many interleaved timings")
+    p.add_argument("--dense-maps", type=int, default=2, help="maps checked against the dense path")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/threshold_faults.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    run = load_run(args.run)
+    x, y = run.test_set()
+    if args.test_images:
+        x, y = x[: args.test_images], y[: args.test_images]
+    net = from_brevitas(run.model)
+    convs = [i for i, layer in enumerate(net.layers)
+             if layer.conv is not None and isinstance(layer.post, ThresholdPostOp)]
+    if not convs:
+        print(f"error: {args.run} has no conv layer with thresholds; pass --run with a conv network", file=sys.stderr)
+        return 2
+    mems = net.memories()
+    rng = np.random.default_rng(args.seed)
+    maps, posts = [], []
+    for k in range(args.maps):
+        i = convs[k % len(convs)]
+        post = net.layers[i].post
+        t = post.thresholds.clone()
+        chans = rng.choice(t.shape[0], size=min(args.channels, t.shape[0]), replace=False)
+        t[chans] += torch.as_tensor(rng.integers(-6, 7, t[chans].shape), dtype=t.dtype)
+        posts.append({i: ThresholdPostOp(t, post.out_scale, post.out_bias, post.out_mult, post.sign)})
+        maps.append(generate_map(mems, "flip", args.rate, args.seed, k))
+    diff = DifferenceEvaluator(net, x)
+    compiled_form = difference._only_thresholds_differ
+    seconds: dict[str, float] = {}
+    results = {}
+    diff.run_many(maps[:2], posts[:2])  # loads the compiled kernels
+    for _ in range(args.repeat):
+        for name, form in (("compiled_conv_step", compiled_form), ("tensor_conv_step", lambda *a: False)):
+            difference._only_thresholds_differ = form  # the tensor step is what such maps took before
+            try:
+                t0 = time.perf_counter()
+                results[name] = diff.run_many(maps, posts)
+                seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - t0)
+            finally:
+                difference._only_thresholds_differ = compiled_form
+    for a, b in zip(results["compiled_conv_step"], results["tensor_conv_step"], strict=True):
+        assert np.array_equal(a.rows, b.rows) and np.array_equal(a.logits, b.logits), "the two steps differ"
+    dense = MapEvaluator(net, x, y, method="dense").logits(maps[: args.dense_maps], posts[: args.dense_maps])
+    clean = np.rint(diff.clean_logits.numpy()).astype(np.int64)
+    for k, res in enumerate(results["compiled_conv_step"][: args.dense_maps]):
+        got = clean.copy()
+        got[res.rows] = res.logits
+        assert np.array_equal(got, dense[k]), f"map {k} differs from the dense path"
+    ratio = seconds["tensor_conv_step"] / seconds["compiled_conv_step"]
+    record = {
+        "run": str(args.run), "images": len(y), "maps": args.maps, "rate": args.rate,
+        "channels": args.channels, "seed": args.seed, "repeat": args.repeat, "conv_layers": convs,
+        "seconds": seconds, "compiled_vs_tensor": ratio, "dense_maps_checked": args.dense_maps,
+        "identical_logits": True, "python": sys.version.split()[0], "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    print(f"{args.maps} maps, {len(y)} images, weights at {args.rate:g} and {args.channels} faulty threshold "
+          f"channels per map: compiled conv step {seconds['compiled_conv_step']:.2f} s, tensor step "
+          f"{seconds['tensor_conv_step']:.2f} s ({ratio:.1f}x); identical logits, equal to dense on "
+          f"{args.dense_maps} maps")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
