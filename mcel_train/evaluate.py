@@ -189,7 +189,7 @@ class MapEvaluator:
         """
         path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
         chunk, group = self._dense_plan(len(fmaps))
-        if path == "probe" and -(-len(self.labels) // chunk) >= PROBE_CHUNKS + 1 and len(fmaps) > group:
+        if path == "probe" and -(-len(self.labels) // chunk) >= PROBE_CHUNKS + 1:
             return self._probe_chunks(fmaps, chunk, group)
         k = self._probe_head(fmaps, path, group)
         if k:
