@@ -202,14 +202,19 @@ def _by_map(of_map: np.ndarray, g: int) -> list[np.ndarray]:
     return [order[bounds[m]:bounds[m + 1]] for m in range(g)]
 
 
+def _active_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entries' images, ascending -> the distinct (active) images and each entry's row among
+    them."""
+    starts = np.diff(images, prepend=-1) != 0
+    return images[starts], np.cumsum(starts) - 1
+
+
 def _own_form(rows: np.ndarray, col: np.ndarray, val: np.ndarray) -> tuple[torch.Tensor, object]:
     """Entries of one map, images ascending -> its active images and ``(row in active, col, val)``."""
-    starts = np.diff(rows, prepend=-1) != 0
-    images = torch.from_numpy(rows[starts])
+    active, r_new = _active_rows(rows)
     if not len(rows):
-        return images, None
-    r_new = torch.from_numpy(np.cumsum(starts) - 1)
-    return images, (r_new, torch.from_numpy(col), torch.from_numpy(val))
+        return torch.from_numpy(active), None
+    return torch.from_numpy(active), (torch.from_numpy(r_new), torch.from_numpy(col), torch.from_numpy(val))
 
 
 @dataclass
@@ -855,11 +860,9 @@ class DifferenceEvaluator:
             if not len(sel):
                 out.append((torch.zeros(0, dtype=torch.int64), None))
                 continue
-            img = image[sel]
-            starts = np.diff(img, prepend=-1) != 0
-            out.append((torch.from_numpy(img[starts]),
-                        _ConvChange((out_c, *st.out.shape[2:]), np.cumsum(starts) - 1, pos[sel].astype(np.int64),
-                                    val[sel])))
+            active, rows = _active_rows(image[sel])
+            out.append((torch.from_numpy(active),
+                        _ConvChange((out_c, *st.out.shape[2:]), rows, pos[sel].astype(np.int64), val[sel])))
         return out
 
 

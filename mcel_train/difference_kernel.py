@@ -393,7 +393,6 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
     b_key = np.empty(cap, np.int64)
     b_out = np.empty(cap, np.int64)
     b_change = np.empty(cap, np.float64)
-    start = np.zeros(block * n_maps + 1, np.int64)
     keys = np.empty(cap, np.int64)
     outs = np.empty(cap, np.int64)
     change = np.empty(cap, np.float64)
@@ -436,24 +435,18 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
                         b_key[kb], b_out[kb], b_change[kb] = i * n_maps + m, o, c
                         kb += 1
                         bits ^= low
-        # stable counting sort of the block's entries by key, appended to the result
-        n_keys = nb * n_maps
-        start[: n_keys + 1] = 0
-        for e in range(kb):
-            start[b_key[e] + 1] += 1
-        for key in range(n_keys):
-            c = start[key + 1]
-            if c:
-                counts[key % n_maps] += c
+        # the block's entries in key order (a stable counting sort), appended to the result
+        order, bounds = stable_groups(b_key[:kb], nb * n_maps)
+        for key in range(nb * n_maps):
+            if bounds[key + 1] > bounds[key]:
+                counts[key % n_maps] += bounds[key + 1] - bounds[key]
                 out_keys[n_out] = b0 * n_maps + key
                 n_out += 1
-                out_ptr[n_out] = k + start[key] + c
-            start[key + 1] += start[key]
+                out_ptr[n_out] = k + bounds[key + 1]
         if k + kb > keys.shape[0]:
             keys, outs, change = _grow(keys, kb), _grow(outs, kb), _grow(change, kb)
-        for e in range(kb):
-            at = k + start[b_key[e]]
-            start[b_key[e]] += 1
-            keys[at], outs[at], change[at] = b0 * n_maps + b_key[e], b_out[e], b_change[e]
+        for j in range(kb):
+            e = order[j]
+            keys[k + j], outs[k + j], change[k + j] = b0 * n_maps + b_key[e], b_out[e], b_change[e]
         k += kb
     return keys[:k], outs[:k], change[:k], out_keys[:n_out], out_ptr[:n_out + 1], counts
