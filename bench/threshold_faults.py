@@ -1,15 +1,18 @@
-"""Benchmark: threshold-memory faults on conv layers through the difference evaluator's compiled
-conv step, against the per-map tensor step they took before.
+"""Benchmark: threshold-memory faults through the difference evaluator's compiled steps, against
+the per-map tensor steps they took before, and against the dense path.
 
 Each map flips weights at ``--rate`` and changes the thresholds of ``--channels`` output
-channels of one conv layer (the maps take the conv layers in turn), as a threshold-memory
-fault does: the layer gets a faulty post-op. The compiled step pools such a channel at every
-position and tests each window against the faulty thresholds' range of its clean level; the
-tensor step (``DifferenceEvaluator._conv_step``) recomputes the map's whole layer. Both must
-give the same logits for every map and image, and equal the dense path's (asserted on the
-first ``--dense-maps`` maps). Writes a JSON record.
+channels of one layer with thresholds (the maps take those layers in turn), as a
+threshold-memory fault does: the layer gets a faulty post-op. The compiled conv step pools such
+a channel at every position and tests each window against the faulty thresholds' range of its
+clean level; the compiled dense step counts such an output anew for every image of the map;
+the tensor steps (``DifferenceEvaluator._conv_step``, ``_dense_step``) recompute the map's whole
+layer. Both must give the same logits for every map and image, and equal the dense path's
+(asserted, and timed, on the first ``--dense-maps`` maps: the dense path runs a map with a
+faulty post-op on its own). Writes a JSON record.
 
     .venv/bin/python bench/threshold_faults.py --run runs/vgg3_w4a4_paper --test-images 500
+    .venv/bin/python bench/threshold_faults.py --run runs/sfc_w2a2 --test-images 0
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from mcel_train.runio import load_run
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="run folder of a conv network (train/model.pt)")
+    p.add_argument("--run", type=Path, required=True, help="run folder (train/model.pt) of a network with thresholds")
     p.add_argument("--test-images", type=int, default=500, help="first N test images (0 = all)")
     p.add_argument("--maps", type=int, default=16)
     p.add_argument("--rate", type=float, default=1e-4, help="weight bit error rate of every map")
@@ -50,16 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_images:
         x, y = x[: args.test_images], y[: args.test_images]
     net = from_brevitas(run.model)
-    convs = [i for i, layer in enumerate(net.layers)
-             if layer.conv is not None and isinstance(layer.post, ThresholdPostOp)]
-    if not convs:
-        print(f"error: {args.run} has no conv layer with thresholds; pass --run with a conv network", file=sys.stderr)
+    layers = [i for i, layer in enumerate(net.layers) if type(layer.post) is ThresholdPostOp]
+    if not layers:
+        print(f"error: {args.run} has no layer with thresholds; pass --run with a quantized network", file=sys.stderr)
         return 2
     mems = net.memories()
     rng = np.random.default_rng(args.seed)
     maps, posts = [], []
     for k in range(args.maps):
-        i = convs[k % len(convs)]
+        i = layers[k % len(layers)]
         post = net.layers[i].post
         t = post.thresholds.clone()
         chans = rng.choice(t.shape[0], size=min(args.channels, t.shape[0]), replace=False)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     diff.run_many(maps[:2], posts[:2])  # loads the compiled kernels
     for _ in range(args.repeat):
-        for name, form in (("compiled_conv_step", compiled_form), ("tensor_conv_step", lambda *a: False)):
+        for name, form in (("compiled_step", compiled_form), ("tensor_step", lambda *a: False)):
             difference._only_thresholds_differ = form  # the tensor step is what such maps took before
             try:
                 t0 = time.perf_counter()
@@ -80,25 +82,33 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - t0)
             finally:
                 difference._only_thresholds_differ = compiled_form
-    for a, b in zip(results["compiled_conv_step"], results["tensor_conv_step"], strict=True):
+    for a, b in zip(results["compiled_step"], results["tensor_step"], strict=True):
         assert np.array_equal(a.rows, b.rows) and np.array_equal(a.logits, b.logits), "the two steps differ"
-    dense = MapEvaluator(net, x, y, method="dense").logits(maps[: args.dense_maps], posts[: args.dense_maps])
+    dense_ev = MapEvaluator(net, x, y, method="dense")
+    dense_ev.logits(maps[:1], posts[:1])  # compiles the post-ops
+    t0 = time.perf_counter()
+    dense = dense_ev.logits(maps[: args.dense_maps], posts[: args.dense_maps])
+    dense_per_map = (time.perf_counter() - t0) / args.dense_maps
     clean = np.rint(diff.clean_logits.numpy()).astype(np.int64)
-    for k, res in enumerate(results["compiled_conv_step"][: args.dense_maps]):
+    for k, res in enumerate(results["compiled_step"][: args.dense_maps]):
         got = clean.copy()
         got[res.rows] = res.logits
         assert np.array_equal(got, dense[k]), f"map {k} differs from the dense path"
-    ratio = seconds["tensor_conv_step"] / seconds["compiled_conv_step"]
+    ratio = seconds["tensor_step"] / seconds["compiled_step"]
+    vs_dense = dense_per_map * args.maps / seconds["compiled_step"]
     record = {
         "run": str(args.run), "images": len(y), "maps": args.maps, "rate": args.rate,
-        "channels": args.channels, "seed": args.seed, "repeat": args.repeat, "conv_layers": convs,
-        "seconds": seconds, "compiled_vs_tensor": ratio, "dense_maps_checked": args.dense_maps,
+        "channels": args.channels, "seed": args.seed, "repeat": args.repeat, "threshold_layers": layers,
+        "conv_layers": [i for i in layers if net.layers[i].conv is not None],
+        "seconds": seconds, "compiled_vs_tensor": ratio, "dense_seconds_per_map": dense_per_map,
+        "compiled_vs_dense": vs_dense, "dense_maps_checked": args.dense_maps,
         "identical_logits": True, "python": sys.version.split()[0], "torch": torch.__version__,
         "machine": platform.machine(),
     }
     print(f"{args.maps} maps, {len(y)} images, weights at {args.rate:g} and {args.channels} faulty threshold "
-          f"channels per map: compiled conv step {seconds['compiled_conv_step']:.2f} s, tensor step "
-          f"{seconds['tensor_conv_step']:.2f} s ({ratio:.1f}x); identical logits, equal to dense on "
+          f"channels per map: compiled steps {seconds['compiled_step']:.2f} s, tensor steps "
+          f"{seconds['tensor_step']:.2f} s ({ratio:.1f}x), dense path {dense_per_map:.2f} s per map "
+          f"({vs_dense:.1f}x the compiled steps' time); identical logits, equal to dense on "
           f"{args.dense_maps} maps")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -470,7 +470,8 @@ class DifferenceEvaluator:
             if not running:
                 break
             t_layer = time.perf_counter()
-            fused = [m for m in running if layer.conv is None and i not in posts[m]]
+            fused = [m for m in running if layer.conv is None
+                     and (i not in posts[m] or _compiled_thresholds(posts[m][i], layer.post))]
             own = [m for m in running if m not in fused]
             for m, form in joint.take([m for m in own if m in in_joint]).items():
                 active[m], dx[m] = form
@@ -483,7 +484,7 @@ class DifferenceEvaluator:
                 {m: (active[m], dx[m]) for m in fused if m not in in_joint})
             in_joint = set(fused)
             compiled_conv = [m for m in own if layer.conv is not None and type(layer.post) is ThresholdPostOp
-                             and (i not in posts[m] or _only_thresholds_differ(posts[m][i], layer.post))]
+                             and (i not in posts[m] or _compiled_thresholds(posts[m][i], layer.post))]
             steps = dict(zip(compiled_conv, self._compiled_conv_step(
                 i, layer, st, [deltas[m][i] for m in compiled_conv], [active[m] for m in compiled_conv],
                 [dx[m] for m in compiled_conv], layer.post, [posts[m].get(i) for m in compiled_conv]),
@@ -504,7 +505,7 @@ class DifferenceEvaluator:
                     active[m], dx[m] = step
             if fused:
                 joint = self._fused_dense_step(i, st, [deltas[m][i] if m in in_joint else None for m in range(g)],
-                                               joint)
+                                               [posts[m].get(i) if m in in_joint else None for m in range(g)], joint)
                 self.active_after[i] += joint.images()
                 if i == last:
                     for m, (rows, change) in enumerate(joint.split_rows(st.out.shape[1])):
@@ -620,10 +621,10 @@ class DifferenceEvaluator:
         return touched[kept], (r_new, cc, vals)
 
     def _fused_dense_step(self, i: int, st: _CleanLayer, layer_deltas: list[LayerDelta | None],
-                          joint: _Joint) -> _Joint:
-        """A dense layer with its clean post-op for a group of maps at once: ``joint`` holds the
-        maps' input changes, ``layer_deltas`` per map its weight change here (``None`` also for
-        the maps not taking this step). One call of
+                          layer_posts: list[PostOp | None], joint: _Joint) -> _Joint:
+        """A dense layer for a group of maps at once: ``joint`` holds the maps' input changes,
+        ``layer_deltas`` per map its weight change here and ``layer_posts`` its faulty
+        thresholds, if any (``None`` also for the maps not taking this step). One call of
         :func:`mcel_train.difference_kernel.dense_layer_maps`; returns the output changes (of
         the logits, on the logit layer)."""
         dt = self.dtypes[i]
@@ -659,10 +660,11 @@ class DifferenceEvaluator:
         sign = post.sign.numpy() if counted else np.zeros(0)
         out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
         f_rows, f_cols, f_vals = (np.concatenate(a) for a in (f_rows, f_cols, f_vals))
+        faulty_thresholds = _faulty_threshold_rows(layer_posts, thresholds)
         if st.by_output is not None and not len(joint.key):  # the clean input: dW @ x only
             key, out, change, out_keys, out_ptr, per_map = clean_input_layer_maps(
-                g, f_ptr, f_rows, f_cols, f_vals, st.h.numpy(), *st.by_output, thresholds, sign, out_bias, out_mult,
-                CLEAN_INPUT_BLOCK)
+                g, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.h.numpy(), *st.by_output, thresholds, sign,
+                out_bias, out_mult, CLEAN_INPUT_BLOCK)
             return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
         col, val = joint.col, joint.val.astype(np_dt)
         pair_key, pair_ptr = joint.pair_index()
@@ -674,7 +676,8 @@ class DifferenceEvaluator:
             pre = (block @ w_t).numpy()
         key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
             g, pair_key, pair_ptr, col, val, pre, self.weights_t_compact[i], dw_ptr, np.concatenate(dw_rows),
-            np.concatenate(dw_vals), f_ptr, f_rows, f_cols, f_vals, st.rows.numpy(), st.lo.numpy(), st.hi.numpy(),
+            np.concatenate(dw_vals), f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.rows.numpy(),
+            st.lo.numpy(), st.hi.numpy(),
             st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult)
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
 
@@ -868,10 +871,34 @@ class DifferenceEvaluator:
 
 def _only_thresholds_differ(faulty: PostOp, clean: ThresholdPostOp) -> bool:
     """Whether ``faulty`` is ``clean`` with other thresholds (a threshold-memory fault), which
-    the compiled conv step takes as it takes flipped weights."""
+    the compiled steps take as they take flipped weights."""
     return (type(faulty) is ThresholdPostOp and faulty.thresholds.shape == clean.thresholds.shape
             and torch.equal(faulty.sign, clean.sign)
             and (faulty.out_bias, faulty.out_mult) == (clean.out_bias, clean.out_mult))
+
+
+def _compiled_thresholds(faulty: PostOp, clean: PostOp) -> bool:
+    """Whether a layer whose clean post-op is ``clean`` takes its compiled step under the
+    faulty post-op ``faulty``: both count thresholds and only the thresholds differ."""
+    return type(clean) is ThresholdPostOp and _only_thresholds_differ(faulty, clean)
+
+
+def _faulty_threshold_rows(posts: list[PostOp | None], clean: np.ndarray,
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per map the outputs whose thresholds in ``posts`` (faulty threshold post-ops, or
+    ``None``) differ from ``clean`` ``(out, K)``, and their thresholds, as the compiled dense
+    steps take them: ``(t_ptr (maps + 1,), t_out, t_thr (T, K))``."""
+    t_ptr = np.zeros(len(posts) + 1, np.int64)
+    t_out, t_thr = [np.zeros(0, np.int64)], [np.zeros((0, clean.shape[1]), clean.dtype)]
+    for m, post in enumerate(posts):
+        rows = np.zeros(0, np.int64)
+        if post is not None:
+            faulty = post.thresholds.numpy().astype(clean.dtype)
+            rows = np.flatnonzero((faulty != clean).any(axis=1))
+            t_out.append(rows)
+            t_thr.append(faulty[rows])
+        t_ptr[m + 1] = t_ptr[m] + len(rows)
+    return t_ptr, np.concatenate(t_out), np.ascontiguousarray(np.concatenate(t_thr))
 
 
 def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:

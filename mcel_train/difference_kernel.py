@@ -51,7 +51,7 @@ _DEBRUIJN_MUL_U64 = np.uint64(_DEBRUIJN_MUL)
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, f_ptr, f_row, f_col,
-    f_val, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
+    f_val, t_ptr, t_out, t_thr, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
 ):
     """The outputs of one dense layer that change under each of ``n_maps`` maps.
 
@@ -68,11 +68,15 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
       again, sorted by output then input, for ``dW @ x`` on the clean input rows ``x`` ``(N, in)``
       (a few multiply-adds per pair: no ``(N, flipped outputs)`` block is built);
+    - ``t_ptr`` ``(n_maps + 1,)``, ``t_out``, ``t_thr`` ``(T, K)``: each map's outputs with
+      faulty thresholds (a threshold-memory fault), ascending, and those thresholds. Their
+      unchanged ranges do not hold, so every image of such a map counts them anew;
     - ``lo``, ``hi``, ``acc``, ``clean_out`` ``(N, out)``: the clean accumulators, their
       unchanged ranges and the clean outputs;
     - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the threshold post-op
       (:class:`mcel_train.intnet.ThresholdPostOp`, counted in float64 like the post-op); with no
-      rows, the accumulator change is returned instead of the output change.
+      rows, the accumulator change is returned instead of the output change (and no map may
+      have faulty thresholds).
 
     Returns ``(key, output, change)`` of every changed output, keys ascending, then outputs
     ascending, and the same grouped by pair: ``(pair key, pair pointer)`` and per map its number
@@ -98,26 +102,35 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_words = (out_n + 7) // 8
     flags = np.zeros(8 * n_words, np.uint8)  # the tail past out_n stays 0
     words = flags.view(np.uint64)
+    faulty = np.full(out_n, -1, np.int64)  # the current map's row in t_thr of each output, or -1
+    big = out_n  # past every output: the end of a merged list
     for i in range(n):
         lo_i, hi_i, x_i = lo[i], hi[i], x[i]
         for m in range(n_maps):
             key = i * n_maps + m
             has = p < n_pairs and pair_key[p] == key
             f0, f1 = f_ptr[m], f_ptr[m + 1]
-            if not has and f0 == f1:
+            t0, t1 = t_ptr[m], t_ptr[m + 1]
+            if not has and f0 == f1 and t0 == t1:
                 continue
             if k + out_n > keys.shape[0]:  # room for every output of this pair: no checks below
                 keys, outs, change = _grow(keys, out_n), _grow(outs, out_n), _grow(change, out_n)
             first = k
-            if not has:  # only the flipped outputs can change: dW @ x on each, one by one
-                f = f0
-                while f < f1:
-                    o = f_row[f]
+            for t in range(t0, t1):
+                faulty[t_out[t]] = t
+            if not has:  # only the flipped outputs and those with faulty thresholds can change
+                f, t = f0, t0
+                while f < f1 or t < t1:
+                    o = min(f_row[f] if f < f1 else big, t_out[t] if t < t1 else big)
                     dv = 0.0
-                    while f < f1 and f_row[f] == o:
+                    while f < f1 and f_row[f] == o:  # dW @ x on each, one by one
                         dv += f_val[f] * x_i[f_col[f]]
                         f += 1
-                    if dv < lo_i[o] or dv > hi_i[o]:
+                    if t < t1 and t_out[t] == o:
+                        t += 1
+                        keys[k], outs[k], change[k] = key, o, dv  # a candidate: counted below
+                        k += 1
+                    elif dv < lo_i[o] or dv > hi_i[o]:
                         keys[k], outs[k], change[k] = key, o, dv
                         k += 1
             else:
@@ -139,6 +152,8 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                 # crossing flags in one vectorized pass, then the set flags of each 8-output word
                 for o in range(out_n):
                     flags[o] = (delta[o] < lo_i[o]) | (delta[o] > hi_i[o])
+                for t in range(t0, t1):  # candidates: counted below
+                    flags[t_out[t]] = 1
                 for w in range(n_words):
                     bits = words[w]
                     while bits:
@@ -148,20 +163,32 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                         k += 1
                         bits ^= low
                 p += 1
+            if count_here:  # the new output levels, while this image's rows are in cache
+                kept = first
+                for e in range(first, k):
+                    o = outs[e]
+                    xo = sign[o] * (np.float64(acc[i, o]) + change[e])
+                    r = faulty[o]
+                    count = 0
+                    if r < 0:
+                        for q in range(n_k):
+                            count += xo >= thresholds[o, q]
+                    else:
+                        for q in range(n_k):
+                            count += xo >= t_thr[r, q]
+                    c = np.float32(out_bias + out_mult * count) - clean_out[i, o]
+                    if r < 0 or c != 0:  # a candidate with faulty thresholds may stay as it is
+                        keys[kept], outs[kept], change[kept] = key, o, c
+                        kept += 1
+                k = kept
+                for t in range(t0, t1):
+                    faulty[t_out[t]] = -1
             if k == first:
                 continue
             out_keys[n_out] = key
             n_out += 1
             out_ptr[n_out] = k
             counts[m] += k - first
-            if count_here:  # the new output levels, while this image's rows are in cache
-                for e in range(first, k):
-                    o = outs[e]
-                    xo = sign[o] * (np.float64(acc[i, o]) + change[e])
-                    count = 0
-                    for t in range(n_k):
-                        count += xo >= thresholds[o, t]
-                    change[e] = np.float32(out_bias + out_mult * count) - clean_out[i, o]
     return keys[:k], outs[:k], change[:k], out_keys[:n_out], out_ptr[:n_out + 1], counts
 
 
@@ -357,7 +384,8 @@ def conv_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
-    n_maps, f_ptr, f_row, f_col, f_val, x_t, lo_t, hi_t, acc_t, out_t, thresholds, sign, out_bias, out_mult, block,
+    n_maps, f_ptr, f_row, f_col, f_val, t_ptr, t_out, t_thr, x_t, lo_t, hi_t, acc_t, out_t, thresholds, sign,
+    out_bias, out_mult, block,
 ):
     """The outputs of a dense layer whose input is the clean one (the network's first layer)
     that change under each of ``n_maps`` maps: only ``dW @ x`` on the flipped outputs.
@@ -373,6 +401,8 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
 
     - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
       sorted by output then input;
+    - ``t_ptr``, ``t_out``, ``t_thr``: each map's outputs with faulty thresholds, as in
+      :func:`dense_layer_maps` (their rows are counted anew for the whole block);
     - ``x_t`` ``(in, N)``: the clean input, rows by input; ``lo_t``, ``hi_t``, ``acc_t``,
       ``out_t`` ``(out, N)``: the clean unchanged ranges, accumulators and outputs, rows by
       output;
@@ -386,6 +416,7 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
     count_here = thresholds.shape[0] > 0
     n_k = thresholds.shape[1]
     dv = np.zeros(block, lo_t.dtype)
+    cv = np.zeros(block, np.float64)  # an output with faulty thresholds: the output changes
     flags = np.zeros(block, np.uint8)
     words = flags.view(np.uint64)
     # the block's entries before sorting; every map and output could cross in every image
@@ -401,23 +432,39 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
     out_ptr = np.zeros(n * n_maps + 1, np.int64)
     n_out = 0
     k = 0
+    big = lo_t.shape[0]  # past every output: the end of a merged list
     for b0 in range(0, n, block):
         nb = min(block, n - b0)
         flags[:] = 0
         kb = 0
         for m in range(n_maps):
             f, f1 = f_ptr[m], f_ptr[m + 1]
-            while f < f1:
-                o = f_row[f]
+            t, t1 = t_ptr[m], t_ptr[m + 1]
+            while f < f1 or t < t1:
+                o = min(f_row[f] if f < f1 else big, t_out[t] if t < t1 else big)
                 dv[:] = 0
                 while f < f1 and f_row[f] == o:
                     v, x_r = f_val[f], x_t[f_col[f], b0:b0 + nb]
                     for i in range(nb):
                         dv[i] += v * x_r[i]
                     f += 1
-                lo_o, hi_o = lo_t[o, b0:b0 + nb], hi_t[o, b0:b0 + nb]
-                for i in range(nb):
-                    flags[i] = (dv[i] < lo_o[i]) | (dv[i] > hi_o[i])
+                r = -1
+                if t < t1 and t_out[t] == o:
+                    r = t
+                    t += 1
+                if r < 0:
+                    lo_o, hi_o = lo_t[o, b0:b0 + nb], hi_t[o, b0:b0 + nb]
+                    for i in range(nb):
+                        flags[i] = (dv[i] < lo_o[i]) | (dv[i] > hi_o[i])
+                else:  # faulty thresholds: the new level of every image, against the clean one
+                    acc_o, out_o, s_o = acc_t[o, b0:b0 + nb], out_t[o, b0:b0 + nb], sign[o]
+                    for i in range(nb):
+                        xo = s_o * (np.float64(acc_o[i]) + dv[i])
+                        count = 0
+                        for q in range(n_k):
+                            count += xo >= t_thr[r, q]
+                        cv[i] = np.float32(out_bias + out_mult * count) - out_o[i]
+                        flags[i] = cv[i] != 0
                 if kb + nb > b_key.shape[0]:
                     b_key, b_out, b_change = _grow(b_key, nb), _grow(b_out, nb), _grow(b_change, nb)
                 for w in range((nb + 7) // 8):
@@ -426,11 +473,13 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
                         low = bits & (~bits + np.uint64(1))
                         i = 8 * w + (_DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)] >> 3)
                         c = np.float64(dv[i])
-                        if count_here:
+                        if r >= 0:
+                            c = cv[i]
+                        elif count_here:
                             xo = sign[o] * (np.float64(acc_t[o, b0 + i]) + c)
                             count = 0
-                            for t in range(n_k):
-                                count += xo >= thresholds[o, t]
+                            for q in range(n_k):
+                                count += xo >= thresholds[o, q]
                             c = np.float32(out_bias + out_mult * count) - out_t[o, b0 + i]
                         b_key[kb], b_out[kb], b_change[kb] = i * n_maps + m, o, c
                         kb += 1

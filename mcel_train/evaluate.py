@@ -30,6 +30,12 @@ DENSE_MAP_BATCH = 32  # maps per forward pass of the dense path's logits
 # auto's first call at a rate runs the dense path's first group on this many image chunks and
 # times the last (the first may carry one-off work)
 PROBE_CHUNKS = 2
+# ... of this many images: ``max(PROBE_MIN_IMAGES, N // PROBE_SHARE)``, at most the dense path's
+# own chunk. Small, so that a probe costs little when the difference path wins; not so small
+# that a step's fixed costs dominate (VGG3 w4a4: chunks of 250 images cost about 5 % more per
+# image than chunks of 1000, which errs towards the difference path by as much)
+PROBE_MIN_IMAGES = 256
+PROBE_SHARE = 16
 
 
 @dataclass
@@ -181,16 +187,17 @@ class MapEvaluator:
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
         differs) or ``auto``: per fault rate the first call times the dense path, the difference
         path's time per map is estimated, and the faster is kept. The dense path is timed on two
-        image chunks of its first group of maps (:meth:`_probe_chunks`; the group goes on if
-        dense wins, only those chunks are lost if not), or, with fewer than three chunks, by
+        small image chunks of its first group of maps (:meth:`_probe_chunks`; the group goes on
+        if dense wins, only those chunks are lost if not), or, with too few images for that, by
         running that group whole before the tail takes the chosen path. At later rates the dense
         time is known and only the estimate runs. Both paths are exact, so the choice changes
         the time, never a prediction.
         """
         path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
         chunk, group = self._dense_plan(len(fmaps))
-        if path == "probe" and -(-len(self.labels) // chunk) >= PROBE_CHUNKS + 1:
-            return self._probe_chunks(fmaps, chunk, group)
+        probe = min(chunk, max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE))
+        if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
+            return self._probe_chunks(fmaps, chunk, probe, group)
         k = self._probe_head(fmaps, path, group)
         if k:
             head = self._dense_maybe_probe(fmaps[:k], [None] * k, self._evaluate_dense, path)
@@ -204,16 +211,19 @@ class MapEvaluator:
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
 
-    def _probe_chunks(self, fmaps: Sequence[FaultMap], chunk: int, group: int) -> MapEvaluation:
+    def _probe_chunks(self, fmaps: Sequence[FaultMap], chunk: int, probe: int, group: int) -> MapEvaluation:
         """A rate's first ``auto`` call: the dense path runs its first group of maps on
-        ``PROBE_CHUNKS`` image chunks, the last one timed (the first may carry one-off work:
-        compiling post-ops, the clean conv layer 0), which with the group's preparation gives
-        its time per map; then the estimate decides. Dense: the group finishes its chunks and
-        the other maps follow dense. Difference: every map takes it, and only the probe's
-        chunks were spent."""
+        ``PROBE_CHUNKS`` image chunks of ``probe`` images, the last one timed (the first may
+        carry one-off work: compiling post-ops, the clean conv layer 0), which with the group's
+        preparation gives its time per map; then the estimate decides. Dense: the group finishes
+        its images in chunks of ``chunk`` and the other maps follow dense. Difference: every map
+        takes it, and only the probe's chunks were spent."""
         head = list(fmaps[:group])
+        n = len(self.labels)
         t0 = time.perf_counter()
-        chunks = self._group_chunks(head, chunk)
+        start = PROBE_CHUNKS * probe
+        bounds = [(k * probe, (k + 1) * probe) for k in range(PROBE_CHUNKS)]
+        chunks = self._group_chunks(head, bounds + _chunk_bounds(start, n, chunk))
         with torch.no_grad():
             next(chunks)  # the group's preparation (stacked weights, first-layer deltas)
             t_prepare = time.perf_counter() - t0
@@ -223,8 +233,7 @@ class MapEvaluator:
                 done.append(next(chunks))
                 t_chunk = time.perf_counter() - t_chunk
         self.timing["dense"] += time.perf_counter() - t0
-        n_chunks = -(-len(self.labels) // chunk)
-        self._dense_per_map = (t_prepare + t_chunk * n_chunks) / len(head)
+        self._dense_per_map = (t_prepare + t_chunk * n / probe) / len(head)
         choice = self._probe(fmaps, self._dense_per_map, [None] * len(fmaps))
         self._choice[self._rate_key(fmaps[0])] = choice
         if choice != "dense":
@@ -249,6 +258,9 @@ class MapEvaluator:
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
         path = self._known_dense_choice(fmaps, self._path(fmaps), posts)
+        probe = max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE)
+        if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
+            return self._probe_logits(fmaps, posts, probe)
         k = self._probe_head(fmaps, path, DENSE_MAP_BATCH)
         if k:
             head = self._dense_maybe_probe(fmaps[:k], posts[:k], lambda f: self._dense_logits(f, posts[:k]), path)
@@ -264,6 +276,27 @@ class MapEvaluator:
         out[own] = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
         out[faulty_input] = self._dense_logits([fmaps[k] for k in faulty_input], [posts[k] for k in faulty_input])
         return out
+
+    def _probe_logits(self, fmaps: Sequence[FaultMap], posts: list[Mapping[int, PostOp] | None],
+                      probe: int) -> np.ndarray:
+        """A rate's first ``auto`` call of :meth:`logits`, as :meth:`_probe_chunks` for
+        :meth:`evaluate`: the first forward pass of maps runs dense on ``PROBE_CHUNKS`` slices
+        of ``probe`` images, the last one timed, then the estimate decides; the slices are kept
+        if dense wins and are all that is lost if not."""
+        k = min(len(fmaps), DENSE_MAP_BATCH)
+        n = len(self.labels)
+        slices = []
+        for j in range(PROBE_CHUNKS):
+            t0 = time.perf_counter()
+            slices.append(self._dense_logits(fmaps[:k], posts[:k], j * probe, (j + 1) * probe))
+            t_slice = time.perf_counter() - t0
+        self._dense_per_map = t_slice * n / probe / k
+        choice = self._probe(fmaps, self._dense_per_map, posts)
+        self._choice[self._rate_key(fmaps[0])] = choice
+        if choice != "dense":
+            return self.logits(fmaps, posts)
+        head = np.concatenate([*slices, self._dense_logits(fmaps[:k], posts[:k], PROBE_CHUNKS * probe, n)], axis=1)
+        return np.concatenate([head, self.logits(fmaps[k:], posts[k:])]) if len(fmaps) > k else head
 
     def _rate_key(self, fmap: FaultMap) -> tuple:
         meta = fmap.meta
@@ -332,23 +365,26 @@ class MapEvaluator:
         return out
 
     def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
-                      map_batch: int = DENSE_MAP_BATCH) -> np.ndarray:
-        """The dense path's logits: weight-only maps batched, maps with faulty post-ops one by one
-        with those post-ops swapped in for the run."""
+                      lo: int = 0, hi: int | None = None, map_batch: int = DENSE_MAP_BATCH) -> np.ndarray:
+        """The dense path's logits ``(M, hi - lo, classes)`` of images ``lo`` to ``hi``:
+        weight-only maps batched, maps with faulty post-ops one by one with those post-ops
+        swapped in for the run."""
         t0 = time.perf_counter()
-        out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        hi = len(self.labels) if hi is None else hi
+        out = np.empty((len(fmaps), hi - lo, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
         plain = [k for k, p in enumerate(posts) if not p]
         with torch.no_grad():
-            for lo in range(0, len(plain), map_batch):
-                ids = plain[lo:lo + map_batch]
+            for b in range(0, len(plain), map_batch):
+                ids = plain[b:b + map_batch]
                 weights = self.stacked_weights([fmaps[k] for k in ids])
-                lg = self.net.forward(self.x, weights, max_abs_input=self.max_abs_input)
+                lg = self.net.forward(self.x[lo:hi], weights, max_abs_input=self.max_abs_input)
                 out[ids] = np.rint(lg.expand(len(ids), *lg.shape[1:]).numpy())
             for k, p in enumerate(posts):
                 if not p:
                     continue
                 layer_posts = {i: post for i, post in p.items() if i != INPUT_POST}
-                x = self.net.encode_input(self.raw_x, p[INPUT_POST]) if INPUT_POST in p else self.x
+                x = (self.net.encode_input(self.raw_x[lo:hi], p[INPUT_POST]) if INPUT_POST in p
+                     else self.x[lo:hi])
                 saved = {i: self.net.layers[i].post for i in layer_posts}
                 try:
                     for i, post in layer_posts.items():
@@ -402,23 +438,22 @@ class MapEvaluator:
 
     def _evaluate_group(self, fmaps: Sequence[FaultMap], chunk: int) -> np.ndarray:
         preds = np.empty((len(fmaps), len(self.labels)), dtype=np.int64)
-        chunks = self._group_chunks(fmaps, chunk)
+        chunks = self._group_chunks(fmaps, _chunk_bounds(0, len(self.labels), chunk))
         next(chunks)
         for lo, hi, p in chunks:
             preds[:, lo:hi] = p
         return preds
 
-    def _group_chunks(self, fmaps: Sequence[FaultMap], chunk: int) -> Iterator:
-        """One group of maps on the dense path, one image chunk per step: first ``None`` once
-        the group is prepared, then ``(lo, hi, predictions (maps, hi - lo))`` per chunk (so
-        that ``auto`` can time a chunk and go on or stop)."""
-        m, n = len(fmaps), len(self.labels)
+    def _group_chunks(self, fmaps: Sequence[FaultMap], bounds: Sequence[tuple[int, int]]) -> Iterator:
+        """One group of maps on the dense path, one image chunk ``(lo, hi)`` of ``bounds`` per
+        step: first ``None`` once the group is prepared, then ``(lo, hi, predictions (maps,
+        hi - lo))`` per chunk (so that ``auto`` can time a chunk and go on or stop)."""
+        m = len(fmaps)
         weights = self.stacked_weights(fmaps)
         prepared = self.net.prepare(weights, self.max_abs_input)
         delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
         yield None
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
+        for lo, hi in bounds:
             first = first_out = None
             if self.sparse_first:
                 first = self._first_acc(delta0, m, lo, hi, prepared[0].dtype)
@@ -429,6 +464,14 @@ class MapEvaluator:
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
             yield lo, hi, predict(logits).numpy()
+
+
+def _chunk_bounds(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
+    """Images ``start`` to ``n`` as chunks ``(lo, hi)`` on the grid of ``chunk`` images: a
+    shorter first one up to the grid, so that the others have the shapes every other group of
+    maps has (a compiled post-op compiles once per shape)."""
+    edges = [start, *range((start // chunk + 1) * chunk, n, chunk), n]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
 
 
 def predict(int_logits: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcel_train import difference
+from mcel_train import difference, evaluate
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
@@ -117,10 +117,11 @@ def test_a_group_mixing_rates_gives_each_map_its_own_result(trained, monkeypatch
 
 
 def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
-    """Maps with a faulty post-op at one layer share a group with a weight-only map: at each
-    dense layer the maps with their clean post-op take the fused step, the others their own
-    step; every conv layer takes the compiled step for all of them, a map's faulty thresholds
-    beside the clean ones."""
+    """Maps with faulty thresholds at one layer share a group with a weight-only map; one of
+    them has no flipped weight at all. Every layer takes its compiled step for all of them (conv:
+    a map's thresholds beside the clean ones; dense, the first layer's clean-input step
+    included: each map's outputs with faulty thresholds counted anew), never a per-map tensor
+    step."""
     _, net, x, labels = trained
     mems = net.memories()
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
@@ -132,13 +133,26 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
         faulty_in_compiled.append(any(not np.array_equal(t, thresholds[-1]) for t in thresholds))
         return compiled(*a)
 
+    faulty_in_dense = []
+
+    def counting(kernel, t_ptr_at):
+        def call(*a):
+            faulty_in_dense.append(int(a[t_ptr_at][-1]))  # outputs with faulty thresholds, all maps
+            return kernel(*a)
+        return call
+
     monkeypatch.setattr(difference, "conv_layer_maps", conv_layer_maps)
+    monkeypatch.setattr(difference, "dense_layer_maps", counting(difference.dense_layer_maps, 14))
+    monkeypatch.setattr(difference, "clean_input_layer_maps", counting(difference.clean_input_layer_maps, 5))
     monkeypatch.setattr(diff, "_conv_step", lambda *a: pytest.fail("a conv layer took the tensor step"))
+    monkeypatch.setattr(diff, "_dense_step", lambda *a: pytest.fail("a dense layer took the tensor step"))
     rng = np.random.default_rng(0)
     hidden = [i for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp)]
     weight_map = generate_map(mems, "flip", 0.002, 5, 0)
-    posts, refs = [], []
-    for i in hidden:
+    no_flips = generate_map(mems, "flip", 0.0, 5, 0)
+    maps, posts, refs = [], [], []
+    for k, i in enumerate(hidden + hidden[-1:]):
+        fmap = no_flips if k == len(hidden) else weight_map
         post = net.layers[i].post
         t = post.thresholds.clone()
         chans = rng.choice(t.shape[0], size=2, replace=False)
@@ -148,19 +162,25 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
         saved = net.layers[i].post
         try:
             net.layers[i].post = faulty
-            refs.append(dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map))
+            refs.append(dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), fmap))
         finally:
             net.layers[i].post = saved
+        maps.append(fmap)
         posts.append({i: faulty})
+    maps.append(weight_map)
     posts.append(None)
     refs.append(dense_logits(net, x, MapEvaluator(net, x, labels, method="dense"), weight_map))
     assert diff.group >= len(posts)
-    results = diff.run_many([weight_map] * len(posts), posts)
+    results = diff.run_many(maps, posts)
     for res, ref in zip(results, refs, strict=True):
         assert torch.equal(with_difference(diff, res), ref)
     assert not torch.equal(refs[0], refs[-1])  # the threshold faults changed some logits
+    assert len(results[-2].rows)  # and so did those of the map without flipped weights
     convs = sum(layer.conv is not None for layer in net.layers)
     assert sum(faulty_in_compiled) == convs  # each conv layer's faulty thresholds went compiled
+    dense_hidden = sum(net.layers[i].conv is None for i in hidden)
+    # each dense layer's faulty thresholds went compiled (the last twice: two maps)
+    assert sum(n > 0 for n in faulty_in_dense) == dense_hidden
 
 
 def test_every_method_predicts_the_same(trained):
@@ -198,18 +218,19 @@ def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
 
 @pytest.mark.parametrize("choice", ["difference", "dense"])
 def test_autos_first_call_times_two_chunks_of_the_first_dense_group(trained, monkeypatch, choice):
-    """With three or more image chunks, a rate's first ``auto`` call runs only two chunks of
-    the dense path's first group before the estimate decides: if the difference path wins,
-    every map takes it and no other chunk runs dense; if dense wins, the group goes on from
-    its third chunk (no chunk twice) and the other maps follow dense. Either way every
-    prediction equals the dense path's."""
+    """With enough images, a rate's first ``auto`` call runs only two small chunks of the dense
+    path's first group before the estimate decides: if the difference path wins, every map
+    takes it and no other chunk runs dense; if dense wins, the group goes on after the probe's
+    chunks (no image twice, then back on the dense path's chunk grid) and the other maps follow
+    dense. Either way every prediction equals the dense path's."""
     _, net, x, labels = trained
     maps = [generate_map(net.memories(), "flip", 1e-3, 3, i) for i in range(9)]
     dense = MapEvaluator(net, x, labels, method="dense").evaluate(maps).predictions
+    monkeypatch.setattr(evaluate, "PROBE_MIN_IMAGES", 24)  # the digits' test set is small
     auto = MapEvaluator(net, x, labels, rows=256, min_chunk=64, method="auto")
     chunk, group = auto._dense_plan(len(maps))
     n_chunks = -(-len(labels) // chunk)
-    assert n_chunks >= 3 and group < len(maps)
+    assert n_chunks >= 3 and group < len(maps) and chunk > 2 * 24
     estimated = []
     monkeypatch.setattr(auto, "_probe", lambda fmaps, per_map, posts: estimated.append(per_map) or choice)
     forwards = []
@@ -219,10 +240,42 @@ def test_autos_first_call_times_two_chunks_of_the_first_dense_group(trained, mon
     assert np.array_equal(got.predictions, dense)
     assert len(estimated) == 1 and estimated[0] > 0 and auto._choice[("flip", 1e-3)] == choice
     if choice == "difference":
-        assert forwards == [chunk, chunk] and auto.timing["difference"] > 0
+        assert forwards == [24, 24] and auto.timing["difference"] > 0
     else:
         groups = -(-len(maps) // group)
-        assert len(forwards) == groups * n_chunks and auto.timing["difference"] == 0
+        first_group = [24, 24, chunk - 48] + [chunk] * (n_chunks - 2) + [len(labels) - (n_chunks - 1) * chunk]
+        assert forwards[:n_chunks + 2] == first_group and sum(first_group) == len(labels)
+        assert len(forwards) == (n_chunks + 2) + (groups - 1) * n_chunks and auto.timing["difference"] == 0
+
+
+@pytest.mark.parametrize("choice", ["difference", "dense"])
+def test_autos_first_logits_call_times_two_slices_of_the_first_maps(trained, monkeypatch, choice):
+    """``logits`` (the RTL simulation's predictor) probes as ``evaluate`` does: its first
+    forward pass of maps runs dense on two small image slices, then the estimate decides; if
+    dense wins the pass goes on from the third slice (no image twice). The maps carry faulty
+    thresholds too, as ``mcel sim --memories thresholds`` gives them. Every logit equals the
+    dense path's."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 1e-3, 3, i) for i in range(6)]
+    i, post = next((i, layer.post) for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp))
+    faulty = ThresholdPostOp(post.thresholds + 1, post.out_scale, post.out_bias, post.out_mult, post.sign)
+    posts = [{i: faulty} if k % 2 else None for k in range(len(maps))]
+    dense = MapEvaluator(net, x, labels, method="dense").logits(maps, posts)
+    monkeypatch.setattr(evaluate, "PROBE_MIN_IMAGES", 24)
+    auto = MapEvaluator(net, x, labels, method="auto")
+    estimated = []
+    monkeypatch.setattr(auto, "_probe", lambda fmaps, per_map, p: estimated.append(per_map) or choice)
+    forwards = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda h, *a, **k: forwards.append(len(h)) or forward(h, *a, **k))
+    assert np.array_equal(auto.logits(maps, posts), dense)
+    assert len(estimated) == 1 and estimated[0] > 0 and auto._choice[("flip", 1e-3)] == choice
+    per_slice = [24] * 4  # the weight-only maps in one pass, the three with thresholds one by one
+    if choice == "difference":
+        assert forwards == per_slice * 2 and auto.timing["difference"] > 0
+    else:
+        assert forwards == per_slice * 2 + [len(labels) - 48] * 4 and auto.timing["difference"] == 0
 
 
 def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(trained):
