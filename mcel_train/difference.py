@@ -450,13 +450,13 @@ class DifferenceEvaluator:
         """A group of maps on one image batch, layer by layer; per map the images whose logits
         differ, and their logits.
 
-        Dense layers with their clean post-op (the logit layer too) take one compiled step for
-        all the group's maps (:meth:`_fused_dense_step`), on the maps' differences kept side by
-        side as a :class:`_Joint` from one such layer to the next. Conv layers with a threshold
-        post-op take one compiled step for the group too (:meth:`_compiled_conv_step`, a map's
-        faulty thresholds included), on each map's own form: its active images and their
-        changes; other faulty post-ops (a dense layer's threshold-memory faults) a tensor step
-        per map."""
+        Dense layers with their clean post-op (the logit layer too), or with a map's faulty
+        thresholds, take one compiled step for all the group's maps (:meth:`_fused_dense_step`),
+        on the maps' differences kept side by side as a :class:`_Joint` from one such layer to
+        the next. Conv layers with a threshold post-op take one compiled step for the group too
+        (:meth:`_compiled_conv_step`, a map's faulty thresholds included), on each map's own
+        form: its active images and their changes; a faulty post-op that differs in more than
+        its thresholds takes a tensor step per map."""
         g = len(deltas)
         active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
         # dense: (row in active, feature, value) triplets; conv: a _ConvChange or (|A|, C, H, W)
@@ -573,9 +573,9 @@ class DifferenceEvaluator:
         return touched, logits[touched]
 
     def _dense_step(self, i, st, d, active, dx, post, faulty_post, is_last):
-        """The logit layer, or a dense layer with a faulty post-op (threshold-memory faults), for
-        one map as tensor operations (hidden layers with their clean post-op take
-        :meth:`_fused_dense_step`)."""
+        """A dense layer with a faulty post-op that is not a threshold post-op with other
+        thresholds, for one map as tensor operations (the others take
+        :meth:`_fused_dense_step`, threshold-memory faults included)."""
         dt = self.dtypes[i]
         n, out_n = st.acc.shape
         j_idx, d_j = _flipped_channels(d, st.h, dt)
