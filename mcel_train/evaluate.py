@@ -26,7 +26,7 @@ from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
-DENSE_MAP_BATCH = 32  # maps per forward pass of the dense path's logits
+DENSE_MAP_BATCH = 32  # maps in the dense head of auto's first logits call at a rate
 # auto's first call at a rate runs the dense path's first group on this many image chunks and
 # times the last (the first may carry one-off work)
 PROBE_CHUNKS = 2
@@ -191,8 +191,18 @@ class MapEvaluator:
         if dense wins, only those chunks are lost if not), or, with too few images for that, by
         running that group whole before the tail takes the chosen path. At later rates the dense
         time is known and only the estimate runs. Both paths are exact, so the choice changes
-        the time, never a prediction.
+        the time, never a prediction. Under ``auto``, maps of several rates in one call are
+        evaluated rate by rate, each with its own choice.
         """
+        if len(fmaps) > 1 and all(len(f) == 0 for f in fmaps):
+            # the clean network, once (no probe: its time says nothing of a faulty map's)
+            return self._evaluate_dense(fmaps)
+        by_rate = self._rate_groups(fmaps)
+        if len(by_rate) > 1:
+            preds = np.empty((len(fmaps), len(self.labels)), dtype=np.int64)
+            for idx in by_rate:
+                preds[idx] = self.evaluate([fmaps[k] for k in idx]).predictions
+            return MapEvaluation((preds == self.labels[None, :]).mean(axis=1), preds)
         path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
         chunk, group = self._dense_plan(len(fmaps))
         probe = min(chunk, max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE))
@@ -241,8 +251,8 @@ class MapEvaluator:
         t0 = time.perf_counter()
         preds = np.empty((len(head), len(self.labels)), dtype=np.int64)
         with torch.no_grad():
-            for lo, hi, p in (*done, *chunks):
-                preds[:, lo:hi] = p
+            for lo, hi, lg in (*done, *chunks):
+                preds[:, lo:hi] = predict(lg).numpy()
         self.timing["dense"] += time.perf_counter() - t0
         head_eval = MapEvaluation((preds == self.labels[None, :]).mean(axis=1), preds)
         tail = self.evaluate(fmaps[group:])
@@ -254,9 +264,19 @@ class MapEvaluator:
         """Integer logits ``(M, N, classes)`` of each map (what an accelerator outputs).
 
         ``posts``: per map, faulty post-ops by layer index (threshold-memory faults). The path
-        follows ``method`` as in :meth:`evaluate`.
+        follows ``method`` as in :meth:`evaluate` (``auto``: rate by rate; ``mcel sim`` asks for
+        all its rates' maps in one call).
         """
         posts = list(posts) if posts is not None else [None] * len(fmaps)
+        if len(fmaps) > 1 and all(len(f) == 0 and not p for f, p in zip(fmaps, posts, strict=True)):
+            # the clean network, once (no probe: its time says nothing of a faulty map's)
+            return np.repeat(self._dense_logits(fmaps[:1], posts[:1]), len(fmaps), axis=0)
+        by_rate = self._rate_groups(fmaps)
+        if len(by_rate) > 1:
+            out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+            for idx in by_rate:
+                out[idx] = self.logits([fmaps[k] for k in idx], [posts[k] for k in idx])
+            return out
         path = self._known_dense_choice(fmaps, self._path(fmaps), posts)
         probe = max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE)
         if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
@@ -297,6 +317,17 @@ class MapEvaluator:
             return self.logits(fmaps, posts)
         head = np.concatenate([*slices, self._dense_logits(fmaps[:k], posts[:k], PROBE_CHUNKS * probe, n)], axis=1)
         return np.concatenate([head, self.logits(fmaps[k:], posts[k:])]) if len(fmaps) > k else head
+
+    def _rate_groups(self, fmaps: Sequence[FaultMap]) -> list[list[int]]:
+        """Under ``auto``, the indices of ``fmaps`` grouped by rate (fault model and rate), in
+        order of first appearance: the choice between the paths is made per rate, on maps of
+        that rate. Maps that record no rate form one group; one group for the other methods."""
+        if self.method != "auto":
+            return [list(range(len(fmaps)))]
+        groups: dict[tuple, list[int]] = {}
+        for k, fmap in enumerate(fmaps):
+            groups.setdefault(self._rate_key(fmap) if "rate" in fmap.meta else ("faults",), []).append(k)
+        return list(groups.values())
 
     def _rate_key(self, fmap: FaultMap) -> tuple:
         meta = fmap.meta
@@ -365,37 +396,47 @@ class MapEvaluator:
         return out
 
     def _dense_logits(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
-                      lo: int = 0, hi: int | None = None, map_batch: int = DENSE_MAP_BATCH) -> np.ndarray:
+                      lo: int = 0, hi: int | None = None) -> np.ndarray:
         """The dense path's logits ``(M, hi - lo, classes)`` of images ``lo`` to ``hi``:
-        weight-only maps batched, maps with faulty post-ops one by one with those post-ops
-        swapped in for the run."""
+        weight-only maps in the groups and image chunks of :meth:`evaluate`'s dense path (so
+        memory stays within the ``rows`` budget however many maps and images), maps with faulty
+        post-ops one by one with those post-ops swapped in for the run, in chunks too."""
         t0 = time.perf_counter()
         hi = len(self.labels) if hi is None else hi
         out = np.empty((len(fmaps), hi - lo, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
         plain = [k for k, p in enumerate(posts) if not p]
         with torch.no_grad():
-            for b in range(0, len(plain), map_batch):
-                ids = plain[b:b + map_batch]
-                weights = self.stacked_weights([fmaps[k] for k in ids])
-                lg = self.net.forward(self.x[lo:hi], weights, max_abs_input=self.max_abs_input)
-                out[ids] = np.rint(lg.expand(len(ids), *lg.shape[1:]).numpy())
+            chunk, group = self._dense_plan(len(plain))
+            for b in range(0, len(plain), group):
+                ids = plain[b:b + group]
+                chunks = self._group_chunks([fmaps[k] for k in ids], _chunk_bounds(lo, hi, chunk))
+                next(chunks)
+                for a, z, lg in chunks:
+                    out[ids, a - lo:z - lo] = np.rint(lg.numpy())
             for k, p in enumerate(posts):
-                if not p:
-                    continue
-                layer_posts = {i: post for i, post in p.items() if i != INPUT_POST}
-                x = (self.net.encode_input(self.raw_x[lo:hi], p[INPUT_POST]) if INPUT_POST in p
-                     else self.x[lo:hi])
-                saved = {i: self.net.layers[i].post for i in layer_posts}
-                try:
-                    for i, post in layer_posts.items():
-                        self.net.layers[i].post = post
-                    lg = self.net.forward(x, self.stacked_weights([fmaps[k]]),
-                                          max_abs_input=max(self.max_abs_input, float(x.abs().max())))
-                finally:
-                    for i, post in saved.items():
-                        self.net.layers[i].post = post
-                out[k] = np.rint(lg[0].numpy())
+                if p:
+                    out[k] = self._dense_logits_with_posts(fmaps[k], p, lo, hi)
         self.timing["dense"] += time.perf_counter() - t0
+        return out
+
+    def _dense_logits_with_posts(self, fmap: FaultMap, posts: Mapping[int, PostOp], lo: int, hi: int) -> np.ndarray:
+        """One map's dense logits ``(hi - lo, classes)`` with its faulty post-ops swapped in,
+        in image chunks."""
+        layer_posts = {i: post for i, post in posts.items() if i != INPUT_POST}
+        weights = self.stacked_weights([fmap])
+        out = np.empty((hi - lo, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        saved = {i: self.net.layers[i].post for i in layer_posts}
+        try:
+            for i, post in layer_posts.items():
+                self.net.layers[i].post = post
+            for a, z in _chunk_bounds(lo, hi, self._dense_plan(1)[0]):
+                x = (self.net.encode_input(self.raw_x[a:z], posts[INPUT_POST]) if INPUT_POST in posts
+                     else self.x[a:z])
+                lg = self.net.forward(x, weights, max_abs_input=max(self.max_abs_input, float(x.abs().max())))
+                out[a - lo:z - lo] = np.rint(lg[0].numpy())
+        finally:
+            for i, post in saved.items():
+                self.net.layers[i].post = post
         return out
 
     def _probe(self, fmaps: Sequence[FaultMap], dense_per_map: float,
@@ -440,14 +481,14 @@ class MapEvaluator:
         preds = np.empty((len(fmaps), len(self.labels)), dtype=np.int64)
         chunks = self._group_chunks(fmaps, _chunk_bounds(0, len(self.labels), chunk))
         next(chunks)
-        for lo, hi, p in chunks:
-            preds[:, lo:hi] = p
+        for lo, hi, lg in chunks:
+            preds[:, lo:hi] = predict(lg).numpy()
         return preds
 
     def _group_chunks(self, fmaps: Sequence[FaultMap], bounds: Sequence[tuple[int, int]]) -> Iterator:
         """One group of maps on the dense path, one image chunk ``(lo, hi)`` of ``bounds`` per
-        step: first ``None`` once the group is prepared, then ``(lo, hi, predictions (maps,
-        hi - lo))`` per chunk (so that ``auto`` can time a chunk and go on or stop)."""
+        step: first ``None`` once the group is prepared, then ``(lo, hi, integer logits (maps,
+        hi - lo, classes))`` per chunk (so that ``auto`` can time a chunk and go on or stop)."""
         m = len(fmaps)
         weights = self.stacked_weights(fmaps)
         prepared = self.net.prepare(weights, self.max_abs_input)
@@ -463,7 +504,7 @@ class MapEvaluator:
                                       first_acc_channels_first=self.sparse_first, first_out=first_out)
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
-            yield lo, hi, predict(logits).numpy()
+            yield lo, hi, logits
 
 
 def _chunk_bounds(start: int, n: int, chunk: int) -> list[tuple[int, int]]:

@@ -278,6 +278,81 @@ def test_autos_first_logits_call_times_two_slices_of_the_first_maps(trained, mon
         assert forwards == per_slice * 2 + [len(labels) - 48] * 4 and auto.timing["difference"] == 0
 
 
+def test_dense_logits_stay_within_the_rows_budget(trained, monkeypatch):
+    """The dense path's logits (``mcel sim``'s predictor) run in the map groups and image
+    chunks of the ``rows`` budget, maps with faulty thresholds too: on the paper's VGG3 one
+    pass of 32 maps over 2000 images needed more than this machine's 24 GB. Every logit equals
+    the unchunked forward's."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 0.01, 3, k) for k in range(6)]
+    i, post = next((i, layer.post) for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp))
+    faulty = ThresholdPostOp(post.thresholds + 1, post.out_scale, post.out_bias, post.out_mult, post.sign)
+    posts = [None] * 5 + [{i: faulty}]
+    ev = MapEvaluator(net, x, labels, method="dense", rows=128, min_chunk=32)
+    chunk, group = ev._dense_plan(5)
+    assert chunk * group <= 128 and chunk < len(labels)
+    forwards = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda h, *a, **k: forwards.append(len(h)) or forward(h, *a, **k))
+    got = ev.logits(maps, posts)
+    assert max(forwards) <= 128 and len(forwards) > 2 * -(-len(labels) // 128)
+    monkeypatch.setattr(net, "forward", forward)
+    refs = [dense_logits(net, x, ev, fmap) for fmap in maps[:5]]
+    saved, net.layers[i].post = net.layers[i].post, faulty
+    try:
+        refs.append(dense_logits(net, x, ev, maps[5]))
+    finally:
+        net.layers[i].post = saved
+    assert np.array_equal(got, np.rint(torch.stack(refs).numpy()).astype(np.int64))
+
+
+@pytest.mark.parametrize("call", ["evaluate", "logits"])
+def test_auto_does_not_time_the_dense_path_on_empty_maps(trained, call):
+    """Rate 0 (a sweep's or ``mcel sim``'s first rate) holds empty maps, which the dense path
+    runs once for all of them: timing it there would make every later rate's dense time per map
+    look as many times cheaper as there were maps. They are answered once, with no probe and
+    no choice, and the first faulty rate times the dense path."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    clean = [generate_map(mems, "flip", 0.0, 3, k) for k in range(6)]
+    faulty = [generate_map(mems, "flip", 1e-3, 3, k) for k in range(6)]
+    auto = MapEvaluator(net, x, labels, method="auto")
+    dense = MapEvaluator(net, x, labels, method="dense")
+    run = (lambda ev, maps: ev.logits(maps)) if call == "logits" else (lambda ev, maps: ev.evaluate(maps).predictions)
+    assert np.array_equal(run(auto, clean), run(dense, clean))
+    assert auto._dense_per_map is None and not auto._choice
+    assert np.array_equal(run(auto, faulty), run(dense, faulty))
+    assert auto._dense_per_map is not None and ("flip", 1e-3) in auto._choice
+
+
+def test_auto_decides_rate_by_rate_in_a_call_mixing_rates(trained, monkeypatch):
+    """``mcel sim`` asks for every rate's maps in one ``logits`` call: ``auto`` takes them
+    rate by rate, so that a rate's choice is estimated on maps of that rate (not on the first
+    rate's), and puts every map's result back in its place."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    rates = [1e-4, 5e-2, 1e-3]
+    maps = [generate_map(mems, "flip", rates[k % 3], 3, k) for k in range(15)]  # rates interleaved
+    dense = MapEvaluator(net, x, labels, method="dense")
+    for call in ("logits", "evaluate"):
+        auto = MapEvaluator(net, x, labels, method="auto")
+        seen = []
+
+        def probe(fmaps, per_map, posts, seen=seen):
+            seen.append({f.meta["rate"] for f in fmaps})
+            return "dense" if fmaps[0].meta["rate"] > 1e-2 else "difference"
+
+        monkeypatch.setattr(auto, "_probe", probe)
+        if call == "logits":
+            assert np.array_equal(auto.logits(maps), dense.logits(maps))
+        else:
+            assert np.array_equal(auto.evaluate(maps).predictions, dense.evaluate(maps).predictions)
+        assert seen == [{r} for r in rates]  # one estimate per rate, on that rate's maps only
+        assert {k[1]: c for k, c in auto._choice.items()} == {1e-4: "difference", 5e-2: "dense",
+                                                              1e-3: "difference"}
+
+
 def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(trained):
     _, net, x, labels = trained
     auto = MapEvaluator(net, x, labels, method="auto")

@@ -225,10 +225,12 @@ def test_jobs2_equals_mcel_sim_jobs2_and_refuses_overwrite(smoke_build, tmp_path
 @pytest.mark.slow
 def test_pgo_builds_with_a_profile_and_force_replaces(smoke_build, tmp_path):
     """PGO=1: an instrumented build, a profile, a rebuild with it (as ``mcel sim --pgo``), the
-    outputs still identical to software; FORCE=1 replaces the earlier result."""
+    outputs still identical to software; FORCE=1 replaces the earlier result of a plain build
+    in the same folder, whose objects must not survive into the profile-guided build."""
     run = linked_run(smoke_build, tmp_path / "pgo")
     first = run_make([f"RUN={run}", "BER=0", "MAPS=1", "IMAGES=20", "JOBS=1"], tmp_path, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not json.loads((run / "sim" / "hw_ber.json").read_text())["build"]["pgo"]
     proc = run_make([f"RUN={run}", "BER=0,0.02", "MAPS=2", "IMAGES=60", "JOBS=1", "PGO=1", "FORCE=1"],
                     tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
