@@ -26,7 +26,6 @@ from mcel_train.memory import Memory
 
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
-DENSE_MAP_BATCH = 32  # maps in the dense head of auto's first logits call at a rate
 # auto's first call at a rate runs the dense path's first group on this many image chunks and
 # times the last (the first may carry one-off work)
 PROBE_CHUNKS = 2
@@ -281,7 +280,7 @@ class MapEvaluator:
         probe = max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE)
         if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
             return self._probe_logits(fmaps, posts, probe)
-        k = self._probe_head(fmaps, path, DENSE_MAP_BATCH)
+        k = self._probe_head(fmaps, path, self._dense_plan(len(fmaps))[1])
         if k:
             head = self._dense_maybe_probe(fmaps[:k], posts[:k], lambda f: self._dense_logits(f, posts[:k]), path)
             return np.concatenate([head, self.logits(fmaps[k:], posts[k:])])
@@ -300,10 +299,10 @@ class MapEvaluator:
     def _probe_logits(self, fmaps: Sequence[FaultMap], posts: list[Mapping[int, PostOp] | None],
                       probe: int) -> np.ndarray:
         """A rate's first ``auto`` call of :meth:`logits`, as :meth:`_probe_chunks` for
-        :meth:`evaluate`: the first forward pass of maps runs dense on ``PROBE_CHUNKS`` slices
+        :meth:`evaluate`: the dense path's first group of maps runs on ``PROBE_CHUNKS`` slices
         of ``probe`` images, the last one timed, then the estimate decides; the slices are kept
         if dense wins and are all that is lost if not."""
-        k = min(len(fmaps), DENSE_MAP_BATCH)
+        k = min(len(fmaps), self._dense_plan(len(fmaps))[1])
         n = len(self.labels)
         slices = []
         for j in range(PROBE_CHUNKS):
