@@ -11,14 +11,12 @@ All three must give the same logits for every map and image (asserted). Writes a
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
@@ -71,16 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat, "seconds": seconds, "choices": choices,
         "rate_by_rate_vs_one_choice": seconds["auto_one_choice_per_call"] / seconds["auto_rate_by_rate"],
         "rate_by_rate_vs_dense": seconds["dense"] / seconds["auto_rate_by_rate"],
-        "identical_logits": True, "python": sys.version.split()[0], "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
+        "identical_logits": True,     }
     print(f"{len(maps)} maps at rates {args.rates} in one call, {len(y)} images: auto rate by rate "
           f"{seconds['auto_rate_by_rate']:.2f} s (choices {choices['auto_rate_by_rate']}), auto one choice "
           f"{seconds['auto_one_choice_per_call']:.2f} s (choices {choices['auto_one_choice_per_call']}), dense "
           f"{seconds['dense']:.2f} s; identical logits")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
     return 0
 
 

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
 from mcel_train.data import load_dataset
 from mcel_train.evaluate import MapEvaluator, predict
@@ -246,14 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "compiled_post_ops": compile_post,
         "brevitas_eval_batch": EVAL_BATCH,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "machine": platform.machine(),
     }
     print("every prediction of every map identical across dense, difference, auto and the Brevitas reference")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
     return 0
 
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_record  # bench/record.py (the script's folder is on sys.path)
+
 RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
 
 
@@ -55,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               "speedup": t_fixed / t_adaptive}
     print(f"fixed {args.maps} maps per rate (dense): {t_fixed:.0f} s; adaptive (auto): {t_adaptive:.0f} s "
           f"({record['speedup']:.2f}x)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
     return 0
 
 

@@ -18,14 +18,13 @@ faulty post-op on its own). Writes a JSON record.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
 from mcel_train import difference
 from mcel_train.difference import DifferenceEvaluator
@@ -102,17 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         "conv_layers": [i for i in layers if net.layers[i].conv is not None],
         "seconds": seconds, "compiled_vs_tensor": ratio, "dense_seconds_per_map": dense_per_map,
         "compiled_vs_dense": vs_dense, "dense_maps_checked": args.dense_maps,
-        "identical_logits": True, "python": sys.version.split()[0], "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
+        "identical_logits": True,     }
     print(f"{args.maps} maps, {len(y)} images, weights at {args.rate:g} and {args.channels} faulty threshold "
           f"channels per map: compiled steps {seconds['compiled_step']:.2f} s, tensor steps "
           f"{seconds['tensor_step']:.2f} s ({ratio:.1f}x), dense path {dense_per_map:.2f} s per map "
           f"({vs_dense:.1f}x the compiled steps' time); identical logits, equal to dense on "
           f"{args.dense_maps} maps")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, record)
     return 0
 
 
