@@ -34,13 +34,20 @@ instead. Once a layer's changes are dense the remaining layers run as one plain 
 :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
 image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
+
+The compiled steps run on one core each, while the dense path's matrix products use all of
+torch's threads; so the images are cut into one batch per torch thread (when each gets at least
+:data:`PARALLEL_MIN_IMAGES`) and the batches run side by side in threads (the kernels release
+the GIL), torch held to one thread meanwhile.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +79,9 @@ MAP_GROUP = 16
 # Images per block of the first layer's compiled step: the block's entries are sorted while they
 # are in cache (sfc_w2a2 at 1e-3: 16 maps x about 200 flipped outputs x 8 % of the images)
 CLEAN_INPUT_BLOCK = 256
+# Images per thread below which the difference path keeps to one thread: each batch pays every
+# layer step's bookkeeping once per map group
+PARALLEL_MIN_IMAGES = 512
 # auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
 # the estimate's cost
 ESTIMATE_MAPS = 4
@@ -278,12 +288,15 @@ class DifferenceEvaluator:
 
     ``memories``: the weight memories faults are named in (default the natural layout);
     ``batch``: images per clean-state batch (default: all, or what fits ``budget_bytes``);
-    ``switch_fraction``: changed outputs beyond which the remaining layers run densely.
+    ``switch_fraction``: changed outputs beyond which the remaining layers run densely;
+    ``workers``: threads the batches run in (default: torch's thread count when built; a call
+    uses at most torch's thread count at the time).
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
         batch: int | None = None, budget_bytes: float = 3e9, switch_fraction: float = SWITCH_FRACTION,
+        workers: int | None = None,
     ) -> None:
         if not supports(net):
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
@@ -306,23 +319,27 @@ class DifferenceEvaluator:
                         + sum(a.nbytes for a in st.by_output or ())
                         for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
         fits = int(budget_bytes // max(1, per_image))
-        # All batches are kept across calls when the whole clean state fits the budget;
-        # otherwise each call recomputes them, one batch (a quarter of the budget) at a time.
+        self.workers = max(1, torch.get_num_threads() if workers is None else int(workers))
+        parts = max(1, min(self.workers, self.n // PARALLEL_MIN_IMAGES))
+        # All batches (one per thread) are kept across calls when the whole clean state fits
+        # the budget; otherwise each call recomputes them, each thread's batch an eighth of it.
         self.keep_state = fits >= self.n
-        self.batch = int(batch) if batch else max(1, min(self.n, fits if self.keep_state else fits // 4))
+        self.batch = int(batch) if batch else max(1, min(-(-self.n // parts), fits if self.keep_state
+                                                         else fits // (4 * parts)))
         self._state: dict[int, list[_CleanLayer]] = {}
         # maps stepped together (see _run_group), their differences held within a quarter of the
         # budget: a conv layer's is a dense (images, C, H, W) tensor per map, a dense layer's
         # flipped channels at most an (images, outputs) block per map
         per_map = max(st.out.numel() for st in one_image) * 4 * self.batch
-        self.group = max(1, min(MAP_GROUP, int(budget_bytes // 4 // per_map)))
+        self.group = max(1, min(MAP_GROUP, int(budget_bytes // 4 // parts // per_map)))
         # per layer: (image, map) pairs that still differed after it, summed (where time goes)
         self.active_after = np.zeros(len(net.layers), dtype=np.int64)
         # per layer: changed outputs summed over those pairs (the work the next layer redoes)
         self.changed_after = np.zeros(len(net.layers), dtype=np.int64)
         # per layer: seconds spent in its difference steps, and (last slot) in the dense passes
-        # that finish maps whose changes became dense
+        # that finish maps whose changes became dense (thread-seconds: batches run side by side)
         self.seconds_in = np.zeros(len(net.layers) + 1)
+        self._tally_lock = threading.Lock()  # the three counters above, from worker threads
         # per conv layer: changed outputs the compiled step reserves room for (its last count)
         self._records: dict[int, int] = {}
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
@@ -402,13 +419,19 @@ class DifferenceEvaluator:
         posts = [dict(p or {}) for p in posts] if posts is not None else [{} for _ in fmaps]
         deltas = [self.deltas(f) for f in fmaps]
         parts: list[list] = [[] for _ in fmaps]
-        with torch.no_grad():
-            for lo in range(0, self.n, self.batch):
+        starts = range(0, len(fmaps), self.group)
+
+        def one_batch(lo: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+            with torch.no_grad():  # grad mode is per thread
                 state = self._clean(lo)
-                for g0 in range(0, len(fmaps), self.group):
-                    got = self._run_group(state, deltas[g0:g0 + self.group], posts[g0:g0 + self.group])
-                    for k, (rows, logits) in enumerate(got, start=g0):
-                        parts[k].append((rows + lo, logits))
+                return [self._run_group(state, deltas[g0:g0 + self.group], posts[g0:g0 + self.group])
+                        for g0 in starts]
+
+        batches = range(0, self.n, self.batch)
+        for lo, groups in zip(batches, self._side_by_side(one_batch, list(batches)), strict=True):
+            for g0, got in zip(starts, groups, strict=True):
+                for k, (rows, logits) in enumerate(got, start=g0):
+                    parts[k].append((rows + lo, logits))
         out: list[MapDifference] = []
         for got in parts:
             rows = torch.cat([r for r, _ in got]).numpy()
@@ -416,34 +439,58 @@ class DifferenceEvaluator:
             out.append(MapDifference(rows, np.rint(logits).astype(np.int64)))
         return out
 
+    def _side_by_side(self, fn: Callable[[int], object], items: list[int]) -> list:
+        """``fn`` of every item, in threads when torch has more than one, with torch held to one
+        thread meanwhile (the threads share its cores)."""
+        threads = torch.get_num_threads()
+        workers = min(threads, self.workers, len(items))
+        if workers <= 1:
+            return [fn(it) for it in items]
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(fn, items))
+        finally:
+            torch.set_num_threads(threads)
+
     def estimate_seconds(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
                          fraction: float = 0.0625, small: int = 64, maps: int = ESTIMATE_MAPS) -> float:
         """Seconds per map on all images, for maps like the first ``maps`` of ``fmaps`` run as
-        one group, at about ``fraction`` of that cost: the group runs on the first ``small``
-        images and on the first ``fraction`` of them; the difference is the per-image cost, the
-        rest the per-map cost (weight deltas, kernels' set-up)."""
+        one group: the group runs on the first ``small`` images and on the first ``fraction`` of
+        the images of each batch that :meth:`run_many` runs side by side (side by side too, as
+        the threads share cores and memory; the larger slice twice, the faster kept, since a
+        shared machine's noise only adds time); the difference is the per-image cost, the rest
+        the per-map cost (weight deltas, kernels' set-up)."""
         fmaps = list(fmaps)[: min(maps, self.group)]
         posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
+        starts = list(range(0, self.n, self.batch))[: min(self.workers, torch.get_num_threads())]
         # at least 4 x small: on 2000 paper-VGG3 images a 128-image slice misjudged 1e-3
         k = min(self.batch, self.n, max(4 * small, int(self.n * fraction)))
         deltas = [self.deltas(f) for f in fmaps]
         counters = self.active_after.copy(), self.changed_after.copy(), self.seconds_in.copy()
-        clean = self._clean(0)
-        seconds = []
-        for m in (small, small, k):  # the first run only loads the compiled kernels
-            state = [st.head(m, layer.conv is not None) for layer, st in zip(self.net.layers, clean, strict=True)]
+        clean = [self._clean(lo) for lo in starts]
+        seconds, sizes = [], []
+        for each in (small, small, k, k):  # the first run only loads the compiled kernels
+            states = [[st.head(each, layer.conv is not None) for layer, st in zip(self.net.layers, c, strict=True)]
+                      for c in clean]
+
+            def one_slice(b: int, states: list = states) -> None:
+                with torch.no_grad():
+                    self._run_group(states[b], deltas, posts)
+
             t0 = time.perf_counter()
             self._estimating = True
             try:
-                with torch.no_grad():
-                    self._run_group(state, deltas, posts)
+                self._side_by_side(one_slice, list(range(len(states))))
             finally:
                 self._estimating = False
             seconds.append(time.perf_counter() - t0)
+            sizes.append(sum(int(st[0].acc.shape[0]) for st in states))
         self.active_after, self.changed_after, self.seconds_in = counters  # a probe is not part of any result
-        t_small, t_k = seconds[1:]
-        per_image = max(0.0, t_k - t_small) / (k - small) if k > small else t_k / k
-        return (t_small + per_image * (self.n - small)) / len(fmaps)
+        t_small, t_k = seconds[1], min(seconds[2:])
+        n_small, n_k = sizes[1:3]
+        per_image = max(0.0, t_k - t_small) / (n_k - n_small) if n_k > n_small else t_k / n_k
+        return (t_small + per_image * (self.n - n_small)) / len(fmaps)
 
     def _run_group(self, state: list[_CleanLayer], deltas: list[list[LayerDelta | None]],
                    posts: list[dict[int, PostOp]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -458,6 +505,9 @@ class DifferenceEvaluator:
         form: its active images and their changes; a faulty post-op that differs in more than
         its thresholds takes a tensor step per map."""
         g = len(deltas)
+        # this call's counts, added to the evaluator's at the end (calls run in threads)
+        active_after, changed_after = np.zeros_like(self.active_after), np.zeros_like(self.changed_after)
+        seconds_in = np.zeros_like(self.seconds_in)
         active = [torch.zeros(0, dtype=torch.int64) for _ in range(g)]  # images with a difference, ascending
         # dense: (row in active, feature, value) triplets; conv: a _ConvChange or (|A|, C, H, W)
         dx: list = [None] * g
@@ -498,7 +548,7 @@ class DifferenceEvaluator:
                 else:
                     step = self._conv_step(i, layer, st, deltas[m][i], active[m],
                                            _dense_change(dx[m], len(active[m])), post, faulty_post)
-                self.active_after[i] += len(step[0])
+                active_after[i] += len(step[0])
                 if i == last:
                     done[m] = step
                 else:
@@ -506,12 +556,12 @@ class DifferenceEvaluator:
             if fused:
                 joint = self._fused_dense_step(i, st, [deltas[m][i] if m in in_joint else None for m in range(g)],
                                                [posts[m].get(i) if m in in_joint else None for m in range(g)], joint)
-                self.active_after[i] += joint.images()
+                active_after[i] += joint.images()
                 if i == last:
                     for m, (rows, change) in enumerate(joint.split_rows(st.out.shape[1])):
                         if m in in_joint:
                             done[m] = rows, st.out[rows] + change
-                    self.seconds_in[i] += time.perf_counter() - t_layer
+                    seconds_in[i] += time.perf_counter() - t_layer
                     continue
             counts = joint.counts()
             switching = []
@@ -523,7 +573,7 @@ class DifferenceEvaluator:
                 else:
                     n_changed = (0 if dx[m] is None else len(dx[m][2]) if isinstance(dx[m], tuple)
                                  else len(dx[m].val) if isinstance(dx[m], _ConvChange) else int(dx[m].ne(0).sum()))
-                self.changed_after[i] += n_changed
+                changed_after[i] += n_changed
                 if n_changed > self.switch_fraction * st.out.numel():
                     switching.append(m)
                 elif (n_changed == 0 and all(dd is None for dd in deltas[m][i + 1:])
@@ -534,10 +584,14 @@ class DifferenceEvaluator:
                 active[m], dx[m] = form
                 in_joint.discard(m)
             t_dense = time.perf_counter()
-            self.seconds_in[i] += t_dense - t_layer
+            seconds_in[i] += t_dense - t_layer
             for m in switching:
                 done[m] = self._finish_dense(i, state, active[m], dx[m], deltas[m], posts[m])
-            self.seconds_in[-1] += time.perf_counter() - t_dense
+            seconds_in[-1] += time.perf_counter() - t_dense
+        with self._tally_lock:
+            self.active_after += active_after
+            self.changed_after += changed_after
+            self.seconds_in += seconds_in
         return done
 
     def _finish_dense(self, i: int, state: list[_CleanLayer], active: torch.Tensor, dx,

@@ -18,6 +18,7 @@ arithmetic on integers is exact in any summation order), in float64 otherwise.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,9 @@ def _threshold_count_fused(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 _COMPILED: dict[str, object] = {}
+# Dynamo compiles and guards one call at a time: the difference evaluator's worker threads
+# (mcel_train/difference.py) take turns on the compiled count
+_COMPILED_LOCK = threading.Lock()
 
 
 def _compiled_count():
@@ -212,22 +216,28 @@ def _compiled_count():
     The eager version makes one pass over memory per threshold; fused it is ~10x faster,
     at a one-off compile cost of tens of seconds (cached by Inductor across processes).
     """
-    if "fn" not in _COMPILED:
-        try:
-            # Static shapes: a recompile per distinct shape, but far cheaper calls than
-            # symbolic-shape guards. A conv network's sweep sees a few shapes per layer (map
-            # groups of two sizes, pooled and unpooled maps): more than dynamo's default of 8,
-            # beyond which it would quietly run the slow eager loop.
-            dynamo_config = torch._dynamo.config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-            fn = torch.compile(_threshold_count_fused, dynamic=False)
-            fn(torch.zeros(2, 3), torch.zeros(2, 1, 3))  # compile now, fail here if it fails
-            _COMPILED["fn"] = fn
-        except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"
-            warnings.warn(f"torch.compile unavailable ({err}); using eager thresholds",
-                          stacklevel=2)
-            _COMPILED["fn"] = None
+    with _COMPILED_LOCK:
+        if "fn" not in _COMPILED:
+            _COMPILED["fn"] = _compile_count()
     return _COMPILED["fn"]
+
+
+def _compile_count():
+    """The compiled count, compiled now (``None``, with a warning, if compiling fails)."""
+    try:
+        # Static shapes: a recompile per distinct shape, but far cheaper calls than
+        # symbolic-shape guards. A conv network's sweep sees a few shapes per layer (map
+        # groups of two sizes, pooled and unpooled maps): more than dynamo's default of 8,
+        # beyond which it would quietly run the slow eager loop.
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        fn = torch.compile(_threshold_count_fused, dynamic=False)
+        fn(torch.zeros(2, 3), torch.zeros(2, 1, 3))  # compile now, fail here if it fails
+    except Exception as err:  # noqa: BLE001 - any compiler failure means "use eager"
+        warnings.warn(f"torch.compile unavailable ({err}); using eager thresholds",
+                      stacklevel=3)
+        return None
+    return fn
 
 
 class ThresholdPostOp(PostOp):
@@ -275,7 +285,11 @@ class ThresholdPostOp(PostOp):
         n_ch, n_k = self.thresholds.shape
         t = self.thresholds.to(x.dtype).T.reshape(n_k, 1, n_ch, *(1,) * (x.dim() - 2))
         kernel = _compiled_count() if self.compiled else None
-        count = kernel(x, t) if kernel is not None else _threshold_count(x, t)
+        if kernel is None:
+            count = _threshold_count(x, t)
+        else:
+            with _COMPILED_LOCK:
+                count = kernel(x, t)
         if self.out_mult != 1.0 or self.out_bias != 0.0:
             return count * self.out_mult + self.out_bias
         return count

@@ -1,6 +1,8 @@
 """The difference evaluator is exact: every map's logits equal the dense integer forward's, for
 dense and conv layers, weight and threshold faults, flips, stuck-at and asymmetric faults."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -519,3 +521,48 @@ def test_first_layer_blocks_match_dense(monkeypatch):
         assert torch.equal(with_difference(diff, res), ref)
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
+
+
+def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
+    """With two torch threads the images are cut into one batch per thread and the batches run
+    in two threads, torch held to one thread meanwhile: every map's result and the evaluator's
+    counters equal a one-thread run's, and torch's thread count is restored."""
+    _, net, x, _ = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", rate, 5, i) for i, rate in enumerate((0.002, 0.01, 0.03, 0.0, 0.05))]
+    monkeypatch.setattr(difference, "PARALLEL_MIN_IMAGES", 16)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = DifferenceEvaluator(net, torch.as_tensor(x), mems)
+        assert two.batch == -(-len(x) // 2)
+        assert DifferenceEvaluator(net, torch.as_tensor(x), mems, workers=1).batch == len(x)
+        # the same batches one after the other (a batch's switch to the dense finish depends
+        # on its size)
+        one = DifferenceEvaluator(net, torch.as_tensor(x), mems, batch=two.batch, workers=1)
+        seen: dict[int, int] = {}  # thread -> torch threads it ran with
+        plain_group = DifferenceEvaluator._run_group
+        # each batch's group waits here for the other's: times out unless they run at once
+        together = threading.Barrier(2, timeout=30)
+
+        def recorded(self, *args):
+            if self is two:
+                seen[threading.get_ident()] = torch.get_num_threads()
+                together.wait()
+            return plain_group(self, *args)
+
+        monkeypatch.setattr(DifferenceEvaluator, "_run_group", recorded)
+        got, ref = two.run_many(maps), one.run_many(maps)
+        assert len(seen) == 2 and set(seen.values()) == {1}
+        assert torch.get_num_threads() == 2
+        for a, b in zip(got, ref, strict=True):
+            assert np.array_equal(a.rows, b.rows) and np.array_equal(a.logits, b.logits)
+        assert np.array_equal(two.active_after, one.active_after)
+        assert np.array_equal(two.changed_after, one.changed_after)
+        assert two.active_after.sum() > 0
+        seen.clear()
+        assert two.estimate_seconds(maps[:2]) > 0  # the estimate runs side by side too
+        assert len(seen) >= 2 and set(seen.values()) == {1}
+        assert np.array_equal(two.active_after, one.active_after)  # and is not counted
+    finally:
+        torch.set_num_threads(saved)
