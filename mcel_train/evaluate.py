@@ -304,17 +304,28 @@ class MapEvaluator:
         if dense wins and are all that is lost if not."""
         k = min(len(fmaps), self._dense_plan(len(fmaps))[1])
         n = len(self.labels)
-        slices = []
-        for j in range(PROBE_CHUNKS):
-            t0 = time.perf_counter()
-            slices.append(self._dense_logits(fmaps[:k], posts[:k], j * probe, (j + 1) * probe))
-            t_slice = time.perf_counter() - t0
-        self._dense_per_map = t_slice * n / probe / k
+        bounds = [(j * probe, (j + 1) * probe) for j in range(PROBE_CHUNKS)]
+        t0 = time.perf_counter()
+        steps = self._dense_logit_steps(fmaps[:k], posts[:k],
+                                        bounds + _chunk_bounds(PROBE_CHUNKS * probe, n, self._dense_plan(k)[0]))
+        next(steps)  # the group's preparation, once
+        t_prepare = time.perf_counter() - t0
+        done = []
+        for _ in range(PROBE_CHUNKS):
+            t_slice = time.perf_counter()
+            done.append(next(steps))
+            t_slice = time.perf_counter() - t_slice
+        self.timing["dense"] += time.perf_counter() - t0
+        self._dense_per_map = (t_prepare + t_slice * n / probe) / k
         choice = self._probe(fmaps, self._dense_per_map, posts)
         self._choice[self._rate_key(fmaps[0])] = choice
         if choice != "dense":
             return self.logits(fmaps, posts)
-        head = np.concatenate([*slices, self._dense_logits(fmaps[:k], posts[:k], PROBE_CHUNKS * probe, n)], axis=1)
+        t0 = time.perf_counter()
+        head = np.empty((k, n, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+        for lo, hi, lg in (*done, *steps):
+            head[:, lo:hi] = lg
+        self.timing["dense"] += time.perf_counter() - t0
         return np.concatenate([head, self.logits(fmaps[k:], posts[k:])]) if len(fmaps) > k else head
 
     def _rate_groups(self, fmaps: Sequence[FaultMap]) -> list[list[int]]:
@@ -404,19 +415,40 @@ class MapEvaluator:
         hi = len(self.labels) if hi is None else hi
         out = np.empty((len(fmaps), hi - lo, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
         plain = [k for k, p in enumerate(posts) if not p]
-        with torch.no_grad():
-            chunk, group = self._dense_plan(len(plain))
-            for b in range(0, len(plain), group):
-                ids = plain[b:b + group]
-                chunks = self._group_chunks([fmaps[k] for k in ids], _chunk_bounds(lo, hi, chunk))
+        chunk, group = self._dense_plan(len(plain))
+        for b in range(0, len(plain), group):
+            ids = plain[b:b + group]
+            steps = self._dense_logit_steps([fmaps[k] for k in ids], [None] * len(ids), _chunk_bounds(lo, hi, chunk))
+            next(steps)
+            for a, z, lg in steps:
+                out[ids, a - lo:z - lo] = lg
+        for k, p in enumerate(posts):
+            if p:
+                out[k] = self._dense_logits_with_posts(fmaps[k], p, lo, hi)
+        self.timing["dense"] += time.perf_counter() - t0
+        return out
+
+    def _dense_logit_steps(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
+                           bounds: Sequence[tuple[int, int]]) -> Iterator:
+        """One group of maps (the weight-only ones at most one dense group) on the dense path,
+        one image range ``(lo, hi)`` of ``bounds`` per step, as :meth:`_group_chunks`: first
+        ``None`` once the group is prepared, then ``(lo, hi, integer logits (maps, hi - lo,
+        classes))``; maps with faulty post-ops run one by one with them swapped in."""
+        plain = [k for k, p in enumerate(posts) if not p]
+        chunks = self._group_chunks([fmaps[k] for k in plain], bounds) if plain else None
+        if chunks is not None:
+            with torch.no_grad():
                 next(chunks)
-                for a, z, lg in chunks:
-                    out[ids, a - lo:z - lo] = np.rint(lg.numpy())
+        yield None
+        for lo, hi in bounds:
+            out = np.empty((len(fmaps), hi - lo, self.net.layers[-1].weight.shape[0]), dtype=np.int64)
+            if chunks is not None:
+                with torch.no_grad():
+                    out[plain] = np.rint(next(chunks)[2].numpy())
             for k, p in enumerate(posts):
                 if p:
                     out[k] = self._dense_logits_with_posts(fmaps[k], p, lo, hi)
-        self.timing["dense"] += time.perf_counter() - t0
-        return out
+            yield lo, hi, out
 
     def _dense_logits_with_posts(self, fmap: FaultMap, posts: Mapping[int, PostOp], lo: int, hi: int) -> np.ndarray:
         """One map's dense logits ``(hi - lo, classes)`` with its faulty post-ops swapped in,
