@@ -343,7 +343,7 @@ class DifferenceEvaluator:
         # that finish maps whose changes became dense (thread-seconds: batches run side by side)
         self.seconds_in = np.zeros(len(net.layers) + 1)
         self._tally_lock = threading.Lock()  # the three counters above, from worker threads
-        # per conv layer: changed outputs the compiled step reserves room for (its last count)
+        # per dense or conv layer: changed outputs its compiled step reserves room for (its last count)
         self._records: dict[int, int] = {}
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
@@ -736,7 +736,8 @@ class DifferenceEvaluator:
             g, pair_key, pair_ptr, col, val, pre, self.weights_t_compact[i], dw_ptr, np.concatenate(dw_rows),
             np.concatenate(dw_vals), f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.rows.numpy(),
             st.lo.numpy(), st.hi.numpy(),
-            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult)
+            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
+        self._records[i] = int(1.25 * len(key))  # the next call's reservation
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
 
     def _joint_out(self, i: int, st: _CleanLayer, g: int, post: PostOp, counted: bool, key: np.ndarray,

@@ -51,7 +51,7 @@ _DEBRUIJN_MUL_U64 = np.uint64(_DEBRUIJN_MUL)
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, f_ptr, f_row, f_col,
-    f_val, t_ptr, t_out, t_thr, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
+    f_val, t_ptr, t_out, t_thr, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult, reserve,
 ):
     """The outputs of one dense layer that change under each of ``n_maps`` maps.
 
@@ -76,7 +76,9 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``thresholds`` ``(out, K)``, ``sign``, ``out_bias``, ``out_mult``: the threshold post-op
       (:class:`mcel_train.intnet.ThresholdPostOp`, counted in float64 like the post-op); with no
       rows, the accumulator change is returned instead of the output change (and no map may
-      have faulty thresholds).
+      have faulty thresholds);
+    - ``reserve``: room for this many changed outputs from the start (the caller's guess from
+      its last call: growing the arrays copies them, a few times over on a wide batch).
 
     Returns ``(key, output, change)`` of every changed output, keys ascending, then outputs
     ascending, and the same grouped by pair: ``(pair key, pair pointer)`` and per map its number
@@ -88,7 +90,7 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_pairs = pair_key.shape[0]
     count_here = thresholds.shape[0] > 0
     n_k = thresholds.shape[1]
-    cap = 4 * out_n + 1024
+    cap = max(4 * out_n + 1024, reserve)
     keys = np.empty(cap, np.int64)
     outs = np.empty(cap, np.int64)
     change = np.empty(cap, np.float64)
