@@ -17,7 +17,7 @@ demo: setup
 # meets a second local Ray instance.
 test: setup
 	.venv/bin/lint-imports
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: setup
 	.venv/bin/ruff check .
