@@ -530,10 +530,15 @@ def test_first_layer_blocks_match_dense(monkeypatch):
 def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
     """With two torch threads the images are cut into one batch per thread and the batches run
     in two threads at once: every map's result and the evaluator's counters equal a run of the
-    same batches one after the other."""
-    _, net, x, _ = trained
+    same batches one after the other, and the logits the dense path's (a map with faulty
+    thresholds among them)."""
+    _, net, x, labels = trained
     mems = net.memories()
     maps = [generate_map(mems, "flip", rate, 5, i) for i, rate in enumerate((0.002, 0.01, 0.03, 0.0, 0.05))]
+    i, post = next((i, layer.post) for i, layer in enumerate(net.layers) if isinstance(layer.post, ThresholdPostOp))
+    posts = [None, {i: ThresholdPostOp(post.thresholds - 1, post.out_scale, post.out_bias, post.out_mult, post.sign)},
+             None, None, None]
+    dense = MapEvaluator(net, x, labels, method="dense").logits(maps, posts)
     monkeypatch.setattr(difference, "PARALLEL_MIN_IMAGES", 16)
     saved = torch.get_num_threads()
     try:
@@ -556,10 +561,11 @@ def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monk
             return plain_group(self, *args)
 
         monkeypatch.setattr(DifferenceEvaluator, "_run_group", recorded)
-        got, ref = two.run_many(maps), one.run_many(maps)
+        got, ref = two.run_many(maps, posts), one.run_many(maps, posts)
         assert len(seen) == 2
-        for a, b in zip(got, ref, strict=True):
+        for a, b, want in zip(got, ref, dense, strict=True):
             assert np.array_equal(a.rows, b.rows) and np.array_equal(a.logits, b.logits)
+            assert np.array_equal(with_difference(two, a).numpy(), want)
         assert np.array_equal(two.active_after, one.active_after)
         assert np.array_equal(two.changed_after, one.changed_after)
         assert two.active_after.sum() > 0
