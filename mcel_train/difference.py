@@ -290,7 +290,8 @@ class DifferenceEvaluator:
     """Per-map difference evaluation of ``net`` on the images ``x`` (see the module docstring).
 
     ``memories``: the weight memories faults are named in (default the natural layout);
-    ``batch``: images per clean-state batch (default: all, or what fits ``budget_bytes``);
+    ``batch``: images per clean-state batch (default: the images split evenly among the
+    threads, or what fits ``budget_bytes``);
     ``switch_fraction``: changed outputs beyond which the remaining layers run densely;
     ``workers``: threads the batches run in (default: torch's thread count when built; a call
     uses at most torch's thread count at the time).
@@ -325,7 +326,8 @@ class DifferenceEvaluator:
         self.workers = max(1, torch.get_num_threads() if workers is None else int(workers))
         parts = max(1, min(self.workers, self.n // PARALLEL_MIN_IMAGES))
         # All batches (one per thread) are kept across calls when the whole clean state fits
-        # the budget; otherwise each call recomputes them, each thread's batch an eighth of it.
+        # the budget; otherwise each call recomputes them, the threads' batches together a
+        # quarter of it.
         self.keep_state = fits >= self.n
         self.batch = int(batch) if batch else max(1, min(-(-self.n // parts), fits if self.keep_state
                                                          else fits // (4 * parts)))
@@ -455,8 +457,8 @@ class DifferenceEvaluator:
     def estimate_seconds(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None] | None = None,
                          fraction: float = 0.0625, small: int = 64, maps: int = ESTIMATE_MAPS) -> float:
         """Seconds per map on all images, for maps like the first ``maps`` of ``fmaps`` run as
-        one group: the group runs on the first ``small`` images and on the first ``fraction`` of
-        the images of each batch that :meth:`run_many` runs side by side (side by side too, as
+        one group: the group runs on the first ``small`` and on the first ``fraction`` of the
+        images of each batch that :meth:`run_many` runs side by side (side by side too, as
         the threads share cores and memory; the larger slice twice if it took less than
         ``ESTIMATE_REPEAT_BELOW``, the faster kept, since a shared machine's noise only adds
         time); the difference is the per-image cost, the rest the per-map cost (weight deltas,
