@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
+from trained import trained_network  # bench/trained.py
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
-from mcel_train.intnet import from_brevitas
-from mcel_train.runio import load_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=2, help="fastest of this many interleaved timings")
     p.add_argument("--out", type=Path, default=Path("runs/bench/mixed_rates.json"))
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    run = load_run(args.run)
-    x, y = run.test_set()
-    if args.test_images:
-        x, y = x[: args.test_images], y[: args.test_images]
-    net = from_brevitas(run.model)
+    net, x, y = trained_network(args.run, args.test_images)
     mems = net.memories()
     rates = [float(r) for r in args.rates.split(",")]
     maps = [generate_map(mems, "flip", r, args.seed, i) for r in rates for i in range(args.maps)]

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
+from trained import trained_network  # bench/trained.py
 
 from mcel_train import difference
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
-from mcel_train.intnet import ThresholdPostOp, from_brevitas
-from mcel_train.runio import load_run
+from mcel_train.intnet import ThresholdPostOp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,12 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-maps", type=int, default=2, help="maps checked against the dense path")
     p.add_argument("--out", type=Path, default=Path("runs/bench/threshold_faults.json"))
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    run = load_run(args.run)
-    x, y = run.test_set()
-    if args.test_images:
-        x, y = x[: args.test_images], y[: args.test_images]
-    net = from_brevitas(run.model)
+    net, x, y = trained_network(args.run, args.test_images)
     layers = [i for i, layer in enumerate(net.layers) if type(layer.post) is ThresholdPostOp]
     if not layers:
         print(f"error: {args.run} has no layer with thresholds; pass --run with a quantized network", file=sys.stderr)

@@ -85,8 +85,10 @@ PARALLEL_MIN_IMAGES = 512
 # auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
 # the estimate's cost
 ESTIMATE_MAPS = 4
-# Seconds below which the estimate's larger slice is timed a second time: on sfc_w2a2 a 10 ms
-# slice run in two threads varied by half, a 0.4 s slice of the paper VGG3 by a few percent
+# Seconds below which the estimate's larger slice is timed a second time. On sfc_w2a2 (10k
+# images, two threads) that slice took 8-30 ms and varied by up to 45 % from call to call; on
+# the paper VGG3 (2000 images, 1e-3) it took 0.52-0.59 s, a second timing differed by 1-11 %,
+# and it doubled the estimate's cost (1.46-1.57 s against 0.77-0.84 s)
 ESTIMATE_REPEAT_BELOW = 0.05
 
 

@@ -229,22 +229,8 @@ class MapEvaluator:
         takes it, and only the probe's chunks were spent."""
         head = list(fmaps[:group])
         n = len(self.labels)
-        t0 = time.perf_counter()
-        start = PROBE_CHUNKS * probe
-        bounds = [(k * probe, (k + 1) * probe) for k in range(PROBE_CHUNKS)]
-        chunks = self._group_chunks(head, bounds + _chunk_bounds(start, n, chunk))
-        with torch.no_grad():
-            next(chunks)  # the group's preparation (stacked weights, first-layer deltas)
-            t_prepare = time.perf_counter() - t0
-            done = []
-            for _ in range(PROBE_CHUNKS):
-                t_chunk = time.perf_counter()
-                done.append(next(chunks))
-                t_chunk = time.perf_counter() - t_chunk
-        self.timing["dense"] += time.perf_counter() - t0
-        self._dense_per_map = (t_prepare + t_chunk * n / probe) / len(head)
-        choice = self._probe(fmaps, self._dense_per_map, [None] * len(fmaps))
-        self._choice[self._rate_key(fmaps[0])] = choice
+        chunks = self._group_chunks(head, _probe_bounds(probe) + _chunk_bounds(PROBE_CHUNKS * probe, n, chunk))
+        choice, done = self._timed_probe(chunks, fmaps, [None] * len(fmaps), len(head), probe)
         if choice != "dense":
             return self.evaluate(fmaps)
         t0 = time.perf_counter()
@@ -304,21 +290,9 @@ class MapEvaluator:
         if dense wins and are all that is lost if not."""
         k = min(len(fmaps), self._dense_plan(len(fmaps))[1])
         n = len(self.labels)
-        bounds = [(j * probe, (j + 1) * probe) for j in range(PROBE_CHUNKS)]
-        t0 = time.perf_counter()
-        steps = self._dense_logit_steps(fmaps[:k], posts[:k],
-                                        bounds + _chunk_bounds(PROBE_CHUNKS * probe, n, self._dense_plan(k)[0]))
-        next(steps)  # the group's preparation, once
-        t_prepare = time.perf_counter() - t0
-        done = []
-        for _ in range(PROBE_CHUNKS):
-            t_slice = time.perf_counter()
-            done.append(next(steps))
-            t_slice = time.perf_counter() - t_slice
-        self.timing["dense"] += time.perf_counter() - t0
-        self._dense_per_map = (t_prepare + t_slice * n / probe) / k
-        choice = self._probe(fmaps, self._dense_per_map, posts)
-        self._choice[self._rate_key(fmaps[0])] = choice
+        steps = self._dense_logit_steps(fmaps[:k], posts[:k], _probe_bounds(probe)
+                                        + _chunk_bounds(PROBE_CHUNKS * probe, n, self._dense_plan(k)[0]))
+        choice, done = self._timed_probe(steps, fmaps, posts, k, probe)
         if choice != "dense":
             return self.logits(fmaps, posts)
         t0 = time.perf_counter()
@@ -327,6 +301,27 @@ class MapEvaluator:
             head[:, lo:hi] = lg
         self.timing["dense"] += time.perf_counter() - t0
         return np.concatenate([head, self.logits(fmaps[k:], posts[k:])]) if len(fmaps) > k else head
+
+    def _timed_probe(self, steps: Iterator, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
+                     head: int, probe: int) -> tuple[str, list]:
+        """Time a dense group of ``head`` maps (``steps``, as :meth:`_group_chunks` yields them:
+        its preparation, then ``PROBE_CHUNKS`` slices of ``probe`` images, the last one timed),
+        keep its time per map on all images, and let the estimate choose the rate's path.
+        Returns the choice and the slices done."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            next(steps)  # the group's preparation (stacked weights, first-layer deltas), once
+            t_prepare = time.perf_counter() - t0
+            done = []
+            for _ in range(PROBE_CHUNKS):
+                t_slice = time.perf_counter()
+                done.append(next(steps))
+                t_slice = time.perf_counter() - t_slice
+        self.timing["dense"] += time.perf_counter() - t0
+        self._dense_per_map = (t_prepare + t_slice * len(self.labels) / probe) / head
+        choice = self._probe(fmaps, self._dense_per_map, posts)
+        self._choice[self._rate_key(fmaps[0])] = choice
+        return choice, done
 
     def _rate_groups(self, fmaps: Sequence[FaultMap]) -> list[list[int]]:
         """Under ``auto``, the indices of ``fmaps`` grouped by rate (fault model and rate), in
@@ -536,6 +531,11 @@ class MapEvaluator:
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
             yield lo, hi, logits
+
+
+def _probe_bounds(probe: int) -> list[tuple[int, int]]:
+    """The probe's ``PROBE_CHUNKS`` image slices of ``probe`` images, from the first image."""
+    return [(k * probe, (k + 1) * probe) for k in range(PROBE_CHUNKS)]
 
 
 def _chunk_bounds(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
