@@ -76,6 +76,15 @@ SWITCH_FRACTION = 0.2
 # Maps stepped through the dense layers together: each image's clean rows are read from memory
 # once for all of them (see mcel_train.difference_kernel).
 MAP_GROUP = 16
+# Bytes up to which the compiled dense step gets each map's faulty weights as its own copy (one
+# pass of W_faulty @ dx) instead of the clean weights plus each changed input's flipped weights
+# looked up apart (sfc_w2a2's 256 x 256 layers: 17 copies, 1.1 MB)
+FAULTY_ROWS_BYTES = 8 << 20
+# Accumulator changes below this bound are summed in int16 by the compiled dense step: twice as
+# many lanes per vector as float32 and no conversions (its rows and comparisons 2.7x faster in
+# a one-off timing on 256-wide rows). Integer sums wrap around, so a partial sum may leave the
+# range: only the change itself, a faulty minus a clean accumulator, must fit.
+INT16_CHANGE_BOUND = 2**15
 # Images per block of the first layer's compiled step: the block's entries are sorted while they
 # are in cache (sfc_w2a2 at 1e-3: 16 maps x about 200 flipped outputs x 8 % of the images)
 CLEAN_INPUT_BLOCK = 256
@@ -123,6 +132,10 @@ class _CleanLayer:
     # the first layer, when dense: lo, hi, acc and out again as (out, N) rows, for the compiled
     # step of a clean input (difference_kernel.clean_input_layer_maps)
     by_output: tuple[np.ndarray, ...] | None = None
+    # a dense layer whose accumulator changes fit int16 (see INT16_CHANGE_BOUND): its input rows
+    # and unchanged ranges as int16 (the ranges rounded inwards to integers, clipped), for the
+    # compiled step's int16 form
+    narrow: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def head(self, m: int, conv: bool) -> _CleanLayer:
         """The state of the first ``m`` images (contiguous: the compiled steps need rows)."""
@@ -130,7 +143,8 @@ class _CleanLayer:
                                                                 for a in self.by_output)
         return _CleanLayer(self.h[:m] if conv else self.h[:, :m].contiguous(), self.acc[:m], self.lo[:m],
                            self.hi[:m], self.out[:m], None if self.rows is None else self.rows[:m],
-                           by_output=by_output)
+                           by_output=by_output, narrow=None if self.narrow is None else tuple(
+                               a[:m] for a in self.narrow))
 
 
 @dataclass
@@ -281,11 +295,20 @@ def supports(net: IntNetwork) -> bool:
     return True
 
 
+def _faulty_weight_range(layer: IntLayer) -> tuple[int, int]:
+    """The smallest and largest weight any fault can give the layer: every code its bits can
+    hold (minus the zero point, for unsigned codes)."""
+    if layer.weight_zero_point is not None:
+        return -layer.weight_zero_point, 2**layer.weight_bits - 1 - layer.weight_zero_point
+    if layer.weight_bits == 1:
+        return -1, 1
+    return -(2 ** (layer.weight_bits - 1)), 2 ** (layer.weight_bits - 1) - 1
+
+
 def _weight_bound(layer: IntLayer) -> float:
     """Largest magnitude any fault can give one of the layer's weights."""
-    if layer.weight_zero_point is not None:
-        return float(2**layer.weight_bits - 1)
-    return 1.0 if layer.weight_bits == 1 else float(2 ** (layer.weight_bits - 1))
+    lo, hi = _faulty_weight_range(layer)
+    return float(max(-lo, hi))
 
 
 class DifferenceEvaluator:
@@ -314,7 +337,12 @@ class DifferenceEvaluator:
             self.x = self.x.reshape(len(self.x), *net.input_shape)
         self.memories = layer_memories(net, memories)
         self.n = len(self.x)
-        self.dtypes = self._dtypes()
+        bounds = self._acc_bounds()
+        # per layer the float dtype exact for any faulty accumulator (float32 below 2^24)
+        self.dtypes = [torch.float32 if 2 * b < FLOAT32_EXACT else torch.float64 for b in bounds]
+        # per layer whether its accumulator changes may be summed in int16 (dense layers)
+        self.int16_changes = [layer.conv is None and 2 * b < INT16_CHANGE_BOUND
+                              for layer, b in zip(net.layers, bounds, strict=True)]
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
         self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
         # the same in the narrowest integer type, for the compiled dense step (see there)
@@ -322,7 +350,7 @@ class DifferenceEvaluator:
         one_image = self._clean_pass(self.x[:1])
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
                         + st.acc.numel() * 4 * 3 + st.out.numel() * (4 if st.rows is not None else 6)
-                        + sum(a.nbytes for a in st.by_output or ())
+                        + sum(a.nbytes for a in st.by_output or ()) + sum(a.nbytes for a in st.narrow or ())
                         for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
         fits = int(budget_bytes // max(1, per_image))
         self.workers = max(1, torch.get_num_threads() if workers is None else int(workers))
@@ -351,12 +379,12 @@ class DifferenceEvaluator:
         self._records: dict[int, int] = {}
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
-    def _dtypes(self) -> list[torch.dtype]:
-        """Per layer the float dtype exact for any faulty accumulator (float32 below 2^24)."""
+    def _acc_bounds(self) -> list[float]:
+        """Per layer the largest magnitude of any faulty (or clean) accumulator: a change is
+        at most twice it."""
         out, in_max = [], float(self.x.abs().max()) if self.n else 1.0
         for layer in self.net.layers:
-            bound = in_max * layer.weight.shape[1] * _weight_bound(layer)
-            out.append(torch.float32 if 2 * bound < FLOAT32_EXACT else torch.float64)
+            out.append(in_max * layer.weight.shape[1] * _weight_bound(layer))
             in_max = layer.post.max_abs_out
         return out
 
@@ -387,6 +415,8 @@ class DifferenceEvaluator:
                 st = _CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows)
                 if i == 0 and layer.conv is None:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
+                elif self.int16_changes[i] and torch.equal(rows, torch.round(rows)):
+                    st.narrow = _narrow_state(rows, lo, hi)
                 states.append(st)
                 h = out
         return states
@@ -736,13 +766,47 @@ class DifferenceEvaluator:
             pair_of = np.repeat(np.arange(len(pair_key)), np.diff(pair_ptr))
             block[torch.from_numpy(pair_of), torch.from_numpy(col)] = torch.from_numpy(val)
             pre = (block @ w_t).numpy()
+        w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
+        dw_vals = np.concatenate(dw_vals)
+        x, lo, hi = st.rows.numpy(), st.lo.numpy(), st.hi.numpy()
+        if st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer):
+            # the changes summed in int16 (see INT16_CHANGE_BOUND): the kernel's form for int16 values
+            val, dw_vals, f_vals = (a.astype(np.int16) for a in (val, dw_vals, f_vals))
+            pre = np.zeros((0, out_n), np.int16)
+            x, lo, hi = st.narrow
         key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
-            g, pair_key, pair_ptr, col, val, pre, self.weights_t_compact[i], dw_ptr, np.concatenate(dw_rows),
-            np.concatenate(dw_vals), f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.rows.numpy(),
-            st.lo.numpy(), st.hi.numpy(),
+            g, pair_key, pair_ptr, col, val, pre, w_rows, slot, faulty_rows, dw_ptr, np.concatenate(dw_rows),
+            dw_vals, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, x, lo, hi,
             st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
         self._records[i] = int(1.25 * len(key))  # the next call's reservation
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+
+    def _weight_rows(self, i: int, f_ptr: np.ndarray, f_rows: np.ndarray, f_cols: np.ndarray, f_vals: np.ndarray,
+                     use: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Layer ``i``'s weight rows for :func:`mcel_train.difference_kernel.dense_layer_maps`:
+        ``(S, in, out)`` rows by input, which row set each map reads, and whether those are the
+        maps' faulty weights (slot 0 the clean ones, then one copy per map with flipped weights
+        here). Only when ``use`` and the copies fit :data:`FAULTY_ROWS_BYTES` in a type that
+        holds every faulty value; else the clean rows alone."""
+        clean = self.weights_t_compact[i]
+        g = len(f_ptr) - 1
+        flipped = np.flatnonzero(np.diff(f_ptr))
+        lo, hi = _faulty_weight_range(self.net.layers[i])
+        dtype = next((d for d in (clean.dtype, np.dtype(np.int16)) if not np.issubdtype(d, np.integer)
+                      or np.iinfo(d).min <= lo and hi <= np.iinfo(d).max), None)
+        if (not use or not len(flipped) or dtype is None
+                or (1 + len(flipped)) * clean.size * dtype.itemsize > FAULTY_ROWS_BYTES):
+            return clean[None], np.zeros(g, np.int64), False
+        rows = np.empty((1 + len(flipped), *clean.shape), dtype)
+        rows[:] = clean
+        slot = np.zeros(g, np.int64)
+        slot[flipped] = np.arange(1, len(flipped) + 1)
+        of_flip = np.repeat(slot, np.diff(f_ptr))  # each flipped weight's copy
+        # a change may be twice the bound (-2 -> 1 in two bits) and not fit the type: integers
+        # wrap, and the sum, a faulty weight, fits
+        change = f_vals.astype(np.int64).astype(dtype) if np.issubdtype(dtype, np.integer) else f_vals.astype(dtype)
+        np.add.at(rows, (of_flip, f_cols, f_rows), change)
+        return rows, slot, True
 
     def _joint_out(self, i: int, st: _CleanLayer, g: int, post: PostOp, counted: bool, key: np.ndarray,
                    out: np.ndarray, change: np.ndarray, out_keys: np.ndarray, out_ptr: np.ndarray,
@@ -962,6 +1026,18 @@ def _faulty_threshold_rows(posts: list[PostOp | None], clean: np.ndarray,
             t_thr.append(faulty[rows])
         t_ptr[m + 1] = t_ptr[m] + len(rows)
     return t_ptr, np.concatenate(t_out), np.ascontiguousarray(np.concatenate(t_thr))
+
+
+def _narrow_state(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """A dense layer's integer input rows and unchanged ranges as int16. An integer change
+    ``d`` leaves ``[lo, hi]`` exactly when it leaves ``[ceil(lo), floor(hi)]``; clipping to
+    int16 keeps that for every change that fits (infinite bounds included)."""
+    info = np.iinfo(np.int16)
+
+    def clipped(t: torch.Tensor) -> np.ndarray:
+        return np.clip(t.double().numpy(), info.min, info.max).astype(np.int16)
+
+    return rows.numpy().astype(np.int16), clipped(torch.ceil(lo)), clipped(torch.floor(hi))
 
 
 def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:

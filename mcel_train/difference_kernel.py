@@ -18,7 +18,10 @@ as the inner one: an image's rows are loaded once and stay in cache for all the 
 are not the logit layer.
 
 All values are exact integers held in float32 (float64 where the layer needs it), so the order
-of the additions does not change any result.
+of the additions does not change any result. :func:`dense_layer_maps` also takes int16 changes,
+input rows and unchanged ranges (a layer whose accumulator changes fit int16, see
+:data:`mcel_train.difference.INT16_CHANGE_BOUND`): it is compiled for those types too, and its
+integer sums wrap around, so only the final change must fit.
 """
 
 from __future__ import annotations
@@ -46,12 +49,16 @@ _DEBRUIJN = np.zeros(64, np.int64)
 for _i in range(64):
     _DEBRUIJN[(((1 << _i) * _DEBRUIJN_MUL) & (2**64 - 1)) >> 58] = _i
 _DEBRUIJN_MUL_U64 = np.uint64(_DEBRUIJN_MUL)
+# 8 bytes of 0 or 1 -> 8 bits, the first byte lowest: a mask's crossing outputs are found one
+# per step, 64 outputs to a mask (one mispredicted loop exit per 64 outputs, not per 8)
+_PACK = np.uint64(0x0102040810204080)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
-    n_maps, pair_key, pair_ptr, cols, vals, pre, w_t, dw_ptr, dw_rows, dw_vals, f_ptr, f_row, f_col,
-    f_val, t_ptr, t_out, t_thr, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult, reserve,
+    n_maps, pair_key, pair_ptr, cols, vals, pre, w_rows, slot, faulty_rows, dw_ptr, dw_rows, dw_vals, f_ptr,
+    f_row, f_col, f_val, t_ptr, t_out, t_thr, x, lo, hi, acc, clean_out, thresholds, sign, out_bias, out_mult,
+    reserve,
 ):
     """The outputs of one dense layer that change under each of ``n_maps`` maps.
 
@@ -60,9 +67,12 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     - ``pre``: ``W @ dx`` of every pair with the clean weights, computed by the caller (a BLAS
       product when the input changes are dense), or an empty ``(0, out)`` array to compute it
       here from the CSR;
-    - ``w_t`` ``(in, out)``: the clean weights, rows by input, in the narrowest integer type
-      that holds them (a changed input reads a whole row: on a wide layer the rows come from
-      memory, not cache);
+    - ``w_rows`` ``(S, in, out)``, ``slot`` ``(n_maps,)``: weights, rows by input, in the
+      narrowest integer type that holds them (a changed input reads a whole row: on a wide
+      layer the rows come from memory, not cache); map ``m`` reads ``w_rows[slot[m]]``;
+    - ``faulty_rows``: ``w_rows[slot[m]]`` are map ``m``'s faulty weights, so that ``W_faulty
+      @ dx`` is one pass (else they are the clean weights and ``dW @ dx`` is added from the
+      flipped weights, as always after ``pre``);
     - ``dw_ptr`` ``(n_maps, in + 1)``, ``dw_rows``, ``dw_vals``: each map's flipped weights by
       input (CSC), for ``dW @ dx``;
     - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
@@ -104,10 +114,14 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     n_words = (out_n + 7) // 8
     flags = np.zeros(8 * n_words, np.uint8)  # the tail past out_n stays 0
     words = flags.view(np.uint64)
+    n_masks = (n_words + 7) // 8
+    packed = np.zeros(8 * n_masks, np.uint8)  # the tail past n_words stays 0
+    masks = packed.view(np.uint64)
+    add_dw = not faulty_rows or pre.shape[0] > 0
     faulty = np.full(out_n, -1, np.int64)  # the current map's row in t_thr of each output, or -1
     big = out_n  # past every output: the end of a merged list
     for i in range(n):
-        lo_i, hi_i, x_i = lo[i], hi[i], x[i]
+        lo_i, hi_i, x_i, acc_i, clean_i = lo[i], hi[i], x[i], acc[i], clean_out[i]
         for m in range(n_maps):
             key = i * n_maps + m
             has = p < n_pairs and pair_key[p] == key
@@ -140,32 +154,57 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                     delta[:] = pre[p]
                 else:
                     delta[:] = 0
-                    for e in range(pair_ptr[p], pair_ptr[p + 1]):
-                        v = vals[e]
-                        w_row = w_t[cols[e]]
+                    w_m = w_rows[slot[m]]
+                    e, e1 = pair_ptr[p], pair_ptr[p + 1]
+                    while e + 4 <= e1:  # four rows per pass: delta is loaded and stored once for them
+                        v0, v1, v2, v3 = vals[e], vals[e + 1], vals[e + 2], vals[e + 3]
+                        w0, w1, w2, w3 = w_m[cols[e]], w_m[cols[e + 1]], w_m[cols[e + 2]], w_m[cols[e + 3]]
+                        for o in range(out_n):
+                            delta[o] += (v0 * w0[o] + v1 * w1[o]) + (v2 * w2[o] + v3 * w3[o])
+                        e += 4
+                    for rest in range(e, e1):
+                        v, w_row = vals[rest], w_m[cols[rest]]
                         for o in range(out_n):
                             delta[o] += v * w_row[o]
-                for e in range(pair_ptr[p], pair_ptr[p + 1]):  # dW @ dx: flipped weights of changed inputs
-                    c, v = cols[e], vals[e]
-                    for f in range(dw_ptr[m, c], dw_ptr[m, c + 1]):
-                        delta[dw_rows[f]] += v * dw_vals[f]
+                if add_dw:  # dW @ dx: flipped weights of changed inputs
+                    for e in range(pair_ptr[p], pair_ptr[p + 1]):
+                        c, v = cols[e], vals[e]
+                        for f in range(dw_ptr[m, c], dw_ptr[m, c + 1]):
+                            delta[dw_rows[f]] += v * dw_vals[f]
                 for f in range(f0, f1):  # dW @ x
                     delta[f_row[f]] += f_val[f] * x_i[f_col[f]]
-                # crossing flags in one vectorized pass, then the set flags of each 8-output word
+                # crossing flags in one vectorized pass, packed into 64-output masks, then each
+                # set bit's output counted anew (while this image's rows are in cache)
                 for o in range(out_n):
                     flags[o] = (delta[o] < lo_i[o]) | (delta[o] > hi_i[o])
-                for t in range(t0, t1):  # candidates: counted below
+                for t in range(t0, t1):  # candidates: counted with their faulty thresholds
                     flags[t_out[t]] = 1
                 for w in range(n_words):
-                    bits = words[w]
+                    packed[w] = (words[w] * _PACK) >> np.uint64(56)
+                for c in range(n_masks):
+                    bits = masks[c]
                     while bits:
                         low = bits & (~bits + np.uint64(1))
-                        o = 8 * w + (_DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)] >> 3)
-                        keys[k], outs[k], change[k] = key, o, delta[o]
-                        k += 1
+                        o = 64 * c + _DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)]
                         bits ^= low
+                        d = np.float64(delta[o])
+                        if count_here:
+                            xo = sign[o] * (np.float64(acc_i[o]) + d)
+                            r = faulty[o]
+                            count = 0
+                            if r < 0:
+                                for q in range(n_k):
+                                    count += xo >= thresholds[o, q]
+                            else:
+                                for q in range(n_k):
+                                    count += xo >= t_thr[r, q]
+                            d = np.float32(out_bias + out_mult * count) - clean_i[o]
+                            if r >= 0 and d == 0:  # a candidate with faulty thresholds may stay as it is
+                                continue
+                        keys[k], outs[k], change[k] = key, o, d
+                        k += 1
                 p += 1
-            if count_here:  # the new output levels, while this image's rows are in cache
+            if count_here and not has:  # the flipped outputs' new levels
                 kept = first
                 for e in range(first, k):
                     o = outs[e]
@@ -183,8 +222,8 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
                         keys[kept], outs[kept], change[kept] = key, o, c
                         kept += 1
                 k = kept
-                for t in range(t0, t1):
-                    faulty[t_out[t]] = -1
+            for t in range(t0, t1):
+                faulty[t_out[t]] = -1
             if k == first:
                 continue
             out_keys[n_out] = key

@@ -144,7 +144,7 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
         return call
 
     monkeypatch.setattr(difference, "conv_layer_maps", conv_layer_maps)
-    monkeypatch.setattr(difference, "dense_layer_maps", counting(difference.dense_layer_maps, 14))
+    monkeypatch.setattr(difference, "dense_layer_maps", counting(difference.dense_layer_maps, 16))
     monkeypatch.setattr(difference, "clean_input_layer_maps", counting(difference.clean_input_layer_maps, 5))
     monkeypatch.setattr(diff, "_conv_step", lambda *a: pytest.fail("a conv layer took the tensor step"))
     monkeypatch.setattr(diff, "_dense_step", lambda *a: pytest.fail("a dense layer took the tensor step"))
@@ -525,6 +525,46 @@ def test_first_layer_blocks_match_dense(monkeypatch):
         assert torch.equal(with_difference(diff, res), ref)
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
+
+
+@pytest.mark.parametrize("copies_fit, int16", [(True, True), (False, True), (True, False), (False, False)])
+def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, int16):
+    """Unsigned 8-bit weight codes with a zero point of 20: clean weights in [-20, 100] fit
+    int8, faulty ones reach 235 and a flip changes a weight by up to 255. Through hidden layers
+    whose accumulators sit near their thresholds, the compiled dense step reads each map's
+    faulty weight rows (held as int16, the changes added with wrap-around) or, when the copies
+    do not fit, the clean rows plus the flipped weights, and sums the changes in int16 (they fit:
+    at most 2 x 3 x 16 x 255) or, when not allowed to, in float32; every map's logits equal the
+    dense forward's in each form."""
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
+    ws = [rng.integers(-20, 101, size=shape).astype(np.float32) for shape in ((16, 24), (16, 16), (10, 16))]
+    h, layers = x, []
+    for k, w in enumerate(ws):
+        acc = h @ torch.from_numpy(w).T
+        post = _quantile_post(acc, torch.ones(len(w), dtype=torch.float64)) if k < 2 else IdentityPostOp(1.0)
+        layers.append(IntLayer(f"layer{k}", w, 1.0, 8, post, weight_zero_point=20))
+        h = post(acc)
+    net = IntNetwork(layers, input_shape=(24,), input_kind="uint8")
+    mems = net.memories()
+    ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
+    monkeypatch.setattr(difference, "FAULTY_ROWS_BYTES", difference.FAULTY_ROWS_BYTES if copies_fit else 0)
+    monkeypatch.setattr(difference, "BLAS_FRACTION", float("inf"))  # changed inputs row by row
+    monkeypatch.setattr(difference, "INT16_CHANGE_BOUND", difference.INT16_CHANGE_BOUND if int16 else 0)
+    forms = []
+    compiled = difference.dense_layer_maps
+    monkeypatch.setattr(difference, "dense_layer_maps",
+                        lambda *a: forms.append((a[6].dtype, a[8], a[4].dtype)) or compiled(*a))
+    diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
+    maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
+    changed = 0
+    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        changed += int((ref != diff.clean_logits).any(1).sum())
+    assert changed > len(x)
+    rows = (np.dtype(np.int16), True) if copies_fit else (np.dtype(np.int8), False)
+    assert forms == [(*rows, np.dtype(np.int16 if int16 else np.float32))] * 2
 
 
 def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
