@@ -485,7 +485,7 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch, pool, order
     diff = DifferenceEvaluator(net, x, mems, batch=40, switch_fraction=float("inf"))
     calls = []
     compiled = difference.conv_layer_maps
-    monkeypatch.setattr(difference, "conv_layer_maps", lambda *a: calls.append(a[0]) or compiled(*a))
+    monkeypatch.setattr(difference, "conv_layer_maps", lambda *a: calls.append(a) or compiled(*a))
     maps = [generate_map(mems, "flip", 0.02, 11, i) for i in range(6)]
     results = diff.run_many(maps)
     changed = 0
@@ -493,7 +493,14 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch, pool, order
         ref = dense_logits(net, x, ev, fmap)
         assert torch.equal(with_difference(diff, res), ref)
         changed += int((ref != diff.clean_logits).any(1).sum())
-    assert changed > 0 and sum(calls) >= 2 * len(maps)  # both conv layers, every map
+    assert changed > 0 and sum(a[0] for a in calls) >= 2 * len(maps)  # both conv layers, every map
+    # the kernel's own loop stops and resumes where its records would not fit: from the
+    # smallest start (1024 records) it grows them and gives what room for all gives
+    first_conv = calls[0][:-1]
+    grown, roomy = compiled(*first_conv, 0), compiled(*first_conv, 10**6)
+    assert len(grown[0]) > 1024
+    for a, b in zip(grown, roomy, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_first_layer_blocks_match_dense(monkeypatch):
@@ -553,8 +560,9 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     monkeypatch.setattr(difference, "INT16_CHANGE_BOUND", difference.INT16_CHANGE_BOUND if int16 else 0)
     forms = []
     compiled = difference.dense_layer_maps
+    calls = []
     monkeypatch.setattr(difference, "dense_layer_maps",
-                        lambda *a: forms.append((a[6].dtype, a[8], a[4].dtype)) or compiled(*a))
+                        lambda *a: calls.append(a) or forms.append((a[6].dtype, a[8], a[4].dtype)) or compiled(*a))
     diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
     maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
     changed = 0
@@ -565,6 +573,12 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     assert changed > len(x)
     rows = (np.dtype(np.int16), True) if copies_fit else (np.dtype(np.int8), False)
     assert forms == [(*rows, np.dtype(np.int16 if int16 else np.float32))] * 2
+    # the kernel's own loop stops and resumes where its records would not fit: from the
+    # smallest start (4 x 16 + 1024 records) it grows them and gives what room for all gives
+    grown, roomy = compiled(*calls[0][:-1], 0), compiled(*calls[0][:-1], 10**6)
+    assert len(grown[0]) > 4 * 16 + 1024
+    for a, b in zip(grown, roomy, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
