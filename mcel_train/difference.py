@@ -337,10 +337,11 @@ class DifferenceEvaluator:
             self.x = self.x.reshape(len(self.x), *net.input_shape)
         self.memories = layer_memories(net, memories)
         self.n = len(self.x)
-        bounds = self._acc_bounds()
+        bounds, self.in_max = self._acc_bounds()
         # per layer the float dtype exact for any faulty accumulator (float32 below 2^24)
         self.dtypes = [torch.float32 if 2 * b < FLOAT32_EXACT else torch.float64 for b in bounds]
-        # per layer whether its accumulator changes may be summed in int16 (dense layers)
+        # per dense layer whether every accumulator change fits int16 (else each call checks
+        # its own changes: _int16_fits)
         self.int16_changes = [layer.conv is None and 2 * b < INT16_CHANGE_BOUND
                               for layer, b in zip(net.layers, bounds, strict=True)]
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
@@ -379,14 +380,14 @@ class DifferenceEvaluator:
         self._records: dict[int, int] = {}
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
 
-    def _acc_bounds(self) -> list[float]:
-        """Per layer the largest magnitude of any faulty (or clean) accumulator: a change is
-        at most twice it."""
-        out, in_max = [], float(self.x.abs().max()) if self.n else 1.0
+    def _acc_bounds(self) -> tuple[list[float], list[float]]:
+        """Per layer the largest magnitude of any faulty (or clean) accumulator (a change is
+        at most twice it), and of any of its inputs."""
+        out, in_max = [], [float(self.x.abs().max()) if self.n else 1.0]
         for layer in self.net.layers:
-            out.append(in_max * layer.weight.shape[1] * _weight_bound(layer))
-            in_max = layer.post.max_abs_out
-        return out
+            out.append(in_max[-1] * layer.weight.shape[1] * _weight_bound(layer))
+            in_max.append(layer.post.max_abs_out)
+        return out, in_max[:-1]
 
     # --- the clean network -------------------------------------------------------------------
 
@@ -415,7 +416,8 @@ class DifferenceEvaluator:
                 st = _CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows)
                 if i == 0 and layer.conv is None:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
-                elif self.int16_changes[i] and torch.equal(rows, torch.round(rows)):
+                elif (layer.conv is None and np.issubdtype(self.weights_t_compact[i].dtype, np.integer)
+                        and self.in_max[i] < INT16_CHANGE_BOUND and torch.equal(rows, torch.round(rows))):
                     st.narrow = _narrow_state(rows, lo, hi)
                 states.append(st)
                 h = out
@@ -769,7 +771,8 @@ class DifferenceEvaluator:
         w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
         dw_vals = np.concatenate(dw_vals)
         x, lo, hi = st.rows.numpy(), st.lo.numpy(), st.hi.numpy()
-        if st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer):
+        if (st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer)
+                and (self.int16_changes[i] or self._int16_fits(i, val, pair_ptr, f_ptr, f_rows, f_vals))):
             # the changes summed in int16 (see INT16_CHANGE_BOUND): the kernel's form for int16 values
             val, dw_vals, f_vals = (a.astype(np.int16) for a in (val, dw_vals, f_vals))
             pre = np.zeros((0, out_n), np.int16)
@@ -780,6 +783,17 @@ class DifferenceEvaluator:
             st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
         self._records[i] = int(1.25 * len(key))  # the next call's reservation
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+
+    def _int16_fits(self, i: int, val: np.ndarray, pair_ptr: np.ndarray, f_ptr: np.ndarray, f_rows: np.ndarray,
+                    f_vals: np.ndarray) -> bool:
+        """Whether this call's accumulator changes on layer ``i`` fit int16, when not every
+        possible one does: each is at most its pair's summed input changes times the largest
+        faulty weight, plus its output's summed weight changes times the largest input."""
+        out_n = self.weights_t[i].shape[1]
+        dx_sum = float(np.add.reduceat(np.abs(val), pair_ptr[:-1]).max()) if len(val) else 0.0
+        of_map = np.repeat(np.arange(len(f_ptr) - 1), np.diff(f_ptr))
+        dw_sum = float(np.bincount(of_map * out_n + f_rows, np.abs(f_vals)).max()) if len(f_vals) else 0.0
+        return dx_sum * _weight_bound(self.net.layers[i]) + dw_sum * self.in_max[i] < INT16_CHANGE_BOUND
 
     def _weight_rows(self, i: int, f_ptr: np.ndarray, f_rows: np.ndarray, f_cols: np.ndarray, f_vals: np.ndarray,
                      use: bool) -> tuple[np.ndarray, np.ndarray, bool]:

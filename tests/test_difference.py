@@ -534,14 +534,16 @@ def test_first_layer_blocks_match_dense(monkeypatch):
     assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
 
 
-@pytest.mark.parametrize("copies_fit, int16", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("copies_fit, int16", [(True, "always"), (False, "always"), (True, "this call"),
+                                               (True, "never"), (False, "never")])
 def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, int16):
     """Unsigned 8-bit weight codes with a zero point of 20: clean weights in [-20, 100] fit
     int8, faulty ones reach 235 and a flip changes a weight by up to 255. Through hidden layers
     whose accumulators sit near their thresholds, the compiled dense step reads each map's
     faulty weight rows (held as int16, the changes added with wrap-around) or, when the copies
-    do not fit, the clean rows plus the flipped weights, and sums the changes in int16 (they fit:
-    at most 2 x 3 x 16 x 255) or, when not allowed to, in float32; every map's logits equal the
+    do not fit, the clean rows plus the flipped weights, and sums the changes in int16 (every
+    possible change fits: at most 2 x 3 x 16 x 255; or, told otherwise, the call checks that
+    its own changes fit) or, when not allowed to, in float32; every map's logits equal the
     dense forward's in each form."""
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
@@ -557,13 +559,20 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
     monkeypatch.setattr(difference, "FAULTY_ROWS_BYTES", difference.FAULTY_ROWS_BYTES if copies_fit else 0)
     monkeypatch.setattr(difference, "BLAS_FRACTION", float("inf"))  # changed inputs row by row
-    monkeypatch.setattr(difference, "INT16_CHANGE_BOUND", difference.INT16_CHANGE_BOUND if int16 else 0)
+    monkeypatch.setattr(difference, "INT16_CHANGE_BOUND", 0 if int16 == "never" else difference.INT16_CHANGE_BOUND)
     forms = []
     compiled = difference.dense_layer_maps
     calls = []
     monkeypatch.setattr(difference, "dense_layer_maps",
                         lambda *a: calls.append(a) or forms.append((a[6].dtype, a[8], a[4].dtype)) or compiled(*a))
     diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
+    # the hidden and the logit layer (the first takes its own step)
+    assert diff.int16_changes[1:] == [int16 != "never"] * 2
+    checks = []
+    if int16 == "this call":
+        diff.int16_changes = [False] * 3
+        fits = diff._int16_fits
+        monkeypatch.setattr(diff, "_int16_fits", lambda *a: checks.append(fits(*a)) or checks[-1])
     maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
     changed = 0
     for fmap, res in zip(maps, diff.run_many(maps), strict=True):
@@ -572,13 +581,49 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert changed > len(x)
     rows = (np.dtype(np.int16), True) if copies_fit else (np.dtype(np.int8), False)
-    assert forms == [(*rows, np.dtype(np.int16 if int16 else np.float32))] * 2
+    assert forms == [(*rows, np.dtype(np.float32 if int16 == "never" else np.int16))] * 2
+    assert checks == ([True] * 2 if int16 == "this call" else [])
     # the kernel's own loop stops and resumes where its records would not fit: from the
     # smallest start (4 x 16 + 1024 records) it grows them and gives what room for all gives
     grown, roomy = compiled(*calls[0][:-1], 0), compiled(*calls[0][:-1], 10**6)
     assert len(grown[0]) > 4 * 16 + 1024
     for a, b in zip(grown, roomy, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_changes_beyond_int16_are_summed_in_float(monkeypatch):
+    """A hidden layer whose inputs step by 100 (levels 0 to 300) and whose weights reach 235:
+    its accumulator changes can pass int16's range, so no form is fixed in advance, and this
+    call's own check finds changes that may not fit and sums them in float32. Every map's
+    logits equal the dense forward's (summed in int16 they would wrap)."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
+    ws = [rng.integers(-20, 101, size=shape).astype(np.float32) for shape in ((16, 24), (16, 16), (10, 16))]
+    h, layers = x, []
+    for k, w in enumerate(ws):
+        acc = h @ torch.from_numpy(w).T
+        if k < 2:
+            quartiles = _quantile_post(acc, torch.ones(len(w), dtype=torch.float64))
+            post = ThresholdPostOp(quartiles.thresholds, out_mult=100.0 if k == 0 else 1.0)
+        else:
+            post = IdentityPostOp(1.0)
+        layers.append(IntLayer(f"layer{k}", w, 1.0, 8, post, weight_zero_point=20))
+        h = post(acc)
+    net = IntNetwork(layers, input_shape=(24,), input_kind="uint8")
+    mems = net.memories()
+    ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
+    monkeypatch.setattr(difference, "BLAS_FRACTION", float("inf"))  # changed inputs row by row
+    diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
+    assert not diff.int16_changes[1]
+    checks, forms = [], []
+    fits = diff._int16_fits
+    monkeypatch.setattr(diff, "_int16_fits", lambda *a: checks.append((a[0], fits(*a))) or checks[-1][1])
+    compiled = difference.dense_layer_maps
+    monkeypatch.setattr(difference, "dense_layer_maps", lambda *a: forms.append(a[4].dtype) or compiled(*a))
+    maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
+    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
+        assert torch.equal(with_difference(diff, res), dense_logits(net, x, ev, fmap))
+    assert checks == [(1, False)] and forms == [np.dtype(np.float32), np.dtype(np.int16)]
 
 
 def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
