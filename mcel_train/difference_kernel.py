@@ -425,12 +425,15 @@ def _conv_pairs(  # noqa: PLR0913, PLR0912, PLR0915
                         target, kk = scatter[oy, ox], kernel_t[m, c, ky, kx]
                         for o in range(o_n):
                             target[o] += v * kk[o]
-            for o in range(o_n if n_pos else 0):  # moved over to the channel-first buffer
-                plane = delta[o]
-                for q in range(n_pos):
-                    plane[pos_y[q], pos_x[q]] += scatter[pos_y[q], pos_x[q], o]
+            # moved over to the channel-first buffer position by position: each position's
+            # row is read (and cleared) whole (channel by channel, reading every position's
+            # entry, the second conv of the paper VGG3 at 1e-3 took 10-18 % longer)
             for q in range(n_pos):
-                scatter[pos_y[q], pos_x[q]] = 0
+                py, px = pos_y[q], pos_x[q]
+                src = scatter[py, px]
+                for o in range(o_n):
+                    delta[o, py, px] += src[o]
+                    src[o] = 0
             # every pool window of the planes that changed (all of them once an input changed,
             # else the flipped channels'): its new maximum, in sign * acc, against the range of
             # the clean window's level; only a window that leaves it is counted again
