@@ -534,6 +534,26 @@ def test_first_layer_blocks_match_dense(monkeypatch):
     assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
 
 
+def _zero_point_mlp(seed: int, first_step: float) -> tuple[IntNetwork, torch.Tensor]:
+    """24 -> 16 -> 16 -> 10 with unsigned 8-bit weight codes and a zero point of 20 (clean
+    weights in [-20, 100]), thresholds at each hidden channel's quartiles (so flips cross
+    them), the first layer's levels ``first_step`` apart; and 200 inputs in [0, 3]."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
+    ws = [rng.integers(-20, 101, size=shape).astype(np.float32) for shape in ((16, 24), (16, 16), (10, 16))]
+    h, layers = x, []
+    for k, w in enumerate(ws):
+        acc = h @ torch.from_numpy(w).T
+        if k < 2:
+            quartiles = _quantile_post(acc, torch.ones(len(w), dtype=torch.float64))
+            post = ThresholdPostOp(quartiles.thresholds, out_mult=first_step if k == 0 else 1.0)
+        else:
+            post = IdentityPostOp(1.0)
+        layers.append(IntLayer(f"layer{k}", w, 1.0, 8, post, weight_zero_point=20))
+        h = post(acc)
+    return IntNetwork(layers, input_shape=(24,), input_kind="uint8"), x
+
+
 @pytest.mark.parametrize("copies_fit, int16", [(True, "always"), (False, "always"), (True, "this call"),
                                                (True, "never"), (False, "never")])
 def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, int16):
@@ -545,16 +565,7 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     possible change fits: at most 2 x 3 x 16 x 255; or, told otherwise, the call checks that
     its own changes fit) or, when not allowed to, in float32; every map's logits equal the
     dense forward's in each form."""
-    rng = np.random.default_rng(2)
-    x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
-    ws = [rng.integers(-20, 101, size=shape).astype(np.float32) for shape in ((16, 24), (16, 16), (10, 16))]
-    h, layers = x, []
-    for k, w in enumerate(ws):
-        acc = h @ torch.from_numpy(w).T
-        post = _quantile_post(acc, torch.ones(len(w), dtype=torch.float64)) if k < 2 else IdentityPostOp(1.0)
-        layers.append(IntLayer(f"layer{k}", w, 1.0, 8, post, weight_zero_point=20))
-        h = post(acc)
-    net = IntNetwork(layers, input_shape=(24,), input_kind="uint8")
+    net, x = _zero_point_mlp(seed=2, first_step=1.0)
     mems = net.memories()
     ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
     monkeypatch.setattr(difference, "FAULTY_ROWS_BYTES", difference.FAULTY_ROWS_BYTES if copies_fit else 0)
@@ -596,20 +607,7 @@ def test_changes_beyond_int16_are_summed_in_float(monkeypatch):
     its accumulator changes can pass int16's range, so no form is fixed in advance, and this
     call's own check finds changes that may not fit and sums them in float32. Every map's
     logits equal the dense forward's (summed in int16 they would wrap)."""
-    rng = np.random.default_rng(3)
-    x = torch.from_numpy(rng.integers(0, 4, size=(200, 24)).astype(np.float32))
-    ws = [rng.integers(-20, 101, size=shape).astype(np.float32) for shape in ((16, 24), (16, 16), (10, 16))]
-    h, layers = x, []
-    for k, w in enumerate(ws):
-        acc = h @ torch.from_numpy(w).T
-        if k < 2:
-            quartiles = _quantile_post(acc, torch.ones(len(w), dtype=torch.float64))
-            post = ThresholdPostOp(quartiles.thresholds, out_mult=100.0 if k == 0 else 1.0)
-        else:
-            post = IdentityPostOp(1.0)
-        layers.append(IntLayer(f"layer{k}", w, 1.0, 8, post, weight_zero_point=20))
-        h = post(acc)
-    net = IntNetwork(layers, input_shape=(24,), input_kind="uint8")
+    net, x = _zero_point_mlp(seed=3, first_step=100.0)
     mems = net.memories()
     ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
     monkeypatch.setattr(difference, "BLAS_FRACTION", float("inf"))  # changed inputs row by row
