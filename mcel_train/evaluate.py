@@ -10,6 +10,7 @@ thousand non-zeros per map instead of a dense matmul. All arithmetic stays exact
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ PROBE_CHUNKS = 2
 # image than chunks of 1000, which errs towards the difference path by as much)
 PROBE_MIN_IMAGES = 256
 PROBE_SHARE = 16
+# The matmul whose fastest of MATMUL_RATE_REPEAT runs gives the best multiply-add rate this
+# process sees (per torch thread count), for the dense path's floor (see MapEvaluator.dense_floor)
+MATMUL_RATE_SHAPE = (1024, 1024, 1024)
+MATMUL_RATE_REPEAT = 4
 
 
 @dataclass
@@ -94,6 +99,8 @@ class MapEvaluator:
         self._choice: dict[object, str] = {}  # auto: the faster path per fault rate
         # auto: the dense path's seconds per map, as last timed (it does not depend on the rate)
         self._dense_per_map: float | None = None
+        # auto: the difference path's estimate per rate, made before the dense path was timed
+        self._estimates: dict[object, float] = {}
         self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
 
     @property
@@ -184,8 +191,9 @@ class MapEvaluator:
 
         ``method`` decides the path: ``dense`` (maps batched, every image through every layer),
         ``difference`` (:mod:`mcel_train.difference`: the clean network once, per map only what
-        differs) or ``auto``: per fault rate the first call times the dense path, the difference
-        path's time per map is estimated, and the faster is kept. The dense path is timed on two
+        differs) or ``auto``: per fault rate the first call estimates the difference path's time
+        per map; below the dense path's floor (:meth:`dense_floor`) it is kept at once, else the
+        dense path is timed and the faster kept. The dense path is timed on two
         small image chunks of its first group of maps (:meth:`_probe_chunks`; the group goes on
         if dense wins, only those chunks are lost if not), or, with too few images for that, by
         running that group whole before the tail takes the chosen path. At later rates the dense
@@ -202,7 +210,8 @@ class MapEvaluator:
             for idx in by_rate:
                 preds[idx] = self.evaluate([fmaps[k] for k in idx]).predictions
             return MapEvaluation((preds == self.labels[None, :]).mean(axis=1), preds)
-        path = self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps))
+        path = self._floor_choice(fmaps, self._known_dense_choice(fmaps, self._path(fmaps), [None] * len(fmaps)),
+                                  [None] * len(fmaps))
         chunk, group = self._dense_plan(len(fmaps))
         probe = min(chunk, max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE))
         if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
@@ -262,7 +271,7 @@ class MapEvaluator:
             for idx in by_rate:
                 out[idx] = self.logits([fmaps[k] for k in idx], [posts[k] for k in idx])
             return out
-        path = self._known_dense_choice(fmaps, self._path(fmaps), posts)
+        path = self._floor_choice(fmaps, self._known_dense_choice(fmaps, self._path(fmaps), posts), posts)
         probe = max(PROBE_MIN_IMAGES, len(self.labels) // PROBE_SHARE)
         if path == "probe" and len(self.labels) >= (PROBE_CHUNKS + 1) * probe:
             return self._probe_logits(fmaps, posts, probe)
@@ -360,6 +369,34 @@ class MapEvaluator:
         choice = self._probe(fmaps, self._dense_per_map, posts)
         self._choice[self._rate_key(fmaps[0])] = choice
         return choice
+
+    def _floor_choice(self, fmaps: Sequence[FaultMap], path: str,
+                      posts: Sequence[Mapping[int, PostOp] | None]) -> str:
+        """A probe call before the dense path was ever timed: the difference path is estimated
+        first, and if it beats the dense path's floor (:meth:`dense_floor`: the dense path can
+        only be slower) it is kept for the rate without timing the dense path, whose probe costs
+        most of a small call's time (paper VGG3, 16 maps of 1e-4 on 2000 images: the dense
+        probe 1.1-1.4 s against 1.3 s for the difference path's whole run). Otherwise the
+        estimate waits for the dense probe (:meth:`_probe`)."""
+        if path != "probe" or self._dense_won_below(fmaps):
+            return path
+        estimate = self._estimate(fmaps, posts)
+        if estimate >= self.dense_floor():
+            self._estimates[self._rate_key(fmaps[0])] = estimate
+            return path
+        self._choice[self._rate_key(fmaps[0])] = "difference"
+        return "difference"
+
+    def dense_floor(self) -> float:
+        """Seconds per map below which the dense path cannot go: the multiply-adds it does per
+        map (every layer's weights times its outputs per image, on all images; layer 0 left
+        out, which it takes as a sparse correction of the clean layer 0) at the best matmul
+        rate this process measured (:func:`matmul_rate`). Its threshold post-ops, smaller
+        matmuls and float64 layers only add to that."""
+        first = 1 if self.sparse_first or self.conv_first else 0
+        per_image = sum(self.difference.outputs_per_image[i] * layer.weight.shape[1]
+                        for i, layer in enumerate(self.net.layers) if i >= first)
+        return per_image * len(self.labels) / matmul_rate(torch.get_num_threads())
 
     @staticmethod
     def _probe_head(fmaps: Sequence[FaultMap], path: str, dense_group: int) -> int:
@@ -472,15 +509,28 @@ class MapEvaluator:
         against the time the dense path took per map; the faster path is kept for the rate.
         A rate above one where the dense path already won keeps it without an estimate: the
         difference path's cost grows with the faults, the dense path's does not."""
-        key = self._rate_key(fmaps[0])
-        if any(k[0] == key[0] and k[1] <= key[1] and c == "dense" for k, c in self._choice.items()):
+        if self._dense_won_below(fmaps):
             return "dense"
+        estimate = self._estimates.pop(self._rate_key(fmaps[0]), None)
+        if estimate is None:
+            estimate = self._estimate(fmaps, posts)
+        return "difference" if estimate < dense_per_map else "dense"
+
+    def _dense_won_below(self, fmaps: Sequence[FaultMap]) -> bool:
+        """Whether the dense path won at a rate at or below these maps' (same fault model): the
+        difference path's cost grows with the faults, the dense path's does not."""
+        key = self._rate_key(fmaps[0])
+        return any(k[0] == key[0] and k[1] <= key[1] and c == "dense" for k, c in self._choice.items())
+
+    def _estimate(self, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None]) -> float:
+        """The difference path's estimated seconds per map (timed as ``probe``)."""
         # the input quantizer's faults never take the difference path: leave them out
         posts = [{i: q for i, q in (p or {}).items() if i != INPUT_POST} for p in posts]
         t0 = time.perf_counter()
-        estimate = self.difference.estimate_seconds(fmaps, posts)
-        self.timing["probe"] += time.perf_counter() - t0
-        return "difference" if estimate < dense_per_map else "dense"
+        try:
+            return self.difference.estimate_seconds(fmaps, posts)
+        finally:
+            self.timing["probe"] += time.perf_counter() - t0
 
     def _evaluate_dense(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         t0 = time.perf_counter()
@@ -531,6 +581,24 @@ class MapEvaluator:
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
             yield lo, hi, logits
+
+
+@functools.cache
+def matmul_rate(threads: int) -> float:
+    """Multiply-adds per second of a float32 matmul of :data:`MATMUL_RATE_SHAPE` on
+    ``threads`` torch threads (the current count: the argument keys the cache), the fastest of
+    :data:`MATMUL_RATE_REPEAT` runs (a shared machine's noise only slows it down). Measured
+    once per process, in some 50 ms."""
+    m, k, n = MATMUL_RATE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(MATMUL_RATE_REPEAT):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return m * k * n / best
 
 
 def _probe_bounds(probe: int) -> list[tuple[int, int]]:

@@ -395,6 +395,66 @@ def test_auto_times_the_dense_path_once_then_only_estimates(trained):
     assert auto.timing["dense"] == dense_seconds  # not one map ran dense
 
 
+@pytest.mark.parametrize("call", ["evaluate", "logits"])
+def test_auto_skips_the_dense_probe_when_the_estimate_beats_the_dense_floor(trained, monkeypatch, call):
+    """A rate's first ``auto`` call estimates the difference path first: below the dense
+    path's floor it is taken with no dense map run at all (the dense time stays unknown);
+    above it the dense probe runs as before and reuses that estimate (one estimate, not two).
+    Every result equals the dense path's."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 1e-3, 3, k) for k in range(6)]
+    dense = MapEvaluator(net, x, labels, method="dense")
+    run = (lambda ev: ev.logits(maps)) if call == "logits" else (lambda ev: ev.evaluate(maps).predictions)
+    for floor, choice in ((float("inf"), "difference"), (0.0, None)):
+        auto = MapEvaluator(net, x, labels, method="auto")
+        monkeypatch.setattr(auto, "dense_floor", lambda floor=floor: floor)
+        estimates = []
+        estimate = auto.difference.estimate_seconds
+        monkeypatch.setattr(auto.difference, "estimate_seconds",
+                            lambda *a, seen=estimates, real=estimate, **k: seen.append(1) or real(*a, **k))
+        assert np.array_equal(run(auto), run(dense))
+        assert estimates == [1] and ("flip", 1e-3) in auto._choice
+        if choice == "difference":
+            assert auto._choice[("flip", 1e-3)] == "difference"
+            assert auto.timing["dense"] == 0 and auto._dense_per_map is None and auto.timing["difference"] > 0
+        else:
+            assert auto.timing["dense"] > 0 and auto._dense_per_map is not None
+
+
+def test_dense_floor_counts_the_dense_paths_multiply_adds(trained):
+    """``auto``'s floor of the dense path is its multiply-adds per map (every layer after the
+    first, which it takes as a sparse correction), counted here independently on the Brevitas
+    model's own conv and linear layers, at the measured matmul rate; and the dense path's
+    measured time per map lies above it."""
+    model, net, x, labels = trained
+    per_image = []
+
+    def count(mod, inp, out):
+        out = getattr(out, "value", out)  # a Brevitas QuantTensor or a tensor
+        per_image.append(out[0].numel() * mod.weight[0].numel())
+
+    hooks = [mod.register_forward_hook(count) for mod in model.modules()
+             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.as_tensor(x[:2], dtype=torch.float32))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(per_image) == len(net.layers)
+    ev = MapEvaluator(net, x, labels, method="dense")
+    rate = evaluate.matmul_rate(torch.get_num_threads())
+    assert rate > 1e8
+    assert ev.dense_floor() * rate == pytest.approx(sum(per_image[1:]) * len(labels), rel=1e-9)
+    maps = [generate_map(net.memories(), "flip", 1e-3, 3, k) for k in range(4)]
+    ev.evaluate(maps)
+    ev.timing["dense"] = 0.0
+    ev.evaluate(maps)
+    assert ev.timing["dense"] / len(maps) > ev.dense_floor()
+
+
 def test_maps_needed_is_the_first_narrow_prefix():
     rng = np.random.default_rng(1)
     accs = 0.8 + 0.02 * rng.standard_normal(200)
