@@ -54,7 +54,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcel_train.difference_kernel import clean_input_layer_maps, conv_layer_maps, dense_layer_maps, stable_groups
+from mcel_train.difference_kernel import (
+    clean_input_layer_maps,
+    conv_layer_maps,
+    dense_layer_maps,
+    logit_layer_maps,
+    stable_groups,
+)
 from mcel_train.faults.apply import element_deltas
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.intnet import FLOAT32_EXACT, IntLayer, IntNetwork, PostOp, ThresholdPostOp, layer_memories
@@ -540,10 +546,11 @@ class DifferenceEvaluator:
         """A group of maps on one image batch, layer by layer; per map the images whose logits
         differ, and their logits.
 
-        Dense layers with their clean post-op (the logit layer too), or with a map's faulty
-        thresholds, take one compiled step for all the group's maps (:meth:`_fused_dense_step`),
-        on the maps' differences kept side by side as a :class:`_Joint` from one such layer to
-        the next. Conv layers with a threshold post-op take one compiled step for the group too
+        Dense layers with their clean post-op, or with a map's faulty thresholds, take one
+        compiled step for all the group's maps (:meth:`_fused_dense_step`), on the maps'
+        differences kept side by side as a :class:`_Joint` from one such layer to the next; the
+        logit layer takes its own (:meth:`_logit_step`: full rows of logit changes). Conv
+        layers with a threshold post-op take one compiled step for the group too
         (:meth:`_compiled_conv_step`, a map's faulty thresholds included), on each map's own
         form: its active images and their changes; a faulty post-op that differs in more than
         its thresholds takes a tensor step per map."""
@@ -596,6 +603,15 @@ class DifferenceEvaluator:
                     done[m] = step
                 else:
                     active[m], dx[m] = step
+            if fused and i == last and st.rows is not None and not isinstance(layer.post, ThresholdPostOp) and all(
+                    i not in posts[m] for m in fused):  # the logits: full rows of changes
+                for m, got in enumerate(self._logit_step(i, st, [deltas[m][i] if m in in_joint else None
+                                                                 for m in range(g)], joint)):
+                    if m in in_joint:
+                        done[m] = got
+                        active_after[i] += len(got[0])
+                seconds_in[i] += time.perf_counter() - t_layer
+                continue
             if fused:
                 joint = self._fused_dense_step(i, st, [deltas[m][i] if m in in_joint else None for m in range(g)],
                                                [posts[m].get(i) if m in in_joint else None for m in range(g)], joint)
@@ -722,15 +738,86 @@ class DifferenceEvaluator:
         """A dense layer for a group of maps at once: ``joint`` holds the maps' input changes,
         ``layer_deltas`` per map its weight change here and ``layer_posts`` its faulty
         thresholds, if any (``None`` also for the maps not taking this step). One call of
-        :func:`mcel_train.difference_kernel.dense_layer_maps`; returns the output changes (of
-        the logits, on the logit layer)."""
-        dt = self.dtypes[i]
-        np_dt = np.float32 if dt == torch.float32 else np.float64
-        n, out_n = st.acc.shape
-        w_t = self.weights_t[i]
-        in_n = w_t.shape[0]
+        :func:`mcel_train.difference_kernel.dense_layer_maps`; returns the output changes (the
+        logit changes on a logit layer that :meth:`_logit_step` does not take)."""
+        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        out_n = st.acc.shape[1]
         g = joint.g
-        # per map its flipped weights by input (for dW @ dx) and by output (for dW @ x)
+        dw_ptr, dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals = self._flipped_by_map(i, layer_deltas)
+        post = self.net.layers[i].post
+        counted = isinstance(post, ThresholdPostOp)
+        thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
+        sign = post.sign.numpy() if counted else np.zeros(0)
+        out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
+        faulty_thresholds = _faulty_threshold_rows(layer_posts, thresholds)
+        if st.by_output is not None and not len(joint.key):  # the clean input: dW @ x only
+            key, out, change, out_keys, out_ptr, per_map = clean_input_layer_maps(
+                g, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.h.numpy(), *st.by_output, thresholds, sign,
+                out_bias, out_mult, CLEAN_INPUT_BLOCK)
+            return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+        col, val = joint.col, joint.val.astype(np_dt)
+        pair_key, pair_ptr = joint.pair_index()
+        pre = self._clean_product(i, col, val, pair_key, pair_ptr)
+        w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
+        x, lo, hi = st.rows.numpy(), st.lo.numpy(), st.hi.numpy()
+        if (st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer)
+                and (self.int16_changes[i] or self._int16_fits(i, val, pair_ptr, f_ptr, f_rows, f_vals))):
+            # the changes summed in int16 (see INT16_CHANGE_BOUND): the kernel's form for int16 values
+            val, dw_vals, f_vals = (a.astype(np.int16) for a in (val, dw_vals, f_vals))
+            pre = np.zeros((0, out_n), np.int16)
+            x, lo, hi = st.narrow
+        key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
+            g, pair_key, pair_ptr, col, val, pre, w_rows, slot, faulty_rows, dw_ptr, dw_rows,
+            dw_vals, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, x, lo, hi,
+            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
+        self._records[i] = int(1.25 * len(key))  # the next call's reservation
+        return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+
+    def _clean_product(self, i: int, col: np.ndarray, val: np.ndarray, pair_key: np.ndarray,
+                       pair_ptr: np.ndarray) -> np.ndarray:
+        """``W @ dx`` of every pair with the clean weights as one BLAS product when the input
+        changes are dense (:data:`BLAS_FRACTION`), else an empty ``(0, out)`` array: the
+        compiled step then multiplies the changed inputs row by row."""
+        dt = self.dtypes[i]
+        w_t = self.weights_t[i]
+        in_n, out_n = w_t.shape
+        if not len(val) or len(val) < BLAS_FRACTION * len(pair_key) * in_n:
+            return np.zeros((0, out_n), val.dtype)
+        block = torch.zeros(len(pair_key), in_n, dtype=dt)
+        pair_of = np.repeat(np.arange(len(pair_key)), np.diff(pair_ptr))
+        block[torch.from_numpy(pair_of), torch.from_numpy(col)] = torch.from_numpy(val)
+        return (block @ w_t).numpy()
+
+    def _logit_step(self, i: int, st: _CleanLayer, layer_deltas: list[LayerDelta | None],
+                    joint: _Joint) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The logit layer (no post-op) for a group of maps at once, from ``joint``'s input
+        changes and ``layer_deltas``' flipped weights: one call of
+        :func:`mcel_train.difference_kernel.logit_layer_maps`; per map the images whose logits
+        change, and those logits."""
+        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        dw_ptr, dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals = self._flipped_by_map(i, layer_deltas)
+        col, val = joint.col, joint.val.astype(np_dt)
+        pair_key, pair_ptr = joint.pair_index()
+        pre = self._clean_product(i, col, val, pair_key, pair_ptr)
+        w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
+        keys, block = logit_layer_maps(joint.g, pair_key, pair_ptr, col, val, pre, w_rows, slot,
+                                       not faulty_rows or len(pre) > 0, dw_ptr, dw_rows, dw_vals, f_ptr, f_rows,
+                                       f_cols, f_vals, st.rows.numpy())
+        image, of_map = np.divmod(keys, joint.g)
+        out = []
+        for sel in _by_map(of_map, joint.g):
+            rows = torch.from_numpy(image[sel])
+            out.append((rows, st.out[rows] + torch.from_numpy(block[sel])))
+        return out
+
+    def _flipped_by_map(self, i: int, layer_deltas: list[LayerDelta | None]) -> tuple[np.ndarray, ...]:
+        """Layer ``i``'s flipped weights of each map, as the compiled dense steps take them: by
+        input (``dw_ptr (maps, in + 1)``, ``dw_rows``, ``dw_vals``: for ``dW @ dx``) and sorted
+        by output then input (``f_ptr (maps + 1,)``, ``f_rows``, ``f_cols``, ``f_vals``: for
+        ``dW @ x``)."""
+        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        in_n = self.weights_t[i].shape[0]
+        g = len(layer_deltas)
         dw_ptr = np.zeros((g, in_n + 1), np.int64)
         f_ptr = np.zeros(g + 1, np.int64)
         dw_rows, dw_vals, f_rows, f_cols, f_vals = ([np.zeros(0, np.int64)], [np.zeros(0, np_dt)],
@@ -751,41 +838,8 @@ class DifferenceEvaluator:
                 f_vals.append(values[order])
                 offset += len(order)
             f_ptr[m + 1] = offset
-        post = self.net.layers[i].post
-        counted = isinstance(post, ThresholdPostOp)
-        thresholds = post.thresholds.numpy() if counted else np.zeros((0, 1))
-        sign = post.sign.numpy() if counted else np.zeros(0)
-        out_bias, out_mult = (post.out_bias, post.out_mult) if counted else (0.0, 1.0)
-        f_rows, f_cols, f_vals = (np.concatenate(a) for a in (f_rows, f_cols, f_vals))
-        faulty_thresholds = _faulty_threshold_rows(layer_posts, thresholds)
-        if st.by_output is not None and not len(joint.key):  # the clean input: dW @ x only
-            key, out, change, out_keys, out_ptr, per_map = clean_input_layer_maps(
-                g, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.h.numpy(), *st.by_output, thresholds, sign,
-                out_bias, out_mult, CLEAN_INPUT_BLOCK)
-            return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
-        col, val = joint.col, joint.val.astype(np_dt)
-        pair_key, pair_ptr = joint.pair_index()
-        pre = np.zeros((0, out_n), np_dt)
-        if len(val) and len(val) >= BLAS_FRACTION * len(pair_key) * in_n:  # dense changes: one BLAS product
-            block = torch.zeros(len(pair_key), in_n, dtype=dt)
-            pair_of = np.repeat(np.arange(len(pair_key)), np.diff(pair_ptr))
-            block[torch.from_numpy(pair_of), torch.from_numpy(col)] = torch.from_numpy(val)
-            pre = (block @ w_t).numpy()
-        w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
-        dw_vals = np.concatenate(dw_vals)
-        x, lo, hi = st.rows.numpy(), st.lo.numpy(), st.hi.numpy()
-        if (st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer)
-                and (self.int16_changes[i] or self._int16_fits(i, val, pair_ptr, f_ptr, f_rows, f_vals))):
-            # the changes summed in int16 (see INT16_CHANGE_BOUND): the kernel's form for int16 values
-            val, dw_vals, f_vals = (a.astype(np.int16) for a in (val, dw_vals, f_vals))
-            pre = np.zeros((0, out_n), np.int16)
-            x, lo, hi = st.narrow
-        key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
-            g, pair_key, pair_ptr, col, val, pre, w_rows, slot, faulty_rows, dw_ptr, np.concatenate(dw_rows),
-            dw_vals, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, x, lo, hi,
-            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
-        self._records[i] = int(1.25 * len(key))  # the next call's reservation
-        return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
+        return (dw_ptr, np.concatenate(dw_rows), np.concatenate(dw_vals), f_ptr,
+                *(np.concatenate(a) for a in (f_rows, f_cols, f_vals)))
 
     def _int16_fits(self, i: int, val: np.ndarray, pair_ptr: np.ndarray, f_ptr: np.ndarray, f_rows: np.ndarray,
                     f_vals: np.ndarray) -> bool:

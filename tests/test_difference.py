@@ -636,6 +636,10 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     calls = []
     monkeypatch.setattr(difference, "dense_layer_maps",
                         lambda *a: calls.append(a) or forms.append((a[6].dtype, a[8], a[4].dtype)) or compiled(*a))
+    logit_forms = []  # the logit layer's own step reads the same rows (faulty copies: no dW @ dx to add)
+    compiled_logits = difference.logit_layer_maps
+    monkeypatch.setattr(difference, "logit_layer_maps",
+                        lambda *a: logit_forms.append((a[6].dtype, not a[8])) or compiled_logits(*a))
     diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
     # the hidden and the logit layer (the first takes its own step)
     assert diff.int16_changes[1:] == [int16 != "never"] * 2
@@ -652,8 +656,9 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
         changed += int((ref != diff.clean_logits).any(1).sum())
     assert changed > len(x)
     rows = (np.dtype(np.int16), True) if copies_fit else (np.dtype(np.int8), False)
-    assert forms == [(*rows, np.dtype(np.float32 if int16 == "never" else np.int16))] * 2
-    assert checks == ([True] * 2 if int16 == "this call" else [])
+    assert forms == [(*rows, np.dtype(np.float32 if int16 == "never" else np.int16))]  # the hidden layer
+    assert logit_forms == [rows]
+    assert checks == ([True] if int16 == "this call" else [])
     # the kernel's own loop stops and resumes where its records would not fit: from the
     # smallest start (4 x 16 + 1024 records) it grows them and gives what room for all gives
     grown, roomy = compiled(*calls[0][:-1], 0), compiled(*calls[0][:-1], 10**6)
@@ -681,7 +686,7 @@ def test_changes_beyond_int16_are_summed_in_float(monkeypatch):
     maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
     for fmap, res in zip(maps, diff.run_many(maps), strict=True):
         assert torch.equal(with_difference(diff, res), dense_logits(net, x, ev, fmap))
-    assert checks == [(1, False)] and forms == [np.dtype(np.float32), np.dtype(np.int16)]
+    assert checks == [(1, False)] and forms == [np.dtype(np.float32)]  # the logit layer takes its own step
 
 
 def test_batches_run_side_by_side_in_threads_with_the_same_results(trained, monkeypatch):
