@@ -94,7 +94,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, help="memory layout from a FINN build manifest.json")
     p.add_argument("--map-batch", type=int, default=25, help="maps evaluated together")
     p.add_argument("--compile", action="store_true",
-                   help="fuse the post-ops with torch.compile (faster long sweeps)")
+                   help="count thresholds with torch.compile (a little faster; compiles once)")
     p.add_argument("--force", action="store_true", help="overwrite an existing sweep")
     p.add_argument("--test-images", type=int, default=0, help="first N test images only (0 = all)")
     p.add_argument("--ci-width", type=float, default=0.0,

@@ -60,8 +60,8 @@ class MapEvaluator:
 
     ``rows`` bounds the (map, image) pairs processed at once, so the memory use is about
     ``rows * widest layer * 4`` bytes per activation tensor; maps are grouped so that each
-    map sees at least ``min_chunk`` images per step (large matmuls). ``compile_post`` fuses
-    the threshold post-ops with ``torch.compile`` (much faster, one-off compile cost).
+    map sees at least ``min_chunk`` images per step (large matmuls). ``compile_post`` counts
+    the thresholds with ``torch.compile`` (see :func:`mcel_train.intnet._compiled_count`).
     """
 
     def __init__(

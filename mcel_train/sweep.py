@@ -85,8 +85,8 @@ def run_sweep(
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
     ``manifest``: take the memories (and so the (word, bit) -> weight mapping) from a FINN
-    build's ``manifest.json`` instead of the natural layout. ``compile_post``: fuse the
-    threshold post-ops with ``torch.compile`` (faster for long sweeps, compiles once).
+    build's ``manifest.json`` instead of the natural layout. ``compile_post``: count the
+    thresholds with ``torch.compile`` (a little faster for long sweeps, compiles once).
     ``test_images``: evaluate on the first N test images only (0 = all; for slow models).
     ``ci_width`` (accuracy points, 0 = off): at each rate, stop adding maps once the 95 %
     interval of the mean is narrower than this, at the latest after ``maps`` (statistical fault
