@@ -73,6 +73,22 @@ def test_validate_against_memories():
 
 
 
+def test_positions_differing_in_one_coordinate_are_distinct_and_a_repeat_anywhere_is_found():
+    """Faults sharing two of (memory, word, bit) are distinct positions; one repeated position
+    among thousands, wherever it sits, is refused."""
+    for memory, word, bit in (([0, 1], [3, 3], [1, 1]), ([0, 0], [3, 4], [1, 1]), ([0, 0], [3, 3], [1, 2])):
+        assert len(FaultMap(["a", "b"], memory, word, bit, [0, 0])) == 2
+    rng = np.random.default_rng(0)
+    flat = rng.choice(2 * 5000 * 8, size=3000, replace=False)
+    memory, word, bit = flat // (5000 * 8), flat // 8 % 5000, flat % 8
+    kind = np.zeros(len(flat), dtype=np.int8)
+    FaultMap(["a", "b"], memory, word, bit, kind)
+    at = rng.permutation(len(flat))[:2]
+    memory[at[0]], word[at[0]], bit[at[0]] = memory[at[1]], word[at[1]], bit[at[1]]
+    with pytest.raises(FaultMapError, match="more than once"):
+        FaultMap(["a", "b"], memory, word, bit, kind)
+
+
 def test_a_repeated_position_is_refused_on_every_path(tmp_path):
     """A flip and a stuck-at on the same bit would depend on their order: no path may accept it."""
     with pytest.raises(FaultMapError, match="more than once"):

@@ -31,6 +31,15 @@ def apply_masks(code, xor, clear, set_):
     return ((code ^ xor) & ~clear) | set_
 
 
+def _repeats_a_position(memory: np.ndarray, word: np.ndarray, bit: np.ndarray) -> bool:
+    """Whether two faults share ``(memory, word, bit)``: neighbours once sorted by all three (a
+    lexsort: ``np.unique`` over rows took 16 ms for a map of 13k faults, this 2 ms, and a
+    sweep makes hundreds of such maps)."""
+    order = np.lexsort((bit, word, memory))
+    m, w, b = memory[order], word[order], bit[order]
+    return bool(((m[1:] == m[:-1]) & (w[1:] == w[:-1]) & (b[1:] == b[:-1])).any())
+
+
 class FaultMapError(ArtifactError):
     """A fault map (or its file) is malformed or does not fit the memories it is applied to."""
 
@@ -68,7 +77,7 @@ class FaultMap:
             raise FaultMapError("duplicate memory names")
         # Checked here, so on every path (generated, loaded, built by hand): with distinct
         # positions the faults of a map commute, and apply_masks is their one semantics.
-        if n and np.unique(np.stack([self.memory, self.word, self.bit], axis=1), axis=0).shape[0] != n:
+        if n > 1 and _repeats_a_position(self.memory, self.word, self.bit):
             raise FaultMapError("fault map lists the same (memory, word, bit) more than once")
 
     def __len__(self) -> int:
