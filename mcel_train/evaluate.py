@@ -621,7 +621,10 @@ def predict(int_logits: torch.Tensor) -> torch.Tensor:
     accumulators (the lowest class index wins a tie) keeps the prediction free of the float
     rounding that a Brevitas float forward would let break them.
     """
-    return int_logits.argmax(-1)  # torch documents: the first maximal index
+    # torch documents argmax as the first maximal index; the dense path's logits are a
+    # transposed view, on which argmax took 1.5 ms instead of 0.34 ms with the copy (8 maps x
+    # 1024 images x 10 classes)
+    return int_logits.contiguous().argmax(-1)
 
 
 def clean_accuracy(net: IntNetwork, x: torch.Tensor, labels: np.ndarray) -> float:

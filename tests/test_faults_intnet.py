@@ -122,3 +122,15 @@ def test_threshold_then_pool_equals_pool_after_threshold(compiled):
     expected = torch.nn.functional.max_pool2d(post(acc), 2)
     assert torch.equal(post.then_pool(acc, 2), expected)
     assert post.then_pool(acc, 2).unique().numel() > 2  # the check sees several levels
+
+
+def test_predict_breaks_ties_to_the_lowest_class_on_any_layout():
+    """Integer logits tie often under faults: the lowest class index wins, also on the dense
+    path's transposed (non-contiguous) logits."""
+    from mcel_train.evaluate import predict
+
+    logits = torch.tensor([[[3.0, 5.0, 5.0], [7.0, 7.0, 1.0], [2.0, 2.0, 2.0], [0.0, 1.0, 4.0]]])
+    view = logits.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not view.is_contiguous()
+    for lg in (logits, view):
+        assert predict(lg).tolist() == [[1, 0, 0, 2]]
