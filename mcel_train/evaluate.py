@@ -88,6 +88,7 @@ class MapEvaluator:
         first = net.layers[0]
         self.sparse_first = sparse_first_layer and first.conv is None
         self._clean_acc0: torch.Tensor | None = None
+        self._x_t: torch.Tensor | None = None  # see _inputs_by_feature
         if self.sparse_first:
             self._clean_acc0 = self._dense_acc0(torch.as_tensor(first.weight))
         # A conv layer 0 (one input channel: a memory-bound convolution, and the widest
@@ -183,8 +184,16 @@ class MapEvaluator:
         clean = self._clean_acc0[:, lo:hi].to(dtype)
         if delta is None:
             return clean.unsqueeze(0).expand(m, *clean.shape)
-        corr = sparse_mm(delta, self.x[lo:hi].to(dtype).T)
+        corr = sparse_mm(delta, self._inputs_by_feature(dtype)[:, lo:hi])
         return corr.reshape(m, -1, hi - lo).add_(clean)
+
+    def _inputs_by_feature(self, dtype: torch.dtype) -> torch.Tensor:
+        """The images as ``(in, N)`` rows by input feature, made once per dtype: the sparse
+        product reads a feature's row per non-zero, and on the transposed view of ``x`` it took
+        3.7 ms instead of 2.1 ms (8 maps x 4000 flips, 1024 images; one-off timing)."""
+        if self._x_t is None or self._x_t.dtype != dtype:
+            self._x_t = self.x.to(dtype).T.contiguous()
+        return self._x_t
 
     def evaluate(self, fmaps: Sequence[FaultMap]) -> MapEvaluation:
         """Accuracy and predictions for each of ``fmaps`` (an empty map = the clean network).
