@@ -603,8 +603,8 @@ class DifferenceEvaluator:
                     done[m] = step
                 else:
                     active[m], dx[m] = step
-            if fused and i == last and st.rows is not None and not isinstance(layer.post, ThresholdPostOp) and all(
-                    i not in posts[m] for m in fused):  # the logits: full rows of changes
+            # the logit layer (no thresholds, so no map has faulty ones here): full rows of changes
+            if fused and i == last and not isinstance(layer.post, ThresholdPostOp):
                 for m, got in enumerate(self._logit_step(i, st, [deltas[m][i] if m in in_joint else None
                                                                  for m in range(g)], joint)):
                     if m in in_joint:
@@ -740,7 +740,7 @@ class DifferenceEvaluator:
         thresholds, if any (``None`` also for the maps not taking this step). One call of
         :func:`mcel_train.difference_kernel.dense_layer_maps`; returns the output changes (the
         logit changes on a logit layer that :meth:`_logit_step` does not take)."""
-        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        np_dt = self._np_dtype(i)
         out_n = st.acc.shape[1]
         g = joint.g
         dw_ptr, dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals = self._flipped_by_map(i, layer_deltas)
@@ -773,6 +773,10 @@ class DifferenceEvaluator:
         self._records[i] = int(1.25 * len(key))  # the next call's reservation
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
 
+    def _np_dtype(self, i: int) -> type:
+        """Layer ``i``'s exact float type (:attr:`dtypes`) as the compiled steps take it."""
+        return np.float32 if self.dtypes[i] == torch.float32 else np.float64
+
     def _clean_product(self, i: int, col: np.ndarray, val: np.ndarray, pair_key: np.ndarray,
                        pair_ptr: np.ndarray) -> np.ndarray:
         """``W @ dx`` of every pair with the clean weights as one BLAS product when the input
@@ -794,7 +798,7 @@ class DifferenceEvaluator:
         changes and ``layer_deltas``' flipped weights: one call of
         :func:`mcel_train.difference_kernel.logit_layer_maps`; per map the images whose logits
         change, and those logits."""
-        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        np_dt = self._np_dtype(i)
         dw_ptr, dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals = self._flipped_by_map(i, layer_deltas)
         col, val = joint.col, joint.val.astype(np_dt)
         pair_key, pair_ptr = joint.pair_index()
@@ -815,7 +819,7 @@ class DifferenceEvaluator:
         input (``dw_ptr (maps, in + 1)``, ``dw_rows``, ``dw_vals``: for ``dW @ dx``) and sorted
         by output then input (``f_ptr (maps + 1,)``, ``f_rows``, ``f_cols``, ``f_vals``: for
         ``dW @ x``)."""
-        np_dt = np.float32 if self.dtypes[i] == torch.float32 else np.float64
+        np_dt = self._np_dtype(i)
         in_n = self.weights_t[i].shape[0]
         g = len(layer_deltas)
         dw_ptr = np.zeros((g, in_n + 1), np.int64)
@@ -998,8 +1002,7 @@ class DifferenceEvaluator:
         memory faults) or ``None``; a channel whose thresholds differ is pooled at every
         position, each window tested against the faulty thresholds' range of its clean level
         (it stays only if the faulty thresholds give the clean count)."""
-        dt = self.dtypes[i]
-        np_dt = np.float32 if dt == torch.float32 else np.float64
+        dt, np_dt = self.dtypes[i], self._np_dtype(i)
         g, n_maps = layer.conv, len(ds)
         n, out_c = st.acc.shape[:2]
         # each map's faulty kernel, output channels last (repeat copies: contiguous)

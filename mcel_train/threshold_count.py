@@ -59,6 +59,8 @@ def threshold_count(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """``sum_k(x >= thresholds[c, k])`` in ``x``'s dtype and shape, channel ``c`` on dim 1 of
     ``x`` (a 2-D ``(rows, C)`` or ``(A, C, ...)``); ``thresholds (C, K)`` in any order. Exact:
     integer comparisons and a count of at most ``K``."""
+    if thresholds.shape[1] == 0:
+        return torch.zeros_like(x)
     shape = x.shape
     x3 = x.detach().contiguous().reshape(shape[0], shape[1], -1)
     if x3.dtype not in (torch.float32, torch.float64):
@@ -68,11 +70,8 @@ def threshold_count(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     xn, on = x3.numpy(), out.numpy()
     rows = x3.shape[0] if x3.shape[2] == 1 else x3.shape[0] * x3.shape[1]
     parts = max(1, min(torch.get_num_threads(), rows, x3.numel() // MIN_PER_THREAD))
-    if parts == 1 or t.shape[1] == 0:
-        if t.shape[1] == 0:
-            out.zero_()
-        else:
-            _count_rows(xn, t, on, 0, rows)
+    if parts == 1:
+        _count_rows(xn, t, on, 0, rows)
     else:
         bounds = np.linspace(0, rows, parts + 1).astype(np.int64)
         pool = _pool()

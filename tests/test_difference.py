@@ -56,6 +56,17 @@ def dense_logits(net, x, ev, fmap):
     return net.forward(torch.as_tensor(x, dtype=torch.float32), weights, max_abs_input=ev.max_abs_input)[0]
 
 
+def images_changed_equal_to_dense(net, x, ev, diff, maps, results) -> int:
+    """Asserts each map's difference result equals its dense forward; returns the (map, image)
+    pairs whose logits the faults changed (so a test can check the faults reached images)."""
+    changed = 0
+    for fmap, res in zip(maps, results, strict=True):
+        ref = dense_logits(net, x, ev, fmap)
+        assert torch.equal(with_difference(diff, res), ref)
+        changed += int((ref != diff.clean_logits).any(1).sum())
+    return changed
+
+
 def with_difference(diff: DifferenceEvaluator, result) -> torch.Tensor:
     logits = diff.clean_logits.clone()
     if len(result.rows):
@@ -494,11 +505,7 @@ def test_falling_channels_take_the_same_path_as_dense(digits, name, monkeypatch)
     maps = [generate_map(mems, "flip", 0.01, 5, i) for i in range(4)]
     ev = MapEvaluator(net, x, digits.test.labels, method="dense")
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
-    changed = 0
-    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
-        ref = dense_logits(net, x, ev, fmap)
-        assert torch.equal(with_difference(diff, res), ref)
-        changed += int((ref != diff.clean_logits).any(1).sum())
+    changed = images_changed_equal_to_dense(net, x, ev, diff, maps, diff.run_many(maps))
     assert changed > 0
     # the conv layers took the compiled step (every map's first layer at least)
     assert sum(calls) == 0 if spec.arch == "tfc" else sum(calls) >= len(maps)
@@ -548,11 +555,7 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch, pool, order
     monkeypatch.setattr(difference, "conv_layer_maps", lambda *a: calls.append(a) or compiled(*a))
     maps = [generate_map(mems, "flip", 0.02, 11, i) for i in range(6)]
     results = diff.run_many(maps)
-    changed = 0
-    for fmap, res in zip(maps, results, strict=True):
-        ref = dense_logits(net, x, ev, fmap)
-        assert torch.equal(with_difference(diff, res), ref)
-        changed += int((ref != diff.clean_logits).any(1).sum())
+    changed = images_changed_equal_to_dense(net, x, ev, diff, maps, results)
     assert changed > 0 and sum(a[0] for a in calls) >= 2 * len(maps)  # both conv layers, every map
     # the kernel's own loop stops and resumes where its records would not fit: from the
     # smallest start (1024 records) it grows them and gives what room for all gives
@@ -586,11 +589,7 @@ def test_first_layer_blocks_match_dense(monkeypatch):
     monkeypatch.setattr(difference, "clean_input_layer_maps", lambda *a: calls.append(a[-1]) or compiled(*a))
     diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
     maps = [generate_map(mems, "flip", 0.05, 5, i) for i in range(6)]
-    changed = 0
-    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
-        ref = dense_logits(net, x, ev, fmap)
-        assert torch.equal(with_difference(diff, res), ref)
-        changed += int((ref != diff.clean_logits).any(1).sum())
+    changed = images_changed_equal_to_dense(net, x, ev, diff, maps, diff.run_many(maps))
     assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
 
 
@@ -649,11 +648,7 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
         fits = diff._int16_fits
         monkeypatch.setattr(diff, "_int16_fits", lambda *a: checks.append(fits(*a)) or checks[-1])
     maps = [generate_map(mems, "flip", 0.02, 7, i) for i in range(6)]
-    changed = 0
-    for fmap, res in zip(maps, diff.run_many(maps), strict=True):
-        ref = dense_logits(net, x, ev, fmap)
-        assert torch.equal(with_difference(diff, res), ref)
-        changed += int((ref != diff.clean_logits).any(1).sum())
+    changed = images_changed_equal_to_dense(net, x, ev, diff, maps, diff.run_many(maps))
     assert changed > len(x)
     rows = (np.dtype(np.int16), True) if copies_fit else (np.dtype(np.int8), False)
     assert forms == [(*rows, np.dtype(np.float32 if int16 == "never" else np.int16))]  # the hidden layer
