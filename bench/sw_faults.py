@@ -4,7 +4,9 @@ On a run folder (``--run``, conv networks included; default a briefly trained sf
 Fashion-MNIST), the test set (``--test-images``: its first N) and ``--maps`` flip maps at
 ``--rate``, it measures (map x image) evaluations per second for
 
-- ``intnet``: :class:`mcel_train.evaluate.MapEvaluator` (all maps batched, sparse layer 0);
+- ``intnet``: :class:`mcel_train.evaluate.MapEvaluator` (all maps batched, sparse layer 0),
+  its products on oneDNN's int8 kernels (``dense``) and in float32 as before
+  (``dense_float``, :mod:`mcel_train.int8_products`);
 - ``brevitas``: per map, deepcopy the Brevitas model, install the faulty integer weights
   (scale fixed) and run its forward (reference (a));
 - ``roof``: a plain float32 matmul chain of the same shapes, one map at a time (reference (b)).
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(y)
     compile_post = not args.no_compile
     dense_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="dense")
+    float_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="dense", int8=False)
     diff_ev = MapEvaluator(net, x, y, rows=args.rows, compile_post=compile_post, method="difference")
     _, t_diff_setup = timed(lambda: diff_ev.difference)  # the clean state: once per test set
 
@@ -168,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         first, t_warm = timed(dense_ev.evaluate, maps)  # first call includes torch.compile
         dense, t_dense = timed(dense_ev.evaluate, maps)
         assert np.array_equal(first.predictions, dense.predictions)
+        timed(float_ev.evaluate, maps)  # its first call, as the dense one's
+        dense_float, t_float = timed(float_ev.evaluate, maps)
+        assert np.array_equal(dense_float.predictions, dense.predictions), "int8 and float products differ"
         _, t_diff_warm = timed(diff_ev.evaluate, maps[:2])  # first call loads (or compiles) the kernels
         before = diff_ev.difference.active_after.copy()
         changed_before = diff_ev.difference.changed_after.copy()
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         auto_choice = auto_ev._choice.get(("flip", rate))
         for _ in range(args.repeat - 1):
             t_dense = min(t_dense, timed(dense_ev.evaluate, maps)[1])
+            t_float = min(t_float, timed(float_ev.evaluate, maps)[1])
             t_diff = min(t_diff, timed(diff_ev.evaluate, maps)[1])
             t_auto = min(t_auto, timed(new_auto(auto_ev, rate).evaluate, maps)[1])
         n_brev = args.brevitas_maps or args.maps
@@ -198,12 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             "faults_per_map_mean": float(np.mean([len(f) for f in maps])),
             "mean_accuracy": float(dense.accuracy.mean()),
             "seconds": {"generate_maps": t_gen, "dense_first_call_incl_compile": t_warm, "dense": t_dense,
-                        "difference_first_two_maps_incl_compile": t_diff_warm,
+                        "dense_float": t_float, "difference_first_two_maps_incl_compile": t_diff_warm,
                         "difference": t_diff, "auto": t_auto, "brevitas_per_map": t_brev,
                         "matmul_roof": t_roof},
-            "map_images_per_s": {"dense": work / t_dense, "difference": work / t_diff, "auto": work / t_auto,
+            "map_images_per_s": {"dense": work / t_dense, "dense_float": work / t_float,
+                                 "difference": work / t_diff, "auto": work / t_auto,
                                  "brevitas_per_map": n_brev * n / t_brev, "matmul_roof": roof_maps * n / t_roof},
             "difference_vs_dense": t_dense / t_diff,
+            # the products in float32, as the dense path ran them before the int8 kernels
+            "dense_int8_vs_float": t_float / t_dense,
+            "difference_vs_dense_float": t_float / t_diff,
             "auto_vs_dense": t_dense / t_auto,
             "auto_choice": auto_choice,
             "dense_vs_brevitas": (work / t_dense) / (n_brev * n / t_brev),
@@ -223,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows_out.append(row)
         print(f"p={rate:g} (~{row['faults_per_map_mean']:.0f} flips/map, mean acc {row['mean_accuracy']:.4f}): "
-              f"dense {t_dense:.2f} s, difference {t_diff:.2f} s ({row['difference_vs_dense']:.2f}x), "
+              f"dense {t_dense:.2f} s (float products {t_float:.2f} s), "
+              f"difference {t_diff:.2f} s ({row['difference_vs_dense']:.2f}x), "
               f"auto {t_auto:.2f} s ({row['auto_vs_dense']:.2f}x, chose {row['auto_choice']}), "
               f"brevitas {t_brev:.2f} s for {n_brev} maps; still differing after each layer: "
               + ", ".join(f"{a:.0%}" for a in active) + "; outputs changed per differing image: "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mcel_train import int8_products
 from mcel_train.difference import DifferenceEvaluator, csr_matrix, sparse_mm, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
@@ -62,18 +63,23 @@ class MapEvaluator:
     ``rows * widest layer * 4`` bytes per activation tensor; maps are grouped so that each
     map sees at least ``min_chunk`` images per step (large matmuls). ``compile_post`` counts
     the thresholds with ``torch.compile`` (see :func:`mcel_train.intnet._compiled_count`).
+    ``int8``: the dense path multiplies on oneDNN's int8 kernels where that is exact and the
+    kernel is there (:mod:`mcel_train.int8_products`), else in float as always.
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, labels: np.ndarray,
         memories: Sequence[Memory] | None = None, rows: int = 8192, min_chunk: int = 1024,
         sparse_first_layer: bool = True, compile_post: bool = False, method: str = "auto",
+        int8: bool = True,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         keep_freed_memory()  # each call frees and reallocates large tensors: see mcel_train.malloc_tuning
         self.method = method
         self.net = net
+        # the dense path's products on oneDNN's int8 kernels where exact (mcel_train.int8_products)
+        self.int8 = int8 and int8_products.available()
         self.raw_x = x.to(torch.float32)  # the images, for maps that fault the input quantizer
         self.x = net.encode_input(self.raw_x)  # what the first layer sees
         self.labels = np.asarray(labels)
@@ -399,13 +405,18 @@ class MapEvaluator:
     def dense_floor(self) -> float:
         """Seconds per map below which the dense path cannot go: the multiply-adds it does per
         map (every layer's weights times its outputs per image, on all images; layer 0 left
-        out, which it takes as a sparse correction of the clean layer 0) at the best matmul
-        rate this process measured (:func:`matmul_rate`). Its threshold post-ops, smaller
-        matmuls and float64 layers only add to that."""
+        out, which it takes as a sparse correction of the clean layer 0) at the best rate this
+        process measured for the layer's product: :func:`matmul_rate`, or
+        :func:`mcel_train.int8_products.rate` on a layer that may run on the int8 kernel. Its
+        threshold post-ops, smaller products and float64 layers only add to that."""
         first = 1 if self.sparse_first or self.conv_first else 0
-        per_image = sum(self.difference.outputs_per_image[i] * layer.weight.shape[1]
-                        for i, layer in enumerate(self.net.layers) if i >= first)
-        return per_image * len(self.labels) / matmul_rate(torch.get_num_threads())
+        threads = torch.get_num_threads()
+        on_int8 = set(int8_products.eligible(self.net)) if self.int8 else set()
+        seconds_per_image = sum(
+            self.difference.outputs_per_image[i] * layer.weight.shape[1]
+            / (int8_products.rate(threads) if i in on_int8 else matmul_rate(threads))
+            for i, layer in enumerate(self.net.layers) if i >= first)
+        return seconds_per_image * len(self.labels)
 
     @staticmethod
     def _probe_head(fmaps: Sequence[FaultMap], path: str, dense_group: int) -> int:
@@ -577,6 +588,7 @@ class MapEvaluator:
         m = len(fmaps)
         weights = self.stacked_weights(fmaps)
         prepared = self.net.prepare(weights, self.max_abs_input)
+        int8 = int8_products.pack_layers(self.net, weights, prepared) if self.int8 else {}
         delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
         yield None
         for lo, hi in bounds:
@@ -586,7 +598,7 @@ class MapEvaluator:
             if self.conv_first:
                 first_out = self._first_out(weights[0], prepared[0], lo, hi)
             logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared,
-                                      first_acc_channels_first=self.sparse_first, first_out=first_out)
+                                      first_acc_channels_first=self.sparse_first, first_out=first_out, int8=int8)
             if logits.shape[0] != m:
                 logits = logits.expand(m, *logits.shape[1:])
             yield lo, hi, logits

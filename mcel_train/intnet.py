@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -269,6 +269,20 @@ class ThresholdPostOp(PostOp):
         """
         return self._count(max_pool(self._rising(acc), k))
 
+    def codes(self, acc: torch.Tensor, pool: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The output levels' counts (``out = out_bias + out_mult * count``) as uint8, after a
+        ``pool x pool`` max-pool if given: the codes that :mod:`mcel_train.int8_products`
+        multiplies (at most 255 thresholds). ``out``: where to write them."""
+        x = self._rising(acc)
+        if pool:
+            x = max_pool(x, pool)
+        if out is None and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last):  # the int8 conv's layout: count rows of channels
+            n, c, h, w = x.shape
+            flat = x.permute(0, 2, 3, 1).reshape(-1, c)
+            return threshold_count(flat, self.thresholds, dtype=torch.uint8).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return threshold_count(x, self.thresholds, dtype=torch.uint8, out=out)
+
     def _rising(self, acc: torch.Tensor) -> torch.Tensor:
         """``sign * acc``: the variable in which every channel's output rises."""
         if not bool((self.sign < 0).any()):
@@ -501,6 +515,7 @@ class IntNetwork:
         max_abs_input: float | None = None, first_acc: torch.Tensor | None = None,
         prepared: list[torch.Tensor] | None = None, collect: list | None = None,
         first_acc_channels_first: bool = False, first_out: torch.Tensor | None = None,
+        int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Integer logits ``(M, N, classes)`` for ``M`` weight sets (``None``: clean weights).
 
@@ -511,8 +526,12 @@ class IntNetwork:
         (a dense-layer-only layout that saves a transposing copy). ``first_out`` instead
         supplies a conv layer 0's output (post-op and pool applied), ``(N, M * C, H, W)`` or,
         shared by all maps, ``(N, C, H, W)``; layer 0 is then skipped. ``collect``, if given,
-        receives every layer's accumulators (margin diagnostics).
+        receives every layer's accumulators (margin diagnostics). ``int8``: per dense layer
+        index, its product on uint8 codes for these weights
+        (:func:`mcel_train.int8_products.pack_layers`); the layer before then hands on its
+        threshold counts as codes instead of levels.
         """
+        int8 = (int8 or {}) if collect is None else {}  # collect wants every accumulator block
         if prepared is None:
             in_max = float(x.abs().max()) if max_abs_input is None else float(max_abs_input)
             prepared = self.prepare(weights, in_max)
@@ -521,16 +540,17 @@ class IntNetwork:
         if all(layer.conv is None and not layer.pool for layer in self.layers):
             if first_acc is not None and not first_acc_channels_first:
                 first_acc = first_acc.transpose(1, 2)
-            return self._forward_dense(x, prepared, first_acc, collect)
+            return self._forward_dense(x, prepared, first_acc, collect, int8)
         if first_acc is not None and first_acc_channels_first:
             raise ValueError("channels-first layer-0 accumulators need an all-dense network")
         if first_out is not None and (self.layers[0].conv is None or collect is not None):
             raise ValueError("layer-0 outputs are taken for a conv layer 0, without collect")
-        return self._forward_general(x, prepared, first_acc, collect, first_out)
+        return self._forward_general(x, prepared, first_acc, collect, first_out, int8)
 
     def _forward_general(
         self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
         collect: list | None, first_out: torch.Tensor | None = None,
+        int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Any chain of conv and dense layers (see :meth:`IntLayer.accumulate` for layouts).
 
@@ -545,7 +565,11 @@ class IntNetwork:
         if first_out is not None:
             h, start = first_out, 1
             shared = first_out.shape[1] == prepared[0].shape[1]
-        for layer, w in zip(self.layers[start:], prepared[start:], strict=True):
+        int8 = int8 or {}
+        for i, (layer, w) in enumerate(zip(self.layers, prepared, strict=True)):
+            if i < start:
+                continue
+            codes_next = i + 1 in int8  # this layer hands on uint8 codes, not levels
             if layer.flatten_before:
                 groups = 1 if shared else m
                 if layer.flatten_order == "hwc":  # (N, G*C, H, W) -> (N, G, H, W, C): NHWC per map
@@ -555,6 +579,11 @@ class IntNetwork:
                 acc = first_acc.to(w.dtype)
                 if layer.conv is not None:  # given maps-major (M, N, out, H, W)
                     acc = acc.transpose(0, 1).reshape(n, -1, *acc.shape[3:])
+            elif i in int8:
+                if codes_next:  # the next layer's codes, counted map by map
+                    h, shared = int8[i](h, layer.post), False
+                    continue
+                acc = int8[i](h)
             else:
                 acc = layer.accumulate(h.to(w.dtype), w, shared)
             out_ch = w.shape[1]
@@ -562,7 +591,9 @@ class IntNetwork:
                 per_channel = acc.reshape(n * m, out_ch, *acc.shape[2:])
                 if collect is not None:
                     collect.append(per_channel.reshape(n, m, *per_channel.shape[1:]).transpose(0, 1))
-                if layer.pool:
+                if codes_next:
+                    out = layer.post.codes(per_channel, layer.pool)
+                elif layer.pool:
                     out = layer.post.then_pool(per_channel, layer.pool)
                 else:
                     out = layer.post(per_channel)
@@ -570,28 +601,40 @@ class IntNetwork:
             else:
                 if collect is not None:
                     collect.append(acc)
-                h = layer.post(acc.reshape(m * n, out_ch)).reshape(m, n, out_ch)
+                flat = acc.reshape(m * n, out_ch)
+                h = (layer.post.codes(flat) if codes_next else layer.post(flat)).reshape(m, n, out_ch)
             shared = False
         return h
 
     def _forward_dense(
         self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
-        collect: list | None,
+        collect: list | None, int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]],
     ) -> torch.Tensor:
         """All-dense networks, computed channels first: ``acc (M, out, N) = W @ h^T``.
 
         Same arithmetic as the generic path; the layout puts images on the contiguous axis,
-        which makes the per-channel threshold comparisons several times faster.
+        which makes the per-channel threshold comparisons several times faster. A layer in
+        ``int8`` takes its input as ``(M, N, in)`` uint8 codes and gives ``(M, N, out)``
+        accumulators (the kernel's layout); the levels after it are turned back channels first.
         """
         h_t = x.T  # (in, N), shared by all maps
+        codes = None  # (M, N, in) uint8, when the layer before handed on codes
         for i, (layer, w) in enumerate(zip(self.layers, prepared, strict=True)):
-            if i == 0 and first_acc is not None:
+            if codes is not None and i + 1 in int8:  # the next layer's codes, counted map by map
+                codes = int8[i](codes, layer.post)
+                continue
+            if codes is not None:
+                acc = int8[i](codes).transpose(1, 2)  # (M, out, N), a view
+            elif i == 0 and first_acc is not None:
                 acc = first_acc.to(w.dtype)
             else:
                 acc = torch.matmul(w, h_t.to(w.dtype))  # (M, out, N)
             if collect is not None:
                 collect.append(acc.transpose(1, 2))
-            h_t = layer.post(acc)
+            if i + 1 in int8:
+                codes = layer.post.codes(acc).transpose(1, 2).contiguous()
+            else:
+                h_t, codes = layer.post(acc.contiguous() if codes is not None else acc), None
         return h_t.transpose(1, 2)
 
 

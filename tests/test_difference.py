@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcel_train import difference, evaluate
+from mcel_train import difference, evaluate, int8_products
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
@@ -455,15 +455,21 @@ def test_dense_floor_counts_the_dense_paths_multiply_adds(trained):
         for h in hooks:
             h.remove()
     assert len(per_image) == len(net.layers)
-    ev = MapEvaluator(net, x, labels, method="dense")
-    rate = evaluate.matmul_rate(torch.get_num_threads())
-    assert rate > 1e8
-    assert ev.dense_floor() * rate == pytest.approx(sum(per_image[1:]) * len(labels), rel=1e-9)
+    threads = torch.get_num_threads()
+    rate = evaluate.matmul_rate(threads)
+    assert rate > 1e8 and int8_products.rate(threads) > 1e8
     maps = [generate_map(net.memories(), "flip", 1e-3, 3, k) for k in range(4)]
-    ev.evaluate(maps)
-    ev.timing["dense"] = 0.0
-    ev.evaluate(maps)
-    assert ev.timing["dense"] / len(maps) > ev.dense_floor()
+    for int8 in (False, True):  # the float products, and the int8 kernel's on the layers it takes
+        ev = MapEvaluator(net, x, labels, method="dense", int8=int8)
+        on_int8 = set(int8_products.eligible(net)) if int8 else set()
+        assert bool(on_int8) == int8
+        seconds = sum(per_image[i] / (int8_products.rate(threads) if i in on_int8 else rate)
+                      for i in range(1, len(net.layers)))
+        assert ev.dense_floor() == pytest.approx(seconds * len(labels), rel=1e-9)
+        ev.evaluate(maps)
+        ev.timing["dense"] = 0.0
+        ev.evaluate(maps)
+        assert ev.timing["dense"] / len(maps) > ev.dense_floor()
 
 
 def test_maps_needed_is_the_first_narrow_prefix():
