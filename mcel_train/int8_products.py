@@ -172,17 +172,18 @@ class PackedConv:
 
 
 def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], prepared: Sequence[torch.Tensor],
-                ) -> dict[int, PackedDense]:
-    """The dense layers of ``net`` whose products can run on the kernel for these maps'
-    ``weights`` (per layer ``(M, out, in)`` or ``None`` for the clean ones; ``prepared``: the
-    float path's weights, whose dtype says whether float32 is exact there)."""
+                pixels: bool = False) -> dict[int, PackedDense | PackedConv]:
+    """The layers of ``net`` whose products can run on the kernel for these maps' ``weights``
+    (per layer ``(M, out, in)`` or ``None`` for the clean ones; ``prepared``: the float path's
+    weights, whose dtype says whether float32 is exact there); ``pixels`` as in
+    :func:`eligible`."""
     if not available():
         return {}
     out = {}
-    for i in eligible(net):
+    for i in eligible(net, pixels):
         if prepared[i].dtype != torch.float32:
             continue
-        codes = codes_of(net.layers[i - 1].post)
+        codes = _input_codes(net, i, pixels)
         layer = net.layers[i]
         w = torch.as_tensor(layer.weight)[None] if weights[i] is None else torch.as_tensor(weights[i])
         if not _exact(w, codes):
@@ -192,16 +193,26 @@ def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], prepare
     return out
 
 
-def eligible(net: IntNetwork) -> list[int]:
-    """The dense and conv layers whose input is a threshold post-op's codes and whose clean weights fit the
-    kernel (a map's faulty weights are checked again when packed)."""
+PIXELS = Codes(1.0, 0.0, 255)  # a first dense layer's uint8 images, as they are
+
+
+def eligible(net: IntNetwork, pixels: bool = False) -> list[int]:
+    """The dense and conv layers whose input is a threshold post-op's codes and whose clean
+    weights fit the kernel (a map's faulty weights are checked again when packed); with
+    ``pixels`` (the caller's images are integers in 0..255 as the first layer sees them), a
+    dense first layer too."""
     found = []
-    for i in range(1, len(net.layers)):
-        layer = net.layers[i]
-        codes = codes_of(net.layers[i - 1].post)
+    for i, layer in enumerate(net.layers):
+        codes = _input_codes(net, i, pixels)
         if codes is not None and _exact(torch.as_tensor(layer.weight), codes):
             found.append(i)
     return found
+
+
+def _input_codes(net: IntNetwork, i: int, pixels: bool) -> Codes | None:
+    if i > 0:
+        return codes_of(net.layers[i - 1].post)
+    return PIXELS if pixels and net.layers[0].conv is None and net.input_post is None else None
 
 
 def _exact(w: torch.Tensor, codes: Codes) -> bool:

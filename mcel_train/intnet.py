@@ -618,7 +618,9 @@ class IntNetwork:
         accumulators (the kernel's layout); the levels after it are turned back channels first.
         """
         h_t = x.T  # (in, N), shared by all maps
-        codes = None  # (M, N, in) uint8, when the layer before handed on codes
+        # (M, N, in) uint8 when the layer before handed on codes; the images' own (N, in) codes
+        # when the first layer is in int8
+        codes = int8[0].codes.of(x) if 0 in int8 else None
         for i, (layer, w) in enumerate(zip(self.layers, prepared, strict=True)):
             if codes is not None and i + 1 in int8:  # the next layer's codes, counted map by map
                 codes = int8[i](codes, layer.post)

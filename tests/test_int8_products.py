@@ -47,8 +47,14 @@ def test_int8_evaluation_equals_the_float_one(trained, fault_model, rate):
     slow = MapEvaluator(net, x, labels, rows=900, min_chunk=100, method="dense", int8=False)
     assert fast.int8 and not slow.int8
     weights = fast.stacked_weights(maps)
-    packed = pack_layers(net, weights, net.prepare(weights, fast.max_abs_input))
-    assert sorted(packed) == list(range(1, len(net.layers))), name
+    packed = pack_layers(net, weights, net.prepare(weights, fast.max_abs_input), fast.int8_pixels)
+    # uint8 pixels (not w1a1's -1/+1 inputs): a dense first layer multiplies them on the kernel
+    # too, instead of the sparse correction of a clean layer 0; a conv layer 0 keeps its own path
+    dense_first = net.layers[0].conv is None
+    first_int8 = dense_first and float(x.min()) >= 0
+    assert fast.int8_pixels == (float(x.min()) >= 0) == (name != "tfc_w1a1")
+    assert fast.sparse_first == (dense_first and not first_int8) and slow.sparse_first == dense_first
+    assert sorted(packed) == list(range(0 if first_int8 else 1, len(net.layers))), name
     a, b = fast.evaluate(maps), slow.evaluate(maps)
     assert np.array_equal(a.predictions, b.predictions)
     assert np.array_equal(a.accuracy, b.accuracy)
