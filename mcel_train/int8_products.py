@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from mcel_train.intnet import FLOAT32_EXACT, IntNetwork, PostOp, ThresholdPostOp
+from mcel_train.intnet import FLOAT32_EXACT, ConvGeometry, IntNetwork, PostOp, ThresholdPostOp
 
 # The product whose fastest of RATE_REPEAT runs gives the best multiply-add rate of the kernel
 # (per torch thread count), for the dense path's floor (MapEvaluator.dense_floor)
@@ -79,16 +80,27 @@ def _pack(w: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def available() -> bool:
-    """Whether this torch has the kernel and it computes a product with a scale, a bias and
-    codes up to 255 exactly (checked once per process against an int64 product)."""
+    """Whether this torch has the kernels and they compute a product and a convolution with a
+    scale, a bias and codes up to 255 exactly (checked once per process against int64
+    arithmetic). The extreme rows (all 255 against all -128 or 127) would catch a kernel
+    that saturates pairwise sums in int16, as pre-VNNI x86 int8 instructions do."""
     try:
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (33, 72), generator=gen, dtype=torch.int64)
         w = torch.randint(-128, 128, (24, 72), generator=gen, dtype=torch.int64)
+        x[0], w[0], w[1] = 255, -128, 127
         bias = torch.randint(-1000, 1000, (24,), generator=gen, dtype=torch.int64)
         got = _linear(x.to(torch.uint8), _pack(w), 2.0, torch.ones(24), torch.zeros(24, dtype=torch.int64),
                       bias.to(torch.float32))
-        return bool(torch.equal(got.to(torch.int64), 2 * x @ w.T + bias))
+        if not torch.equal(got.to(torch.int64), 2 * x @ w.T + bias):
+            return False
+        geometry = ConvGeometry(in_channels=8, kernel=(3, 3), stride=(1, 1), padding=(1, 1))
+        xc = torch.randint(0, 256, (2, 8, 5, 5), generator=gen, dtype=torch.int64)
+        wc = torch.randint(-128, 128, (1, 6, 72), generator=gen, dtype=torch.int64)
+        xc[0], wc[0, 0] = 255, -128
+        want = F.conv2d(xc.to(torch.float64), wc[0].reshape(6, 8, 3, 3).to(torch.float64), padding=1)
+        got = PackedConv(wc, Codes(1.0, 0.0, 255), 1, geometry, pool=0)(xc.to(torch.uint8))
+        return bool(torch.equal(got.to(torch.float64), want))
     except (AttributeError, RuntimeError, TypeError):
         return False
 
@@ -134,7 +146,7 @@ class PackedConv:
     ``(N, M * out, H', W')`` float32 accumulators, or, given the layer's threshold post-op,
     the pooled outputs' codes."""
 
-    def __init__(self, weights: torch.Tensor, codes: Codes, maps: int, geometry, pool: int) -> None:
+    def __init__(self, weights: torch.Tensor, codes: Codes, maps: int, geometry: ConvGeometry, pool: int) -> None:
         g = geometry
         self.maps, self.codes, self.geometry, self.pool = maps, codes, g, pool
         self.out = weights.shape[1]
