@@ -157,12 +157,16 @@ class MapEvaluator:
         acc = layer.accumulate(x.to(w.dtype), w.unsqueeze(0), True)
         return (post.then_pool(acc, layer.pool) if layer.pool else post(acc)).to(torch.float32)
 
-    def _first_out(self, w0: torch.Tensor | None, prepared0: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    def _first_out(self, w0: torch.Tensor | None, prepared0: torch.Tensor, lo: int, hi: int,
+                   codes: int8_products.Codes | None = None) -> torch.Tensor:
         """A conv layer 0's outputs for images ``lo:hi``: the clean ones shared by all maps when
-        none faults layer 0, else ``(N, M * C, H, W)`` with each map's faulty channels redone."""
+        none faults layer 0, else ``(N, M * C, H, W)`` with each map's faulty channels redone;
+        float32 levels, or, given the next layer's ``codes``, its uint8 codes (a quarter of the
+        memory, and no float copy for the int8 convolution to convert)."""
         if self._clean_out0 is None:
             self._clean_out0 = self._conv_out0()
-        clean = self._clean_out0[lo:hi].to(torch.float32)
+        clean = self._clean_out0[lo:hi]
+        clean = clean.to(torch.float32) if codes is None else codes.of(clean)
         if w0 is None:
             return clean
         m, c = prepared0.shape[:2]
@@ -170,7 +174,8 @@ class MapEvaluator:
         out = clean.repeat(1, m, 1, 1)
         for k in changed.any(1).nonzero().flatten().tolist():
             chans = changed[k].nonzero().flatten()
-            out[:, k * c + chans] = self._out0(self.x[lo:hi], prepared0[k], chans)
+            redone = self._out0(self.x[lo:hi], prepared0[k], chans)
+            out[:, k * c + chans] = redone if codes is None else codes.of(redone)
         return out
 
     def stacked_weights(self, fmaps: Sequence[FaultMap]) -> list[torch.Tensor | None]:
@@ -597,10 +602,10 @@ class MapEvaluator:
         hi - lo, classes))`` per chunk (so that ``auto`` can time a chunk and go on or stop)."""
         m = len(fmaps)
         weights = self.stacked_weights(fmaps)
-        prepared = self.net.prepare(weights, self.max_abs_input)
-        int8 = int8_products.pack_layers(self.net, weights, prepared, self.int8_pixels) if self.int8 else {}
+        int8 = int8_products.pack_layers(self.net, weights, self.max_abs_input, self.int8_pixels) if self.int8 else {}
         if self.sparse_first:
             int8.pop(0, None)
+        prepared = self.net.prepare(weights, self.max_abs_input, skip=int8)
         delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
         yield None
         for lo, hi in bounds:
@@ -608,7 +613,7 @@ class MapEvaluator:
             if self.sparse_first:
                 first = self._first_acc(delta0, m, lo, hi, prepared[0].dtype)
             if self.conv_first:
-                first_out = self._first_out(weights[0], prepared[0], lo, hi)
+                first_out = self._first_out(weights[0], prepared[0], lo, hi, int8[1].codes if 1 in int8 else None)
             logits = self.net.forward(self.x[lo:hi], first_acc=first, prepared=prepared,
                                       first_acc_channels_first=self.sparse_first, first_out=first_out, int8=int8)
             if logits.shape[0] != m:

@@ -183,25 +183,28 @@ class PackedConv:
         return out
 
 
-def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], prepared: Sequence[torch.Tensor],
+def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], max_abs_input: float,
                 pixels: bool = False) -> dict[int, PackedDense | PackedConv]:
     """The layers of ``net`` whose products can run on the kernel for these maps' ``weights``
-    (per layer ``(M, out, in)`` or ``None`` for the clean ones; ``prepared``: the float path's
-    weights, whose dtype says whether float32 is exact there); ``pixels`` as in
-    :func:`eligible`."""
+    (per layer ``(M, out, in)`` or ``None`` for the clean ones) on inputs of at most
+    ``max_abs_input``: those whose float products are exact in float32
+    (:meth:`mcel_train.intnet.IntNetwork.exact_dtypes`) and whose codes and weights the kernel
+    holds; ``pixels`` as in :func:`eligible`."""
     if not available():
         return {}
+    dtypes = net.exact_dtypes(weights, max_abs_input)
+    maps = max((w.shape[0] for w in weights if w is not None), default=1)
     out = {}
     for i in eligible(net, pixels):
-        if prepared[i].dtype != torch.float32:
+        if dtypes[i] != torch.float32:
             continue
         codes = _input_codes(net, i, pixels)
         layer = net.layers[i]
         w = torch.as_tensor(layer.weight)[None] if weights[i] is None else torch.as_tensor(weights[i])
         if not _exact(w, codes):
             continue
-        m = prepared[i].shape[0]
-        out[i] = PackedDense(w, codes, m) if layer.conv is None else PackedConv(w, codes, m, layer.conv, layer.pool)
+        out[i] = (PackedDense(w, codes, maps) if layer.conv is None
+                  else PackedConv(w, codes, maps, layer.conv, layer.pool))
     return out
 
 
