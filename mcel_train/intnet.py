@@ -535,7 +535,7 @@ class IntNetwork:
         max_abs_input: float | None = None, first_acc: torch.Tensor | None = None,
         prepared: list[torch.Tensor] | None = None, collect: list | None = None,
         first_acc_channels_first: bool = False, first_out: torch.Tensor | None = None,
-        int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        int8: Mapping[int, Callable[..., torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Integer logits ``(M, N, classes)`` for ``M`` weight sets (``None``: clean weights).
 
@@ -546,10 +546,11 @@ class IntNetwork:
         (a dense-layer-only layout that saves a transposing copy). ``first_out`` instead
         supplies a conv layer 0's output (post-op and pool applied), ``(N, M * C, H, W)`` or,
         shared by all maps, ``(N, C, H, W)``; layer 0 is then skipped. ``collect``, if given,
-        receives every layer's accumulators (margin diagnostics). ``int8``: per dense layer
-        index, its product on uint8 codes for these weights
-        (:func:`mcel_train.int8_products.pack_layers`); the layer before then hands on its
-        threshold counts as codes instead of levels.
+        receives every layer's accumulators (margin diagnostics). ``int8``: per layer index,
+        its product on uint8 codes for these weights
+        (:func:`mcel_train.int8_products.pack_layers`), called as ``product(codes)`` for the
+        accumulators or ``product(codes, post)`` for the next layer's codes; the layer before
+        then hands on its threshold counts as codes instead of levels.
         """
         int8 = (int8 or {}) if collect is None else {}  # collect wants every accumulator block
         if prepared is None:
@@ -570,7 +571,7 @@ class IntNetwork:
     def _forward_general(
         self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
         collect: list | None, first_out: torch.Tensor | None = None,
-        int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        int8: Mapping[int, Callable[..., torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Any chain of conv and dense layers (see :meth:`IntLayer.accumulate` for layouts).
 
@@ -628,7 +629,7 @@ class IntNetwork:
 
     def _forward_dense(
         self, x: torch.Tensor, prepared: list[torch.Tensor], first_acc: torch.Tensor | None,
-        collect: list | None, int8: Mapping[int, Callable[[torch.Tensor], torch.Tensor]],
+        collect: list | None, int8: Mapping[int, Callable[..., torch.Tensor]],
     ) -> torch.Tensor:
         """All-dense networks, computed channels first: ``acc (M, out, N) = W @ h^T``.
 
