@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcel_train import int8_products
 from mcel_train.difference_kernel import (
     clean_input_layer_maps,
     conv_layer_maps,
@@ -325,17 +326,21 @@ class DifferenceEvaluator:
     threads, or what fits ``budget_bytes``);
     ``switch_fraction``: changed outputs beyond which the remaining layers run densely;
     ``workers``: threads the batches run in (default: torch's thread count when built; a call
-    uses at most torch's thread count at the time).
+    uses at most torch's thread count at the time); ``int8``: the dense finish multiplies on
+    oneDNN's int8 kernels where that is exact (as :class:`mcel_train.evaluate.MapEvaluator`'s
+    dense path does).
     """
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
         batch: int | None = None, budget_bytes: float = 3e9, switch_fraction: float = SWITCH_FRACTION,
-        workers: int | None = None,
+        workers: int | None = None, int8: bool = True,
     ) -> None:
         if not supports(net):
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
         self.net = net
+        # the dense finish's products on the int8 kernels where exact (mcel_train.int8_products)
+        self.int8 = int8 and int8_products.available()
         self.switch_fraction = switch_fraction  # see SWITCH_FRACTION (inf: never switch)
         self._estimating = False  # estimate_seconds runs: eager post-ops (see _finish_dense)
         self.x = x.to(torch.float32)
@@ -667,20 +672,28 @@ class DifferenceEvaluator:
         else:
             h[active] += dx
         last = len(self.net.layers) - 1
+        weights: list[torch.Tensor | None] = [None] * len(self.net.layers)
+        for j in range(i + 1, last + 1):
+            w, d = self.weights[j], deltas[j]
+            if d is not None:
+                w = w.clone()
+                w.index_put_((d.rows, d.cols), d.values.to(self.dtypes[j]), accumulate=True)
+            weights[j] = w
+        int8 = int8_products.pack_layers(self.net, [None if w is None else w[None] for w in weights],
+                                         self.in_max[0], only=range(i + 1, last + 1)) if self.int8 else {}
         with torch.no_grad():
             for j in range(i + 1, last + 1):
-                layer, dt, d = self.net.layers[j], self.dtypes[j], deltas[j]
-                w = self.weights[j]
-                if d is not None:
-                    w = w.clone()
-                    w.index_put_((d.rows, d.cols), d.values.to(dt), accumulate=True)
+                layer = self.net.layers[j]
                 post = posts.get(j, layer.post)
                 if self._estimating and j < last:
                     # torch.compile'd post-ops recompile for every new shape, and an estimate
                     # runs on slices of a batch: the eager form (slower: the estimate errs
                     # towards the dense path)
-                    post = post.channels(torch.arange(w.shape[0]))
-                h = _layer_forward(layer, h, w, dt, post)[2]
+                    post = post.channels(torch.arange(layer.weight.shape[0]))
+                if j in int8:
+                    h = _int8_layer(layer, int8[j], h, post, codes_next=j + 1 in int8)
+                else:
+                    h = _layer_forward(layer, h, weights[j], self.dtypes[j], post)[2]
         logits = h.to(torch.float32)
         touched = (logits != state[last].out).any(1).nonzero().flatten()
         return touched, logits[touched]
@@ -1145,6 +1158,22 @@ def _layer_forward(layer: IntLayer, h: torch.Tensor, w: torch.Tensor, dt: torch.
     h_in = F.pad(h.to(dt), (g.padding[1], g.padding[1], g.padding[0], g.padding[0]))
     acc = F.conv2d(h_in, _kernel(layer, w), stride=g.stride)
     return h_in, acc, post.then_pool(acc, layer.pool) if layer.pool else post(acc)
+
+
+def _int8_layer(layer: IntLayer, product: Callable[..., torch.Tensor], h: torch.Tensor, post: PostOp,
+                codes_next: bool) -> torch.Tensor:
+    """One map's layer on ``h`` (its input levels, or codes from the int8 layer before) on the
+    int8 kernel (:mod:`mcel_train.int8_products`): its output levels, or with ``codes_next``
+    the next layer's uint8 codes."""
+    if layer.flatten_before:
+        h = _flatten(h, layer.flatten_order)
+    if layer.conv is None:
+        h = h.reshape(len(h), -1)
+        return product(h, post)[0] if codes_next else post(product(h)[0])
+    if codes_next:
+        return product(h, post)
+    acc = product(h)
+    return post.then_pool(acc, layer.pool) if layer.pool else post(acc)
 
 
 def _flipped_channels(d: LayerDelta | None, h_t: torch.Tensor, dt: torch.dtype,

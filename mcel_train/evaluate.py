@@ -125,7 +125,7 @@ class MapEvaluator:
         """The difference evaluator (built on first use; ``None`` if the network lacks the
         per-channel post-ops it needs, e.g. Brevitas post-ops without thresholds)."""
         if self._difference is None and supports(self.net):
-            self._difference = DifferenceEvaluator(self.net, self.x, self.memories_given)
+            self._difference = DifferenceEvaluator(self.net, self.x, self.memories_given, int8=self.int8)
         return self._difference
 
     def _dense_acc0(self, w: torch.Tensor) -> torch.Tensor:

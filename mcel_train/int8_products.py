@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,19 +184,19 @@ class PackedConv:
 
 
 def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], max_abs_input: float,
-                pixels: bool = False) -> dict[int, PackedDense | PackedConv]:
+                pixels: bool = False, only: Collection[int] | None = None) -> dict[int, PackedDense | PackedConv]:
     """The layers of ``net`` whose products can run on the kernel for these maps' ``weights``
     (per layer ``(M, out, in)`` or ``None`` for the clean ones) on inputs of at most
     ``max_abs_input``: those whose float products are exact in float32
     (:meth:`mcel_train.intnet.IntNetwork.exact_dtypes`) and whose codes and weights the kernel
-    holds; ``pixels`` as in :func:`eligible`."""
+    holds; ``pixels`` as in :func:`eligible`; ``only``: these layers at most."""
     if not available():
         return {}
     dtypes = net.exact_dtypes(weights, max_abs_input)
     maps = max((w.shape[0] for w in weights if w is not None), default=1)
     out = {}
     for i in eligible(net, pixels):
-        if dtypes[i] != torch.float32:
+        if dtypes[i] != torch.float32 or (only is not None and i not in only):
             continue
         codes = _input_codes(net, i, pixels)
         layer = net.layers[i]

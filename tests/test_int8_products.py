@@ -160,3 +160,21 @@ def test_layers_that_int8_cannot_hold_stay_float():
                      _threshold_post(700, 255, 1.0, 0.0, 5))
     assert 700 * 255 * 127 >= int8_products.FLOAT32_EXACT  # past float32: not packed
     assert not pack_layers(wide, [None, None], 255.0)
+
+
+@pytest.mark.parametrize("pool", [0, 2])
+def test_the_difference_paths_dense_finish_layer_equals_its_float_layer(pool):
+    """The difference evaluator's dense finish (one map, all images) on the kernel: a conv
+    layer's levels (pooled or not) and its next layer's codes equal the float layer's."""
+    from mcel_train.difference import _int8_layer, _layer_forward
+
+    gen = torch.Generator().manual_seed(pool)
+    geo = ConvGeometry(in_channels=3, kernel=(3, 3), stride=(1, 1), padding=(1, 1))
+    w = torch.randint(-8, 8, (5, 27), generator=gen)
+    post = _threshold_post(5, 3, 1.0, 0.0, 7)
+    layer = IntLayer("c", w.numpy(), 1.0, 4, post, conv=geo, pool=pool)
+    levels_in = torch.randint(0, 4, (6, 3, 8, 8), generator=gen).to(torch.float32)
+    product = PackedConv(w[None], Codes(1.0, 0.0, 3), 1, geo, pool)
+    want = _layer_forward(layer, levels_in, w.to(torch.float32), torch.float32, post)[2]
+    assert torch.equal(_int8_layer(layer, product, levels_in, post, codes_next=False), want)
+    assert torch.equal(_int8_layer(layer, product, levels_in, post, codes_next=True), want.to(torch.uint8))
