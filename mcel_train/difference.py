@@ -679,8 +679,11 @@ class DifferenceEvaluator:
                 w = w.clone()
                 w.index_put_((d.rows, d.cols), d.values.to(self.dtypes[j]), accumulate=True)
             weights[j] = w
+        # not where this map's faulty thresholds feed or follow a layer: those post-ops
+        # (SearchThresholdPostOp) give levels only, and may reach codes the bound did not count
+        plain = [j for j in range(i + 1, last + 1) if j not in posts and j - 1 not in posts]
         int8 = int8_products.pack_layers(self.net, [None if w is None else w[None] for w in weights],
-                                         self.in_max[0], only=range(i + 1, last + 1)) if self.int8 else {}
+                                         self.in_max[0], only=plain) if self.int8 else {}
         with torch.no_grad():
             for j in range(i + 1, last + 1):
                 layer = self.net.layers[j]
