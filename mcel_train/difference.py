@@ -682,8 +682,9 @@ class DifferenceEvaluator:
         # not where this map's faulty thresholds feed or follow a layer: those post-ops
         # (SearchThresholdPostOp) give levels only, and may reach codes the bound did not count
         plain = [j for j in range(i + 1, last + 1) if j not in posts and j - 1 not in posts]
+        # self.dtypes hold float32 only where any faulty weights keep float32 exact
         int8 = int8_products.pack_layers(self.net, [None if w is None else w[None] for w in weights],
-                                         self.in_max[0], only=plain) if self.int8 else {}
+                                         self.dtypes, only=plain) if self.int8 else {}
         with torch.no_grad():
             for j in range(i + 1, last + 1):
                 layer = self.net.layers[j]

@@ -41,11 +41,6 @@ PROBE_SHARE = 16
 # process sees (per torch thread count), for the dense path's floor (see MapEvaluator.dense_floor)
 MATMUL_RATE_SHAPE = (1024, 1024, 1024)
 MATMUL_RATE_REPEAT = 4
-# A dense first layer on uint8 images runs on the int8 kernel instead of as the clean layer 0
-# plus each map's sparse correction (then count and transpose): sfc_w2a2, 20 maps x 10k images,
-# two threads, fastest of 3: 0.207 / 0.219 / 0.261 s -> 0.202 / 0.208 / 0.222 s at 1e-4 / 1e-3
-# / 1e-2 (one-off A/B in one process)
-INT8_FIRST_LAYER = True
 
 
 @dataclass
@@ -98,8 +93,10 @@ class MapEvaluator:
         self.max_abs_input = float(self.x.abs().max())
         first = net.layers[0]
         # images of integers 0..255: a dense first layer multiplies them as uint8 codes on the
-        # int8 kernel, which replaces the clean layer 0 plus sparse corrections
-        self.int8_pixels = self.int8 and INT8_FIRST_LAYER and bool(
+        # int8 kernel, which replaces the clean layer 0 plus each map's sparse correction (then
+        # count and transpose): sfc_w2a2, 20 maps x 10k images, two threads, fastest of 3: 0.207
+        # / 0.219 / 0.261 s -> 0.202 / 0.208 / 0.222 s at 1e-4 / 1e-3 / 1e-2 (one-off A/B)
+        self.int8_pixels = self.int8 and bool(
             torch.equal(self.x, self.x.round()) and self.x.min() >= 0 and self.x.max() <= 255)
         self.sparse_first = sparse_first_layer and first.conv is None and not (
             self.int8_pixels and 0 in int8_products.eligible(net, pixels=True))
@@ -602,10 +599,11 @@ class MapEvaluator:
         hi - lo, classes))`` per chunk (so that ``auto`` can time a chunk and go on or stop)."""
         m = len(fmaps)
         weights = self.stacked_weights(fmaps)
-        int8 = int8_products.pack_layers(self.net, weights, self.max_abs_input, self.int8_pixels) if self.int8 else {}
+        dtypes = self.net.exact_dtypes(weights, self.max_abs_input)
+        int8 = int8_products.pack_layers(self.net, weights, dtypes, self.int8_pixels) if self.int8 else {}
         if self.sparse_first:
             int8.pop(0, None)
-        prepared = self.net.prepare(weights, self.max_abs_input, skip=int8)
+        prepared = self.net.prepare(weights, self.max_abs_input, skip=int8, dtypes=dtypes)
         delta0 = self._first_delta(weights[0], prepared[0].dtype) if self.sparse_first else None
         yield None
         for lo, hi in bounds:

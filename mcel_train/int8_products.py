@@ -183,23 +183,21 @@ class PackedConv:
         return out
 
 
-def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], max_abs_input: float,
+def pack_layers(net: IntNetwork, weights: Sequence[torch.Tensor | None], dtypes: Sequence[torch.dtype],
                 pixels: bool = False, only: Collection[int] | None = None) -> dict[int, PackedDense | PackedConv]:
     """The layers of ``net`` whose products can run on the kernel for these maps' ``weights``
-    (per layer ``(M, out, in)`` or ``None`` for the clean ones) on inputs of at most
-    ``max_abs_input``: those whose float products are exact in float32
-    (:meth:`mcel_train.intnet.IntNetwork.exact_dtypes`) and whose codes and weights the kernel
-    holds; ``pixels`` as in :func:`eligible`; ``only``: these layers at most."""
+    (per layer ``(M, out, in)`` or ``None`` for the clean ones): those whose float products
+    are exact in float32 (``dtypes``, as :meth:`mcel_train.intnet.IntNetwork.exact_dtypes`
+    gives them for these weights) and whose codes and weights the kernel holds; ``pixels`` as
+    in :func:`eligible`; ``only``: these layers at most."""
     if not available():
         return {}
-    dtypes = net.exact_dtypes(weights, max_abs_input)
     maps = max((w.shape[0] for w in weights if w is not None), default=1)
     out = {}
-    for i in eligible(net, pixels):
-        if dtypes[i] != torch.float32 or (only is not None and i not in only):
-            continue
+    for i, layer in enumerate(net.layers):
         codes = _input_codes(net, i, pixels)
-        layer = net.layers[i]
+        if codes is None or dtypes[i] != torch.float32 or (only is not None and i not in only):
+            continue
         w = torch.as_tensor(layer.weight)[None] if weights[i] is None else torch.as_tensor(weights[i])
         if not _exact(w, codes):
             continue

@@ -485,7 +485,7 @@ class IntNetwork:
 
     def prepare(
         self, weights: Sequence[torch.Tensor | np.ndarray | None] | None, max_abs_input: float,
-        skip: Collection[int] = (),
+        skip: Collection[int] = (), dtypes: Sequence[torch.dtype] | None = None,
     ) -> list[torch.Tensor]:
         """Per layer ``(M, out, in)`` float weights in the dtype that keeps it exact
         (:meth:`exact_dtypes`).
@@ -493,10 +493,11 @@ class IntNetwork:
         ``weights[i]`` is ``(M, out, in)`` integers or ``None`` (clean, broadcast over maps).
         Layers in ``skip`` (their products run elsewhere: :mod:`mcel_train.int8_products`) get
         a storage-free placeholder of that shape and dtype instead of a float copy (the paper
-        VGG3's 3136 -> 2048 layer is 400 MB in float32 for 16 maps).
+        VGG3's 3136 -> 2048 layer is 400 MB in float32 for 16 maps). ``dtypes``: those of
+        :meth:`exact_dtypes` for these weights, if the caller has them already.
         """
         weights = list(weights) if weights is not None else [None] * len(self.layers)
-        dtypes = self.exact_dtypes(weights, max_abs_input)
+        dtypes = self.exact_dtypes(weights, max_abs_input) if dtypes is None else dtypes
         m = max((w.shape[0] for w in weights if w is not None), default=1)
         out = []
         for i, (layer, w, dt) in enumerate(zip(self.layers, weights, dtypes, strict=True)):

@@ -69,19 +69,18 @@ def threshold_count(x: torch.Tensor, thresholds: torch.Tensor, dtype: torch.dtyp
     ``torch.uint8`` gives the codes that :mod:`mcel_train.int8_products` multiplies).
     ``out``: a contiguous tensor of ``x``'s shape and that type to write the count into."""
     dtype = x.dtype if dtype is None else dtype
-    if out is not None and (out.shape != x.shape or out.dtype != dtype or not out.is_contiguous()):
-        raise ValueError("out must be a contiguous tensor of the input's shape and the count's dtype")
-    if thresholds.shape[1] == 0:
-        return torch.zeros(x.shape, dtype=dtype) if out is None else out.zero_()
     shape = x.shape
     x3 = x.detach().contiguous().reshape(shape[0], shape[1], -1)
     if x3.dtype not in (torch.float32, torch.float64):
         x3 = x3.to(torch.float64)
+    # the loops write uint8 or the accumulators' float type; any other type is converted after
+    store = dtype if dtype in (torch.uint8, torch.float32, torch.float64) else x3.dtype
+    if out is not None and (out.shape != shape or out.dtype != store or not out.is_contiguous()):
+        raise ValueError("out must be a contiguous uint8, float32 or float64 tensor of the input's shape")
+    out = torch.empty(x3.shape, dtype=store) if out is None else out.view(x3.shape)
+    if thresholds.shape[1] == 0:
+        return out.zero_().reshape(shape).to(dtype)
     t = thresholds.to(x3.dtype).contiguous().numpy()
-    if out is not None and dtype in (torch.uint8, torch.float32, torch.float64):
-        out = out.view(x3.shape)
-    else:
-        out = torch.empty(x3.shape, dtype=dtype if dtype in (torch.uint8, torch.float32, torch.float64) else x3.dtype)
     xn, on = x3.numpy(), out.numpy()
     if x3.shape[2] == 1:  # channels last: whole rows of channels
         fn, args, rows = _count_last, (xn[:, :, 0], np.ascontiguousarray(t.T), on[:, :, 0]), x3.shape[0]

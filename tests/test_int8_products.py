@@ -47,7 +47,7 @@ def test_int8_evaluation_equals_the_float_one(trained, fault_model, rate):
     slow = MapEvaluator(net, x, labels, rows=900, min_chunk=100, method="dense", int8=False)
     assert fast.int8 and not slow.int8
     weights = fast.stacked_weights(maps)
-    packed = pack_layers(net, weights, fast.max_abs_input, fast.int8_pixels)
+    packed = pack_layers(net, weights, net.exact_dtypes(weights, fast.max_abs_input), fast.int8_pixels)
     # uint8 pixels (not w1a1's -1/+1 inputs): a dense first layer multiplies them on the kernel
     # too, instead of the sparse correction of a clean layer 0; a conv layer 0 keeps its own path
     dense_first = net.layers[0].conv is None
@@ -72,7 +72,7 @@ def test_forward_logits_are_identical(trained):
         w[flip] = torch.randint(lo, hi + 1, (int(flip.sum()),), generator=gen).to(w.dtype)
         weights.append(w)
     xs = torch.as_tensor(x[:300], dtype=torch.float32)
-    int8 = pack_layers(net, weights, float(xs.abs().max()))
+    int8 = pack_layers(net, weights, net.exact_dtypes(weights, float(xs.abs().max())))
     assert int8
     prepared = net.prepare(weights, float(xs.abs().max()))
     lean = net.prepare(weights, float(xs.abs().max()), skip=int8)  # no float copies where int8 runs
@@ -146,7 +146,7 @@ def test_layers_that_int8_cannot_hold_stay_float():
                        (torch.tensor([[200] + [1] * 7] * 4), False)):
         net = _tiny_net(w0, w1, post0)
         weights = [None, None]
-        assert bool(pack_layers(net, weights, 255.0)) == packed
+        assert bool(pack_layers(net, weights, net.exact_dtypes(weights, 255.0))) == packed
         x = torch.randint(0, 256, (50, 12), generator=gen).to(torch.float32)
         labels = np.zeros(50, dtype=np.int64)
         maps = [generate_map(net.memories(), "flip", 0.1, 0, k) for k in range(3)]
@@ -155,11 +155,11 @@ def test_layers_that_int8_cannot_hold_stay_float():
         assert np.array_equal(a.predictions, b.predictions)
     big = _tiny_net(w0, torch.full((4, 8), 100), _threshold_post(8, 255, 1.0, 0.0, 4))
     assert 8 * 255 * 100 < int8_products.FLOAT32_EXACT  # exact, packed
-    assert pack_layers(big, [None, None], 255.0)
+    assert pack_layers(big, [None, None], big.exact_dtypes(None, 255.0))
     wide = _tiny_net(torch.randint(-2, 3, (700, 12), generator=gen), torch.full((4, 700), 127),
                      _threshold_post(700, 255, 1.0, 0.0, 5))
     assert 700 * 255 * 127 >= int8_products.FLOAT32_EXACT  # past float32: not packed
-    assert not pack_layers(wide, [None, None], 255.0)
+    assert not pack_layers(wide, [None, None], wide.exact_dtypes(None, 255.0))
 
 
 @pytest.mark.parametrize("pool", [0, 2])
