@@ -30,7 +30,7 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear, QuantReLU
 from torch import nn
 
 from mcel_train.memory import Memory, memory_for_layer, weight_zero_point
-from mcel_train.threshold_count import threshold_count
+from mcel_train.threshold_count import threshold_count, unchanged_range
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -315,30 +315,11 @@ class ThresholdPostOp(PostOp):
                                self.sign[index])
 
     def unchanged_range(self, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = count_unchanged_range(self._rising(acc), self.thresholds)
+        lo, hi = unchanged_range(self._rising(acc), self.thresholds)
+        if not bool((self.sign < 0).any()):
+            return lo, hi
         flip = (self.sign < 0).reshape((1, -1) + (1,) * (acc.dim() - 2))
         return torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-
-
-def count_unchanged_range(x: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``count = sum_k(x >= T[c, k])`` on integer ``x`` (channels on dim 1), the inclusive
-    range of integer changes of ``x`` that keep the count: up to the nearest threshold above,
-    down to the one at or below (the count does not depend on the thresholds' order)."""
-    n_ch, n_k = thresholds.shape
-    # x's own dtype: it is exact for x (the evaluator picks it so), and a threshold it rounds is
-    # one no reachable x gets near
-    dt = x.dtype if x.dtype.is_floating_point else torch.float64
-    t = torch.sort(torch.ceil(thresholds.to(torch.float64)), dim=1).values.to(dt)
-    inf = torch.full((n_ch, 1), torch.inf, dtype=dt)
-    ext = torch.cat([-inf, t, inf], dim=1)  # (C, K + 2): ext[c, k] <= x < ext[c, k + 1]
-    xc = x.movedim(1, 0)
-    shape = xc.shape
-    xc = xc.reshape(n_ch, -1).to(dt).contiguous()  # (C, everything else)
-    count = torch.searchsorted(t.contiguous(), xc, right=True)  # thresholds <= x
-    flat = torch.arange(n_ch)[:, None] * (n_k + 2) + count
-    below, above = ext.reshape(-1)[flat], ext.reshape(-1)[flat + 1]
-    lo, hi = (below - xc).to(x.dtype), (above - 1 - xc).to(x.dtype)
-    return lo.reshape(shape).movedim(0, 1), hi.reshape(shape).movedim(0, 1)
 
 
 class SearchThresholdPostOp(PostOp):
@@ -385,7 +366,7 @@ class SearchThresholdPostOp(PostOp):
         t = self.thresholds
         if t.shape[1] > 1 and bool((t[:, 1:] < t[:, :-1]).any()):
             raise NotImplementedError("unsorted thresholds: no unchanged range")
-        return count_unchanged_range(acc, t)
+        return unchanged_range(acc, t)
 
 
 @dataclass(frozen=True)
