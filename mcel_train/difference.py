@@ -150,6 +150,7 @@ class _CleanLayer:
                                                                 for a in self.by_output)
         return _CleanLayer(self.h[:m] if conv else self.h[:, :m].contiguous(), self.acc[:m], self.lo[:m],
                            self.hi[:m], self.out[:m], None if self.rows is None else self.rows[:m],
+                           levels=None if self.levels is None else self.levels[:m],
                            by_output=by_output, narrow=None if self.narrow is None else tuple(
                                a[:m] for a in self.narrow))
 
@@ -519,6 +520,10 @@ class DifferenceEvaluator:
         deltas = [self.deltas(f) for f in fmaps]
         counters = self.active_after.copy(), self.changed_after.copy(), self.seconds_in.copy()
         clean = [self._clean(lo) for lo in starts]
+        for c in clean:  # a conv layer's clean levels, made once as a call makes them (not per slice)
+            for layer, st in zip(self.net.layers, c, strict=True):
+                if layer.conv is not None and type(layer.post) is ThresholdPostOp:
+                    self._levels(st, layer.post)
         seconds, sizes = [], []
         runs = [small, small, k]  # the first run only loads the compiled kernels
         while runs:
