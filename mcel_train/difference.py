@@ -364,6 +364,8 @@ class DifferenceEvaluator:
         # per layer its accumulators per image (a conv layer's before pooling): what a dense
         # evaluation computes, each from one weight row (the auto choice's floor of its cost)
         self.outputs_per_image = [st.acc[0].numel() for st in one_image]
+        # ... and its outputs after the pool: what a dense evaluation counts into levels
+        self.pooled_per_image = [st.out[0].numel() for st in one_image]
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
                         + st.acc.numel() * 4 * 3 + st.out.numel() * (4 if st.rows is not None else 6)
                         + sum(a.nbytes for a in st.by_output or ()) + sum(a.nbytes for a in st.narrow or ())

@@ -22,9 +22,10 @@ from mcel_train import int8_products
 from mcel_train.difference import DifferenceEvaluator, csr_matrix, sparse_mm, supports
 from mcel_train.faults.apply import apply_maps_stacked
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.intnet import FLOAT32_EXACT, INPUT_POST, IntNetwork, PostOp, layer_memories
+from mcel_train.intnet import FLOAT32_EXACT, INPUT_POST, IntNetwork, PostOp, ThresholdPostOp, layer_memories
 from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.memory import Memory
+from mcel_train.threshold_count import count_rate
 
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
@@ -37,6 +38,12 @@ PROBE_CHUNKS = 2
 # image than chunks of 1000, which errs towards the difference path by as much)
 PROBE_MIN_IMAGES = 256
 PROBE_SHARE = 16
+# auto takes the difference path without timing the dense path only if its estimate is below
+# this share of the dense path's floor: the estimate was 0.55-2.3x the real time in one-off
+# checks (sfc_w2a2's slices take a few ms), and the floor is within 0.5-0.8x of the real dense
+# path, so at 1e-3 on sfc_w2a2 an estimate below the floor itself chose the difference path
+# where it was 1.8x slower
+FLOOR_MARGIN = 0.5
 # The matmul whose fastest of MATMUL_RATE_REPEAT runs gives the best multiply-add rate this
 # process sees (per torch thread count), for the dense path's floor (see MapEvaluator.dense_floor)
 MATMUL_RATE_SHAPE = (1024, 1024, 1024)
@@ -401,34 +408,53 @@ class MapEvaluator:
                       posts: Sequence[Mapping[int, PostOp] | None]) -> str:
         """A probe call before the dense path was ever timed: the difference path is estimated
         first, and if it beats the dense path's floor (:meth:`dense_floor`: the dense path can
-        only be slower) it is kept for the rate without timing the dense path, whose probe costs
+        only be slower) by the margin its errors need (``FLOOR_MARGIN``) it is kept for the
+        rate without timing the dense path, whose probe costs
         most of a small call's time (paper VGG3, 16 maps of 1e-4 on 2000 images: the dense
         probe 1.1-1.4 s against 1.3 s for the difference path's whole run). Otherwise the
         estimate waits for the dense probe (:meth:`_probe`)."""
         if path != "probe" or self._dense_won_below(fmaps):
             return path
         estimate = self._estimate(fmaps, posts)
-        if estimate >= self.dense_floor():
+        if estimate >= FLOOR_MARGIN * self.dense_floor(fmaps):
             self._estimates[self._rate_key(fmaps[0])] = estimate
             return path
         self._choice[self._rate_key(fmaps[0])] = "difference"
         return "difference"
 
-    def dense_floor(self) -> float:
-        """Seconds per map below which the dense path cannot go: the multiply-adds it does per
-        map (every layer's weights times its outputs per image, on all images; layer 0 left
-        out, which it takes as a sparse correction of the clean layer 0) at the best rate this
-        process measured for the layer's product: :func:`matmul_rate`, or
-        :func:`mcel_train.int8_products.rate` on a layer that may run on the int8 kernel. Its
-        threshold post-ops, smaller products and float64 layers only add to that."""
+    def dense_floor(self, fmaps: Sequence[FaultMap]) -> float:
+        """Seconds per map below which the dense path cannot go on maps like ``fmaps``, from
+        the work it does per map at the best rate this process measured for each kind of it:
+
+        - its multiply-adds (every layer's weights times its outputs per image, on all images;
+          layer 0 left out where it is a sparse correction of the clean layer 0 or a conv layer
+          0 computed apart) at :func:`matmul_rate`, or :func:`mcel_train.int8_products.rate`
+          on a layer that may run on the int8 kernel;
+        - packing each int8 layer that the map's faults reach, once per map
+          (:func:`mcel_train.int8_products.pack_rate`);
+        - counting each of its layers' outputs (after the pool) into the next int8 layer's
+          codes (:func:`mcel_train.threshold_count.count_rate`).
+
+        Its other post-ops, pools, smaller products and float64 layers only add to that. With
+        only the multiply-adds the floor was a quarter of the paper VGG3's int8 dense path
+        (0.017 against 0.07-0.08 s per map on 2000 images), so the dense path was timed at
+        every first rate even where the difference path's estimate was half of it."""
         first = 1 if self.sparse_first or self.conv_first else 0
         threads = torch.get_num_threads()
         on_int8 = set(int8_products.eligible(self.net, self.int8_pixels)) if self.int8 else set()
+        layers = [(i, layer) for i, layer in enumerate(self.net.layers) if i >= first]
         seconds_per_image = sum(
             self.difference.outputs_per_image[i] * layer.weight.shape[1]
             / (int8_products.rate(threads) if i in on_int8 else matmul_rate(threads))
-            for i, layer in enumerate(self.net.layers) if i >= first)
-        return seconds_per_image * len(self.labels)
+            for i, layer in layers)
+        counted = sum(self.difference.pooled_per_image[i] / count_rate(threads, layer.post.thresholds.shape[1])
+                      for i, layer in layers if i + 1 in on_int8 and isinstance(layer.post, ThresholdPostOp))
+        packed = [(i, mem) for (i, layer), mem in zip(layers, self.memories[first:], strict=True)
+                  if i in on_int8 and mem is not None]
+        pack_seconds = {i: layer.weight.size / int8_products.pack_rate(threads, layer.conv is not None)
+                        for i, layer in layers if i in on_int8}
+        packing = sum(pack_seconds[i] for fmap in fmaps for i, mem in packed if len(fmap.for_memory(mem.name)[0]))
+        return (seconds_per_image + counted) * len(self.labels) + packing / max(1, len(fmaps))
 
     @staticmethod
     def _probe_head(fmaps: Sequence[FaultMap], path: str, dense_group: int) -> int:

@@ -12,6 +12,7 @@ from mcel_train import difference, evaluate, int8_products
 from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
+from mcel_train.faults.faultmap import FaultMap
 from mcel_train.faults.generate import stored_bits
 from mcel_train.intnet import (
     ConvGeometry,
@@ -24,6 +25,7 @@ from mcel_train.intnet import (
 from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import model_inputs, quick_train
 from mcel_train.sweep import maps_needed, t_interval
+from mcel_train.threshold_count import count_rate
 from tests.conftest import brevitas_predictions
 
 SPECS = {
@@ -419,7 +421,7 @@ def test_auto_skips_the_dense_probe_when_the_estimate_beats_the_dense_floor(trai
     run = (lambda ev: ev.logits(maps)) if call == "logits" else (lambda ev: ev.evaluate(maps).predictions)
     for floor, choice in ((float("inf"), "difference"), (0.0, None)):
         auto = MapEvaluator(net, x, labels, method="auto")
-        monkeypatch.setattr(auto, "dense_floor", lambda floor=floor: floor)
+        monkeypatch.setattr(auto, "dense_floor", lambda fmaps, floor=floor: floor)
         estimates = []
         estimate = auto.difference.estimate_seconds
         monkeypatch.setattr(auto.difference, "estimate_seconds",
@@ -433,17 +435,23 @@ def test_auto_skips_the_dense_probe_when_the_estimate_beats_the_dense_floor(trai
             assert auto.timing["dense"] > 0 and auto._dense_per_map is not None
 
 
-def test_dense_floor_counts_the_dense_paths_multiply_adds(trained):
-    """``auto``'s floor of the dense path is its multiply-adds per map (every layer after the
-    first, which it takes as a sparse correction), counted here independently on the Brevitas
-    model's own conv and linear layers, at the measured matmul rate; and the dense path's
-    measured time per map lies above it."""
+def test_dense_floor_counts_the_dense_paths_work_per_map(trained):
+    """``auto``'s floor of the dense path is the work it does per map at the best rates
+    measured: its multiply-adds (every layer after the first, which it takes as a sparse
+    correction or computes apart, unless the kernel takes the first layer), counting each
+    layer's outputs into the next int8 layer's codes, and packing each int8 layer the map's
+    faults reach. Sizes are counted here independently, on the Brevitas model's own conv and
+    linear layers (outputs times weights per output; a layer's input is what the layer before
+    counted, after its pool); a map without faults packs nothing. The dense path's measured
+    time per map lies above the floor."""
     model, net, x, labels = trained
-    per_image = []
+    macs, inputs, weights = [], [], []
 
     def count(mod, inp, out):
         out = getattr(out, "value", out)  # a Brevitas QuantTensor or a tensor
-        per_image.append(out[0].numel() * mod.weight[0].numel())
+        macs.append(out[0].numel() * mod.weight[0].numel())
+        inputs.append(getattr(inp[0], "value", inp[0])[0].numel())
+        weights.append(mod.weight.numel())
 
     hooks = [mod.register_forward_hook(count) for mod in model.modules()
              if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
@@ -454,11 +462,12 @@ def test_dense_floor_counts_the_dense_paths_multiply_adds(trained):
     finally:
         for h in hooks:
             h.remove()
-    assert len(per_image) == len(net.layers)
+    assert len(macs) == len(net.layers)
     threads = torch.get_num_threads()
     rate = evaluate.matmul_rate(threads)
     assert rate > 1e8 and int8_products.rate(threads) > 1e8
     maps = [generate_map(net.memories(), "flip", 1e-3, 3, k) for k in range(4)]
+    mems = {m.layer_index: m.name for m in net.memories()}
     for int8 in (False, True):  # the float products, and the int8 kernel's on the layers it takes
         ev = MapEvaluator(net, x, labels, method="dense", int8=int8)
         on_int8 = set(int8_products.eligible(net, ev.int8_pixels)) if int8 else set()
@@ -466,13 +475,20 @@ def test_dense_floor_counts_the_dense_paths_multiply_adds(trained):
         # a dense first layer on uint8 pixels is a product on the kernel, not a sparse correction
         first = 0 if 0 in on_int8 else 1
         assert (first == 0) == (int8 and net.layers[0].conv is None and float(x.min()) >= 0)
-        seconds = sum(per_image[i] / (int8_products.rate(threads) if i in on_int8 else rate)
-                      for i in range(first, len(net.layers)))
-        assert ev.dense_floor() == pytest.approx(seconds * len(labels), rel=1e-9)
+        layers = range(first, len(net.layers))
+        seconds = sum(macs[i] / (int8_products.rate(threads) if i in on_int8 else rate) for i in layers)
+        seconds += sum(inputs[i + 1] / count_rate(threads, net.layers[i].post.thresholds.shape[1])
+                       for i in layers if i + 1 in on_int8)
+        clean = ev.dense_floor([FaultMap.empty(list(mems.values()))] * 2)
+        assert clean == pytest.approx(seconds * len(labels), rel=1e-9)
+        packing = [sum(weights[i] / int8_products.pack_rate(threads, net.layers[i].conv is not None)
+                       for i in layers if i in on_int8 and len(f.for_memory(mems[i])[0])) for f in maps]
+        assert int8 == (min(packing) > 0)
+        assert ev.dense_floor(maps) == pytest.approx(clean + np.mean(packing), rel=1e-9)
         ev.evaluate(maps)
         ev.timing["dense"] = 0.0
         ev.evaluate(maps)
-        assert ev.timing["dense"] / len(maps) > ev.dense_floor()
+        assert ev.timing["dense"] / len(maps) > ev.dense_floor(maps)
 
 
 def test_maps_needed_is_the_first_narrow_prefix():
