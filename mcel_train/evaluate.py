@@ -39,7 +39,7 @@ PROBE_CHUNKS = 2
 PROBE_MIN_IMAGES = 256
 PROBE_SHARE = 16
 # auto takes the difference path without timing the dense path only if its estimate is below
-# this share of the dense path's floor: the estimate was 0.55-2.3x the real time in one-off
+# this share of the dense path's floor: the estimate was 0.4-2.3x the real time in one-off
 # checks (sfc_w2a2's slices take a few ms), and the floor is within 0.5-0.8x of the real dense
 # path, so at 1e-3 on sfc_w2a2 an estimate below the floor itself chose the difference path
 # where it was 1.8x slower

@@ -80,6 +80,13 @@ def _pack(w: torch.Tensor) -> torch.Tensor:
     return torch.ops.onednn.qlinear_prepack(w.to(torch.int8).contiguous(), None)
 
 
+def _pack_conv(kernels: torch.Tensor, scale: torch.Tensor, mult: float, stride: Sequence[int],
+               padding: Sequence[int]) -> torch.Tensor:
+    """``(out, in, kh, kw)`` kernels packed for the kernel's convolution (input scale ``mult``)."""
+    return torch.ops.onednn.qconv_prepack(kernels.to(torch.int8).contiguous(), scale, mult, 0, list(stride),
+                                          list(padding), [1, 1], 1, None)
+
+
 @functools.cache
 def available() -> bool:
     """Whether this torch has the kernels and they compute a product and a convolution with a
@@ -161,9 +168,7 @@ class PackedConv:
                 kw = w.reshape(self.out, *g.kernel, g.in_channels).permute(0, 3, 1, 2)
             else:
                 kw = w.reshape(self.out, g.in_channels, *g.kernel)
-            self.packed.append(torch.ops.onednn.qconv_prepack(
-                kw.to(torch.int8).contiguous(), self.scale, codes.mult, 0, list(g.stride), list(g.padding), [1, 1],
-                1, None))
+            self.packed.append(_pack_conv(kw, self.scale, codes.mult, g.stride, g.padding))
             self.bias.append(None if codes.bias == 0 else (codes.bias * w.to(torch.int64).sum(1)).to(torch.float32))
 
     def __call__(self, x: torch.Tensor, post: ThresholdPostOp | None = None) -> torch.Tensor:
@@ -257,19 +262,13 @@ def pack_rate(threads: int, conv: bool) -> float:
         return 0.0
     gen = torch.Generator().manual_seed(0)
     w = torch.randint(-2, 2, PACK_SHAPE, generator=gen).to(torch.int8)
+    scale = torch.ones(PACK_SHAPE[0])
     if conv:
-        w = w.reshape(PACK_SHAPE[0], -1, 3, 3)[:, : PACK_SHAPE[1] // 9].contiguous()
-        scale = torch.ones(w.shape[0])
-
-        def pack() -> object:
-            return torch.ops.onednn.qconv_prepack(w, scale, 1.0, 0, [1, 1], [1, 1], [1, 1], 1, None)
-    else:
-        def pack() -> object:
-            return _pack(w)
+        w = w.reshape(PACK_SHAPE[0], -1, 3, 3)
     best = np.inf
     for _ in range(RATE_REPEAT + 1):  # the first pack loads the kernel
         t0 = time.perf_counter()
-        pack()
+        _pack_conv(w, scale, 1.0, (1, 1), (1, 1)) if conv else _pack(w)
         best = min(best, time.perf_counter() - t0)
     return w.numel() / best
 

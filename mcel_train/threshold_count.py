@@ -71,7 +71,8 @@ def _unchanged_rows(x: np.ndarray, t: np.ndarray, one: np.ndarray, lo_out: np.nd
     """Rows ``lo:hi`` of ``x (A, C, B)``: per element the changes that keep its count of the
     sorted thresholds ``t[c]`` (see :func:`unchanged_range`), in ``x``'s float type. The
     count runs threshold by threshold over the whole row (branch-free, as :func:`_count_rows`);
-    a binary search per element took twice as long (its branches mispredict)."""
+    a binary search per element took 230 against 44 ms (6.3M float32 elements, 15 thresholds,
+    one thread, same results; one-off timing): its branches mispredict."""
     n_c, n_b, n_k = x.shape[1], x.shape[2], t.shape[1]
     inf = np.inf
     count = np.empty(n_b, dtype=np.int32)
