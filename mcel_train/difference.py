@@ -32,8 +32,9 @@ first layer, whose input is clean, computes ``dW @ x`` map by map over blocks of
 instead. Once a layer's changes are dense the remaining layers run as one plain forward pass.
 :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice compares
 :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
-The clean state (each layer's input, accumulators and unchanged ranges) is computed once per
-image batch and kept while it fits ``budget_bytes``; accumulators are stored as int32.
+The clean state (each layer's input, accumulators and, where a step reads them, unchanged
+ranges) is computed once per image batch and kept while it fits ``budget_bytes``; accumulators
+are stored as int32.
 
 The compiled steps run on one core each, while the dense path's matrix products use all of
 torch's threads; so the images are cut into one batch per torch thread (when each gets at least
@@ -43,6 +44,7 @@ the GIL).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -98,6 +100,8 @@ CLEAN_INPUT_BLOCK = 256
 # Images per thread below which the difference path keeps to one thread: each batch pays every
 # layer step's bookkeeping once per map group
 PARALLEL_MIN_IMAGES = 512
+# The clean state's smallest default budget (see default_budget_bytes)
+CLEAN_BUDGET_MIN_BYTES = 3e9
 # auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
 # the estimate's cost
 ESTIMATE_MAPS = 4
@@ -131,8 +135,11 @@ class _CleanLayer:
 
     h: torch.Tensor  # input: dense (in, N), channels first for the dW rows / conv (N, C, H + 2p, W + 2p)
     acc: torch.Tensor  # int32: dense (N, out) / conv (N, out, H', W')
-    lo: torch.Tensor  # unchanged range of every accumulator (empty, zeros, for the logit layer)
-    hi: torch.Tensor
+    # the unchanged range of every accumulator (empty, zeros, for the logit layer); None for a
+    # conv layer that the compiled step takes (:func:`_compiled_conv_layer`), which tests pool
+    # windows against their clean level's threshold range instead
+    lo: torch.Tensor | None
+    hi: torch.Tensor | None
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
     rows: torch.Tensor | None = None  # dense: the input again as (N, in), for the compiled step's dW @ x
     levels: torch.Tensor | None = None  # conv: the outputs' threshold counts, when first asked
@@ -148,8 +155,9 @@ class _CleanLayer:
         """The state of the first ``m`` images (contiguous: the compiled steps need rows)."""
         by_output = None if self.by_output is None else tuple(np.ascontiguousarray(a[:, :m])
                                                                 for a in self.by_output)
-        return _CleanLayer(self.h[:m] if conv else self.h[:, :m].contiguous(), self.acc[:m], self.lo[:m],
-                           self.hi[:m], self.out[:m], None if self.rows is None else self.rows[:m],
+        return _CleanLayer(self.h[:m] if conv else self.h[:, :m].contiguous(), self.acc[:m],
+                           None if self.lo is None else self.lo[:m], None if self.hi is None else self.hi[:m],
+                           self.out[:m], None if self.rows is None else self.rows[:m],
                            levels=None if self.levels is None else self.levels[:m],
                            by_output=by_output, narrow=None if self.narrow is None else tuple(
                                a[:m] for a in self.narrow))
@@ -319,12 +327,24 @@ def _weight_bound(layer: IntLayer) -> float:
     return float(max(-lo, hi))
 
 
+def default_budget_bytes() -> float:
+    """The clean state's default memory budget: a quarter of the machine's physical memory, at
+    least CLEAN_BUDGET_MIN_BYTES. A state that does not fit is computed again in every call, in
+    smaller batches: on the paper VGG3 with 10k test images (4.5 GB of state) a call of 16 maps
+    at 1e-4 took 10-12 s in the former fixed 3 GB, 4.9-6.1 s with the state kept."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no such sysconf names on this platform
+        physical = 0
+    return max(CLEAN_BUDGET_MIN_BYTES, physical / 4)
+
+
 class DifferenceEvaluator:
     """Per-map difference evaluation of ``net`` on the images ``x`` (see the module docstring).
 
     ``memories``: the weight memories faults are named in (default the natural layout);
     ``batch``: images per clean-state batch (default: the images split evenly among the
-    threads, or what fits ``budget_bytes``);
+    threads, or what fits ``budget_bytes``, by default :func:`default_budget_bytes`);
     ``switch_fraction``: changed outputs beyond which the remaining layers run densely;
     ``workers``: threads the batches run in (default: torch's thread count when built; a call
     uses at most torch's thread count at the time); ``int8``: the dense finish multiplies on
@@ -334,11 +354,12 @@ class DifferenceEvaluator:
 
     def __init__(
         self, net: IntNetwork, x: torch.Tensor, memories: Sequence[Memory] | None = None,
-        batch: int | None = None, budget_bytes: float = 3e9, switch_fraction: float = SWITCH_FRACTION,
+        batch: int | None = None, budget_bytes: float | None = None, switch_fraction: float = SWITCH_FRACTION,
         workers: int | None = None, int8: bool = True,
     ) -> None:
         if not supports(net):
             raise ValueError("this network's post-ops have no unchanged range (use thresholds)")
+        budget_bytes = default_budget_bytes() if budget_bytes is None else budget_bytes
         self.net = net
         # the dense finish's products on the int8 kernels where exact (mcel_train.int8_products)
         self.int8 = int8 and int8_products.available()
@@ -367,7 +388,8 @@ class DifferenceEvaluator:
         # ... and its outputs after the pool: what a dense evaluation counts into levels
         self.pooled_per_image = [st.out[0].numel() for st in one_image]
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
-                        + st.acc.numel() * 4 * 3 + st.out.numel() * (4 if st.rows is not None else 6)
+                        + st.acc.numel() * 4 * (1 if st.lo is None else 3)
+                        + st.out.numel() * (4 if st.rows is not None else 6)
                         + sum(a.nbytes for a in st.by_output or ()) + sum(a.nbytes for a in st.narrow or ())
                         for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
         fits = int(budget_bytes // max(1, per_image))
@@ -395,7 +417,10 @@ class DifferenceEvaluator:
         self._tally_lock = threading.Lock()  # the three counters above, from worker threads
         # per dense or conv layer: changed outputs its compiled step reserves room for (its last count)
         self._records: dict[int, int] = {}
+        t0 = time.perf_counter()
         self.clean_logits = torch.cat([self._clean(lo)[-1].out for lo in range(0, self.n, self.batch)])
+        # the clean state's cost: once here when it is kept, else again in every call
+        self.clean_seconds = time.perf_counter() - t0
 
     def _acc_bounds(self) -> tuple[list[float], list[float]]:
         """Per layer the largest magnitude of any faulty (or clean) accumulator (a change is
@@ -424,8 +449,8 @@ class DifferenceEvaluator:
             for i, (layer, w, dt) in enumerate(zip(self.net.layers, self.weights, self.dtypes, strict=True)):
                 h_in, acc, out = _layer_forward(layer, h, w, dt, layer.post)
                 # the logit layer's range is empty (identity): every change of a logit counts
-                lo, hi = (t.to(torch.float32 if i == last else t.dtype).contiguous()
-                          for t in layer.post.unchanged_range(acc))
+                lo, hi = (None, None) if _compiled_conv_layer(layer) else (
+                    t.to(torch.float32 if i == last else t.dtype).contiguous() for t in layer.post.unchanged_range(acc))
                 # dense inputs channels first, for the dW rows (and as rows for the compiled
                 # step); conv inputs padded
                 rows = h_in.contiguous() if layer.conv is None else None
@@ -513,7 +538,11 @@ class DifferenceEvaluator:
         the threads share cores and memory; the larger slice twice if it took less than
         ``ESTIMATE_REPEAT_BELOW``, the faster kept, since a shared machine's noise only adds
         time); the difference is the per-image cost, the rest the per-map cost (weight deltas,
-        kernels' set-up)."""
+        kernels' set-up). When the clean state is not kept (it does not fit ``budget_bytes``),
+        every call computes it again: that time (:attr:`clean_seconds`), shared by the call's
+        ``fmaps``, is added (the paper VGG3 on 10k images in a 3 GB budget: about 4 s of an 11 s
+        call at 1e-4, which the estimate used to leave out)."""
+        recompute = 0.0 if self.keep_state else self.clean_seconds / max(1, len(fmaps))
         fmaps = list(fmaps)[: min(maps, self.group)]
         posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
         starts = list(range(0, self.n, self.batch))[: min(self.workers, torch.get_num_threads())]
@@ -551,7 +580,7 @@ class DifferenceEvaluator:
         t_small, t_k = seconds[1], min(seconds[2:])
         n_small, n_k = sizes[1:3]
         per_image = max(0.0, t_k - t_small) / (n_k - n_small) if n_k > n_small else t_k / n_k
-        return (t_small + per_image * (self.n - n_small)) / len(fmaps)
+        return (t_small + per_image * (self.n - n_small)) / len(fmaps) + recompute
 
     def _run_group(self, state: list[_CleanLayer], deltas: list[list[LayerDelta | None]],
                    posts: list[dict[int, PostOp]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -595,7 +624,7 @@ class DifferenceEvaluator:
             joint = joint.keep(in_joint & set(fused)).merged(
                 {m: (active[m], dx[m]) for m in fused if m not in in_joint})
             in_joint = set(fused)
-            compiled_conv = [m for m in own if layer.conv is not None and type(layer.post) is ThresholdPostOp
+            compiled_conv = [m for m in own if _compiled_conv_layer(layer)
                              and (i not in posts[m] or _compiled_thresholds(posts[m][i], layer.post))]
             steps = dict(zip(compiled_conv, self._compiled_conv_step(
                 i, layer, st, [deltas[m][i] for m in compiled_conv], [active[m] for m in compiled_conv],
@@ -1100,6 +1129,14 @@ def _only_thresholds_differ(faulty: PostOp, clean: ThresholdPostOp) -> bool:
     return (type(faulty) is ThresholdPostOp and faulty.thresholds.shape == clean.thresholds.shape
             and torch.equal(faulty.sign, clean.sign)
             and (faulty.out_bias, faulty.out_mult) == (clean.out_bias, clean.out_mult))
+
+
+def _compiled_conv_layer(layer: IntLayer) -> bool:
+    """Whether a conv layer takes the compiled step (:meth:`DifferenceEvaluator._compiled_conv_step`)
+    under its clean post-op: a plain threshold post-op. That step tests each pool window against
+    its clean level's threshold range, so such a layer's clean state needs no unchanged range
+    per accumulator (on the paper VGG3 those ranges were half of the clean state's bytes)."""
+    return layer.conv is not None and type(layer.post) is ThresholdPostOp
 
 
 def _compiled_thresholds(faulty: PostOp, clean: PostOp) -> bool:
