@@ -34,7 +34,7 @@ instead. Once a layer's changes are dense the remaining layers run as one plain 
 :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and, where a step reads them, unchanged
 ranges) is computed once per image batch and kept while it fits ``budget_bytes``; accumulators
-are stored as int32.
+are stored as int32 (a conv layer's as int16 where they fit).
 
 The compiled steps run on one core each, while the dense path's matrix products use all of
 torch's threads; so the images are cut into one batch per torch thread (when each gets at least
@@ -134,7 +134,7 @@ class _CleanLayer:
     """One layer's clean state for an image batch (dense: channels first; conv: NCHW)."""
 
     h: torch.Tensor  # input: dense (in, N), channels first for the dW rows / conv (N, C, H + 2p, W + 2p)
-    acc: torch.Tensor  # int32: dense (N, out) / conv (N, out, H', W')
+    acc: torch.Tensor  # int32 (int16 where it fits a conv layer's): dense (N, out) / conv (N, out, H', W')
     # the unchanged range of every accumulator (empty, zeros, for the logit layer); None for a
     # conv layer that the compiled step takes (:func:`_compiled_conv_layer`), which tests pool
     # windows against their clean level's threshold range instead
@@ -377,6 +377,7 @@ class DifferenceEvaluator:
         # its own changes: _int16_fits)
         self.int16_changes = [layer.conv is None and 2 * b < INT16_CHANGE_BOUND
                               for layer, b in zip(net.layers, bounds, strict=True)]
+        self.acc_dtypes = [_acc_dtype(layer, b) for layer, b in zip(net.layers, bounds, strict=True)]
         self.weights = [torch.as_tensor(layer.weight).to(dt) for layer, dt in zip(net.layers, self.dtypes, strict=True)]
         self.weights_t = [w.T.contiguous() for w in self.weights]  # (in, out): rows by input
         # the same in the narrowest integer type, for the compiled dense step (see there)
@@ -388,7 +389,7 @@ class DifferenceEvaluator:
         # ... and its outputs after the pool: what a dense evaluation counts into levels
         self.pooled_per_image = [st.out[0].numel() for st in one_image]
         per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
-                        + st.acc.numel() * 4 * (1 if st.lo is None else 3)
+                        + st.acc.numel() * (st.acc.element_size() + (0 if st.lo is None else 8))
                         + st.out.numel() * (4 if st.rows is not None else 6)
                         + sum(a.nbytes for a in st.by_output or ()) + sum(a.nbytes for a in st.narrow or ())
                         for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
@@ -455,7 +456,7 @@ class DifferenceEvaluator:
                 # step); conv inputs padded
                 rows = h_in.contiguous() if layer.conv is None else None
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
-                st = _CleanLayer(h_in, acc.to(torch.int32), lo, hi, out.to(torch.float32), rows)
+                st = _CleanLayer(h_in, acc.to(self.acc_dtypes[i]), lo, hi, out.to(torch.float32), rows)
                 if i == 0 and layer.conv is None:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
                 elif (layer.conv is None and np.issubdtype(self.weights_t_compact[i].dtype, np.integer)
@@ -1129,6 +1130,13 @@ def _only_thresholds_differ(faulty: PostOp, clean: ThresholdPostOp) -> bool:
     return (type(faulty) is ThresholdPostOp and faulty.thresholds.shape == clean.thresholds.shape
             and torch.equal(faulty.sign, clean.sign)
             and (faulty.out_bias, faulty.out_mult) == (clean.out_bias, clean.out_mult))
+
+
+def _acc_dtype(layer: IntLayer, bound: float) -> torch.dtype:
+    """The type a layer's clean accumulators are kept in, given the largest magnitude any of
+    them can reach: int16 for a conv layer where that fits (the paper VGG3's first conv on 8-bit
+    pixels: a fifth of its clean state), else int32 (a dense layer's compiled steps read int32)."""
+    return torch.int16 if layer.conv is not None and bound <= torch.iinfo(torch.int16).max else torch.int32
 
 
 def _compiled_conv_layer(layer: IntLayer) -> bool:

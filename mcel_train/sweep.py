@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from mcel_train.errors import UserInputError
-from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, tied_images
+from mcel_train.evaluate import MapEvaluator, accuracy_of, clean_logits, memory_contents, ties_of
 from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
 from mcel_train.intnet import from_brevitas
 from mcel_train.intnet_finn import build_memories, from_finn_build
@@ -176,6 +176,7 @@ def run_sweep(
         checkpoint.save(results)
     bar.close()
 
+    clean = clean_logits(net, x)
     record = {
         "format": FORMAT,
         "version": 1,
@@ -184,8 +185,8 @@ def run_sweep(
         "source": run.source if run.imported else {"kind": "trained"},
         "dataset": run.dataset,
         "n_test": int(len(labels)),
-        "clean_accuracy": clean_accuracy(net, x, labels),
-        "clean_tied_images": tied_images(net, x),
+        "clean_accuracy": accuracy_of(clean, labels),
+        "clean_tied_images": ties_of(clean),
         "fault_model": fm.to_dict(),
         "seed": int(seed),
         "maps": int(maps),

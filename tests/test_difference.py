@@ -791,17 +791,24 @@ def test_the_estimates_slices_reuse_the_clean_conv_levels(trained, monkeypatch):
 
 
 @pytest.mark.parametrize("trained", [name for name, spec in sorted(SPECS.items()) if spec.arch != "tfc"], indirect=True)
-def test_conv_layers_of_the_compiled_step_keep_no_unchanged_ranges(trained):
+@pytest.mark.parametrize("conv_acc", ["int16 where it fits", "int32"])
+def test_conv_layers_of_the_compiled_step_keep_no_unchanged_ranges(trained, conv_acc, monkeypatch):
     """A conv layer with a plain threshold post-op tests pool windows against its clean level's
     range, so its clean state holds no per-accumulator range (half the paper VGG3's state);
-    the dense layers keep theirs. Exact without them, a map whose faulty post-op differs in
-    more than the thresholds included (it takes the tensor step on that conv layer)."""
+    the dense layers keep theirs, and their accumulators as int32, while a conv layer's are
+    int16 where every faulty one fits (all of them on these small nets; the paper VGG3's first
+    only). Exact without ranges, with either accumulator type, a map whose faulty post-op
+    differs in more than the thresholds included (it takes the tensor step on that conv layer)."""
     _, net, x, labels = trained
     mems = net.memories()
+    if conv_acc == "int32":
+        monkeypatch.setattr(difference, "_acc_dtype", lambda layer, bound: torch.int32)
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
     convs = [i for i, layer in enumerate(net.layers) if layer.conv is not None]
     assert convs
     for i, st in enumerate(diff._clean(0)):
+        narrow = conv_acc != "int32" and net.layers[i].conv is not None
+        assert st.acc.dtype == (torch.int16 if narrow else torch.int32)
         compiled = net.layers[i].conv is not None and type(net.layers[i].post) is ThresholdPostOp
         assert (st.lo is None and st.hi is None) == compiled
         assert st.head(3, net.layers[i].conv is not None).lo is None if compiled else len(st.head(3, False).lo) == 3

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcel_train.evaluate import MapEvaluator, clean_accuracy, memory_contents, predict
+from mcel_train.evaluate import MapEvaluator, clean_accuracy, clean_logits, memory_contents, predict, ties_of
 from mcel_train.faults import apply_map, generate_map
 from mcel_train.intnet import FLOAT32_EXACT, ThresholdPostOp, from_brevitas, max_pool
 from mcel_train.memory import Memory
@@ -47,6 +47,11 @@ def test_clean_integer_network_matches_brevitas(trained):
     res = ev.evaluate([generate_map(net.memories(), "flip", 0.0, 0, 0)])
     assert res.accuracy[0] == clean_accuracy(net, x, labels)
     assert res.accuracy[0] == float((ref_pred.numpy() == labels).mean())
+    # the sweep's clean logits, a chunk of images per forward (a chunk not dividing the set):
+    # the whole set's forward, ties counted on them
+    assert len(x) % 7
+    assert torch.equal(clean_logits(net, x, chunk=7), int_logits)
+    assert ties_of(clean_logits(net, x, chunk=7)) == int((top2[:, 0] == top2[:, 1]).sum())
 
 
 def test_thresholds_equal_the_brevitas_post_op_on_every_integer(trained):
