@@ -803,6 +803,7 @@ def test_conv_layers_of_the_compiled_step_keep_no_unchanged_ranges(trained, conv
     mems = net.memories()
     if conv_acc == "int32":
         monkeypatch.setattr(difference, "_acc_dtype", lambda layer, bound: torch.int32)
+    monkeypatch.setattr(difference, "LEVELS_CHUNK", 7)  # the clean levels, counted a few images at a time
     diff = DifferenceEvaluator(net, torch.as_tensor(x), mems)
     convs = [i for i, layer in enumerate(net.layers) if layer.conv is not None]
     assert convs
@@ -827,6 +828,10 @@ def test_conv_layers_of_the_compiled_step_keep_no_unchanged_ranges(trained, conv
     for res, ref in zip(got, want, strict=True):
         assert np.array_equal(with_difference(diff, res).numpy(), ref)
     assert len(got[2].rows) and len(got[1].rows)
+    for j in convs:
+        st, p = diff._clean(0)[j], net.layers[j].post
+        assert len(st.out) > 7 and st.levels is not None
+        assert torch.equal(st.levels, torch.round((st.out.double() - p.out_bias) / p.out_mult).to(torch.int16))
 
 
 def test_the_estimate_counts_the_clean_state_a_call_recomputes(trained):
