@@ -332,8 +332,8 @@ def _weight_bound(layer: IntLayer) -> float:
 def default_budget_bytes() -> float:
     """The clean state's default memory budget: a quarter of the machine's physical memory, at
     least CLEAN_BUDGET_MIN_BYTES. A state that does not fit is computed again in every call, in
-    smaller batches: on the paper VGG3 with 10k test images (4.5 GB of state) a call of 16 maps
-    at 1e-4 took 10-12 s in the former fixed 3 GB, 4.9-6.1 s with the state kept."""
+    smaller batches: on the paper VGG3 with 10k test images a call of 16 maps at 1e-4 took
+    10-12 s recomputing its state in the former fixed 3 GB, 4.9-6.1 s with the state kept."""
     try:
         physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # no such sysconf names on this platform

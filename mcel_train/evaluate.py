@@ -714,4 +714,3 @@ def ties_of(logits: torch.Tensor) -> int:
 def clean_accuracy(net: IntNetwork, x: torch.Tensor, labels: np.ndarray) -> float:
     """Accuracy of the fault-free integer network."""
     return accuracy_of(clean_logits(net, x), labels)
-
