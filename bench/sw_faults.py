@@ -89,10 +89,13 @@ def unchanged_reach(diff) -> list[dict]:
     """Per layer but the logit layer, how close the clean accumulators sit to a threshold: the
     median of ``min(-lo, hi)`` (the smallest accumulator change that can move the output) and
     the fraction of outputs an accumulator change of 1 or of 2 can move. Where these are large,
-    every changed input must be checked against most outputs, whatever the evaluator."""
+    every changed input must be checked against most outputs, whatever the evaluator. (A conv
+    layer of the compiled step keeps no ranges in its clean state: they are counted here.)"""
     out = []
     for i, st in enumerate(diff._clean(0)[:-1]):
-        reach = torch.minimum(-st.lo, st.hi).flatten().numpy()
+        lo, hi = (st.lo, st.hi) if st.lo is not None else diff.net.layers[i].post.unchanged_range(
+            st.acc.to(diff.dtypes[i]))
+        reach = torch.minimum(-lo, hi).flatten().numpy()
         out.append({"layer": i, "median_steps_to_threshold": float(np.median(reach)),
                     "moved_by_a_change_of_1": float((reach < 1).mean()),
                     "moved_by_a_change_of_2": float((reach < 2).mean())})

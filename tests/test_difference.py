@@ -867,3 +867,26 @@ def test_the_clean_states_budget_is_a_quarter_of_the_machines_memory(monkeypatch
 
     monkeypatch.setattr(difference.os, "sysconf", unknown)
     assert difference.default_budget_bytes() == difference.CLEAN_BUDGET_MIN_BYTES
+
+
+@pytest.mark.parametrize("trained", [name for name, spec in sorted(SPECS.items()) if spec.arch != "tfc"], indirect=True)
+def test_the_benchs_threshold_reach_counts_conv_layers_without_kept_ranges(trained, monkeypatch):
+    """``bench/sw_faults.py`` reports per layer how close the clean accumulators sit to a
+    threshold; a conv layer of the compiled step keeps no ranges, so the bench counts them from
+    the post-op, and gets what a state with ranges gives (the bench crashed on them once)."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))  # the script imports its neighbour record.py
+    spec = importlib.util.spec_from_file_location("sw_faults_bench", bench / "sw_faults.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, net, x, _ = trained
+    lean = DifferenceEvaluator(net, torch.as_tensor(x), net.memories())
+    assert any(st.lo is None for st in lean._clean(0))
+    monkeypatch.setattr(difference, "_compiled_conv_layer", lambda layer: False)  # ranges kept
+    full = DifferenceEvaluator(net, torch.as_tensor(x), net.memories())
+    assert all(st.lo is not None for st in full._clean(0))
+    got = module.unchanged_reach(lean)
+    assert got == module.unchanged_reach(full) and len(got) == len(net.layers) - 1
