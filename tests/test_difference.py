@@ -812,7 +812,11 @@ def test_conv_layers_of_the_compiled_step_keep_no_unchanged_ranges(trained, conv
         assert st.acc.dtype == (torch.int16 if narrow else torch.int32)
         compiled = net.layers[i].conv is not None and type(net.layers[i].post) is ThresholdPostOp
         assert (st.lo is None and st.hi is None) == compiled
-        assert st.head(3, net.layers[i].conv is not None).lo is None if compiled else len(st.head(3, False).lo) == 3
+        head = st.head(3, net.layers[i].conv is not None)
+        if compiled:
+            assert head.lo is None and head.hi is None
+        else:
+            assert len(head.lo) == len(head.hi) == 3
     i = convs[0]
     post = net.layers[i].post
     other = ThresholdPostOp(post.thresholds, post.out_scale, post.out_bias + post.out_mult, post.out_mult, post.sign)
