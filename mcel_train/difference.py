@@ -390,11 +390,7 @@ class DifferenceEvaluator:
         self.outputs_per_image = [st.acc[0].numel() for st in one_image]
         # ... and its outputs after the pool: what a dense evaluation counts into levels
         self.pooled_per_image = [st.out[0].numel() for st in one_image]
-        per_image = sum(st.h.numel() * st.h.element_size() * (1 if st.rows is None else 2)
-                        + st.acc.numel() * (st.acc.element_size() + (0 if st.lo is None else 8))
-                        + st.out.numel() * (4 if st.rows is not None else 6)
-                        + sum(a.nbytes for a in st.by_output or ()) + sum(a.nbytes for a in st.narrow or ())
-                        for st in one_image)  # clean-state bytes (a conv layer's levels: int16)
+        per_image = sum(_state_bytes(st) for st in one_image)
         fits = int(budget_bytes // max(1, per_image))
         self.workers = max(1, torch.get_num_threads() if workers is None else int(workers))
         parts = max(1, min(self.workers, self.n // PARALLEL_MIN_IMAGES))
@@ -1138,6 +1134,15 @@ def _only_thresholds_differ(faulty: PostOp, clean: ThresholdPostOp) -> bool:
     return (type(faulty) is ThresholdPostOp and faulty.thresholds.shape == clean.thresholds.shape
             and torch.equal(faulty.sign, clean.sign)
             and (faulty.out_bias, faulty.out_mult) == (clean.out_bias, clean.out_mult))
+
+
+def _state_bytes(st: _CleanLayer) -> int:
+    """Bytes one layer's clean state takes, counted from its tensors (a conv layer's int16
+    levels, made when first asked, included)."""
+    tensors = [t for t in (st.h, st.acc, st.lo, st.hi, st.out, st.rows) if t is not None]
+    arrays = (*(st.by_output or ()), *(st.narrow or ()))
+    levels = 2 * st.out.numel() if st.rows is None else 0
+    return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays) + levels
 
 
 def _acc_dtype(layer: IntLayer, bound: float) -> torch.dtype:
