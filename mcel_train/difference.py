@@ -576,7 +576,7 @@ class DifferenceEvaluator:
             if len(seconds) == 3 and seconds[2] < ESTIMATE_REPEAT_BELOW:
                 runs.append(k)
         self.active_after, self.changed_after, self.seconds_in = counters  # a probe is not part of any result
-        t_small, t_k = seconds[1], min(seconds[2:])
+        t_small, t_k = min(seconds[:2]), min(seconds[2:])
         n_small, n_k = sizes[1:3]
         per_image = max(0.0, t_k - t_small) / (n_k - n_small) if n_k > n_small else t_k / n_k
         return (t_small + per_image * (self.n - n_small)) / len(fmaps) + recompute

@@ -30,7 +30,7 @@ from mcel_train.threshold_count import count_rate
 METHODS = ("auto", "dense", "difference")
 AUTO_MIN_MAPS = 4  # auto: calls with fewer maps go dense
 # auto's first call at a rate runs the dense path's first group on this many image chunks and
-# times the last (the first may carry one-off work)
+# keeps the fastest's time (the first may carry one-off work)
 PROBE_CHUNKS = 2
 # ... of this many images: ``max(PROBE_MIN_IMAGES, N // PROBE_SHARE)``, at most the dense path's
 # own chunk. Small, so that a probe costs little when the difference path wins; not so small
@@ -44,6 +44,9 @@ PROBE_SHARE = 16
 # path, so at 1e-3 on sfc_w2a2 an estimate below the floor itself chose the difference path
 # where it was 1.8x slower
 FLOOR_MARGIN = 0.5
+# A rate whose difference estimate is within this factor of the dense path's known time per
+# map times the dense path again before choosing (see MapEvaluator._known_dense_choice)
+RETIME_BAND = 2.0
 # The matmul whose fastest of MATMUL_RATE_REPEAT runs gives the best multiply-add rate this
 # process sees (per torch thread count), for the dense path's floor (see MapEvaluator.dense_floor)
 MATMUL_RATE_SHAPE = (1024, 1024, 1024)
@@ -124,6 +127,9 @@ class MapEvaluator:
         self._dense_per_map: float | None = None
         # auto: the difference path's estimate per rate, made before the dense path was timed
         self._estimates: dict[object, float] = {}
+        # auto: per rate, the fastest seconds per map each path took on a whole call there, and
+        # the difference estimate the rate's choice was made with (see _observe)
+        self._seen: dict[object, dict[str, float]] = {}
         self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
 
     @property
@@ -258,17 +264,21 @@ class MapEvaluator:
             tail = self.evaluate(fmaps[k:])
             return MapEvaluation(np.concatenate([head.accuracy, tail.accuracy]),
                                  np.concatenate([head.predictions, tail.predictions]))
+        t0 = time.perf_counter()
         if path != "difference":
-            return self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
+            result = self._dense_maybe_probe(fmaps, [None] * len(fmaps), self._evaluate_dense, path)
+            self._observe(fmaps, path, time.perf_counter() - t0)
+            return result
         logits = self._difference_logits(fmaps, [None] * len(fmaps))
+        self._observe(fmaps, path, time.perf_counter() - t0)
         preds = predict(torch.from_numpy(logits)).numpy()
         acc = (preds == self.labels[None, :]).mean(axis=1)
         return MapEvaluation(accuracy=acc, predictions=preds)
 
     def _probe_chunks(self, fmaps: Sequence[FaultMap], chunk: int, probe: int, group: int) -> MapEvaluation:
         """A rate's first ``auto`` call: the dense path runs its first group of maps on
-        ``PROBE_CHUNKS`` image chunks of ``probe`` images, the last one timed (the first may
-        carry one-off work: compiling post-ops, the clean conv layer 0), which with the group's
+        ``PROBE_CHUNKS`` image chunks of ``probe`` images, the fastest one's time kept (the first
+        may carry one-off work: compiling post-ops, the clean conv layer 0), which with the group's
         preparation gives its time per map; then the estimate decides. Dense: the group finishes
         its images in chunks of ``chunk`` and the other maps follow dense. Difference: every map
         takes it, and only the probe's chunks were spent."""
@@ -315,12 +325,17 @@ class MapEvaluator:
         if k:
             head = self._dense_maybe_probe(fmaps[:k], posts[:k], lambda f: self._dense_logits(f, posts[:k]), path)
             return np.concatenate([head, self.logits(fmaps[k:], posts[k:])])
+        t0 = time.perf_counter()
         if path != "difference":
-            return self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
+            out = self._dense_maybe_probe(fmaps, posts, lambda f: self._dense_logits(f, posts), path)
+            self._observe(fmaps, path, time.perf_counter() - t0)
+            return out
         # A faulty input quantizer changes the input itself: such (rare) maps go dense.
         faulty_input = [k for k, p in enumerate(posts) if p and INPUT_POST in p]
         if not faulty_input:
-            return self._difference_logits(fmaps, posts)
+            out = self._difference_logits(fmaps, posts)
+            self._observe(fmaps, path, time.perf_counter() - t0)
+            return out
         own = [k for k in range(len(fmaps)) if k not in set(faulty_input)]
         out = np.empty((len(fmaps), len(self.labels), self.net.layers[-1].weight.shape[0]), dtype=np.int64)
         out[own] = self._difference_logits([fmaps[k] for k in own], [posts[k] for k in own])
@@ -331,7 +346,7 @@ class MapEvaluator:
                       probe: int) -> np.ndarray:
         """A rate's first ``auto`` call of :meth:`logits`, as :meth:`_probe_chunks` for
         :meth:`evaluate`: the dense path's first group of maps runs on ``PROBE_CHUNKS`` slices
-        of ``probe`` images, the last one timed, then the estimate decides; the slices are kept
+        of ``probe`` images, the fastest one's time kept, then the estimate decides; the slices are kept
         if dense wins and are all that is lost if not."""
         k = min(len(fmaps), self._dense_plan(len(fmaps))[1])
         n = len(self.labels)
@@ -350,18 +365,20 @@ class MapEvaluator:
     def _timed_probe(self, steps: Iterator, fmaps: Sequence[FaultMap], posts: Sequence[Mapping[int, PostOp] | None],
                      head: int, probe: int) -> tuple[str, list]:
         """Time a dense group of ``head`` maps (``steps``, as :meth:`_group_chunks` yields them:
-        its preparation, then ``PROBE_CHUNKS`` slices of ``probe`` images, the last one timed),
-        keep its time per map on all images, and let the estimate choose the rate's path.
+        its preparation, then ``PROBE_CHUNKS`` slices of ``probe`` images, each timed, the
+        fastest kept: the first may carry one-off work, and a shared machine's noise only adds
+        time), keep its time per map on all images, and let the estimate choose the rate's path.
         Returns the choice and the slices done."""
         t0 = time.perf_counter()
         with torch.no_grad():
             next(steps)  # the group's preparation (stacked weights, first-layer deltas), once
             t_prepare = time.perf_counter() - t0
             done = []
+            t_slice = float("inf")
             for _ in range(PROBE_CHUNKS):
-                t_slice = time.perf_counter()
+                t1 = time.perf_counter()
                 done.append(next(steps))
-                t_slice = time.perf_counter() - t_slice
+                t_slice = min(t_slice, time.perf_counter() - t1)
         self.timing["dense"] += time.perf_counter() - t0
         self._dense_per_map = (t_prepare + t_slice * len(self.labels) / probe) / head
         choice = self._probe(fmaps, self._dense_per_map, posts)
@@ -399,27 +416,42 @@ class MapEvaluator:
                             posts: Sequence[Mapping[int, PostOp] | None]) -> str:
         """A probe call once the dense path has been timed (at another rate): its time per map
         does not depend on the rate, so only the difference path is estimated and no dense
-        head runs; the choice is kept for the rate."""
+        head runs; the choice is kept for the rate. Unless the call is close: an estimate
+        within ``RETIME_BAND`` of the dense time keeps the call a probe, which times the dense
+        path again (its slices are kept if it wins) and compares with the same estimate. The
+        dense time was taken once, on a sweep's first faulty rate, often the process's first
+        dense run: on sfc_w2a2 (10k images, 20 maps) it came out 0.029 s per map against
+        0.013-0.023 s warm, and at 1e-3 that estimate chose the difference path in 3 of 4
+        calls, 0.38-0.63x of dense."""
         if path != "probe" or self._dense_per_map is None:
             return path
+        key = self._rate_key(fmaps[0])
+        if not self._dense_won_below(fmaps):
+            estimate = self._estimate(fmaps, posts)
+            self._estimates[key] = estimate  # for _probe, now or after the dense path's new time
+            if self._dense_per_map / RETIME_BAND < estimate < self._dense_per_map * RETIME_BAND:
+                return path
         choice = self._probe(fmaps, self._dense_per_map, posts)
-        self._choice[self._rate_key(fmaps[0])] = choice
+        self._choice[key] = choice
         return choice
 
     def _floor_choice(self, fmaps: Sequence[FaultMap], path: str,
                       posts: Sequence[Mapping[int, PostOp] | None]) -> str:
-        """A probe call before the dense path was ever timed: the difference path is estimated
-        first, and if it beats the dense path's floor (:meth:`dense_floor`: the dense path can
-        only be slower) by the margin its errors need (``FLOOR_MARGIN``) it is kept for the
-        rate without timing the dense path, whose probe costs
-        most of a small call's time (paper VGG3, 16 maps of 1e-4 on 2000 images: the dense
-        probe 1.1-1.4 s against 1.3 s for the difference path's whole run). Otherwise the
-        estimate waits for the dense probe (:meth:`_probe`)."""
+        """A probe call (before the dense path was ever timed, or a close call after): the
+        difference path is estimated first (a close call's estimate is reused), and if it beats
+        the dense path's floor (:meth:`dense_floor`: the dense path can only be slower) by the
+        margin its errors need (``FLOOR_MARGIN``) it is kept for the rate without timing the
+        dense path, whose probe costs most of a small call's time (paper VGG3, 16 maps of 1e-4
+        on 2000 images: the dense probe 1.1-1.4 s against 1.3 s for the difference path's whole
+        run). Otherwise the estimate waits for the dense probe (:meth:`_probe`)."""
         if path != "probe" or self._dense_won_below(fmaps):
             return path
-        estimate = self._estimate(fmaps, posts)
+        key = self._rate_key(fmaps[0])
+        estimate = self._estimates.get(key)
+        if estimate is None:
+            estimate = self._estimate(fmaps, posts)
         if estimate >= FLOOR_MARGIN * self.dense_floor(fmaps):
-            self._estimates[self._rate_key(fmaps[0])] = estimate
+            self._estimates[key] = estimate
             return path
         self._choice[self._rate_key(fmaps[0])] = "difference"
         return "difference"
@@ -574,7 +606,31 @@ class MapEvaluator:
         estimate = self._estimates.pop(self._rate_key(fmaps[0]), None)
         if estimate is None:
             estimate = self._estimate(fmaps, posts)
+        self._seen.setdefault(self._rate_key(fmaps[0]), {})["estimate"] = estimate
         return "difference" if estimate < dense_per_map else "dense"
+
+    def _observe(self, fmaps: Sequence[FaultMap], path: str, seconds: float) -> None:
+        """Under ``auto``, a whole call's time on its path revises the rate's choice for the
+        calls that follow (a sweep evaluates each rate in batches of maps): the path is kept
+        while its fastest time per map at this rate beats the other path's figure (the dense
+        path's last time per map, or the difference path's time at this rate, else its
+        estimate). Both figures behind a first choice are noisy on a shared machine (sfc_w2a2 at
+        1e-3, 10k images, 20 maps: the estimate 0.8-1.8x the real difference time, the dense
+        probe 0.7-1.3x the real dense time) where the paths are within 1.6x of each other, so
+        a wrong choice now costs at most one call per rate."""
+        if self.method != "auto" or path not in ("dense", "difference") or len(fmaps) < AUTO_MIN_MAPS:
+            return
+        key = self._rate_key(fmaps[0])
+        if key not in self._choice:
+            return
+        seen = self._seen.setdefault(key, {})
+        seen[path] = min(seen.get(path, float("inf")), seconds / len(fmaps))
+        if path == "dense":
+            self._dense_per_map = seen[path]
+        dense = seen.get("dense", self._dense_per_map)
+        difference = seen.get("difference", seen.get("estimate"))
+        if dense is not None and difference is not None:
+            self._choice[key] = "difference" if difference < dense else "dense"
 
     def _dense_won_below(self, fmaps: Sequence[FaultMap]) -> bool:
         """Whether the dense path won at a rate at or below these maps' (same fault model): the

@@ -2,6 +2,7 @@
 dense and conv layers, weight and threshold faults, flips, stuck-at and asymmetric faults."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from mcel_train import difference, evaluate, int8_products
 from mcel_train.difference import DifferenceEvaluator
-from mcel_train.evaluate import MapEvaluator, memory_contents, predict
+from mcel_train.evaluate import RETIME_BAND, MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.faults.generate import stored_bits
@@ -383,10 +384,13 @@ def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(train
     mems = net.memories()
     auto.evaluate([generate_map(mems, "flip", 1e-2, 3, i) for i in range(6)])
     assert not estimates and auto._choice[("flip", 1e-2)] == "dense"
-    auto.evaluate([generate_map(mems, "flip", 1e-4, 3, i) for i in range(6)])  # below: estimated
-    assert estimates and auto._choice[("flip", 1e-4)] == "difference"
+    # below: estimated, and the call takes the difference path (whose real time may then
+    # revise the choice for later calls: _observe)
+    auto.evaluate([generate_map(mems, "flip", 1e-4, 3, i) for i in range(6)])
+    assert estimates and auto._seen[("flip", 1e-4)]["estimate"] == 0.0 and "difference" in auto._seen[("flip", 1e-4)]
     auto.evaluate([generate_map(mems, "stuck", 1e-2, 3, i) for i in range(6)])  # another fault model
-    assert len(estimates) == 2 and auto._choice[("stuck", 1e-2)] == "difference"
+    assert len(estimates) == 2 and auto._seen[("stuck", 1e-2)]["estimate"] == 0.0
+    assert "difference" in auto._seen[("stuck", 1e-2)]
 
 
 def test_auto_times_the_dense_path_once_then_only_estimates(trained):
@@ -406,6 +410,65 @@ def test_auto_times_the_dense_path_once_then_only_estimates(trained):
     assert np.array_equal(auto.evaluate(second).predictions, dense.evaluate(second).predictions)
     assert estimates == [1] and auto._choice[("flip", 1e-4)] == "difference"
     assert auto.timing["dense"] == dense_seconds  # not one map ran dense
+
+
+@pytest.mark.parametrize("call", ["evaluate", "logits"])
+def test_a_close_estimate_times_the_dense_path_again(trained, monkeypatch, call):
+    """Once the dense path's time is known, a new rate's estimate far from it decides alone
+    (no dense map runs), but one within ``RETIME_BAND`` of it times the dense path again
+    before the same estimate decides (the first dense time may have been a cold process's).
+    Every result equals the dense path's."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 1e-3, 3, k) for k in range(6)]
+    dense = MapEvaluator(net, x, labels, method="dense")
+    run = (lambda ev: ev.logits(maps)) if call == "logits" else (lambda ev: ev.evaluate(maps).predictions)
+    # in the band the estimate is below the known time: only the new dense time makes it lose
+    for ratio, retimed in ((1 / (2 * RETIME_BAND), False), (0.9, True), (2 * RETIME_BAND, False)):
+        auto = MapEvaluator(net, x, labels, method="auto")
+        auto._dense_per_map = known = 10.0  # as if timed at another rate (no real path is this slow)
+        estimates = []
+        monkeypatch.setattr(auto.difference, "estimate_seconds",
+                            lambda *a, seen=estimates, r=ratio * known, **k: seen.append(1) or r)
+        assert np.array_equal(run(auto), run(dense))
+        assert estimates == [1]
+        if retimed:  # timed again: far faster than the known 10 s, so dense wins
+            assert auto.timing["dense"] > 0 and auto._dense_per_map < known
+            assert auto._choice[("flip", 1e-3)] == "dense" and auto.timing["difference"] == 0
+        else:
+            assert auto._choice[("flip", 1e-3)] == ("difference" if ratio < 1 else "dense")
+            assert (auto.timing["dense"] == 0) == (ratio < 1)  # no dense map ran before the choice
+
+
+@pytest.mark.parametrize("slow", ["difference", "dense"])
+def test_auto_revises_a_rates_choice_after_a_call_on_its_real_time(trained, monkeypatch, slow):
+    """A sweep evaluates each rate in several calls: after each, the path's real time per map
+    at that rate is compared with the other path's figure, and the next call takes the faster.
+    Here the path the first figures chose is made slow (a sleep added to it), so the first call
+    takes it and the second the other one; the results stay the dense path's."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    batches = [[generate_map(mems, "flip", 1e-3, 3, 6 * b + k) for k in range(6)] for b in range(2)]
+    dense = MapEvaluator(net, x, labels, method="dense")
+    auto = MapEvaluator(net, x, labels, method="auto")
+    warm = [generate_map(mems, "flip", 5e-2, 3, k) for k in range(6)]
+    monkeypatch.setattr(auto.difference, "estimate_seconds", lambda *a, **k: float("inf"))
+    auto.evaluate(warm)  # the dense path is timed at another rate
+    assert auto._choice[("flip", 5e-2)] == "dense" and auto._dense_per_map is not None
+    # the difference estimate far below the dense time (difference first) or far above it
+    factor = 1 / (2 * RETIME_BAND) if slow == "difference" else 2 * RETIME_BAND
+    monkeypatch.setattr(auto.difference, "estimate_seconds", lambda *a, **k: factor * auto._dense_per_map)
+    name = "_difference_logits" if slow == "difference" else "_evaluate_dense"
+    real = getattr(auto, name)
+    # sleep: the slowed path's time per map at least 1.5x the other's figure (6 maps a call)
+    monkeypatch.setattr(auto, name, lambda *a, **k: time.sleep(9 * max(1, factor) * auto._dense_per_map + 0.05)
+                        or real(*a, **k))
+    other = "dense" if slow == "difference" else "difference"
+    for batch, path in zip(batches, (slow, other), strict=True):
+        before = dict(auto.timing)
+        assert np.array_equal(auto.evaluate(batch).predictions, dense.evaluate(batch).predictions)
+        assert {p for p in ("dense", "difference") if auto.timing[p] > before[p]} == {path}
+    assert auto._choice[("flip", 1e-3)] == other and set(auto._seen[("flip", 1e-3)]) >= {slow, other}
 
 
 @pytest.mark.parametrize("call", ["evaluate", "logits"])
