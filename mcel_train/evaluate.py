@@ -44,9 +44,10 @@ PROBE_SHARE = 16
 # path, so at 1e-3 on sfc_w2a2 an estimate below the floor itself chose the difference path
 # where it was 1.8x slower
 FLOOR_MARGIN = 0.5
-# A rate whose difference estimate is within this factor of the dense path's known time per
-# map times the dense path again before choosing (see MapEvaluator._known_dense_choice)
-RETIME_BAND = 2.0
+# auto: a call whose real time per map is within this factor of the other path's guessed time
+# (the dense path never run whole, or the difference path at this rate) makes the rate's next
+# call try the other path (see MapEvaluator._observe)
+EXPLORE_BAND = 1.5
 # The matmul whose fastest of MATMUL_RATE_REPEAT runs gives the best multiply-add rate this
 # process sees (per torch thread count), for the dense path's floor (see MapEvaluator.dense_floor)
 MATMUL_RATE_SHAPE = (1024, 1024, 1024)
@@ -130,6 +131,8 @@ class MapEvaluator:
         # auto: per rate, the fastest seconds per map each path took on a whole call there, and
         # the difference estimate the rate's choice was made with (see _observe)
         self._seen: dict[object, dict[str, float]] = {}
+        self._dense_real: float | None = None  # auto: the dense path's fastest whole call, per map
+        self._explore: dict[object, str] = {}  # auto: a rate's next call tries this path once
         self.timing: dict[str, float] = {"dense": 0.0, "difference": 0.0, "probe": 0.0}
 
     @property
@@ -410,35 +413,24 @@ class MapEvaluator:
             return "dense"
         if self.method == "difference":
             return "difference"
-        return self._choice.get(self._rate_key(fmaps[0]), "probe")
+        key = self._rate_key(fmaps[0])
+        return self._explore.pop(key) if key in self._explore else self._choice.get(key, "probe")
 
     def _known_dense_choice(self, fmaps: Sequence[FaultMap], path: str,
                             posts: Sequence[Mapping[int, PostOp] | None]) -> str:
         """A probe call once the dense path has been timed (at another rate): its time per map
         does not depend on the rate, so only the difference path is estimated and no dense
-        head runs; the choice is kept for the rate. Unless the call is close: an estimate
-        within ``RETIME_BAND`` of the dense time keeps the call a probe, which times the dense
-        path again (its slices are kept if it wins) and compares with the same estimate. The
-        dense time was taken once, on a sweep's first faulty rate, often the process's first
-        dense run: on sfc_w2a2 (10k images, 20 maps) it came out 0.029 s per map against
-        0.013-0.023 s warm, and at 1e-3 that estimate chose the difference path in 3 of 4
-        calls, 0.38-0.63x of dense."""
+        head runs; the choice is kept for the rate."""
         if path != "probe" or self._dense_per_map is None:
             return path
-        key = self._rate_key(fmaps[0])
-        if not self._dense_won_below(fmaps):
-            estimate = self._estimate(fmaps, posts)
-            self._estimates[key] = estimate  # for _probe, now or after the dense path's new time
-            if self._dense_per_map / RETIME_BAND < estimate < self._dense_per_map * RETIME_BAND:
-                return path
         choice = self._probe(fmaps, self._dense_per_map, posts)
-        self._choice[key] = choice
+        self._choice[self._rate_key(fmaps[0])] = choice
         return choice
 
     def _floor_choice(self, fmaps: Sequence[FaultMap], path: str,
                       posts: Sequence[Mapping[int, PostOp] | None]) -> str:
-        """A probe call (before the dense path was ever timed, or a close call after): the
-        difference path is estimated first (a close call's estimate is reused), and if it beats
+        """A probe call before the dense path was ever timed: the difference path is estimated
+        first, and if it beats
         the dense path's floor (:meth:`dense_floor`: the dense path can only be slower) by the
         margin its errors need (``FLOOR_MARGIN``) it is kept for the rate without timing the
         dense path, whose probe costs most of a small call's time (paper VGG3, 16 maps of 1e-4
@@ -447,9 +439,7 @@ class MapEvaluator:
         if path != "probe" or self._dense_won_below(fmaps):
             return path
         key = self._rate_key(fmaps[0])
-        estimate = self._estimates.get(key)
-        if estimate is None:
-            estimate = self._estimate(fmaps, posts)
+        estimate = self._estimate(fmaps, posts)
         if estimate >= FLOOR_MARGIN * self.dense_floor(fmaps):
             self._estimates[key] = estimate
             return path
@@ -610,27 +600,36 @@ class MapEvaluator:
         return "difference" if estimate < dense_per_map else "dense"
 
     def _observe(self, fmaps: Sequence[FaultMap], path: str, seconds: float) -> None:
-        """Under ``auto``, a whole call's time on its path revises the rate's choice for the
-        calls that follow (a sweep evaluates each rate in batches of maps): the path is kept
-        while its fastest time per map at this rate beats the other path's figure (the dense
-        path's last time per map, or the difference path's time at this rate, else its
-        estimate). Both figures behind a first choice are noisy on a shared machine (sfc_w2a2 at
-        1e-3, 10k images, 20 maps: the estimate 0.8-1.8x the real difference time, the dense
-        probe 0.7-1.3x the real dense time) where the paths are within 1.6x of each other, so
-        a wrong choice now costs at most one call per rate."""
+        """Under ``auto``, a whole call's real time revises the rate's choice for the calls that
+        follow (a sweep evaluates a rate in batches of maps). The first choice rests on guesses:
+        the difference estimate (on sfc_w2a2, 10k images, 20 maps: 0.8-1.8x the real time at
+        1e-4 and 1e-3) and the dense probe (0.7-1.3x). Real times replace them: the dense
+        path's fastest whole call per map at any rate (its cost does not depend on the rate),
+        the difference path's at this rate. With both real, the faster is kept. With the other
+        path only guessed, a real time within ``EXPLORE_BAND`` of its guess makes the next call
+        try it once (on sfc_w2a2 at 3e-4 and 5e-4 the two paths are within 1.5x and the
+        guesses chose either); outside the band the guess decides."""
         if self.method != "auto" or path not in ("dense", "difference") or len(fmaps) < AUTO_MIN_MAPS:
             return
         key = self._rate_key(fmaps[0])
         if key not in self._choice:
             return
         seen = self._seen.setdefault(key, {})
-        seen[path] = min(seen.get(path, float("inf")), seconds / len(fmaps))
+        seen[path] = here = min(seen.get(path, float("inf")), seconds / len(fmaps))
         if path == "dense":
-            self._dense_per_map = seen[path]
-        dense = seen.get("dense", self._dense_per_map)
-        difference = seen.get("difference", seen.get("estimate"))
-        if dense is not None and difference is not None:
-            self._choice[key] = "difference" if difference < dense else "dense"
+            self._dense_real = self._dense_per_map = min(self._dense_real or float("inf"), here)
+        other = "difference" if path == "dense" else "dense"
+        real = self._dense_real if other == "dense" else seen.get("difference")
+        if real is not None:
+            self._choice[key] = path if here <= real else other
+            return
+        guess = self._dense_per_map if other == "dense" else seen.get("estimate")
+        if guess is None:
+            return
+        if guess / EXPLORE_BAND < here < guess * EXPLORE_BAND:
+            self._explore[key] = other
+        else:
+            self._choice[key] = path if here <= guess else other
 
     def _dense_won_below(self, fmaps: Sequence[FaultMap]) -> bool:
         """Whether the dense path won at a rate at or below these maps' (same fault model): the

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mcel_train import difference, evaluate, int8_products
 from mcel_train.difference import DifferenceEvaluator
-from mcel_train.evaluate import RETIME_BAND, MapEvaluator, memory_contents, predict
+from mcel_train.evaluate import EXPLORE_BAND, MapEvaluator, memory_contents, predict
 from mcel_train.faults import apply_map, generate_map
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.faults.generate import stored_bits
@@ -412,32 +412,30 @@ def test_auto_times_the_dense_path_once_then_only_estimates(trained):
     assert auto.timing["dense"] == dense_seconds  # not one map ran dense
 
 
-@pytest.mark.parametrize("call", ["evaluate", "logits"])
-def test_a_close_estimate_times_the_dense_path_again(trained, monkeypatch, call):
-    """Once the dense path's time is known, a new rate's estimate far from it decides alone
-    (no dense map runs), but one within ``RETIME_BAND`` of it times the dense path again
-    before the same estimate decides (the first dense time may have been a cold process's).
-    Every result equals the dense path's."""
+@pytest.mark.parametrize(("dense_sleep", "then"), [(1.2, "difference"), (0.3, "dense")])
+def test_a_close_call_tries_the_other_path_once_then_keeps_the_faster(trained, monkeypatch, dense_sleep, then):
+    """A rate's first call takes the path the figures chose (here the difference path: its
+    estimate is half the dense path's guessed time). Its real time lands within
+    ``EXPLORE_BAND`` of that guess, so the next call tries the dense path for real; the third
+    takes whichever was faster. Sleeps added to each path set their times (0.1 s per map for
+    the difference path, 0.2 or 0.05 s for the dense path, far above the real work on these
+    small sets). Every result equals the dense path's."""
     _, net, x, labels = trained
     mems = net.memories()
-    maps = [generate_map(mems, "flip", 1e-3, 3, k) for k in range(6)]
+    batches = [[generate_map(mems, "flip", 1e-3, 3, 6 * b + k) for k in range(6)] for b in range(3)]
     dense = MapEvaluator(net, x, labels, method="dense")
-    run = (lambda ev: ev.logits(maps)) if call == "logits" else (lambda ev: ev.evaluate(maps).predictions)
-    # in the band the estimate is below the known time: only the new dense time makes it lose
-    for ratio, retimed in ((1 / (2 * RETIME_BAND), False), (0.9, True), (2 * RETIME_BAND, False)):
-        auto = MapEvaluator(net, x, labels, method="auto")
-        auto._dense_per_map = known = 10.0  # as if timed at another rate (no real path is this slow)
-        estimates = []
-        monkeypatch.setattr(auto.difference, "estimate_seconds",
-                            lambda *a, seen=estimates, r=ratio * known, **k: seen.append(1) or r)
-        assert np.array_equal(run(auto), run(dense))
-        assert estimates == [1]
-        if retimed:  # timed again: far faster than the known 10 s, so dense wins
-            assert auto.timing["dense"] > 0 and auto._dense_per_map < known
-            assert auto._choice[("flip", 1e-3)] == "dense" and auto.timing["difference"] == 0
-        else:
-            assert auto._choice[("flip", 1e-3)] == ("difference" if ratio < 1 else "dense")
-            assert (auto.timing["dense"] == 0) == (ratio < 1)  # no dense map ran before the choice
+    auto = MapEvaluator(net, x, labels, method="auto")
+    auto._dense_per_map = guess = 0.12  # as if probed at another rate, never run whole
+    monkeypatch.setattr(auto.difference, "estimate_seconds", lambda *a, **k: guess / 2)
+    for name, pause in (("_difference_logits", 0.6), ("_evaluate_dense", dense_sleep)):
+        real = getattr(auto, name)
+        monkeypatch.setattr(auto, name, lambda *a, real=real, pause=pause, **k: time.sleep(pause) or real(*a, **k))
+    paths = []
+    for batch in batches:
+        before = dict(auto.timing)
+        assert np.array_equal(auto.evaluate(batch).predictions, dense.evaluate(batch).predictions)
+        paths.extend(p for p in ("dense", "difference") if auto.timing[p] > before[p])
+    assert paths == ["difference", "dense", then] and auto._choice[("flip", 1e-3)] == then
 
 
 @pytest.mark.parametrize("slow", ["difference", "dense"])
@@ -456,12 +454,13 @@ def test_auto_revises_a_rates_choice_after_a_call_on_its_real_time(trained, monk
     auto.evaluate(warm)  # the dense path is timed at another rate
     assert auto._choice[("flip", 5e-2)] == "dense" and auto._dense_per_map is not None
     # the difference estimate far below the dense time (difference first) or far above it
-    factor = 1 / (2 * RETIME_BAND) if slow == "difference" else 2 * RETIME_BAND
+    factor = 1 / (2 * EXPLORE_BAND) if slow == "difference" else 2 * EXPLORE_BAND
     monkeypatch.setattr(auto.difference, "estimate_seconds", lambda *a, **k: factor * auto._dense_per_map)
     name = "_difference_logits" if slow == "difference" else "_evaluate_dense"
     real = getattr(auto, name)
-    # sleep: the slowed path's time per map at least 1.5x the other's figure (6 maps a call)
-    monkeypatch.setattr(auto, name, lambda *a, **k: time.sleep(9 * max(1, factor) * auto._dense_per_map + 0.05)
+    # sleep: the slowed path's time per map at least 3x the other's figure (6 maps a call), far
+    # outside EXPLORE_BAND: the next call switches without trying the slow path again
+    monkeypatch.setattr(auto, name, lambda *a, **k: time.sleep(18 * max(1, factor) * auto._dense_per_map + 0.05)
                         or real(*a, **k))
     other = "dense" if slow == "difference" else "difference"
     for batch, path in zip(batches, (slow, other), strict=True):
