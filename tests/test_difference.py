@@ -223,7 +223,8 @@ def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
     assert auto._dense_plan(len(maps))[1] == 2
     got = auto.evaluate(maps)
     assert chosen == [2]  # the estimate saw the head only
-    assert auto._choice[("flip", 1e-3)] == "difference" and auto.timing["difference"] > 0
+    # the chosen path ran (its real time may since have revised the choice: _observe)
+    assert ("flip", 1e-3) in auto._choice and auto.timing["difference"] > 0
     assert np.array_equal(got.predictions, dense.evaluate(maps).predictions)
     auto_logits = MapEvaluator(net, x, labels, method="auto")
     auto_logits._probe = lambda fmaps, *a: chosen.append(len(fmaps)) or "difference"
@@ -256,7 +257,8 @@ def test_autos_first_call_times_two_chunks_of_the_first_dense_group(trained, mon
     monkeypatch.setattr(net, "forward", lambda h, *a, **k: forwards.append(len(h)) or forward(h, *a, **k))
     got = auto.evaluate(maps)
     assert np.array_equal(got.predictions, dense)
-    assert len(estimated) == 1 and estimated[0] > 0 and auto._choice[("flip", 1e-3)] == choice
+    # the path run below is the probe's choice (whose real time may since have revised it)
+    assert len(estimated) == 1 and estimated[0] > 0 and ("flip", 1e-3) in auto._choice
     if choice == "difference":
         assert forwards == [24, 24] and auto.timing["difference"] > 0
     else:
@@ -291,7 +293,7 @@ def test_autos_first_logits_call_times_two_slices_of_the_first_maps(trained, mon
     stack = auto.stacked_weights
     monkeypatch.setattr(auto, "stacked_weights", lambda f: stacked.append(len(f)) or stack(f))
     assert np.array_equal(auto.logits(maps, posts), dense)
-    assert len(estimated) == 1 and estimated[0] > 0 and auto._choice[("flip", 1e-3)] == choice
+    assert len(estimated) == 1 and estimated[0] > 0 and ("flip", 1e-3) in auto._choice  # path: below
     assert stacked.count(3) == 1 and set(stacked) == {1, 3}
     per_slice = [24] * 4  # the weight-only maps in one pass, the three with thresholds one by one
     if choice == "difference":
@@ -371,8 +373,8 @@ def test_auto_decides_rate_by_rate_in_a_call_mixing_rates(trained, monkeypatch):
         else:
             assert np.array_equal(auto.evaluate(maps).predictions, dense.evaluate(maps).predictions)
         assert seen == [{r} for r in rates]  # one estimate per rate, on that rate's maps only
-        assert {k[1]: c for k, c in auto._choice.items()} == {1e-4: "difference", 5e-2: "dense",
-                                                              1e-3: "difference"}
+        # a choice per rate (each call's real time may since have revised it: _observe)
+        assert {k[1] for k in auto._choice} == set(rates)
 
 
 def test_auto_keeps_dense_without_an_estimate_above_a_rate_where_dense_won(trained):
@@ -408,17 +410,17 @@ def test_auto_times_the_dense_path_once_then_only_estimates(trained):
     auto.difference.estimate_seconds = lambda *a, **k: estimates.append(1) or 0.0  # "difference wins"
     second = [generate_map(mems, "flip", 1e-4, 3, i) for i in range(6)]
     assert np.array_equal(auto.evaluate(second).predictions, dense.evaluate(second).predictions)
-    assert estimates == [1] and auto._choice[("flip", 1e-4)] == "difference"
+    assert estimates == [1] and "difference" in auto._seen[("flip", 1e-4)]
     assert auto.timing["dense"] == dense_seconds  # not one map ran dense
 
 
-@pytest.mark.parametrize(("dense_sleep", "then"), [(1.2, "difference"), (0.3, "dense")])
+@pytest.mark.parametrize(("dense_sleep", "then"), [(1.2, "difference"), (0.15, "dense")])
 def test_a_close_call_tries_the_other_path_once_then_keeps_the_faster(trained, monkeypatch, dense_sleep, then):
     """A rate's first call takes the path the figures chose (here the difference path: its
     estimate is half the dense path's guessed time). Its real time lands within
     ``EXPLORE_BAND`` of that guess, so the next call tries the dense path for real; the third
     takes whichever was faster. Sleeps added to each path set their times (0.1 s per map for
-    the difference path, 0.2 or 0.05 s for the dense path, far above the real work on these
+    the difference path, 0.2 or 0.025 s for the dense path, far above the real work on these
     small sets). Every result equals the dense path's."""
     _, net, x, labels = trained
     mems = net.memories()
