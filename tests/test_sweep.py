@@ -148,3 +148,28 @@ def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch):
     sweep.SweepCheckpoint(smoke_run / sweep.CHECKPOINT, {"seed": 5}).save(whole["results"][:2])
     other = run_sweep(smoke_run, rates, maps=4, seed=6, progress=False, force=True)
     assert other["results"][1]["accuracies"] != whole["results"][1]["accuracies"]
+
+
+def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp_path, monkeypatch):
+    """``bench/auto_choice.py`` (how close ``auto`` comes to the faster path, call by call):
+    on a small run it evaluates each rate's calls on the dense, difference and auto paths,
+    asserts equal accuracies, and records per rate each path's seconds and which path ``auto``
+    took on each call."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))  # the script imports its neighbour record.py
+    spec = importlib.util.spec_from_file_location("auto_choice_bench", bench / "auto_choice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "auto_choice.json"
+    assert module.main(["--run", str(smoke_run), "--rates", "1e-3,3e-2", "--maps", "10", "--map-batch", "5",
+                        "--threads", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [r["rate"] for r in record["rows"]] == [1e-3, 3e-2]
+    for row in record["rows"]:
+        assert row["calls"] == 2 and row["identical_accuracies"]
+        assert all(len(row["seconds_per_call"][p]) == 2 and row["seconds"][p] > 0 for p in module.PATHS)
+        # every call ran one of the two paths (the first at a rate may also have probed)
+        assert all({"dense", "difference"} & set(taken.split("+")) for taken in row["auto_paths"])
