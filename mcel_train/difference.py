@@ -540,7 +540,8 @@ class DifferenceEvaluator:
         kernels' set-up). When the clean state is not kept (it does not fit ``budget_bytes``),
         every call computes it again: that time (:attr:`clean_seconds`), shared by the call's
         ``fmaps``, is added (the paper VGG3 on 10k images in a 3 GB budget: about 4 s of an 11 s
-        call at 1e-4, which the estimate used to leave out)."""
+        call at 1e-4, which the estimate used to leave out), and so is the fixed cost of each
+        further round of batches."""
         recompute = 0.0 if self.keep_state else self.clean_seconds / max(1, len(fmaps))
         fmaps = list(fmaps)[: min(maps, self.group)]
         posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
@@ -579,7 +580,12 @@ class DifferenceEvaluator:
         t_small, t_k = min(seconds[:2]), min(seconds[2:])
         n_small, n_k = sizes[1:3]
         per_image = max(0.0, t_k - t_small) / (n_k - n_small) if n_k > n_small else t_k / n_k
-        return (t_small + per_image * (self.n - n_small)) / len(fmaps) + recompute
+        # the rest of a slice's time is the group's fixed cost (weight deltas, kernels' set-up,
+        # the layer steps' bookkeeping), paid again in every round of batches side by side:
+        # one round when the state is kept, many in the small batches of a state that is not
+        rounds = -(-len(range(0, self.n, self.batch)) // len(starts))
+        fixed = max(0.0, t_small - per_image * n_small)
+        return (t_small + per_image * (self.n - n_small) + (rounds - 1) * fixed) / len(fmaps) + recompute
 
     def _run_group(self, state: list[_CleanLayer], deltas: list[list[LayerDelta | None]],
                    posts: list[dict[int, PostOp]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
