@@ -242,7 +242,8 @@ class MapEvaluator:
         small image chunks of its first group of maps (:meth:`_probe_chunks`; the group goes on
         if dense wins, only those chunks are lost if not), or, with too few images for that, by
         running that group whole before the tail takes the chosen path. At later rates the dense
-        time is known and only the estimate runs. Both paths are exact, so the choice changes
+        time is known and only the estimate runs. Each call's real time then revises the rate's
+        choice for the calls after it (:meth:`_observe`). Both paths are exact, so the choice changes
         the time, never a prediction. Under ``auto``, maps of several rates in one call are
         evaluated rate by rate, each with its own choice.
         """
@@ -280,9 +281,9 @@ class MapEvaluator:
 
     def _probe_chunks(self, fmaps: Sequence[FaultMap], chunk: int, probe: int, group: int) -> MapEvaluation:
         """A rate's first ``auto`` call: the dense path runs its first group of maps on
-        ``PROBE_CHUNKS`` image chunks of ``probe`` images, the fastest one's time kept (the first
-        may carry one-off work: compiling post-ops, the clean conv layer 0), which with the group's
-        preparation gives its time per map; then the estimate decides. Dense: the group finishes
+        ``PROBE_CHUNKS`` image chunks of ``probe`` images, the fastest one's time kept (the
+        first may carry one-off work: compiling post-ops, the clean conv layer 0), which with
+        the group's preparation gives its time per map; then the estimate decides. Dense: the group finishes
         its images in chunks of ``chunk`` and the other maps follow dense. Difference: every map
         takes it, and only the probe's chunks were spent."""
         head = list(fmaps[:group])
@@ -349,8 +350,8 @@ class MapEvaluator:
                       probe: int) -> np.ndarray:
         """A rate's first ``auto`` call of :meth:`logits`, as :meth:`_probe_chunks` for
         :meth:`evaluate`: the dense path's first group of maps runs on ``PROBE_CHUNKS`` slices
-        of ``probe`` images, the fastest one's time kept, then the estimate decides; the slices are kept
-        if dense wins and are all that is lost if not."""
+        of ``probe`` images, the fastest one's time kept, then the estimate decides; the slices
+        are kept if dense wins and are all that is lost if not."""
         k = min(len(fmaps), self._dense_plan(len(fmaps))[1])
         n = len(self.labels)
         steps = self._dense_logit_steps(fmaps[:k], posts[:k], _probe_bounds(probe)
@@ -430,12 +431,12 @@ class MapEvaluator:
     def _floor_choice(self, fmaps: Sequence[FaultMap], path: str,
                       posts: Sequence[Mapping[int, PostOp] | None]) -> str:
         """A probe call before the dense path was ever timed: the difference path is estimated
-        first, and if it beats
-        the dense path's floor (:meth:`dense_floor`: the dense path can only be slower) by the
-        margin its errors need (``FLOOR_MARGIN``) it is kept for the rate without timing the
-        dense path, whose probe costs most of a small call's time (paper VGG3, 16 maps of 1e-4
-        on 2000 images: the dense probe 1.1-1.4 s against 1.3 s for the difference path's whole
-        run). Otherwise the estimate waits for the dense probe (:meth:`_probe`)."""
+        first, and if it beats the dense path's floor (:meth:`dense_floor`: the dense path can
+        only be slower) by the margin its errors need (``FLOOR_MARGIN``) it is kept for the
+        rate without timing the dense path, whose probe costs most of a small call's time
+        (paper VGG3, 16 maps of 1e-4 on 2000 images: the dense probe 1.1-1.4 s against 1.3 s
+        for the difference path's whole run). Otherwise the estimate waits for the dense probe
+        (:meth:`_probe`)."""
         if path != "probe" or self._dense_won_below(fmaps):
             return path
         key = self._rate_key(fmaps[0])
@@ -443,7 +444,7 @@ class MapEvaluator:
         if estimate >= FLOOR_MARGIN * self.dense_floor(fmaps):
             self._estimates[key] = estimate
             return path
-        self._choice[self._rate_key(fmaps[0])] = "difference"
+        self._choice[key] = "difference"
         return "difference"
 
     def dense_floor(self, fmaps: Sequence[FaultMap]) -> float:
