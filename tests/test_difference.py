@@ -44,6 +44,11 @@ SPECS = {
 CASES = [("flip", 0.002), ("flip", 0.03), ("stuck", 0.03), ("asym:p01=1,p10=0.1", 0.03), ("kflips", 3)]
 
 
+# The tests of auto's revision by real times (sleeps set the paths' times): the choice does not
+# depend on the network, so one dense and one conv network, not every spec
+TIMED_CHOICE_SPECS = ["tfc_w2a2", "vgg3_w4a4"]
+
+
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def trained(request, digits):
     spec = SPECS[request.param].resolved()
@@ -415,6 +420,7 @@ def test_auto_times_the_dense_path_once_then_only_estimates(trained):
 
 
 @pytest.mark.parametrize(("dense_sleep", "then"), [(1.2, "difference"), (0.15, "dense")])
+@pytest.mark.parametrize("trained", TIMED_CHOICE_SPECS, indirect=True)
 def test_a_close_call_tries_the_other_path_once_then_keeps_the_faster(trained, monkeypatch, dense_sleep, then):
     """A rate's first call takes the path the figures chose (here the difference path: its
     estimate is half the dense path's guessed time). Its real time lands within
@@ -441,6 +447,7 @@ def test_a_close_call_tries_the_other_path_once_then_keeps_the_faster(trained, m
 
 
 @pytest.mark.parametrize("slow", ["difference", "dense"])
+@pytest.mark.parametrize("trained", TIMED_CHOICE_SPECS, indirect=True)
 def test_auto_revises_a_rates_choice_after_a_call_on_its_real_time(trained, monkeypatch, slow):
     """A sweep evaluates each rate in several calls: after each, the path's real time per map
     at that rate is compared with the other path's figure, and the next call takes the faster.
