@@ -583,7 +583,8 @@ class DifferenceEvaluator:
         # the rest of a slice's time is the group's fixed cost (weight deltas, kernels' set-up,
         # the layer steps' bookkeeping), paid again in every round of batches side by side:
         # one round when the state is kept, many in the small batches of a state that is not
-        rounds = -(-len(range(0, self.n, self.batch)) // len(starts))
+        batches = -(-self.n // self.batch)
+        rounds = -(-batches // len(starts))  # batches side by side, len(starts) at a time
         fixed = max(0.0, t_small - per_image * n_small)
         return (t_small + per_image * (self.n - n_small) + (rounds - 1) * fixed) / len(fmaps) + recompute
 

@@ -27,6 +27,7 @@ from mcel_train.models import ModelSpec
 from mcel_train.quicktrain import model_inputs, quick_train
 from mcel_train.sweep import maps_needed, t_interval
 from mcel_train.threshold_count import count_rate
+from tests.bench_scripts import load_bench_script
 from tests.conftest import brevitas_predictions
 
 SPECS = {
@@ -980,14 +981,7 @@ def test_the_benchs_threshold_reach_counts_conv_layers_without_kept_ranges(train
     """``bench/sw_faults.py`` reports per layer how close the clean accumulators sit to a
     threshold; a conv layer of the compiled step keeps no ranges, so the bench counts them from
     the post-op, and gets what a state with ranges gives (the bench crashed on them once)."""
-    import importlib.util
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parent.parent / "bench"
-    monkeypatch.syspath_prepend(str(bench))  # the script imports its neighbour record.py
-    spec = importlib.util.spec_from_file_location("sw_faults_bench", bench / "sw_faults.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench_script("sw_faults", monkeypatch)
     _, net, x, _ = trained
     lean = DifferenceEvaluator(net, torch.as_tensor(x), net.memories())
     assert any(st.lo is None for st in lean._clean(0))

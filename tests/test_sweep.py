@@ -11,6 +11,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.margins import margin_report
 from mcel_train.plotting import plot_runs
 from mcel_train.sweep import SweepExistsError, maps_needed, run_sweep, t_interval
+from tests.bench_scripts import load_bench_script
 from tests.plot_checks import curves, png_shape
 
 
@@ -155,14 +156,7 @@ def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp
     on a small run it evaluates each rate's calls on the dense, difference and auto paths,
     asserts equal accuracies, and records per rate each path's seconds and which path ``auto``
     took on each call."""
-    import importlib.util
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parent.parent / "bench"
-    monkeypatch.syspath_prepend(str(bench))  # the script imports its neighbour record.py
-    spec = importlib.util.spec_from_file_location("auto_choice_bench", bench / "auto_choice.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench_script("auto_choice", monkeypatch)
     out = tmp_path / "auto_choice.json"
     assert module.main(["--run", str(smoke_run), "--rates", "1e-3,3e-2", "--maps", "10", "--map-batch", "5",
                         "--threads", "1", "--out", str(out)]) == 0
