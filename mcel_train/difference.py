@@ -107,10 +107,15 @@ CLEAN_BUDGET_MIN_BYTES = 3e9
 # auto's estimate runs this many maps as a group: most of a group's saving, at a quarter of
 # the estimate's cost
 ESTIMATE_MAPS = 4
-# Seconds below which the estimate's larger slice is timed a second time. On sfc_w2a2 (10k
-# images, two threads) that slice took 8-30 ms and varied by up to 45 % from call to call; on
-# the paper VGG3 (2000 images, 1e-3) it took 0.52-0.59 s, a second timing differed by 1-11 %,
-# and it doubled the estimate's cost (1.46-1.57 s against 0.77-0.84 s)
+# Seconds below which the estimate's first timing of its larger slice only warms up, and both
+# slices are then timed twice more, alternating, the faster kept. On sfc_w2a2 (10k images, two
+# threads) that slice took 8-30 ms and varied by up to 45 % from call to call, and a slice's
+# first runs were the slowest: timed as they came (small, small, large), the estimate was
+# 2.13 / 2.22 / 1.82x the real time at 1e-4 / 3e-4 / 1e-3 (medians of 9 map sets each, AMD
+# EPYC), and in 1 of 3 runs of bench/auto_choice.py `auto` kept the dense path at 1e-4, where
+# the difference path was 1.5x faster; warmed up and alternating, 1.03 / 0.88 / 0.87x at the
+# same cost. On the paper VGG3 (2000 images) the slice takes 0.1-0.6 s, a second timing
+# differed by 1-11 %, and repeating it doubled the estimate's cost
 ESTIMATE_REPEAT_BELOW = 0.05
 
 
@@ -534,14 +539,15 @@ class DifferenceEvaluator:
         """Seconds per map on all images, for maps like the first ``maps`` of ``fmaps`` run as
         one group: the group runs on the first ``small`` and on the first ``fraction`` of the
         images of each batch that :meth:`run_many` runs side by side (side by side too, as
-        the threads share cores and memory; the larger slice twice if it took less than
-        ``ESTIMATE_REPEAT_BELOW``, the faster kept, since a shared machine's noise only adds
-        time); the difference is the per-image cost, the rest the per-map cost (weight deltas,
-        kernels' set-up). When the clean state is not kept (it does not fit ``budget_bytes``),
-        every call computes it again: that time (:attr:`clean_seconds`), shared by the call's
-        ``fmaps``, is added (the paper VGG3 on 10k images in a 3 GB budget: about 4 s of an 11 s
-        call at 1e-4, which the estimate used to leave out), and so is the fixed cost of each
-        further round of batches."""
+        the threads share cores and memory; when the larger slice took less than
+        ``ESTIMATE_REPEAT_BELOW``, that run counts as a warm-up and both slices run twice
+        more, the faster kept, since a shared machine's noise only adds time); the difference
+        is the per-image cost, the rest the per-map cost (weight deltas, kernels' set-up).
+        When the clean state is not kept (it does not fit ``budget_bytes``), every call
+        computes it again: that time (:attr:`clean_seconds`), shared by the call's ``fmaps``,
+        is added (the paper VGG3 on 10k images in a 3 GB budget: about 4 s of an 11 s call at
+        1e-4, which the estimate used to leave out), and so is the fixed cost of each further
+        round of batches."""
         recompute = 0.0 if self.keep_state else self.clean_seconds / max(1, len(fmaps))
         fmaps = list(fmaps)[: min(maps, self.group)]
         posts = [dict(p or {}) for p in posts][: len(fmaps)] if posts is not None else [{} for _ in fmaps]
@@ -555,30 +561,33 @@ class DifferenceEvaluator:
             for layer, st in zip(self.net.layers, c, strict=True):
                 if layer.conv is not None and type(layer.post) is ThresholdPostOp:
                     self._levels(st, layer.post)
-        seconds, sizes = [], []
-        runs = [small, small, k]  # the first run only loads the compiled kernels
-        while runs:
-            each = runs.pop(0)
-            states = [[st.head(each, layer.conv is not None) for layer, st in zip(self.net.layers, c, strict=True)]
-                      for c in clean]
+        # both slices' states made before any timing: a state made just before its run made
+        # that run slow (sfc_w2a2 at 1e-3: the estimate 1.6x the real time, against 0.8x)
+        heads = {each: [[st.head(each, layer.conv is not None) for layer, st in zip(self.net.layers, c, strict=True)]
+                        for c in clean] for each in (small, k)}
 
-            def one_slice(b: int, states: list = states) -> None:
+        def timed(each: int) -> float:
+            def one_slice(b: int) -> None:
                 with torch.no_grad():
-                    self._run_group(states[b], deltas, posts)
+                    self._run_group(heads[each][b], deltas, posts)
 
             t0 = time.perf_counter()
             self._estimating = True
             try:
-                self._side_by_side(one_slice, list(range(len(states))))
+                self._side_by_side(one_slice, list(range(len(clean))))
             finally:
                 self._estimating = False
-            seconds.append(time.perf_counter() - t0)
-            sizes.append(sum(int(st[0].acc.shape[0]) for st in states))
-            if len(seconds) == 3 and seconds[2] < ESTIMATE_REPEAT_BELOW:
-                runs.append(k)
+            return time.perf_counter() - t0
+
+        timed(small)  # loads the compiled kernels
+        t_k = timed(k)
+        if t_k < ESTIMATE_REPEAT_BELOW:  # that run only warmed up (see ESTIMATE_REPEAT_BELOW)
+            t_small, t_k = timed(small), timed(k)
+            t_small, t_k = min(t_small, timed(small)), min(t_k, timed(k))
+        else:
+            t_small = timed(small)
         self.active_after, self.changed_after, self.seconds_in = counters  # a probe is not part of any result
-        t_small, t_k = min(seconds[:2]), min(seconds[2:])
-        n_small, n_k = sizes[1:3]
+        n_small, n_k = (sum(int(h[0].acc.shape[0]) for h in heads[each]) for each in (small, k))
         per_image = max(0.0, t_k - t_small) / (n_k - n_small) if n_k > n_small else t_k / n_k
         # the rest of a slice's time is the group's fixed cost (weight deltas, kernels' set-up,
         # the layer steps' bookkeeping), paid again in every round of batches side by side:

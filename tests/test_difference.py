@@ -960,6 +960,37 @@ def test_the_estimate_pays_a_slices_fixed_cost_once_per_round_of_batches(trained
         assert rounds > 1 or ev.keep_state
 
 
+def test_the_estimate_times_fast_slices_warm_on_states_made_before_the_clock(trained, monkeypatch):
+    """A fast slice's first runs are slow (on sfc_w2a2 a run on a state made just before it
+    took up to 2x longer): the estimate makes both slices' states before timing anything,
+    counts each slice's first run as a warm-up, and keeps the faster of two more. On a clock
+    where a step costs ``F + S`` per image and a state's first step ``cold`` more, the
+    estimate is exactly the warm ``F + S * N`` (timing each run on new states, as before,
+    gave ``F + cold + S * N``: every run was a first one)."""
+    _, net, x, labels = trained
+    mems = net.memories()
+    maps = [generate_map(mems, "flip", 0.002, 9, k) for k in range(4)]
+    fixed, per_image, cold = 0.002, 1e-6, 0.01
+    clock = [0.0]
+    stepped: list = []  # the states stepped on so far (held, so that no id is reused)
+
+    def group_step(state, deltas, posts):
+        first = not any(s is state for s in stepped)
+        stepped.append(state)
+        clock[0] += fixed + per_image * int(state[0].acc.shape[0]) + (cold if first else 0.0)
+        return []
+
+    ev = DifferenceEvaluator(net, torch.as_tensor(x), mems, workers=1)
+    monkeypatch.setattr(ev, "_run_group", group_step)
+    monkeypatch.setattr(difference.time, "perf_counter", lambda: clock[0])
+    estimate = ev.estimate_seconds(maps, small=10)
+    monkeypatch.undo()
+    assert fixed + cold + per_image * 400 < difference.ESTIMATE_REPEAT_BELOW  # the fast branch
+    got = estimate * min(len(maps), ev.group)  # the slices run one group, per map of it
+    assert got == pytest.approx(fixed + per_image * len(labels), rel=1e-9)
+    assert len({id(s) for s in stepped}) == 2  # one state per slice size, made once
+
+
 def test_the_clean_states_budget_is_a_quarter_of_the_machines_memory(monkeypatch):
     """By default the clean state may take a quarter of the physical memory, at least
     ``CLEAN_BUDGET_MIN_BYTES`` (also where the platform does not say)."""
