@@ -4,15 +4,32 @@ measured them, so that a script reading ``bench/results/`` can tell runs apart."
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what :mod:`platform` says: the
+    same bench's ratios differ between processors (the int8 dense path's speed most: it runs on
+    whatever int8 instructions the processor has)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_record(out: Path, record: dict) -> None:
     """Write ``record`` and the software and machine it was measured on to ``out``."""
-    full = {**record, "python": sys.version.split()[0], "torch": version("torch"), "machine": platform.machine()}
+    full = {**record, "python": sys.version.split()[0], "torch": version("torch"), "machine": platform.machine(),
+            "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(full, indent=1) + "\n")
     print(f"wrote {out}")
