@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -149,6 +150,40 @@ def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch):
     sweep.SweepCheckpoint(smoke_run / sweep.CHECKPOINT, {"seed": 5}).save(whole["results"][:2])
     other = run_sweep(smoke_run, rates, maps=4, seed=6, progress=False, force=True)
     assert other["results"][1]["accuracies"] != whole["results"][1]["accuracies"]
+
+
+def test_the_vs_filing_bench_runs_the_evaluator_as_filed_from_a_worktree(smoke_run, tmp_path, monkeypatch, capsys):
+    """``bench/vs_filing.py`` (the issue's own baseline): the evaluator of the filing commit
+    runs from a temporary worktree in its own process on the same run and maps; every path of
+    today's evaluator must predict as it did, and the worktree is gone afterwards. A commit
+    the history lacks is one line and exit 2, before any worktree is made."""
+    module = load_bench_script("vs_filing", monkeypatch)
+    root = module.repo_root()
+    worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    has_history = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{module.FILING_COMMIT}^{{commit}}"],
+                                 capture_output=True).returncode == 0
+    missing = "0" * 40
+    if has_history:  # a shallow clone lacks the commit: then only the refusal below is checked
+        out = tmp_path / "vs_filing.json"
+        assert module.main(["--run", str(smoke_run), "--rates", "1e-3,3e-2", "--maps", "3", "--repeat", "1",
+                            "--out", str(out)]) == 0
+        record = json.loads(out.read_text())
+        assert record["commit"] == module.FILING_COMMIT
+        assert [r["rate"] for r in record["rows"]] == [1e-3, 3e-2]
+        for row in record["rows"]:
+            assert row["identical_predictions"]
+            assert set(row["seconds"]) == {"filing", *module.PATHS} and min(row["seconds"].values()) > 0
+        assert subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True,
+                              text=True).stdout == worktrees
+    else:
+        missing = module.FILING_COMMIT
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--run", str(smoke_run), "--commit", missing, "--out", str(tmp_path / "x.json")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not in this clone's history" in err[0] and "--commit" in err[0]
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp_path, monkeypatch):
