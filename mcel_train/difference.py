@@ -114,8 +114,10 @@ ESTIMATE_MAPS = 4
 # 2.13 / 2.22 / 1.82x the real time at 1e-4 / 3e-4 / 1e-3 (medians of 9 map sets each, AMD
 # EPYC), and in 1 of 3 runs of bench/auto_choice.py `auto` kept the dense path at 1e-4, where
 # the difference path was 1.5x faster; warmed up and alternating, 1.03 / 0.88 / 0.87x at the
-# same cost. On the paper VGG3 (2000 images) the slice takes 0.1-0.6 s, a second timing
-# differed by 1-11 %, and repeating it doubled the estimate's cost
+# same cost. On the paper VGG3 (2000 images) the slice took 0.52-0.59 s on the earlier machine
+# (the whole estimate 0.14-0.35 s on this one), a second timing differed by 1-11 %, repeating
+# it doubled the estimate's cost, and warming it up changed nothing (estimate / real 1.36 at
+# 1e-4 either way)
 ESTIMATE_REPEAT_BELOW = 0.05
 
 
