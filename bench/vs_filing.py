@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,8 @@ def old_evaluator(commit: str, args: argparse.Namespace, rates: list[float], out
         return json.loads(done.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
-        tree.parent.rmdir()
+        shutil.rmtree(tree.parent, ignore_errors=True)
+        subprocess.run(["git", "-C", str(root), "worktree", "prune"], capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
