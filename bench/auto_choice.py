@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
+from trained import trained_network  # bench/trained.py
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
-from mcel_train.intnet import from_brevitas
-from mcel_train.runio import load_run
 
 RATES = "1e-4,3e-4,5e-4,7e-4,1e-3,2e-3,5e-3,2e-2"
 PATHS = ("dense", "difference", "auto")
@@ -44,12 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench/auto_choice.json"))
     args = p.parse_args(argv)
+    net, x, y = trained_network(args.run, args.test_images)
     torch.set_num_threads(args.threads)
-    run = load_run(args.run)
-    x, y = run.test_set()
-    if args.test_images:
-        x, y = x[: args.test_images], y[: args.test_images]
-    net = from_brevitas(run.model)
     mems = net.memories()
     evaluators = {path: MapEvaluator(net, x, y, method=path) for path in PATHS}
     evaluators["auto"]._difference = evaluators["difference"].difference  # one clean state, as in a sweep

@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
+from trained import trained_network  # bench/trained.py
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
-from mcel_train.intnet import from_brevitas
-from mcel_train.runio import load_run
 
 FILING_COMMIT = "5887954"
 PATHS = ("dense", "difference", "auto")
@@ -121,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", default=FILING_COMMIT, help="the old evaluator's commit")
     p.add_argument("--out", type=Path, default=Path("runs/bench/vs_filing.json"))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     rates = [float(r) for r in args.rates.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="vs_filing_preds_") as preds:
@@ -129,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         old_seconds = old_evaluator(args.commit, args, rates, Path(preds))
         old_predictions = [np.load(Path(preds) / f"rate{k}.npy") for k in range(len(rates))]
 
-    run = load_run(args.run)
-    x, y = run.test_set()
-    if args.test_images:
-        x, y = x[: args.test_images], y[: args.test_images]
-    net = from_brevitas(run.model)
+    net, x, y = trained_network(args.run, args.test_images)
+    torch.set_num_threads(args.threads)
     mems = net.memories()
     evaluators = {path: MapEvaluator(net, x, y, compile_post=True, method=path) for path in PATHS}
     rows = []

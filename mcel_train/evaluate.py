@@ -283,9 +283,9 @@ class MapEvaluator:
         """A rate's first ``auto`` call: the dense path runs its first group of maps on
         ``PROBE_CHUNKS`` image chunks of ``probe`` images, the fastest one's time kept (the
         first may carry one-off work: compiling post-ops, the clean conv layer 0), which with
-        the group's preparation gives its time per map; then the estimate decides. Dense: the group finishes
-        its images in chunks of ``chunk`` and the other maps follow dense. Difference: every map
-        takes it, and only the probe's chunks were spent."""
+        the group's preparation gives its time per map; then the estimate decides. Dense: the
+        group finishes its images in chunks of ``chunk`` and the other maps follow dense.
+        Difference: every map takes it, and only the probe's chunks were spent."""
         head = list(fmaps[:group])
         n = len(self.labels)
         chunks = self._group_chunks(head, _probe_bounds(probe) + _chunk_bounds(PROBE_CHUNKS * probe, n, chunk))

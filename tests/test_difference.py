@@ -929,6 +929,23 @@ def test_the_estimate_counts_the_clean_state_a_call_recomputes(trained):
     assert again.estimate_seconds(maps[:2]) >= 1000.0 / 2  # fewer maps share it
 
 
+def _estimate_on_a_stubbed_clock(ev: DifferenceEvaluator, maps, monkeypatch, step_seconds) -> float:
+    """``ev``'s estimate (with ``small=10``) on a clock that only its group steps advance, each
+    by ``step_seconds(state)``: the estimate's arithmetic without the machine's noise."""
+    clock = [0.0]
+
+    def group_step(state, deltas, posts):
+        clock[0] += step_seconds(state)
+        return []
+
+    monkeypatch.setattr(ev, "_run_group", group_step)
+    monkeypatch.setattr(difference.time, "perf_counter", lambda: clock[0])
+    try:
+        return ev.estimate_seconds(maps, small=10)
+    finally:
+        monkeypatch.undo()
+
+
 def test_the_estimate_pays_a_slices_fixed_cost_once_per_round_of_batches(trained, monkeypatch):
     """The estimate splits a slice's time into a per-image part and a fixed part (the group's
     set-up and bookkeeping); a call pays the fixed part once per round of batches side by side:
@@ -941,20 +958,13 @@ def test_the_estimate_pays_a_slices_fixed_cost_once_per_round_of_batches(trained
     mems = net.memories()
     maps = [generate_map(mems, "flip", 0.002, 9, k) for k in range(4)]
     fixed, per_image = 0.5, 0.001
-    clock = [0.0]
-
-    def group_step(state, deltas, posts):
-        clock[0] += fixed + per_image * int(state[0].acc.shape[0])
-        return []
-
     n = len(labels)
     for ev, rounds in ((DifferenceEvaluator(net, torch.as_tensor(x), mems, workers=1), 1),
                        (DifferenceEvaluator(net, torch.as_tensor(x), mems, budget_bytes=1, batch=50, workers=1),
                         -(-n // 50))):
-        monkeypatch.setattr(ev, "_run_group", group_step)
-        monkeypatch.setattr(difference.time, "perf_counter", lambda: clock[0])
-        estimate = ev.estimate_seconds(maps, small=10) - (0 if ev.keep_state else ev.clean_seconds / len(maps))
-        monkeypatch.undo()
+        estimate = _estimate_on_a_stubbed_clock(
+            ev, maps, monkeypatch, lambda state: fixed + per_image * int(state[0].acc.shape[0]))
+        estimate -= 0 if ev.keep_state else ev.clean_seconds / len(maps)
         got = estimate * min(len(maps), ev.group)  # the slices run one group, per map of it
         assert got == pytest.approx(rounds * fixed + per_image * n, rel=1e-9)
         assert rounds > 1 or ev.keep_state
@@ -971,20 +981,15 @@ def test_the_estimate_times_fast_slices_warm_on_states_made_before_the_clock(tra
     mems = net.memories()
     maps = [generate_map(mems, "flip", 0.002, 9, k) for k in range(4)]
     fixed, per_image, cold = 0.002, 1e-6, 0.01
-    clock = [0.0]
     stepped: list = []  # the states stepped on so far (held, so that no id is reused)
 
-    def group_step(state, deltas, posts):
+    def step_seconds(state) -> float:
         first = not any(s is state for s in stepped)
         stepped.append(state)
-        clock[0] += fixed + per_image * int(state[0].acc.shape[0]) + (cold if first else 0.0)
-        return []
+        return fixed + per_image * int(state[0].acc.shape[0]) + (cold if first else 0.0)
 
     ev = DifferenceEvaluator(net, torch.as_tensor(x), mems, workers=1)
-    monkeypatch.setattr(ev, "_run_group", group_step)
-    monkeypatch.setattr(difference.time, "perf_counter", lambda: clock[0])
-    estimate = ev.estimate_seconds(maps, small=10)
-    monkeypatch.undo()
+    estimate = _estimate_on_a_stubbed_clock(ev, maps, monkeypatch, step_seconds)
     assert fixed + cold + per_image * 400 < difference.ESTIMATE_REPEAT_BELOW  # the fast branch
     got = estimate * min(len(maps), ev.group)  # the slices run one group, per map of it
     assert got == pytest.approx(fixed + per_image * len(labels), rel=1e-9)
