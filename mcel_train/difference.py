@@ -94,6 +94,13 @@ FAULTY_ROWS_BYTES = 8 << 20
 # a one-off timing on 256-wide rows). Integer sums wrap around, so a partial sum may leave the
 # range: only the change itself, a faulty minus a clean accumulator, must fit.
 INT16_CHANGE_BOUND = 2**15
+# Images per block for which the compiled dense step makes every map's dW @ x at once (see
+# difference_kernel.dense_layer_maps). 16 maps, best of 3 interleaved calls, one thread, AMD
+# EPYC, seconds for 32 / 64 / 128 (each pair's own flipped weights one by one, as before:
+# in brackets): sfc_w2a2 (10k images) at 1e-3 0.266 / 0.253 / 0.256 (0.283), at 2e-2 0.80 /
+# 0.81 / 0.78 (0.86), at 1e-4 0.10-0.11 either way; the paper VGG3 (2000 images) at 1e-3
+# 2.78 (3.41) with 64
+FLIP_BLOCK = 64
 # Images per block of the first layer's compiled step: the block's entries are sorted while they
 # are in cache (sfc_w2a2 at 1e-3: 16 maps x about 200 flipped outputs x 8 % of the images)
 CLEAN_INPUT_BLOCK = 256
@@ -150,14 +157,14 @@ class _CleanLayer:
     lo: torch.Tensor | None
     hi: torch.Tensor | None
     out: torch.Tensor  # post-op (and pool) output: dense (N, out) / conv (N, out, H'', W'')
-    rows: torch.Tensor | None = None  # dense: the input again as (N, in), for the compiled step's dW @ x
+    rows: torch.Tensor | None = None  # the logit layer: the input again as (N, in), for its compiled step's dW @ x
     levels: torch.Tensor | None = None  # conv: the outputs' threshold counts, when first asked
     # the first layer, when dense: lo, hi, acc and out again as (out, N) rows, for the compiled
     # step of a clean input (difference_kernel.clean_input_layer_maps)
     by_output: tuple[np.ndarray, ...] | None = None
-    # a dense layer whose accumulator changes fit int16 (see INT16_CHANGE_BOUND): its input rows
-    # and unchanged ranges as int16 (the ranges rounded inwards to integers, clipped), for the
-    # compiled step's int16 form
+    # a dense layer whose accumulator changes fit int16 (see INT16_CHANGE_BOUND): its input by
+    # feature ``(in, N)`` and unchanged ranges (rounded inwards to integers, clipped) as int16,
+    # for the compiled step's int16 form
     narrow: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def head(self, m: int, conv: bool) -> _CleanLayer:
@@ -168,8 +175,8 @@ class _CleanLayer:
                            None if self.lo is None else self.lo[:m], None if self.hi is None else self.hi[:m],
                            self.out[:m], None if self.rows is None else self.rows[:m],
                            levels=None if self.levels is None else self.levels[:m],
-                           by_output=by_output, narrow=None if self.narrow is None else tuple(
-                               a[:m] for a in self.narrow))
+                           by_output=by_output, narrow=None if self.narrow is None else (
+                               np.ascontiguousarray(self.narrow[0][:, :m]), *(a[:m] for a in self.narrow[1:])))
 
 
 @dataclass
@@ -461,7 +468,8 @@ class DifferenceEvaluator:
                 # step); conv inputs padded
                 rows = h_in.contiguous() if layer.conv is None else None
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
-                st = _CleanLayer(h_in, acc.to(self.acc_dtypes[i]), lo, hi, out.to(torch.float32), rows)
+                st = _CleanLayer(h_in, acc.to(self.acc_dtypes[i]), lo, hi, out.to(torch.float32),
+                                 rows if i == last else None)
                 if i == 0 and layer.conv is None:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
                 elif (layer.conv is None and np.issubdtype(self.weights_t_compact[i].dtype, np.integer)
@@ -829,17 +837,18 @@ class DifferenceEvaluator:
         pair_key, pair_ptr = joint.pair_index()
         pre = self._clean_product(i, col, val, pair_key, pair_ptr)
         w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
-        x, lo, hi = st.rows.numpy(), st.lo.numpy(), st.hi.numpy()
+        x_t, lo, hi = st.h.numpy(), st.lo.numpy(), st.hi.numpy()
         if (st.narrow is not None and not len(pre) and np.issubdtype(w_rows.dtype, np.integer)
                 and (self.int16_changes[i] or self._int16_fits(i, val, pair_ptr, f_ptr, f_rows, f_vals))):
             # the changes summed in int16 (see INT16_CHANGE_BOUND): the kernel's form for int16 values
             val, dw_vals, f_vals = (a.astype(np.int16) for a in (val, dw_vals, f_vals))
             pre = np.zeros((0, out_n), np.int16)
-            x, lo, hi = st.narrow
+            x_t, lo, hi = st.narrow
         key, out, change, out_keys, out_ptr, per_map = dense_layer_maps(
             g, pair_key, pair_ptr, col, val, pre, w_rows, slot, faulty_rows, dw_ptr, dw_rows,
-            dw_vals, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, x, lo, hi,
-            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0))
+            dw_vals, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, x_t, lo, hi,
+            st.acc.numpy(), st.out.numpy(), thresholds, sign, out_bias, out_mult, self._records.get(i, 0),
+            FLIP_BLOCK)
         self._records[i] = int(1.25 * len(key))  # the next call's reservation
         return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
 
@@ -1159,7 +1168,7 @@ def _state_bytes(st: _CleanLayer) -> int:
     levels, made when first asked, included)."""
     tensors = [t for t in (st.h, st.acc, st.lo, st.hi, st.out, st.rows) if t is not None]
     arrays = (*(st.by_output or ()), *(st.narrow or ()))
-    levels = 2 * st.out.numel() if st.rows is None else 0
+    levels = 2 * st.out.numel() if st.h.dim() == 4 else 0
     return sum(t.numel() * t.element_size() for t in tensors) + sum(a.nbytes for a in arrays) + levels
 
 
@@ -1203,15 +1212,15 @@ def _faulty_threshold_rows(posts: list[PostOp | None], clean: np.ndarray,
 
 
 def _narrow_state(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """A dense layer's integer input rows and unchanged ranges as int16. An integer change
-    ``d`` leaves ``[lo, hi]`` exactly when it leaves ``[ceil(lo), floor(hi)]``; clipping to
-    int16 keeps that for every change that fits (infinite bounds included)."""
+    """A dense layer's integer input by feature ``(in, N)`` and unchanged ranges as int16. An
+    integer change ``d`` leaves ``[lo, hi]`` exactly when it leaves ``[ceil(lo), floor(hi)]``;
+    clipping to int16 keeps that for every change that fits (infinite bounds included)."""
     info = np.iinfo(np.int16)
 
     def clipped(t: torch.Tensor) -> np.ndarray:
         return np.clip(t.double().numpy(), info.min, info.max).astype(np.int16)
 
-    return rows.numpy().astype(np.int16), clipped(torch.ceil(lo)), clipped(torch.floor(hi))
+    return np.ascontiguousarray(rows.numpy().T.astype(np.int16)), clipped(torch.ceil(lo)), clipped(torch.floor(hi))
 
 
 def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:

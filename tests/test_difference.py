@@ -752,11 +752,16 @@ def test_wide_weights_take_faulty_weight_rows_exactly(monkeypatch, copies_fit, i
     assert logit_forms == [rows]
     assert checks == ([True] if int16 == "this call" else [])
     # the kernel's own loop stops and resumes where its records would not fit: from the
-    # smallest start (4 x 16 + 1024 records) it grows them and gives what room for all gives
-    grown, roomy = compiled(*calls[0][:-1], 0), compiled(*calls[0][:-1], 10**6)
+    # smallest start (4 x 16 + 1024 records) it grows them and gives what room for all gives;
+    # and dW @ x made for blocks of any size (1, one that leaves a part block, and resumed
+    # inside a block) gives the same
+    args, block = calls[0][:-2], calls[0][-1]
+    grown, roomy = compiled(*args, 0, block), compiled(*args, 10**6, block)
     assert len(grown[0]) > 4 * 16 + 1024
-    for a, b in zip(grown, roomy, strict=True):
-        assert np.array_equal(a, b)
+    assert len(x) % 7 and block > 1
+    for other in (compiled(*args, 10**6, 1), compiled(*args, 0, 7), roomy):
+        for a, b in zip(grown, other, strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_changes_beyond_int16_are_summed_in_float(monkeypatch):
