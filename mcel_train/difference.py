@@ -27,9 +27,10 @@ accumulators could reach 2^24), so results are identical to :meth:`IntNetwork.fo
 Cost follows the faults: dense and conv layers step through compiled per-image loops for a
 group of maps at once (:mod:`mcel_train.difference_kernel`; each image's clean state is read
 once for all the group's maps, and consecutive dense layers pass the group's differences on
-without re-sorting them, consecutive conv layers as entries, :class:`_ConvChange`); a dense
-first layer, whose input is clean, computes ``dW @ x`` map by map over blocks of images
-instead. Once a layer's changes are dense the remaining layers run as one plain forward pass.
+without re-sorting them, consecutive conv layers as entries, :class:`_ConvChange`; a dense
+layer's ``dW @ x`` is made for blocks of :data:`FLIP_BLOCK` images at once); a dense first
+layer, whose input is clean, computes ``dW @ x`` map by map over blocks of images instead.
+Once a layer's changes are dense the remaining layers run as one plain forward pass.
 :class:`mcel_train.evaluate.MapEvaluator`'s ``auto`` choice compares
 :meth:`DifferenceEvaluator.estimate_seconds` with the dense path's time per rate.
 The clean state (each layer's input, accumulators and, where a step reads them, unchanged
