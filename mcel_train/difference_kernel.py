@@ -77,12 +77,12 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
       input (CSC), for ``dW @ dx``;
     - ``f_ptr`` ``(n_maps + 1,)``, ``f_row``, ``f_col``, ``f_val``: each map's flipped weights
       again, sorted by output then input, for ``dW @ x`` on the clean input ``x_t`` ``(in, N)``
-      (by input). ``dW @ x`` is made for a block of
-      ``flip_block`` images at a time, every map's flipped output as one row over the block's
-      images (contiguous, vectorized: ``x_t``'s rows), and each pair then adds its map's row of
-      them. Each pair multiplying its map's flipped weights by its own inputs one by one (a
-      gather and a dependent add each) took 80 % of the step on the paper VGG3 at 1e-3 (25k
-      flipped weights in its 3136 x 2048 layer; 1.21 s, now 0.58 s for 8 maps x 2000 images);
+      (rows by input). ``dW @ x`` is made for a block of ``flip_block`` images at a time, every
+      map's flipped output as one row over the block's images (contiguous, vectorized: ``x_t``'s
+      rows), and each pair then adds its map's row of them. Each pair multiplying its map's
+      flipped weights by its own inputs one by one (a gather and a dependent add each) took 80 %
+      of the step on the paper VGG3 at 1e-3 (25k flipped weights in its 3136 x 2048 layer; 1.21
+      s, now 0.58 s for 8 maps x 2000 images);
     - ``t_ptr`` ``(n_maps + 1,)``, ``t_out``, ``t_thr`` ``(T, K)``: each map's outputs with
       faulty thresholds (a threshold-memory fault), ascending, and those thresholds. Their
       unchanged ranges do not hold, so every image of such a map counts them anew;
