@@ -475,7 +475,7 @@ class DifferenceEvaluator:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
                 elif (layer.conv is None and np.issubdtype(self.weights_t_compact[i].dtype, np.integer)
                         and self.in_max[i] < INT16_CHANGE_BOUND and torch.equal(rows, torch.round(rows))):
-                    st.narrow = _narrow_state(rows, lo, hi)
+                    st.narrow = _narrow_state(h_in, lo, hi)
                 states.append(st)
                 h = out
         return states
@@ -1212,7 +1212,7 @@ def _faulty_threshold_rows(posts: list[PostOp | None], clean: np.ndarray,
     return t_ptr, np.concatenate(t_out), np.ascontiguousarray(np.concatenate(t_thr))
 
 
-def _narrow_state(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[np.ndarray, ...]:
+def _narrow_state(by_feature: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[np.ndarray, ...]:
     """A dense layer's integer input by feature ``(in, N)`` and unchanged ranges as int16. An
     integer change ``d`` leaves ``[lo, hi]`` exactly when it leaves ``[ceil(lo), floor(hi)]``;
     clipping to int16 keeps that for every change that fits (infinite bounds included)."""
@@ -1221,7 +1221,7 @@ def _narrow_state(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tup
     def clipped(t: torch.Tensor) -> np.ndarray:
         return np.clip(t.double().numpy(), info.min, info.max).astype(np.int16)
 
-    return np.ascontiguousarray(rows.numpy().T.astype(np.int16)), clipped(torch.ceil(lo)), clipped(torch.floor(hi))
+    return by_feature.numpy().astype(np.int16), clipped(torch.ceil(lo)), clipped(torch.floor(hi))
 
 
 def _level_bounds(thresholds: torch.Tensor) -> torch.Tensor:

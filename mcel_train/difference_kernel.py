@@ -142,7 +142,7 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
     while True:  # the loop, in a function that never replaces its arrays (see _dense_pairs)
         i, p, k, n_out = _dense_pairs(
             i, p, k, n_out, n_maps, pair_key, pair_ptr, cols, vals, pre, w_rows, slot, add_dw, dw_ptr, dw_rows,
-            dw_vals, f_ptr, f_row, f_col, f_val, t_ptr, t_out, t_thr, lo, hi, acc, clean_out, thresholds, sign,
+            dw_vals, f_ptr, f_col, f_val, t_ptr, t_out, t_thr, lo, hi, acc, clean_out, thresholds, sign,
             out_bias, out_mult, keys, outs, change, out_keys, out_ptr, counts, delta, flags, packed, faulty,
             x_t, fo_ptr, fo_out, fo_first, fx, tile, block_at)
         if i == n:
@@ -155,7 +155,7 @@ def dense_layer_maps(  # noqa: PLR0913, PLR0912, PLR0915
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def _dense_pairs(  # noqa: PLR0913, PLR0912, PLR0915
     i0, p, k, n_out, n_maps, pair_key, pair_ptr, cols, vals, pre, w_rows, slot, add_dw, dw_ptr, dw_rows, dw_vals,
-    f_ptr, f_row, f_col, f_val, t_ptr, t_out, t_thr, lo, hi, acc, clean_out, thresholds, sign, out_bias,
+    f_ptr, f_col, f_val, t_ptr, t_out, t_thr, lo, hi, acc, clean_out, thresholds, sign, out_bias,
     out_mult, keys, outs, change, out_keys, out_ptr, counts, delta, flags, packed, faulty,
     x_t, fo_ptr, fo_out, fo_first, fx, tile, block_at,
 ):
@@ -195,14 +195,12 @@ def _dense_pairs(  # noqa: PLR0913, PLR0912, PLR0915
             for t in range(t0, t1):
                 faulty[t_out[t]] = t
             if not has:  # only the flipped outputs and those with faulty thresholds can change
-                f, t = f0, t0
-                j, j1 = fo_ptr[m], fo_ptr[m + 1]
-                while f < f1 or t < t1:
-                    o = min(f_row[f] if f < f1 else big, t_out[t] if t < t1 else big)
+                j, j1, t = fo_ptr[m], fo_ptr[m + 1], t0
+                while j < j1 or t < t1:
+                    o = min(fo_out[j] if j < j1 else big, t_out[t] if t < t1 else big)
                     dv = 0.0
                     if j < j1 and fo_out[j] == o:  # dW @ x from the block's row
                         dv = np.float64(fx_i[j])
-                        f = fo_first[j + 1]
                         j += 1
                     if t < t1 and t_out[t] == o:
                         t += 1
