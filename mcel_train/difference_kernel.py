@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros  # llvm.cttz: one tzcnt
 
 
 @njit(cache=True, nogil=True)
@@ -42,13 +43,6 @@ def _grow(a: np.ndarray, at_least: int) -> np.ndarray:
 _FAST = {"nsz", "arcp", "contract", "reassoc"}
 
 
-# ctz of a 64-bit word by de Bruijn multiplication: the crossing outputs of a word are found
-# one per step instead of testing its 8 flags one by one
-_DEBRUIJN_MUL = 0x03F79D71B4CB0A89
-_DEBRUIJN = np.zeros(64, np.int64)
-for _i in range(64):
-    _DEBRUIJN[(((1 << _i) * _DEBRUIJN_MUL) & (2**64 - 1)) >> 58] = _i
-_DEBRUIJN_MUL_U64 = np.uint64(_DEBRUIJN_MUL)
 # 8 bytes of 0 or 1 -> 8 bits, the first byte lowest: a mask's crossing outputs are found one
 # per step, 64 outputs to a mask (one mispredicted loop exit per 64 outputs, not per 8)
 _PACK = np.uint64(0x0102040810204080)
@@ -249,9 +243,8 @@ def _dense_pairs(  # noqa: PLR0913, PLR0912, PLR0915
                 for c in range(n_masks):
                     bits = masks[c]
                     while bits:
-                        low = bits & (~bits + np.uint64(1))
-                        o = 64 * c + _DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)]
-                        bits ^= low
+                        o = 64 * c + trailing_zeros(bits)
+                        bits &= bits - np.uint64(1)
                         d = np.float64(delta[o])
                         if count_here:
                             xo = sign[o] * (np.float64(acc_i[o]) + d)
@@ -636,8 +629,8 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
                 for w in range((nb + 7) // 8):
                     bits = words[w]
                     while bits:
-                        low = bits & (~bits + np.uint64(1))
-                        i = 8 * w + (_DEBRUIJN[(low * _DEBRUIJN_MUL_U64) >> np.uint64(58)] >> 3)
+                        i = 8 * w + (trailing_zeros(bits) >> 3)
+                        bits &= bits - np.uint64(1)
                         c = np.float64(dv[i])
                         if r >= 0:
                             c = cv[i]
@@ -649,7 +642,6 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
                             c = np.float32(out_bias + out_mult * count) - out_t[o, b0 + i]
                         b_key[kb], b_out[kb], b_change[kb] = i * n_maps + m, o, c
                         kb += 1
-                        bits ^= low
         # the block's entries in key order (a stable counting sort), appended to the result
         order, bounds = stable_groups(b_key[:kb], nb * n_maps)
         for key in range(nb * n_maps):
