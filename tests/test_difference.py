@@ -666,11 +666,14 @@ def test_strided_padded_convs_and_odd_pools_match_dense(monkeypatch, pool, order
         assert np.array_equal(a, b)
 
 
-def test_first_layer_blocks_match_dense(monkeypatch):
+@pytest.mark.parametrize("block", [16, 72, 128])
+def test_first_layer_blocks_match_dense(monkeypatch, block):
     """The first dense layer's compiled step (every image's input clean: only the flipped
     outputs, a block of images at a time, each block's entries sorted by image and map) over
-    blocks of 16 images, the last one partial (100 images): every map's logits equal the dense
-    forward's, through hidden layers whose accumulators sit near their thresholds."""
+    blocks of 16, 72 and 128 images, the last one partial (100 images; a block's crossing flags
+    are walked 64 images to a mask, so 72 and 128 take two masks, the second partial): every
+    map's logits equal the dense forward's, through hidden layers whose accumulators sit near
+    their thresholds."""
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.integers(0, 256, size=(100, 20)).astype(np.float32))
     w0 = rng.integers(-3, 4, size=(12, 20)).astype(np.float32)
@@ -683,14 +686,14 @@ def test_first_layer_blocks_match_dense(monkeypatch):
     ], input_shape=(20,), input_kind="uint8")
     mems = net.memories()
     ev = MapEvaluator(net, x, np.zeros(len(x), dtype=np.int64), method="dense")
-    monkeypatch.setattr(difference, "CLEAN_INPUT_BLOCK", 16)
+    monkeypatch.setattr(difference, "CLEAN_INPUT_BLOCK", block)
     calls = []
     compiled = difference.clean_input_layer_maps
     monkeypatch.setattr(difference, "clean_input_layer_maps", lambda *a: calls.append(a[-1]) or compiled(*a))
     diff = DifferenceEvaluator(net, x, mems, switch_fraction=float("inf"))
     maps = [generate_map(mems, "flip", 0.05, 5, i) for i in range(6)]
     changed = images_changed_equal_to_dense(net, x, ev, diff, maps, diff.run_many(maps))
-    assert calls == [16] and changed > len(x)  # one call for the group; the faults reached many images
+    assert calls == [block] and changed > len(x)  # one call for the group; the faults reached many images
 
 
 def _zero_point_mlp(seed: int, first_step: float) -> tuple[IntNetwork, torch.Tensor]:
