@@ -884,15 +884,10 @@ class DifferenceEvaluator:
         pair_key, pair_ptr = joint.pair_index()
         pre = self._clean_product(i, col, val, pair_key, pair_ptr)
         w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
-        keys, block = logit_layer_maps(joint.g, pair_key, pair_ptr, col, val, pre, w_rows, slot,
-                                       not faulty_rows or len(pre) > 0, dw_ptr, dw_rows, dw_vals, f_ptr, f_rows,
-                                       f_cols, f_vals, st.rows.numpy())
-        image, of_map = np.divmod(keys, joint.g)
-        out = []
-        for sel in _by_map(of_map, joint.g):
-            rows = torch.from_numpy(image[sel])
-            out.append((rows, st.out[rows] + torch.from_numpy(block[sel])))
-        return out
+        images, block, start, end = logit_layer_maps(
+            joint.g, pair_key, pair_ptr, col, val, pre, w_rows, slot, not faulty_rows or len(pre) > 0, dw_ptr,
+            dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals, st.rows.numpy(), st.out.numpy())
+        return [(torch.from_numpy(images[a:z]), torch.from_numpy(block[a:z])) for a, z in zip(start, end, strict=True)]
 
     def _flipped_by_map(self, i: int, layer_deltas: list[LayerDelta | None]) -> tuple[np.ndarray, ...]:
         """Layer ``i``'s flipped weights of each map, as the compiled dense steps take them: by

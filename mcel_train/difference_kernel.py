@@ -669,10 +669,10 @@ def clean_input_layer_maps(  # noqa: PLR0913, PLR0915
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def logit_layer_maps(  # noqa: PLR0913
     n_maps, pair_key, pair_ptr, cols, vals, pre, w_rows, slot, add_dw, dw_ptr, dw_rows, dw_vals, f_ptr, f_row,
-    f_col, f_val, x,
+    f_col, f_val, x, clean,
 ):
-    """The logit changes of the network's last layer (no post-op) under each of ``n_maps``
-    maps, as full rows: the arguments as :func:`dense_layer_maps` takes them (``add_dw``:
+    """The logits of the network's last layer (no post-op) that change under each of
+    ``n_maps`` maps, as full rows: the arguments as :func:`dense_layer_maps` takes them (``add_dw``:
     whether ``dW @ dx`` is still to add, i.e. the rows are the clean ones or ``pre`` holds
     ``W @ dx``).
 
@@ -680,23 +680,29 @@ def logit_layer_maps(  # noqa: PLR0913
     flags, masks and per-output records cost more there than the arithmetic, and the caller
     then scattered the records back into rows: on sfc_w2a2 at 1e-4 that layer took a quarter
     of the difference path's time. Here each (image, map) pair whose input or logit weights
-    changed writes its row of changes straight into ``block``, and only a row with a non-zero
-    change is kept.
+    changed writes its row of logits (``clean`` ``(N, out)``, the clean logits, plus its
+    changes) straight into ``block``, and only a row with a non-zero change is kept, in its
+    map's own segment. (The rows of changes in one list by image, then gathered per map and
+    added to the clean logits as tensors: 7.6 ms beside this loop's 11.6 ms for 16 maps on
+    sfc_w2a2 at 1e-4.)
 
-    Returns ``(keys, block)``: ``key = image * n_maps + map`` ascending, and ``(len(keys),
-    out)`` changes.
+    Returns ``(images, block, start, end)``: map ``m``'s images whose logits change,
+    ascending, are ``images[start[m]:end[m]]``, and their logits the same rows of ``block``.
     """
     n = x.shape[0]
     out_n = w_rows.shape[2]
     n_pairs = pair_key.shape[0]
-    flipped = 0
+    # each map's rows in a segment of its own, as large as it may need: every image when its
+    # logit weights flipped, else its pairs
+    start = np.zeros(n_maps + 1, np.int64)
+    for q in range(n_pairs):
+        start[pair_key[q] % n_maps + 1] += 1
     for m in range(n_maps):
-        flipped += f_ptr[m + 1] > f_ptr[m]
-    cap = min(n * n_maps, n_pairs + n * flipped)
-    keys = np.empty(cap, np.int64)
-    block = np.zeros((cap, out_n), np.float32)
+        start[m + 1] = start[m] + (n if f_ptr[m + 1] > f_ptr[m] else start[m + 1])
+    images = np.empty(start[n_maps], np.int64)
+    block = np.empty((start[n_maps], out_n), np.float32)
+    end = start[:-1].copy()
     row = np.zeros(out_n, np.float64)
-    k = 0
     p = 0
     for i in range(n):
         x_i = x[i]
@@ -729,8 +735,10 @@ def logit_layer_maps(  # noqa: PLR0913
             for o in range(out_n):
                 changed |= row[o] != 0.0
             if changed:
-                keys[k] = key
+                k = end[m]
+                images[k] = i
+                clean_i = clean[i]
                 for o in range(out_n):
-                    block[k, o] = row[o]
-                k += 1
-    return keys[:k], block[:k]
+                    block[k, o] = np.float32(row[o]) + clean_i[o]
+                end[m] = k + 1
+    return images, block, start[:-1], end
