@@ -13,19 +13,26 @@ from mcel_train.errors import UserInputError
 
 
 def _rates(text: str) -> list[float]:
-    """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted)."""
+    """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted), each a bit error
+    rate in [0, 1], at least one."""
     if text.startswith("logspace:"):
         try:
             _, lo, hi, n = text.split(":")
             import numpy as np
 
-            return [float(v) for v in np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))]
+            rates = [float(v) for v in np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))]
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"bad logspace {text!r}: {err}") from err
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"bad rate list {text!r}: {err}") from err
+    else:
+        try:
+            rates = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"bad rate list {text!r}: {err}") from err
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]  # NaN fails both comparisons
+    if bad or not rates:
+        raise argparse.ArgumentTypeError(
+            f"bit error rates must be in [0, 1], got {bad[0]:g}" if bad else f"no rate in {text!r}")
+    return rates
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -92,7 +92,10 @@ CASES = [
     ("build-existing", ["build", "{run}"], _write("build/build.json", "{}"), "--force"),
     ("build-bad-part-flag", ["build", "{run}", "--target-cycles", "x"], None, "--target-cycles"),
     # sweep
-    ("sweep-rate-out-of-range", ["sweep", "{run}", "--ber", "2"], None, "[0, 1]"),
+    ("sweep-rate-out-of-range", ["sweep", "{run}", "--ber", "2"], None, "--bers/--ber: bit error rates must be in [0, 1]"),
+    ("sweep-rate-nan", ["sweep", "{run}", "--ber", "0,nan"], None, "--bers/--ber: bit error rates must be in [0, 1]"),
+    ("sweep-logspace-past-1", ["sweep", "{run}", "--ber", "logspace:1e-3:3:4"], None, "--bers/--ber: bit error rates"),
+    ("sweep-no-rate", ["sweep", "{run}", "--ber", ","], None, "--bers/--ber: no rate"),
     ("sweep-zero-maps", ["sweep", "{run}", "--maps", "0"], None, "--maps"),
     ("sweep-bad-fault-model", ["sweep", "{run}", "--fault-model", "zap"], None, "zap"),
     ("sweep-negative-seed", ["sweep", "{run}", "--seed", "-1"], None, "--seed"),
