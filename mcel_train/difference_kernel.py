@@ -672,9 +672,9 @@ def logit_layer_maps(  # noqa: PLR0913
     f_col, f_val, x, clean,
 ):
     """The logits of the network's last layer (no post-op) that change under each of
-    ``n_maps`` maps, as full rows: the arguments as :func:`dense_layer_maps` takes them (``add_dw``:
-    whether ``dW @ dx`` is still to add, i.e. the rows are the clean ones or ``pre`` holds
-    ``W @ dx``).
+    ``n_maps`` maps, as full rows: the arguments as :func:`dense_layer_maps` takes them
+    (``add_dw``: whether ``dW @ dx`` is still to add, i.e. the rows are the clean ones or
+    ``pre`` holds ``W @ dx``).
 
     The logit layer is narrow (10 outputs on every zoo network), so :func:`dense_layer_maps`'
     flags, masks and per-output records cost more there than the arithmetic, and the caller
