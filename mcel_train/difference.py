@@ -834,7 +834,7 @@ class DifferenceEvaluator:
                 g, f_ptr, f_rows, f_cols, f_vals, *faulty_thresholds, st.h.numpy(), *st.by_output, thresholds, sign,
                 out_bias, out_mult, CLEAN_INPUT_BLOCK)
             return self._joint_out(i, st, g, post, counted, key, out, change, out_keys, out_ptr, per_map)
-        col, val = joint.col, joint.val.astype(np_dt)
+        col, val = joint.col, joint.val.astype(np_dt, copy=False)
         pair_key, pair_ptr = joint.pair_index()
         pre = self._clean_product(i, col, val, pair_key, pair_ptr)
         w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
@@ -880,7 +880,7 @@ class DifferenceEvaluator:
         change, and those logits."""
         np_dt = self._np_dtype(i)
         dw_ptr, dw_rows, dw_vals, f_ptr, f_rows, f_cols, f_vals = self._flipped_by_map(i, layer_deltas)
-        col, val = joint.col, joint.val.astype(np_dt)
+        col, val = joint.col, joint.val.astype(np_dt, copy=False)
         pair_key, pair_ptr = joint.pair_index()
         pre = self._clean_product(i, col, val, pair_key, pair_ptr)
         w_rows, slot, faulty_rows = self._weight_rows(i, f_ptr, f_rows, f_cols, f_vals, use=not len(pre))
