@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit  # Student t quantile; scipy.stats took 0.3 s more to import
 
 from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, accuracy_of, clean_logits, memory_contents, ties_of
@@ -43,7 +43,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean() - half), float(v.mean() + half)
 
 
