@@ -67,7 +67,7 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     if n_check < 1:
         raise UserInputError(f"--check-images must be >= 1, got {n_check}")
     check_writable(out / "export", force)
-    model = load_graph(model_path)
+    model = load_graph(model_path, fix="give mcel import a QONNX file as Brevitas or qonnx saves it")
     meta = _metadata(model)
     dataset = dataset or meta.get(DATASET_KEY)
     if dataset not in DATASET_NAMES:

@@ -18,8 +18,9 @@ from mcel_train.errors import ArtifactError
 BUILD_RECORD = "build.json"
 
 
-def load_graph(path: str | Path):
-    """An ONNX graph as FINN's ``ModelWrapper``; a truncated or foreign file is one clear error."""
+def load_graph(path: str | Path, fix: str = "export or build the run again with --force"):
+    """An ONNX graph as FINN's ``ModelWrapper``; a truncated or foreign file is one clear error
+    ending in ``fix`` (the default fits a run's own artifacts: a user's file needs another)."""
     from google.protobuf.message import DecodeError
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -29,8 +30,7 @@ def load_graph(path: str | Path):
     try:
         return ModelWrapper(str(path))
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} is not a readable ONNX graph ({str(exc)[:120]}); "
-                            "export or build the run again with --force") from None
+        raise ArtifactError(f"{path} is not a readable ONNX graph ({str(exc)[:120]}); {fix}") from None
 
 
 def dataflow_graph_path(build_dir: str | Path) -> Path:

@@ -195,8 +195,9 @@ def test_bad_imports_are_one_line_and_write_nothing(imported, tmp_path, capsys):
                            "--out", str(out)], capsys)
     assert "squash (Sigmoid)" in err and "supported:" in err
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk")
-    assert "ONNX" in _one_line_error(["import", str(tmp_path / "junk.onnx"), "--dataset", "digits",
-                                      "--input-kind", "uint8", "--out", str(out)], capsys)
+    err = _one_line_error(["import", str(tmp_path / "junk.onnx"), "--dataset", "digits", "--input-kind", "uint8",
+                           "--out", str(out)], capsys)
+    assert "not a readable ONNX graph" in err and "QONNX file" in err and "export or build" not in err
     assert not out.exists()
     # an existing import is not replaced without --force
     again = tmp_path / "again"
