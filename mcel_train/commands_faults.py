@@ -98,7 +98,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fault-model", default="flip",
                    help="flip | stuck | asym[:p01=..,p10=..] | kflips (rate = count)")
-    p.add_argument("--manifest", type=Path, help="memory layout from a FINN build manifest.json")
+    p.add_argument("--manifest", type=Path,
+                   help="a build folder (or its manifest.json): maps in the accelerator's memory layout")
     p.add_argument("--map-batch", type=int, default=25, help="maps evaluated together")
     p.add_argument("--compile", action="store_true",
                    help="count thresholds with torch.compile (a little faster; compiles once)")

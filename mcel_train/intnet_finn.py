@@ -237,3 +237,14 @@ def build_memories(manifest: Manifest, net: IntNetwork) -> list[Memory]:
     index = {layer.name: i for i, layer in enumerate(net.layers)}
     return [replace(m, layer_index=index[manifest.weights[m.name].layer])
             for m in manifest.fault_memories(("weights",))]
+
+
+def memories_in_layer_order(manifest: Manifest, net: IntNetwork) -> list[Memory]:
+    """The build's weight memories on another integer network of the same model (a Brevitas
+    run's, whose layers do not carry the build's names): the manifest lists them in dataflow
+    order, so the k-th holds layer k's weights. Shapes and column orders are checked where the
+    evaluator maps them (:func:`mcel_train.intnet.layer_memories`)."""
+    memories = manifest.fault_memories(("weights",))
+    if len(memories) != len(net.layers):
+        raise ValueError(f"the build has {len(memories)} weight memories, the network {len(net.layers)} layers")
+    return [replace(m, layer_index=k) for k, m in enumerate(memories)]

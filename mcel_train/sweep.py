@@ -22,9 +22,10 @@ from scipy.special import stdtrit  # Student t quantile; scipy.stats took 0.3 s 
 from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, accuracy_of, clean_logits, memory_contents, ties_of
 from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
-from mcel_train.intnet import from_brevitas
-from mcel_train.intnet_finn import build_memories, from_finn_build
-from mcel_train.manifest import load_manifest
+from mcel_train.intnet import IntNetwork, from_brevitas, layer_memories
+from mcel_train.intnet_finn import build_memories, from_finn_build, memories_in_layer_order
+from mcel_train.manifest import MANIFEST_FILE, load_manifest
+from mcel_train.memory import Memory
 from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_source
@@ -45,6 +46,25 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
         return None
     half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean() - half), float(v.mean() + half)
+
+
+def _manifest_memories(path: Path, net: IntNetwork) -> list[Memory]:
+    """``--manifest``: a build folder or its manifest.json, whose weight memories (the
+    accelerator's layout: which (word, bit) holds which weight) the maps then address on the
+    run's own network; a mismatch with that network is one line naming the flag."""
+    if not path.exists():
+        raise UserInputError(f"--manifest {path} not found: give a build folder (runs/NAME/build) or its "
+                             f"{MANIFEST_FILE}")
+    if path.is_file() and path.name != MANIFEST_FILE:
+        raise UserInputError(f"--manifest {path}: give a build folder or the {MANIFEST_FILE} in it")
+    manifest = load_manifest(path.parent if path.is_file() else path)
+    try:
+        memories = memories_in_layer_order(manifest, net)
+        layer_memories(net, memories)
+    except ValueError as err:
+        raise UserInputError(f"--manifest {path} does not fit this run's network ({err}); sweep without "
+                             "--manifest, or predict the build's own network with `mcel sim`") from None
+    return memories
 
 
 def maps_needed(accs: np.ndarray, width_points: float, first: int = 3) -> int | None:
@@ -123,10 +143,8 @@ def run_sweep(
         memory_source = "build"
     elif manifest is not None:
         net = from_brevitas(run.model)
-        manifest_path = Path(manifest)
-        memories = load_manifest(manifest_path.parent if manifest_path.name.endswith(".json") else manifest_path
-                                 ).fault_memories(("weights",))
-        memory_source = f"manifest:{manifest_path.name}"
+        memories = _manifest_memories(Path(manifest), net)
+        memory_source = f"manifest:{Path(manifest).name}"
     else:
         net = from_brevitas(run.model)
         memories = net.memories()

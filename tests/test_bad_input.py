@@ -96,6 +96,10 @@ CASES = [
     ("sweep-rate-nan", ["sweep", "{run}", "--ber", "0,nan"], None, "--bers/--ber: bit error rates must be in [0, 1]"),
     ("sweep-logspace-past-1", ["sweep", "{run}", "--ber", "logspace:1e-3:3:4"], None, "--bers/--ber: bit error rates"),
     ("sweep-no-rate", ["sweep", "{run}", "--ber", ","], None, "--bers/--ber: no rate"),
+    ("sweep-manifest-missing", ["sweep", "{run}", "--manifest", "{run}/build/manifest.json"], None,
+     "--manifest {run}/build/manifest.json not found"),
+    ("sweep-manifest-other-json", ["sweep", "{run}", "--manifest", "{run}/train/metrics.json"], None,
+     "the manifest.json in it"),
     ("sweep-zero-maps", ["sweep", "{run}", "--maps", "0"], None, "--maps"),
     ("sweep-bad-fault-model", ["sweep", "{run}", "--fault-model", "zap"], None, "zap"),
     ("sweep-negative-seed", ["sweep", "{run}", "--seed", "-1"], None, "--seed"),
@@ -166,6 +170,7 @@ def test_bad_input_is_one_line_and_changes_nothing(trained, tmp_path, capsys, ca
     assert code == 2, f"{case}: exit {code}, stderr {err!r}"
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{case}: {err!r}"
+    expected = expected.replace("{run}", str(run))
     assert expected in lines[0], f"{case}: {lines[0]!r} does not name {expected!r}"
     assert _tree(tmp_path) == before, f"{case}: files changed"
 

@@ -84,6 +84,19 @@ def test_foldings_differ(cnn_runs):
         assert fast < slow, name
 
 
+def test_a_cnn_sweep_refuses_the_builds_layout_in_one_line(cnn_runs, tmp_path):
+    """``mcel sweep --manifest`` maps a build's memories onto the run's torch-made network; a
+    conv layer's memory columns are in FINN's order, so a CNN is refused in one line, before
+    any work, and nothing is written."""
+    from mcel_train.errors import UserInputError
+    from mcel_train.sweep import run_sweep
+
+    run = cnn_runs[(next(iter(CNNS)), "fast")][0]
+    with pytest.raises(UserInputError, match=r"--manifest .* does not fit this run's network .*FINN's order"):
+        run_sweep(run, [0.01], maps=2, manifest=run / "build", progress=False)
+    assert not (run / "sweep").exists()
+
+
 def test_conv_layout_maps_every_weight_to_the_torch_tensor(cnn_runs):
     """(word, bit) -> (out channel, kernel row, kernel column, in channel): the manifest's layout
     decodes the init files to exactly the Brevitas layers' integer weights, and back."""

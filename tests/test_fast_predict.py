@@ -74,3 +74,33 @@ def test_from_finn_build_layers(smoke_build):
     assert sorted(m.layer_index for m in mems) == [0, 1, 2]
     for m in mems:
         assert net.layers[m.layer_index].weight.shape == (m.rows, m.cols)
+
+
+def test_a_sweep_in_a_builds_layout_predicts_as_the_build(smoke_build, tmp_path):
+    """``mcel sweep --manifest``: the run's own network with the build's memories (the (word,
+    bit) -> weight layout the accelerator holds). Each map's accuracy must equal the build's
+    integer network's under the same map, and the record must name the build's memories (the
+    memories used to all point at layer 0, and the sweep failed with a traceback)."""
+    import json
+    import shutil
+
+    from hw_sim.predict import fast_predict
+    from mcel_train.faults.generate import generate_map
+    from mcel_train.manifest import load_manifest
+    from mcel_train.runio import load_run
+    from mcel_train.sweep import run_sweep
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_build / "train", run / "train")
+    build = smoke_build / "build"
+    record = run_sweep(run, [0.0, 0.05], maps=4, seed=5, manifest=build, progress=False, test_images=120,
+                       method="difference")
+    weights = load_manifest(build).fault_memories(("weights",))
+    assert record["memory_source"] == "manifest:build"
+    assert [m["name"] for m in record["memories"]] == [m.name for m in weights]
+    assert json.loads((run / "sweep" / "sw_ber.json").read_text())["results"] == record["results"]
+    x, labels = load_run(run).test_inputs(120)
+    maps = [generate_map(weights, "flip", 0.05, 5, i) for i in range(4)]
+    hw = fast_predict(build, x, maps).argmax(-1)
+    assert record["results"][1]["accuracies"] == [float(a) for a in (hw == labels[None, :]).mean(1)]
+    assert len(set(record["results"][1]["accuracies"])) > 1  # the maps differ in effect
