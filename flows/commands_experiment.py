@@ -53,7 +53,7 @@ def per_model_ints(text: str) -> tuple[int | None, dict[str, int]]:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``experiment`` on the main CLI's sub-parsers."""
     from flows.experiment import DEFAULT_MAPS, DEFAULT_MODELS, DEFAULT_RATES, VARIANTS
-    from mcel_train.commands_faults import _rates
+    from mcel_train.commands_faults import bit_error_rates
 
     p = subparsers.add_parser(
         "experiment", help="train all (model, loss variant) pairs, sweep them, write docs/results.md")
@@ -65,7 +65,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="override the configs' epochs: N for all, MODEL=N for one (comma-separated)")
     p.add_argument("--limit-train", type=int, default=0, help="train on the first N images (0 = all)")
     p.add_argument("--maps", type=int, default=DEFAULT_MAPS, help="fault maps per rate")
-    p.add_argument("--rates", type=_rates, default=list(DEFAULT_RATES), help="comma-separated rates")
+    p.add_argument("--rates", type=bit_error_rates, default=list(DEFAULT_RATES), help="comma-separated rates")
     p.add_argument("--seed", type=int, default=0, help="fault map seed")
     p.add_argument("--train-seed", type=int,
                    help="override every config's training seed (init, shuffling, val split)")

@@ -13,8 +13,9 @@ from mcel_train.errors import UserInputError
 
 
 def _rates(text: str) -> list[float]:
-    """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted), each a bit error
-    rate in [0, 1], at least one."""
+    """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted), at least one, none
+    negative or NaN. Bit error rates, or flip counts for ``--fault-model kflips``: the upper
+    bound depends on the fault model (:func:`_check_rates`)."""
     if text.startswith("logspace:"):
         try:
             _, lo, hi, n = text.split(":")
@@ -28,11 +29,35 @@ def _rates(text: str) -> list[float]:
             rates = [float(v) for v in text.split(",") if v.strip()]
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"bad rate list {text!r}: {err}") from err
-    bad = [r for r in rates if not 0.0 <= r <= 1.0]  # NaN fails both comparisons
+    bad = [r for r in rates if not r >= 0.0]  # NaN fails the comparison
     if bad or not rates:
-        raise argparse.ArgumentTypeError(
-            f"bit error rates must be in [0, 1], got {bad[0]:g}" if bad else f"no rate in {text!r}")
+        raise argparse.ArgumentTypeError(f"rates must be >= 0, got {bad[0]:g}" if bad else f"no rate in {text!r}")
     return rates
+
+
+def bit_error_rates(text: str) -> list[float]:
+    """:func:`_rates`, each in [0, 1] (the flip fault model's rates)."""
+    rates = _rates(text)
+    bad = [r for r in rates if r > 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"bit error rates must be in [0, 1], got {bad[0]:g}")
+    return rates
+
+
+def _check_rates(rates: list[float], fault_model: str) -> None:
+    """``--bers`` against ``--fault-model``: bit error rates in [0, 1], or for kflips whole
+    flip counts; one line naming the flag, before any work."""
+    from mcel_train.faults.generate import FaultModel
+
+    if FaultModel.parse(fault_model).name == "kflips":
+        bad = [r for r in rates if r != int(r)]
+        if bad:
+            raise UserInputError(f"--bers: --fault-model kflips takes whole flip counts, got {bad[0]:g}")
+        return
+    bad = [r for r in rates if r > 1.0]
+    if bad:
+        raise UserInputError(f"--bers: bit error rates must be in [0, 1], got {bad[0]:g} "
+                             "(--fault-model kflips takes flip counts)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -42,6 +67,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              ("--test-images", args.test_images, 0)):
         if value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value}")
+    _check_rates(args.bers, args.fault_model)
     rec = run_sweep(
         args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
         force=args.force, manifest=args.manifest, map_batch=args.map_batch,

@@ -95,6 +95,13 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures):
     args = parser.parse_args(["sweep", str(smoke_run), "--fault-model", "melt", "--force"])
     with pytest.raises(UserInputError, match="unknown fault model"):
         args.func(args)
+    # kflips takes flip counts, not rates in [0, 1]: the CLI must let them through
+    args = parser.parse_args(["sweep", str(smoke_run), "--fault-model", "kflips", "--bers", "0,3", "--maps", "2",
+                              "--force", "--quiet"])
+    assert args.bers == [0.0, 3.0] and args.func(args) == 0
+    saved = json.loads((smoke_run / "sweep" / "sw_ber.json").read_text())
+    assert saved["fault_model"]["name"] == "kflips" and [r["rate"] for r in saved["results"]] == [0.0, 3.0]
+    assert all(r["faults_per_map_mean"] == r["rate"] for r in saved["results"])
     args = parser.parse_args(["margins", str(tmp_path / "nowhere")])
     with pytest.raises(UserInputError, match="not found"):
         args.func(args)
