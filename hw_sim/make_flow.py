@@ -118,8 +118,6 @@ def _rates(value: str) -> list[float]:
         except ValueError:
             raise _bad("BER", value, f"want comma-separated bit error rates in [0, 1] (e.g. BER=0,0.01); "
                        f"{item!r} is not a number") from None
-        if not 0.0 <= ber <= 1.0:
-            raise _bad("BER", value, f"bit error rates must be in [0, 1], got {item}")
         if ber in bers:
             raise _bad("BER", value, f"the rate {item} is listed twice")
         bers.append(ber)
@@ -147,13 +145,15 @@ def read_settings(env: Mapping[str, str]) -> Settings:
     pgo = _flag("PGO", value["PGO"], "1 builds the simulator profile-guided")
     force = _flag("FORCE", value["FORCE"], "1 replaces an existing RUN/sim/hw_ber.json")
     fault_model = value["FAULT_MODEL"]
-    if raw["FAULT_MODEL"]:  # (the parser's import takes a while: only for a given value)
-        from mcel_train.faults.generate import FaultModel
+    from mcel_train.faults.generate import FaultModel, rate_problem
 
-        try:
-            fault_model = str(FaultModel.parse(fault_model))
-        except UserInputError as exc:
-            raise _bad("FAULT_MODEL", fault_model, str(exc)) from None
+    try:
+        fault_model = str(FaultModel.parse(fault_model))
+    except UserInputError as exc:
+        raise _bad("FAULT_MODEL", fault_model, str(exc)) from None
+    problem = rate_problem(bers, fault_model)
+    if problem:
+        raise _bad("BER", value["BER"], problem)
 
     text = raw["RUN"]
     given = Path(text)

@@ -29,7 +29,7 @@ from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.faults.generate import FaultModel, generate_map
+from mcel_train.faults.generate import generate_map, rate_problem
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
 from mcel_train.runio import load_source
 from mcel_train.stage import check_writable
@@ -83,14 +83,13 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
     name the CLI flag."""
     if not bers:
         raise UserInputError("give at least one bit error rate (--ber)")
-    bad = [b for b in bers if not 0.0 <= b <= 1.0]
-    if bad:
-        raise UserInputError(f"--ber: rates must be in [0, 1], got {bad}")
+    problem = rate_problem(bers, fault_model)  # (an unknown fault model is refused here too)
+    if problem:
+        raise UserInputError(f"--ber: {problem}")
     for flag, value, low in (("--maps", maps, 1), ("--images", images, 1), ("--seed", seed, 0),
                              ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
         if not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
-    FaultModel.parse(fault_model)
     if inject not in ("backdoor", "axilite"):
         raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
     if predictor not in ("fast", "finn"):

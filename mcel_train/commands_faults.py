@@ -15,7 +15,7 @@ from mcel_train.errors import UserInputError
 def _rates(text: str) -> list[float]:
     """``"0,1e-4,1e-3"`` -> floats (``logspace:1e-5:1e-1:9`` also accepted), at least one, none
     negative or NaN. Bit error rates, or flip counts for ``--fault-model kflips``: the upper
-    bound depends on the fault model (:func:`_check_rates`)."""
+    bound depends on the fault model (:func:`mcel_train.faults.generate.rate_problem`)."""
     if text.startswith("logspace:"):
         try:
             _, lo, hi, n = text.split(":")
@@ -44,22 +44,6 @@ def bit_error_rates(text: str) -> list[float]:
     return rates
 
 
-def _check_rates(rates: list[float], fault_model: str) -> None:
-    """``--bers`` against ``--fault-model``: bit error rates in [0, 1], or for kflips whole
-    flip counts; one line naming the flag, before any work."""
-    from mcel_train.faults.generate import FaultModel
-
-    if FaultModel.parse(fault_model).name == "kflips":
-        bad = [r for r in rates if r != int(r)]
-        if bad:
-            raise UserInputError(f"--bers: --fault-model kflips takes whole flip counts, got {bad[0]:g}")
-        return
-    bad = [r for r in rates if r > 1.0]
-    if bad:
-        raise UserInputError(f"--bers: bit error rates must be in [0, 1], got {bad[0]:g} "
-                             "(--fault-model kflips takes flip counts)")
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mcel_train.sweep import run_sweep
 
@@ -67,7 +51,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              ("--test-images", args.test_images, 0)):
         if value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value}")
-    _check_rates(args.bers, args.fault_model)
+    from mcel_train.faults.generate import rate_problem
+
+    problem = rate_problem(args.bers, args.fault_model)
+    if problem:
+        raise UserInputError(f"--bers: {problem}")
     rec = run_sweep(
         args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
         force=args.force, manifest=args.manifest, map_batch=args.map_batch,

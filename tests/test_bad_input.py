@@ -97,7 +97,7 @@ CASES = [
     ("sweep-rate-negative", ["sweep", "{run}", "--ber", "0,-0.1"], None, "--bers/--ber: rates must be >= 0"),
     ("sweep-logspace-past-1", ["sweep", "{run}", "--ber", "logspace:1e-3:3:4"], None, "--bers: bit error rates"),
     ("sweep-kflips-fraction", ["sweep", "{run}", "--ber", "0,2.5", "--fault-model", "kflips"], None,
-     "--bers: --fault-model kflips takes whole flip counts"),
+     "--bers: the kflips fault model takes whole flip counts"),
     ("experiment-rate-past-1", ["experiment", "--rates", "0,1.5", "--out", "{run}/exp"], None,
      "--rates: bit error rates must be in [0, 1]"),
     ("sweep-no-rate", ["sweep", "{run}", "--ber", ","], None, "--bers/--ber: no rate"),

@@ -113,6 +113,7 @@ REJECTED = [
     ("ber_negative", ["RUN={runs}/a", "BER=-0.01"], "BER", "in [0, 1]"),
     ("ber_nan", ["RUN={runs}/a", "BER=nan"], "BER", "in [0, 1]"),
     ("ber_twice", ["RUN={runs}/a", "BER=0.01,0.01"], "BER", "listed twice"),
+    ("ber_kflips_fraction", ["RUN={runs}/a", "FAULT_MODEL=kflips", "BER=0,2.5"], "BER", "whole flip counts"),
     ("ber_none", ["RUN={runs}/a", "BER=,"], "BER", "at least one"),
     ("maps_zero", ["RUN={runs}/a", "MAPS=0"], "MAPS", "from 1"),
     ("images_zero", ["RUN={runs}/a", "IMAGES=0"], "IMAGES", "from 1"),
@@ -142,6 +143,27 @@ def test_rejected_input_changes_nothing(case, args, variable, words, runs, tmp_p
         assert lines[0].startswith(f"error: {variable}="), lines[0]
     assert words in lines[0]
     assert tree(tmp_path) == before, "a rejected run changed files"
+
+
+def test_kflips_counts_pass_every_rate_check():
+    """kflips' rates are flip counts: the make flow, mcel sim and mcel sweep take counts above 1
+    (each used to refuse them as rates outside [0, 1]) and refuse fractions."""
+    import argparse
+
+    from hw_sim.sim import check_sim_args
+    from mcel_train.commands_faults import _rates
+    from mcel_train.errors import UserInputError
+    from mcel_train.faults.generate import rate_problem
+
+    assert rate_problem([0, 3, 40], "kflips") is None and rate_problem([0, 0.5], "flip") is None
+    check_sim_args([0.0, 3.0], 1, 10, 0, "kflips", "backdoor", 10, "fast", "weights", None)
+    with pytest.raises(UserInputError, match="--ber: the kflips fault model takes whole flip counts"):
+        check_sim_args([2.5], 1, 10, 0, "kflips", "backdoor", 10, "fast", "weights", None)
+    with pytest.raises(UserInputError, match=r"--ber: bit error rates must be in \[0, 1\]"):
+        check_sim_args([3.0], 1, 10, 0, "flip", "backdoor", 10, "fast", "weights", None)
+    assert _rates("0,3") == [0.0, 3.0]
+    with pytest.raises(argparse.ArgumentTypeError):
+        _rates("0,-1")
 
 
 def test_run_with_a_space_is_one_argument(runs, tmp_path):

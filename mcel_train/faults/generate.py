@@ -9,6 +9,7 @@ network costs almost nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +86,21 @@ class FaultModel:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "params": dict(self.params), "spec": str(self)}
+
+
+def rate_problem(rates: Sequence[float], fault_model: str | FaultModel) -> str | None:
+    """What is wrong with ``rates`` for ``fault_model`` (``None``: nothing), before any map is
+    made: bit error rates lie in [0, 1]; ``kflips`` takes whole flip counts instead (their upper
+    bound, the memories' bit count, is checked by :func:`generate_map`). Names no flag: the CLI
+    and the make flow prefix their own."""
+    fm = fault_model if isinstance(fault_model, FaultModel) else FaultModel.parse(fault_model)
+    if fm.name == "kflips":
+        bad = [r for r in rates if not (math.isfinite(r) and r >= 0 and r == int(r))]  # NaN: not finite
+        return f"the kflips fault model takes whole flip counts >= 0, got {bad[0]:g}" if bad else None
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]  # NaN fails both comparisons
+    if bad:
+        return f"bit error rates must be in [0, 1], got {bad[0]:g} (the kflips fault model takes flip counts)"
+    return None
 
 
 def _check_rate(rate: float, what: str = "rate") -> float:
