@@ -186,6 +186,21 @@ def test_software_only_leaves_builds_and_simulations_for_a_later_resume(tmp_path
     assert result.returncode == 0 and "2/2 tasks done" in result.stdout, result.stderr
 
 
+def test_rates_are_checked_against_each_fault_model():
+    """kflips' rates are flip counts (they used to be refused above 1, like bit error rates);
+    a rate list shared with a bit-error model must still be in [0, 1]."""
+    sw = {**TINY["software"], "fault_models": ["kflips"], "ber": [0, 3, 40]}
+    assert parse_campaign({**TINY, "software": sw}).software["ber"] == [0.0, 3.0, 40.0]
+    with pytest.raises(CampaignError, match=r"software.ber: .*for flip: bit error rates must be in \[0, 1\], got 3"):
+        parse_campaign({**TINY, "software": {**sw, "fault_models": ["kflips", "flip"]}})
+    with pytest.raises(CampaignError, match="whole flip counts"):
+        parse_campaign({**TINY, "software": {**sw, "ber": [0, 2.5]}})
+    hw = {"ber": [0, 4], "maps": 1, "images": 10, "fault_model": "kflips"}
+    assert parse_campaign({**TINY, "hardware": hw}).hardware["ber"] == [0.0, 4.0]
+    with pytest.raises(CampaignError, match=r"hardware: .*bit error rates must be in \[0, 1\]"):
+        parse_campaign({**TINY, "hardware": {**hw, "fault_model": "flip"}})
+
+
 def test_duplicate_grid_entries_are_rejected():
     with pytest.raises(CampaignError, match="same training config"):
         parse_campaign({**TINY, "grid": {"models": ["tfc_w2a2", "tfc_w2a2"], "losses": ["ce"]}})

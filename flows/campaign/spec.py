@@ -54,13 +54,14 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from mcel_train.config import ConfigError, apply_override, validate
 from mcel_train.errors import UserInputError
-from mcel_train.faults.generate import FaultModel
+from mcel_train.faults.generate import FaultModel, rate_problem
 from mcel_train.runio import RunError, load_imported
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -149,7 +150,8 @@ def _fail(where: str, message: str) -> None:
 
 # --- the campaign file's schema (pydantic: one loader, messages naming the key) -------------
 
-Rate = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
+# a bit error rate, or a flip count for kflips: the bound is the fault model's (rate_problem)
+Rate = Annotated[StrictFloat | StrictInt, Field(ge=0)]
 
 
 class _Section(BaseModel):
@@ -207,6 +209,15 @@ class SoftwareSection(_Section):
     ci_width: Annotated[StrictFloat | StrictInt, Field(gt=0, lt=100)] | None = None
     test_images: StrictInt | None = Field(None, ge=1)
 
+    @field_validator("ber")
+    @classmethod
+    def _rates_fit_the_fault_models(cls, ber: list[float], info: ValidationInfo) -> list[float]:
+        for fm in info.data.get("fault_models", []):  # (declared before ber: validated first)
+            problem = rate_problem(ber, fm)
+            if problem:
+                raise ValueError(f"for {fm}: {problem}")
+        return ber
+
     def as_params(self) -> dict:
         """The sweep tasks' settings; optional keys only when given (older campaigns keep keys)."""
         out = {"fault_models": list(self.fault_models), "ber": list(self.ber), "maps": self.maps,
@@ -237,6 +248,13 @@ class HardwareSection(_Section):
     fault_model: Annotated[str, AfterValidator(_fault_model)] = "flip"
     target_cycles: StrictInt | None = Field(None, ge=1)
     folding: str | dict = "auto"
+
+    @model_validator(mode="after")
+    def _rates_fit_the_fault_model(self) -> HardwareSection:
+        problem = rate_problem(self.ber, self.fault_model)
+        if problem:
+            raise ValueError(f"ber: {problem}")
+        return self
 
 
 class EvidenceSection(_Section):
