@@ -28,8 +28,10 @@ from hw_sim.shards import auto_shards, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
 from mcel_train.errors import UserError, UserInputError
+from mcel_train.evaluate import memory_contents
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.faults.generate import generate_map, rate_problem
+from mcel_train.faults.generate import FaultModel, generate_map, rate_problem, stored_bits
+from mcel_train.intnet_finn import build_memories, from_finn_build
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
 from mcel_train.runio import load_source
 from mcel_train.stage import check_writable
@@ -90,6 +92,9 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
                              ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
         if not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
+    if FaultModel.parse(fault_model).name == "asym" and memories != "weights":
+        # asym draws each bit's fault by its stored value, read here from the weights alone
+        raise UserInputError("--fault-model asym puts faults in weight memories only: use --memories weights")
     if inject not in ("backdoor", "axilite"):
         raise UserInputError(f"--inject must be backdoor or axilite, got {inject!r}")
     if predictor not in ("fast", "finn"):
@@ -122,11 +127,15 @@ def make_maps(manifest: Manifest, bers: list[float], maps: int, seed: int, fault
               out_dir: Path, memories: str = "weights") -> list[dict]:
     """Generate and save every map; rate 0 gets a single empty map (all its maps are equal)."""
     memories = fault_memories(manifest, memories)
+    bits = None
+    if FaultModel.parse(fault_model).name == "asym":  # a 1 may fall and a 0 rise: the stored bits
+        net = from_finn_build(manifest.build_dir)
+        bits = stored_bits(memories, memory_contents(net, build_memories(manifest, net)))
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for r, ber in enumerate(bers):
         for k in range(1 if ber == 0 else maps):
-            fmap = generate_map(memories, fault_model, ber, seed, k)
+            fmap = generate_map(memories, fault_model, ber, seed, k, bits=bits)
             path = fmap.save(out_dir / f"rate{r}_map{k}.npz")
             entries.append({"id": len(entries), "rate": ber, "map_index": k, "faults": len(fmap),
                             "file": str(path.resolve())})  # made relative when the result is written

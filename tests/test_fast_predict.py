@@ -104,3 +104,33 @@ def test_a_sweep_in_a_builds_layout_predicts_as_the_build(smoke_build, tmp_path)
     hw = fast_predict(build, x, maps).argmax(-1)
     assert record["results"][1]["accuracies"] == [float(a) for a in (hw == labels[None, :]).mean(1)]
     assert len(set(record["results"][1]["accuracies"])) > 1  # the maps differ in effect
+
+
+@pytest.mark.parametrize("p01, p10, stored", [(0, 1, 1), (1, 0, 0)])
+def test_simulated_asym_maps_hit_bits_by_their_stored_value(smoke_build, tmp_path, p01, p10, stored):
+    """``mcel sim --fault-model asym``: a stored 1 may fall (``p10``), a 0 rise (``p01``). The
+    simulation's maps read the stored bits from the build (they used to fail: 'the asym fault
+    model needs the stored contents'); checked against bits encoded independently, from the
+    Brevitas model's integer weights: with only falls every fault sits on a stored 1, with
+    only rises on a 0."""
+    from hw_sim.sim import make_maps
+    from mcel_train.evaluate import memory_contents
+    from mcel_train.faults.faultmap import FaultMap
+    from mcel_train.faults.generate import stored_bits
+    from mcel_train.intnet import from_brevitas
+    from mcel_train.intnet_finn import memories_in_layer_order
+    from mcel_train.manifest import load_manifest
+    from mcel_train.runio import load_run
+
+    manifest = load_manifest(smoke_build / "build")
+    entries = make_maps(manifest, [0.2], 2, 3, f"asym:p01={p01},p10={p10}", tmp_path)
+    mems = manifest.fault_memories(("weights",))
+    net = from_brevitas(load_run(smoke_build).model)
+    bits = stored_bits(mems, memory_contents(net, memories_in_layer_order(manifest, net)))
+    starts = np.concatenate([[0], np.cumsum([m.n_bits for m in mems])[:-1]])
+    widths = np.array([m.width for m in mems])
+    for entry in entries:
+        fmap = FaultMap.load(entry["file"])
+        assert len(fmap) > 20
+        pos = starts[fmap.memory] + fmap.word * widths[fmap.memory] + fmap.bit
+        assert (bits[pos] == stored).all()
