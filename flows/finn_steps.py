@@ -298,7 +298,19 @@ def step_specialize(model, state: FlowState):
 
     for node in model.graph.node:
         getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
-    return model.transform(SpecializeLayers(state.options.part))
+    model = model.transform(SpecializeLayers(state.options.part))
+    # FINN falls back to a node's HLS variant where no RTL one fits; that needs Vitis HLS (not
+    # here), and the step check's execution of it ended in a traceback
+    hls = next((n for n in model.graph.node if n.op_type.endswith("_hls")), None)
+    if hls is not None:
+        types = ", ".join(f"{what} {model.get_tensor_datatype(t).name}"
+                          for what, t in zip(("inputs", "weights"), hls.input[:2], strict=False))
+        raise UnsupportedLayerError(
+            f"unsupported layer {hls.name} ({hls.op_type.removesuffix('_hls')}: {types}): FINN has no RTL variant "
+            "for it, and its HLS one needs Vitis HLS; the RTL matrix-vector units take integer inputs and weights "
+            "of up to 8 bits, or bipolar inputs with 1-bit weights (retrain with --set model.input_kind=uint8, or "
+            "with 1-bit weights)")
+    return model
 
 
 def step_fault_safe_widths(model, state: FlowState):

@@ -89,6 +89,26 @@ def test_unsupported_layer_error_names_node_and_type():
         node_hdl(node, None)
 
 
+def test_a_layer_only_hls_could_build_is_refused_in_one_line(tmp_path):
+    """Bipolar inputs into 2-bit weights: FINN has no RTL matrix-vector unit for it and falls
+    back to its HLS variant (Vitis HLS, not here); the build used to end in FINN's traceback
+    from executing that node. Now one error names the layer, its types and the fix, and no
+    build folder is left."""
+    from flows.build import build_run
+    from flows.hdl_nodes import UnsupportedLayerError
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+    from tests.conftest import CONFIGS
+
+    run = tmp_path / "run"
+    run_train(load_config(CONFIGS / "smoke_digits.yaml", ["epochs=1", "model.input_kind=bipolar"]), run,
+              show_progress=False)
+    with pytest.raises(UnsupportedLayerError, match=r"unsupported layer MVAU_hls_0 \(MVAU: inputs BIPOLAR, "
+                       r"weights INT2\): .*--set model.input_kind=uint8"):
+        build_run(run)
+    assert not (run / "build").exists() and not list(run.glob(".build*"))
+
+
 def test_build_refuses_existing_folder(tmp_path):
     from flows.build import build_run
     from mcel_train.errors import StageExistsError
