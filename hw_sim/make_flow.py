@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcel_train.errors import UserError, UserInputError
+from mcel_train.faults.generate import FaultModel, rate_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 COCOTB_MK = Path(__file__).resolve().parent / "cocotb.mk"
@@ -144,14 +145,12 @@ def read_settings(env: Mapping[str, str]) -> Settings:
     waves = _flag("WAVES", value["WAVES"], "1 dumps waveforms")
     pgo = _flag("PGO", value["PGO"], "1 builds the simulator profile-guided")
     force = _flag("FORCE", value["FORCE"], "1 replaces an existing RUN/sim/hw_ber.json")
-    fault_model = value["FAULT_MODEL"]
-    from mcel_train.faults.generate import FaultModel, rate_problem
-
     try:
-        fault_model = str(FaultModel.parse(fault_model))
+        fm = FaultModel.parse(value["FAULT_MODEL"])
     except UserInputError as exc:
-        raise _bad("FAULT_MODEL", fault_model, str(exc)) from None
-    problem = rate_problem(bers, fault_model)
+        raise _bad("FAULT_MODEL", value["FAULT_MODEL"], str(exc)) from None
+    fault_model = str(fm)
+    problem = rate_problem(bers, fm)
     if problem:
         raise _bad("BER", value["BER"], problem)
 

@@ -85,14 +85,15 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
     name the CLI flag."""
     if not bers:
         raise UserInputError("give at least one bit error rate (--ber)")
-    problem = rate_problem(bers, fault_model)  # (an unknown fault model is refused here too)
+    fm = FaultModel.parse(fault_model)
+    problem = rate_problem(bers, fm)
     if problem:
         raise UserInputError(f"--ber: {problem}")
     for flag, value, low in (("--maps", maps, 1), ("--images", images, 1), ("--seed", seed, 0),
                              ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
         if not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
-    if FaultModel.parse(fault_model).name == "asym" and memories != "weights":
+    if fm.name == "asym" and memories != "weights":
         # asym draws each bit's fault by its stored value, read here from the weights alone
         raise UserInputError("--fault-model asym puts faults in weight memories only: use --memories weights")
     if inject not in ("backdoor", "axilite"):
