@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mcel_train.data import DATASET_NAMES
+from mcel_train.data import DATASET_FACTS, DATASET_NAMES
 from mcel_train.errors import UserInputError
+from mcel_train.faults.generate import FaultModel, rate_problem
 from mcel_train.losses import LOSS_NAMES
 from mcel_train.models import ModelSpec, parse_model_name
+from mcel_train.yaml_file import read_mapping
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "none")
@@ -49,6 +51,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key=value (for example loss.margin=32)")
     key, text = assignment.split("=", 1)
+    if not key.strip() or any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"override {assignment!r} has no key before '=' (for example loss.margin=32)")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
@@ -74,6 +78,12 @@ def _resolve_model(value: Any) -> ModelSpec:
     if not isinstance(value, dict):
         raise ConfigError(f"'model' must be a name or a mapping, got {value!r}")
     fields = dict(value)
+    for key in ("hidden", "channels"):
+        if key in fields and not fields[key]:  # an empty list would silently mean the default
+            raise ConfigError(f"model.{key} is empty; give the layer sizes, or drop it for the default")
+    if "name" not in fields and not {"arch", "weight_bits", "act_bits"} <= set(fields):
+        raise ConfigError("model: a mapping needs 'name' (a zoo model such as sfc_w2a2) or all of arch, "
+                          "weight_bits and act_bits")
     try:
         if "name" in fields:
             base = parse_model_name(str(fields.pop("name"))).to_dict()
@@ -85,7 +95,8 @@ def _resolve_model(value: Any) -> ModelSpec:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # strict: "3" is not 3; no inf/NaN: a NaN margin or learning rate trains to NaN without a word
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -122,11 +133,32 @@ class FaultTrainingConfig(_Section):
     rate: float = Field(ge=0, le=1)
     seed: int = Field(0, ge=0)
 
+    @field_validator("model")
+    @classmethod
+    def _known_fault_model(cls, model: str) -> str:
+        FaultModel.parse(model)  # now, not after the data has loaded
+        return model
+
+    @model_validator(mode="after")
+    def _rate_fits_the_model(self) -> FaultTrainingConfig:
+        problem = rate_problem([self.rate], self.model)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class ConfigModel(_Section):
     """The training config file; ``model`` is resolved separately (a zoo name or a mapping)."""
 
     name: str = "run"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The run's name is a folder name (runs/<name> without --out): one path component."""
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError("must be a plain folder name (no /, not . or ..); choose the folder with --out")
+        return name
     seed: int = Field(0, ge=0)
     model: Any = None
     data: DataConfig = DataConfig()
@@ -146,7 +178,7 @@ def config_error(err: ValidationError, source: str = "") -> ConfigError:
         return ConfigError(f"{source}unknown config key {where!r} (see the keys in README.md, 'Train')")
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return ConfigError(f"{source}{where}: {first['msg']}{shown}")
+    return ConfigError(f"{source}{where}: {first['msg'].removeprefix('Value error, ')}{shown}")
 
 
 def validate(raw: dict) -> TrainConfig:
@@ -158,8 +190,15 @@ def validate(raw: dict) -> TrainConfig:
     except ValidationError as err:
         raise config_error(err) from None
     spec = _resolve_model(cfg.model)
-    if cfg.data.dataset == "digits" and tuple(spec.image_shape) != (8, 8):
-        spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": [8, 8]})
+    shape, classes = DATASET_FACTS[cfg.data.dataset]
+    if cfg.data.dataset == "digits" and tuple(spec.image_shape) != shape:  # the zoo's names mean 28 x 28
+        spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": list(shape)})
+    if tuple(spec.image_shape) != shape:
+        raise ConfigError(f"model.image_shape {list(spec.image_shape)} does not match {cfg.data.dataset}'s "
+                          f"{list(shape)} images; drop it or set it to {list(shape)}")
+    if spec.num_classes != classes:
+        raise ConfigError(f"model.num_classes {spec.num_classes} does not match {cfg.data.dataset}'s {classes} "
+                          f"classes; drop it or set it to {classes}")
     resolved = cfg.model_dump()
     resolved["model"] = spec.to_dict()
     return TrainConfig(raw=resolved, model=spec)
@@ -168,19 +207,7 @@ def validate(raw: dict) -> TrainConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply ``key=value`` overrides, validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text file; a config is YAML (see flows/configs/)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"{path} is not valid YAML: {problem}{where}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = read_mapping(path, ConfigError, "config file", "flows/configs/")
     raw.setdefault("name", path.stem)
     for assignment in overrides or []:
         apply_override(raw, assignment)

@@ -31,6 +31,9 @@ FASHION_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
 DATASET_NAMES = ("fashion_mnist", "digits")
+# each dataset's image shape and class count, which a model config must match (checked before
+# training: a mismatch used to fail in the middle of the first step)
+DATASET_FACTS = {"fashion_mnist": ((28, 28), 10), "digits": ((8, 8), 10)}
 INPUT_KINDS = ("uint8", "bipolar")
 # pixel >= 24 -> +1, else -1. Not 128: Fashion-MNIST garments are mostly dim, and the
 # silhouette at 24 keeps far more of them (sfc_w1a1, CE, 10 epochs: 87.2 % test accuracy at 24,
@@ -108,13 +111,13 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
     for d in tried:
         if all((d / f).is_file() for f in FASHION_FILES.values()):
             return d
-    paths = "\n  ".join(str(p) for p in tried)
+    # one line (the CLI prints one): the fix first, then where it looked
+    paths = ", ".join(str(p) for p in tried)
     raise DatasetNotFoundError(
-        "Fashion-MNIST not found. Looked for the four IDX .gz files "
-        f"({', '.join(FASHION_FILES.values())}) in:\n  {paths}\n"
-        "Install it with `apt-get install dataset-fashion-mnist` (Debian), or point "
-        "--data-dir / MCEL_DATA_DIR at a folder holding the files (for example a torchvision "
-        "root's FashionMNIST/raw)."
+        "Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist` (Debian), or "
+        "point --data-dir / MCEL_DATA_DIR at a folder holding its four IDX .gz files "
+        f"({', '.join(FASHION_FILES.values())}), for example a torchvision root's FashionMNIST/raw; "
+        f"looked in {paths}"
     )
 
 

@@ -58,6 +58,7 @@ DEFAULT_HIDDEN = {
 # Channels of the conv layers; MLPs carry the old default too, which keeps their saved specs
 # (and the sweep records that embed them) unchanged.
 DEFAULT_CHANNELS = {"cnv": (32, 32, 64, 64, 128)}
+OTHER_CHANNELS = (64, 64)  # the other archs' (an MLP's is unused: any other value is refused)
 # FINN's CNV takes 8-bit pixels into its first (binarized) layer; the others binarize the input
 # of binarized networks.
 DEFAULT_INPUT_KIND = {"cnv": "uint8"}
@@ -119,8 +120,26 @@ class ModelSpec:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown model architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         for what, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits)):
-            if bits not in SUPPORTED_BITS:
+            if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
                 raise ValueError(f"{what} must be an integer in 1..8, got {bits!r}")
+        for what, sizes in (("hidden", self.hidden), ("channels", self.channels), ("image_shape", self.image_shape)):
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in sizes):  # 1.7 is not a width
+                raise ValueError(f"{what} must be whole numbers, got {list(sizes)}")
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be [height, width] of positive sizes, got {list(self.image_shape)}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be a whole number >= 2, got {self.num_classes!r}")
+        if self.extra:
+            raise ValueError(f"extra is reserved and must be empty, got {self.extra!r}")
+        scale = self.const_weight_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"const_weight_scale must be a finite number >= 0 (0: the default), got {scale!r}")
+        if scale and self.weight_scaling != "const":
+            raise ValueError("const_weight_scale applies to weight_scaling const only; set model.weight_scaling=const "
+                             "or drop it")
+        if self.arch not in CONV_ARCHS and self.channels and tuple(self.channels) != OTHER_CHANNELS:
+            raise ValueError(f"channels applies to conv networks ({', '.join(CONV_ARCHS)}); {self.arch} is an "
+                             "MLP: set hidden instead")
         if self.weight_scaling not in WEIGHT_SCALINGS:
             raise ValueError(
                 f"weight_scaling must be one of {', '.join(WEIGHT_SCALINGS)}, got {self.weight_scaling!r}"
@@ -130,7 +149,7 @@ class ModelSpec:
         hidden = tuple(self.hidden) or DEFAULT_HIDDEN.get(self.arch, (256,))
         if any(int(h) <= 0 for h in hidden):
             raise ValueError(f"hidden sizes must be positive, got {hidden}")
-        channels = tuple(self.channels) or DEFAULT_CHANNELS.get(self.arch, (64, 64))
+        channels = tuple(self.channels) or DEFAULT_CHANNELS.get(self.arch, OTHER_CHANNELS)
         if any(int(c) <= 0 for c in channels):
             raise ValueError(f"channels must be positive, got {channels}")
         input_kind = self.input_kind or DEFAULT_INPUT_KIND.get(

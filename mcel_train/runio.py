@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch import nn
 
-from mcel_train.data import encode_inputs, load_dataset
+from mcel_train.data import DATASET_NAMES, encode_inputs, load_dataset
 from mcel_train.errors import ArtifactError
 from mcel_train.models import ModelSpec, build_model
 from mcel_train.quicktrain import model_inputs
@@ -141,13 +141,21 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         cfg = yaml.safe_load(cfg_path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError):
         raise RunError(f"{cfg_path} is not a readable YAML config; train the run again") from None
-    if not isinstance(cfg.get("model"), dict):
-        raise RunError(f"{cfg_path}: no 'model:' mapping")
-    dataset = (cfg.get("data") or {}).get("dataset")
-    if not dataset:
-        raise RunError(f"{cfg_path}: no data.dataset")
-    spec = ModelSpec.from_dict(cfg["model"])
-    model = build_model(spec)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise RunError(f"{cfg_path}: no 'model:' mapping; train the run again")
+    data = cfg.get("data") or {}
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    if dataset not in DATASET_NAMES:
+        raise RunError(f"{cfg_path}: data.dataset {dataset!r} is not one of {', '.join(DATASET_NAMES)}; "
+                       "train the run again")
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RunError(f"{cfg_path}: seed {seed!r} is not a whole number >= 0; train the run again")
+    try:
+        spec = ModelSpec.from_dict(cfg["model"])
+        model = build_model(spec)
+    except (TypeError, ValueError) as exc:  # an edited or foreign config: not this code's model
+        raise RunError(f"{cfg_path}: its model is not one this version builds ({exc}); train the run again") from None
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

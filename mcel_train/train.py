@@ -211,6 +211,11 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     stage = run_dir / "train"
     if stage.exists():
         raise RunExistsError(f"{stage} exists already; choose another --out or delete it first")
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():  # checked now, not after the training
+        raise RunExistsError(f"--out {run_dir}: {ancestor} is a file, not a folder; choose another --out")
     data = load_dataset(cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["data"]["val_fraction"], cfg["seed"])
     t0 = time.perf_counter()
     model, metrics = train_model(cfg, data, show_progress, progress_file)

@@ -52,8 +52,8 @@ class FaultModel:
                 f"fault model {self.name!r} has no parameter(s) {sorted(unknown)}"
             )
         for k, v in self.params.items():
-            if not (isinstance(v, (int, float)) and v >= 0):
-                raise FaultModelError(f"fault model parameter {k} must be a number >= 0, got {v!r}")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise FaultModelError(f"fault model parameter {k} must be a finite number >= 0, got {v!r}")
 
     @classmethod
     def parse(cls, spec: str | FaultModel | Mapping) -> FaultModel:
@@ -100,6 +100,12 @@ def rate_problem(rates: Sequence[float], fault_model: str | FaultModel) -> str |
     bad = [r for r in rates if not 0.0 <= r <= 1.0]  # NaN fails both comparisons
     if bad:
         return f"bit error rates must be in [0, 1], got {bad[0]:g} (the kflips fault model takes flip counts)"
+    if fm.name == "asym":  # each direction's probability is the rate times its factor
+        for key in ("p10", "p01"):
+            over = [r for r in rates if r * fm.param(key) > 1.0]
+            if over:
+                return (f"{fm}: rate x {key} must be at most 1, got {over[0]:g} x {fm.param(key):g}; "
+                        f"lower the rates or {key}")
     return None
 
 
