@@ -177,11 +177,7 @@ def build_run(
     run = load_source(run_dir)
     if not run.imported:
         refuse_software_only(run.spec)
-    fold_dict = None
-    if isinstance(folding, dict):
-        fold_dict = folding
-    elif str(folding) != "auto":
-        fold_dict = load_folding(Path(folding))
+    fold_dict = None if isinstance(folding, str | Path) and str(folding) == "auto" else load_folding(folding)
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work

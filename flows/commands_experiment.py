@@ -13,6 +13,7 @@ from pathlib import Path
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from flows.experiment import VARIANTS, ExperimentSettings, collect, parse_list, run_experiment, write_report
+    from mcel_train.errors import UserInputError
 
     epochs, epochs_by_model = args.epochs
     test_images, test_images_by_model = args.test_images
@@ -26,6 +27,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     if args.report_only:
         settings.check()
+        if not (Path(args.out) / "results.sqlite").is_file():  # else a finished report is replaced by "no runs"
+            raise UserInputError(f"--out {args.out} holds no experiment campaign: run mcel experiment first "
+                                 "(without --report-only), or give its --out")
         md = write_report(collect(settings, args.note), args.docs)
     else:
         run_experiment(settings, args.docs, notes=args.note, show_progress=not args.quiet)

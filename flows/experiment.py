@@ -78,7 +78,20 @@ class ExperimentSettings:
         return self.test_images_by_model.get(model, self.test_images)
 
     def check(self) -> None:
-        """Reject unknown names and bad sizes before any work starts."""
+        """Reject unknown names and bad sizes before any work starts, naming the flag (the
+        campaign the experiment becomes would name its own keys, which the user never wrote)."""
+        for flag, names in (("--models", self.models), ("--variants", self.variants)):
+            if not names:
+                raise UserInputError(f"{flag} names nothing; give at least one, comma-separated")
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise UserInputError(f"{flag} names {repeated[0]} twice")
+        for flag, value in (("--limit-train", self.limit_train), ("--seed", self.seed),
+                            ("--train-seed", self.train_seed)):
+            if value is not None and value < 0:
+                raise UserInputError(f"{flag} must be >= 0, got {value}")
+        if len(set(self.rates)) != len(self.rates):
+            raise UserInputError("--rates repeats a rate; give each once")
         for m in self.models:
             if not config_path(m).is_file():
                 raise UserInputError(f"no config {config_path(m)} for model {m!r}; give --models zoo names")
@@ -174,7 +187,10 @@ def _sweep_folders(settings: ExperimentSettings) -> dict[tuple[str, str], Path]:
     out = Path(settings.out)
     if not (out / "results.sqlite").is_file():
         return {}
-    _, tasks, done = load_results(out)
+    held, tasks, done = load_results(out)
+    if held.name != "experiment":
+        raise UserInputError(f"--out {out} holds campaign {held.name!r}, not an experiment; give the experiment's "
+                             "folder")
     spec = campaign_spec(settings)
     wanted = {p.key: (p.model_label, p.loss_label) for p in spec.points}
     sw = spec.software

@@ -24,12 +24,34 @@ class FoldingError(UserInputError):
     """A folding value does not divide the layer dimension it folds."""
 
 
-def load_folding(path: Path) -> dict[str, dict[str, int]]:
-    """Read a folding JSON file (node name -> {attribute: value})."""
-    data = json.loads(Path(path).read_text())
+def load_folding(source: str | Path | dict, flag: str = "--folding") -> dict[str, dict[str, int]]:
+    """A folding (node name -> {PE/SIMD: value}) from a JSON file or a mapping, checked for
+    shape: every problem is one :class:`FoldingError` naming ``flag`` (the CLI flag or the
+    campaign key the folding came from)."""
+    data, at = source, f"{flag}: " if flag else ""
+    if not isinstance(source, dict):
+        path = Path(source)
+        if not path.is_file():
+            raise FoldingError(f"{at}{path}: no such file; give 'auto' or a JSON file of node name -> "
+                               "{PE, SIMD}")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FoldingError(f"{at}{path} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(data, dict):
-        raise FoldingError(f"{path}: folding must be a JSON object of node name -> attributes")
-    return {str(k): {str(a): int(v) for a, v in attrs.items()} for k, attrs in data.items()}
+        raise FoldingError(f"{at}folding must be a JSON object of node name -> attributes")
+    out: dict[str, dict[str, int]] = {}
+    for name, attrs in data.items():
+        if not isinstance(attrs, dict) or not attrs:
+            raise FoldingError(f"{at}node {name!r} must map to attributes such as {{\"PE\": 2}}, "
+                               f"got {attrs!r}")
+        for attr, value in attrs.items():  # whether the node has the attribute: apply_folding
+            least = 1 if attr in FOLD_ATTRS else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise FoldingError(f"{at}node {name!r}: {attr} must be a whole number >= {least}, "
+                                   f"got {value!r}")
+        out[str(name)] = {str(a): int(v) for a, v in attrs.items()}
+    return out
 
 
 def _check_divides(name: str, attr: str, value: int, dim_name: str, dim: int) -> None:

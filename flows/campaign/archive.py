@@ -58,7 +58,7 @@ def write_archive(campaign_dir: str | Path, path: str | Path, campaign: str) -> 
     from mcel_train.sweep import CHECKPOINT
 
     campaign_dir, path = Path(campaign_dir), Path(path)
-    store = ResultStore(campaign_dir / "results.sqlite")
+    store = ResultStore(campaign_dir / "results.sqlite", read_only=True)
     try:
         rows = store.done_rows()
     finally:

@@ -31,8 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="report folder (default <campaign_dir>/report)")
     r.add_argument("--target-ber", type=float, default=None,
                    help="recommend a loss and margin for this bit error rate (a rate of the grid)")
-    r.add_argument("--max-clean-drop", type=float, default=0.5,
-                   help="with --target-ber: clean accuracy points you accept to lose against CE")
+    r.add_argument("--max-clean-drop", type=float, default=None,
+                   help="with --target-ber: clean accuracy points you accept to lose against CE (default 0.5)")
+    r.add_argument("--fault-model", default=None,
+                   help="with --target-ber: the fault model whose sweeps decide (default flip)")
     r.set_defaults(func=cmd_report)
 
 
@@ -58,22 +60,45 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    import os
+
     from flows.campaign.report import campaign_table, recommend, write_report
     from mcel_train.errors import UserInputError
 
     if args.target_ber is None:
+        for flag, value in (("--max-clean-drop", args.max_clean_drop), ("--fault-model", args.fault_model)):
+            if value is not None:
+                raise UserInputError(f"{flag} applies to --target-ber only; add --target-ber RATE")
         print(f"report: {write_report(Path(args.campaign_dir), args.out)}")
         return 0
+    if args.out is not None:
+        raise UserInputError("--out names the report folder; --target-ber writes recommend.json into the campaign "
+                             "folder: drop --out")
+    max_drop = 0.5 if args.max_clean_drop is None else args.max_clean_drop
+    fault_model = args.fault_model or "flip"
     if not 0 < args.target_ber <= 1:
         raise UserInputError(f"--target-ber must be in (0, 1], got {args.target_ber}")
-    if not 0 <= args.max_clean_drop <= 100:
-        raise UserInputError(f"--max-clean-drop must be in [0, 100] points, got {args.max_clean_drop}")
-    for rec in recommend(campaign_table(args.campaign_dir), args.target_ber, args.max_clean_drop):
-        line = f"{rec['model']} at rate {args.target_ber:g}"
+    if not 0 <= max_drop <= 100:
+        raise UserInputError(f"--max-clean-drop must be in [0, 100] points, got {max_drop}")
+    rows = [r for r in campaign_table(args.campaign_dir) if r["source"] == "software"]
+    models = sorted({r["fault_model"] for r in rows})
+    if fault_model not in models:
+        have = f"fault models swept: {', '.join(models)}" if models else "no sweep has finished yet"
+        raise UserInputError(f"--fault-model {fault_model}: the campaign has no finished sweep with it ({have})")
+    recs = recommend(rows, args.target_ber, max_drop, fault_model)
+    for rec in recs:
+        line = f"{rec['model']} at rate {args.target_ber:g} ({fault_model})"
         if "choice" in rec:
             ci = rec["ci95_seeds"]
             interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci else ""
             line += (f": train with {rec['choice']}, expected accuracy {rec['accuracy'] * 100:.1f} %{interval} "
                      f"(95 % across seeds), clean {rec['clean_accuracy'] * 100:.1f} %")
         print(f"{line}; {rec['verdict']}")
+    record = Path(args.campaign_dir) / "recommend.json"
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"target_ber": args.target_ber, "fault_model": fault_model,
+                               "max_clean_drop_points": max_drop, "recommendations": recs}, indent=1) + "\n")
+    os.replace(tmp, record)
+    print(f"wrote {record}")
     return 0

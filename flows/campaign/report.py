@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import html
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from flows.campaign.archive import ARCHIVE_NAME, write_archive
-from flows.campaign.spec import CampaignSpec, parse_campaign
+from flows.campaign.spec import CampaignError, CampaignSpec, load_campaign
 from flows.campaign.store import ResultStore
 from flows.campaign.tasks import expand
 from mcel_train.errors import UserInputError
+from mcel_train.stage import atomic_stage
 
 
 def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
@@ -28,8 +29,16 @@ def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
     if not db.is_file() or not spec_file.is_file():
         raise UserInputError(f"{campaign_dir} is not a campaign folder (no results.sqlite / campaign.yaml); "
                              "run `mcel campaign CAMPAIGN.yaml` first")
-    spec = parse_campaign(yaml.safe_load(spec_file.read_text()))
-    store = ResultStore(db)
+    try:
+        spec = load_campaign(spec_file)
+    except CampaignError as exc:
+        raise UserInputError(f"{campaign_dir} is not a readable campaign folder ({exc}); run the campaign "
+                             "again, or restore its results (mcel campaign ... --restore)") from None
+    try:
+        store = ResultStore(db, read_only=True)
+    except sqlite3.DatabaseError as exc:
+        raise UserInputError(f"{db} is not a readable campaign results store ({exc}); run the campaign again, "
+                             "or restore its results (mcel campaign ... --restore)") from None
     try:
         return spec, expand(spec), store.done()
     finally:
@@ -279,7 +288,8 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
             for loss, seed in dict.fromkeys((r["loss"], r["seed"]) for r in sub):
                 cells = [r for r in sub if (r["loss"], r["seed"]) == (loss, seed)]
                 by_rate = {r["rate"]: r for r in cells}
-                row = [loss, str(seed), _pct(cells[0]["clean_accuracy"]), f"{cells[0]['mean_logit_margin']:.2f}"]
+                row = [loss, str(seed), _pct(cells[0]["clean_accuracy"]),
+                       "-" if cells[0]["mean_logit_margin"] is None else f"{cells[0]['mean_logit_margin']:.2f}"]
                 for rate in rates:
                     r = by_rate.get(rate)
                     if r is None:
@@ -350,17 +360,20 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     rows = campaign_table(campaign_dir)
     if not rows:
         raise UserInputError(f"{campaign_dir} has no finished sweeps or simulations yet: nothing to report")
-    out = Path(out) if out else campaign_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = {}
-    for model in dict.fromkeys(r["model"] for r in rows):
-        name = f"{model}.png".replace("/", "_")
-        _plot_model(rows, model, out / name)
-        pngs[model] = name
-    best = best_margins(rows)
-    md = _markdown(spec, rows, best, pngs)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
-    (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
-    write_archive(campaign_dir, out / ARCHIVE_NAME, spec.name)  # what --restore takes in another clone
-    return out / "report.md"
+    target = Path(out) if out else campaign_dir / "report"
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "report.md").is_file())):
+        raise UserInputError(f"--out {target} exists and is not a report folder; give a new folder")
+    # the whole report replaces the last one at once: a failure (a plot, a full disk) leaves it as it was
+    with atomic_stage(target, force=True) as out:
+        pngs = {}
+        for model in dict.fromkeys(r["model"] for r in rows):
+            name = f"{model}.png".replace("/", "_")
+            _plot_model(rows, model, out / name)
+            pngs[model] = name
+        best = best_margins(rows)
+        md = _markdown(spec, rows, best, pngs)
+        (out / "report.md").write_text(md)
+        (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
+        (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
+        write_archive(campaign_dir, out / ARCHIVE_NAME, spec.name)  # what --restore takes in another clone
+    return target / "report.md"

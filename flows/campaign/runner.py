@@ -223,6 +223,26 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
                                   software_only, restore)
 
 
+def _check_folder(campaign_dir: Path, name: str) -> None:
+    """Refuse a folder that cannot be the campaign's: under a file, or holding another
+    campaign (its campaign file and task list would be replaced by this one's)."""
+    ancestor = campaign_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"--out {campaign_dir}: {ancestor} is a file, not a folder; give a folder")
+    saved = campaign_dir / "campaign.yaml"
+    if saved.is_file():
+        try:
+            held = (yaml.safe_load(saved.read_text()) or {}).get("name")
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+            held = None
+        if held != name:
+            what = f"campaign {held!r}" if isinstance(held, str) else "an unreadable campaign file"
+            raise UserInputError(f"{campaign_dir} holds {what}, not {name!r}: --out a new folder (or resume "
+                                 "that campaign with its own file)")
+
+
 def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "local", address: str | None = None,
              workers: int | None = None, resume: bool = False, show_progress: bool = True,
              software_only: bool = False, restore: str | Path | None = None) -> dict:
@@ -240,6 +260,7 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
     if db.exists() and not resume:
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
                              "or --out a new folder")
+    _check_folder(campaign_dir, spec.name)
     # The executor first: a cluster that cannot be joined leaves no campaign state behind.
     runner = make_executor(executor, str(campaign_dir.resolve()), workers, address)
     campaign_dir.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -59,10 +58,12 @@ from pydantic import (
     model_validator,
 )
 
+from flows.folding import load_folding
 from mcel_train.config import ConfigError, apply_override, validate
 from mcel_train.errors import UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 from mcel_train.runio import RunError, load_imported
+from mcel_train.yaml_file import read_mapping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 INJECT_MODES = ("backdoor", "axilite")
@@ -249,6 +250,15 @@ class HardwareSection(_Section):
     target_cycles: StrictInt | None = Field(None, ge=1)
     folding: str | dict = "auto"
 
+    @field_validator("folding")
+    @classmethod
+    def _folding_read_now(cls, folding: str | dict) -> str | dict:
+        """A folding file is read (and checked) now, not at the first build after hours of
+        training; its contents, not its path, go into the build tasks' keys."""
+        if folding == "auto":
+            return folding
+        return load_folding(folding, "")
+
     @model_validator(mode="after")
     def _rates_fit_the_fault_model(self) -> HardwareSection:
         problem = rate_problem(self.ber, self.fault_model)
@@ -271,7 +281,8 @@ class EvidenceSection(_Section):
 
 
 class CampaignFile(_Section):
-    name: str = Field(min_length=1, pattern=r"^[^/]+$")
+    # a folder name under runs/campaigns/: no separator, no NUL, not "." or ".."
+    name: str = Field(min_length=1, pattern=r"^[^/\x00]+$")
     seed: StrictInt = Field(0, ge=0)
     train: TrainSection = TrainSection()
     grid: GridSection
@@ -280,6 +291,13 @@ class CampaignFile(_Section):
     evidence: EvidenceSection | None = None
     retries: StrictInt = Field(1, ge=0)
     timeout_s: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 6 * 3600
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_relative_folder(cls, name: str) -> str:
+        if name in (".", ".."):
+            raise ValueError("must name a folder of its own (it becomes runs/campaigns/<name>), not . or ..")
+        return name
 
 
 def _campaign_error(err: ValidationError) -> CampaignError:
@@ -318,7 +336,8 @@ def _entry(entry: Any, kind: str) -> _Entry:
             _fail(f"grid.{kind}s", f"'set' must map config keys to values, got {extras['set']!r}")
         if kind == "model" and "test_images" in entry:
             extras["test_images"] = entry.pop("test_images")
-            if not isinstance(extras["test_images"], int) or extras["test_images"] < 1:
+            n = extras["test_images"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 _fail("grid.models", f"test_images must be a whole number >= 1, got {extras['test_images']!r}")
     label, value = _label(entry, kind)
     return _Entry(label, value, extras.get("set", {}), extras.get("test_images"))
@@ -329,10 +348,19 @@ def _label(entry: Any, kind: str) -> tuple[str, Any]:
     if isinstance(entry, dict):
         entry = dict(entry)
         label = entry.pop("label", None)
+        if label is not None and not isinstance(label, str | int | float):
+            _fail(f"grid.{kind}s", f"'label' must be text, got {label!r}")
+        name = entry.get("name")
         if kind == "model":
-            return str(label or entry.get("name", "model")), entry
-        name = entry.get("name", "?")
-        default = f"{name.upper()} m={entry['margin']:g}" if name == "mcel" and "margin" in entry else name.upper()
+            if name is not None and not isinstance(name, str):
+                _fail("grid.models", f"'name' must be a zoo model name such as sfc_w2a2, got {name!r}")
+            return str(label or name or "model"), entry
+        if not isinstance(name, str):
+            _fail("grid.losses", f"each loss mapping needs a 'name' (a loss such as ce or mcel), got {entry!r}")
+        margin = entry.get("margin")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)):
+            _fail("grid.losses", f"'margin' must be a number, got {margin!r}")
+        default = f"{name.upper()} m={margin:g}" if name == "mcel" and margin is not None else name.upper()
         return str(label or default), entry
     if isinstance(entry, str):
         return (entry if kind == "model" else entry.upper()), ({"name": entry} if kind == "loss" else entry)
@@ -347,18 +375,16 @@ def _base_config(train: dict, model: Any) -> dict:
         path = CONFIG_DIR / f"{name}_fmnist.yaml"
         if not path.is_file():
             _fail("train.config", f"no config given and no default {path} for model {name!r}")
-    path = Path(path)
-    if not path.is_file():
-        _fail("train.config", f"{path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        return read_mapping(path, CampaignError, "campaign train.config: config file", "flows/configs/")
+    except CampaignError as exc:
+        raise CampaignError(str(exc)) from None
 
 
 def _train_point(train: dict, model_entry: _Entry, loss_entry: _Entry, seed: int) -> TrainPoint:
     model, loss = model_entry.value, loss_entry.value
     model_label, loss_label = model_entry.label, loss_entry.label
     raw = copy.deepcopy(_base_config(train, model))
-    for key, value in (train.get("set") or {}).items():
-        apply_override(raw, f"{key}={json.dumps(value)}")
     raw["model"] = model
     loss = dict(loss)
     fault_training = loss.pop("fault_training", None)  # bit-flip training rides on a loss entry
@@ -366,9 +392,15 @@ def _train_point(train: dict, model_entry: _Entry, loss_entry: _Entry, seed: int
         raw["fault_training"] = fault_training
     raw["loss"] = {**(raw.get("loss") or {}), **loss} if loss.get("name") == raw.get("loss", {}).get("name") else loss
     raw["seed"] = seed
-    raw["name"] = f"{model_label}_{loss_label}_s{seed}".replace(" ", "").replace("=", "")
+    raw["name"] = f"{model_label}_{loss_label}_s{seed}".replace(" ", "").replace("=", "").replace("/", "_")
     where = f"grid entry (model {model_label}, loss {loss_label}, seed {seed})"
     try:
+        # train.set after the grid's model and loss (a model.* or loss.* key there would be
+        # replaced by them), then the entries' own
+        for key, value in (train.get("set") or {}).items():
+            if key in ("model", "loss"):
+                _fail("train.set", f"{key!r} is the grid's (grid.{key}s); set single keys such as {key}.<field>")
+            apply_override(raw, f"{key}={json.dumps(value)}")
         for key, value in {**model_entry.set, **loss_entry.set}.items():
             apply_override(raw, f"{key}={json.dumps(value)}")
         cfg = validate(raw)
@@ -385,6 +417,8 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         spec = CampaignFile.model_validate(raw)
     except ValidationError as err:
         raise _campaign_error(err) from None
+    if spec.grid.imported and spec.hardware is None:
+        _fail("grid.imported", "imported networks are built and simulated: add a hardware section")
     train = spec.train.model_dump(exclude_none=True)
     seeds = spec.grid.seeds if spec.grid.seeds is not None else [spec.seed]
     axes = {"loss": [_entry(e, "loss") for e in spec.grid.losses],
@@ -414,10 +448,15 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         if unknown:
             _fail(f"hardware.only.{key}", f"{unknown[0]!r} is not in the grid (known: "
                   f"{', '.join(str(v) for v in sorted(known[key], key=str))})")
+    evidence = None if spec.evidence is None else spec.evidence.model_dump()
+    stray = [s for s in (evidence or {}).get("seeds") or () if s not in known["seeds"]]
+    if stray:
+        _fail("evidence.seeds", f"{stray[0]!r} is not a training seed of the grid (seeds: "
+              f"{', '.join(str(v) for v in sorted(known['seeds']))})")
     return CampaignSpec(
         name=spec.name, seed=spec.seed, points=tuple(points), software=spec.software.as_params(),
         hardware=hardware, retries=spec.retries, timeout_s=float(spec.timeout_s), raw=raw, imports=imports,
-        evidence=None if spec.evidence is None else spec.evidence.model_dump(),
+        evidence=evidence,
     )
 
 
@@ -438,13 +477,7 @@ def _import_point(entry: str | dict) -> ImportPoint:
 
 def load_campaign(path: str | Path) -> CampaignSpec:
     """Read and validate a campaign YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CampaignError(f"campaign file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CampaignError(f"campaign file {path} is not valid YAML: {exc}") from None
+    raw = read_mapping(path, CampaignError, "campaign file", "flows/campaigns/")
     return parse_campaign(raw)
 
 

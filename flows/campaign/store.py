@@ -32,8 +32,24 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 class ResultStore:
     """Finished and failed tasks of one campaign (``<campaign>/results.sqlite``)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """``read_only``: for readers (``mcel report``), which must not create the tables in a
+        file they were given: an empty or foreign file is reported, not turned into a store.
+        A file that is not an SQLite database (or a damaged one) raises
+        :class:`sqlite3.DatabaseError` here, not at the first query."""
         self.path = Path(path)
+        if read_only:
+            self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            try:
+                names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                self.conn.execute("PRAGMA quick_check").fetchall()
+            except sqlite3.DatabaseError:
+                self.conn.close()
+                raise
+            if not {"tasks", "meta"} <= names:
+                self.conn.close()
+                raise sqlite3.DatabaseError("it holds no campaign tables")
+            return
         self.conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
