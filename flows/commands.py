@@ -44,6 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from flows.build import export_run
 
+    if args.images < 1:
+        raise UserInputError(f"--images must be >= 1 (test images the export is checked on), got {args.images}")
     path = export_run(Path(args.run), n_check=args.images, force=args.force)
     record = json.loads((path.parent / "export.json").read_text())
     print(f"exported {path}; QONNX == torch on {record['check']}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.sweep import t_interval
 
@@ -82,24 +83,51 @@ def plot_compare(rows: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _read_record(path: Path, run_dir: Path) -> dict:
+    """``hw_ber.json``, checked for what the comparison reads: every rate with at least one map
+    (a rate without maps has no mean), every map with its verdict."""
+    fix = f"simulate the run again (mcel sim {run_dir} --force)"
+    try:
+        record = json.loads(path.read_text())
+        bers, maps = record["bers"], record["maps"]
+        int(record["images"]), str(record["fault_model"])
+        ok = isinstance(bers, list) and isinstance(maps, list) and all(
+            isinstance(m, dict) and {"rate", "accuracy", "predicted_accuracy", "identical_to_software", "id",
+                                     "map_index", "file"} <= set(m) for m in maps)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ArtifactError(f"{path} is not a simulation record of mcel sim; {fix}")
+    empty = [b for b in bers if not any(m["rate"] == b for m in maps)]
+    if empty:
+        raise ArtifactError(f"{path} has no maps at rate {empty[0]:g}; {fix}")
+    return record
+
+
 def compare_run(run_dir: Path) -> dict:
     """Check and plot; raises :class:`MismatchError` (after writing the files) on a difference."""
     sim_dir = Path(run_dir) / "sim"
     record_path = sim_dir / "hw_ber.json"
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path} missing: run `mcel sim {run_dir}` first")
-    record = json.loads(record_path.read_text())
+    record = _read_record(record_path, run_dir)
     rows = curves(record)
     mismatch = first_mismatch(sim_dir, record)
     result = {"run": Path(run_dir).resolve().name, "images": record["images"], "fault_model": record["fault_model"],
               "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
               "curves": rows}
-    tmp = sim_dir / ".compare.json.partial"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(sim_dir / "compare.json")
-    plot_compare(rows, f"{Path(run_dir).name}: {record['images']} images, {record['fault_model']}",
-                 sim_dir / ".compare.partial.png")
-    (sim_dir / ".compare.partial.png").replace(sim_dir / "compare.png")
+    # both written first, then both moved: a failed plot leaves the last pair, not a new JSON
+    # beside an old plot
+    tmp_json, tmp_png = sim_dir / ".compare.json.partial", sim_dir / ".compare.partial.png"
+    try:
+        tmp_json.write_text(json.dumps(result, indent=2, allow_nan=False))
+        plot_compare(rows, f"{Path(run_dir).resolve().name}: {record['images']} images, {record['fault_model']}",
+                     tmp_png)
+        tmp_json.replace(sim_dir / "compare.json")
+        tmp_png.replace(sim_dir / "compare.png")
+    finally:
+        tmp_json.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
     if mismatch is not None:
         raise MismatchError(f"hardware differs from software: {mismatch}")
     return result

@@ -75,12 +75,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from mcel_train.plotting import plot_runs
 
     out = Path(args.out)
+    if out.suffix.lower() != ".png" or not out.stem:
+        raise UserInputError(f"-o/--out {args.out!r} must name a .png file (for example -o compare.png)")
     if out.exists() and not args.force:
         raise UserInputError(f"{out} exists already; pass --force to overwrite")
-    try:
-        plot_runs(args.runs, out, labels=args.labels.split(",") if args.labels else None)
-    except FileNotFoundError as err:
-        raise UserInputError(str(err)) from err
+    if out.is_dir():
+        raise UserInputError(f"-o/--out {out} is a folder; name a .png file")
+    plot_runs(args.runs, out, labels=args.labels.split(",") if args.labels else None)
     print(f"wrote {out}")
     return 0
 

@@ -22,7 +22,9 @@ import torch
 
 from mcel_train.errors import UserInputError
 from mcel_train.intnet import IntNetwork, from_brevitas
+from mcel_train.plotting import run_name
 from mcel_train.runio import load_run
+from mcel_train.stage import atomic_stage
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -75,15 +77,15 @@ def margin_report(run_dir: str | Path, force: bool = False, bins: int = 50) -> d
     run_dir = Path(run_dir)
     out_dir = run_dir / "margins"
     out_json, out_png = out_dir / "margins.json", out_dir / "margins.png"
-    if not force and (out_json.exists() or out_png.exists()):
-        raise UserInputError(f"{out_json} exists already; pass force (--force) to overwrite")
+    if not force and out_dir.exists():
+        raise UserInputError(f"{out_dir} exists already; pass --force to overwrite")
     run = load_run(run_dir)
     x, labels = run.test_set()
     net = from_brevitas(run.model)
     m = integer_margins(net, x, labels)
     scale = net.logit_scale
     record = {
-        "run": run_dir.name,
+        "run": run_name(run_dir),
         "model": run.spec.to_dict(),
         "dataset": run.dataset,
         "n_test": int(len(labels)),
@@ -100,12 +102,17 @@ def margin_report(run_dir: str | Path, force: bool = False, bins: int = 50) -> d
             for i, d in enumerate(m["layer_distances"])
         ],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(record, indent=1) + "\n")
+    with atomic_stage(out_dir, force=True) as tmp:  # the JSON and the plot replace the old pair together
+        (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
+        _plot(record, m, net, tmp / out_png.name, bins)
+    return record
+
+
+def _plot(record: dict, m: dict, net: IntNetwork, out_png: Path, bins: int) -> None:
     n_hidden = len(m["layer_distances"])
     fig, axes = plt.subplots(1, 1 + n_hidden, figsize=(4 * (1 + n_hidden), 3.2), squeeze=False)
     ax = axes[0, 0]
-    ax.hist(m["margin_int"] * scale, bins=bins, color="C0")
+    ax.hist(m["margin_int"] * record["logit_scale"], bins=bins, color="C0")
     ax.axvline(record["mean_logit_margin"], color="k", ls="--", lw=1)
     ax.set_title(f"logit margin (mean {record['mean_logit_margin']:.3g})")
     ax.set_xlabel("top-1 minus top-2 logit")
@@ -119,4 +126,3 @@ def margin_report(run_dir: str | Path, force: bool = False, bins: int = 50) -> d
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return record

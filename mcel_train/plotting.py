@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+
+from mcel_train.errors import ArtifactError, UserInputError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,14 +17,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 SWEEP_FILE = Path("sweep") / "sw_ber.json"
 
 
+class SweepRecordError(ArtifactError):
+    """A sweep record is missing, or is not one ``mcel sweep`` writes."""
+
+
 def load_sweep(path: str | Path) -> dict:
-    """A sweep record from a run folder or a ``sw_ber.json`` path."""
+    """A sweep record from a run folder or a ``sw_ber.json`` path, checked for the fields the
+    plots read (a torn or foreign file is one :class:`SweepRecordError`, not a traceback)."""
     path = Path(path)
     if path.is_dir():
         path = path / SWEEP_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `mcel sweep` for this run first")
-    return json.loads(path.read_text())
+        raise SweepRecordError(f"{path} not found: run `mcel sweep` for this run first")
+    try:
+        rec = json.loads(path.read_text())
+        results = rec["results"]
+        ok = isinstance(results, list) and all(
+            isinstance(r["rate"], int | float) and isinstance(r["mean"], int | float)
+            and (r.get("ci95") is None or len(r["ci95"]) == 2) for r in results)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise SweepRecordError(f"{path} is not a sweep record of mcel sweep; sweep the run again "
+                               "(mcel sweep RUN --force)")
+    return rec
 
 
 def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title: str = "") -> Path:
@@ -32,35 +51,52 @@ def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title:
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     positive = [r["rate"] for _, rec in records for r in rec["results"] if r["rate"] > 0]
+    lines = []
     for label, rec in records:
         res = sorted(rec["results"], key=lambda r: r["rate"])
         x = [r["rate"] for r in res]
         y = [r["mean"] for r in res]
         lo = [r["ci95"][0] if r["ci95"] else r["mean"] for r in res]
         hi = [r["ci95"][1] if r["ci95"] else r["mean"] for r in res]
-        (line,) = ax.plot(x, y, marker="o", ms=3, label=label)
+        (line,) = ax.plot(x, y, marker="o", ms=3, label=str(label))
+        lines.append(line)
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     if positive:
         ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
     ax.set_xlabel("bit error rate")
     ax.set_ylabel("test accuracy")
     fm = {rec.get("fault_model", {}).get("spec", "?") for _, rec in records}
-    ax.set_title(title or f"software fault model: {', '.join(sorted(fm))} (mean, 95% CI)")
+    ax.set_title(title or f"software fault model: {', '.join(sorted(fm))} (mean, 95% CI)", parse_math=False)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    # labels are run names: given explicitly (a name starting with "_" is not dropped) and not
+    # parsed as math (a "$" in a folder name is not a formula)
+    legend = ax.legend(lines, [str(label) for label, _ in records], fontsize=8)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    tmp = out_png.with_name(f".{out_png.name}.partial-{os.getpid()}.png")  # a failed write keeps the old plot
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out_png
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
               labels: Sequence[str] | None = None) -> Path:
     """Overlay the sweeps of several run folders (labels default to the folder names)."""
+    labels = list(labels) if labels else [run_name(d) for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise UserInputError(f"--labels gives {len(labels)} label(s) for {len(run_dirs)} run(s); give one per run, "
+                             "comma-separated")
     recs = [load_sweep(d) for d in run_dirs]
-    labels = list(labels) if labels else [Path(d).name or str(d) for d in run_dirs]
-    if len(labels) != len(recs):
-        raise ValueError("need one label per run")
     return plot_sweeps(list(zip(labels, recs, strict=True)), out_png)
+
+
+def run_name(run_dir: str | Path) -> str:
+    """A run's name for labels and records: its folder's name, also for ``.`` or ``runs/x/``."""
+    return Path(run_dir).resolve().name or str(run_dir)

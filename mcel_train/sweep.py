@@ -26,7 +26,7 @@ from mcel_train.intnet import IntNetwork, from_brevitas, layer_memories
 from mcel_train.intnet_finn import build_memories, from_finn_build, memories_in_layer_order
 from mcel_train.manifest import MANIFEST_FILE, load_manifest
 from mcel_train.memory import Memory
-from mcel_train.plotting import plot_sweeps
+from mcel_train.plotting import plot_sweeps, run_name
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_source
 from mcel_train.stage import atomic_stage
@@ -161,7 +161,7 @@ def run_sweep(
         "ci_width": float(ci_width), "n_test": int(len(labels)), "memory_source": memory_source,
         "weights": _fingerprint(memory_contents(net, memories))})
     results = checkpoint.load()
-    bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_dir.name}", unit="map",
+    bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_name(run_dir)}", unit="map",
                        disable=not progress, file=progress_file)
     bar.update(len(results) * maps)  # rates finished before an interruption
     for rate in bers[len(results):]:
@@ -198,7 +198,7 @@ def run_sweep(
     record = {
         "format": FORMAT,
         "version": 1,
-        "run": run_dir.name,
+        "run": run_name(run_dir),
         "model": run.spec.to_dict() if run.spec is not None else None,
         "source": run.source if run.imported else {"kind": "trained"},
         "dataset": run.dataset,
@@ -216,7 +216,7 @@ def run_sweep(
     }
     with atomic_stage(out_dir, force=True) as tmp:  # existence was checked before any work
         (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
-        plot_sweeps([(run_dir.name, record)], tmp / out_png.name)
+        plot_sweeps([(run_name(run_dir), record)], tmp / out_png.name)
     checkpoint.remove()
     return record
 
