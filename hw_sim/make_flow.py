@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hw_sim.shards import MAX_SHARDS
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 
@@ -142,6 +143,8 @@ def read_settings(env: Mapping[str, str]) -> Settings:
     seed = _integer("SEED", value["SEED"], 0, "the fault maps' seed")
     images = _integer("IMAGES", value["IMAGES"], 1, "test images per map")
     jobs = _integer("JOBS", value["JOBS"], 0, "simulator processes; 0: one per core for large image counts")
+    if jobs > MAX_SHARDS:  # each is a simulator process with its own share of the images
+        raise _bad("JOBS", value["JOBS"], f"at most {MAX_SHARDS} simulator processes (0: one per core)")
     waves = _flag("WAVES", value["WAVES"], "1 dumps waveforms")
     pgo = _flag("PGO", value["PGO"], "1 builds the simulator profile-guided")
     force = _flag("FORCE", value["FORCE"], "1 replaces an existing RUN/sim/hw_ber.json")
@@ -244,7 +247,7 @@ def prepare(s: Settings) -> int:
     from hw_sim.verilate import link_memories
 
     job = prepare_sim(s.run, s.bers, s.maps, s.images, s.seed, s.fault_model, batch_images=BATCH_IMAGES,
-                      force=s.force)
+                      force=s.force, rate_flag="BER=" + ",".join(f"{b:g}" for b in s.bers))
     manifest = _manifest(s)
     s.make_dir.mkdir(parents=True, exist_ok=True)
     # Sized for BATCH_IMAGES whatever the image count, as `mcel sim` does: one build serves all runs.

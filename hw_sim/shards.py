@@ -22,6 +22,7 @@ import numpy as np
 from hw_sim.job import SimJob
 from hw_sim.runner import run_job, words_per_image
 
+MAX_SHARDS = 256  # a bound for JOBS / --jobs: each shard is a simulator process
 MIN_IMAGES_PER_SHARD = 250  # below this, a second simulator's start-up outweighs its share
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from hw_sim.job import SimJob
 from hw_sim.predict import fast_predict, finn_predict, split_map
 from hw_sim.runner import build_harness, run_job
-from hw_sim.shards import auto_shards, run_sharded
+from hw_sim.shards import MAX_SHARDS, auto_shards, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
 from mcel_train.errors import UserError, UserInputError
@@ -93,6 +93,8 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
                              ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
         if not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
+    if jobs > MAX_SHARDS:
+        raise UserInputError(f"--jobs: at most {MAX_SHARDS} simulator processes (0: one per core), got {jobs}")
     if fm.name == "asym" and memories != "weights":
         # asym draws each bit's fault by its stored value, read here from the weights alone
         raise UserInputError("--fault-model asym puts faults in weight memories only: use --memories weights")
@@ -151,8 +153,10 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
                 backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights",
-                transient_cycle: int | None = None) -> SimJob:
+                transient_cycle: int | None = None, rate_flag: str = "--ber") -> SimJob:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
+    On any failure the work folder is removed again (and ``sim/`` if this call made it).
+    ``rate_flag``: how the caller's user gave the rates (``--ber``, or ``BER=`` in the make flow).
 
     ``memories``: where the faults go, ``weights`` (default), ``thresholds`` or ``all``.
     ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
@@ -169,13 +173,36 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                              "rebuild with runtime-writeable weights (mcel build --runtime-writeable)")
     sim_dir = run_dir / "sim"
     check_writable(sim_dir / "hw_ber.json", force)
+    if FaultModel.parse(fault_model).name == "kflips":  # the count's bound is the build's: known only now
+        total = int(sum(m.n_bits for m in fault_memories(manifest, memories)))
+        over = [b for b in bers if b > total]
+        if over:
+            raise UserInputError(f"{rate_flag}: kflips flips at most the {total} bits of the {memories} memories, "
+                                 f"got {over[0]:g}")
     x, labels = load_source(run_dir).test_inputs(images)
     images = len(labels)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words = pack(x.reshape(len(x), -1), in_fmt)
     work = sim_dir / PARTIAL
+    made_sim_dir = not sim_dir.exists()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        return _prepare_in(work, run_dir, manifest, x, labels, words, bers, maps, images, seed, fault_model,
+                           inject, batch_images, predictor, watchdog_cycles, backpressure, crosscheck_maps,
+                           memories, transient_cycle)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if made_sim_dir:
+            shutil.rmtree(sim_dir, ignore_errors=True)
+        raise
+
+
+def _prepare_in(work: Path, run_dir: Path, manifest: Manifest, x: np.ndarray, labels: np.ndarray,  # noqa: PLR0913
+                words: np.ndarray, bers: list[float], maps: int, images: int, seed: int, fault_model: str,
+                inject: str, batch_images: int, predictor: str, watchdog_cycles: int | None, backpressure: bool,
+                crosscheck_maps: int, memories: str, transient_cycle: int | None) -> SimJob:
+    """:func:`prepare_sim`'s work, every file in ``work``."""
     t0 = time.perf_counter()
     entries = make_maps(manifest, bers, maps, seed, fault_model, work / "maps", memories)
     fmaps = [FaultMap.load(e["file"]) for e in entries]

@@ -56,8 +56,48 @@ def _config(text: str) -> Callable[[Path], None]:
     return _write("cfg.yaml", text)
 
 
+def _edit_run_config(**change) -> Callable[[Path], None]:
+    """The run's saved training config with top-level or ``model`` fields changed (``model_arch``)."""
+    import yaml
+
+    def setup(root: Path) -> None:
+        path = root / "train" / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        for key, value in change.items():
+            if key.startswith("model_"):
+                cfg["model"][key.removeprefix("model_")] = value
+            elif key.startswith("data_"):
+                cfg["data"][key.removeprefix("data_")] = value
+            else:
+                cfg[key] = value
+        path.write_text(yaml.safe_dump(cfg))
+    return setup
+
+
+def _campaign_folder(yaml_text: str, store: str | bytes | None) -> Callable[[Path], None]:
+    """A campaign folder ``c``: its saved campaign file and a results store (``"empty-store"``:
+    a valid store with no results, else the bytes given)."""
+    def setup(root: Path) -> None:
+        _write("c/campaign.yaml", yaml_text)(root)
+        if store == "empty-store":
+            from flows.campaign.store import ResultStore
+
+            ResultStore(root / "c" / "results.sqlite").close()
+        elif store is not None:
+            _write("c/results.sqlite", store)(root)
+    return setup
+
+
+def _hw_record(**change) -> Callable[[Path], None]:
+    base = {"bers": [0.0, 0.01], "images": 5, "fault_model": "flip",
+            "maps": [{"id": 0, "rate": 0.0, "map_index": 0, "file": "maps/rate0_map0.npz", "accuracy": 1.0,
+                      "predicted_accuracy": 1.0, "identical_to_software": True}]}
+    return _write("sim/hw_ber.json", json.dumps({**base, **change}))
+
+
 SMOKE = str(CONFIGS / "smoke_digits.yaml")
 CAMPAIGN = "name: c\ngrid: {models: [tfc_w2a2], losses: [ce], seeds: [0]}\nsoftware: {ber: [0], maps: 2}\n"
+GRID = "name: c\nsoftware: {ber: [0], maps: 2}\n"  # + a grid
 
 # (id, argv with {run} = the case's run folder, setup, expected text in the message)
 CASES = [
@@ -81,12 +121,65 @@ CASES = [
     ("train-missing-data-dir", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set", "data.data_dir=/nonexistent/x",
                                 "--out", "{run}/new"], None, "/nonexistent/x"),
     ("train-existing-run", ["train", SMOKE, "--out", "{run}"], None, "exists"),
+    ("train-key-twice", ["train", "{run}/cfg.yaml", "--out", "{run}/new"],
+     _config("model: tfc_w2a2\nepochs: 30\nepochs: 1\n"), "key 'epochs' appears twice in one mapping at line 3"),
+    ("train-config-is-a-folder", ["train", "{run}", "--out", "{run}/new"], None, "is a folder"),
+    ("train-image-shape-1d", ["train", SMOKE, "--set", "model.image_shape=[5]", "--out", "{run}/new"], None,
+     "image_shape must be [height, width]"),
+    ("train-image-shape-not-the-datasets", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set",
+                                            "model.image_shape=[14,14]", "--out", "{run}/new"], None,
+     "does not match fashion_mnist's [28, 28] images"),
+    ("train-num-classes", ["train", SMOKE, "--set", "model.num_classes=3", "--out", "{run}/new"], None,
+     "model.num_classes 3 does not match digits's 10 classes"),
+    ("train-num-classes-zero", ["train", SMOKE, "--set", "model.num_classes=0", "--out", "{run}/new"], None,
+     "num_classes must be a whole number >= 2"),
+    ("train-const-scale-nan", ["train", SMOKE, "--set", "model.weight_scaling=const", "--set",
+                               "model.const_weight_scale=.nan", "--out", "{run}/new"], None, "const_weight_scale"),
+    ("train-const-scale-with-stats", ["train", SMOKE, "--set", "model.const_weight_scale=0.1", "--out",
+                                      "{run}/new"], None, "const_weight_scale applies to weight_scaling const"),
+    ("train-lr-inf", ["train", SMOKE, "--set", "optimizer.lr=.inf", "--out", "{run}/new"], None, "optimizer.lr"),
+    ("train-margin-nan", ["train", SMOKE, "--set", "loss.margin=.nan", "--out", "{run}/new"], None, "loss.margin"),
+    ("train-channels-on-mlp", ["train", SMOKE, "--set", "model.channels=[8,8]", "--out", "{run}/new"], None,
+     "channels applies to conv networks"),
+    ("train-hidden-empty", ["train", SMOKE, "--set", "model.hidden=[]", "--out", "{run}/new"], None,
+     "model.hidden is empty"),
+    ("train-override-without-key", ["train", SMOKE, "--set", "=5", "--out", "{run}/new"], None,
+     "has no key before '='"),
+    ("train-hidden-fraction", ["train", SMOKE, "--set", "model.hidden=[1.7]", "--out", "{run}/new"], None,
+     "hidden must be whole numbers"),
+    ("train-weight-bits-bool", ["train", SMOKE, "--set", "model.weight_bits=true", "--out", "{run}/new"], None,
+     "weight_bits"),
+    ("train-model-extra", ["train", SMOKE, "--set", "model.extra={foo: 1}", "--out", "{run}/new"], None,
+     "extra is reserved"),
+    ("train-model-mapping-without-name", ["train", SMOKE, "--set", "model={arch: tfc}", "--out", "{run}/new"],
+     None, "a mapping needs 'name'"),
+    ("train-fault-training-unknown-model", ["train", SMOKE, "--set", "fault_training={model: bogus, rate: 0.01}",
+                                            "--out", "{run}/new"], None, "fault_training.model: unknown fault model"),
+    ("train-fault-training-asym-past-one", ["train", SMOKE, "--set",
+                                            "fault_training={model: 'asym:p10=500', rate: 0.01}", "--out",
+                                            "{run}/new"], None, "rate x p10 must be at most 1"),
+    ("train-name-a-path", ["train", SMOKE, "--set", "name=/tmp/elsewhere"], None, "name: must be a plain folder"),
+    ("train-name-dotdot", ["train", SMOKE, "--set", "name=.."], None, "name: must be a plain folder"),
+    ("train-out-under-a-file", ["train", SMOKE, "--out", "{run}/train/config.yaml/new"], None,
+     "is a file, not a folder"),
+    ("train-no-fashion-mnist", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--data-dir", "{run}/empty",
+                                "--out", "{run}/new"], _write("empty/.keep", ""), "apt-get install dataset-fashion-mnist"),
     # export
     ("export-no-train", ["export", "{run}/empty"], _write("empty/.keep", ""), "not found"),
     ("export-truncated-weights", ["export", "{run}"], _truncate("train/model.pt"), "model.pt"),
     ("export-non-zip-weights", ["export", "{run}"], _write("train/model.pt", "not a zip"), "model.pt"),
     ("export-broken-run-config", ["export", "{run}"], _write("train/config.yaml", "model: [x\n"), "config.yaml"),
     ("export-existing", ["export", "{run}"], _write("export/model.qonnx.onnx", "x"), "--force"),
+    ("export-zero-images", ["export", "{run}", "--images", "0"], None, "--images must be >= 1"),
+    ("export-negative-images", ["export", "{run}", "--images", "-5"], None, "--images must be >= 1"),
+    ("export-unknown-arch-in-run", ["export", "{run}"], _edit_run_config(model_arch="nope"), "train/config.yaml"),
+    # a saved run config edited by hand: one line naming it, for every command that loads the run
+    ("sweep-unknown-arch-in-run", ["sweep", "{run}", "--ber", "0"], _edit_run_config(model_arch="nope"),
+     "its model is not one this version builds"),
+    ("sweep-unknown-dataset-in-run", ["sweep", "{run}", "--ber", "0"], _edit_run_config(data_dataset="cifar"),
+     "data.dataset 'cifar'"),
+    ("margins-bad-seed-in-run", ["margins", "{run}"], _edit_run_config(seed="abc"), "seed 'abc'"),
+    ("margins-existing", ["margins", "{run}"], _write("margins/margins.json", "{}"), "pass --force"),
     # build
     ("build-truncated-onnx", ["build", "{run}"], _write("export/model.qonnx.onnx", b"\x08\x07garbage"), "ONNX"),
     ("build-existing", ["build", "{run}"], _write("build/build.json", "{}"), "--force"),
@@ -133,12 +226,113 @@ CASES = [
     # compare, plot, campaign, report
     ("compare-no-sim", ["compare", "{run}"], None, "hw_ber.json"),
     ("plot-no-sweep", ["plot", "{run}", "-o", "{run}/x.png"], None, "sw_ber.json"),
+    ("plot-labels-count", ["plot", "{run}", "{run}", "--labels", "a", "-o", "{run}/x.png"], None,
+     "--labels gives 1 label(s) for 2 run(s)"),
+    ("plot-torn-sweep", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", '{"results": [{"ra'),
+     "is not a sweep record of mcel sweep"),
+    ("plot-foreign-json", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", "[1, 2]"),
+     "is not a sweep record of mcel sweep"),
+    ("plot-not-png", ["plot", "{run}", "-o", "{run}/x.pdf"], None, "must name a .png file"),
+    ("plot-empty-out", ["plot", "{run}", "-o", ""], None, "must name a .png file"),
+    ("plot-no-suffix", ["plot", "{run}", "-o", "{run}/x"], None, "must name a .png file"),
+    ("compare-torn-record", ["compare", "{run}"], _write("sim/hw_ber.json", '{"bers": [0'),
+     "is not a simulation record of mcel sim"),
+    ("compare-foreign-record", ["compare", "{run}"], _write("sim/hw_ber.json", "{}"),
+     "is not a simulation record of mcel sim"),
+    ("compare-rate-without-maps", ["compare", "{run}"], _hw_record(), "has no maps at rate 0.01"),
     ("campaign-missing-file", ["campaign", "{run}/none.yaml", "--out", "{run}/c"], None, "none.yaml"),
     ("campaign-zero-workers", ["campaign", "{run}/c.yaml", "--workers", "0", "--out", "{run}/c"],
      _write("c.yaml", CAMPAIGN), "--workers"),
     ("campaign-bad-hardware-fault-model", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
      _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, fault_model: zap}\n"), "hardware.fault_model"),
     ("report-not-a-campaign", ["report", "{run}"], None, "campaign"),
+    ("report-torn-campaign-file", ["report", "{run}/c"], _campaign_folder("name: [c\n", "empty-store"),
+     "is not a readable campaign folder"),
+    ("report-garbage-store", ["report", "{run}/c"], _campaign_folder(CAMPAIGN, b"not sqlite" * 100),
+     "is not a readable campaign results store"),
+    ("report-empty-store-file", ["report", "{run}/c"], _campaign_folder(CAMPAIGN, b""),
+     "holds no campaign tables"),  # and the file stays empty: the reader does not create tables
+    ("report-nothing-finished", ["report", "{run}/c"], _campaign_folder(CAMPAIGN, "empty-store"),
+     "no finished sweeps"),
+    ("report-target-nothing-finished", ["report", "{run}/c", "--target-ber", "0.01"],
+     _campaign_folder(CAMPAIGN, "empty-store"), "--fault-model flip: the campaign has no finished sweep"),
+    ("report-drop-without-target", ["report", "{run}/c", "--max-clean-drop", "5"], None,
+     "--max-clean-drop applies to --target-ber only"),
+    ("report-fault-model-without-target", ["report", "{run}/c", "--fault-model", "stuck"], None,
+     "--fault-model applies to --target-ber only"),
+    ("report-target-with-out", ["report", "{run}/c", "--target-ber", "0.01", "--out", "{run}/r"], None,
+     "drop --out"),
+    # campaign files: refused before any task, naming the key
+    ("campaign-key-twice", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "software: {ber: [0, 0.01], maps: 2}\n"), "key 'software' appears twice"),
+    ("campaign-binary-file", ["campaign", "{run}/c.yaml", "--out", "{run}/c"], _write("c.yaml", bytes(range(256))),
+     "not a text file"),
+    ("campaign-yaml-error-place", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", "name: c\ngrid: {models: [tfc\n"), "at line"),
+    ("campaign-name-dotdot", ["campaign", "{run}/c.yaml"], _write("c.yaml", CAMPAIGN.replace("name: c", "name: '..'")),
+     "campaign name: must name a folder of its own"),
+    ("campaign-name-nul", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN.replace("name: c", 'name: "a\\0b"')), "campaign name"),
+    ("campaign-loss-name-a-number", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {models: [tfc_w2a2], losses: [{name: 5}]}\n"), "needs a 'name'"),
+    ("campaign-loss-without-name", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {models: [tfc_w2a2], losses: [{margin: 8}]}\n"), "needs a 'name'"),
+    ("campaign-margin-text", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {models: [tfc_w2a2], losses: [{name: mcel, margin: '8'}]}\n"),
+     "'margin' must be a number"),
+    ("campaign-test-images-bool", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {models: [{name: tfc_w2a2, test_images: true}], losses: [ce]}\n"),
+     "test_images must be a whole number"),
+    ("campaign-train-config-broken", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     lambda r: (_write("c.yaml", CAMPAIGN + "train: {config: " + str(r / "t.yaml") + "}\n")(r),
+                _write("t.yaml", "model: [unclosed\n")(r)), "campaign train.config: config file"),
+    ("campaign-train-config-a-list", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     lambda r: (_write("c.yaml", CAMPAIGN + "train: {config: " + str(r / "t.yaml") + "}\n")(r),
+                _write("t.yaml", "- 1\n- 2\n")(r)), "the top level must be a mapping"),
+    ("campaign-train-set-whole-model", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "train: {set: {model: tfc_w1a1}}\n"), "campaign train.set: 'model' is the grid's"),
+    ("campaign-evidence-seed-not-trained", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "evidence: {seeds: [5]}\n"), "evidence.seeds: 5 is not a training seed"),
+    ("campaign-imported-without-hardware", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {imported: [somewhere]}\n"), "add a hardware section"),
+    ("campaign-fault-training-unknown", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", GRID + "grid: {models: [tfc_w2a2], losses: [{name: ce, fault_training: "
+            "{model: bogus, rate: 0.01}}]}\n"), "unknown fault model 'bogus'"),
+    ("campaign-asym-past-one", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN.replace("software: {ber: [0]", "software: {fault_models: ['asym:p10=5'], ber: [0, 0.5]")),
+     "rate x p10 must be at most 1"),
+    ("campaign-asym-infinite", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN.replace("software: {ber: [0]", "software: {fault_models: ['asym:p10=inf'], ber: [0]")),
+     "finite"),
+    ("campaign-folding-missing", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, folding: /nonexistent/f.json}\n"),
+     "campaign hardware.folding: /nonexistent/f.json: no such file"),
+    ("campaign-folding-malformed", ["campaign", "{run}/c.yaml", "--out", "{run}/c"],
+     _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, folding: {MVAU_0: 4}}\n"),
+     "node 'MVAU_0' must map to attributes"),
+    ("campaign-out-under-a-file", ["campaign", "{run}/c.yaml", "--out", "{run}/c.yaml/sub"],
+     _write("c.yaml", CAMPAIGN), "is a file, not a folder"),
+    ("campaign-resume-another-campaign", ["campaign", "{run}/c.yaml", "--out", "{run}/old", "--resume"],
+     lambda r: (_write("c.yaml", CAMPAIGN)(r), _write("old/campaign.yaml", "name: other\n")(r),
+                _write("old/results.sqlite", b"")(r)), "holds campaign 'other', not 'c'"),
+    # experiment: its flags, not the campaign keys it becomes
+    ("experiment-report-only-without-campaign", ["experiment", "--report-only", "--models", "tfc_w2a2", "--variants",
+                                                "ce", "--out", "{run}/none", "--docs", "{run}/docs"],
+     _write("docs/results.md", "a finished report"), "holds no experiment campaign"),
+    ("experiment-into-another-campaign", ["experiment", "--models", "tfc_w2a2", "--variants", "ce", "--out",
+                                          "{run}/old", "--docs", "{run}/docs"],
+     lambda r: (_write("old/campaign.yaml", "name: other\n")(r), _write("old/results.sqlite", b"")(r)),
+     "holds campaign 'other', not 'experiment'"),
+    ("experiment-negative-limit", ["experiment", "--limit-train", "-5", "--out", "{run}/exp"], None,
+     "--limit-train must be >= 0"),
+    ("experiment-negative-seed", ["experiment", "--seed", "-1", "--out", "{run}/exp"], None, "--seed must be >= 0"),
+    ("experiment-negative-train-seed", ["experiment", "--train-seed", "-1", "--out", "{run}/exp"], None,
+     "--train-seed must be >= 0"),
+    ("experiment-rate-twice", ["experiment", "--rates", "0,0.01,0.01", "--out", "{run}/exp"], None,
+     "--rates repeats a rate"),
+    ("experiment-no-models", ["experiment", "--models", "", "--out", "{run}/exp"], None, "--models names nothing"),
+    ("experiment-model-twice", ["experiment", "--models", "tfc_w2a2,tfc_w2a2", "--out", "{run}/exp"], None,
+     "--models names tfc_w2a2 twice"),
     # --restore: a results file of another campaign, a torn one, a missing one; nothing is created
     ("campaign-restore-missing", ["campaign", "{run}/c.yaml", "--out", "{run}/c", "--restore", "{run}/r.json"],
      _write("c.yaml", CAMPAIGN), "no such file"),

@@ -123,6 +123,9 @@ REJECTED = [
     ("sim_icarus", ["RUN={runs}/a", "SIM=icarus"], "SIM", "Verilator only"),
     ("waves_yes", ["RUN={runs}/a", "WAVES=yes"], "WAVES", "0 or 1"),
     ("fault_model_param", ["RUN={runs}/a", "FAULT_MODEL=asym:p01=x"], "FAULT_MODEL", "want k=v"),
+    ("ber_asym_past_one", ["RUN={runs}/a", "FAULT_MODEL=asym:p10=5", "BER=0,0.5"], "BER", "rate x p10"),
+    ("fault_model_infinite", ["RUN={runs}/a", "FAULT_MODEL=asym:p10=inf"], "FAULT_MODEL", "finite"),
+    ("jobs_huge", ["RUN={runs}/a", "JOBS=999999999"], "JOBS", "at most 256"),
     ("overwrite", ["RUN={runs}/done"], None, "FORCE=1"),
     ("force_bad_manifest", ["RUN={runs}/done", "FORCE=1"], "RUN", "manifest"),
 ]
@@ -206,6 +209,20 @@ def linked_run(build_run: Path, run: Path) -> Path:
         if (build_run / part).exists():
             (run / part).symlink_to(build_run / part)
     return run
+
+
+def test_kflips_count_past_the_builds_bits_is_one_line_and_leaves_no_work(smoke_build, tmp_path):
+    """A kflips count above the build's bit count is known only once the build is read: it is
+    refused then, naming BER=, before any map is written (it used to fail in the map generator,
+    naming no variable, and leave RUN/sim/.partial behind)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = linked_run(smoke_build, tmp_path / "r")
+    proc = run_make([f"RUN={run}", "FAULT_MODEL=kflips", "BER=0,999999999", "MAPS=1", "IMAGES=5"], cwd)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: BER=0,1e+09: kflips flips at most the ") and "weights memories" in lines[0]
+    assert not (run / "sim").exists(), "the refused run left files"
 
 
 @pytest.mark.slow

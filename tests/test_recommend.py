@@ -63,3 +63,18 @@ def test_seeds_are_averaged_before_losses_are_compared():
 def test_one_seed_falls_back_to_the_map_interval():
     (cell,) = across_seeds(rows({"CE": [0.7]}, {"CE": 0.9}))
     assert cell["ci95_seeds"] is None and cell["ci95"] == pytest.approx((0.698, 0.702))
+
+
+def test_report_of_an_imported_network_without_margin_is_written():
+    """An imported network has no training record, so no mean logit margin: its table cell is
+    "-" (the report used to end in a TypeError formatting None, leaving a half-written folder)."""
+    from flows.campaign.report import _markdown
+    from flows.campaign.spec import parse_campaign
+
+    spec = parse_campaign({"name": "c", "grid": {"models": ["tfc_w2a2"], "losses": ["ce"]},
+                           "software": {"ber": [0, 0.01], "maps": 2}})
+    table = [{"source": "software", "fault_model": "flip", "model": "mine", "loss": "imported", "seed": 0,
+              "rate": r, "mean": 0.8, "ci95": [0.79, 0.81], "clean_accuracy": 0.85, "mean_logit_margin": None}
+             for r in (0.0, 0.01)]
+    md = _markdown(spec, table, [], {"mine": "mine.png"})
+    assert "| imported | 0 | 85.00 | - | 80.00 [79.00, 81.00] | 80.00 [79.00, 81.00] |" in md

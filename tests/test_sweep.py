@@ -3,6 +3,7 @@
 import argparse
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,13 +64,18 @@ def test_ci_width_stops_at_a_prefix_of_the_fixed_maps(smoke_run):
     assert adaptive["results"][0]["maps"] == 3  # no faults: the interval is empty after the least 3
 
 
-def test_plot_margins_and_cli(smoke_run, tmp_path, figures):
-    rec = run_sweep(smoke_run, [0.0, 0.02], maps=3, progress=False, force=True)
+def test_plot_margins_and_cli(smoke_run, tmp_path, figures, monkeypatch):
+    monkeypatch.chdir(smoke_run)  # a sweep of "." is named after the folder, not ""
+    rec = run_sweep(Path("."), [0.0, 0.02], maps=3, progress=False, force=True)
+    assert rec["run"] == smoke_run.name and list(curves(figures[-1])) == [smoke_run.name]
     figures.clear()
-    png = plot_runs([smoke_run, smoke_run], tmp_path / "cmp.png", labels=["a", "b"])
+    # labels as given: one starting with "_" (matplotlib's "no legend entry") and one with "$"
+    # (its math syntax, a parse error here) are shown as they are
+    labels = ["_base", r"cost $\foo$"]
+    png = plot_runs([smoke_run, smoke_run], tmp_path / "cmp.png", labels=labels)
     # one curve per run, under the given labels, in the legend too
-    assert len(figures) == 1 and curves(figures[0]) == {"a": _sweep_curve(rec), "b": _sweep_curve(rec)}
-    assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == ["a", "b"]
+    assert len(figures) == 1 and curves(figures[0]) == {lab: _sweep_curve(rec) for lab in labels}
+    assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == labels
     png_shape(png, figures[0])
     rec = margin_report(smoke_run, force=True)
     assert rec["mean_logit_margin"] > 0 and len(rec["hidden_layers"]) >= 1
