@@ -24,3 +24,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/train_step.py
+
+# The demo's run folder (make demo trains it again afterwards)
+clean-demo:
+	rm -rf runs/demo

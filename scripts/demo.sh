@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MCEL=".venv/bin/python -m flows.cli"
 RUN=${RUN:-runs/demo}
+# RUN= is what the user set: a bad one is named as such (not as the --out of a later command)
+blocker="$RUN"
+while [ ! -e "$blocker" ] && [ "$blocker" != "$(dirname "$blocker")" ]; do blocker=$(dirname "$blocker"); done
+if [ ! -d "$blocker" ]; then
+  echo "error: RUN=$RUN: $blocker is a file, not a folder; give a run folder (make demo RUN=runs/NAME)" >&2
+  exit 2
+fi
 if .venv/bin/python -c "from mcel_train.data import find_fashion_mnist; find_fashion_mnist()" 2>/dev/null; then
   CONFIG=flows/configs/demo_fmnist.yaml
 else

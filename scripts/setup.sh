@@ -25,16 +25,20 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
 fi
 
 PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null; then
+  echo "error: PYTHON=$PY is not a Python interpreter found on PATH; set PYTHON= to one (3.11)" >&2
+  exit 2
+fi
 # A venv whose creation was interrupted has a python but no pip: make it again.
 "$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PY" -m venv --clear "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)  # an array: VENV may hold spaces
 # pip's resolver reports finn-plus's overridden brevitas pin as a red ERROR on every install
 # once finn-plus is present. That one conflict is intended (brevitas 0.13.0 breaks on torch
 # 2.13); it is said once in our words below, and any other conflict is shown in full.
 KNOWN_CONFLICT="finn-plus 1.6.1 requires brevitas==0.13.0"
 pip_install() {
   local log; log=$(mktemp)
-  if ! $PIP install "$@" 2>"$log"; then cat "$log" >&2; rm -f "$log"; return 1; fi
+  if ! "${PIP[@]}" install "$@" 2>"$log"; then cat "$log" >&2; rm -f "$log"; return 1; fi
   grep -v -e "^WARNING: Location" -e "$KNOWN_CONFLICT" -e "^ERROR: pip's dependency resolver does not" "$log" >&2 || true
   rm -f "$log"
 }

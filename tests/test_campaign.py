@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -414,6 +415,15 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
     assert f"software: {TINY['software']['maps']} maps per rate," in tiny_report
     png_titles = [f.axes[0].get_title() for f in figures]
     assert "tfc_w2a2" in png_titles  # the accuracy curves, one panel per model
+    assert str(tmp_path) not in md  # a committed document names no folder of this machine
+    # a headline rate or loss the campaign lacks, or --docs under a file: refused before writing
+    (tmp_path / "a_file").write_text("x")
+    for kwargs, words in (({"rate": 0.5}, "--rate 0.5 is not a rate of the campaign"),
+                          ({"loss": "Bogus"}, "--loss 'Bogus' is not a loss of the campaign"),
+                          ({"docs": tmp_path / "a_file" / "docs"}, "is a file, not a folder")):
+        with pytest.raises(UserInputError, match=re.escape(words)):
+            build_doc(folder, **({"docs": tmp_path / "refused"} | kwargs), evidence_images=100, evidence_maps=2)
+        assert not (tmp_path / "refused").exists()
 
 
 def test_cut_losses_are_the_full_grid_minus_the_campaigns():
