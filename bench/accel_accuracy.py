@@ -11,11 +11,12 @@ Writes ``bench/results/accel_accuracy.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
+
+from flags import parser, record_path, run_folder, run_main  # before bench/ leaves sys.path
 
 # bench/hw_sim.py would shadow the ``hw_sim`` package when this runs as a script from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -55,9 +56,9 @@ def check(run: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True)
-    ap.add_argument("--out", default="bench/results/accel_accuracy.json")
+    ap = parser(__doc__)
+    ap.add_argument("--run", type=run_folder, action="append", required=True)
+    ap.add_argument("--out", type=record_path, default="bench/results/accel_accuracy.json")
     args = ap.parse_args()
     results = [check(Path(r)) for r in args.run]
     out = Path(args.out)
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

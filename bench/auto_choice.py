@@ -16,12 +16,12 @@ map.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from flags import count, parser, rates, record_path, run_folder, run_main, run_name
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -33,15 +33,15 @@ PATHS = ("dense", "difference", "auto")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="trained run folder")
-    p.add_argument("--rates", default=RATES, help="comma-separated bit error rates, ascending as a sweep")
-    p.add_argument("--maps", type=int, default=100, help="maps per rate")
-    p.add_argument("--map-batch", type=int, default=25, help="maps per call (mcel sweep's default)")
-    p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/bench/auto_choice.json"))
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True, help="trained run folder")
+    p.add_argument("--rates", type=rates, default=RATES, help="comma-separated bit error rates, ascending as a sweep")
+    p.add_argument("--maps", type=count(1), default=100, help="maps per rate")
+    p.add_argument("--map-batch", type=count(1), default=25, help="maps per call (mcel sweep's default)")
+    p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")
+    p.add_argument("--threads", type=count(1), default=2)
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/auto_choice.json"))
     args = p.parse_args(argv)
     net, x, y = trained_network(args.run, args.test_images)
     torch.set_num_threads(args.threads)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in ("dense", "difference"):  # one-off loading (kernels, compiled post-ops) outside the timings
         evaluators[path].evaluate(warm)
     rows = []
-    for rate in (float(r) for r in args.rates.split(",")):
+    for rate in args.rates:
         seconds = {path: [] for path in PATHS}
         paths_taken = []
         for lo in range(0, args.maps, args.map_batch):
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     total = {path: sum(r["seconds"][path] for r in rows) for path in PATHS}
     best = sum(r["best_seconds"] for r in rows)
-    record = {"run": args.run.name, "images": len(y), "maps_per_rate": args.maps, "map_batch": args.map_batch,
+    record = {"run": run_name(args.run), "images": len(y), "maps_per_rate": args.maps, "map_batch": args.map_batch,
               "torch_threads": args.threads, "seed": args.seed, "rows": rows, "seconds": total,
               "auto_vs_dense": total["dense"] / total["auto"], "auto_vs_best_per_call": best / total["auto"]}
     print(f"all rates: dense {total['dense']:.1f} s, difference {total['difference']:.1f} s, auto "
@@ -92,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -25,12 +25,13 @@ Writes ``bench/results/hw_sim.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from flags import count, parser, record_path, run_folder, run_main  # noqa: E402 - before bench/ leaves sys.path
 
 # This script's own name would shadow the ``hw_sim`` package when run as ``bench/hw_sim.py``.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -91,17 +92,17 @@ def _full_test_set(run: Path, sim_dir: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="run folder with a build")
-    ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--naive-images", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=2000, help="images per harness batch")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap = parser(__doc__)
+    ap.add_argument("--run", type=run_folder, required=True, help="run folder with a build")
+    ap.add_argument("--images", type=count(1), default=2000)
+    ap.add_argument("--naive-images", type=count(1), default=20)
+    ap.add_argument("--batch", type=count(1), default=2000, help="images per harness batch")
+    ap.add_argument("--repeats", type=count(1), default=3,
                     help="alternating C++ and cocotb runs; the median ratio is reported")
     ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
     ap.add_argument("--skip-public-all", action="store_true",
                     help="skip the every-signal-public build (its compile takes long on a large design)")
-    ap.add_argument("--out", default="bench/results/hw_sim.json")
+    ap.add_argument("--out", type=record_path, default="bench/results/hw_sim.json")
     args = ap.parse_args()
 
     run = Path(args.run).resolve()
@@ -172,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

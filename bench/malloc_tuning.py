@@ -12,11 +12,12 @@ the ratio of the wall times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from flags import count, parser, rate, record_path, run_folder, run_main, run_name  # bench/flags.py
 
 CHILD = """
 import json, resource, sys, time
@@ -48,23 +49,27 @@ print(json.dumps({"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="run folder with train/model.pt")
-    p.add_argument("--test-images", type=int, default=2000, help="first N test images (0 = all)")
-    p.add_argument("--maps", type=int, default=8)
-    p.add_argument("--rate", type=float, default=0.01)
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True, help="run folder with train/model.pt")
+    p.add_argument("--test-images", type=count(0), default=2000, help="first N test images (0 = all)")
+    p.add_argument("--maps", type=count(1), default=8)
+    p.add_argument("--rate", type=rate, default=0.01)
     p.add_argument("--method", default="dense", choices=["dense", "difference", "auto"])
-    p.add_argument("--out", type=Path, default=Path("runs/bench/malloc_tuning.json"))
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/malloc_tuning.json"))
     args = p.parse_args(argv)
     modes = {}
     for mode in ("default", "tuned"):
         out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.run), str(args.test_images),
                               str(args.maps), str(args.rate), args.method],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True)
+        if out.returncode:  # the child's own last line says why (a run without a training stage, ...)
+            last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"error: the {mode} measurement failed: {last}", file=sys.stderr)
+            return 2
         modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(mode, modes[mode], flush=True)
     assert modes["default"]["mean_accuracy"] == modes["tuned"]["mean_accuracy"], "results differ"
-    record = {"run": str(args.run), "test_images": args.test_images, "maps": args.maps, "rate": args.rate,
+    record = {"run": run_name(args.run), "test_images": args.test_images, "maps": args.maps, "rate": args.rate,
               "method": args.method, "modes": modes,
               "default_over_tuned_wall": modes["default"]["wall_s"] / modes["tuned"]["wall_s"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -10,11 +10,12 @@ All three must give the same logits for every map and image (asserted). Writes a
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
+from flags import count, parser, record_path, run_folder, run_main, run_name
+from flags import rates as rate_list
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -23,18 +24,19 @@ from mcel_train.faults.generate import generate_map
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="run folder with train/model.pt")
-    p.add_argument("--rates", default="0,1e-3,2e-2", help="comma-separated bit error rates, in call order")
-    p.add_argument("--maps", type=int, default=10, help="maps per rate")
-    p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=2, help="fastest of this many interleaved timings")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/mixed_rates.json"))
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True, help="run folder with train/model.pt")
+    p.add_argument("--rates", type=rate_list, default="0,1e-3,2e-2",
+                   help="comma-separated bit error rates, in call order")
+    p.add_argument("--maps", type=count(1), default=10, help="maps per rate")
+    p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--repeat", type=count(1), default=2, help="fastest of this many interleaved timings")
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/mixed_rates.json"))
     args = p.parse_args(argv)
     net, x, y = trained_network(args.run, args.test_images)
     mems = net.memories()
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = args.rates
     maps = [generate_map(mems, "flip", r, args.seed, i) for r in rates for i in range(args.maps)]
 
     def whole_call(ev: MapEvaluator) -> MapEvaluator:
@@ -58,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in results:
         assert np.array_equal(results[name], results["dense"]), f"{name} differs from dense"
     record = {
-        "run": str(args.run), "images": len(y), "rates": rates, "maps_per_rate": args.maps, "seed": args.seed,
+        "run": run_name(args.run), "images": len(y), "rates": rates, "maps_per_rate": args.maps, "seed": args.seed,
         "repeat": args.repeat, "seconds": seconds, "choices": choices,
         "rate_by_rate_vs_one_choice": seconds["auto_one_choice_per_call"] / seconds["auto_rate_by_rate"],
         "rate_by_rate_vs_dense": seconds["dense"] / seconds["auto_rate_by_rate"],
         "identical_logits": True,     }
-    print(f"{len(maps)} maps at rates {args.rates} in one call, {len(y)} images: auto rate by rate "
+    shown = ",".join(f"{r:g}" for r in rates)
+    print(f"{len(maps)} maps at rates {shown} in one call, {len(y)} images: auto rate by rate "
           f"{seconds['auto_rate_by_rate']:.2f} s (choices {choices['auto_rate_by_rate']}), auto one choice "
           f"{seconds['auto_one_choice_per_call']:.2f} s (choices {choices['auto_one_choice_per_call']}), dense "
           f"{seconds['dense']:.2f} s; identical logits")
@@ -72,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -23,7 +23,6 @@ image, and records the fraction of (map, image) pairs that still differ after ea
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from flags import count, parser, record_path, run_folder, run_main, run_name
+from flags import rates as rate_list
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
 from mcel_train.data import load_dataset
@@ -109,34 +110,34 @@ def timed(fn, *args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, help="run folder with train/model.pt (default: quick-train)")
-    p.add_argument("--maps", type=int, default=100)
-    p.add_argument("--rates", default="0.01", help="comma-separated bit error rates, one row each")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="quick-training steps without --run")
-    p.add_argument("--roof-maps", type=int, default=0, help="maps timed for the roof (0: all)")
-    p.add_argument("--brevitas-maps", type=int, default=0,
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, help="run folder with train/model.pt (default: quick-train)")
+    p.add_argument("--maps", type=count(1), default=100)
+    p.add_argument("--rates", type=rate_list, default="0.01", help="comma-separated bit error rates, one row each")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--steps", type=count(1), default=300, help="quick-training steps without --run")
+    p.add_argument("--roof-maps", type=count(0), default=0, help="maps timed for the roof (0: all)")
+    p.add_argument("--brevitas-maps", type=count(0), default=0,
                    help="maps checked against the per-map Brevitas reference (0: all)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=count(1), default=1,
                    help="torch threads for every method (1: steadiest on a shared machine)")
-    p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
-    p.add_argument("--rows", type=int, default=8192, help="evaluator (map, image) rows per step")
+    p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")
+    p.add_argument("--rows", type=count(1), default=8192, help="evaluator (map, image) rows per step")
     p.add_argument("--no-compile", action="store_true", help="eager threshold post-ops")
-    p.add_argument("--repeat", type=int, default=1,
+    p.add_argument("--repeat", type=count(1), default=1,
                    help="time dense, difference and auto this many times each, interleaved, and keep the "
                         "fastest (a shared machine's noise only ever adds time); auto gets a fresh evaluator "
                         "each time, so every run includes its probe")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/sw_faults.json"))
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/sw_faults.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = args.rates
 
     if args.run:
         run = load_run(args.run)
         model, spec = run.model, run.spec
         x, y = run.test_set()
-        source = str(args.run)
+        source = run_name(args.run)
     else:
         spec = parse_model_name("sfc_w2a2")
         ds = load_dataset("fashion_mnist")
@@ -266,4 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

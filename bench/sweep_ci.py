@@ -10,7 +10,6 @@ needed, the interval reached, and both wall times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from flags import count, parser, positive, record_path, run_folder, run_main, run_name
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
 RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
@@ -32,11 +32,11 @@ def sweep(run: Path, args: list[str]) -> tuple[dict, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="trained run folder")
-    p.add_argument("--maps", type=int, default=200)
-    p.add_argument("--ci-width", type=float, default=0.1, help="accuracy points")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/sweep_ci.json"))
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True, help="trained run folder")
+    p.add_argument("--maps", type=count(2), default=200)
+    p.add_argument("--ci-width", type=positive, default=0.1, help="accuracy points")
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/sweep_ci.json"))
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:  # the run's own sweep is left alone
         run = Path(tmp) / args.run.name
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                      "fixed_width_points": (f["ci95"][1] - f["ci95"][0]) * 100 if f["ci95"] else None})
         print(f"rate {a['rate']:<8g} maps {a['maps']:>4} / {args.maps}  interval {width:.3f} points"
               f"{'' if rows[-1]['target_met'] else '  (cap reached)'}")
-    record = {"run": args.run.name, "images": fixed["n_test"], "cap_maps": args.maps, "ci_width_points": args.ci_width,
+    record = {"run": run_name(args.run), "images": fixed["n_test"], "cap_maps": args.maps,
+              "ci_width_points": args.ci_width,
               "rows": rows, "seconds": {"fixed_dense": t_fixed, "adaptive_auto": t_adaptive},
               "speedup": t_fixed / t_adaptive}
     print(f"fixed {args.maps} maps per rate (dense): {t_fixed:.0f} s; adaptive (auto): {t_adaptive:.0f} s "
@@ -62,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

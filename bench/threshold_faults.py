@@ -17,13 +17,13 @@ faulty post-op on its own). Writes a JSON record.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from flags import count, parser, rate, record_path, run_folder, run_main, run_name
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -35,16 +35,17 @@ from mcel_train.intnet import ThresholdPostOp
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="run folder (train/model.pt) of a network with thresholds")
-    p.add_argument("--test-images", type=int, default=500, help="first N test images (0 = all)")
-    p.add_argument("--maps", type=int, default=16)
-    p.add_argument("--rate", type=float, default=1e-4, help="weight bit error rate of every map")
-    p.add_argument("--channels", type=int, default=2, help="output channels with faulty thresholds per map")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=2, help="fastest of this many interleaved timings")
-    p.add_argument("--dense-maps", type=int, default=2, help="maps checked against the dense path")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/threshold_faults.json"))
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True,
+                   help="run folder (train/model.pt) of a network with thresholds")
+    p.add_argument("--test-images", type=count(0), default=500, help="first N test images (0 = all)")
+    p.add_argument("--maps", type=count(1), default=16)
+    p.add_argument("--rate", type=rate, default=1e-4, help="weight bit error rate of every map")
+    p.add_argument("--channels", type=count(1), default=2, help="output channels with faulty thresholds per map")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--repeat", type=count(1), default=2, help="fastest of this many interleaved timings")
+    p.add_argument("--dense-maps", type=count(1), default=2, help="maps checked against the dense path")
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/threshold_faults.json"))
     args = p.parse_args(argv)
     net, x, y = trained_network(args.run, args.test_images)
     layers = [i for i, layer in enumerate(net.layers) if type(layer.post) is ThresholdPostOp]
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = seconds["tensor_step"] / seconds["compiled_step"]
     vs_dense = dense_per_map * args.maps / seconds["compiled_step"]
     record = {
-        "run": str(args.run), "images": len(y), "maps": args.maps, "rate": args.rate,
+        "run": run_name(args.run), "images": len(y), "maps": args.maps, "rate": args.rate,
         "channels": args.channels, "seed": args.seed, "repeat": args.repeat, "threshold_layers": layers,
         "conv_layers": [i for i in layers if net.layers[i].conv is not None],
         "seconds": seconds, "compiled_vs_tensor": ratio, "dense_seconds_per_map": dense_per_map,
@@ -107,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

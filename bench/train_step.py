@@ -11,7 +11,6 @@ Goal (issue 2): MCEL within 5 % of cross-entropy. Writes ``bench/results/train_s
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from flags import count, parser, record_path, run_main  # bench/flags.py (the script's folder is on sys.path)
 
 from mcel_train.losses import MCEL, CrossEntropy
 from mcel_train.models import build_model
@@ -34,13 +34,13 @@ def _step(model, opt, loss_fn, x, y, clock) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", default="sfc_w2a2")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=count(2), default=200)
+    ap.add_argument("--batch", type=count(1), default=128)
+    ap.add_argument("--seed", type=count(0), default=0)
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
-    ap.add_argument("--out", default="bench/results/train_step.json")
+    ap.add_argument("--out", type=record_path, default="bench/results/train_step.json")
     args = ap.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.clock == "cpu":
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

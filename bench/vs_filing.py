@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flags import count, parser, record_path, run_folder, run_main, run_name
+from flags import rates as rate_list
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -109,18 +111,18 @@ def old_evaluator(commit: str, args: argparse.Namespace, rates: list[float], out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="trained run folder")
-    p.add_argument("--rates", default="1e-4,1e-3,2e-2", help="comma-separated bit error rates")
-    p.add_argument("--maps", type=int, default=20, help="maps per rate")
-    p.add_argument("--test-images", type=int, default=0, help="first N test images (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for both evaluators")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per path and rate (the fastest kept)")
+    p = parser(__doc__)
+    p.add_argument("--run", type=run_folder, required=True, help="trained run folder")
+    p.add_argument("--rates", type=rate_list, default="1e-4,1e-3,2e-2", help="comma-separated bit error rates")
+    p.add_argument("--maps", type=count(1), default=20, help="maps per rate")
+    p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--threads", type=count(1), default=1, help="torch threads for both evaluators")
+    p.add_argument("--repeat", type=count(1), default=3, help="timed calls per path and rate (the fastest kept)")
     p.add_argument("--commit", default=FILING_COMMIT, help="the old evaluator's commit")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/vs_filing.json"))
+    p.add_argument("--out", type=record_path, default=Path("runs/bench/vs_filing.json"))
     args = p.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = args.rates
 
     with tempfile.TemporaryDirectory(prefix="vs_filing_preds_") as preds:
         print(f"the evaluator of {args.commit} (a worktree, its own process) ...", flush=True)
@@ -152,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{path} {seconds[path]:.3f} s ({row['vs_filing'][path]:.2f}x)" for path in PATHS)
             + f"  difference vs today's dense {row['difference_vs_dense']:.2f}x", flush=True)
     print("every prediction of every map identical to the evaluator as filed")
-    write_record(args.out, {"run": args.run.name, "images": len(y), "maps": args.maps, "seed": args.seed,
+    write_record(args.out, {"run": run_name(args.run), "images": len(y), "maps": args.maps, "seed": args.seed,
                             "torch_threads": args.threads, "repeat": args.repeat, "commit": args.commit, "rows": rows})
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

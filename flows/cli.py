@@ -19,18 +19,11 @@ from flows.campaign import commands as campaign_commands
 from hw_sim import commands as sim_commands
 from mcel_train import commands_faults, commands_train
 from mcel_train.errors import UserError
+from mcel_train.one_line_parser import OneLineParser
 
 # Modules that contribute sub-commands, in the order of the pipeline.
 COMMAND_MODULES = (commands_train, commands_faults, commands_experiment, build_commands,
                    campaign_commands, sim_commands)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a wrong flag or value is one ``error:`` line (naming the flag and where the
-    help is), exit 2, like every other error the user can fix."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

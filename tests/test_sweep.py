@@ -215,3 +215,29 @@ def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp
         assert all(len(row["seconds_per_call"][p]) == 2 and row["seconds"][p] > 0 for p in module.PATHS)
         # every call ran one of the two paths (the first at a rate may also have probed)
         assert all({"dense", "difference"} & set(taken.split("+")) for taken in row["auto_paths"])
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("mixed_rates", ["--run", "{tmp}/nowhere"], "argument --run: no run folder"),
+    ("sw_faults", ["--rates", "0,2"], "argument --rates: want a bit error rate in [0, 1], got '2'"),
+    ("auto_choice", ["--run", "{run}", "--maps", "0"], "argument --maps: want a whole number >= 1, got 0"),
+    ("vs_filing", ["--run", "{run}", "--test-images", "-5"], "argument --test-images: want a whole number >= 0"),
+    ("sweep_ci", ["--run", "{run}", "--ci-width", "-1"], "argument --ci-width: want a number > 0"),
+    ("threshold_faults", ["--run", "{run}", "--out", "{tmp}"], "argument --out: want a .json file"),
+    ("malloc_tuning", ["--run", "{run}", "--out", "{tmp}/a_file/x.json"], "a_file is a file, not a folder"),
+    ("mixed_rates", ["--run", "{tmp}", "--maps", "2"], "not found: run the training stage"),  # no train/ in it
+])
+def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv, words, smoke_run, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A benchmark's wrong flag stops it at once in one line naming the flag, exit 2 (it used to
+    end in a traceback, after the work for --out, or to write a record measured on nothing)."""
+    (tmp_path / "a_file").write_text("x")
+    module = load_bench_script(script, monkeypatch)
+    args = [a.replace("{run}", str(smoke_run)).replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        code = module.run_main(lambda: module.main(args))
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no record written
