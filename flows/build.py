@@ -31,7 +31,7 @@ from flows.finn_steps import DEFAULT_CLK_NS, DEFAULT_PART, FlowOptions, run_step
 from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
 from flows.stitch import stitch
-from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator
+from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator, whitespace_problem
 from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
@@ -152,6 +152,16 @@ def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, ma
     return result
 
 
+def check_part(part: str) -> None:
+    """``--part``: a device FINN knows (its part maps), checked before FINN starts (an unknown
+    one was taken without a word until the IP preparation)."""
+    from finn.util.basic import part_map
+
+    known = sorted(set(part_map.values()))
+    if part not in known:
+        raise UserInputError(f"--part {part!r} is not a device FINN knows; choose one of {', '.join(known)}")
+
+
 def build_run(
     run_dir: Path,
     folding: str | Path | dict = "auto",
@@ -173,11 +183,16 @@ def build_run(
     """
     run_dir = Path(run_dir).resolve()
     target = run_dir / "build"
+    # the flags first (a bad one is named even when a build exists), then the folders
+    fold_dict = None if isinstance(folding, str | Path) and str(folding) == "auto" else load_folding(folding)
+    check_part(part)
+    problem = whitespace_problem(run_dir)
+    if problem:
+        raise UserInputError(f"{run_dir}: {problem}")
     check_writable(target, force)
     run = load_source(run_dir)
     if not run.imported:
         refuse_software_only(run.spec)
-    fold_dict = None if isinstance(folding, str | Path) and str(folding) == "auto" else load_folding(folding)
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work

@@ -17,7 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("import", help="bring your own QONNX model: check it and make it a run's export stage")
-    i.add_argument("model", help="QONNX (or FINN-ONNX) file, e.g. a Brevitas export_qonnx of your network")
+    i.add_argument("model", help="QONNX file, e.g. a Brevitas export_qonnx of your network")
     i.add_argument("--dataset", default=None, help="dataset it classifies: fashion_mnist | digits "
                    "(default: the model's mcel.dataset metadata)")
     i.add_argument("--input-kind", default=None, help="pixel encoding: uint8 (0..255) | bipolar (+-1) "
@@ -68,7 +68,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     kwargs = {"folding": args.folding, "target_cycles": args.target_cycles, "n_verify": args.verify_images,
               "force": args.force, "runtime_writeable": args.runtime_writeable}
-    if args.part:
+    if args.part is not None:  # "" is a wrong part, not the default
         kwargs["part"] = args.part
     if args.target_cycles is not None and args.target_cycles < 1:
         raise UserInputError(f"--target-cycles must be >= 1, got {args.target_cycles}")

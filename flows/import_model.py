@@ -40,7 +40,12 @@ def _metadata(model) -> dict[str, str]:
 
 
 def check_supported(model) -> None:
-    """One line naming the first node the flow cannot lower, and what is supported."""
+    """One line naming the first node the flow cannot lower, and what is supported; a graph
+    without nodes, a graph with no quantizer on its weights (a float network: the FINN flow
+    finds no layer to put in hardware), and a quantizer whose bit width is not a whole number
+    >= 1 are refused too (each used to import, then fail in mcel build with FINN's traceback)."""
+    if not len(model.graph.node):
+        raise UserInputError("the graph has no nodes: give mcel import a QONNX file as Brevitas or qonnx saves it")
     for node in model.graph.node:
         if node.op_type not in SUPPORTED_OPS:
             raise UserInputError(
@@ -52,6 +57,35 @@ def check_supported(model) -> None:
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise UserInputError(f"the graph must have exactly one input and one output, it has {len(inputs)} "
                              f"and {len(model.graph.output)}")
+    quants = [n for n in model.graph.node if n.op_type in ("Quant", "BipolarQuant")]
+    for node in quants:
+        if node.op_type == "Quant":
+            width = model.get_initializer(node.input[3]) if len(node.input) > 3 else None
+            if width is None:  # computed in the graph: FINN's own checks judge it
+                continue
+            if np.asarray(width).size != 1 or float(width) != int(width) or float(width) < 1:
+                raise UserInputError(f"node {node.name or '?'} (Quant) has bit width {width}: FINN takes whole "
+                                     "numbers >= 1 (export the network from Brevitas with integer bit widths)")
+    weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    if weighted and not any(_quantized(model, n.input[1]) for n in weighted if len(n.input) > 1):
+        raise UserInputError("no layer's weights are quantized (no Quant/BipolarQuant before a MatMul, Gemm or "
+                             "Conv): a float network has nothing FINN puts in hardware; export a Brevitas network "
+                             "with quantized layers")
+
+
+def _quantized(model, tensor: str) -> bool:
+    """Whether ``tensor`` comes from a quantizer, through layout nodes (Brevitas puts a
+    Transpose between a Linear layer's weight Quant and its MatMul)."""
+    for _ in range(8):
+        producer = model.find_producer(tensor)
+        if producer is None:
+            return False
+        if producer.op_type in ("Quant", "BipolarQuant"):
+            return True
+        if producer.op_type not in ("Transpose", "Reshape", "Identity", "Flatten"):
+            return False
+        tensor = producer.input[0]
+    return False
 
 
 def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, input_kind: str | None = None,
@@ -66,6 +100,10 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
         raise UserInputError(f"{model_path} not found")
     if n_check < 1:
         raise UserInputError(f"--check-images must be >= 1, got {n_check}")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a run folder")
+    if (out / "train").exists():  # its trained network would still be the run's source (load_source)
+        raise UserInputError(f"--out {out} holds a trained run; import into a new --out")
     check_writable(out / "export", force)
     model = load_graph(model_path, fix="give mcel import a QONNX file as Brevitas or qonnx saves it")
     meta = _metadata(model)
@@ -90,7 +128,12 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
         raise UserInputError(f"the {dataset} images do not fit the graph's input shape {list(input_shape)} "
                              f"({str(exc).splitlines()[0][:100]}); check --dataset") from None
     t0 = time.perf_counter()
-    logits = qonnx_execute(model_path, x)
+    try:
+        logits = qonnx_execute(model_path, x)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime / qonnx raise many kinds; the first line says why
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserInputError(f"the graph does not run on the {dataset} images as {input_kind} "
+                             f"({first}); check the graph's input type and shape, --dataset and --input-kind") from None
     accuracy = float((logits.argmax(1) == labels).mean())
     record = {"stage": "export", "qonnx": QONNX_FILE, "input_shape": list(input_shape), "input_kind": input_kind,
               "source": source, "check": {"images": len(x), "accuracy": accuracy,

@@ -52,11 +52,20 @@ def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
         image = m["first_differing_image"]
         fmap = FaultMap.load(sim_dir / m["file"])
         mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
-        hw = np.load(sim_dir / "hw_outputs.npz")["outputs"][m["id"], image]
-        sw = np.load(sim_dir / "sw_outputs.npz")["outputs"][m["id"], image]
+        hw, sw = (_outputs(sim_dir / name)[m["id"], image] for name in ("hw_outputs.npz", "sw_outputs.npz"))
         return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": image,
                 "memories_with_faults": mems, "hw": hw.tolist(), "sw": sw.tolist()}
     return None
+
+
+def _outputs(path: Path) -> np.ndarray:
+    """The ``outputs`` array of a simulation's npz (one line if it is missing or damaged)."""
+    try:
+        with np.load(path) as f:
+            return f["outputs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path} is missing or damaged ({str(exc).splitlines()[0][:100]}); simulate the run "
+                            "again (mcel sim ... --force)") from None
 
 
 def plot_compare(rows: list[dict], title: str, path: Path) -> None:

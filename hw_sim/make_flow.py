@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw_sim.shards import MAX_SHARDS
+from hw_sim.verilate import whitespace_problem
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 
@@ -162,11 +163,9 @@ def read_settings(env: Mapping[str, str]) -> Settings:
     run = (given if given.is_absolute() else ROOT / given).resolve()
     if not run.is_dir():
         raise _bad("RUN", text, f"no run folder {run} (RUN is relative to the repository root, or absolute)")
-    if any(c.isspace() for c in str(run)):
-        # Verilator's verilated.mk stops in any folder whose path has a space (its own check,
-        # on the physical path, so a symbolic link does not help); other characters are fine.
-        raise _bad("RUN", text, "Verilator's makefiles cannot build in a folder whose path has white space; "
-                   "use a run folder without spaces in its path")
+    problem = whitespace_problem(run)
+    if problem:
+        raise _bad("RUN", text, problem)
     from mcel_train.manifest import MANIFEST_FILE
 
     if not (run / "build" / MANIFEST_FILE).is_file():

@@ -22,8 +22,8 @@ from hw_sim.harness import HARNESS_TOP, AxiLitePort, HarnessSpec, write_harness
 from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat
 from hw_sim.verilate import WNO as VERILATOR_WNO
-from hw_sim.verilate import link_memories, verilator_bin
-from mcel_train.errors import UserError
+from hw_sim.verilate import link_memories, verilator_bin, whitespace_problem
+from mcel_train.errors import ArtifactError, UserError, UserInputError
 from mcel_train.manifest import Manifest, load_manifest
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
@@ -150,6 +150,9 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
            "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
+    problem = whitespace_problem(sim_dir)  # a simulator built elsewhere and moved here is reused (above)
+    if problem:
+        raise UserInputError(f"{sim_dir}: the simulator must be built here, and {problem}")
     t0 = time.perf_counter()
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
     sim_build = sim_dir / "sim_build"
@@ -165,15 +168,20 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
         remove_objects(sim_build, profiles=True)
 
     def compile_harness(make_vars: tuple[str, ...] = ()) -> None:
+        log = sim_dir / "sim_build.log"
         with verilator_env():
-            _runner(public_all, make_vars).build(
-                sources=[*sources, VerilatorControlFile(vlt)], hdl_toplevel=HARNESS_TOP,
-                build_dir=sim_build, always=True,
-                build_args=["--no-timing", "+define+FINN_SIMULATION", "-Wno-fatal",
-                            *[f"-Wno-{w}" for w in VERILATOR_WNO],
-                            "-LDFLAGS", "-pthread -latomic", "-j", "2"],
-                timescale=("1ns", "1ps"), waves=waves, log_file=sim_dir / "sim_build.log",
-            )
+            try:
+                _runner(public_all, make_vars).build(
+                    sources=[*sources, VerilatorControlFile(vlt)], hdl_toplevel=HARNESS_TOP,
+                    build_dir=sim_build, always=True,
+                    build_args=["--no-timing", "+define+FINN_SIMULATION", "-Wno-fatal",
+                                *[f"-Wno-{w}" for w in VERILATOR_WNO],
+                                "-LDFLAGS", "-pthread -latomic", "-j", "2"],
+                    timescale=("1ns", "1ps"), waves=waves, log_file=log,
+                )
+            except RuntimeError:  # cocotb's runner: "Command failed"; the cause is in the log
+                raise SimulationFailed(f"the simulator did not build ({_first_error(log)}); the build's sources "
+                                       f"may be damaged: rebuild with mcel build --force (log: {log})") from None
 
     if pgo_job is None:
         compile_harness()
@@ -189,9 +197,15 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
 
 
 def design_sources(manifest: Manifest) -> list[Path]:
-    """The accelerator's source files, in compile order (the build's file list, relative to it)."""
+    """The accelerator's source files, in compile order (the build's file list, relative to it);
+    a file of the list that is gone is one error naming it and the fix."""
     filelist = manifest.resolve(manifest.filelist)
-    return [filelist.parent / p for p in filelist.read_text().split()]
+    sources = [filelist.parent / p for p in filelist.read_text().split()]
+    missing = [p for p in sources if not p.is_file()]
+    if missing:
+        raise ArtifactError(f"{missing[0]} (in the build's file list) is missing: the build is incomplete; "
+                            "rebuild it with mcel build --force")
+    return sources
 
 
 def content_digest(paths: list[Path]) -> str:
@@ -256,6 +270,9 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
         except SystemExit:
             # cocotb's runner exits when the test fails; results.xml says why (below).
             pass
+        except RuntimeError:  # the simulator itself died (a crash, out of memory): its log says why
+            raise SimulationFailed(f"the simulator stopped ({_first_error(test_dir / 'sim.log')}); "
+                                   f"log: {test_dir / 'sim.log'}") from None
     check_results(results, Path(job.out), test_dir / "sim.log")
     return results
 
@@ -297,6 +314,6 @@ def _first_error(log: Path) -> str:
     if not log.is_file():
         return "no log"
     for line in log.read_text(errors="replace").splitlines():
-        if "%Error" in line or "Error" in line.split(":")[0] or "Traceback" in line:
+        if "%Error" in line or "Error" in line.split(":")[0] or "Traceback" in line or "***" in line:
             return line.strip()[:300]
     return "no error in the log"

@@ -27,6 +27,7 @@ from hw_sim.runner import build_harness, run_job
 from hw_sim.shards import MAX_SHARDS, auto_shards, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
+from hw_sim.verilate import whitespace_problem
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.evaluate import memory_contents
 from mcel_train.faults.faultmap import FaultMap
@@ -78,6 +79,9 @@ def load_build_manifest(run_dir: Path) -> Manifest:
     return load_manifest(path.parent)
 
 
+MAX_BATCH_IMAGES = 10_000
+
+
 def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_model: str, inject: str,
                    batch_images: int, predictor: str, memories: str, transient_cycle: int | None,
                    jobs: int = 1) -> None:
@@ -93,6 +97,8 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
                              ("--batch-images", batch_images, 1), ("--jobs", jobs, 0)):
         if not isinstance(value, int) or value < low:
             raise UserInputError(f"{flag} must be an integer >= {low}, got {value!r}")
+    if batch_images > MAX_BATCH_IMAGES:  # the harness holds a batch's inputs and outputs in memory
+        raise UserInputError(f"--batch-images: at most {MAX_BATCH_IMAGES} (the test set's size), got {batch_images}")
     if jobs > MAX_SHARDS:
         raise UserInputError(f"--jobs: at most {MAX_SHARDS} simulator processes (0: one per core), got {jobs}")
     if fm.name == "asym" and memories != "weights":
@@ -168,6 +174,8 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     if transient_cycle is not None:
         batch_images = max(batch_images, images)  # one batch: the upset cycle counts from its start
     manifest = load_build_manifest(run_dir)
+    for entry in manifest.memories:  # every init file the RTL loads, read now: a missing one is a
+        manifest.words(entry.name)   # wrong simulation later ($readmem only warns), not an error
     if inject == "axilite" and not manifest.axilite_ports:
         raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
                              "rebuild with runtime-writeable weights (mcel build --runtime-writeable)")
@@ -319,6 +327,8 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
         if target.is_dir():
             shutil.rmtree(target)
         (work / name).replace(target)
+    for stale in ("compare.json", "compare.png"):  # they described the simulation just replaced
+        (sim_dir / stale).unlink(missing_ok=True)
     hung = [e["id"] for e in record["maps"] if e["hang"]]
     if hung:
         raise SimulationHangError(
@@ -354,6 +364,10 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
                    transient_cycle, jobs)
+    problem = whitespace_problem(run_dir)
+    if problem and not (run_dir / "sim" / "sim_build" / "build_stamp.json").is_file():
+        # no simulator to reuse (one built elsewhere and moved here works): it would be built here
+        raise UserInputError(f"{run_dir}: the simulator must be built here, and {problem}")
     if transient_cycle is not None or waves:
         jobs = 1  # one stream to upset; one waveform to read
     shards = jobs or auto_shards(images, len(os.sched_getaffinity(0)))

@@ -301,7 +301,7 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
     in_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
     out_cycles = np.zeros((len(maps), n_images), dtype=np.int64)
     upsets, hangs, wall = np.zeros(len(maps), np.int64), np.zeros(len(maps), bool), np.zeros(len(maps))
-    total = np.zeros(len(maps), np.int64)
+    total, stalled = np.zeros(len(maps), np.int64), np.zeros(len(maps), np.int64)
     for m, map_file in enumerate(maps):
         t0 = time.perf_counter()
         fmap = FaultMap.load(map_file) if map_file else None
@@ -310,8 +310,9 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
         updates = faulty_words(fmap, injector.golden) if fmap is not None else {}
         await reset(dut)
         upset = cocotb.start_soon(upset_at(dut, injector, updates, job.transient_cycle))
-        words, cyc, cycles, _, hang = await stream_batch(dut, driver, monitor, inputs,
-                                                      n_images * out_fmt.words_per_image, job.watchdog_cycles)
+        words, cyc, cycles, stalled[m], hang = await stream_batch(dut, driver, monitor, inputs,
+                                                              n_images * out_fmt.words_per_image,
+                                                              job.watchdog_cycles)
         if upset.done():
             upsets[m] = await upset
         else:  # the stream ended first: no upset in this map's run
@@ -328,7 +329,7 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
             injector.verify(restored)
         wall[m] = time.perf_counter() - t0
     np.savez(job.out, outputs=outputs, cycles=total, hang=hangs, ii=np.zeros(len(maps)), wall=wall,
-             in_cycles=in_cycles, out_cycles=out_cycles, upset_cycles=upsets)
+             in_cycles=in_cycles, out_cycles=out_cycles, upset_cycles=upsets, stalled_cycles=stalled)
 
 
 @cocotb.test()

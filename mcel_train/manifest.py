@@ -142,9 +142,11 @@ class Manifest(BaseModel):
         except FileNotFoundError:
             raise ArtifactError(f"{path} (init file of {name}) is missing; rebuild with `mcel build --force`") from None
         except ValueError as exc:
-            raise ArtifactError(f"{path} (init file of {name}) is corrupted ({exc})") from None
+            raise ArtifactError(f"{path} (init file of {name}) is corrupted ({exc}); rebuild with "
+                                "`mcel build --force`") from None
         if len(words) != entry.depth:
-            raise ArtifactError(f"{path} holds {len(words)} words, the manifest says {entry.depth}")
+            raise ArtifactError(f"{path} holds {len(words)} words, the manifest says {entry.depth}; rebuild with "
+                                "`mcel build --force`")
         return words
 
     def weight_matrix(self, name: str) -> np.ndarray:

@@ -52,6 +52,14 @@ def _manifest(**change) -> Callable[[Path], None]:
     return _write("build/manifest.json", json.dumps({**base, **change}))
 
 
+def _manifest_in(folder: str) -> Callable[[Path], None]:
+    """A run folder ``folder`` holding the fake build of :func:`_manifest`."""
+    def setup(root: Path) -> None:
+        (root / folder).mkdir()
+        _manifest()(root / folder)
+    return setup
+
+
 def _config(text: str) -> Callable[[Path], None]:
     return _write("cfg.yaml", text)
 
@@ -93,6 +101,27 @@ def _hw_record(**change) -> Callable[[Path], None]:
             "maps": [{"id": 0, "rate": 0.0, "map_index": 0, "file": "maps/rate0_map0.npz", "accuracy": 1.0,
                       "predicted_accuracy": 1.0, "identical_to_software": True}]}
     return _write("sim/hw_ber.json", json.dumps({**base, **change}))
+
+
+def _onnx(rel: str, nodes: str) -> Callable[[Path], None]:
+    """A small ONNX file: ``"float"`` one MatMul of an 8x8 image by float weights (no quantizer),
+    ``"empty"`` a graph without nodes."""
+    def setup(root: Path) -> None:
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])
+        if nodes == "float":
+            w = numpy_helper.from_array(np.ones((64, 10), np.float32), "w")
+            graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+        else:
+            graph = helper.make_graph([], "g", [x], [y])
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(helper.make_model(graph), path)
+    return setup
 
 
 SMOKE = str(CONFIGS / "smoke_digits.yaml")
@@ -180,6 +209,15 @@ CASES = [
      "data.dataset 'cifar'"),
     ("margins-bad-seed-in-run", ["margins", "{run}"], _edit_run_config(seed="abc"), "seed 'abc'"),
     ("margins-existing", ["margins", "{run}"], _write("margins/margins.json", "{}"), "pass --force"),
+    # import
+    ("import-float-network", ["import", "{run}/f.onnx", "--dataset", "digits", "--input-kind", "uint8", "--out",
+                              "{run}/imp"], _onnx("f.onnx", "float"), "no layer's weights are quantized"),
+    ("import-empty-graph", ["import", "{run}/e.onnx", "--dataset", "digits", "--input-kind", "uint8", "--out",
+                            "{run}/imp"], _onnx("e.onnx", "empty"), "the graph has no nodes"),
+    ("import-into-a-trained-run", ["import", "{run}/f.onnx", "--dataset", "digits", "--input-kind", "uint8",
+                                   "--out", "{run}", "--force"], _onnx("f.onnx", "float"), "holds a trained run"),
+    ("import-out-is-a-file", ["import", "{run}/f.onnx", "--dataset", "digits", "--input-kind", "uint8", "--out",
+                              "{run}/f.onnx"], _onnx("f.onnx", "float"), "is a file; give a run folder"),
     # build
     ("build-truncated-onnx", ["build", "{run}"], _write("export/model.qonnx.onnx", b"\x08\x07garbage"), "ONNX"),
     ("build-existing", ["build", "{run}"], _write("build/build.json", "{}"), "--force"),
@@ -222,6 +260,17 @@ CASES = [
      "manifest.json"),
     ("sim-old-manifest", ["sim", "{run}"], _manifest(version=1), "version"),
     ("sim-manifest-bad-field", ["sim", "{run}"], _manifest(memories=5), "memories"),
+    ("sim-missing-threshold-init-file", ["sim", "{run}", "--ber", "0"], _manifest(memories=[
+        {"name": "Thr_0", "layer": "Thr", "kind": "thresholds", "path": "p", "depth": 4, "width": 8, "data_bits": 8,
+         "element_bits": 8, "datatype": "INT8", "signed": True, "bipolar": False, "pe": 1,
+         "layout": {"type": "thresholds"}, "init_file": "hdl/mem/thr.dat", "instance": "i",
+         "init_param": "INIT_FILE"}]), "(init file of Thr_0) is missing; rebuild with `mcel build --force`"),
+    ("sim-batch-images-huge", ["sim", "{run}", "--batch-images", "10000000"], None, "--batch-images: at most"),
+    ("sim-fresh-run-path-with-space", ["sim", "{run}/a b"], _manifest_in("a b"), "the simulator must be built here"),
+    ("build-unknown-part", ["build", "{run}", "--part", "unknown"], None, "--part 'unknown' is not a device"),
+    ("build-empty-part", ["build", "{run}", "--part", ""], None, "--part '' is not a device"),
+    ("build-folding-before-existing", ["build", "{run}", "--folding", "{run}/none.json"],
+     _write("build/build.json", "{}"), "--folding: {run}/none.json: no such file"),
     ("sim-existing-result-bad-arg-first", ["sim", "{run}", "--seed", "-1"], _write("sim/hw_ber.json", "{}"), "--seed"),
     # compare, plot, campaign, report
     ("compare-no-sim", ["compare", "{run}"], None, "hw_ber.json"),
@@ -367,7 +416,7 @@ def test_bad_input_is_one_line_and_changes_nothing(trained, tmp_path, capsys, ca
     before = _tree(tmp_path)
     try:
         code = main([a.replace("{run}", str(run)) for a in argv])
-    except SystemExit as exc:  # argparse's errors (one line too: flows/cli.py's OneLineParser)
+    except SystemExit as exc:  # argparse's errors (one line too: mcel_train/one_line_parser.py)
         code = exc.code
     err = capsys.readouterr().err.strip()
     assert code == 2, f"{case}: exit {code}, stderr {err!r}"

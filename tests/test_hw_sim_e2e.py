@@ -87,8 +87,11 @@ def test_mismatch_detector_fires(smoke_build, monkeypatch, capsys):
         return out
 
     monkeypatch.setattr(sim, "fast_predict", wrong_on_one_image)
-    record = json.loads(run_sim(smoke_build, [0.0, 0.02], maps=3, images=20, seed=5, force=True,
-                                jobs=1).read_text())
+    # mcel sim itself says so and exits 1 (it used to print only "wrote ...")
+    assert main(["sim", str(smoke_build), "--ber", "0,0.02", "--maps", "3", "--images", "20", "--seed", "5",
+                 "--force", "--jobs", "1"]) == 1
+    assert "error: 1 of 4 maps differ from the software prediction" in capsys.readouterr().err
+    record = json.loads((smoke_build / "sim" / "hw_ber.json").read_text())
     assert [m["identical_to_software"] for m in record["maps"]] == [True, True, True, False]
     assert record["maps"][3]["first_differing_image"] == 7
     assert main(["compare", str(smoke_build)]) == 1
@@ -141,10 +144,13 @@ def test_threshold_memory_faults_hardware_equals_binary_search_model(build, requ
 @pytest.mark.slow
 def test_transient_upset_while_streaming(smoke_build):
     """Bits flipped mid-stream: images that left before the upset equal the clean prediction,
-    images that entered well after it equal the faulty one (hw_sim.transient)."""
+    images that entered well after it equal the faulty one (hw_sim.transient). The early run
+    also applies back-pressure, whose stalled cycles the record counts (they were recorded as 0
+    for transient runs)."""
     early = json.loads(run_sim(smoke_build, [0.05], maps=3, images=60, seed=3, transient_cycle=5,
-                               force=True).read_text())
+                               backpressure=True, force=True).read_text())
     assert all(m["identical_to_software"] for m in early["maps"])
+    assert all(m["stalled_output_cycles"] > 0 for m in early["maps"])
     assert all(m["transient"]["images_after"] > 10 for m in early["maps"])
     with np.load(smoke_build / "sim" / "hw_outputs.npz") as f:
         early_out, late_cycle = f["outputs"], int(f["out_cycles"][0][20])  # 20 images are out by then

@@ -9,6 +9,7 @@ that mounts the campaign folder elsewhere, must give the same outputs without a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -33,6 +34,9 @@ def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
     for name in ("manifest.json", "build.json"):  # no trace of the old location
         assert str(original) not in (moved / "build" / name).read_text()
     assert str(original) not in (moved / "sim" / "hw_ber.json").read_text()
+    # the build's verification left a link to its memories, made in its temporary folder: relative
+    link = moved / "build" / "verify" / "mem"
+    assert not os.readlink(link).startswith("/") and link.resolve() == (moved / "build" / "hdl" / "mem").resolve()
 
     binaries = {p: p.stat().st_mtime_ns for p in (moved / "sim" / "sim_build").iterdir() if p.is_file()}
     again = json.loads(run_sim(moved, [0.0, 0.02], maps=2, images=30, seed=3, jobs=1, force=True).read_text())
