@@ -1,7 +1,10 @@
 # The README's two commands: `make demo` (main job) and `make test` (the test suite).
 # Both install what they need first (scripts/setup.sh is idempotent and fast when done).
-PY := .venv/bin/python
-export PATH := $(CURDIR)/.venv/bin:$(PATH)
+# VENV= is scripts/setup.sh's too: the targets then run with the environment it installed
+VENV ?= .venv
+export VENV
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup demo test lint bench clean-demo
 
@@ -16,14 +19,14 @@ demo: setup
 # fixtures (the CNN builds of tests/test_cnn_hw.py) are built once and the one Ray test never
 # meets a second local Ray instance.
 test: setup
-	.venv/bin/lint-imports
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
+	"$(VENV)/bin/lint-imports"
+	"$(PY)" -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: setup
-	.venv/bin/ruff check .
+	"$(VENV)/bin/ruff" check .
 
 bench: setup
-	$(PY) bench/train_step.py
+	"$(PY)" bench/train_step.py
 
 # The demo's run folder (make demo trains it again afterwards)
 clean-demo:
