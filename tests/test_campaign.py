@@ -607,3 +607,19 @@ def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
     finally:
         store.close()
     assert json.loads((fresh / "tasks" / f"sweep-{redo['key']}" / CHECKPOINT).read_text())["results"] == [7]
+
+
+def test_a_folding_file_is_read_at_load_and_the_saved_campaign_keeps_its_contents(tmp_path):
+    """hardware.folding given as a file is checked when the campaign loads (not at the first build
+    after the trainings), its contents go into the build keys, and the campaign file saved in the
+    folder holds them: a report or a resume elsewhere re-reads the campaign without the file."""
+    fold = tmp_path / "fold.json"
+    fold.write_text(json.dumps({"MVAU_rtl_0": {"PE": 2, "SIMD": 4}}))
+    raw = {**TINY, "hardware": {"ber": [0], "maps": 1, "images": 1, "folding": str(fold)}}
+    spec = parse_campaign(raw)
+    assert spec.hardware["folding"] == spec.raw["hardware"]["folding"] == {"MVAU_rtl_0": {"PE": 2, "SIMD": 4}}
+    assert raw["hardware"]["folding"] == str(fold)  # the caller's mapping is left alone
+    fold.unlink()
+    assert parse_campaign(spec.raw).hardware == spec.hardware
+    with pytest.raises(CampaignError, match="hardware.folding: .*fold.json: no such file"):
+        parse_campaign(raw)

@@ -234,9 +234,10 @@ class HardwareSelection(_Section):
     """Which trained networks get a build and an RTL simulation (all if a key is left out):
     model and loss labels, training seeds. Builds are long; a check needs only a few."""
 
-    models: list[str] | None = None
-    losses: list[str] | None = None
-    seeds: list[StrictInt] | None = None
+    # an empty list would select nothing, silently: leave the key out to select all
+    models: list[str] | None = Field(None, min_length=1)
+    losses: list[str] | None = Field(None, min_length=1)
+    seeds: list[StrictInt] | None = Field(None, min_length=1)
 
 
 class HardwareSection(_Section):
@@ -440,6 +441,10 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     if len(set(labels)) != len(labels):
         _fail("grid.imported", "two imported runs share a label; give each a 'label'")
     hardware = None if spec.hardware is None else spec.hardware.model_dump()
+    if hardware is not None and isinstance(raw["hardware"].get("folding"), str) and hardware["folding"] != "auto":
+        # the saved campaign file keeps the folding file's contents: a report, a resume in
+        # another folder or clone re-reads the campaign without the file
+        raw = {**raw, "hardware": {**raw["hardware"], "folding": hardware["folding"]}}
     only = (hardware or {}).get("only") or {}
     known = {"models": {p.model_label for p in points}, "losses": {p.loss_label for p in points},
              "seeds": {p.seed for p in points}}
