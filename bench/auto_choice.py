@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flags import count, parser, rates, record_path, run_folder, run_main, run_name
+from flags import count, parser, rates, record_path, run_folder, run_main
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
+from mcel_train.stage import run_name
 
 RATES = "1e-4,3e-4,5e-4,7e-4,1e-3,2e-3,5e-3,2e-2"
 PATHS = ("dense", "difference", "auto")

@@ -5,7 +5,7 @@ once in one line naming the flag (mcel_train/one_line_parser.py, as the mcel CLI
 after the work (``--out`` into a folder) or write a record measured on nothing (``--maps 0``).
 :func:`run_main` turns the errors a run raises on bad input (a run folder without a training
 stage, a build missing) into the same one line. Records name runs by their folder name
-(:func:`run_name`), never by a path of the machine they ran on.
+(mcel_train.stage.run_name), never by a path of the machine they ran on.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mcel_train.errors import UserError
 from mcel_train.one_line_parser import OneLineParser
+from mcel_train.stage import blocking_file
 
 
 def parser(doc: str | None, prog: str | None = None) -> OneLineParser:
@@ -82,17 +83,10 @@ def record_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"want a .json file, got {text!r}")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; want a .json file")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise argparse.ArgumentTypeError(f"{ancestor} is a file, not a folder")
+    blocker = blocking_file(path.parent)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, not a folder")
     return path
-
-
-def run_name(path: str | Path) -> str:
-    """A run's name in a record: its folder's name (no machine's path in a committed record)."""
-    return Path(path).resolve().name
 
 
 def run_main(main: Callable[[], int | None]) -> int:

@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flags import count, parser, rate, record_path, run_folder, run_main, run_name  # bench/flags.py
+from flags import count, parser, rate, record_path, run_folder, run_main  # bench/flags.py
+
+from mcel_train.stage import run_name
 
 CHILD = """
 import json, resource, sys, time

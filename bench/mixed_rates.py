@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flags import count, parser, record_path, run_folder, run_main, run_name
+from flags import count, parser, record_path, run_folder, run_main
 from flags import rates as rate_list
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
+from mcel_train.stage import run_name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flags import count, parser, record_path, run_folder, run_main, run_name
+from flags import count, parser, record_path, run_folder, run_main
 from flags import rates as rate_list
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
@@ -43,6 +43,7 @@ from mcel_train.intnet import from_brevitas
 from mcel_train.models import parse_model_name
 from mcel_train.quicktrain import model_inputs, quick_train
 from mcel_train.runio import load_run
+from mcel_train.stage import run_name
 from mcel_train.train import EVAL_BATCH
 
 

@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from flags import count, parser, positive, record_path, run_folder, run_main, run_name
+from flags import count, parser, positive, record_path, run_folder, run_main
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
+
+from mcel_train.stage import run_name
 
 RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
 

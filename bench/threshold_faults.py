@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flags import count, parser, rate, record_path, run_folder, run_main, run_name
+from flags import count, parser, rate, record_path, run_folder, run_main
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -32,6 +32,7 @@ from mcel_train.difference import DifferenceEvaluator
 from mcel_train.evaluate import MapEvaluator
 from mcel_train.faults.generate import generate_map
 from mcel_train.intnet import ThresholdPostOp
+from mcel_train.stage import run_name
 
 
 def main(argv: list[str] | None = None) -> int:

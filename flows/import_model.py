@@ -26,7 +26,7 @@ from mcel_train.data import DATASET_NAMES, INPUT_KINDS
 from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import load_graph
 from mcel_train.runio import EXPORT_RECORD, ImportedRun
-from mcel_train.stage import atomic_stage, check_writable
+from mcel_train.stage import atomic_stage, blocking_file, check_writable
 
 # Node types of a Brevitas QONNX export that the FINN flow here (flows/finn_steps.py) lowers.
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "BatchNormalization", "Relu", "Conv", "MaxPool", "Transpose",
@@ -100,8 +100,9 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
         raise UserInputError(f"{model_path} not found")
     if n_check < 1:
         raise UserInputError(f"--check-images must be >= 1, got {n_check}")
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out} is a file; give a run folder")
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise UserInputError(f"--out {out}: {blocker} is a file; give a run folder")
     if (out / "train").exists():  # its trained network would still be the run's source (load_source)
         raise UserInputError(f"--out {out} holds a trained run; import into a new --out")
     check_writable(out / "export", force)

@@ -38,6 +38,7 @@ from flows.campaign.spec import CampaignSpec
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.fault_effect import network_evidence
 from mcel_train.one_line_parser import OneLineParser
+from mcel_train.stage import blocking_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -322,10 +323,8 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
             raise UserInputError(f"{flag} must be at least 1, got {value}")
     if not 0 < rate < 1:
         raise UserInputError(f"--rate must be a bit error rate between 0 and 1, got {rate:g}")
-    blocker = docs
-    while not blocker.exists() and blocker != blocker.parent:
-        blocker = blocker.parent
-    if not blocker.is_dir():
+    blocker = blocking_file(docs)
+    if blocker is not None:
         raise UserInputError(f"--docs {docs}: {blocker} is a file, not a folder; give a folder")
     spec, tasks, done = load_results(campaign_dir)
     rows = campaign_table(campaign_dir)

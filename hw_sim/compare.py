@@ -15,6 +15,7 @@ import numpy as np
 
 from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
+from mcel_train.stage import run_name
 from mcel_train.sweep import t_interval
 
 
@@ -99,8 +100,8 @@ def _read_record(path: Path, run_dir: Path) -> dict:
     try:
         record = json.loads(path.read_text())
         bers, maps = record["bers"], record["maps"]
-        int(record["images"]), str(record["fault_model"])
-        ok = isinstance(bers, list) and isinstance(maps, list) and all(
+        ok = isinstance(record["images"], int) and isinstance(record["fault_model"], str) and \
+            isinstance(bers, list) and isinstance(maps, list) and all(
             isinstance(m, dict) and {"rate", "accuracy", "predicted_accuracy", "identical_to_software", "id",
                                      "map_index", "file"} <= set(m) for m in maps)
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
@@ -122,7 +123,7 @@ def compare_run(run_dir: Path) -> dict:
     record = _read_record(record_path, run_dir)
     rows = curves(record)
     mismatch = first_mismatch(sim_dir, record)
-    result = {"run": Path(run_dir).resolve().name, "images": record["images"], "fault_model": record["fault_model"],
+    result = {"run": run_name(run_dir), "images": record["images"], "fault_model": record["fault_model"],
               "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
               "curves": rows}
     # both written first, then both moved: a failed plot leaves the last pair, not a new JSON
@@ -130,7 +131,7 @@ def compare_run(run_dir: Path) -> dict:
     tmp_json, tmp_png = sim_dir / ".compare.json.partial", sim_dir / ".compare.partial.png"
     try:
         tmp_json.write_text(json.dumps(result, indent=2, allow_nan=False))
-        plot_compare(rows, f"{Path(run_dir).resolve().name}: {record['images']} images, {record['fault_model']}",
+        plot_compare(rows, f"{run_name(run_dir)}: {record['images']} images, {record['fault_model']}",
                      tmp_png)
         tmp_json.replace(sim_dir / "compare.json")
         tmp_png.replace(sim_dir / "compare.png")

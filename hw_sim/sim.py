@@ -35,7 +35,7 @@ from mcel_train.faults.generate import FaultModel, generate_map, rate_problem, s
 from mcel_train.intnet_finn import build_memories, from_finn_build
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
 from mcel_train.runio import load_source
-from mcel_train.stage import check_writable
+from mcel_train.stage import check_writable, run_name
 
 
 class NoBuildError(UserError, FileNotFoundError):
@@ -262,7 +262,7 @@ def _prepare_in(work: Path, run_dir: Path, manifest: Manifest, x: np.ndarray, la
         out=str((work / "hw_raw.npz").resolve()),
     )
     record = {
-        "run": run_dir.resolve().name, "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
+        "run": run_name(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
         "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
         "memories": memories, "transient_cycle": transient_cycle,
         "expected_ii_cycles": expected_ii, "seconds": {

@@ -151,14 +151,6 @@ class ConfigModel(_Section):
     """The training config file; ``model`` is resolved separately (a zoo name or a mapping)."""
 
     name: str = "run"
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, name: str) -> str:
-        """The run's name is a folder name (runs/<name> without --out): one path component."""
-        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-            raise ValueError("must be a plain folder name (no /, not . or ..); choose the folder with --out")
-        return name
     seed: int = Field(0, ge=0)
     model: Any = None
     data: DataConfig = DataConfig()
@@ -168,6 +160,14 @@ class ConfigModel(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     fault_training: FaultTrainingConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The run's name is a folder name (runs/<name> without --out): one path component."""
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError("must be a plain folder name (no /, not . or ..); choose the folder with --out")
+        return name
 
 
 def config_error(err: ValidationError, source: str = "") -> ConfigError:

@@ -22,9 +22,8 @@ import torch
 
 from mcel_train.errors import UserInputError
 from mcel_train.intnet import IntNetwork, from_brevitas
-from mcel_train.plotting import run_name
 from mcel_train.runio import load_run
-from mcel_train.stage import atomic_stage
+from mcel_train.stage import atomic_stage, run_name
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

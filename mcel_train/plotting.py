@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 from mcel_train.errors import ArtifactError, UserInputError
+from mcel_train.stage import run_name
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -95,8 +96,3 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
                              "comma-separated")
     recs = [load_sweep(d) for d in run_dirs]
     return plot_sweeps(list(zip(labels, recs, strict=True)), out_png)
-
-
-def run_name(run_dir: str | Path) -> str:
-    """A run's name for labels and records: its folder's name, also for ``.`` or ``runs/x/``."""
-    return Path(run_dir).resolve().name or str(run_dir)

@@ -37,6 +37,21 @@ def clear_stale(target: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def blocking_file(folder: str | Path) -> Path | None:
+    """The file standing where ``folder`` or one of its parents must be made (``None``: the
+    folder can be made): checked before a stage's work, not when its output is written."""
+    ancestor = Path(folder)
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return None if ancestor.is_dir() else ancestor
+
+
+def run_name(run_dir: str | Path) -> str:
+    """A run's name in records and labels: its folder's name, also for ``.`` or ``runs/x/``
+    (never a path of the machine it ran on)."""
+    return Path(run_dir).resolve().name or str(run_dir)
+
+
 def check_writable(target: Path, force: bool) -> None:
     """Refuse an existing stage without ``--force`` (call it after validating the arguments)."""
     if Path(target).exists() and not force:

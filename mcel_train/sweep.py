@@ -26,10 +26,10 @@ from mcel_train.intnet import IntNetwork, from_brevitas, layer_memories
 from mcel_train.intnet_finn import build_memories, from_finn_build, memories_in_layer_order
 from mcel_train.manifest import MANIFEST_FILE, load_manifest
 from mcel_train.memory import Memory
-from mcel_train.plotting import plot_sweeps, run_name
+from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_source
-from mcel_train.stage import atomic_stage
+from mcel_train.stage import atomic_stage, run_name
 
 FORMAT = "mcel-sw-sweep"
 PREDICTION_RULE = "argmax of the integer logits, ties to the lowest class index"

@@ -32,6 +32,7 @@ from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.models import build_model
 from mcel_train.progress import progress_bar
 from mcel_train.runio import load_run
+from mcel_train.stage import blocking_file
 
 EVAL_BATCH = 1000
 
@@ -211,11 +212,9 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     stage = run_dir / "train"
     if stage.exists():
         raise RunExistsError(f"{stage} exists already; choose another --out or delete it first")
-    ancestor = run_dir
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():  # checked now, not after the training
-        raise RunExistsError(f"--out {run_dir}: {ancestor} is a file, not a folder; choose another --out")
+    blocker = blocking_file(run_dir)
+    if blocker is not None:  # checked now, not after the training
+        raise RunExistsError(f"--out {run_dir}: {blocker} is a file, not a folder; choose another --out")
     data = load_dataset(cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["data"]["val_fraction"], cfg["seed"])
     t0 = time.perf_counter()
     model, metrics = train_model(cfg, data, show_progress, progress_file)

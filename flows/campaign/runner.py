@@ -31,6 +31,7 @@ from flows.campaign.store import ResultStore
 from flows.campaign.tasks import Task, expand, output_missing, software_tasks
 from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
+from mcel_train.stage import blocking_file
 
 POLL_SECONDS = 0.5
 # Among the ready tasks, later stages go first: a campaign cut short (a session ends) then has
@@ -226,11 +227,9 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
 def _check_folder(campaign_dir: Path, name: str) -> None:
     """Refuse a folder that cannot be the campaign's: under a file, or holding another
     campaign (its campaign file and task list would be replaced by this one's)."""
-    ancestor = campaign_dir
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserInputError(f"--out {campaign_dir}: {ancestor} is a file, not a folder; give a folder")
+    blocker = blocking_file(campaign_dir)
+    if blocker is not None:
+        raise UserInputError(f"--out {campaign_dir}: {blocker} is a file, not a folder; give a folder")
     saved = campaign_dir / "campaign.yaml"
     if saved.is_file():
         try:

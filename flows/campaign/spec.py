@@ -376,10 +376,7 @@ def _base_config(train: dict, model: Any) -> dict:
         path = CONFIG_DIR / f"{name}_fmnist.yaml"
         if not path.is_file():
             _fail("train.config", f"no config given and no default {path} for model {name!r}")
-    try:
-        return read_mapping(path, CampaignError, "campaign train.config: config file", "flows/configs/")
-    except CampaignError as exc:
-        raise CampaignError(str(exc)) from None
+    return read_mapping(path, CampaignError, "campaign train.config: config file", "flows/configs/")
 
 
 def _train_point(train: dict, model_entry: _Entry, loss_entry: _Entry, seed: int) -> TrainPoint:
