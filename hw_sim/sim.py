@@ -28,13 +28,14 @@ from hw_sim.shards import MAX_SHARDS, auto_shards, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
 from hw_sim.verilate import whitespace_problem
+from hw_sim.work_folder import PARTIAL, claim, release
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.evaluate import memory_contents
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.faults.generate import FaultModel, generate_map, rate_problem, stored_bits
 from mcel_train.intnet_finn import build_memories, from_finn_build
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
-from mcel_train.runio import load_source
+from mcel_train.runio import first_images, load_source
 from mcel_train.stage import check_writable, run_name
 
 
@@ -50,7 +51,6 @@ class SimulationHangError(UserError, RuntimeError):
     """The accelerator stopped producing output on some map (the watchdog fired)."""
 
 
-PARTIAL = ".partial"  # sim/.partial: this run's work, moved into place by finish_sim
 # The fast predictor's cross-check against FINN's execution: at least CROSSCHECK_MIN_IMAGES and up
 # to CROSSCHECK_IMAGES images, within CROSSCHECK_FRACTION of the simulation's expected time (FINN's
 # node-by-node Python execution takes about 1.6 s per image on the paper's VGG3): a layout error
@@ -159,10 +159,12 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
                 backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights",
-                transient_cycle: int | None = None, rate_flag: str = "--ber") -> SimJob:
+                transient_cycle: int | None = None, rate_flag: str = "--ber", owner: int | None = None) -> SimJob:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
     On any failure the work folder is removed again (and ``sim/`` if this call made it).
     ``rate_flag``: how the caller's user gave the rates (``--ber``, or ``BER=`` in the make flow).
+    ``owner``: the process the work folder is claimed for (:mod:`hw_sim.work_folder`; default
+    this one).
 
     ``memories``: where the faults go, ``weights`` (default), ``thresholds`` or ``all``.
     ``transient_cycle``: flip each map's bits that many cycles after streaming starts instead of
@@ -187,20 +189,20 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         if over:
             raise UserInputError(f"{rate_flag}: kflips flips at most the {total} bits of the {memories} memories, "
                                  f"got {over[0]:g}")
-    x, labels = load_source(run_dir).test_inputs(images)
+    x, labels = first_images(*load_source(run_dir).test_inputs(0), images,
+                             "--images" if rate_flag == "--ber" else "IMAGES=")
     images = len(labels)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words = pack(x.reshape(len(x), -1), in_fmt)
-    work = sim_dir / PARTIAL
+    owner = os.getpid() if owner is None else owner
     made_sim_dir = not sim_dir.exists()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = claim(sim_dir, owner)
     try:
         return _prepare_in(work, run_dir, manifest, x, labels, words, bers, maps, images, seed, fault_model,
                            inject, batch_images, predictor, watchdog_cycles, backpressure, crosscheck_maps,
                            memories, transient_cycle)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        release(sim_dir, owner)
         if made_sim_dir:
             shutil.rmtree(sim_dir, ignore_errors=True)
         raise
@@ -376,7 +378,7 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         return _simulate(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
                          waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0)
     finally:  # nothing half-written stays behind (the results were moved in place on success)
-        shutil.rmtree(run_dir / "sim" / PARTIAL, ignore_errors=True)
+        release(run_dir / "sim", os.getpid())
 
 
 def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,

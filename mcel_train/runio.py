@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,17 @@ class RunError(ArtifactError, FileNotFoundError):
 EXPORT_RECORD = "export.json"
 
 
+def first_images(x, labels, n: int, flag: str) -> tuple:
+    """The first ``n`` test images and labels (``n = 0``: all). Asking for more than the test
+    set holds takes all of them and says so on stderr, naming ``flag``: the run goes on (a
+    default larger than a small dataset's test set is not an error), but a record with fewer
+    images than asked is never a surprise."""
+    if n > len(labels):
+        given = f"{flag}{n}" if flag.endswith("=") else f"{flag} {n}"  # IMAGES=20000 in the make flow
+        print(f"note: the test set has {len(labels)} images; {given} uses all of them", file=sys.stderr)
+    return (x[:n], labels[:n]) if n else (x, labels)
+
+
 @dataclass
 class TrainedRun:
     run_dir: Path
@@ -50,8 +62,9 @@ class TrainedRun:
         return model_inputs(ds.test.images, self.spec), ds.test.labels
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``n`` test images, encoded as the model (and the accelerator) takes them."""
+        """The first ``n`` test images (0: all), encoded as the model (and the accelerator) takes them."""
         x, labels = self.test_set()
+        n = n or len(labels)
         return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
 
     @property
@@ -88,6 +101,7 @@ class ImportedRun:
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         x, labels = self.test_set()
+        n = n or len(labels)
         return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
 
 

@@ -19,7 +19,8 @@ from mcel_train.errors import StageExistsError
 PARTIAL = ".partial-"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a folder it owns is not stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -33,7 +34,7 @@ def clear_stale(target: Path) -> None:
     """Remove temporary folders of ``target`` left by processes that no longer run (a kill)."""
     for path in Path(target).parent.glob(f".{Path(target).name}{PARTIAL}*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from mcel_train.manifest import MANIFEST_FILE, load_manifest
 from mcel_train.memory import Memory
 from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
-from mcel_train.runio import load_source
+from mcel_train.runio import first_images, load_source
 from mcel_train.stage import atomic_stage, run_name
 
 FORMAT = "mcel-sw-sweep"
@@ -46,6 +46,15 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
         return None
     half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean() - half), float(v.mean() + half)
+
+
+def accuracy_interval(accuracies: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The t-interval of a mean accuracy as records report it: within [0, 1]. With few maps the
+    t-interval can reach past 1 (maps at 1.0, 1.0, 0.9: up to 1.08), which no accuracy can be;
+    cut to the possible values it keeps its coverage. The ``--ci-width`` stopping rule
+    (:func:`maps_needed`) reads the uncut width, as it always has."""
+    ci = t_interval(accuracies, level)
+    return None if ci is None else (max(ci[0], 0.0), min(ci[1], 1.0))
 
 
 def _manifest_memories(path: Path, net: IntNetwork) -> list[Memory]:
@@ -130,8 +139,7 @@ def run_sweep(
     x, labels = run.test_set()
     if test_images < 0:
         raise UserInputError(f"test_images must be >= 0, got {test_images}")
-    if test_images:
-        x, labels = x[:test_images], labels[:test_images]
+    x, labels = first_images(x, labels, test_images, "--test-images")
     if run.imported:  # no Brevitas module: the build's integer network, in the build's layout
         build = run_dir / "build"
         if not (build / "manifest.json").is_file():
@@ -181,7 +189,7 @@ def run_sweep(
                     break
         bar.update(maps - evaluated)  # the maps the interval made unnecessary
         accs, n_faults = accs[:used], n_faults[:used]
-        ci = t_interval(accs)
+        ci = accuracy_interval(accs)
         results.append({
             "rate": float(rate),
             "mean": mean_accuracy(accs, len(labels)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -260,6 +261,11 @@ CASES = [
     ("sim-truncated-manifest", ["sim", "{run}"], lambda r: (_manifest()(r), _truncate("build/manifest.json")(r)),
      "manifest.json"),
     ("sim-old-manifest", ["sim", "{run}"], _manifest(version=1), "version"),
+    # another live process (this test's parent) holds the run's simulation work folder: refused,
+    # and its folder is left as it was
+    ("sim-busy", ["sim", "{run}", "--images", "5", "--maps", "1"],
+     lambda r: (_manifest()(r), _write("sim/.partial/owner", str(os.getppid()))(r),
+                _write("sim/.partial/inputs.npy", "theirs")(r)), "is being simulated by process"),
     ("sim-manifest-bad-field", ["sim", "{run}"], _manifest(memories=5), "memories"),
     ("sim-missing-threshold-init-file", ["sim", "{run}", "--ber", "0"], _manifest(memories=[
         {"name": "Thr_0", "layer": "Thr", "kind": "thresholds", "path": "p", "depth": 4, "width": 8, "data_bits": 8,

@@ -12,7 +12,7 @@ from mcel_train.commands_faults import add_parsers
 from mcel_train.errors import UserInputError
 from mcel_train.margins import margin_report
 from mcel_train.plotting import plot_runs
-from mcel_train.sweep import SweepExistsError, maps_needed, run_sweep, t_interval
+from mcel_train.sweep import SweepExistsError, accuracy_interval, maps_needed, run_sweep, t_interval
 from tests.bench_scripts import load_bench_script
 from tests.plot_checks import curves, png_shape
 
@@ -59,7 +59,8 @@ def test_ci_width_stops_at_a_prefix_of_the_fixed_maps(smoke_run):
         assert k == (maps_needed(np.asarray(f["accuracies"]), width) or 12)
         assert a["accuracies"] == f["accuracies"][:k]
         lo, hi = t_interval(np.asarray(a["accuracies"]))
-        assert a["ci95"] == [lo, hi] and a["mean"] == pytest.approx(np.mean(a["accuracies"]))
+        assert a["ci95"] == list(accuracy_interval(a["accuracies"]))
+        assert a["mean"] == pytest.approx(np.mean(a["accuracies"]))
         assert k == 12 or (hi - lo) * 100 < width
     assert adaptive["results"][0]["maps"] == 3  # no faults: the interval is empty after the least 3
 
@@ -126,6 +127,17 @@ def test_t_interval():
     assert t_interval([0.5]) is None
     lo, hi = t_interval([0.1, 0.2, 0.3])
     assert lo < 0.2 < hi and abs((hi - 0.2) - 4.302653 * 0.1 / 3**0.5) < 1e-5
+    # an accuracy's interval stays within [0, 1]; the width rule reads the uncut one
+    assert t_interval([1.0, 1.0, 0.9])[1] > 1.05
+    assert accuracy_interval([1.0, 1.0, 0.9]) == (t_interval([1.0, 1.0, 0.9])[0], 1.0)
+    assert accuracy_interval([0.0, 0.0, 0.1])[0] == 0.0
+    assert accuracy_interval([0.5]) is None
+
+
+def test_more_images_than_the_test_set_holds_says_so(smoke_run, capsys):
+    rec = run_sweep(smoke_run, [0.0], maps=1, progress=False, force=True, test_images=100_000)
+    assert "note: the test set has" in capsys.readouterr().err
+    assert rec["n_test"] < 100_000
 
 
 def test_bad_rates_fail_before_work(smoke_run):

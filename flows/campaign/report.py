@@ -97,7 +97,7 @@ def across_seeds(rows: list[dict]) -> list[dict]:
 
     Every comparison of losses (best loss per rate, recommendations, the curves, the paper
     reproduction) reads this, so none compares one seed's result with another loss's mean."""
-    from mcel_train.sweep import t_interval
+    from mcel_train.sweep import accuracy_interval
 
     sw = [r for r in rows if r["source"] == "software"]
     out = []
@@ -107,12 +107,12 @@ def across_seeds(rows: list[dict]) -> list[dict]:
         halves = [(r["ci95"][1] - r["ci95"][0]) / 2 for r in cells if r["ci95"]]
         clean = [r["clean_accuracy"] for r in cells if r["clean_accuracy"] is not None]
         margins = [r["mean_logit_margin"] for r in cells if r.get("mean_logit_margin") is not None]
-        mean, seeds_ci = float(np.mean(acc)), t_interval(acc)
+        mean, seeds_ci = float(np.mean(acc)), accuracy_interval(acc)
         half = float(np.mean(halves)) if halves else None
         out.append({"model": model, "loss": loss, "margin": cells[0].get("margin", 0.0), "fault_model": fm,
                     "rate": rate, "seeds": sorted(r["seed"] for r in cells), "mean": mean,
                     "ci95_seeds": seeds_ci, "map_ci95_half_width": half,
-                    "ci95": seeds_ci or (None if half is None else (mean - half, mean + half)),
+                    "ci95": seeds_ci or (None if half is None else (max(mean - half, 0.0), min(mean + half, 1.0))),
                     "maps": [r.get("maps") for r in cells],
                     "clean_accuracy": float(np.mean(clean)) if clean else None,
                     "mean_logit_margin": float(np.mean(margins)) if margins else None})

@@ -1,0 +1,60 @@
+"""The simulation's work folder is claimed by one process at a time (hw_sim/work_folder.py): a live
+owner's folder is never replaced or removed by another process, a dead owner's is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hw_sim.work_folder import PARTIAL, SimulationBusyError, check_owned, claim, owner, release
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_live_owner_keeps_its_folder(tmp_path):
+    sim = tmp_path / "sim"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim(sim, other.pid)
+        (sim / PARTIAL / "inputs.npy").write_text("theirs")
+        with pytest.raises(SimulationBusyError, match=f"process {other.pid}"):
+            claim(sim, 1234567)
+        with pytest.raises(SimulationBusyError):
+            check_owned(sim, 1234567)
+        release(sim, 1234567)  # not the owner: nothing removed
+        assert (sim / PARTIAL / "inputs.npy").read_text() == "theirs"
+        assert owner(sim) == other.pid
+        check_owned(sim, other.pid)
+        release(sim, other.pid)
+        assert not (sim / PARTIAL).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_dead_owners_folder_is_stale_and_replaced(tmp_path):
+    sim = tmp_path / "sim"
+    claim(sim, _dead_pid())
+    (sim / PARTIAL / "inputs.npy").write_text("stale")
+    work = claim(sim, 4242)
+    assert owner(sim) == 4242
+    assert sorted(p.name for p in work.iterdir()) == ["owner"]
+
+
+def test_the_make_flows_stages_claim_for_the_make_process(tmp_path):
+    """Three stages, three processes, one make: each recipe's process finds the make above the
+    shell that runs it (the shell's parent)."""
+    recipe = (f'@echo $$PPID; "{sys.executable}" -c '
+              '"from hw_sim.work_folder import make_process; print(make_process())"')
+    (tmp_path / "Makefile").write_text(f"all:\n\t{recipe}\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True, check=True, env=env)
+    shell_parent, found = out.stdout.split()
+    assert found == shell_parent
