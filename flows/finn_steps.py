@@ -35,14 +35,17 @@ import numpy as np
 from flows.folding import apply_folding, auto_folding, default_folding
 from flows.hdl_nodes import UnsupportedLayerError
 from flows.step_check import compare_step
+from mcel_train.errors import UserError
 
 INPUT_DATATYPES = {"uint8": "UINT8", "bipolar": "BIPOLAR"}
 DEFAULT_PART = "xczu3eg-sbva484-1-e"  # UltraScale+ (DSP48E2): non-narrow weights are allowed
 DEFAULT_CLK_NS = 5.0
 
 
-class FlowError(RuntimeError):
-    """The graph cannot be mapped by this flow (with the reason)."""
+class FlowError(UserError, RuntimeError):
+    """The graph cannot be mapped by this flow (with the reason): a property of the user's
+    network (a layer left outside the accelerator, a colour input stream), so ``mcel build``
+    says it in one line, exit 2, as it does an unsupported layer."""
 
 
 @dataclass

@@ -53,12 +53,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from hw_sim.sim import run_sim
+    from hw_sim.runner import PgoError
+    from hw_sim.sim import SimulationError, run_sim
 
-    path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
-                   args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
-                   memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs,
-                   pgo=args.pgo, backpressure=args.backpressure)
+    try:
+        path = run_sim(Path(args.run), args.ber, args.maps, args.images, args.seed, args.fault_model,
+                       args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
+                       memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs,
+                       pgo=args.pgo, backpressure=args.backpressure)
+    except (SimulationError, PgoError) as exc:
+        # not the user's input: no results (the message carries the simulator log's tail, which
+        # is the diagnosis) or a fast prediction that FINN's execution contradicts. Exit 1, as
+        # the make flow does; --debug shows the traceback.
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     maps = json.loads(path.read_text())["maps"]
     differ = [m for m in maps if not m["identical_to_software"]]

@@ -110,9 +110,9 @@ def layer_attribution(net: IntNetwork, x: torch.Tensor, labels: np.ndarray, rate
     return out
 
 
-def network_evidence(train_dir: str | Path, images: int, rate: float = 0.01, maps: int = 8) -> dict:
+def network_evidence(train_dir: str | Path, images: int, rate: float = 0.01, maps: int = 8, seed: int = 0) -> dict:
     """Integer margins, weight-code statistics and the effect of faults at ``rate`` (``maps``
-    maps: :func:`margin_shift`, :func:`layer_attribution`) of one trained network (its
+    maps of seed ``seed``: :func:`margin_shift`, :func:`layer_attribution`) of one trained network (its
     ``train/`` folder's parent), on the first ``images`` test images. A campaign's ``evidence``
     stage (``flows/campaign/tasks.py``) records it while the network exists."""
     from mcel_train.intnet import from_brevitas
@@ -154,5 +154,6 @@ def network_evidence(train_dir: str | Path, images: int, rate: float = 0.01, map
             "hidden_fraction_within_1": [float((d < 1).mean()) for d in dist],
             "hidden_median_distance": [float(np.median(d)) for d in dist],
             "layers": layers,
-            "margin_shift": margin_shift(net, x, labels, rate, maps=maps, ev=ev),
-            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps, ev=ev)}
+            "map_seed": seed,
+            "margin_shift": margin_shift(net, x, labels, rate, maps=maps, seed=seed, ev=ev),
+            "faulted_alone": layer_attribution(net, x, labels, rate, maps=maps, seed=seed, ev=ev)}

@@ -476,3 +476,20 @@ def test_paper_reproduction_bad_input_is_one_line_and_writes_no_doc(tmp_path, ca
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert _tree(tmp_path) == before
+
+
+def test_a_simulation_that_yields_no_results_is_exit_1_with_the_logs_tail(trained, monkeypatch, capsys):
+    """Not bad input but a failed simulator (hw_sim/commands.py): exit 1, ``error:`` and the
+    log's tail that diagnoses it, no traceback (``--debug`` re-raises)."""
+    import hw_sim.sim
+    from hw_sim.sim import SimulationError
+
+    def no_results(*args, **kwargs):
+        raise SimulationError("the cocotb simulation produced no results; last log:\nfirst log line\n%Error: died")
+
+    monkeypatch.setattr(hw_sim.sim, "run_sim", no_results)
+    assert main(["sim", str(trained)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the cocotb simulation produced no results") and "%Error: died" in err
+    with pytest.raises(SimulationError):
+        main(["--debug", "sim", str(trained)])

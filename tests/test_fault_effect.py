@@ -82,3 +82,20 @@ def test_a_layer_faulted_alone_matches_brevitas_with_only_that_layer_faulted(tra
         assert row["accuracy"] == pytest.approx(np.mean(accs))
         assert row["drop_points"] == pytest.approx(100 * (clean_acc - np.mean(accs)))
     assert any(r["drop_points"] > 0 for r in rows)
+
+
+def test_evidence_maps_take_their_seed_and_a_campaign_passes_it_on(trained):
+    """The evidence's maps come from ``evidence.map_seed`` (it was fixed at 0): another seed,
+    other maps, another measurement; the default keeps the task keys campaigns already have."""
+    from flows.campaign.spec import parse_campaign
+    from flows.campaign.tasks import expand
+    from tests.test_campaign import TINY
+
+    _, net, x, labels = trained
+    assert margin_shift(net, x, labels, RATE, maps=3, seed=0) != margin_shift(net, x, labels, RATE, maps=3, seed=7)
+    keys = {}
+    for evidence in ({"images": 10}, {"images": 10, "map_seed": 0}, {"images": 10, "map_seed": 7}):
+        task = next(t for t in expand(parse_campaign({**TINY, "evidence": evidence})) if t.stage == "evidence")
+        keys[evidence.get("map_seed")] = task.key
+        assert task.params.get("map_seed") == (evidence.get("map_seed") or None)
+    assert keys[None] == keys[0] != keys[7]

@@ -17,7 +17,7 @@ Example (``flows/campaigns/ce_vs_mcel_tfc.yaml`` is the shipped one)::
       seeds: [0]
     software: {fault_models: [flip], ber: [0, 0.001, 0.01], maps: 50, seed: 0}
     hardware: {ber: [0, 0.01], maps: 3, images: 500, inject: backdoor, target_cycles: 784}
-    evidence: {seeds: [0], rate: 0.01, maps: 8, images: 2000}   # margins and fault effect per network
+    evidence: {seeds: [0], rate: 0.01, maps: 8, images: 2000, map_seed: 0}   # margins and fault effect per network
     retries: 1
     timeout_s: 3600
 
@@ -279,6 +279,7 @@ class EvidenceSection(_Section):
     rate: Annotated[StrictFloat | StrictInt, Field(gt=0, lt=1)] = 0.01
     maps: StrictInt = Field(8, ge=1)
     images: StrictInt = Field(2000, ge=1)
+    map_seed: StrictInt = Field(0, ge=0)  # the fault maps' seed (``seeds`` selects training seeds)
 
 
 class CampaignFile(_Section):

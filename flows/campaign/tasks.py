@@ -111,6 +111,8 @@ def expand(spec: CampaignSpec) -> list[Task]:
                      (train.key,)))
         if spec.has_evidence(point):
             params = {"train": train.key, **{k: spec.evidence[k] for k in ("rate", "maps", "images")}}
+            if spec.evidence.get("map_seed"):  # only when not the default: older campaigns keep their keys
+                params["map_seed"] = spec.evidence["map_seed"]
             add(Task("evidence", content_key({"stage": "evidence", **params}), f"evidence {name}", params,
                      (train.key,)))
         if not spec.on_hardware(point):
@@ -216,7 +218,7 @@ def _run_sweep(folder: Path, params: dict) -> dict:
 def _run_evidence(folder: Path, params: dict) -> dict:
     from mcel_train.fault_effect import network_evidence
 
-    return network_evidence(folder, params["images"], params["rate"], params["maps"])
+    return network_evidence(folder, params["images"], params["rate"], params["maps"], params.get("map_seed", 0))
 
 
 def _run_build(folder: Path, params: dict) -> dict:
@@ -238,7 +240,8 @@ def _run_hwsim(folder: Path, params: dict) -> dict:
 
     run_sim(folder, params["ber"], maps=params["maps"], images=params["images"], seed=params["seed"],
             fault_model=params["fault_model"], inject=params["inject"],
-            batch_images=min(params["images"], 1000), jobs=1)  # the executor runs tasks in parallel
+            batch_images=min(params["images"], 1000), jobs=1,  # the executor runs tasks in parallel
+            rate_flag="hardware.ber")
     result = compare_run(folder)  # raises MismatchError after writing compare.json/png
     record = json.loads((folder / "sim" / "hw_ber.json").read_text())
     maps = [{k: m[k] for k in ("id", "rate", "accuracy", "predicted_accuracy", "identical_to_software",
