@@ -43,28 +43,58 @@ def curves(record: dict) -> list[dict]:
     return rows
 
 
-def first_mismatch(sim_dir: Path, record: dict) -> dict | None:
-    """The first map the simulation recorded as differing from software (its verdict, stored in
-    ``hw_ber.json`` by the testbench's scoreboard), with the image, the memories the map faults
-    and both outputs of that image."""
-    for m in record["maps"]:
-        if m["identical_to_software"]:
+def saved_differences(sim_dir: Path, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(differs, hw, sw)``: per map id and image whether the saved hardware output differs from
+    the saved software prediction (images a transient upset leaves without a prediction do not
+    count), and both outputs.
+
+    Read from ``hw_outputs.npz`` and ``sw_outputs.npz`` themselves, not from the verdicts the
+    simulation stored in ``hw_ber.json``: a comparison that only re-read those flags passed on
+    outputs edited after the simulation. The record's accuracies must be those of the saved
+    outputs (else it is not theirs: one line, simulate again)."""
+    hw, labels = _outputs(sim_dir / "hw_outputs.npz", "labels")
+    sw, checked = _outputs(sim_dir / "sw_outputs.npz", "checked")
+    maps = record["maps"]
+    fix = f"{sim_dir / 'hw_ber.json'} does not describe the saved outputs ({{}}); simulate the run again " \
+          "(mcel sim ... --force)"
+    n = (len(maps), record["images"])
+    if hw.ndim != 3 or hw.shape != sw.shape or hw.shape[:2] != n or labels is None or labels.shape != n[1:] \
+            or (checked is not None and checked.shape != n):
+        raise ArtifactError(fix.format(f"outputs {hw.shape} and {sw.shape} for {n[0]} maps x {n[1]} images"))
+    if sorted(m["id"] for m in maps) != list(range(n[0])):
+        raise ArtifactError(fix.format("map ids"))
+    for m in maps:
+        for key, out in (("accuracy", hw[m["id"]]), ("predicted_accuracy", sw[m["id"]])):
+            if m[key] != float((out.argmax(1) == labels).mean()):
+                raise ArtifactError(fix.format(f"map {m['id']}'s {key}"))
+    differs = (hw != sw).any(axis=2)
+    return (differs if checked is None else differs & checked), hw, sw
+
+
+def first_mismatch(sim_dir: Path, record: dict, saved: tuple | None = None) -> dict | None:
+    """The first map (by id) whose saved outputs differ (:func:`saved_differences`), with the
+    image, the memories the map faults and both outputs of that image; ``None``: none differs."""
+    differs, hw, sw = saved or saved_differences(sim_dir, record)
+    for m in sorted(record["maps"], key=lambda e: e["id"]):
+        i = m["id"]
+        if not differs[i].any():
             continue
-        image = m["first_differing_image"]
+        image = int(np.flatnonzero(differs[i])[0])
         fmap = FaultMap.load(sim_dir / m["file"])
-        mems = sorted({fmap.memory_names[i] for i in np.unique(fmap.memory)})
-        hw, sw = (_outputs(sim_dir / name)[m["id"], image] for name in ("hw_outputs.npz", "sw_outputs.npz"))
-        return {"map": m["id"], "rate": m["rate"], "map_index": m["map_index"], "image": image,
-                "memories_with_faults": mems, "hw": hw.tolist(), "sw": sw.tolist()}
+        mems = sorted({fmap.memory_names[k] for k in np.unique(fmap.memory)})
+        return {"map": i, "rate": m["rate"], "map_index": m["map_index"], "image": image,
+                "memories_with_faults": mems, "hw": hw[i, image].tolist(), "sw": sw[i, image].tolist(),
+                "recorded_by_the_simulation": not m["identical_to_software"]}
     return None
 
 
-def _outputs(path: Path) -> np.ndarray:
-    """The ``outputs`` array of a simulation's npz (one line if it is missing or damaged)."""
+def _outputs(path: Path, second: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``outputs`` array of a simulation's npz and its ``second`` array (``None`` if the file
+    has none); one line if the file is missing or damaged."""
     try:
         with np.load(path) as f:
-            return f["outputs"]
-    except (OSError, ValueError, KeyError) as exc:
+            return f["outputs"], (f[second] if second in f.files else None)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
         raise ArtifactError(f"{path} is missing or damaged ({str(exc).splitlines()[0][:100]}); simulate the run "
                             "again (mcel sim ... --force)") from None
 
@@ -121,8 +151,11 @@ def compare_run(run_dir: Path) -> dict:
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path} missing: run `mcel sim {run_dir}` first")
     record = _read_record(record_path, run_dir)
+    saved = saved_differences(sim_dir, record)
+    mismatch = first_mismatch(sim_dir, record, saved)
+    for m in record["maps"]:  # the verdicts of the saved outputs, in the table too
+        m["identical_to_software"] = not saved[0][m["id"]].any()
     rows = curves(record)
-    mismatch = first_mismatch(sim_dir, record)
     result = {"run": run_name(run_dir), "images": record["images"], "fault_model": record["fault_model"],
               "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
               "curves": rows}

@@ -233,7 +233,7 @@ def train_profile(sim_dir: Path, job: SimJob) -> None:
     """Stream ``job``'s first ``PGO_TRAINING_IMAGES`` images once, clean, through the instrumented build."""
     per_image = words_per_image(job)
     words = np.load(job.inputs)[: PGO_TRAINING_IMAGES * per_image]
-    work = sim_dir / "pgo_training"
+    work = Path(job.out).parent / "pgo_training"  # in the simulation's work folder: removed with it
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "inputs.npy", words)
     training = job.model_copy(update={
@@ -246,13 +246,13 @@ def train_profile(sim_dir: Path, job: SimJob) -> None:
 
 
 def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) -> Path:
-    """Run the testbench on one job (written to ``sim_dir/jobs/<name>.json``); returns results."""
+    """Run the testbench on one job; returns results. The job file (absolute paths, for the
+    simulator process) is written beside the job's output, in the simulation's work folder, and
+    goes with it: a run folder keeps no file naming where it was simulated."""
     from cocotb_tools.runner import get_runner
 
     sim_dir = Path(sim_dir)
-    job_dir = sim_dir / "jobs"
-    job_dir.mkdir(parents=True, exist_ok=True)
-    job_file = job_dir / f"{name}.json"
+    job_file = Path(job.out).with_name(f"{name}.job.json")
     job.save(job_file)
     test_dir = sim_dir / "work" / name
     test_dir.mkdir(parents=True, exist_ok=True)

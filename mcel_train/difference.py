@@ -463,13 +463,15 @@ class DifferenceEvaluator:
             for i, (layer, w, dt) in enumerate(zip(self.net.layers, self.weights, self.dtypes, strict=True)):
                 h_in, acc, out = _layer_forward(layer, h, w, dt, layer.post)
                 # the logit layer's range is empty (identity): every change of a logit counts
+                # the logits in the last layer's own dtype: float64 where they may pass 2^24
+                out_dt = dt if i == last else torch.float32
                 lo, hi = (None, None) if _compiled_conv_layer(layer) else (
-                    t.to(torch.float32 if i == last else t.dtype).contiguous() for t in layer.post.unchanged_range(acc))
+                    t.to(out_dt if i == last else t.dtype).contiguous() for t in layer.post.unchanged_range(acc))
                 # dense inputs channels first, for the dW rows (and as rows for the compiled
                 # step); conv inputs padded
                 rows = h_in.contiguous() if layer.conv is None else None
                 h_in = h_in.T.contiguous() if layer.conv is None else h_in.contiguous()
-                st = _CleanLayer(h_in, acc.to(self.acc_dtypes[i]), lo, hi, out.to(torch.float32),
+                st = _CleanLayer(h_in, acc.to(self.acc_dtypes[i]), lo, hi, out.to(out_dt),
                                  rows if i == last else None)
                 if i == 0 and layer.conv is None:
                     st.by_output = tuple(t.T.contiguous().numpy() for t in (st.lo, st.hi, st.acc, st.out))
@@ -760,7 +762,7 @@ class DifferenceEvaluator:
                     h = _int8_layer(layer, int8[j], h, post, codes_next=j + 1 in int8)
                 else:
                     h = _layer_forward(layer, h, weights[j], self.dtypes[j], post)[2]
-        logits = h.to(torch.float32)
+        logits = h.to(state[last].out.dtype)
         touched = (logits != state[last].out).any(1).nonzero().flatten()
         return touched, logits[touched]
 
@@ -805,7 +807,7 @@ class DifferenceEvaluator:
             delta[at] += _rows_times(r, c, v, len(active), w_t)
         acc = rows(st.acc).to(dt)
         if is_last:
-            return touched, (acc + delta).to(torch.float32)
+            return touched, (acc + delta).to(st.out.dtype)
         new = post(acc + delta).to(torch.float32)  # a faulty post-op: any output may change
         rr, cc = (new != rows(st.out)).nonzero(as_tuple=True)
         vals = new[rr, cc] - rows(st.out)[rr, cc]

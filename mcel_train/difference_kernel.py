@@ -700,7 +700,7 @@ def logit_layer_maps(  # noqa: PLR0913
     for m in range(n_maps):
         start[m + 1] = start[m] + (n if f_ptr[m + 1] > f_ptr[m] else start[m + 1])
     images = np.empty(start[n_maps], np.int64)
-    block = np.empty((start[n_maps], out_n), np.float32)
+    block = np.empty((start[n_maps], out_n), clean.dtype)  # float64 where logits may pass 2^24
     end = start[:-1].copy()
     row = np.zeros(out_n, np.float64)
     p = 0
@@ -739,6 +739,6 @@ def logit_layer_maps(  # noqa: PLR0913
                 images[k] = i
                 clean_i = clean[i]
                 for o in range(out_n):
-                    block[k, o] = np.float32(row[o]) + clean_i[o]
+                    block[k, o] = row[o] + clean_i[o]
                 end[m] = k + 1
     return images, block, start[:-1], end

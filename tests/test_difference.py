@@ -38,6 +38,9 @@ SPECS = {
                           image_shape=(8, 8)),
     "vgg3_w4a4": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
                            image_shape=(8, 8)),
+    # padded convs fed bipolar codes (level -1 at code 0): the int8 kernel must leave them out
+    "vgg3_w1a1": ModelSpec(arch="vgg3", weight_bits=1, act_bits=1, channels=(4, 8), hidden=(16,),
+                           image_shape=(8, 8)),
     # the paper's quantizer: per-tensor min/max, unsigned codes with a zero point
     "vgg3_w4a4_minmax": ModelSpec(arch="vgg3", weight_bits=4, act_bits=4, channels=(4, 8), hidden=(16,),
                                   image_shape=(8, 8), weight_scaling="minmax"),
@@ -206,13 +209,21 @@ def test_threshold_faults_enter_as_faulty_post_ops(trained, monkeypatch):
 
 
 def test_every_method_predicts_the_same(trained):
-    _, net, x, labels = trained
+    model, net, x, labels = trained
     mems = net.memories()
     maps = [generate_map(mems, "flip", 0.01, 7, i) for i in range(6)]
     preds = {m: MapEvaluator(net, x, labels, method=m).evaluate(maps).predictions
              for m in ("dense", "difference", "auto")}
     assert np.array_equal(preds["dense"], preds["difference"])
     assert np.array_equal(preds["dense"], preds["auto"])
+    # and the per-map Brevitas reference (the int8 kernel's products included: on padded convs
+    # of bipolar codes they were wrong at every rate, clean included, and all methods agreed)
+    for fmap, pred in zip([maps[0], maps[1]], preds["dense"][:2], strict=True):
+        faulty = apply_map(net.contents(), mems, fmap)
+        _, ref = brevitas_predictions(model, x, {j: faulty[mem.name] for j, mem in enumerate(mems)})
+        assert np.array_equal(pred, ref.numpy())
+    clean = MapEvaluator(net, x, labels, method="dense").evaluate([generate_map(mems, "flip", 0.0, 7, 0)])
+    assert np.array_equal(clean.predictions[0], brevitas_predictions(model, x, {})[1].numpy())
 
 
 def test_autos_first_call_runs_one_dense_group_then_the_chosen_path(trained):
@@ -1042,3 +1053,39 @@ def test_the_benchs_threshold_reach_counts_conv_layers_without_kept_ranges(train
     assert all(st.lo is not None for st in full._clean(0))
     got = module.unchanged_reach(lean)
     assert got == module.unchanged_reach(full) and len(got) == len(net.layers) - 1
+
+
+def test_logits_past_float32s_exact_range_stay_exact(digits):
+    """A wide 8-bit last hidden layer with weights stuck at +127 gives logits above 2^24, where
+    float32 no longer holds every integer: the difference path keeps them in the logit layer's
+    own dtype (float64 here), as the dense path does (it rounded them, and tied two classes
+    the dense path told apart)."""
+    from mcel_train.faults.faultmap import STUCK0, STUCK1
+    from mcel_train.models import build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="vgg3", weight_bits=8, act_bits=8, channels=(4,), hidden=(2048,),
+                     image_shape=(8, 8)).resolved()
+    net = from_brevitas(build_model(spec).eval())
+    x, labels = model_inputs(digits.test.images[:60], spec), digits.test.labels[:60]
+    mems = net.memories()
+    hid, last = len(net.layers) - 2, len(net.layers) - 1
+    width = net.layers[hid].weight.shape[0]
+    faults = []  # (memory, word, bit, kind): a weight set to a value, bit by bit
+
+    def put(layer, r, c, value):
+        idx = r * net.layers[layer].weight.shape[1] + c
+        for b in range(8):
+            word, bit = divmod(idx * 8 + b, mems[layer].width)
+            faults.append((layer, word, bit, STUCK1 if (value >> b) & 1 else STUCK0))
+
+    for r in range(width // 2):  # saturated activations
+        for c in range(net.layers[hid].weight.shape[1]):
+            put(hid, r, c, 127)
+    for c in range(width):  # two logits that differ by one activation's worth
+        put(last, 1, c, 127)
+        put(last, 0, c, 126 if c == width - 1 else 127)
+    fmap = FaultMap([m.name for m in mems], *np.array(faults).T, {"rate": 0.5})
+    dense = MapEvaluator(net, x, labels, method="dense").logits([fmap] * 4)[0]
+    assert np.abs(dense).max() > 2 ** 24  # the case: past float32's exact integers
+    assert np.array_equal(MapEvaluator(net, x, labels, method="difference").logits([fmap] * 4)[0], dense)

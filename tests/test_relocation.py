@@ -34,6 +34,10 @@ def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
     for name in ("manifest.json", "build.json"):  # no trace of the old location
         assert str(original) not in (moved / "build" / name).read_text()
     assert str(original) not in (moved / "sim" / "hw_ber.json").read_text()
+    # nor in any record or job file (a job file of the simulator process named the old work
+    # folder; the simulator's own build files, Verilator's, are not records)
+    records = [p for p in moved.rglob("*") if p.suffix in (".json", ".yaml", ".yml") and "sim_build" not in p.parts]
+    assert len(records) >= 5 and not [p for p in records if str(original) in p.read_text()]
     # the build's verification left a link to its memories, made in its temporary folder: relative
     link = moved / "build" / "verify" / "mem"
     assert not os.readlink(link).startswith("/") and link.resolve() == (moved / "build" / "hdl" / "mem").resolve()

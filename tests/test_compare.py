@@ -1,0 +1,82 @@
+"""``mcel compare`` judges the saved outputs themselves (hw_sim/compare.py): outputs changed after
+the simulation are a mismatch naming map and image, and a record whose accuracies are not those
+of the saved outputs is one line, exit 2. A small simulation folder is written by hand here; the
+end-to-end tests (tests/test_hw_sim_e2e.py) compare real simulations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from mcel_train.faults.faultmap import FaultMap
+
+LABELS = np.array([0, 1, 2, 1])
+
+
+def _sim_folder(run: Path) -> Path:
+    """Two maps x four images, hardware == software, with the record mcel sim would write."""
+    sim = run / "sim"
+    (sim / "maps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    out = rng.integers(-8, 8, size=(2, 4, 3))
+    np.savez(sim / "hw_outputs.npz", outputs=out, labels=LABELS)
+    np.savez(sim / "sw_outputs.npz", outputs=out, labels=LABELS, checked=np.ones((2, 4), bool))
+    maps = []
+    for i, rate in enumerate((0.0, 0.01)):
+        fmap = FaultMap(["MVAU_0"], [0] * i, [3] * i, [1] * i, [0] * i)
+        fmap.save(sim / "maps" / f"rate{i}_map0.npz")
+        acc = float((out[i].argmax(1) == LABELS).mean())
+        maps.append({"id": i, "rate": rate, "map_index": 0, "file": f"maps/rate{i}_map0.npz", "accuracy": acc,
+                     "predicted_accuracy": acc, "identical_to_software": True})
+    (sim / "hw_ber.json").write_text(json.dumps({"bers": [0.0, 0.01], "images": 4, "fault_model": "flip",
+                                                "maps": maps}))
+    return sim
+
+
+def test_outputs_changed_after_the_simulation_are_a_mismatch(tmp_path, capsys):
+    sim = _sim_folder(tmp_path / "run")
+    assert main(["compare", str(tmp_path / "run")]) == 0
+    with np.load(sim / "sw_outputs.npz") as f:
+        sw = {k: f[k] for k in f.files}
+    sw["outputs"][1, 2, 0] += 1  # the flags in hw_ber.json still say identical
+    np.savez(sim / "sw_outputs.npz", **sw)
+    assert main(["compare", str(tmp_path / "run")]) == 1
+    out = capsys.readouterr().out
+    assert "'map': 1" in out and "'image': 2" in out and "'recorded_by_the_simulation': False" in out
+    assert json.loads((sim / "compare.json").read_text())["curves"][1]["identical_maps"] == 0
+    # an image a transient upset left without a prediction is not compared
+    sw["checked"][1, 2] = False
+    np.savez(sim / "sw_outputs.npz", **sw)
+    assert main(["compare", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("accuracy", "map 1's accuracy"),
+    ("shape", "outputs (2, 3, 3)"),
+    ("labels", "outputs"),
+    ("ids", "map ids"),
+])
+def test_a_record_that_is_not_the_saved_outputs_is_one_line(tmp_path, capsys, damage, words):
+    sim = _sim_folder(tmp_path / "run")
+    record = json.loads((sim / "hw_ber.json").read_text())
+    if damage == "accuracy":
+        record["maps"][1]["accuracy"] += 0.25
+    elif damage == "ids":
+        record["maps"][1]["id"] = 5
+    (sim / "hw_ber.json").write_text(json.dumps(record))
+    if damage in ("shape", "labels"):
+        with np.load(sim / "hw_outputs.npz") as f:
+            hw = {k: f[k] for k in f.files}
+        if damage == "shape":
+            hw["outputs"] = hw["outputs"][:, :3]
+        else:
+            del hw["labels"]
+        np.savez(sim / "hw_outputs.npz", **hw)
+    assert main(["compare", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not describe the saved outputs" in err and words in err, err
+    assert not (sim / "compare.json").exists()
