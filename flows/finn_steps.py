@@ -247,6 +247,17 @@ def step_dataflow_partition(model, state: FlowState):
         )
     tail = [f"{n.name} ({n.op_type})" for n in parent.graph.node[1:]]
     bad_tail = [t for t in tail if not t.endswith("(Mul)")]
+    for n in parent.graph.node[1:]:
+        # the tail's scale must not change which class wins: one positive value for every
+        # output. A per-output-channel scale (a last layer with per-channel weight scaling)
+        # stays in software, and the accelerator's integer outputs, which the fault simulation
+        # and the hardware comparison read, would rank the classes otherwise (9 of 359 digits).
+        factors = [parent.get_initializer(i) for i in n.input] if n.op_type == "Mul" else []
+        factors = [np.asarray(f) for f in factors if f is not None]
+        if factors and not all(f.size and (f > 0).all() and np.all(f == f.flat[0]) for f in factors):
+            raise FlowError(f"{n.name}: the last layer's output scale differs per output channel (or is not "
+                            "positive), so the accelerator's outputs would rank the classes otherwise; give the "
+                            "last layer per-tensor weight scaling")
     if bad_tail:
         raise FlowError(f"unsupported layer(s) left outside the accelerator: {', '.join(bad_tail)}")
     state.parent = parent

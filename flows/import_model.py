@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.export import QONNX_FILE, export_qonnx_model, qonnx_execute
-from mcel_train.data import DATASET_NAMES, INPUT_KINDS
+from mcel_train.data import DATASET_FACTS, DATASET_NAMES, INPUT_KINDS
 from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import load_graph
 from mcel_train.runio import EXPORT_RECORD, ImportedRun
@@ -135,6 +135,10 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserInputError(f"the graph does not run on the {dataset} images as {input_kind} "
                              f"({first}); check the graph's input type and shape, --dataset and --input-kind") from None
+    classes = DATASET_FACTS[dataset][1]
+    if logits.ndim != 2 or logits.shape[1] != classes:
+        raise UserInputError(f"the graph gives {list(logits.shape[1:])} outputs per image, but {dataset} has "
+                             f"{classes} classes: import a network with {classes} outputs, or check --dataset")
     accuracy = float((logits.argmax(1) == labels).mean())
     record = {"stage": "export", "qonnx": QONNX_FILE, "input_shape": list(input_shape), "input_kind": input_kind,
               "source": source, "check": {"images": len(x), "accuracy": accuracy,
@@ -142,6 +146,10 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     with atomic_stage(out / "export", force) as tmp:
         shutil.copyfile(model_path, tmp / QONNX_FILE)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    # the stages made from the network this import replaced describe that network, not this one
+    # (a sweep after `--force` read the old build's integer network)
+    for stale in ("build", "sweep", "sim"):
+        shutil.rmtree(out / stale, ignore_errors=True)
     return record
 
 

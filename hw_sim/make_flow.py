@@ -46,6 +46,7 @@ from hw_sim.verilate import whitespace_problem
 from hw_sim.work_folder import PARTIAL, check_owned, make_process
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
+from mcel_train.stage import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 COCOTB_MK = Path(__file__).resolve().parent / "cocotb.mk"
@@ -205,16 +206,6 @@ def sources_makefile(sources: list[Path], make_dir: Path, run_text: str) -> str:
             f"MCEL_MAIN := {relative(COCOTB_MAIN)}\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (unchanged
-    files are left alone, so their times still mean "changed" to make)."""
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _manifest(s: Settings):
     """The build's manifest; a broken one is refused naming RUN=."""
     from mcel_train.errors import ArtifactError
@@ -252,8 +243,8 @@ def prepare(s: Settings) -> int:
     s.make_dir.mkdir(parents=True, exist_ok=True)
     # Sized for BATCH_IMAGES whatever the image count, as `mcel sim` does: one build serves all runs.
     write_harness(harness_spec(manifest, max(BATCH_IMAGES, job.batch_images)), sources[-2])
-    _write_atomic(sources[-1], visibility_file(manifest, s.work / "visibility.vlt").read_text())
-    _write_atomic(s.make_dir / "sources.mk", sources_mk)
+    write_text_atomic(sources[-1], visibility_file(manifest, s.work / "visibility.vlt").read_text())
+    write_text_atomic(s.make_dir / "sources.mk", sources_mk)
     link_memories(s.make_dir, job.build_dir / "hdl" / "mem")
     # One stream for a waveform, as `mcel sim --waves`.
     shards = 1 if s.waves else (s.jobs or auto_shards(s.images, len(os.sched_getaffinity(0))))
@@ -263,7 +254,7 @@ def prepare(s: Settings) -> int:
         name = f"sim_shard{i}" if len(jobs) > 1 else "sim"
         path = j.save(s.work / f"{name}.json").resolve()
         runs.append({"name": name, "job": str(path), "results": f"results_{name}.xml"})
-    _write_atomic(s.work / STATE, json.dumps({"runs": runs}, indent=1))
+    write_text_atomic(s.work / STATE, json.dumps({"runs": runs}, indent=1))
     return 0
 
 
@@ -370,7 +361,7 @@ def build(s: Settings) -> dict:
         make_build(PGO_USE)
     record = {"key": key, "build_seconds": round(time.perf_counter() - t0, 2), "pgo": s.pgo,
               "ccache": bool(shutil.which("ccache")), "batch_images": BATCH_IMAGES, "flow": "make"}
-    _write_atomic(stamp, json.dumps(record, indent=2))
+    write_text_atomic(stamp, json.dumps(record, indent=2))
     return record
 
 
@@ -404,7 +395,7 @@ def simulate(s: Settings) -> int:
         log = s.make_dir / f"{missing[0]}.log"
         raise SimulationError(f"the cocotb simulation produced no results; {log}:\n{_log_tail(log)}")
     state.update(build=record, seconds={"simulate": round(time.perf_counter() - t0, 2)})
-    _write_atomic(s.work / STATE, json.dumps(state, indent=1))
+    write_text_atomic(s.work / STATE, json.dumps(state, indent=1))
     return 0
 
 

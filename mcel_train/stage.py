@@ -84,3 +84,15 @@ def atomic_stage(target: str | Path, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(target)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` whole or not at all: to a temporary file beside ``path``, renamed over it
+    (a kill while writing leaves the old file, not half of the new one). An unchanged file is
+    left alone, so its time still means "changed" to make."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

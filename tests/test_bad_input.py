@@ -301,6 +301,12 @@ CASES = [
      _write("c.yaml", CAMPAIGN), "--workers"),
     ("campaign-bad-hardware-fault-model", RUN_C,
      _write("c.yaml", CAMPAIGN + "hardware: {ber: [0], maps: 1, images: 1, fault_model: zap}\n"), "hardware.fault_model"),
+    # a damaged results store on --resume: refused before the campaign file and task list are rewritten
+    ("campaign-resume-damaged-store", RUN_C + ["--resume"],
+     lambda r: (_write("c.yaml", CAMPAIGN)(r), _campaign_folder(CAMPAIGN, b"not sqlite" * 100)(r),
+                _write("c/tasks.json", "[]")(r)), "is not a readable campaign results store"),
+    ("campaign-address-without-ray", RUN_C + ["--address", "127.0.0.1:6379"], _write("c.yaml", CAMPAIGN),
+     "add --executor ray"),
     ("report-not-a-campaign", ["report", "{run}"], None, "campaign"),
     ("report-torn-campaign-file", ["report", "{run}/c"], _campaign_folder("name: [c\n", "empty-store"),
      "is not a readable campaign folder"),

@@ -543,6 +543,9 @@ def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
     original, summary = run_campaign(path, tmp_path / "original", workers=2, show_progress=False)
     assert summary["done"] == 3
     write_report(original, tmp_path / "report")
+    # two fault models: a row each in the network's table (the flip row used to be dropped)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| loss | seed | fault model |" in md and "| CE | 0 | flip |" in md and "| CE | 0 | stuck |" in md
     archive = tmp_path / "report" / "results.json"
     full = json.loads(archive.read_text())
     assert len(full["rows"]) == 3 and full["campaign"] == "carried"
@@ -623,3 +626,39 @@ def test_a_folding_file_is_read_at_load_and_the_saved_campaign_keeps_its_content
     assert parse_campaign(spec.raw).hardware == spec.hardware
     with pytest.raises(CampaignError, match="hardware.folding: .*fold.json: no such file"):
         parse_campaign(raw)
+
+
+@pytest.mark.slow  # a training of its own, killed
+def test_a_killed_campaign_leaves_no_worker_running(tmp_path):
+    """SIGKILL of the campaign process alone (not its process group, as a `kill -9 PID` or an
+    out-of-memory kill does): its workers end within seconds. They are the forkserver's children,
+    and used to train on, racing a `--resume` in the same task folder."""
+    import psutil
+
+    campaign = {**TINY, "name": "orphans", "train": {**TINY["train"], "set": {"epochs": 400}},
+                "grid": {"models": [{"name": "tfc_w2a2", "hidden": [16, 16]}], "losses": ["ce"]}}
+    path = _write(tmp_path, campaign)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "campaign", str(path), "--out", str(tmp_path / "c"),
+                             "--workers", "1", "--quiet", "--no-report"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list = []
+    try:
+        deadline = time.monotonic() + 180
+        while not workers and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if (tmp_path / "c" / "tasks").is_dir():  # a task started: its worker is a grandchild
+                workers = [k for k in psutil.Process(proc.pid).children(recursive=True) if k.ppid() != proc.pid]
+        assert workers, "no worker started"
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers still running after the campaign was killed: {alive}"
+    finally:
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            proc.kill()

@@ -204,6 +204,25 @@ def test_bad_imports_are_one_line_and_write_nothing(imported, tmp_path, capsys):
     shutil.copytree(imported / "export", again / "export")
     assert "--force" in _one_line_error(["import", str(model), "--dataset", "digits", "--input-kind", "uint8",
                                          "--out", str(again)], capsys)
+    # with --force, the stages made from the replaced network go (a sweep read the old build)
+    for stale in ("build", "sweep", "sim"):
+        (again / stale).mkdir()
+        (again / stale / "old.json").write_text("{}")
+    assert main(["import", str(model), "--dataset", "digits", "--input-kind", "uint8", "--out", str(again),
+                 "--force"]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["export"]
+
+
+def test_a_network_without_one_output_per_class_is_refused(tmp_path):
+    """Seven outputs for ten digits imported, scored 0.13 and exited 0."""
+    from flows.import_model import import_brevitas
+    from mcel_train.errors import UserInputError
+
+    seven = nn.Sequential(QuantIdentity(bit_width=8, return_quant_tensor=True),
+                          QuantLinear(64, 7, bias=False, weight_bit_width=4)).eval()
+    with pytest.raises(UserInputError, match=r"gives \[7\] outputs per image, but digits has 10 classes"):
+        import_brevitas(seven, torch.zeros(1, 64), "digits", tmp_path / "seven", "uint8")
+    assert not (tmp_path / "seven" / "export").exists()
 
 
 def test_campaign_on_an_imported_network(imported, tmp_path):

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 from multiprocessing.connection import wait
@@ -26,16 +27,36 @@ from flows.campaign.tasks import Task, execute
 EXECUTORS = ("local", "ray")
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when its parent dies, so a killed campaign leaves no orphans."""
+def _die_with_campaign(campaign_pid: int) -> None:
+    """End this worker, and every process it started, once the campaign process is gone.
+
+    The worker's parent is the forkserver, not the campaign: a parent-death signal alone
+    (PR_SET_PDEATHSIG) left workers training on after a ``kill -9`` or SIGTERM of the campaign,
+    and a ``--resume`` started then raced them in the same task folder. So the worker leads a
+    process group of its own (its simulator and FINN subprocesses join it) and a thread looks
+    twice a second whether the campaign still runs; when not, the whole group is killed. The
+    parent-death signal stays, for a forkserver that dies first."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    os.setpgrp()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(campaign_pid, 0)
+            except ProcessLookupError:
+                os.killpg(0, signal.SIGKILL)
+            except PermissionError:  # alive, under another user (a reused pid would be too)
+                pass
+
+    threading.Thread(target=watch, name="campaign-watch", daemon=True).start()
 
 
-def _child(task_dict: dict, campaign_dir: str, conn) -> None:
-    _die_with_parent()
+def _child(task_dict: dict, campaign_dir: str, conn, campaign_pid: int) -> None:
+    _die_with_campaign(campaign_pid)
     try:
         conn.send((True, execute(task_dict, campaign_dir)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the scheduler
@@ -59,7 +80,8 @@ class LocalExecutor:
 
     def submit(self, task: Task) -> None:
         recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_child, args=(task.to_dict(), self.campaign_dir, send), daemon=True)
+        proc = self.ctx.Process(target=_child, args=(task.to_dict(), self.campaign_dir, send, os.getpid()),
+                                daemon=True)
         proc.start()
         send.close()
         self.procs[task.key] = (proc, recv)
@@ -92,7 +114,10 @@ class LocalExecutor:
 
     def cancel(self, key: str) -> None:
         proc, recv = self.procs.pop(key)
-        proc.kill()
+        try:  # the worker and what it started (its process group: _die_with_campaign)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
         proc.join()
         recv.close()
 
@@ -124,7 +149,9 @@ class RayExecutor:
             import ray
 
             if not ray.is_initialized():
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                # a Ray instance of its own: without an address, ray.init joins a cluster already
+                # running on this machine, and then refuses num_cpus (--address joins one)
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         self.ray = ray
         self.campaign_dir = campaign_dir
         self.workers = workers
@@ -200,6 +227,11 @@ def make_executor(kind: str, campaign_dir: str, workers: int,
                   address: str | None = None) -> LocalExecutor | RayExecutor:
     """The executor named ``kind`` (``local`` or ``ray``), running ``workers`` tasks at a time."""
     if kind == "local":
+        if address:
+            from mcel_train.errors import UserInputError
+
+            raise UserInputError(f"--address {address} names a Ray cluster: add --executor ray (the local pool "
+                                 "runs on this machine only)")
         return LocalExecutor(campaign_dir, workers)
     if kind == "ray":
         return RayExecutor(campaign_dir, workers, address)

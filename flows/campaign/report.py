@@ -279,16 +279,20 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
             if not sub:
                 continue
             rates = sorted({r["rate"] for r in sub})
-            head = ["loss", "seed", "clean %", "mean logit margin"] + [f"p={r:g}" for r in rates]
+            # a row per fault model when there are several (one row per loss and seed kept only
+            # the last fault model's numbers, unnamed)
+            several_fm = len({r["fault_model"] for r in sub}) > 1
+            head = ["loss", "seed", *(["fault model"] if several_fm else []), "clean %",
+                    "mean logit margin"] + [f"p={r:g}" for r in rates]
             if source == "hardware":
                 head.append("maps identical to software")
             lines += [f"### {source}" + (" (RTL simulation; software prediction for the same maps in brackets)"
                                          if source == "hardware" else " (bit-exact integer model)"), "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for loss, seed in dict.fromkeys((r["loss"], r["seed"]) for r in sub):
-                cells = [r for r in sub if (r["loss"], r["seed"]) == (loss, seed)]
+            for loss, seed, fm in dict.fromkeys((r["loss"], r["seed"], r["fault_model"]) for r in sub):
+                cells = [r for r in sub if (r["loss"], r["seed"], r["fault_model"]) == (loss, seed, fm)]
                 by_rate = {r["rate"]: r for r in cells}
-                row = [loss, str(seed), _pct(cells[0]["clean_accuracy"]),
+                row = [loss, str(seed), *([fm] if several_fm else []), _pct(cells[0]["clean_accuracy"]),
                        "-" if cells[0]["mean_logit_margin"] is None else f"{cells[0]['mean_logit_margin']:.2f}"]
                 for rate in rates:
                     r = by_rate.get(rate)

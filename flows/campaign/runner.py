@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from flows.campaign.store import ResultStore
 from flows.campaign.tasks import Task, expand, output_missing, software_tasks
 from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
-from mcel_train.stage import blocking_file
+from mcel_train.stage import blocking_file, write_text_atomic
 
 POLL_SECONDS = 0.5
 # Among the ready tasks, later stages go first: a campaign cut short (a session ends) then has
@@ -260,14 +261,21 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
                              "or --out a new folder")
     _check_folder(campaign_dir, spec.name)
+    if db.exists():  # a damaged store is refused before the campaign file and task list are rewritten
+        try:
+            ResultStore(db, read_only=True).close()
+        except sqlite3.DatabaseError as exc:
+            raise UserInputError(f"{db} is not a readable campaign results store ({exc}); continue the campaign "
+                                 "in a new --out folder with --restore RESULTS.json (the file mcel report wrote)"
+                                 ) from None
     # The executor first: a cluster that cannot be joined leaves no campaign state behind.
     runner = make_executor(executor, str(campaign_dir.resolve()), workers, address)
     campaign_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(campaign_dir)
     try:
         tasks = expand(spec)
-        (campaign_dir / "campaign.yaml").write_text(yaml.safe_dump(spec.raw, sort_keys=False))
-        (campaign_dir / "tasks.json").write_text(json.dumps([t.to_dict() for t in tasks], indent=1))
+        write_text_atomic(campaign_dir / "campaign.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
+        write_text_atomic(campaign_dir / "tasks.json", json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
         restored = 0 if archive is None else restore_archive(archive, store, tasks, campaign_dir)
         if software_only:
