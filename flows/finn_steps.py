@@ -442,6 +442,20 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 
+def _mapped(name: str, fn: Callable, model, state: FlowState):
+    """One step; FINN's own failure on a network it cannot map (a cycle in the partition of an
+    input quantizer before a conv, a rounding check, an activation it only takes bipolar) is one
+    line naming the step, not FINN's traceback (``mcel --debug`` shows it)."""
+    try:
+        return fn(model, state)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FINN and qonnx raise anything, AssertionError included
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FlowError(f"FINN's step {name!r} cannot map this network ({type(exc).__name__}: {first}); "
+                        "README 'Bring your own network' lists what the flow builds") from exc
+
+
 def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple[object, FlowState]:
     """Run ``steps`` (default :data:`STEPS`) in order, saving and checking after each one.
 
@@ -452,10 +466,10 @@ def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple
     steps_dir.mkdir(parents=True, exist_ok=True)
     state = FlowState(options=options, steps_dir=steps_dir)
     inputs = options.check_inputs
-    model = step_tidy(model, state)  # the reference for step 0 needs inferred shapes
+    model = _mapped("tidy", step_tidy, model, state)  # the reference for step 0 needs inferred shapes
     for index, (name, fn) in enumerate(steps if steps is not None else STEPS):
         t0 = time.perf_counter()
-        new = fn(copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
+        new = _mapped(name, fn, copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
         seconds = time.perf_counter() - t0
         path = steps_dir / f"{index:02d}_{name}.onnx"
         new.save(str(path))

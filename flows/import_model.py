@@ -96,8 +96,13 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     metadata when present. Returns the record written to ``out/export/export.json``.
     """
     model_path, out = Path(model_path), Path(out)
+    if model_path.is_dir():
+        raise UserInputError(f"{model_path} is a folder: give mcel import the QONNX file (.onnx) itself")
     if not model_path.is_file():
         raise UserInputError(f"{model_path} not found")
+    if model_path.stat().st_size == 0:  # protobuf reads an empty file as an empty graph
+        raise UserInputError(f"{model_path} is empty, not a readable ONNX graph: give mcel import a QONNX file "
+                             "as Brevitas or qonnx saves it")
     if n_check < 1:
         raise UserInputError(f"--check-images must be >= 1, got {n_check}")
     blocker = blocking_file(out)
@@ -116,7 +121,12 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
         raise UserInputError(f"--input-kind must be one of {', '.join(INPUT_KINDS)} (how the graph's pixels "
                              f"are encoded; the model has no {INPUT_KIND_KEY} metadata), got {input_kind!r}")
     check_supported(model)
-    shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    shape = [int(d.dim_value) for d in dims]
+    named = [d.dim_param for d in dims if d.dim_param]
+    if named:  # a dynamic dimension has a name and no value (0): say which
+        raise UserInputError(f"the graph's input shape has dynamic dimensions ({', '.join(named)}): export it "
+                             "with a fixed shape (batch 1), e.g. brevitas' export_qonnx(model, torch.zeros(1, ...))")
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise UserInputError(f"the graph's input shape {shape} is not static (batch, features...)")
     input_shape = tuple(shape[1:])

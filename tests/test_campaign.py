@@ -185,6 +185,7 @@ def test_software_only_leaves_builds_and_simulations_for_a_later_resume(tmp_path
     # the flag on the command line: resuming with it has nothing left to do
     result = _cli("campaign", str(path), "--out", str(folder), "--resume", "--software-only", "--quiet", "--no-report")
     assert result.returncode == 0 and "2/2 tasks done" in result.stdout, result.stderr
+    assert "2 build and RTL simulation task(s) left for a later --resume" in result.stdout
 
 
 def test_rates_are_checked_against_each_fault_model():
@@ -662,3 +663,21 @@ def test_a_killed_campaign_leaves_no_worker_running(tmp_path):
                 pass
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_saved_campaign_holds_its_training_configs_contents(tmp_path, monkeypatch):
+    """A report or resume of a campaign folder reads the saved campaign file: with the training
+    config's path in it, a report from another working folder, or after the config was edited,
+    found no results. The saved file now holds the contents, and gives the same networks."""
+    config = tmp_path / "cfg" / "mine.yaml"
+    config.parent.mkdir()
+    shutil.copyfile(REPO / "flows/configs/smoke_digits.yaml", config)
+    monkeypatch.chdir(tmp_path)
+    spec = parse_campaign({**TINY, "train": {"config": "cfg/mine.yaml", "set": {"epochs": 2}}})
+    assert isinstance(spec.raw["train"]["config"], dict)
+    config.write_text(config.read_text().replace("batch_size: 64", "batch_size: 32"))  # edited afterwards
+    edited = parse_campaign({**TINY, "train": {"config": "cfg/mine.yaml", "set": {"epochs": 2}}})
+    assert [p.key for p in edited.points] != [p.key for p in spec.points]  # the edit matters
+    monkeypatch.chdir(REPO)
+    again = parse_campaign(yaml.safe_load(yaml.safe_dump(spec.raw)))
+    assert [p.key for p in again.points] == [p.key for p in spec.points] and len(spec.points) == 6

@@ -159,3 +159,41 @@ def test_step_that_changes_outputs_is_named(tiny_export, tmp_path):
         run_steps(ModelWrapper(str(path)), FlowOptions(input_kind="uint8", check_inputs=x),
                   tmp_path, steps=[("tidy", step_tidy), ("sabotage", sabotage)])
     assert (tmp_path / "01_sabotage.onnx").exists()
+
+
+def test_a_finn_step_failing_on_the_network_is_one_line_naming_it(tiny_export, tmp_path, capsys):
+    """FINN's own exception inside a step (an AssertionError of its partitioning, a ValueError of
+    its conversion) is a FlowError naming the step: `mcel build` prints one line, exit 2."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flows.finn_steps import FlowError, FlowOptions, run_steps, step_tidy
+    from mcel_train.errors import UserError
+
+    _, path, x = tiny_export
+
+    def finn_fails(model, state):
+        raise AssertionError("cycle-free graph violated: partition depends on itself\nmore lines")
+
+    with pytest.raises(FlowError, match=r"FINN's step 'partition' cannot map this network \(AssertionError: "
+                       r"cycle-free graph violated: partition depends on itself\)") as err:
+        run_steps(ModelWrapper(str(path)), FlowOptions(input_kind="uint8", check_inputs=x), tmp_path,
+                  steps=[("tidy", step_tidy), ("partition", finn_fails)])
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+
+def test_a_class_change_between_tied_outputs_is_not_a_changed_output(monkeypatch):
+    """Tied reference outputs (an untrained network): a rounding of 6e-8 moved argmax to the other
+    tied class, and the step check refused a correct step. A real change of class still fails."""
+    from types import SimpleNamespace
+
+    import flows.step_check as sc
+
+    def graph(out: list[float]) -> SimpleNamespace:  # what compare_step reads of a graph
+        return SimpleNamespace(out=np.array([out]), graph=SimpleNamespace(output=[SimpleNamespace(name="y")]))
+
+    monkeypatch.setattr(sc, "execute", lambda g, inputs, full_context: [{"y": g.out[0]}])
+    monkeypatch.setattr(sc, "output_of", lambda g, inputs: g.out)
+    before = graph([1.0, 1.0, 0.5])
+    sc.compare_step("tidy", before, graph([1.0, 1.0 + 6e-8, 0.5]), np.zeros((1, 4)))  # argmax 0 -> 1: tied
+    with pytest.raises(sc.StepChangedOutputError, match="step 'tidy' changed the outputs"):
+        sc.compare_step("tidy", graph([1.0, 0.9, 0.5]), graph([1.0 - 6e-8, 1.0 - 5e-8, 0.5]), np.zeros((1, 4)))

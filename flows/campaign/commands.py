@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from flows.campaign.executors import EXECUTORS
@@ -49,6 +50,16 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         print(f"restored {summary['restored']} finished task(s) from {args.restore}")
     print(f"campaign {folder}: {summary['done']}/{summary['total']} tasks done, {summary['failed']} failed, "
           f"{summary['skipped']} skipped (their inputs failed)")
+    if args.software_only:  # the plan's builds and RTL simulations wait for a --resume without the flag
+        from flows.campaign.store import ResultStore
+
+        store = ResultStore(folder / "results.sqlite", read_only=True)
+        done = set(store.done())
+        store.close()
+        left = sum(t["stage"] in ("build", "hwsim") and t["key"] not in done
+                   for t in json.loads((folder / "tasks.json").read_text()))
+        if left:
+            print(f"  {left} build and RTL simulation task(s) left for a later --resume without --software-only")
     for label, error in summary["failures"].items():
         print(f"  failed: {label}: {error}")
     if not args.no_report and summary["done"]:
@@ -77,8 +88,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                              "folder: drop --out")
     max_drop = 0.5 if args.max_clean_drop is None else args.max_clean_drop
     fault_model = args.fault_model or "flip"
-    if not 0 < args.target_ber <= 1:
-        raise UserInputError(f"--target-ber must be in (0, 1], got {args.target_ber}")
+    from mcel_train.faults.generate import rate_problem
+
+    problem = rate_problem([args.target_ber], fault_model)  # kflips' rates are flip counts
+    if problem or args.target_ber <= 0:
+        raise UserInputError(f"--target-ber: {problem or f'must be above 0, got {args.target_ber:g}'}")
     if not 0 <= max_drop <= 100:
         raise UserInputError(f"--max-clean-drop must be in [0, 100] points, got {max_drop}")
     rows = [r for r in campaign_table(args.campaign_dir) if r["source"] == "software"]

@@ -203,12 +203,15 @@ def connect_ray(address: str):
     """
     from mcel_train.errors import UserInputError
 
-    host, _, port = address.rpartition(":")
-    try:  # Ray itself retries an unreachable address for minutes
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
-                             "`ray start --head --port=PORT` (README, 'Campaigns on a Ray cluster')") from None
+    if address != "auto":  # "auto": the cluster `ray start` left on this machine, found by Ray itself
+        # HOST:PORT of the cluster's GCS, or ray://HOST:PORT of its client server
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:  # Ray itself retries an unreachable address for minutes
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+                                 "`ray start --head --port=PORT` and give HOST:PORT, ray://HOST:PORT or auto "
+                                 "(README, 'Campaigns on a Ray cluster')") from None
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 

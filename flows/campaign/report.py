@@ -271,6 +271,9 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
               "campaign's results store (`results.sqlite`); `report.json` holds every number and the campaign file.",
               "Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software prediction "
               "for the same fault maps and images (equal when every output matched).", ""]
+    if spec.software.get("test_images"):  # the rate columns are on fewer images than the clean one
+        lines[-1:-1] = [f"`clean %` is the training's accuracy on the whole test set; the software sweeps ran on the "
+                        f"first {spec.software['test_images']} test images (p=0 is their clean accuracy)."]
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"## {model}", "", f"![{model}]({pngs[model]})", ""]
         mine = [r for r in rows if r["model"] == model]

@@ -237,10 +237,13 @@ def _check_folder(campaign_dir: Path, name: str) -> None:
             held = (yaml.safe_load(saved.read_text()) or {}).get("name")
         except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
             held = None
+        if not isinstance(held, str):
+            raise UserInputError(f"{saved} is damaged, so this folder's campaign is unknown: if it is {name!r}, "
+                                 "delete that file and --resume again (its results are in results.sqlite); "
+                                 "else --out a new folder")
         if held != name:
-            what = f"campaign {held!r}" if isinstance(held, str) else "an unreadable campaign file"
-            raise UserInputError(f"{campaign_dir} holds {what}, not {name!r}: --out a new folder (or resume "
-                                 "that campaign with its own file)")
+            raise UserInputError(f"{campaign_dir} holds campaign {held!r}, not {name!r}: --out a new folder (or "
+                                 "resume that campaign with its own file)")
 
 
 def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "local", address: str | None = None,

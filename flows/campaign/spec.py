@@ -171,7 +171,7 @@ def _fault_model(name: str) -> str:
 
 
 class TrainSection(_Section):
-    config: str | None = None
+    config: str | dict | None = None  # a config file; the saved campaign holds its contents
     set: dict[str, Any] | None = None
 
 
@@ -372,6 +372,8 @@ def _label(entry: Any, kind: str) -> tuple[str, Any]:
 
 def _base_config(train: dict, model: Any) -> dict:
     path = train.get("config")
+    if isinstance(path, dict):  # the contents, as a saved campaign holds them
+        return path
     if path is None:
         name = model if isinstance(model, str) else model.get("name")
         path = CONFIG_DIR / f"{name}_fmnist.yaml"
@@ -412,6 +414,12 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     """Validate a campaign mapping; every problem is a :class:`CampaignError` naming its key."""
     if not isinstance(raw, dict):
         _fail("file", f"must be a mapping, got {raw!r}")
+    train = raw.get("train")
+    if isinstance(train, dict) and isinstance(train.get("config"), str):
+        # the saved campaign file keeps the training config's contents, as it keeps a folding
+        # file's: a report or a resume of the folder must not depend on the working folder the
+        # path was relative to, nor on later edits of that file (a report then found no results)
+        raw = {**raw, "train": {**train, "config": _base_config(train, None)}}
     try:
         spec = CampaignFile.model_validate(raw)
     except ValidationError as err:
