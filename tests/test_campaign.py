@@ -681,3 +681,25 @@ def test_the_saved_campaign_holds_its_training_configs_contents(tmp_path, monkey
     monkeypatch.chdir(REPO)
     again = parse_campaign(yaml.safe_load(yaml.safe_dump(spec.raw)))
     assert [p.key for p in again.points] == [p.key for p in spec.points] and len(spec.points) == 6
+
+
+def test_a_campaign_without_finished_sweeps_still_writes_its_results_file(tmp_path, capsys):
+    """A campaign cut short after its trainings has no table yet, but its finished tasks travel:
+    `mcel report` writes results.json alone (it used to refuse, and they could not be carried)."""
+    from flows.campaign.archive import ARCHIVE_NAME
+    from flows.campaign.store import ResultStore
+    from flows.cli import main
+
+    spec = parse_campaign(TINY)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "campaign.yaml").write_text(yaml.safe_dump(spec.raw))
+    store = ResultStore(folder / "results.sqlite")
+    store.record_done(spec.points[0].key, "train", "t", 1, 1.0,
+                      {"test_accuracy": 0.5, "mean_logit_margin": 1.0, "weights_sha256": "0" * 64})
+    store.close()
+    assert main(["report", str(folder), "--out", str(tmp_path / "r")]) == 0
+    assert "no finished sweeps or simulations yet, so no report" in capsys.readouterr().out
+    carried = json.loads((tmp_path / "r" / ARCHIVE_NAME).read_text())
+    assert [r["key"] for r in carried["rows"]] == [spec.points[0].key]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [ARCHIVE_NAME]

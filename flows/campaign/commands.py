@@ -81,7 +81,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         for flag, value in (("--max-clean-drop", args.max_clean_drop), ("--fault-model", args.fault_model)):
             if value is not None:
                 raise UserInputError(f"{flag} applies to --target-ber only; add --target-ber RATE")
-        print(f"report: {write_report(Path(args.campaign_dir), args.out)}")
+        path = write_report(Path(args.campaign_dir), args.out)
+        if path.suffix == ".md":
+            print(f"report: {path}")
+        else:  # nothing finished to tabulate yet
+            print(f"no finished sweeps or simulations yet, so no report; wrote {path} (the finished tasks, for "
+                  "mcel campaign --restore)")
         return 0
     if args.out is not None:
         raise UserInputError("--out names the report folder; --target-ber writes recommend.json into the campaign "

@@ -360,16 +360,37 @@ def _html(markdown: str, title: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def _carried(campaign_dir: Path) -> bool:
+    """Whether the campaign has something ``results.json`` carries: a finished task, or a sweep's
+    checkpoint."""
+    from mcel_train.sweep import CHECKPOINT
+
+    store = ResultStore(campaign_dir / "results.sqlite", read_only=True)
+    try:
+        done = bool(store.done_rows())
+    finally:
+        store.close()
+    return done or any((campaign_dir / "tasks").glob(f"sweep-*/{CHECKPOINT}"))
+
+
 def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.md``, ``report.html``, ``report.json`` and one PNG per model; returns the md path."""
+    """Write ``report.md``, ``report.html``, ``report.json`` and one PNG per model; returns the md
+    path. Before any sweep or simulation has finished there is no table: only ``results.json``
+    (:data:`ARCHIVE_NAME`) is written, when it has something to carry (finished trainings, a
+    sweep's checkpoint) to another clone, and its path is returned."""
     campaign_dir = Path(campaign_dir)
     spec, _, _ = load_results(campaign_dir)
     rows = campaign_table(campaign_dir)
-    if not rows:
-        raise UserInputError(f"{campaign_dir} has no finished sweeps or simulations yet: nothing to report")
     target = Path(out) if out else campaign_dir / "report"
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "report.md").is_file())):
+    if not rows and not _carried(campaign_dir):
+        raise UserInputError(f"{campaign_dir} has no finished sweeps or simulations yet: nothing to report")
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (
+            (target / "report.md").is_file() or (target / ARCHIVE_NAME).is_file()))):
         raise UserInputError(f"--out {target} exists and is not a report folder; give a new folder")
+    if not rows:  # finished trainings or a sweep's checkpoint: no table yet, but they travel
+        with atomic_stage(target, force=True) as out:
+            write_archive(campaign_dir, out / ARCHIVE_NAME, spec.name)
+        return target / ARCHIVE_NAME
     # the whole report replaces the last one at once: a failure (a plot, a full disk) leaves it as it was
     with atomic_stage(target, force=True) as out:
         pngs = {}
