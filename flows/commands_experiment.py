@@ -30,7 +30,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if not (Path(args.out) / "results.sqlite").is_file():  # else a finished report is replaced by "no runs"
             raise UserInputError(f"--out {args.out} holds no experiment campaign: run mcel experiment first "
                                  "(without --report-only), or give its --out")
-        md = write_report(collect(settings, args.note), args.docs)
+        record = collect(settings, args.note)
+        if not any(record["models"].values()):  # other flags than the run's: an empty report would replace it
+            raise UserInputError(f"--report-only: no finished run in --out {args.out} matches these settings "
+                                 "(--models, --variants, --epochs, --maps, --rates, --test-images, --train-seed, "
+                                 "--limit-train): give the flags the experiment ran with")
+        md = write_report(record, args.docs)
     else:
         run_experiment(settings, args.docs, notes=args.note, show_progress=not args.quiet)
         md = args.docs / "results.md"

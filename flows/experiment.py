@@ -22,6 +22,7 @@ from flows.campaign.report import load_results
 from flows.campaign.runner import run_spec
 from flows.campaign.spec import CONFIG_DIR, CampaignSpec, parse_campaign
 from mcel_train.errors import UserInputError
+from mcel_train.stage import blocking_file
 
 DEFAULT_MODELS = ("sfc_w2a2", "sfc_w4a4", "sfc_w1a1", "vgg3_w4a4")
 DEFAULT_RATES = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2e-2)
@@ -147,6 +148,9 @@ def campaign_spec(settings: ExperimentSettings) -> CampaignSpec:
 def run_experiment(settings: ExperimentSettings, docs: Path = Path("docs"),
                    notes: Sequence[str] = (), show_progress: bool = True) -> dict:
     """Run (or resume) the experiment's campaign, then write the report; returns the record."""
+    blocker = blocking_file(docs)  # refused before the campaign, not after it
+    if blocker is not None:
+        raise UserInputError(f"--docs {docs}: {blocker} is a file, not a folder; give a folder")
     spec = campaign_spec(settings)
     summary = run_spec(spec, settings.out, workers=settings.jobs, resume=True, show_progress=show_progress)
     record = collect(settings, notes)

@@ -442,15 +442,26 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 
+def _raised_in_finn(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is FINN's, qonnx's or onnx's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).parts if tb is not None else ()
+    return any(part in ("finn", "qonnx", "onnx", "onnxruntime") for part in path)
+
+
 def _mapped(name: str, fn: Callable, model, state: FlowState):
     """One step; FINN's own failure on a network it cannot map (a cycle in the partition of an
     input quantizer before a conv, a rounding check, an activation it only takes bipolar) is one
     line naming the step, not FINN's traceback (``mcel --debug`` shows it)."""
     try:
         return fn(model, state)
-    except UserError:
+    except (UserError, MemoryError, OSError):  # the machine's, not the network's: as they are
         raise
     except Exception as exc:  # noqa: BLE001 - FINN and qonnx raise anything, AssertionError included
+        if not _raised_in_finn(exc):  # this project's own step code: a bug, with its traceback
+            raise
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise FlowError(f"FINN's step {name!r} cannot map this network ({type(exc).__name__}: {first}); "
                         "README 'Bring your own network' lists what the flow builds") from exc

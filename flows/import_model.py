@@ -153,13 +153,16 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     record = {"stage": "export", "qonnx": QONNX_FILE, "input_shape": list(input_shape), "input_kind": input_kind,
               "source": source, "check": {"images": len(x), "accuracy": accuracy,
                                           "seconds": round(time.perf_counter() - t0, 2)}}
+    replaced = (out / "export" / EXPORT_RECORD).is_file()  # an earlier import, replaced with --force
     with atomic_stage(out / "export", force) as tmp:
         shutil.copyfile(model_path, tmp / QONNX_FILE)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    # the stages made from the network this import replaced describe that network, not this one
-    # (a sweep after `--force` read the old build's integer network)
-    for stale in ("build", "sweep", "sim"):
-        shutil.rmtree(out / stale, ignore_errors=True)
+    if replaced:
+        # the stages made from the network this import replaced describe that network, not this
+        # one (a sweep after `--force` read the old build's integer network); a folder that held
+        # no import keeps what it holds
+        for stale in ("build", "sweep", "sim"):
+            shutil.rmtree(out / stale, ignore_errors=True)
     return record
 
 

@@ -70,10 +70,13 @@ def gain(table: list[dict], model: str, loss: str, rate: float, base: str = "CE"
     """``loss`` minus ``base`` at ``rate`` for ``model``: the difference of the seed means, each
     side's interval across seeds, whether those intervals are separated, and the seeds when both
     sides have the same ones."""
-    def cell(name: str) -> dict | None:
-        return next((c for c in table if (c["model"], c["loss"], c["rate"]) == (model, name, rate)), None)
+    def cell(name: str, fold: bool = False) -> dict | None:
+        same = (lambda c: c["loss"].upper() == name.upper()) if fold else (lambda c: c["loss"] == name)
+        return next((c for c in table if (c["model"], c["rate"]) == (model, rate) and same(c)), None)
 
-    a, b = cell(loss), cell(base)
+    # the base by its label in any case: an experiment's campaign labels CE "ce" (the report's
+    # recommendation found it so; the conclusion, comparing with "CE" only, stayed empty)
+    a, b = cell(loss), cell(base, fold=True)
     if a is None or b is None:
         return None
     return {"model": model, "loss": loss, "base": base, "rate": rate, "points": 100 * (a["mean"] - b["mean"]),

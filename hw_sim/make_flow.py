@@ -43,7 +43,7 @@ from pathlib import Path
 
 from hw_sim.shards import MAX_SHARDS
 from hw_sim.verilate import whitespace_problem
-from hw_sim.work_folder import PARTIAL, check_owned, make_process
+from hw_sim.work_folder import PARTIAL, check_owned, make_process, release
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 from mcel_train.stage import write_text_atomic
@@ -417,8 +417,10 @@ def finish(s: Settings) -> int:
         finish_sim(s.run, extra)
     except SimulationHangError:  # a hang is a result too, flagged in hw_ber.json
         place_results()
+        release(s.sim_dir, make_process())
         raise
     place_results()
+    release(s.sim_dir, make_process())  # its results are in place: the work folder has done its job
     try:
         result = compare_run(s.run)
     except MismatchError as exc:

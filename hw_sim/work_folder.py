@@ -30,19 +30,40 @@ class SimulationBusyError(UserError, RuntimeError):
     """Another live process's simulation holds the run's work folder."""
 
 
-def owner(sim_dir: Path) -> int | None:
-    """The pid that holds ``sim_dir``'s work folder (``None``: no work folder or no owner named)."""
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or
+    ``None`` if it does not run: with the pid, it names one process, not whichever reuses the pid."""
     try:
-        text = (Path(sim_dir) / PARTIAL / OWNER).read_text().strip()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _record(pid: int) -> str:
+    return f"{pid} {_started(pid) or ''}".strip()
+
+
+def owner(sim_dir: Path) -> int | None:
+    """The live process that holds ``sim_dir``'s work folder, or ``None``: no work folder, no
+    owner named, or an owner that has ended (its pid gone or reused by another process, as in a
+    run folder copied from another machine)."""
+    try:
+        fields = (Path(sim_dir) / PARTIAL / OWNER).read_text().split()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not fields or not fields[0].isdigit():
+        return None
+    pid = int(fields[0])
+    if not alive(pid) or (len(fields) > 1 and _started(pid) not in (None, fields[1])):
+        return None
+    return pid
 
 
 def _busy(sim_dir: Path, holder: int) -> SimulationBusyError:
     return SimulationBusyError(
         f"{sim_dir.parent} is being simulated by process {holder} (its work folder is {sim_dir / PARTIAL}): "
-        "wait until it ends, or stop it, before simulating this run again")
+        "wait until it ends, or stop it, before simulating this run again (if no simulation runs, delete "
+        "that folder)")
 
 
 def claim(sim_dir: Path, pid: int) -> Path:
@@ -54,12 +75,12 @@ def claim(sim_dir: Path, pid: int) -> Path:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         holder = owner(sim_dir)
-        if holder is not None and holder != pid and alive(holder):
+        if holder is not None and holder != pid:
             raise _busy(sim_dir, holder)
         work = sim_dir / PARTIAL
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        (work / OWNER).write_text(str(pid))
+        (work / OWNER).write_text(_record(pid))
     finally:
         os.close(fd)
     return work
@@ -73,7 +94,7 @@ def check_owned(sim_dir: Path, pid: int) -> None:
 
 
 def release(sim_dir: Path, pid: int) -> None:
-    """Remove the work folder if ``pid`` owns it (or it names no owner); another's stays."""
+    """Remove the work folder if ``pid`` owns it (or no live process does); another's stays."""
     holder = owner(sim_dir)
     if holder is None or holder == pid:
         shutil.rmtree(Path(sim_dir) / PARTIAL, ignore_errors=True)

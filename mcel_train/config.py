@@ -19,7 +19,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
 from mcel_train.losses import LOSS_NAMES
 from mcel_train.models import ModelSpec, parse_model_name
-from mcel_train.yaml_file import read_mapping
+from mcel_train.yaml_file import load_text, read_mapping
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "none")
@@ -54,7 +54,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     if not key.strip() or any(not part.strip() for part in key.split(".")):
         raise ConfigError(f"override {assignment!r} has no key before '=' (for example loss.margin=32)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_text(text) if text.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {assignment}: the value is not valid YAML") from None
     parts = key.strip().split(".")

@@ -130,8 +130,10 @@ def network_evidence(train_dir: str | Path, images: int, rate: float = 0.01, map
         w = np.asarray(layer.weight, dtype=np.int64)
         zp = layer.weight_zero_point
         codes = w + zp if zp is not None else w
-        lo, hi = (0, 2 ** layer.weight_bits - 1) if zp is not None else (-(2 ** (layer.weight_bits - 1)),
-                                                                         2 ** (layer.weight_bits - 1) - 1)
+        # the zoo's signed weights are narrow-range (-(2^(b-1) - 1) .. 2^(b-1) - 1), bipolar +-1 at
+        # one bit (mcel_train/models.py): -2^(b-1) was never reached, so only the top code counted
+        top = 2 ** (layer.weight_bits - 1) - 1 if layer.weight_bits > 1 else 1
+        lo, hi = (0, 2 ** layer.weight_bits - 1) if zp is not None else (-top, top)
         rms = float(np.sqrt((w.astype(np.float64) ** 2).mean()))
         # A flip of bit k moves a b-bit code by 2^k in either code form, so the mean change per
         # flip is (2^b - 1) / b codes (2 for bipolar +-1); relative to the weights' rms it says

@@ -64,7 +64,8 @@ def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     if positive:
         ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
-    ax.set_xlabel("bit error rate")
+    counts = all((rec.get("fault_model") or {}).get("name") == "kflips" for _, rec in records)
+    ax.set_xlabel("flipped bits per map" if counts else "bit error rate")
     ax.set_ylabel("test accuracy")
     fm = {rec.get("fault_model", {}).get("spec", "?") for _, rec in records}
     ax.set_title(title or f"software fault model: {', '.join(sorted(fm))} (mean, 95% CI)", parse_math=False)
@@ -95,4 +96,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
         raise UserInputError(f"--labels gives {len(labels)} label(s) for {len(run_dirs)} run(s); give one per run, "
                              "comma-separated")
     recs = [load_sweep(d) for d in run_dirs]
+    counts = [str(d) for d, r in zip(run_dirs, recs, strict=True)
+              if (r.get("fault_model") or {}).get("name") == "kflips"]
+    if counts and len(counts) < len(recs):  # flip counts are not rates: one axis cannot hold both
+        raise UserInputError(f"{counts[0]} was swept with --fault-model kflips (its x values are flip counts), "
+                             "others with bit error rates: plot them separately")
     return plot_sweeps(list(zip(labels, recs, strict=True)), out_png)

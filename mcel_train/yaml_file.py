@@ -10,6 +10,7 @@ file and the fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# Numbers in exponent form without a dot (1e-3, 2E5) are floats, as in YAML 1.2: PyYAML follows
+# YAML 1.1, which reads them as text, and `lr: 1e-3` was refused as "not a valid number".
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+|[0-9]*\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def load_text(text: str) -> Any:
+    """One YAML value written by a person (an override's ``value``), read as files are read."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -703,3 +703,35 @@ def test_a_campaign_without_finished_sweeps_still_writes_its_results_file(tmp_pa
     carried = json.loads((tmp_path / "r" / ARCHIVE_NAME).read_text())
     assert [r["key"] for r in carried["rows"]] == [spec.points[0].key]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [ARCHIVE_NAME]
+
+
+def test_the_saved_campaign_holds_each_models_default_config(tmp_path, monkeypatch):
+    """Without train.config, each model trains with flows/configs/<model>_fmnist.yaml: the saved
+    campaign holds those contents too, so an edit of the repository's file does not orphan the
+    folder's results (16 of 32 keys of ce_vs_mcel_tfc changed with one edited epoch count)."""
+    import flows.campaign.spec as spec_module
+
+    campaign = {k: v for k, v in TINY.items() if k != "train"}
+    campaign["grid"] = {"models": ["tfc_w2a2", {"name": "tfc_w1a1", "hidden": [16, 16]}], "losses": ["ce"]}
+    spec = parse_campaign(campaign)
+    assert sorted(spec.raw["train"]["default_configs"]) == ["tfc_w1a1", "tfc_w2a2"]
+    edited = tmp_path / "configs"
+    shutil.copytree(spec_module.CONFIG_DIR, edited)
+    for name in ("tfc_w1a1", "tfc_w2a2"):
+        path = edited / f"{name}_fmnist.yaml"
+        path.write_text(path.read_text().replace("epochs: 10", "epochs: 11"))
+    monkeypatch.setattr(spec_module, "CONFIG_DIR", edited)
+    assert [p.key for p in parse_campaign(campaign).points] != [p.key for p in spec.points]  # the edit matters
+    again = parse_campaign(yaml.safe_load(yaml.safe_dump(spec.raw)))
+    assert [p.key for p in again.points] == [p.key for p in spec.points]
+
+
+def test_the_gain_over_ce_finds_ce_labelled_in_any_case():
+    """An experiment's campaign labels CE "ce": the paper document's conclusion compared with
+    "CE" only and stayed empty."""
+    from flows.paper_reproduction import gain
+
+    table = [{"model": "m", "loss": loss, "rate": 0.01, "mean": mean, "seeds": [0], "ci95_seeds": None}
+             for loss, mean in (("ce", 0.80), ("mcel32", 0.85))]
+    got = gain(table, "m", "mcel32", 0.01)
+    assert got is not None and round(got["points"], 6) == 5.0

@@ -55,6 +55,13 @@ def test_a_tiny_experiment_runs_as_a_campaign_and_resumes(tmp_path, figures):
     partial = collect(ExperimentSettings(models=("sfc_w1a1",), variants=("ce", "fat"), out=out, epochs=1,
                                          limit_train=512, maps=2, rates=(0.0, 0.02), test_images=300))
     assert partial["missing"] == ["sfc_w1a1/fat"] and set(partial["models"]["sfc_w1a1"]) == {"ce"}
+    # --report-only with flags no finished run matches (here the default maps) is refused, and
+    # the finished report stays (it was replaced by one of "No finished runs")
+    before = (docs / "results.md").read_text()
+    other = [a for a in argv if a != "--quiet"]
+    other[other.index("--maps") + 1] = "50"
+    assert main([*other, "--report-only"]) == 2
+    assert (docs / "results.md").read_text() == before
 
 
 def test_variants_become_campaign_entries(tmp_path):

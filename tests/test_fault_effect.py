@@ -99,3 +99,17 @@ def test_evidence_maps_take_their_seed_and_a_campaign_passes_it_on(trained):
         keys[evidence.get("map_seed")] = task.key
         assert task.params.get("map_seed") == (evidence.get("map_seed") or None)
     assert keys[None] == keys[0] != keys[7]
+
+
+def test_the_evidence_counts_both_extreme_weight_codes(smoke_run):
+    """The zoo's signed weights are narrow-range: a 2-bit layer's codes are -1, 0, +1, and both
+    -1 and +1 are extremes (only +1 was counted: -2 is never a code)."""
+    from mcel_train.fault_effect import network_evidence
+    from mcel_train.runio import load_run
+
+    net = from_brevitas(load_run(smoke_run).model)
+    got = network_evidence(smoke_run, 20, 0.01, 1)
+    for layer, rec in zip(net.layers, got["layers"], strict=True):
+        w = np.asarray(layer.weight)
+        assert layer.weight_bits == 2 and set(np.unique(w)) <= {-1, 0, 1}
+        assert rec["fraction_at_code_extremes"] == float((np.abs(w) == 1).mean()) > 0

@@ -170,15 +170,31 @@ def test_a_finn_step_failing_on_the_network_is_one_line_naming_it(tiny_export, t
     from mcel_train.errors import UserError
 
     _, path, x = tiny_export
+    # code raising from a file of FINN's package, as its partitioning does
+    finn = {}
+    exec(compile("def partition(model, state):\n    raise AssertionError('cycle-free graph violated: partition "
+                 "depends on itself\\nmore lines')\n", "/site-packages/finn/transformation/partition.py", "exec"), finn)
 
-    def finn_fails(model, state):
-        raise AssertionError("cycle-free graph violated: partition depends on itself\nmore lines")
+    def run(step):
+        return run_steps(ModelWrapper(str(path)), FlowOptions(input_kind="uint8", check_inputs=x), tmp_path,
+                         steps=[("tidy", step_tidy), ("partition", step)])
 
     with pytest.raises(FlowError, match=r"FINN's step 'partition' cannot map this network \(AssertionError: "
                        r"cycle-free graph violated: partition depends on itself\)") as err:
-        run_steps(ModelWrapper(str(path)), FlowOptions(input_kind="uint8", check_inputs=x), tmp_path,
-                  steps=[("tidy", step_tidy), ("partition", finn_fails)])
+        run(finn["partition"])
     assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+    # this project's own step code failing is a bug, and the machine running out is not the
+    # network's fault: both keep their own exception (and traceback)
+    def own_bug(model, state):
+        raise AssertionError("a bug here")
+
+    def out_of_memory(model, state):
+        raise MemoryError("Unable to allocate 12.0 GiB")
+
+    for step, kind in ((own_bug, AssertionError), (out_of_memory, MemoryError)):
+        with pytest.raises(kind):
+            run(step)
 
 
 def test_a_class_change_between_tied_outputs_is_not_a_changed_output(monkeypatch):

@@ -96,3 +96,23 @@ def test_existing_run_is_not_overwritten(smoke_run, capsys):
     assert main(["train", SMOKE, "--out", str(smoke_run), "--quiet"]) == 2
     assert "exists already" in capsys.readouterr().err
     assert (smoke_run / "train" / "model.pt").read_bytes() == before
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path):
+    """`lr: 1e-3` (no dot) is a number, in a file, an override and a campaign: YAML 1.1, as
+    PyYAML reads it, made it the text '1e-3', refused as "not a valid number"."""
+    from flows.campaign.spec import parse_campaign
+    from mcel_train.config import load_config
+    from mcel_train.yaml_file import read_mapping
+    from tests.test_campaign import TINY
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((CONFIGS / "smoke_digits.yaml").read_text().replace("lr: 0.01", "lr: 1e-2"))
+    assert load_config(cfg).raw["optimizer"]["lr"] == 0.01
+    assert load_config(CONFIGS / "smoke_digits.yaml", ["optimizer.lr=2E-3"]).raw["optimizer"]["lr"] == 0.002
+    camp = tmp_path / "camp.yaml"
+    camp.write_text("software: {ber: [0, 1e-4, 5e-3], maps: 2}\n")
+    from mcel_train.errors import UserInputError
+
+    spec = parse_campaign({**TINY, "software": read_mapping(camp, UserInputError, "campaign", "")["software"]})
+    assert spec.software["ber"] == [0.0, 1e-4, 5e-3]

@@ -44,7 +44,7 @@ def test_a_dead_owners_folder_is_stale_and_replaced(tmp_path):
     claim(sim, _dead_pid())
     (sim / PARTIAL / "inputs.npy").write_text("stale")
     work = claim(sim, 4242)
-    assert owner(sim) == 4242
+    assert (work / "owner").read_text().split()[0] == "4242"
     assert sorted(p.name for p in work.iterdir()) == ["owner"]
 
 
@@ -58,3 +58,25 @@ def test_the_make_flows_stages_claim_for_the_make_process(tmp_path):
     out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True, check=True, env=env)
     shell_parent, found = out.stdout.split()
     assert found == shell_parent
+
+
+def test_an_owner_whose_pid_now_names_another_process_is_stale(tmp_path):
+    """A run copied from another machine, or a pid reused since: the owner file names a live pid,
+    but not the process that claimed the folder (its start time differs), so the folder is stale."""
+    sim = tmp_path / "sim"
+    claim(sim, 4242)
+    (sim / PARTIAL / "owner").write_text("1 12345")  # pid 1 runs, but it did not start at tick 12345
+    assert owner(sim) is None
+    work = claim(sim, 4343)
+    assert owner(sim) is None or owner(sim) == 4343
+    assert (work / "owner").read_text().split()[0] == "4343"
+    # a live owner recorded with its own start time still holds the folder
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim(sim, other.pid)
+        assert owner(sim) == other.pid
+        with pytest.raises(SimulationBusyError, match="if no simulation runs, delete that folder"):
+            claim(sim, 4444)
+    finally:
+        other.kill()
+        other.wait()

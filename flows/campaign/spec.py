@@ -172,6 +172,8 @@ def _fault_model(name: str) -> str:
 
 class TrainSection(_Section):
     config: str | dict | None = None  # a config file; the saved campaign holds its contents
+    # without a config: each model's flows/configs/<model>_fmnist.yaml, saved as contents too
+    default_configs: dict[str, dict] | None = None
     set: dict[str, Any] | None = None
 
 
@@ -376,6 +378,9 @@ def _base_config(train: dict, model: Any) -> dict:
         return path
     if path is None:
         name = model if isinstance(model, str) else model.get("name")
+        saved = (train.get("default_configs") or {}).get(name)
+        if saved is not None:
+            return saved
         path = CONFIG_DIR / f"{name}_fmnist.yaml"
         if not path.is_file():
             _fail("train.config", f"no config given and no default {path} for model {name!r}")
@@ -427,6 +432,14 @@ def parse_campaign(raw: Any) -> CampaignSpec:
     if spec.grid.imported and spec.hardware is None:
         _fail("grid.imported", "imported networks are built and simulated: add a hardware section")
     train = spec.train.model_dump(exclude_none=True)
+    if "config" not in train:  # each model's default config, saved as contents (as train.config is)
+        names = {e if isinstance(e, str) else e.get("name") for e in spec.grid.models}
+        defaults = {**{n: _base_config({}, n) for n in sorted(n for n in names if isinstance(n, str)
+                                                             and (CONFIG_DIR / f"{n}_fmnist.yaml").is_file())},
+                    **(train.get("default_configs") or {})}
+        if defaults:
+            train["default_configs"] = defaults
+            raw = {**raw, "train": {**(raw.get("train") or {}), "default_configs": defaults}}
     seeds = spec.grid.seeds if spec.grid.seeds is not None else [spec.seed]
     axes = {"loss": [_entry(e, "loss") for e in spec.grid.losses],
             "model": [_entry(e, "model") for e in spec.grid.models], "seed": seeds}
