@@ -219,7 +219,13 @@ def _refuse_bipolar_padding(model) -> None:
     from qonnx.custom_op.registry import getCustomOp
 
     for node in model.graph.node:
-        if node.op_type.startswith("FMPadding") and getCustomOp(node).get_nodeattr("inputDataType") == "BIPOLAR":
+        padded_bipolar = (node.op_type.startswith("FMPadding")
+                          and getCustomOp(node).get_nodeattr("inputDataType") == "BIPOLAR")
+        if node.op_type == "Im2Col":  # the lowered form, before it becomes a window generator:
+            # checked after every step, as executing it on a bipolar input fails in qonnx itself
+            padded_bipolar = (any(getCustomOp(node).get_nodeattr("pad_amount"))
+                              and str(model.get_tensor_datatype(node.input[0])) == "BIPOLAR")
+        if padded_bipolar:
             raise UnsupportedLayerError(
                 f"unsupported layer {node.name} (padding of a binarized feature map): a bipolar stream "
                 "cannot hold the zeros of the padding; use padding 0 for convolutions on bipolar "
@@ -481,6 +487,7 @@ def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple
     for index, (name, fn) in enumerate(steps if steps is not None else STEPS):
         t0 = time.perf_counter()
         new = _mapped(name, fn, copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
+        _refuse_bipolar_padding(new)
         seconds = time.perf_counter() - t0
         path = steps_dir / f"{index:02d}_{name}.onnx"
         new.save(str(path))

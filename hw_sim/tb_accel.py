@@ -328,7 +328,11 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
             await RisingEdge(dut.ap_clk)
             injector.verify(restored)
         wall[m] = time.perf_counter() - t0
-    np.savez(job.out, outputs=outputs, cycles=total, hang=hangs, ii=np.zeros(len(maps)), wall=wall,
+    # the initiation interval as the other jobs measure it: the median gap between images' last
+    # output words (it was recorded as 0 for transient runs)
+    ii = np.array([float(np.median(np.diff(c))) if len(c) > 1 and not h else 0.0
+                   for c, h in zip(out_cycles, hangs, strict=True)])
+    np.savez(job.out, outputs=outputs, cycles=total, hang=hangs, ii=ii, wall=wall,
              in_cycles=in_cycles, out_cycles=out_cycles, upset_cycles=upsets, stalled_cycles=stalled)
 
 

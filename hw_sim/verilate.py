@@ -156,7 +156,8 @@ def run_simulator(binary: Path, inputs: np.ndarray, fmt: CppHarnessFormat, work_
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work_dir)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise VerilatorError(f"simulation failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        # the simulator's own $error/$stop messages go to stdout, the harness's to stderr
+        raise VerilatorError(f"simulation failed ({proc.returncode}): {(proc.stderr + proc.stdout).strip()[-2000:]}")
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     stats["wall_seconds"] = round(seconds, 3)
     out = np.fromfile(out_file, dtype="<i8").reshape(len(inputs), fmt.out_elems)

@@ -213,3 +213,21 @@ def test_a_class_change_between_tied_outputs_is_not_a_changed_output(monkeypatch
     sc.compare_step("tidy", before, graph([1.0, 1.0 + 6e-8, 0.5]), np.zeros((1, 4)))  # argmax 0 -> 1: tied
     with pytest.raises(sc.StepChangedOutputError, match="step 'tidy' changed the outputs"):
         sc.compare_step("tidy", graph([1.0, 0.9, 0.5]), graph([1.0 - 6e-8, 1.0 - 5e-8, 0.5]), np.zeros((1, 4)))
+
+
+def test_padding_a_binarized_feature_map_is_refused_in_one_line(tmp_path):
+    """A padded conv on 1-bit activations (vgg3 at w1a1): refused naming the layer, as the README
+    says, and not qonnx's `Im2Col dtype must allow pad_val` from executing the graph between steps."""
+    from flows.build import build_run
+    from flows.hdl_nodes import UnsupportedLayerError
+    from mcel_train.config import load_config
+    from mcel_train.train import run_train
+    from tests.conftest import CONFIGS
+
+    run = tmp_path / "run"
+    run_train(load_config(CONFIGS / "smoke_digits_vgg3.yaml", ["epochs=1", "model.weight_bits=1",
+                                                              "model.act_bits=1"]), run, show_progress=False)
+    with pytest.raises(UnsupportedLayerError, match=r"unsupported layer Im2Col_\d+ \(padding of a binarized "
+                       r"feature map\)"):
+        build_run(run)
+    assert not (run / "build").exists() and not list(run.glob(".build*"))

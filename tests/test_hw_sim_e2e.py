@@ -152,6 +152,7 @@ def test_transient_upset_while_streaming(smoke_build):
     assert all(m["identical_to_software"] for m in early["maps"])
     assert all(m["stalled_output_cycles"] > 0 for m in early["maps"])
     assert all(m["transient"]["images_after"] > 10 for m in early["maps"])
+    assert all(m["ii_cycles"] > 0 for m in early["maps"])  # measured (it was recorded as 0)
     with np.load(smoke_build / "sim" / "hw_outputs.npz") as f:
         early_out, late_cycle = f["outputs"], int(f["out_cycles"][0][20])  # 20 images are out by then
     late = json.loads(run_sim(smoke_build, [0.05], maps=3, images=60, seed=3, transient_cycle=late_cycle,
