@@ -131,7 +131,9 @@ class ScheduleConfig(_Section):
 class FaultTrainingConfig(_Section):
     model: str = "flip"
     rate: float = Field(ge=0, le=1)
-    seed: int = Field(0, ge=0)
+    # the fault maps' seed; left out, the training's own seed (resolved in :func:`validate`): a
+    # default of 0 gave every training seed of a campaign the same fault sequence
+    seed: int | None = Field(None, ge=0)
 
     @field_validator("model")
     @classmethod
@@ -201,6 +203,8 @@ def validate(raw: dict) -> TrainConfig:
                           f"classes; drop it or set it to {classes}")
     resolved = cfg.model_dump()
     resolved["model"] = spec.to_dict()
+    if resolved.get("fault_training") and resolved["fault_training"]["seed"] is None:
+        resolved["fault_training"]["seed"] = resolved["seed"]  # seed 0 resolves as before
     return TrainConfig(raw=resolved, model=spec)
 
 

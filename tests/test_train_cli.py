@@ -116,3 +116,14 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
 
     spec = parse_campaign({**TINY, "software": read_mapping(camp, UserInputError, "campaign", "")["software"]})
     assert spec.software["ber"] == [0.0, 1e-4, 5e-3]
+
+
+def test_fault_aware_training_takes_the_training_seed_for_its_maps():
+    """Left out, the fault maps' seed is the training's seed (a default of 0 gave every training
+    seed of a campaign the same fault sequence); seed 0 resolves as before, and a given seed wins."""
+    from mcel_train.config import load_config
+
+    def ft(*over: str) -> dict:
+        return load_config(CONFIGS / "smoke_digits.yaml", ["fault_training.rate=0.01", *over]).raw["fault_training"]
+
+    assert ft()["seed"] == 0 and ft("seed=3")["seed"] == 3 and ft("seed=3", "fault_training.seed=5")["seed"] == 5
