@@ -33,7 +33,7 @@ from pathlib import Path
 
 import matplotlib
 
-from flows.campaign.report import across_seeds, campaign_table, load_results, recommend, write_report
+from flows.campaign.report import across_seeds, campaign_table, load_results, maps_rule, recommend, write_report
 from flows.campaign.spec import CampaignSpec
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.fault_effect import network_evidence
@@ -194,7 +194,9 @@ def conclusion(gains: list[dict], ev: list[dict], rate: float) -> list[str]:
         if sa["shrink_over_margin"] is not None and sb["shrink_over_margin"] is not None:
             grows = sa["median_clean_margin"] / max(sb["median_clean_margin"], 1.0)
             shrinks = sa["median_shrink"] / max(sb["median_shrink"], 1.0)
-            verdict = ("the faults' shrink grew almost as much as the margin, so the margin buys little"
+            verdict = ("the faults' shrink grew more than the margin, so the margin buys nothing here"
+                       if shrinks > 1.25 * grows else
+                       "the faults' shrink grew about as much as the margin, so the margin buys little"
                        if shrinks >= 0.8 * grows else "the margin grew faster than the faults' shrink")
             worst_a = max(a["faulted_alone"], key=lambda f: f["drop_points"])
             drop_b = next(f["drop_points"] for f in b["faulted_alone"] if f["memory"] == worst_a["memory"])
@@ -380,8 +382,7 @@ def build_doc(campaign_dir: Path, docs: Path, rate: float = 0.01, loss: str = "M
              f"{sorted({t['train_images'] for t in trained})}; float test images: "
              f"{sorted({t['test_images'] for t in trained})}.",
              f"- Software sweeps: fault model {', '.join(spec.software['fault_models'])}, rates "
-             f"{', '.join(f'{r:g}' for r in spec.software['ber'])}, maps until the 95 % interval is "
-             f"{spec.software.get('ci_width', '-')} points wide or {spec.software['maps']} maps, seed "
+             f"{', '.join(f'{r:g}' for r in spec.software['ber'])}, {maps_rule(spec.software)}, seed "
              f"{spec.software['seed']}; accuracy of the bit-exact integer network on "
              f"{_images(rows)} test images; maps per cell (fewest-most over networks): {_maps_by_rate(rows)}.",
              "- Intervals: across training seeds, a Student-t 95 % interval of the seeds' means; the map "

@@ -251,7 +251,7 @@ def _plot_model(rows: list[dict], model: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _maps_rule(software: dict) -> str:
+def maps_rule(software: dict) -> str:
     """How many maps each software rate got: fixed, or added until the interval is narrow enough."""
     if software.get("ci_width"):
         return (f"maps added per rate until the 95 % interval is {software['ci_width']:g} points wide, "
@@ -261,7 +261,7 @@ def _maps_rule(software: dict) -> str:
 
 def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str]) -> str:
     lines = [f"# Campaign `{spec.name}`", "",
-             f"{len(spec.points)} trained networks; software: {_maps_rule(spec.software)}, "
+             f"{len(spec.points)} trained networks; software: {maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
     if spec.hardware:
         hw = spec.hardware
