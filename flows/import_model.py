@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.export import QONNX_FILE, export_qonnx_model, qonnx_execute
+from flows.finn_steps import check_conv_layers
 from mcel_train.data import DATASET_FACTS, DATASET_NAMES, INPUT_KINDS
 from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import load_graph
@@ -52,6 +53,7 @@ def check_supported(model) -> None:
                 f"node {node.name or '?'} ({node.op_type}) is not supported by the FINN flow here; "
                 f"supported: {', '.join(SUPPORTED_OPS)} (a Brevitas QONNX export of quantized "
                 "Linear/Conv2d layers with BatchNorm, QuantReLU/QuantIdentity and MaxPool2d)")
+    check_conv_layers(model)  # the build's own refusal of a conv or pool geometry, at import already
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(model.graph.output) != 1:

@@ -277,3 +277,18 @@ def test_a_per_channel_output_scale_is_refused_at_build(tmp_path, capsys):
     err = _one_line_error(["build", str(run), "--verify-images", "0"], capsys)
     assert "the last layer's output scale differs per output channel" in err and "per-tensor" in err
     assert not (run / "build").exists()
+
+
+def test_a_conv_geometry_the_build_refuses_is_refused_at_import(tmp_path):
+    """A stride-2 convolution imported (exit 0) and was refused only by mcel build: the import
+    now runs the build's geometry check and writes nothing."""
+    from flows.hdl_nodes import UnsupportedLayerError
+    from flows.import_model import import_brevitas
+
+    net = nn.Sequential(QuantIdentity(bit_width=8, return_quant_tensor=True),
+                        QuantConv2d(1, 4, 3, stride=2, bias=False, weight_bit_width=4),
+                        QuantReLU(bit_width=2, return_quant_tensor=True), nn.Flatten(),
+                        QuantLinear(4 * 3 * 3, 10, bias=False, weight_bit_width=4)).eval()
+    with pytest.raises(UnsupportedLayerError, match=r"stride \[2, 2\] \(stride 1 only\)"):
+        import_brevitas(net, torch.zeros(1, 1, 8, 8), "digits", tmp_path / "strided", "uint8")
+    assert not (tmp_path / "strided" / "export").exists()
