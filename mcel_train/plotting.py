@@ -57,8 +57,8 @@ def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title:
         res = sorted(rec["results"], key=lambda r: r["rate"])
         x = [r["rate"] for r in res]
         y = [r["mean"] for r in res]
-        lo = [r["ci95"][0] if r["ci95"] else r["mean"] for r in res]
-        hi = [r["ci95"][1] if r["ci95"] else r["mean"] for r in res]
+        lo = [r["ci95"][0] if r.get("ci95") else r["mean"] for r in res]  # one map: no interval
+        hi = [r["ci95"][1] if r.get("ci95") else r["mean"] for r in res]
         (line,) = ax.plot(x, y, marker="o", ms=3, label=str(label))
         lines.append(line)
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
@@ -82,6 +82,9 @@ def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title:
     try:
         fig.savefig(tmp, dpi=120, format="png")
         os.replace(tmp, out_png)
+    except OSError as exc:  # named by the plot's path, not the temporary file's
+        raise UserInputError(f"{out_png}: cannot write the plot there ({exc.strerror or exc}); "
+                             "give a writable folder") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -294,6 +294,9 @@ CASES = [
                 _write("b/sweep/sw_ber.json", json.dumps({"fault_model": {"name": "kflips", "spec": "kflips"},
                                                            "results": [{"rate": 5, "mean": 0.5}]}))(r)),
      "was swept with --fault-model kflips (its x values are flip counts)"),
+    ("plot-unwritable-folder", ["plot", "{run}", "-o", "/proc/x.png"], _write("sweep/sw_ber.json", json.dumps(
+        {"fault_model": {"name": "flip", "spec": "flip"}, "results": [{"rate": 0.01, "mean": 0.5}]})),
+     "/proc/x.png: cannot write the plot there"),
     ("plot-not-png", ["plot", "{run}", "-o", "{run}/x.pdf"], None, "must name a .png file"),
     ("plot-empty-out", ["plot", "{run}", "-o", ""], None, "must name a .png file"),
     ("plot-no-suffix", ["plot", "{run}", "-o", "{run}/x"], None, "must name a .png file"),
