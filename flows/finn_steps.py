@@ -206,8 +206,7 @@ def step_to_hw(model, state: FlowState):
     # depthwise sliding window + Pool; the flatten before the first FC layer folded into its
     # weights (NHWC order).
     model = model.transform(InferPool())  # before InferConvInpGen: it leaves an Im2Col for the SWG
-    model = model.transform(InferConvInpGen())
-    _refuse_bipolar_padding(model)
+    model = model.transform(InferConvInpGen())  # padding of a bipolar map: refused after the step (run_steps)
     model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(GiveUniqueNodeNames())
     return model.transform(GiveReadableTensorNames())

@@ -71,10 +71,11 @@ def saved_differences(sim_dir: Path, record: dict) -> tuple[np.ndarray, np.ndarr
     return (differs if checked is None else differs & checked), hw, sw
 
 
-def first_mismatch(sim_dir: Path, record: dict, saved: tuple | None = None) -> dict | None:
-    """The first map (by id) whose saved outputs differ (:func:`saved_differences`), with the
-    image, the memories the map faults and both outputs of that image; ``None``: none differs."""
-    differs, hw, sw = saved or saved_differences(sim_dir, record)
+def first_mismatch(sim_dir: Path, record: dict, saved: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict | None:
+    """The first map (by id) whose saved outputs differ (``saved``: :func:`saved_differences`),
+    with the image, the memories the map faults and both outputs of that image; ``None``: none
+    differs."""
+    differs, hw, sw = saved
     for m in sorted(record["maps"], key=lambda e: e["id"]):
         i = m["id"]
         if not differs[i].any():

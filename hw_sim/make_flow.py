@@ -238,7 +238,8 @@ def prepare(s: Settings) -> int:
     from hw_sim.verilate import link_memories
 
     job = prepare_sim(s.run, s.bers, s.maps, s.images, s.seed, s.fault_model, batch_images=BATCH_IMAGES,
-                      force=s.force, rate_flag="BER=" + ",".join(f"{b:g}" for b in s.bers), owner=make_process())
+                      force=s.force, rate_flag="BER=" + ",".join(f"{b:g}" for b in s.bers), owner=make_process(),
+                      images_flag="IMAGES=")
     manifest = _manifest(s)
     s.make_dir.mkdir(parents=True, exist_ok=True)
     # Sized for BATCH_IMAGES whatever the image count, as `mcel sim` does: one build serves all runs.

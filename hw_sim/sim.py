@@ -159,11 +159,13 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
                 fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
                 predictor: str = "fast", force: bool = False, watchdog_cycles: int | None = None,
                 backpressure: bool = False, crosscheck_maps: int = 2, memories: str = "weights",
-                transient_cycle: int | None = None, rate_flag: str = "--ber", owner: int | None = None) -> SimJob:
+                transient_cycle: int | None = None, rate_flag: str = "--ber", owner: int | None = None,
+                images_flag: str = "--images") -> SimJob:
     """Maps, packed inputs and software predictions in ``sim/.partial``; returns the job.
     On any failure the work folder is removed again (and ``sim/`` if this call made it).
-    ``rate_flag``: how the caller's user gave the rates (``--ber``, ``BER=`` in the make flow,
-    ``hardware.ber`` in a campaign file).
+    ``rate_flag``, ``images_flag``: how the caller's user gave the rates and the image count
+    (``--ber``/``--images``; ``BER=``/``IMAGES=`` in the make flow; ``hardware.ber``/``hardware.images``
+    in a campaign file).
     ``owner``: the process the work folder is claimed for (:mod:`hw_sim.work_folder`; default
     this one).
 
@@ -190,7 +192,6 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         if over:
             raise UserInputError(f"{rate_flag}: kflips flips at most the {total} bits of the {memories} memories, "
                                  f"got {over[0]:g}")
-    images_flag = {"--ber": "--images", "hardware.ber": "hardware.images"}.get(rate_flag, "IMAGES=")
     x, labels = first_images(*load_source(run_dir).test_inputs(0), images, images_flag)
     images = len(labels)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
@@ -356,14 +357,15 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
             fault_model: str = "flip", inject: str = "backdoor", batch_images: int = 1000,
             predictor: str = "fast", force: bool = False, waves: bool = False,
             watchdog_cycles: int | None = None, backpressure: bool = False, memories: str = "weights",
-            transient_cycle: int | None = None, jobs: int = 0, pgo: bool = False, rate_flag: str = "--ber") -> Path:
+            transient_cycle: int | None = None, jobs: int = 0, pgo: bool = False, rate_flag: str = "--ber",
+            images_flag: str = "--images") -> Path:
     """Simulate every (rate, map) on ``images`` test images; returns the ``hw_ber.json`` path.
 
     ``jobs``: simulator processes, each on a slice of the images (:mod:`hw_sim.shards`);
     0 picks one per core for large image counts. A transient upset runs as one process.
     ``pgo``: a profile-guided simulator build (trained on the first images with clean
     memories; about twice the build time for 15-20 % faster simulation, for long runs).
-    ``rate_flag``: where the rates came from, for messages (``hardware.ber`` in a campaign).
+    ``rate_flag``, ``images_flag``: as :func:`prepare_sim` takes them (for messages).
     """
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
@@ -378,17 +380,19 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     t0 = time.perf_counter()
     try:
         return _simulate(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
-                         waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag)
+                         waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag,
+                         images_flag)
     finally:  # nothing half-written stays behind (the results were moved in place on success)
         release(run_dir / "sim", os.getpid())
 
 
 def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
-              waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag) -> Path:
+              waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag,
+              images_flag) -> Path:
 
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle,
-                      rate_flag=rate_flag)
+                      rate_flag=rate_flag, images_flag=images_flag)
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job.batch_images), waves=waves,
                           pgo_job=job if pgo else None)

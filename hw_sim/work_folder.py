@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from mcel_train.errors import UserError
-from mcel_train.stage import alive
+from mcel_train.stage import alive, process_start
 
 PARTIAL = ".partial"
 OWNER = "owner"  # in the work folder: the pid of the process whose simulation it holds
@@ -30,17 +30,8 @@ class SimulationBusyError(UserError, RuntimeError):
     """Another live process's simulation holds the run's work folder."""
 
 
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or
-    ``None`` if it does not run: with the pid, it names one process, not whichever reuses the pid."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _record(pid: int) -> str:
-    return f"{pid} {_started(pid) or ''}".strip()
+    return f"{pid} {process_start(pid) or ''}".strip()
 
 
 def owner(sim_dir: Path) -> int | None:
@@ -54,9 +45,7 @@ def owner(sim_dir: Path) -> int | None:
     if not fields or not fields[0].isdigit():
         return None
     pid = int(fields[0])
-    if not alive(pid) or (len(fields) > 1 and _started(pid) not in (None, fields[1])):
-        return None
-    return pid
+    return pid if alive(pid, fields[1] if len(fields) > 1 else None) else None
 
 
 def _busy(sim_dir: Path, holder: int) -> SimulationBusyError:

@@ -45,6 +45,12 @@ def first_images(x, labels, n: int, flag: str) -> tuple:
     return (x[:n], labels[:n]) if n else (x, labels)
 
 
+def _as_arrays(x: torch.Tensor, labels, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A test set's first ``n`` images (0: all) as float32 and its labels, as numpy arrays."""
+    n = n or len(labels)
+    return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+
+
 @dataclass
 class TrainedRun:
     run_dir: Path
@@ -63,9 +69,7 @@ class TrainedRun:
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` test images (0: all), encoded as the model (and the accelerator) takes them."""
-        x, labels = self.test_set()
-        n = n or len(labels)
-        return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+        return _as_arrays(*self.test_set(), n)
 
     @property
     def input_kind(self) -> str:
@@ -100,9 +104,7 @@ class ImportedRun:
         return x.reshape(len(x), *self.input_shape), ds.test.labels
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        x, labels = self.test_set()
-        n = n or len(labels)
-        return x[:n].numpy().astype(np.float32), np.asarray(labels[:n])
+        return _as_arrays(*self.test_set(), n)
 
 
 def load_imported(run_dir: str | Path) -> ImportedRun:

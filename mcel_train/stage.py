@@ -19,15 +19,26 @@ from mcel_train.errors import StageExistsError
 PARTIAL = ".partial-"
 
 
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a folder it owns is not stale)."""
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or
+    ``None`` if it does not run (or /proc cannot say): with the pid, it names one process, not
+    whichever reuses the pid later."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` still runs (a folder it owns is not stale); with ``started`` (its
+    :func:`process_start`), whether that very process runs, not another that reuses its pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or process_start(pid) in (None, started)
 
 
 def clear_stale(target: Path) -> None:

@@ -23,6 +23,7 @@ import traceback
 from multiprocessing.connection import wait
 
 from flows.campaign.tasks import Task, execute
+from mcel_train.stage import alive, process_start
 
 EXECUTORS = ("local", "ray")
 
@@ -41,16 +42,13 @@ def _die_with_campaign(campaign_pid: int) -> None:
     except OSError:
         pass
     os.setpgrp()
+    started = process_start(campaign_pid)  # the campaign itself, not a later process with its pid
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            try:
-                os.kill(campaign_pid, 0)
-            except ProcessLookupError:
+            if not alive(campaign_pid, started):
                 os.killpg(0, signal.SIGKILL)
-            except PermissionError:  # alive, under another user (a reused pid would be too)
-                pass
 
     threading.Thread(target=watch, name="campaign-watch", daemon=True).start()
 

@@ -241,7 +241,7 @@ def _run_hwsim(folder: Path, params: dict) -> dict:
     run_sim(folder, params["ber"], maps=params["maps"], images=params["images"], seed=params["seed"],
             fault_model=params["fault_model"], inject=params["inject"],
             batch_images=min(params["images"], 1000), jobs=1,  # the executor runs tasks in parallel
-            rate_flag="hardware.ber")
+            rate_flag="hardware.ber", images_flag="hardware.images")
     result = compare_run(folder)  # raises MismatchError after writing compare.json/png
     record = json.loads((folder / "sim" / "hw_ber.json").read_text())
     maps = [{k: m[k] for k in ("id", "rate", "accuracy", "predicted_accuracy", "identical_to_software",
