@@ -6,7 +6,7 @@ integer logits, lowest index on a tie, which is what the accelerator's outputs g
 
     .venv/bin/python bench/accel_accuracy.py --run runs/tfc_w2a2_fmnist [--run runs/...]
 
-Writes ``bench/results/accel_accuracy.json``.
+Writes ``runs/bench/accel_accuracy.json`` (``--out``): ``{"runs": [one entry per --run]}``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from flags import parser, record_path, run_folder, run_main  # before bench/ leaves sys.path
+from record import write_record  # bench/record.py
 
 # bench/hw_sim.py would shadow the ``hw_sim`` package when this runs as a script from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -55,15 +56,13 @@ def check(run: Path) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__)
     ap.add_argument("--run", type=run_folder, action="append", required=True)
-    ap.add_argument("--out", type=record_path, default="bench/results/accel_accuracy.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=record_path, default="runs/bench/accel_accuracy.json")
+    args = ap.parse_args(argv)
     results = [check(Path(r)) for r in args.run]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_record(args.out, {"runs": results})
     for res in results:
         print(json.dumps(res))
     if any(res["predictions_identical"] != res["images"] for res in results):

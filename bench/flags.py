@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mcel_train.errors import UserError
@@ -21,9 +22,27 @@ from mcel_train.one_line_parser import OneLineParser
 from mcel_train.stage import blocking_file
 
 
-def parser(doc: str | None, prog: str | None = None) -> OneLineParser:
+class BenchParser(OneLineParser):
+    """A bench script's parser: ``--force`` is added, and an existing ``--out`` record is refused
+    without it (the committed records under ``bench/results/`` are cited by the README; a rerun
+    must not replace one by accident)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_argument("--force", action="store_true", help="replace an existing --out record")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed = super().parse_args(args, namespace)
+        out = getattr(parsed, "out", None)
+        if out is not None and Path(out).exists() and not parsed.force:
+            self.error(f"argument --out: {out} exists; pass --force to replace it, or give another --out")
+        return parsed
+
+
+def parser(doc: str | None, prog: str | None = None) -> BenchParser:
     """The script's argument parser (its docstring's first paragraph as the description)."""
-    return OneLineParser(prog=prog or Path(sys.argv[0]).name, description=(doc or "").split("\n\n")[0])
+    return BenchParser(prog=prog or Path(sys.argv[0]).name, description=(doc or "").split("\n\n")[0])
 
 
 def count(minimum: int) -> Callable[[str], int]:
@@ -86,6 +105,15 @@ def record_path(text: str) -> Path:
     blocker = blocking_file(path.parent)
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"{blocker} is a file, not a folder")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:  # a file made and removed where the record's folder will be made (root passes os.access)
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot write under {ancestor} ({exc.strerror}); give another --out") from None
     return path
 
 

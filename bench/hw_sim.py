@@ -18,9 +18,9 @@ Measured in one run, on one build:
   prediction, simulation, comparison), with one simulator process, with the images split
   over two (``--jobs 2``), and two with a profile-guided build (``--pgo``); goal under 30 s.
 
-    .venv/bin/python bench/hw_sim.py --run runs/sfc_w2a2_ce [--images 2000] [--full]
+    .venv/bin/python bench/hw_sim.py --run runs/sfc_w2a2 [--images 2000] [--full]
 
-Writes ``bench/results/hw_sim.json``.
+Writes ``runs/bench/hw_sim.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from flags import count, parser, record_path, run_folder, run_main  # noqa: E402 - before bench/ leaves sys.path
+from record import write_record  # noqa: E402 - bench/record.py, the same
 
 # This script's own name would shadow the ``hw_sim`` package when run as ``bench/hw_sim.py``.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -44,6 +45,7 @@ from hw_sim.runner import build_harness, run_job  # noqa: E402
 from hw_sim.sim import load_build_manifest, run_sim  # noqa: E402
 from hw_sim.streams import StreamFormat, pack  # noqa: E402
 from hw_sim.verilate import run_simulator  # noqa: E402
+from mcel_train.errors import UserError  # noqa: E402
 from mcel_train.runio import load_run  # noqa: E402
 
 
@@ -91,7 +93,7 @@ def _full_test_set(run: Path, sim_dir: Path) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__)
     ap.add_argument("--run", type=run_folder, required=True, help="run folder with a build")
     ap.add_argument("--images", type=count(1), default=2000)
@@ -102,16 +104,20 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
     ap.add_argument("--skip-public-all", action="store_true",
                     help="skip the every-signal-public build (its compile takes long on a large design)")
-    ap.add_argument("--out", type=record_path, default="bench/results/hw_sim.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=record_path, default="runs/bench/hw_sim.json")
+    args = ap.parse_args(argv)
+    if args.naive_images > args.images:
+        ap.error(f"argument --naive-images: {args.naive_images} is more than --images {args.images}")
 
     run = Path(args.run).resolve()
-    manifest = load_build_manifest(run)
-    sim_dir = run / "bench_sim"
-    shutil.rmtree(sim_dir, ignore_errors=True)
     r = load_run(run)
     n = args.images
     x, labels = r.test_inputs(n)
+    if len(labels) < n:  # else the images would be cut into n pieces of the wrong size
+        raise UserError(f"--images {n}: the test set has {len(labels)} images; give --images {len(labels)} or fewer")
+    manifest = load_build_manifest(run)
+    sim_dir = run / "bench_sim"
+    shutil.rmtree(sim_dir, ignore_errors=True)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words_file = (sim_dir / "inputs.npy").resolve()
     sim_dir.mkdir(parents=True)
@@ -165,9 +171,7 @@ def main() -> None:
     }
     if args.full:
         result["full_test_set"] = _full_test_set(run, sim_dir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_record(args.out, result)
     shown = {k: v for k, v in result.items() if not k.startswith("harness_build") and k != "cpp_stats"}
     print(json.dumps(shown, indent=2))
 

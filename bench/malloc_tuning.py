@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from flags import count, parser, rate, record_path, run_folder, run_main  # bench/flags.py
+from record import write_record  # bench/record.py
 
 from mcel_train.stage import run_name
 
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"run": run_name(args.run), "test_images": args.test_images, "maps": args.maps, "rate": args.rate,
               "method": args.method, "modes": modes,
               "default_over_tuned_wall": modes["default"]["wall_s"] / modes["tuned"]["wall_s"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1))
+    write_record(args.out, record)
     print(f"wall {modes['default']['wall_s']:.2f} s -> {modes['tuned']['wall_s']:.2f} s "
           f"({record['default_over_tuned_wall']:.2f}x); wrote {args.out}")
     return 0

@@ -10,6 +10,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from mcel_train.stage import write_text_atomic
+
 
 def cpu_model() -> str:
     """The processor's model name (Linux: /proc/cpuinfo), else what :mod:`platform` says: the
@@ -26,10 +28,11 @@ def cpu_model() -> str:
 
 
 def write_record(out: Path, record: dict) -> None:
-    """Write ``record`` and the software and machine it was measured on to ``out``."""
+    """Write ``record`` and the software and machine it was measured on to ``out``, whole or
+    not at all (a temporary file renamed over it)."""
     full = {**record, "python": sys.version.split()[0], "torch": version("torch"), "machine": platform.machine(),
             "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(full, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(full, indent=1) + "\n")
     print(f"wrote {out}")

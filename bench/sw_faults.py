@@ -1,8 +1,8 @@
 """Benchmark: the batched integer fault evaluator against the per-map Brevitas way.
 
 On a run folder (``--run``, conv networks included; default a briefly trained sfc_w2a2 on
-Fashion-MNIST), the test set (``--test-images``: its first N) and ``--maps`` flip maps at
-``--rate``, it measures (map x image) evaluations per second for
+Fashion-MNIST), the test set (``--test-images``: its first N) and ``--maps`` flip maps at each
+of ``--rates`` (default 0.01), it measures (map x image) evaluations per second for
 
 - ``intnet``: :class:`mcel_train.evaluate.MapEvaluator` (all maps batched, sparse layer 0),
   its products on oneDNN's int8 kernels (``dense``) and in float32 as before
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         "each time, so every run includes its probe")
     p.add_argument("--out", type=record_path, default=Path("runs/bench/sw_faults.json"))
     args = p.parse_args(argv)
+    if args.brevitas_maps > args.maps:  # Brevitas' time per map would be divided by maps never run
+        p.error(f"argument --brevitas-maps: {args.brevitas_maps} is more than --maps {args.maps}")
     torch.set_num_threads(args.threads)
     rates = args.rates
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from flags import count, parser, positive, record_path, run_folder, run_main
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 
+from mcel_train.errors import UserError
+from mcel_train.runio import load_run
 from mcel_train.stage import run_name
 
 RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
@@ -28,8 +30,10 @@ RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
 
 def sweep(run: Path, args: list[str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(run), "--ber", RATES, "--quiet", "--force",
-                    *args], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(run), "--ber", RATES, "--quiet", "--force",
+                           *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:  # the sweep's own last line says why
+        raise UserError(f"mcel sweep failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
     return json.loads((run / "sweep" / "sw_ber.json").read_text()), time.perf_counter() - t0
 
 
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ci-width", type=positive, default=0.1, help="accuracy points")
     p.add_argument("--out", type=record_path, default=Path("runs/bench/sweep_ci.json"))
     args = p.parse_args(argv)
+    load_run(args.run)  # a folder without a training stage is one line here, not a traceback below
     with tempfile.TemporaryDirectory() as tmp:  # the run's own sweep is left alone
         run = Path(tmp) / args.run.name
         shutil.copytree(args.run / "train", run / "train")

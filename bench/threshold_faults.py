@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-maps", type=count(1), default=2, help="maps checked against the dense path")
     p.add_argument("--out", type=record_path, default=Path("runs/bench/threshold_faults.json"))
     args = p.parse_args(argv)
+    if args.dense_maps > args.maps:  # the dense time per map would be divided by maps never run
+        p.error(f"argument --dense-maps: {args.dense_maps} is more than --maps {args.maps}")
     net, x, y = trained_network(args.run, args.test_images)
     layers = [i for i, layer in enumerate(net.layers) if type(layer.post) is ThresholdPostOp]
     if not layers:

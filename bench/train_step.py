@@ -4,24 +4,24 @@ Two identical sfc_w2a2 models take alternating optimizer steps on the same batch
 each loss, so machine noise hits both alike; the figure is the ratio of median step times.
 Steps are timed as this process's CPU time on one torch thread (``--clock cpu``, the default),
 which other processes on a shared machine disturb far less than wall time (``--clock wall``).
-Goal (issue 2): MCEL within 5 % of cross-entropy. Writes ``bench/results/train_step.json``.
+Goal (issue 2): MCEL within 5 % of cross-entropy. Writes ``runs/bench/train_step.json`` (``--out``).
 
     .venv/bin/python bench/train_step.py [--model sfc_w2a2] [--steps 200] [--batch 128]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from flags import count, parser, record_path, run_main  # bench/flags.py (the script's folder is on sys.path)
+from record import write_record  # bench/record.py
 
 from mcel_train.losses import MCEL, CrossEntropy
-from mcel_train.models import build_model
+from mcel_train.models import build_model, parse_model_name
 
 
 def _step(model, opt, loss_fn, x, y, clock) -> float:
@@ -33,15 +33,24 @@ def _step(model, opt, loss_fn, x, y, clock) -> float:
     return clock() - t0
 
 
-def main() -> None:
+def model_name(text: str) -> str:
+    """A model zoo name (``sfc_w2a2``, ``vgg3_w4a4``, ...), checked before any step is timed."""
+    try:
+        parse_model_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__)
-    ap.add_argument("--model", default="sfc_w2a2")
+    ap.add_argument("--model", type=model_name, default="sfc_w2a2")
     ap.add_argument("--steps", type=count(2), default=200)
     ap.add_argument("--batch", type=count(1), default=128)
     ap.add_argument("--seed", type=count(0), default=0)
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
-    ap.add_argument("--out", type=record_path, default="bench/results/train_step.json")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=record_path, default="runs/bench/train_step.json")
+    args = ap.parse_args(argv)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.clock == "cpu":
         torch.set_num_threads(1)
@@ -72,9 +81,8 @@ def main() -> None:
         "median_step_s": med, "mcel_over_ce": ratio, "goal": "<= 1.05", "met": ratio <= 1.05,
         "threads": torch.get_num_threads(), "clock": args.clock,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = args.out
+    write_record(out, result)
     print(f"{args.model} batch {args.batch}: CE {med['ce'] * 1e3:.2f} ms/step, MCEL {med['mcel'] * 1e3:.2f} ms/step, "
           f"MCEL/CE = {ratio:.3f} (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}) -> {out}")
 

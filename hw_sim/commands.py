@@ -69,6 +69,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from hw_sim.transient import coverage_problem
+
     print(f"wrote {path}")
     maps = json.loads(path.read_text())["maps"]
     differ = [m for m in maps if not m["identical_to_software"]]
@@ -76,16 +78,26 @@ def cmd_sim(args: argparse.Namespace) -> int:
         print(f"error: {len(differ)} of {len(maps)} maps differ from the software prediction; "
               f"mcel compare {args.run} names the first", file=sys.stderr)
         return 1
+    for m in maps:  # a transient upset may leave a side, or every image, unchecked: say so
+        problem = coverage_problem(m["transient"], m["rate"]) if "transient" in m else None
+        if problem:
+            print(f"{'error' if m['checked_images'] == 0 else 'warning'}: map {m['id']} (rate {m['rate']:g}): "
+                  f"{problem}", file=sys.stderr)
+    if any(m["checked_images"] == 0 for m in maps):
+        return 1
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hw_sim.compare import MismatchError, compare_run, format_table
+    from hw_sim.compare import MismatchError, NothingCheckedError, compare_run, format_table
 
     try:
         result = compare_run(Path(args.run))
     except MismatchError as exc:
         print(f"MISMATCH: {exc}")
+        return 1
+    except NothingCheckedError as exc:  # not a difference, but no proof of equality either
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_table(result["curves"]))
     print(f"all {result['maps']} maps identical between hardware and software "

@@ -23,6 +23,11 @@ class MismatchError(AssertionError):
     """Hardware and software disagree on some map and image."""
 
 
+class NothingCheckedError(AssertionError):
+    """A map left no image with a prediction to compare (a transient upset while every image was
+    in flight, :mod:`hw_sim.transient`): neither a difference nor a proof of equality."""
+
+
 def mean_and_half_width(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95 % Student-t interval over maps (0 with one map)."""
     ci = t_interval(values)
@@ -39,7 +44,9 @@ def curves(record: dict) -> list[dict]:
         sw_mean, sw_half = mean_and_half_width([m["predicted_accuracy"] for m in maps])
         rows.append({"rate": ber, "maps": len(maps), "hw_mean": hw_mean, "hw_ci95": hw_half,
                      "sw_mean": sw_mean, "sw_ci95": sw_half,
-                     "identical_maps": sum(m["identical_to_software"] for m in maps)})
+                     # a map with no checked image (a transient upset) is not counted as identical
+                     "identical_maps": sum(bool(m["identical_to_software"] and m.get("checked_images", 1))
+                                           for m in maps)})
     return rows
 
 
@@ -68,6 +75,8 @@ def saved_differences(sim_dir: Path, record: dict) -> tuple[np.ndarray, np.ndarr
             if m[key] != float((out.argmax(1) == labels).mean()):
                 raise ArtifactError(fix.format(f"map {m['id']}'s {key}"))
     differs = (hw != sw).any(axis=2)
+    for m in maps:  # the record's count of checked images, from the saved outputs too
+        m["checked_images"] = int(n[1] if checked is None else checked[m["id"]].sum())
     return (differs if checked is None else differs & checked), hw, sw
 
 
@@ -157,9 +166,10 @@ def compare_run(run_dir: Path) -> dict:
     for m in record["maps"]:  # the verdicts of the saved outputs, in the table too
         m["identical_to_software"] = not saved[0][m["id"]].any()
     rows = curves(record)
+    unchecked = [m for m in record["maps"] if m["checked_images"] == 0]
     result = {"run": run_name(run_dir), "images": record["images"], "fault_model": record["fault_model"],
-              "maps": len(record["maps"]), "identical": mismatch is None, "first_mismatch": mismatch,
-              "curves": rows}
+              "maps": len(record["maps"]), "identical": mismatch is None and not unchecked,
+              "first_mismatch": mismatch, "unchecked_maps": [m["id"] for m in unchecked], "curves": rows}
     # both written first, then both moved: a failed plot leaves the last pair, not a new JSON
     # beside an old plot
     tmp_json, tmp_png = sim_dir / ".compare.json.partial", sim_dir / ".compare.partial.png"
@@ -174,6 +184,12 @@ def compare_run(run_dir: Path) -> dict:
         tmp_png.unlink(missing_ok=True)
     if mismatch is not None:
         raise MismatchError(f"hardware differs from software: {mismatch}")
+    if unchecked:
+        m = unchecked[0]
+        raise NothingCheckedError(
+            f"{len(unchecked)} of {len(record['maps'])} maps checked no image, the first map {m['id']} "
+            f"(rate {m['rate']:g}): its transient upset came while every image was in flight; simulate with "
+            f"another --transient-cycle (hw_ber.json's transient fields say which cycles check images)")
     return result
 
 

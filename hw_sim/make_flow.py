@@ -123,9 +123,7 @@ def _rates(value: str) -> list[float]:
         except ValueError:
             raise _bad("BER", value, f"want comma-separated bit error rates in [0, 1] (e.g. BER=0,0.01); "
                        f"{item!r} is not a number") from None
-        if ber in bers:
-            raise _bad("BER", value, f"the rate {item} is listed twice")
-        bers.append(ber)
+        bers.append(ber)  # a rate listed twice is refused with the others' problems (rate_problem)
     if not bers:
         raise _bad("BER", value, "give at least one bit error rate (e.g. BER=0,0.01)")
     return bers

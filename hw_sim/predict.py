@@ -107,7 +107,7 @@ def finn_predict(build_dir: Path, x: np.ndarray, maps: Sequence[FaultMap | None]
     thr_names = set(manifest.thresholds)
     if any(len(split_map(m, thr_names)[1]) for m in maps if m is not None):
         raise ValueError("finn_predict: FINN's Python execution counts thresholds (MultiThreshold) while "
-                         "Thresholding_rtl binary-searches them; faulty thresholds need the fast predictor")
+                         "the hardware binary-searches them; faulty thresholds need the fast predictor")
     golden = golden_words(manifest, manifest.weights)
     nodes = {m.layer: model.get_node_from_name(m.layer) for m in manifest.weights.values()}
     shapes = {layer: model.get_initializer(node.input[1]).shape for layer, node in nodes.items()}

@@ -24,7 +24,7 @@ import numpy as np
 from hw_sim.job import SimJob
 from hw_sim.predict import fast_predict, finn_predict, split_map
 from hw_sim.runner import build_harness, run_job
-from hw_sim.shards import MAX_SHARDS, auto_shards, run_sharded
+from hw_sim.shards import MAX_SHARDS, auto_shards, image_slices, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
 from hw_sim.verilate import whitespace_problem
@@ -115,6 +115,10 @@ def check_sim_args(bers: list[float], maps: int, images: int, seed: int, fault_m
             raise UserInputError("--transient-cycle needs a cycle >= 0 and --inject backdoor")
         if jobs > 1:
             raise UserInputError("--transient-cycle upsets one stream at one cycle: it needs --jobs 1")
+    if predictor == "finn" and memories != "weights":
+        raise UserInputError("--predictor finn predicts weight faults only (FINN's Python execution counts "
+                             "thresholds where the hardware binary-searches them): use --predictor fast with "
+                             "--memories thresholds/all")
     if inject == "axilite" and memories != "weights":
         raise UserInputError("--inject axilite writes weights only (thresholds have no AXI-lite port at "
                              "accel_top); use --inject backdoor with --memories thresholds/all")
@@ -320,6 +324,7 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
             "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
         })
         e["identical_to_software"] = e["first_differing_image"] is None
+        e["checked_images"] = int(checked[e["id"]].sum())  # a transient upset checks only some
         if transients[e["id"]] is not None:
             e["transient"] = transients[e["id"]]
         e["file"] = f"maps/{Path(e['file']).name}"  # relative to the sim folder
@@ -376,7 +381,8 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         raise UserInputError(f"{run_dir}: the simulator must be built here, and {problem}")
     if transient_cycle is not None or waves:
         jobs = 1  # one stream to upset; one waveform to read
-    shards = jobs or auto_shards(images, len(os.sched_getaffinity(0)))
+    # as many processes as there are non-empty image slices (what hw_ber.json records as run)
+    shards = len(image_slices(images, jobs or auto_shards(images, len(os.sched_getaffinity(0)))))
     t0 = time.perf_counter()
     try:
         return _simulate(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,

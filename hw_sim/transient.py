@@ -21,6 +21,25 @@ import numpy as np
 MARGIN_IMAGES = 4
 
 
+def coverage_problem(transient: dict, rate: float) -> str | None:
+    """What a map's transient record leaves unchecked, as one sentence (``None``: both the clean
+    and the faulty prediction were checked on some image). An upset that falls while every image
+    is in flight checks nothing, and one after the stream's end checks the clean weights only:
+    neither may be reported as hardware equal to software without saying so."""
+    before, after, upset = transient["images_before"], transient["images_after"], transient["upset_cycle"]
+    window = (f"an upset before cycle {transient['after_needs_upset_below']} checks images after it, one after "
+              f"cycle {transient['before_needs_upset_above']} images before it (more --images widen both)")
+    if upset < 0:
+        return f"the stream ended before the upset: every image ran on clean memories ({window})"
+    if before + after == 0:
+        return f"every image was in flight at the upset (cycle {upset}), so none was checked ({window})"
+    if after == 0 and rate > 0:
+        return f"no image entered after the upset (cycle {upset}): the faulty prediction was not checked ({window})"
+    if before == 0:
+        return f"no image left before the upset (cycle {upset}): the clean prediction was not checked ({window})"
+    return None
+
+
 def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: np.ndarray,
              out_cycles: np.ndarray, upset_cycle: int, margin: int = MARGIN_IMAGES) -> dict:
     """Per-image classes for one map and whether the checked ones match; see the module doc.
@@ -46,6 +65,10 @@ def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: n
         "in_flight_equal_faulty": int((same_faulty & flight & ~same_clean).sum()),
         "in_flight_neither": int((flight & ~same_clean & ~same_faulty).sum()),
         "identical_to_software": bool(same_clean[before].all() and same_faulty[after].all()),
+        # where an upset would have checked each side on this stream: images after it need one
+        # before this cycle, images before it one after the first output
+        "after_needs_upset_below": int(in_cycles[n - 1 - margin]) if n > margin else 0,
+        "before_needs_upset_above": int(out_cycles.min()) if n else 0,
         "checked": before | after,
         "prediction": np.where(before[:, None], clean, faulty),
     }

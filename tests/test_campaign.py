@@ -735,3 +735,33 @@ def test_the_gain_over_ce_finds_ce_labelled_in_any_case():
              for loss, mean in (("ce", 0.80), ("mcel32", 0.85))]
     got = gain(table, "m", "mcel32", 0.01)
     assert got is not None and round(got["points"], 6) == 5.0
+
+
+@pytest.mark.slow
+def test_the_committed_campaign_documents_are_what_their_generators_give_today(tmp_path, monkeypatch):
+    """``docs/campaigns/*`` and ``docs/paper_reproduction.md`` are written by ``mcel report`` and
+    ``flows/paper_reproduction.py`` from the committed ``results.json``; a change of a generator
+    must come with the documents it changes (a review found three stale lines and four reports
+    without their training configs after two such changes). Each campaign is restored without
+    training, its report written again, and compared byte for byte."""
+    from flows.paper_reproduction import build_doc
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the campaign files name their configs from the repository's root
+    docs = tmp_path / "docs"
+    shutil.copytree(root / "docs", docs)
+    restored = {}
+    for name in ("ce_vs_mcel_tfc", "paper_vgg3", "paper_vgg3_long", "paper_vgg3_margins"):
+        restored[name], summary = run_campaign(root / "flows" / "campaigns" / f"{name}.yaml", tmp_path / "runs" / name,
+                                               workers=1, show_progress=False,
+                                               restore=docs / "campaigns" / name / "results.json")
+        assert summary["finished_here"] == 0
+    for name in ("ce_vs_mcel_tfc", "paper_vgg3_margins"):
+        write_report(restored[name], docs / "campaigns" / name)
+    monkeypatch.chdir(tmp_path)  # the document names the campaigns as the command line did
+    build_doc(Path("runs/paper_vgg3"), Path("docs"), longer=Path("runs/paper_vgg3_long"),
+              command="python -m flows.paper_reproduction runs/campaigns/paper_vgg3 --longer "
+                      "runs/campaigns/paper_vgg3_long --docs docs")
+    for rel in ["paper_reproduction.md", "paper_reproduction.json", *(
+            f"campaigns/{name}/report.{ext}" for name in restored for ext in ("md", "json"))]:
+        assert (docs / rel).read_text() == (root / "docs" / rel).read_text(), f"docs/{rel} is stale"

@@ -54,6 +54,23 @@ def test_outputs_changed_after_the_simulation_are_a_mismatch(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "run")]) == 0
 
 
+def test_a_map_that_checked_no_image_is_not_reported_identical(tmp_path, capsys):
+    """A transient upset while every image is in flight leaves no image with a prediction: that
+    map proves nothing, so compare says so in one line and exits 1 instead of "all identical"
+    (it did, on 0 checked images, and counted the map among the identical ones)."""
+    sim = _sim_folder(tmp_path / "run")
+    with np.load(sim / "sw_outputs.npz") as f:
+        sw = {k: f[k] for k in f.files}
+    sw["checked"][1] = False
+    np.savez(sim / "sw_outputs.npz", **sw)
+    assert main(["compare", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 2 maps checked no image" in err[0] and "--transient-cycle" in err[0]
+    result = json.loads((sim / "compare.json").read_text())
+    assert result["unchecked_maps"] == [1] and not result["identical"]
+    assert [r["identical_maps"] for r in result["curves"]] == [1, 0]
+
+
 @pytest.mark.parametrize("damage, words", [
     ("accuracy", "map 1's accuracy"),
     ("shape", "outputs (2, 3, 3)"),

@@ -238,12 +238,23 @@ def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp
     ("threshold_faults", ["--run", "{run}", "--out", "{tmp}"], "argument --out: want a .json file"),
     ("malloc_tuning", ["--run", "{run}", "--out", "{tmp}/a_file/x.json"], "a_file is a file, not a folder"),
     ("mixed_rates", ["--run", "{tmp}", "--maps", "2"], "not found: run the training stage"),  # no train/ in it
+    # a record that exists is kept (the README cites the committed ones) unless --force
+    ("auto_choice", ["--run", "{run}", "--out", "{tmp}/a_file.json"], "a_file.json exists; pass --force"),
+    ("train_step", ["--steps", "2", "--out", "/proc/no/x.json"], "cannot write under /proc"),
+    # a time per map divided by maps that never ran
+    ("sw_faults", ["--run", "{run}", "--maps", "1", "--brevitas-maps", "5"], "--brevitas-maps: 5 is more"),
+    ("threshold_faults", ["--run", "{run}", "--maps", "1", "--dense-maps", "8"], "--dense-maps: 8 is more"),
+    ("hw_sim", ["--run", "{run}", "--images", "5", "--naive-images", "20"], "--naive-images: 20 is more"),
+    ("train_step", ["--model", "nosuch", "--steps", "2"], "argument --model:"),
+    ("hw_sim", ["--run", "{run}", "--images", "99999"], "--images 99999: the test set has"),
+    ("sweep_ci", ["--run", "{tmp}", "--maps", "2"], "not found: run the training stage"),
 ])
 def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv, words, smoke_run, tmp_path,
                                                                     monkeypatch, capsys):
     """A benchmark's wrong flag stops it at once in one line naming the flag, exit 2 (it used to
     end in a traceback, after the work for --out, or to write a record measured on nothing)."""
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_file.json").write_text("{}")
     module = load_bench_script(script, monkeypatch)
     args = [a.replace("{run}", str(smoke_run)).replace("{tmp}", str(tmp_path)) for a in argv]
     try:
@@ -252,4 +263,5 @@ def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv
         code = exc.code
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no record written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_file.json"]  # no record written
+    assert (tmp_path / "a_file.json").read_text() == "{}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw_sim.transient import classify
+from hw_sim.transient import classify, coverage_problem
 
 
 def _stream(n: int = 12):
@@ -31,3 +31,21 @@ def test_an_upset_after_the_stream_ended_leaves_every_image_clean():
     r = classify(clean.copy(), clean, faulty, in_c, out_c, upset_cycle=-1)
     assert r["images_before"] == 12 and r["identical_to_software"] and r["upset_cycle"] == -1
     assert not classify(faulty.copy(), clean, faulty, in_c, out_c, upset_cycle=-1)["identical_to_software"]
+
+
+def test_what_an_upset_leaves_unchecked_is_named_with_the_cycles_that_would_check_it():
+    """With an unbounded input queue every image may be in flight at once: an upset then checks
+    nothing, and `mcel sim` must not call the map identical without saying so."""
+    clean, faulty, in_c, out_c = _stream(20)  # last input at 190; first output at 50
+    both = classify(clean.copy(), clean, faulty, in_c, out_c, upset_cycle=95, margin=2)
+    assert coverage_problem(both, 0.01) is None
+    late = classify(clean.copy(), clean, faulty, in_c, out_c, upset_cycle=185, margin=2)
+    assert late["images_after"] == 0 and "faulty prediction was not checked" in coverage_problem(late, 0.01)
+    assert coverage_problem(late, 0.0) is None  # at rate 0 the faulty prediction is the clean one
+    assert (late["after_needs_upset_below"], late["before_needs_upset_above"]) == (170, 50)
+    early = classify(faulty.copy(), clean, faulty, in_c, out_c, upset_cycle=10, margin=2)
+    assert "clean prediction was not checked" in coverage_problem(early, 0.01)
+    in_flight = {**late, "images_before": 0, "images_after": 0}
+    assert "none was checked" in coverage_problem(in_flight, 0.01)
+    never = classify(clean.copy(), clean, faulty, in_c, out_c, upset_cycle=-1)
+    assert "every image ran on clean memories" in coverage_problem(never, 0.01)

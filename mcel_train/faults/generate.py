@@ -91,9 +91,12 @@ class FaultModel:
 def rate_problem(rates: Sequence[float], fault_model: str | FaultModel) -> str | None:
     """What is wrong with ``rates`` for ``fault_model`` (``None``: nothing), before any map is
     made: bit error rates lie in [0, 1]; ``kflips`` takes whole flip counts instead (their upper
-    bound, the memories' bit count, is checked by :func:`generate_map`). Names no flag: the CLI
-    and the make flow prefix their own."""
+    bound, the memories' bit count, is checked by :func:`generate_map`); a rate given twice. Names
+    no flag: the CLI and the make flow prefix their own."""
     fm = fault_model if isinstance(fault_model, FaultModel) else FaultModel.parse(fault_model)
+    repeated = [r for k, r in enumerate(rates) if r in rates[:k]]
+    if repeated:  # the same maps twice, then averaged as if they were independent samples
+        return f"the rate {repeated[0]:g} is listed twice; give each rate once"
     if fm.name == "kflips":
         bad = [r for r in rates if not (math.isfinite(r) and r >= 0 and r == int(r))]  # NaN: not finite
         return f"the kflips fault model takes whole flip counts >= 0, got {bad[0]:g}" if bad else None
