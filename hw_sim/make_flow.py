@@ -28,11 +28,13 @@ run folder whose path has white space (Verilator's own makefile cannot build the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -46,9 +48,14 @@ from hw_sim.verilate import whitespace_problem
 from hw_sim.work_folder import PARTIAL, check_owned, make_process, release
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
-from mcel_train.stage import write_text_atomic
+from mcel_train.stage import alive, process_start, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class MakeGoneError(RuntimeError):
+    """The ``make`` running the flow ended (killed) while its simulation ran."""
+
 COCOTB_MK = Path(__file__).resolve().parent / "cocotb.mk"
 VARIABLES = ("RUN", "SIM", "BER", "MAPS", "SEED", "IMAGES", "WAVES", "FAULT_MODEL", "JOBS", "PGO", "FORCE")
 DEFAULTS = {"SIM": "verilator", "BER": "0,0.005,0.01,0.02", "MAPS": "5", "SEED": "0", "IMAGES": "1000",
@@ -281,14 +288,33 @@ def _make(s: Settings, target: str, build_args: tuple[str, ...], results: str = 
             "BUILD_ARGS=" + " ".join([jobs, *(shlex.quote(a) for a in build_args)]), target]
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """End every command's whole process group (cocotb's make, the simulator under it): SIGTERM,
+    then SIGKILL for those still running a few seconds later."""
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+        end = time.monotonic() + wait
+        while time.monotonic() < end and any(proc.poll() is None for proc in procs):
+            time.sleep(0.05)
+
+
 def _run_logged(cmds: list[tuple[list[str], dict[str, str], Path, str]], cwd: Path) -> list[int]:
     """Run the commands in parallel, each one's output appended to its log and copied onto stdout
-    (prefixed with its name when there are several); return their exit statuses."""
+    (prefixed with its name when there are several); return their exit statuses.
+
+    Each command leads its own process group, and the group ends with this process: on Ctrl-C or
+    a kill of this process, and when the ``make`` that runs the flow is gone (killed alone, it
+    left the simulator running, which then wrote its outputs into the next run's work folder)."""
     procs, threads = [], []
     lock = threading.Lock()
+    maker = make_process()
+    maker_start = process_start(maker)
     for cmd, env, log, name in cmds:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+                                text=True, errors="replace", start_new_session=True)
         prefix = f"[{name}] " if len(cmds) > 1 else ""
 
         def copy(proc: subprocess.Popen = proc, log: Path = log, prefix: str = prefix) -> None:
@@ -303,10 +329,18 @@ def _run_logged(cmds: list[tuple[list[str], dict[str, str], Path, str]], cwd: Pa
         t.start()
         procs.append(proc)
         threads.append(t)
-    codes = [p.wait() for p in procs]
-    for t in threads:
-        t.join()
-    return codes
+    try:
+        while any(proc.poll() is None for proc in procs):
+            if not alive(maker, maker_start):
+                _stop(procs)
+                raise MakeGoneError("the make process running this flow is gone; its simulation was stopped "
+                                    "(earlier results are unchanged)")
+            time.sleep(0.2)
+    finally:
+        _stop(procs)  # nothing is left running, whatever ended this wait
+        for t in threads:
+            t.join()
+    return [proc.returncode for proc in procs]
 
 
 def _log_tail(log: Path, lines: int = 25) -> str:
@@ -376,6 +410,8 @@ def simulate(s: Settings) -> int:
     env = _cocotb_env(s)
     runs = state["runs"]
     t0 = time.perf_counter()
+    if not s.waves:  # a dump of an earlier WAVES=1 run would sit beside results it does not show
+        (s.make_dir / "dump.vcd").unlink(missing_ok=True)
     for r in runs:
         (s.make_dir / f"{r['name']}.log").write_text("")
     cmds = [(_make(s, "sim", PGO_USE if s.pgo else (), r["results"]), {**env, "MCEL_SIM_JOB": r["job"]},
@@ -439,12 +475,21 @@ def _warn_unknown(env: Mapping[str, str]) -> None:
     if unknown:
         print(f"warning: make -C hw_sim ignores {' '.join(v + '=' for v in unknown)} (it takes "
               f"{' '.join(v + '=' for v in VARIABLES)})", file=sys.stderr)
+    from_env = env.get("MCEL_MAKE_FROM_ENV", "").split()
+    if from_env:  # hw_sim/Makefile takes settings from the command line only
+        print(f"warning: make -C hw_sim ignores {' '.join(from_env)} from the environment (give "
+              f"{' '.join(v + '=' for v in from_env)} on the command line)", file=sys.stderr)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a kill ends the simulator's process groups as Ctrl-C does
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=list(STAGES))
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         settings = read_settings(os.environ)
         if args.stage == "prepare":
@@ -453,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: make -C hw_sim {args.stage} interrupted; the simulation was stopped (earlier results "
+              "are unchanged)", file=sys.stderr)
+        return 130
+    except MakeGoneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         # A simulation without results or a profile-guided build without a profile: the message
         # carries the log's tail. (Looked up, not imported: hw_sim.sim takes seconds to import,

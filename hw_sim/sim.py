@@ -297,6 +297,9 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
         raise SimulationError(f"the cocotb simulation produced no results; last log:\n{tail}")
     raw = np.load(job.out)
     hw, predicted, labels = raw["outputs"], np.load(job.predicted), np.load(work / "labels.npy")
+    if hw.shape[:2] != predicted.shape[:2] or hw.shape[1] != len(labels):  # e.g. an older simulation's
+        raise SimulationError(f"the simulator's outputs ({hw.shape[0]} maps x {hw.shape[1]} images) are not this "
+                              f"run's ({predicted.shape[0]} x {len(labels)}); simulate again")
     checked = np.ones(hw.shape[:2], dtype=bool)
     transients = [None] * len(hw)
     if job.transient_cycle is not None:

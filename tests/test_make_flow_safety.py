@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +30,13 @@ HW_SIM = REPO / "hw_sim"
 MARKER = "pwned"
 
 
-def run_make(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``make -C hw_sim ARGS`` as a user types it, without this process's make state or variables."""
+def run_make(args: list[str], cwd: Path, timeout: float = 120,
+             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``make -C hw_sim ARGS`` as a user types it, without this process's make state or variables
+    (``extra_env``: variables exported in the user's environment)."""
     env = {k: v for k, v in os.environ.items()
            if k not in VARIABLES and not k.startswith("MCEL_MAKE_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(extra_env or {})
     return subprocess.run(["make", "-C", str(HW_SIM), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -146,6 +151,22 @@ def test_rejected_input_changes_nothing(case, args, variable, words, runs, tmp_p
         assert lines[0].startswith(f"error: {variable}="), lines[0]
     assert words in lines[0]
     assert tree(tmp_path) == before, "a rejected run changed files"
+
+
+def test_misspelt_and_environment_variables_run_nothing_and_are_named(runs, tmp_path):
+    """A misspelt variable's value was still expanded by make for every recipe (``FOO=$(shell
+    touch ...)`` ran), and an exported ``FORCE=1`` (a CI job's) silently allowed replacing a
+    result: settings come from the command line only, and the ignored ones are named."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before, markers_before = tree(tmp_path), markers(REPO, tmp_path)
+    proc = run_make([f"RUN={runs}/done", f"FOO=$(shell touch {tmp_path}/{MARKER})"], cwd)
+    assert markers(REPO, tmp_path) == markers_before, "a misspelt variable's value ran"
+    assert proc.returncode == 2 and "ignores FOO=" in proc.stderr and "FORCE=1" in error_lines(proc)[-1]
+    proc = run_make([f"RUN={runs}/done"], cwd, extra_env={"FORCE": "1", "IMAGES": "3"})
+    assert proc.returncode == 2, proc.stderr  # refused to replace: FORCE=1 came from the environment
+    assert "ignores IMAGES FORCE from the environment" in proc.stderr
+    assert tree(tmp_path) == before
 
 
 def test_kflips_counts_pass_every_rate_check():
@@ -278,3 +299,45 @@ def test_pgo_builds_with_a_profile_and_force_replaces(smoke_build, tmp_path):
     assert list((run / "sim" / "make" / "sim_build").glob("*.gcda"))
     assert "-fprofile-use" in (run / "sim" / "make" / "build.log").read_text()
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes whose working directory lies under ``folder`` (cocotb's make, the compiler, the
+    simulator: they all run in the run's ``sim/make``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                continue
+            if cwd == folder or folder in cwd.parents:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_killing_make_alone_stops_its_simulator_and_frees_the_run(smoke_build, tmp_path):
+    """``kill -9`` of the make process alone used to leave the flow's Python, cocotb's make and the
+    simulator running; the next run was then allowed and the old simulator wrote its outputs into
+    it. Now the simulator's process group ends with the make that ran it, and the next run works."""
+    run = linked_run(smoke_build, tmp_path / "killed")
+    env = {k: v for k, v in os.environ.items()
+           if k not in VARIABLES and not k.startswith("MCEL_MAKE_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    make = subprocess.Popen(["make", "-C", str(HW_SIM), f"RUN={run}", "BER=0,0.01,0.02", "MAPS=200", "JOBS=1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not _processes_in(run) and make.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # until cocotb's make runs (building the simulator, then simulating)
+    assert make.poll() is None and _processes_in(run), "the flow ended before cocotb's make started"
+    os.kill(make.pid, signal.SIGKILL)
+    make.wait()
+    deadline = time.monotonic() + 6  # SIGTERM, 3 s, SIGKILL; building and simulating 600 maps take longer
+    while _processes_in(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_in(run), "processes of the killed flow still run"
+    proc = run_make([f"RUN={run}", "BER=0", "MAPS=1", "IMAGES=20", "JOBS=1"], tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((run / "sim" / "hw_ber.json").read_text())
+    assert record["images"] == 20 and all(m["identical_to_software"] for m in record["maps"])
