@@ -765,3 +765,27 @@ def test_the_committed_campaign_documents_are_what_their_generators_give_today(t
     for rel in ["paper_reproduction.md", "paper_reproduction.json", *(
             f"campaigns/{name}/report.{ext}" for name in restored for ext in ("md", "json"))]:
         assert (docs / rel).read_text() == (root / "docs" / rel).read_text(), f"docs/{rel} is stale"
+
+
+@pytest.mark.slow
+def test_ray_addresses_where_no_cluster_answers_are_one_line_naming_the_cause(monkeypatch):
+    """A port where another program listens (the dashboard's, a web server) made the campaign
+    hang for minutes in Ray's retries, and every other failure was blamed on RAY_AUTH_MODE."""
+    pytest.importorskip("ray")
+    import socket
+
+    from flows.campaign import executors
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # connect_ray sets it; undone afterwards
+    monkeypatch.setattr(executors, "JOIN_TIMEOUT_S", 15)
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(UserInputError, match="nothing that answers as a Ray cluster within 15 s"):
+            executors.connect_ray(f"127.0.0.1:{port}")
+        assert time.monotonic() - t0 < 60
+    with pytest.raises(UserInputError) as err:  # no cluster runs here
+        executors.connect_ray("auto")
+    assert "RAY_AUTH_MODE" not in str(err.value) and "ray start --head" in str(err.value)

@@ -66,9 +66,9 @@ def _child(task_dict: dict, campaign_dir: str, conn, campaign_pid: int) -> None:
 class LocalExecutor:
     """Up to ``workers`` tasks at a time, each in its own process."""
 
-    def __init__(self, campaign_dir: str, workers: int) -> None:
+    def __init__(self, campaign_dir: str, workers: int | None) -> None:
         self.campaign_dir = campaign_dir
-        self.workers = workers
+        self.workers = workers or os.cpu_count() or 1  # default: one per core
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["flows.campaign.tasks", "torch"])
         self.procs: dict[str, tuple] = {}
@@ -134,7 +134,7 @@ class RayExecutor:
     shared file system mounted at the same path on every node.
     """
 
-    def __init__(self, campaign_dir: str, workers: int, address: str | None = None) -> None:
+    def __init__(self, campaign_dir: str, workers: int | None, address: str | None = None) -> None:
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
@@ -143,9 +143,12 @@ class RayExecutor:
             raise ToolMissingError("--executor ray needs the ray package: pip install 'ray==2.60.0'")
         if address:
             ray = connect_ray(address)
+            # default: one task per CPU of the whole cluster, not of this machine
+            workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         else:
             import ray
 
+            workers = workers or os.cpu_count() or 1
             if not ray.is_initialized():
                 # a Ray instance of its own: without an address, ray.init joins a cluster already
                 # running on this machine, and then refuses num_cpus (--address joins one)
@@ -201,30 +204,65 @@ def connect_ray(address: str):
     """
     from mcel_train.errors import UserInputError
 
+    given = address
     if address != "auto":  # "auto": the cluster `ray start` left on this machine, found by Ray itself
         # HOST:PORT of the cluster's GCS, or ray://HOST:PORT of its client server
+        scheme = "ray://" if address.startswith("ray://") else ""
         host, _, port = address.removeprefix("ray://").rpartition(":")
+        address = f"{scheme}{host or '127.0.0.1'}:{port}"  # ":6379" is this machine's port, for Ray too
         try:  # Ray itself retries an unreachable address for minutes
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as exc:
-            raise UserInputError(f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+            raise UserInputError(f"--address {given}: no Ray cluster answers there ({exc}); start one with "
                                  "`ray start --head --port=PORT` and give HOST:PORT, ray://HOST:PORT or auto "
                                  "(README, 'Campaigns on a Ray cluster')") from None
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    problem = _join_problem(address)  # in a child with a time limit: Ray retries a port that is not its own
+    if problem:
+        raise UserInputError(f"--address {given}: {problem}")
     import ray
 
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...
         ray.shutdown()
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"--address {address}: cannot join the Ray cluster with RAY_AUTH_MODE="
-                             f"{os.environ['RAY_AUTH_MODE']} ({first}); set RAY_AUTH_MODE to the cluster's "
-                             "mode (README, 'Campaigns on a Ray cluster')") from None
+        raise UserInputError(f"--address {given}: {_ray_problem(str(exc) or type(exc).__name__)}") from None
     return ray
 
 
-def make_executor(kind: str, campaign_dir: str, workers: int,
+JOIN_TIMEOUT_S = 60  # a driver joins a live cluster in seconds; something else on the port never answers
+_JOIN_PROBE = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
+
+
+def _ray_problem(text: str) -> str:
+    """Ray's own error text as the cause and the fix, in one sentence: an authentication mode
+    that is not the cluster's, or no cluster at all."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = (lines[-1] if lines else "no message")[:200]
+    if any(w in text.lower() for w in ("auth", "token", "unauthenticated", "permission denied")):
+        return (f"cannot join the Ray cluster with RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')} ({first}); "
+                "set RAY_AUTH_MODE to the cluster's mode (README, 'Campaigns on a Ray cluster')")
+    return (f"cannot join a Ray cluster there ({first}); start one with `ray start --head --port=PORT` and "
+            "give its HOST:PORT (README, 'Campaigns on a Ray cluster')")
+
+
+def _join_problem(address: str) -> str | None:
+    """Why a driver cannot join the cluster at ``address`` (``None``: it can), found by joining
+    from a child process that is given :data:`JOIN_TIMEOUT_S`: ``ray.init`` on a port where
+    something other than Ray listens retries for many minutes, printing only warnings."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _JOIN_PROBE, address], capture_output=True, text=True,
+                              timeout=JOIN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return (f"nothing that answers as a Ray cluster within {JOIN_TIMEOUT_S} s (another program on that "
+                "port? give the port `ray start --head --port=PORT` was given, not the dashboard's)")
+    return None if done.returncode == 0 else _ray_problem(done.stderr)
+
+
+def make_executor(kind: str, campaign_dir: str, workers: int | None,
                   address: str | None = None) -> LocalExecutor | RayExecutor:
     """The executor named ``kind`` (``local`` or ``ray``), running ``workers`` tasks at a time."""
     if kind == "local":

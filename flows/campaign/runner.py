@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -257,7 +256,6 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
     campaign_dir = Path(campaign_dir)
     if workers is not None and workers < 1:  # 0 is not "every core": that is the default (no flag)
         raise UserInputError(f"--workers must be >= 1 (leave it out for one per core), got {workers}")
-    workers = workers or os.cpu_count() or 1
     db = campaign_dir / "results.sqlite"
     archive = None if restore is None else read_archive(restore, spec)  # checked before anything is written
     if db.exists() and not resume:
