@@ -153,7 +153,7 @@ class ConfigModel(_Section):
     """The training config file; ``model`` is resolved separately (a zoo name or a mapping)."""
 
     name: str = "run"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # torch.manual_seed's range
     model: Any = None
     data: DataConfig = DataConfig()
     loss: LossConfig = LossConfig()
@@ -194,7 +194,10 @@ def validate(raw: dict) -> TrainConfig:
     spec = _resolve_model(cfg.model)
     shape, classes = DATASET_FACTS[cfg.data.dataset]
     if cfg.data.dataset == "digits" and tuple(spec.image_shape) != shape:  # the zoo's names mean 28 x 28
-        spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": list(shape)})
+        try:
+            spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": list(shape)})
+        except ValueError as exc:  # a conv stack too deep for 8 x 8 images
+            raise ConfigError(f"model: {exc}; choose a model for {cfg.data.dataset}'s {list(shape)} images") from None
     if tuple(spec.image_shape) != shape:
         raise ConfigError(f"model.image_shape {list(spec.image_shape)} does not match {cfg.data.dataset}'s "
                           f"{list(shape)} images; drop it or set it to {list(shape)}")

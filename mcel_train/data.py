@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mcel_train.errors import UserError
+from mcel_train.errors import ArtifactError, UserError, UserInputError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
@@ -72,19 +73,28 @@ class Dataset:
         return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
+class DatasetFileError(ArtifactError):
+    """A dataset file that cannot be read as what it claims to be (truncated, not gzip, not IDX)."""
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed) into a numpy array of ``uint8``."""
+    """Read one IDX file (optionally gzip-compressed) into a numpy array of ``uint8``; a damaged
+    file is one :class:`DatasetFileError` naming it."""
+    fix = "replace it (apt-get install --reinstall dataset-fashion-mnist, or another --data-dir)"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetFileError(f"{path} cannot be read ({exc}); {fix}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise DatasetFileError(f"{path} is not an unsigned-byte IDX file (bad magic number); {fix}")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says {expected} bytes of data, file has {len(data) - offset}")
+        raise DatasetFileError(f"{path}: header says {expected} bytes of data, file has {len(data) - offset}; {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
@@ -125,6 +135,9 @@ def _split_train_val(images: np.ndarray, labels: np.ndarray, val_fraction: float
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
     n_val = int(round(val_fraction * len(labels)))
+    if not 0 < n_val < len(labels):  # an empty split ended the first epoch in a traceback
+        raise UserInputError(f"data.val_fraction {val_fraction:g} leaves {n_val} of the {len(labels)} training "
+                             "images for validation; give a fraction that keeps some on both sides")
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
 

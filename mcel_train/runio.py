@@ -134,15 +134,30 @@ def load_source(run_dir: str | Path) -> TrainedRun | ImportedRun:
     return load_run(run_dir)
 
 
-def weights_digest(run_dir: str | Path) -> str:
-    """SHA-256 of a run's trained tensors (names and values, in name order): two trainings
-    with equal digests made the same network, whatever the file's container bytes."""
-    state = torch.load(Path(run_dir) / "train" / "model.pt", map_location="cpu", weights_only=True)
+def state_digest(state: dict) -> str:
+    """SHA-256 of a state dict's tensors (names and values, in name order): two trainings with
+    equal digests made the same network, whatever the file's container bytes. The training
+    stage records it (``metrics.json``'s ``weights_sha256``), because torch's loader does not check
+    the zip's checksums: flipped bytes inside a tensor loaded silently as other weights."""
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
         digest.update(state[name].detach().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """:func:`state_digest` of a run's trained tensors."""
+    return state_digest(torch.load(Path(run_dir) / "train" / "model.pt", map_location="cpu", weights_only=True))
+
+
+def _recorded_digest(train: Path) -> str | None:
+    """The weights digest the training recorded (``None``: a run trained before it did)."""
+    try:
+        value = json.loads((train / "metrics.json").read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -179,4 +194,8 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); "
                        f"train it again (mcel train ... --out {run_dir})") from None
+    recorded = _recorded_digest(train)
+    if recorded is not None and recorded != state_digest(state):
+        raise RunError(f"{weights} does not hold the weights this run trained (their digest in metrics.json "
+                       f"differs: the file is damaged); train it again (mcel train ... --out {run_dir})")
     return TrainedRun(run_dir, spec, model.eval(), str(dataset), cfg)

@@ -31,7 +31,7 @@ from mcel_train.losses import MCEL, make_loss
 from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.models import build_model
 from mcel_train.progress import progress_bar
-from mcel_train.runio import load_run
+from mcel_train.runio import load_run, state_digest
 from mcel_train.stage import blocking_file
 
 EVAL_BATCH = 1000
@@ -221,6 +221,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["dataset_source"] = data.source
     metrics["versions"] = versions()
+    metrics["weights_sha256"] = state_digest(model.state_dict())  # checked by load_run
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=run_dir))
     try:

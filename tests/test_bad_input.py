@@ -42,6 +42,36 @@ def _truncate(rel: str) -> Callable[[Path], None]:
     return setup
 
 
+def _flip_tensor_bytes(rel: str) -> Callable[[Path], None]:
+    """Bytes flipped inside the largest tensor of a torch zip, its zip structure intact: torch's
+    loader does not check the zip's checksums, so only the recorded weights digest sees it."""
+    def setup(root: Path) -> None:
+        import struct
+        import zipfile
+
+        path = root / rel
+        with zipfile.ZipFile(path) as z:
+            info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        raw = bytearray(path.read_bytes())
+        name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_len + extra_len
+        for k in range(start, start + info.file_size, 50):
+            raw[k] ^= 0x40
+        path.write_bytes(bytes(raw))
+    return setup
+
+
+def _damaged_dataset(name: str, keep: int) -> Callable[[Path], None]:
+    """``ROOT/fm``: the installed Fashion-MNIST files with ``name`` cut to its first ``keep`` bytes."""
+    def setup(root: Path) -> None:
+        from mcel_train.data import find_fashion_mnist
+
+        shutil.copytree(find_fashion_mnist(), root / "fm")
+        path = root / "fm" / name
+        path.write_bytes(path.read_bytes()[:keep])
+    return setup
+
+
 def _manifest(**change) -> Callable[[Path], None]:
     """A fake build holding a manifest (valid JSON) with fields changed."""
     base = {"version": 2, "top": "accel_top", "top_file": "hdl/accel_top.sv", "filelist": "hdl/filelist.f",
@@ -152,6 +182,18 @@ CASES = [
     ("train-missing-data-dir", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set", "data.data_dir=/nonexistent/x",
                                 "--out", "{run}/new"], None, "/nonexistent/x"),
     ("train-existing-run", ["train", SMOKE, "--out", "{run}"], None, "exists"),
+    ("train-empty-validation", ["train", SMOKE, "--set", "data.val_fraction=0.0001", "--out", "{run}/new"], None,
+     "data.val_fraction 0.0001 leaves 0 of the"),
+    ("train-cnv-on-digits", ["train", SMOKE, "--set", "model=cnv_w1a1", "--out", "{run}/new"], None,
+     "do not fit 8x8 images"),
+    ("train-seed-past-torch", ["train", SMOKE, "--set", "seed=18446744073709551616", "--out", "{run}/new"], None,
+     "seed"),
+    ("train-truncated-dataset", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--data-dir", "{run}/fm",
+                                 "--out", "{run}/new"], _damaged_dataset("train-images-idx3-ubyte.gz", 50000),
+     "train-images-idx3-ubyte.gz cannot be read"),
+    ("train-dataset-not-idx", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--data-dir", "{run}/fm",
+                               "--out", "{run}/new"], _damaged_dataset("t10k-labels-idx1-ubyte.gz", 10),
+     "t10k-labels-idx1-ubyte.gz cannot be read"),
     ("train-key-twice", ["train", "{run}/cfg.yaml", "--out", "{run}/new"],
      _config("model: tfc_w2a2\nepochs: 30\nepochs: 1\n"), "key 'epochs' appears twice in one mapping at line 3"),
     ("train-config-is-a-folder", ["train", "{run}", "--out", "{run}/new"], None, "is a folder"),
@@ -199,6 +241,8 @@ CASES = [
     ("export-no-train", ["export", "{run}/empty"], _write("empty/.keep", ""), "not found"),
     ("export-truncated-weights", ["export", "{run}"], _truncate("train/model.pt"), "model.pt"),
     ("export-non-zip-weights", ["export", "{run}"], _write("train/model.pt", "not a zip"), "model.pt"),
+    ("sweep-flipped-weight-bytes", ["sweep", "{run}", "--ber", "0"], _flip_tensor_bytes("train/model.pt"),
+     "does not hold the weights this run trained"),
     ("export-broken-run-config", ["export", "{run}"], _write("train/config.yaml", "model: [x\n"), "config.yaml"),
     ("export-existing", ["export", "{run}"], _write("export/model.qonnx.onnx", "x"), "--force"),
     ("export-zero-images", ["export", "{run}", "--images", "0"], None, "--images must be >= 1"),
