@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from mcel_train.data import DATASET_NAMES, encode_inputs, load_dataset
+from mcel_train.data import DATASET_NAMES, DatasetNotFoundError, encode_inputs, load_dataset
 from mcel_train.errors import ArtifactError
 from mcel_train.models import ModelSpec, build_model
 from mcel_train.quicktrain import model_inputs
@@ -63,8 +64,21 @@ class TrainedRun:
         """The test split as ``(model inputs, labels)``, loaded as the run's config says."""
         data = self.config.get("data", {}) or {}
         kwargs = {k: data[k] for k in ("data_dir", "val_fraction") if data.get(k) is not None}
-        # The training stage splits with the run's top-level seed (digits' test split too).
-        ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
+        if "data_dir" in kwargs:
+            if os.environ.get("MCEL_DATA_DIR"):  # the user's choice of where the files are now
+                del kwargs["data_dir"]
+            else:  # stored relative to the run folder (mcel_train/train.py), whatever the cwd
+                kwargs["data_dir"] = self.run_dir / kwargs["data_dir"]
+        try:
+            # The training stage splits with the run's top-level seed (digits' test split too).
+            ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
+        except DatasetNotFoundError:
+            if "data_dir" not in kwargs:
+                raise
+            raise DatasetNotFoundError(
+                f"{self.run_dir} was trained on the files in {data['data_dir']} (data.data_dir in its "
+                "train/config.yaml, relative to the run folder), which is not a folder from here; set MCEL_DATA_DIR "
+                "to the folder that holds them now") from None
         return model_inputs(ds.test.images, self.spec), ds.test.labels
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:

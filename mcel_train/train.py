@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import statistics
@@ -227,7 +228,7 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     try:
         torch.save(model.state_dict(), tmp / "model.pt")
         with open(tmp / "config.yaml", "w") as f:
-            yaml.safe_dump(cfg.raw, f, sort_keys=False)
+            yaml.safe_dump(_relocatable(cfg.raw, run_dir), f, sort_keys=False)
         with open(tmp / "metrics.json", "w") as f:
             json.dump(metrics, f, indent=2)
         tmp.rename(stage)
@@ -235,6 +236,16 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stage
+
+
+def _relocatable(raw: dict, run_dir: Path) -> dict:
+    """The config as the run stores it: a data folder relative to the run folder (as typed, it was
+    relative to the cwd of the training, and a sweep from anywhere else could not find it)."""
+    data_dir = (raw.get("data") or {}).get("data_dir")
+    if not data_dir:
+        return raw
+    rel = os.path.relpath(Path(data_dir).resolve(), Path(run_dir).resolve())
+    return {**raw, "data": {**raw["data"], "data_dir": rel}}
 
 
 def load_trained(run_dir: str | Path) -> tuple[nn.Module, TrainConfig]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hw_sim.sim import run_sim
+from tests.conftest import CONFIGS
 
 
 @pytest.mark.slow
@@ -49,3 +50,31 @@ def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
     assert all(m["identical_to_software"] for m in again["maps"])
     # the simulator was reused, not rebuilt (its build is keyed by content, not by path)
     assert {p: p.stat().st_mtime_ns for p in binaries} == binaries
+
+
+def test_a_run_trained_with_a_relative_data_dir_is_used_from_anywhere(tmp_path, monkeypatch, capsys):
+    """``--data-dir fm`` was stored as typed, relative to the training's cwd, so a sweep from any
+    other folder could not find the files; it is stored relative to the run folder, a run moved
+    away from them says to set MCEL_DATA_DIR in one line, and MCEL_DATA_DIR then finds them."""
+    from flows.cli import main
+    from mcel_train.data import find_fashion_mnist
+
+    monkeypatch.delenv("MCEL_DATA_DIR", raising=False)
+    shutil.copytree(find_fashion_mnist(), tmp_path / "a" / "fm")
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set", "epochs=1", "--set",
+                 "data.limit_train=500", "--data-dir", "fm", "--out", "runs/rel", "--quiet"]) == 0
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    sweep = ["--ber", "0", "--maps", "1", "--test-images", "50", "--quiet", "--force"]
+    assert main(["sweep", "../a/runs/rel", *sweep]) == 0
+    clean = json.loads((tmp_path / "a" / "runs" / "rel" / "sweep" / "sw_ber.json").read_text())["results"][0]
+    shutil.move(tmp_path / "a" / "runs" / "rel", tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["sweep", "../moved", *sweep]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set MCEL_DATA_DIR" in err[0]
+    monkeypatch.setenv("MCEL_DATA_DIR", str(tmp_path / "a" / "fm"))
+    assert main(["sweep", "../moved", *sweep]) == 0
+    moved = json.loads((tmp_path / "moved" / "sweep" / "sw_ber.json").read_text())["results"][0]
+    assert moved["accuracies"] == clean["accuracies"]
