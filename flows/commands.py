@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mcel_train.errors import UserInputError
@@ -46,7 +47,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.images < 1:
         raise UserInputError(f"--images must be >= 1 (test images the export is checked on), got {args.images}")
-    path = export_run(Path(args.run), n_check=args.images, force=args.force)
+    from flows.export import ExportMismatchError
+
+    try:
+        path = export_run(Path(args.run), n_check=args.images, force=args.force)
+    except ExportMismatchError as exc:  # not the user's input; nothing was written
+        if args.debug:
+            raise
+        print(f"error: {exc}; nothing was exported (QONNX runs the graph in float32: an image whose accumulator "
+              "sits within its rounding error of a threshold can differ on a large check; mcel build checks the "
+              "integer network bit-exactly)", file=sys.stderr)
+        return 1
     record = json.loads((path.parent / "export.json").read_text())
     print(f"exported {path}; QONNX == torch on {record['check']}")
     return 0

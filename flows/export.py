@@ -8,6 +8,7 @@ an export that changes a prediction is an error here, before FINN ever sees the 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def export_qonnx_model(
     ``input_shape`` excludes the batch dimension. The TorchScript exporter is used
     (``dynamo=False``): torch 2.13's dynamo exporter cannot trace Brevitas' quant tensors.
     """
-    from brevitas.export import export_qonnx
+    with warnings.catch_warnings():  # an optional kernel package Brevitas mentions on import, not used here
+        warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+        from brevitas.export import export_qonnx
 
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
@@ -100,7 +103,7 @@ def check_export(
     check = ExportCheck(n=len(inputs), argmax_equal=same, max_abs_diff=diff, atol=tol)
     if same != len(inputs) or diff > tol:
         raise ExportMismatchError(
-            f"QONNX export of {onnx_path} differs from torch: argmax equal on {same}/{len(inputs)}"
+            f"the QONNX export differs from torch: argmax equal on {same}/{len(inputs)}"
             f" inputs, max |diff| {diff:.3g} (tolerance {tol:.3g})"
         )
     return check

@@ -231,3 +231,28 @@ def test_padding_a_binarized_feature_map_is_refused_in_one_line(tmp_path):
                        r"feature map\)"):
         build_run(run)
     assert not (run / "build").exists() and not list(run.glob(".build*"))
+
+
+def test_an_export_that_differs_from_torch_is_one_line_and_writes_nothing(smoke_run, tmp_path, monkeypatch, capsys):
+    """QONNX's float32 execution can cross a threshold that torch does not on a rare image of a
+    large check: that was a traceback; now it is one line saying what differed and why it can,
+    exit 1 (not the user's input), and no export stage."""
+    import shutil
+
+    from flows import export
+    from flows.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run / "train", run / "train")
+    real = export.qonnx_execute
+
+    def one_image_off(path, inputs):
+        out = real(path, inputs)
+        out[-1] += 1.0
+        return out
+
+    monkeypatch.setattr(export, "qonnx_execute", one_image_off)
+    assert main(["export", str(run), "--images", "5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the QONNX export differs from torch") and "float32" in err[0]
+    assert sorted(p.name for p in run.iterdir()) == ["train"]
