@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         # carries the log's tail. (Looked up, not imported: hw_sim.sim takes seconds to import,
         # and a rejected variable must not wait for it.)
         sim, runner = sys.modules.get("hw_sim.sim"), sys.modules.get("hw_sim.runner")
-        if not ((sim and isinstance(exc, sim.SimulationError)) or (runner and isinstance(exc, runner.PgoError))):
+        if not ((sim and isinstance(exc, sim.SimulationError))
+                or (runner and isinstance(exc, runner.PgoError | runner.SimulationFailed))):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat
 from hw_sim.verilate import WNO as VERILATOR_WNO
 from hw_sim.verilate import link_memories, verilator_bin, whitespace_problem
-from mcel_train.errors import ArtifactError, UserError, UserInputError
+from mcel_train.errors import ArtifactError, UserInputError
 from mcel_train.manifest import Manifest, load_manifest
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
@@ -277,9 +277,10 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
     return results
 
 
-class SimulationFailed(UserError, RuntimeError):
+class SimulationFailed(RuntimeError):
     """The testbench failed for another reason than a recorded mismatch or hang (one line: the
-    failure message from cocotb's results.xml, or the simulator's first error, and the log)."""
+    failure message from cocotb's results.xml, or the simulator's first error, and the log).
+    Not the user's input: exit status 1 (``mcel sim``, the make flow), as for no results."""
 
 
 def check_results(results: Path, raw: Path, log: Path) -> None:

@@ -19,11 +19,15 @@ def _rates(text: str) -> list[float]:
     if text.startswith("logspace:"):
         try:
             _, lo, hi, n = text.split(":")
-            import numpy as np
-
-            rates = [float(v) for v in np.logspace(np.log10(float(lo)), np.log10(float(hi)), int(n))]
+            lo_f, hi_f, count = float(lo), float(hi), int(n)
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"bad logspace {text!r}: {err}") from err
+        if not (lo_f > 0 and hi_f > 0 and count >= 1):  # log10 of 0 warned, then the rates were NaN
+            raise argparse.ArgumentTypeError(f"bad logspace {text!r}: want logspace:LO:HI:N with LO, HI > 0 and N >= 1 "
+                                             "(rate 0 can be added as 0,... in a list)")
+        import numpy as np
+
+        rates = [float(v) for v in np.logspace(np.log10(lo_f), np.log10(hi_f), count)]
     else:
         try:
             rates = [float(v) for v in text.split(",") if v.strip()]

@@ -35,7 +35,7 @@ def load_sweep(path: str | Path) -> dict:
         results = rec["results"]
         ok = isinstance(results, list) and all(
             isinstance(r["rate"], int | float) and isinstance(r["mean"], int | float)
-            and (r.get("ci95") is None or len(r["ci95"]) == 2) for r in results)
+            and (r.get("ci95") is None or len(r["ci95"]) == 2) for r in results) and len(results) > 0
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         ok = False
     if not ok:
@@ -91,10 +91,20 @@ def plot_sweeps(records: Sequence[tuple[str, dict]], out_png: str | Path, title:
     return out_png
 
 
+def _label(path: Path) -> str:
+    """A curve's default label: the run's name, also for a record inside its ``sweep/`` folder
+    (every such file is called sw_ber.json), else the record file's own name."""
+    if path.is_file():
+        return run_name(path.parent.parent) if path.parent.name == "sweep" else path.stem
+    return run_name(path)
+
+
 def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
               labels: Sequence[str] | None = None) -> Path:
     """Overlay the sweeps of several run folders (labels default to the folder names)."""
-    labels = list(labels) if labels else [run_name(d) for d in run_dirs]
+    labels = list(labels) if labels else [_label(Path(d)) for d in run_dirs]
+    if any(not label.strip() for label in labels):
+        raise UserInputError(f"--labels {','.join(labels)!r} holds an empty label; give one name per run")
     if len(labels) != len(run_dirs):
         raise UserInputError(f"--labels gives {len(labels)} label(s) for {len(run_dirs)} run(s); give one per run, "
                              "comma-separated")

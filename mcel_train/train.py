@@ -225,6 +225,9 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     metrics["weights_sha256"] = state_digest(model.state_dict())  # checked by load_run
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=run_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay on train/, unlike every other stage's folder
     try:
         torch.save(model.state_dict(), tmp / "model.pt")
         with open(tmp / "config.yaml", "w") as f:

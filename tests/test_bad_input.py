@@ -330,6 +330,12 @@ CASES = [
     # compare, plot, campaign, report
     ("compare-no-sim", ["compare", "{run}"], None, "hw_ber.json"),
     ("plot-no-sweep", ["plot", "{run}", "-o", "{run}/x.png"], None, "sw_ber.json"),
+    ("plot-empty-sweep", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", '{"results": []}'),
+     "is not a sweep record"),
+    ("plot-empty-label", ["plot", "{run}", "{run}", "--labels", "one,", "-o", "{run}/x.png"], None, "empty label"),
+    ("sweep-logspace-from-zero", ["sweep", "{run}", "--ber", "logspace:0:1e-2:3"], None, "LO, HI > 0"),
+    ("sweep-fault-parameter-twice", ["sweep", "{run}", "--ber", "0", "--fault-model", "asym:p01=0.1,p01=0.9"], None,
+     "'p01' is given twice"),
     ("plot-labels-count", ["plot", "{run}", "{run}", "--labels", "a", "-o", "{run}/x.png"], None,
      "--labels gives 1 label(s) for 2 run(s)"),
     ("plot-torn-sweep", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", '{"results": [{"ra'),

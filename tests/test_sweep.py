@@ -265,3 +265,16 @@ def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_file.json"]  # no record written
     assert (tmp_path / "a_file.json").read_text() == "{}"
+
+
+def test_a_plot_of_sweep_files_labels_each_curve_by_its_run(tmp_path):
+    """Every sweep record is called sw_ber.json, so labels taken from the file named every curve
+    'sw_ber.json'; a record inside a run's sweep/ folder is labelled by the run."""
+    from mcel_train.plotting import _label
+
+    for run in ("a", "b"):
+        (tmp_path / run / "sweep").mkdir(parents=True)
+        (tmp_path / run / "sweep" / "sw_ber.json").write_text("{}")
+    (tmp_path / "loose.json").write_text("{}")
+    assert [_label(tmp_path / r / "sweep" / "sw_ber.json") for r in ("a", "b")] == ["a", "b"]
+    assert _label(tmp_path / "a") == "a" and _label(tmp_path / "loose.json") == "loose"

@@ -263,10 +263,12 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
     lines = [f"# Campaign `{spec.name}`", "",
              f"{len(spec.points)} trained networks; software: {maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
-    if spec.hardware:
+    if spec.hardware and any(r["source"] == "hardware" for r in rows):
         hw = spec.hardware
         lines.append(f"Hardware: RTL simulation (cocotb + Verilator) of each FINN build, {hw['maps']} maps per rate "
                      f"on {hw['images']} test images, {hw['inject']} injection, seed {hw['seed']}.")
+    elif spec.hardware:  # e.g. a --software-only run: the builds and simulations are still to come
+        lines.append("Hardware: no RTL simulation has finished yet (`mcel campaign ... --resume` runs them).")
     lines += ["", "Accuracy in %, mean over fault maps with its 95 % t-interval. Written by `mcel report` from the "
               "campaign's results store (`results.sqlite`); `report.json` holds every number and the campaign file.",
               "Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software prediction "

@@ -65,6 +65,10 @@ class FaultModel:
             name = d.pop("name", d.pop("model", None))
             return cls(str(name), {k: float(v) for k, v in d.items()})
         name, _, rest = str(spec).partition(":")
+        keys = [item.partition("=")[0].strip() for item in filter(None, rest.split(","))]
+        repeated = [k for i, k in enumerate(keys) if k in keys[:i]]
+        if repeated:  # the last value silently won
+            raise FaultModelError(f"fault model parameter {repeated[0]!r} is given twice in {spec!r}; give it once")
         params = {}
         for item in filter(None, rest.split(",")):
             key, eq, val = item.partition("=")
