@@ -53,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from hw_sim.runner import PgoError, SimulationFailed
+    from hw_sim.runner import PgoError, SimulatorStopped
     from hw_sim.sim import SimulationError, run_sim
 
     try:
@@ -61,7 +61,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
                        args.inject, args.batch_images, args.predictor, force=args.force, waves=args.waves,
                        memories=args.memories, transient_cycle=args.transient_cycle, jobs=args.jobs,
                        pgo=args.pgo, backpressure=args.backpressure)
-    except (SimulationError, PgoError, SimulationFailed) as exc:
+    except (SimulationError, PgoError, SimulatorStopped) as exc:
         # not the user's input: no results (the message carries the simulator log's tail, which
         # is the diagnosis) or a fast prediction that FINN's execution contradicts. Exit 1, as
         # the make flow does; --debug shows the traceback.

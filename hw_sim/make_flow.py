@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         # and a rejected variable must not wait for it.)
         sim, runner = sys.modules.get("hw_sim.sim"), sys.modules.get("hw_sim.runner")
         if not ((sim and isinstance(exc, sim.SimulationError))
-                or (runner and isinstance(exc, runner.PgoError | runner.SimulationFailed))):
+                or (runner and isinstance(exc, runner.PgoError | runner.SimulatorStopped))):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat
 from hw_sim.verilate import WNO as VERILATOR_WNO
 from hw_sim.verilate import link_memories, verilator_bin, whitespace_problem
-from mcel_train.errors import ArtifactError, UserInputError
+from mcel_train.errors import ArtifactError, UserError, UserInputError
 from mcel_train.manifest import Manifest, load_manifest
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
@@ -270,17 +270,23 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
         except SystemExit:
             # cocotb's runner exits when the test fails; results.xml says why (below).
             pass
-        except RuntimeError:  # the simulator itself died (a crash, out of memory): its log says why
-            raise SimulationFailed(f"the simulator stopped ({_first_error(test_dir / 'sim.log')}); "
+        except RuntimeError:  # the simulator itself died (a crash, a kill, out of memory): its log says why
+            raise SimulatorStopped(f"the simulator stopped ({_first_error(test_dir / 'sim.log')}); "
                                    f"log: {test_dir / 'sim.log'}") from None
     check_results(results, Path(job.out), test_dir / "sim.log")
     return results
 
 
-class SimulationFailed(RuntimeError):
+class SimulationFailed(UserError, RuntimeError):
     """The testbench failed for another reason than a recorded mismatch or hang (one line: the
-    failure message from cocotb's results.xml, or the simulator's first error, and the log).
-    Not the user's input: exit status 1 (``mcel sim``, the make flow), as for no results."""
+    failure message from cocotb's results.xml, or the simulator's first error, and the log):
+    mostly a build whose files disagree (its manifest names a memory the RTL lacks), which the
+    user fixes by rebuilding."""
+
+
+class SimulatorStopped(RuntimeError):
+    """The simulator process itself died (a crash, a kill, out of memory): not the user's input,
+    so exit status 1 (``mcel sim``, the make flow), as for a simulation without results."""
 
 
 def check_results(results: Path, raw: Path, log: Path) -> None:
