@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def check(run: Path) -> dict:
     model = r.model
     x, labels = r.test_inputs(10**9)
     t0 = time.perf_counter()
-    hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
-                              run / "build" / "full_test", mem_dir=run / "build" / "hdl" / "mem")
+    with tempfile.TemporaryDirectory(prefix="accel_accuracy_") as work:  # the build stage stays as built
+        hw, stats = run_simulator(run / "build" / "verilator" / "accel_sim", x, cpp_harness_format(manifest),
+                                  Path(work), mem_dir=run / "build" / "hdl" / "mem")
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         logits, scale = model.logits_and_scale(torch.from_numpy(x))
