@@ -11,6 +11,7 @@ needed, the interval reached, and both wall times.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,12 +29,13 @@ from mcel_train.stage import run_name
 RATES = "0,1e-4,5e-4,1e-3,5e-3,1e-2,2e-2"
 
 
-def sweep(run: Path, args: list[str]) -> tuple[dict, float]:
+def sweep(run: Path, args: list[str], env: dict[str, str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(run), "--ber", RATES, "--quiet", "--force",
-                           *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     if done.returncode:  # the sweep's own last line says why
-        raise UserError(f"mcel sweep failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+        raise UserError(f"mcel sweep failed: {last}")
     return json.loads((run / "sweep" / "sw_ber.json").read_text()), time.perf_counter() - t0
 
 
@@ -44,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ci-width", type=positive, default=0.1, help="accuracy points")
     p.add_argument("--out", type=record_path, default=Path("runs/bench/sweep_ci.json"))
     args = p.parse_args(argv)
-    load_run(args.run)  # a folder without a training stage is one line here, not a traceback below
+    # a folder without a training stage is one line here, not a traceback below; the copy finds
+    # the run's dataset where the run does (its data.data_dir is relative to the run folder)
+    folder = load_run(args.run).data_folder()
+    env = {**os.environ, **({"MCEL_DATA_DIR": str(folder.resolve())} if folder is not None else {})}
     with tempfile.TemporaryDirectory() as tmp:  # the run's own sweep is left alone
         run = Path(tmp) / args.run.name
         shutil.copytree(args.run / "train", run / "train")
-        fixed, t_fixed = sweep(run, ["--maps", str(args.maps), "--method", "dense"])
-        adaptive, t_adaptive = sweep(run, ["--maps", str(args.maps), "--ci-width", str(args.ci_width)])
+        fixed, t_fixed = sweep(run, ["--maps", str(args.maps), "--method", "dense"], env)
+        adaptive, t_adaptive = sweep(run, ["--maps", str(args.maps), "--ci-width", str(args.ci_width)], env)
     rows = []
     for f, a in zip(fixed["results"], adaptive["results"], strict=True):
         assert a["accuracies"] == f["accuracies"][: a["maps"]], "the adaptive maps are not a prefix"

@@ -12,7 +12,15 @@ from pathlib import Path
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from flows.experiment import VARIANTS, ExperimentSettings, collect, parse_list, run_experiment, write_report
+    from flows.experiment import (
+        VARIANTS,
+        ExperimentSettings,
+        check_docs_owner,
+        collect,
+        parse_list,
+        run_experiment,
+        write_report,
+    )
     from mcel_train.errors import UserInputError
 
     epochs, epochs_by_model = args.epochs
@@ -27,6 +35,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     if args.report_only:
         settings.check()
+        check_docs_owner(settings, args.docs, args.force)
         if not (Path(args.out) / "results.sqlite").is_file():  # else a finished report is replaced by "no runs"
             raise UserInputError(f"--out {args.out} holds no experiment campaign: run mcel experiment first "
                                  "(without --report-only), or give its --out")
@@ -37,7 +46,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                                  "--limit-train): give the flags the experiment ran with")
         md = write_report(record, args.docs)
     else:
-        run_experiment(settings, args.docs, notes=args.note, show_progress=not args.quiet)
+        run_experiment(settings, args.docs, notes=args.note, show_progress=not args.quiet, force=args.force)
         md = args.docs / "results.md"
     print(f"wrote {md} and {args.docs / 'results.json'}")
     return 0
@@ -88,6 +97,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--docs", type=Path, default=Path("docs"), help="where results.md/json/png go")
     p.add_argument("--note", action="append", default=[],
                    help="a sentence for the report's Notes section (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a report in --docs that another experiment (another --out) wrote")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite the report from the finished runs")
     p.set_defaults(func=cmd_experiment)

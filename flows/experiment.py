@@ -145,13 +145,30 @@ def campaign_spec(settings: ExperimentSettings) -> CampaignSpec:
     return parse_campaign(campaign_raw(settings))
 
 
+def check_docs_owner(settings: ExperimentSettings, docs: Path, force: bool) -> None:
+    """Refuse to replace another experiment's report in ``docs`` without ``--force``: a small
+    trial with the default ``--docs docs`` replaced the committed four-model report. A report of
+    this same campaign (``--out``) is rewritten freely, as a resumed experiment does."""
+    existing = Path(docs) / "results.json"
+    if force or not existing.is_file():
+        return
+    try:
+        owner = json.loads(existing.read_text())["settings"]["out"]
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = None
+    if owner is None or Path(owner).resolve() != Path(settings.out).resolve():
+        raise UserInputError(f"--docs {docs} holds the report of another experiment ({owner or 'unknown'}): pass "
+                             "--force to replace it, or give another --docs")
+
+
 def run_experiment(settings: ExperimentSettings, docs: Path = Path("docs"),
-                   notes: Sequence[str] = (), show_progress: bool = True) -> dict:
+                   notes: Sequence[str] = (), show_progress: bool = True, force: bool = False) -> dict:
     """Run (or resume) the experiment's campaign, then write the report; returns the record."""
     blocker = blocking_file(docs)  # refused before the campaign, not after it
     if blocker is not None:
         raise UserInputError(f"--docs {docs}: {blocker} is a file, not a folder; give a folder")
-    spec = campaign_spec(settings)
+    spec = campaign_spec(settings)  # the settings' own errors first
+    check_docs_owner(settings, docs, force)
     summary = run_spec(spec, settings.out, workers=settings.jobs, resume=True, show_progress=show_progress)
     record = collect(settings, notes)
     write_report(record, docs)

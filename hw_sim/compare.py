@@ -44,9 +44,7 @@ def curves(record: dict) -> list[dict]:
         sw_mean, sw_half = mean_and_half_width([m["predicted_accuracy"] for m in maps])
         rows.append({"rate": ber, "maps": len(maps), "hw_mean": hw_mean, "hw_ci95": hw_half,
                      "sw_mean": sw_mean, "sw_ci95": sw_half,
-                     # a map with no checked image (a transient upset) is not counted as identical
-                     "identical_maps": sum(bool(m["identical_to_software"] and m.get("checked_images", 1))
-                                           for m in maps)})
+                     "identical_maps": sum(m["identical_to_software"] for m in maps)})
     return rows
 
 
@@ -164,12 +162,14 @@ def compare_run(run_dir: Path) -> dict:
     saved = saved_differences(sim_dir, record)
     mismatch = first_mismatch(sim_dir, record, saved)
     for m in record["maps"]:  # the verdicts of the saved outputs, in the table too
-        m["identical_to_software"] = not saved[0][m["id"]].any()
+        m["identical_to_software"] = not saved[0][m["id"]].any() and m["checked_images"] > 0
     rows = curves(record)
     unchecked = [m for m in record["maps"] if m["checked_images"] == 0]
     result = {"run": run_name(run_dir), "images": record["images"], "fault_model": record["fault_model"],
               "maps": len(record["maps"]), "identical": mismatch is None and not unchecked,
-              "first_mismatch": mismatch, "unchecked_maps": [m["id"] for m in unchecked], "curves": rows}
+              "first_mismatch": mismatch, "unchecked_maps": [m["id"] for m in unchecked],
+              "checked_images": [m["checked_images"] for m in sorted(record["maps"], key=lambda e: e["id"])],
+              "curves": rows}
     # both written first, then both moved: a failed plot leaves the last pair, not a new JSON
     # beside an old plot
     tmp_json, tmp_png = sim_dir / ".compare.json.partial", sim_dir / ".compare.partial.png"

@@ -326,8 +326,9 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
             "first_differing_image": _first_differing(raw, e["id"], out, predicted[e["id"]], checked[e["id"]]),
             "predicted_classes": predicted[e["id"]].argmax(1).tolist(),
         })
-        e["identical_to_software"] = e["first_differing_image"] is None
         e["checked_images"] = int(checked[e["id"]].sum())  # a transient upset checks only some
+        # no image checked proves nothing: not identical (nor differing: first_differing_image is None)
+        e["identical_to_software"] = e["first_differing_image"] is None and e["checked_images"] > 0
         if transients[e["id"]] is not None:
             e["transient"] = transients[e["id"]]
         e["file"] = f"maps/{Path(e['file']).name}"  # relative to the sim folder

@@ -11,7 +11,8 @@ timing, recorded by the harness (the cycle each input word went in and each outp
   is taken ``MARGIN_IMAGES`` images back: an image whose predecessor by that many images went in
   after the upset read only faulty words and must equal the faulty prediction;
 * **in flight**: the rest may have read some words before and some after the upset. They are
-  counted (equal to the clean, to the faulty, or to neither prediction) but not checked.
+  counted (equal to the clean, to the faulty, or to neither prediction) and checked only where
+  the clean and the faulty prediction are the same (then the timing cannot matter).
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ MARGIN_IMAGES = 4
 
 def coverage_problem(transient: dict, rate: float) -> str | None:
     """What a map's transient record leaves unchecked, as one sentence (``None``: both the clean
-    and the faulty prediction were checked on some image). An upset that falls while every image
-    is in flight checks nothing, and one after the stream's end checks the clean weights only:
-    neither may be reported as hardware equal to software without saying so."""
+    and the faulty prediction were checked on some image, or they cannot differ: rate 0). An
+    upset while every image is in flight checks nothing, and one after the stream's end checks
+    the clean weights only: neither may be reported as hardware equal to software without
+    saying so."""
+    if rate == 0:
+        return None
     before, after, upset = transient["images_before"], transient["images_after"], transient["upset_cycle"]
     window = (f"an upset before cycle {transient['after_needs_upset_below']} checks images after it, one after "
-              f"cycle {transient['before_needs_upset_above']} images before it (more --images widen both)")
+              f"cycle {transient['before_needs_upset_above']} images before it; more --images move the first bound")
     if upset < 0:
-        return f"the stream ended before the upset: every image ran on clean memories ({window})"
-    if before + after == 0:
-        return f"every image was in flight at the upset (cycle {upset}), so none was checked ({window})"
-    if after == 0 and rate > 0:
-        return f"no image entered after the upset (cycle {upset}): the faulty prediction was not checked ({window})"
+        return f"the stream ended before the upset, so every image ran on clean memories: {window}"
+    if transient["images_checked"] == 0:
+        return f"every image was in flight at the upset (cycle {upset}), so none was checked: {window}"
+    if after == 0:
+        return f"no image entered after the upset (cycle {upset}), so the faulty prediction was not checked: {window}"
     if before == 0:
-        return f"no image left before the upset (cycle {upset}): the clean prediction was not checked ({window})"
+        return f"no image left before the upset (cycle {upset}), so the clean prediction was not checked: {window}"
     return None
 
 
@@ -56,6 +60,8 @@ def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: n
     flight = ~before & ~after
     same_clean = (hw == clean).all(axis=1)
     same_faulty = (hw == faulty).all(axis=1)
+    certain = flight & (clean == faulty).all(axis=1)  # in flight, but either weights give this output
+    checked = before | after | certain
     return {
         "upset_cycle": int(upset_cycle),
         "images_before": int(before.sum()), "images_after": int(after.sum()), "images_in_flight": int(flight.sum()),
@@ -64,11 +70,12 @@ def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: n
         "in_flight_equal_clean": int((same_clean & flight).sum()),
         "in_flight_equal_faulty": int((same_faulty & flight & ~same_clean).sum()),
         "in_flight_neither": int((flight & ~same_clean & ~same_faulty).sum()),
-        "identical_to_software": bool(same_clean[before].all() and same_faulty[after].all()),
+        "images_checked": int(checked.sum()),
+        "identical_to_software": bool(same_clean[before | certain].all() and same_faulty[after].all()),
         # where an upset would have checked each side on this stream: images after it need one
         # before this cycle, images before it one after the first output
         "after_needs_upset_below": int(in_cycles[n - 1 - margin]) if n > margin else 0,
         "before_needs_upset_above": int(out_cycles.min()) if n else 0,
-        "checked": before | after,
+        "checked": checked,
         "prediction": np.where(before[:, None], clean, faulty),
     }

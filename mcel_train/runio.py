@@ -63,23 +63,29 @@ class TrainedRun:
     def test_set(self) -> tuple[torch.Tensor, np.ndarray]:
         """The test split as ``(model inputs, labels)``, loaded as the run's config says."""
         data = self.config.get("data", {}) or {}
-        kwargs = {k: data[k] for k in ("data_dir", "val_fraction") if data.get(k) is not None}
-        if "data_dir" in kwargs:
-            if os.environ.get("MCEL_DATA_DIR"):  # the user's choice of where the files are now
-                del kwargs["data_dir"]
-            else:  # stored relative to the run folder (mcel_train/train.py), whatever the cwd
-                kwargs["data_dir"] = self.run_dir / kwargs["data_dir"]
-        try:
-            # The training stage splits with the run's top-level seed (digits' test split too).
-            ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
-        except DatasetNotFoundError:
-            if "data_dir" not in kwargs:
-                raise
-            raise DatasetNotFoundError(
-                f"{self.run_dir} was trained on the files in {data['data_dir']} (data.data_dir in its "
-                "train/config.yaml, relative to the run folder), which is not a folder from here; set MCEL_DATA_DIR "
-                "to the folder that holds them now") from None
+        kwargs = {k: data[k] for k in ("val_fraction",) if data.get(k) is not None}
+        folder = self.data_folder()
+        if folder is not None:
+            kwargs["data_dir"] = folder
+        # The training stage splits with the run's top-level seed (digits' test split too).
+        ds = load_dataset(self.dataset, seed=int(self.config.get("seed", 0)), **kwargs)
         return model_inputs(ds.test.images, self.spec), ds.test.labels
+
+    def data_folder(self) -> Path | None:
+        """Where the run's dataset files are now (``None``: the usual search, ``MCEL_DATA_DIR``
+        first). ``data.data_dir`` is stored relative to the run folder when it was given relative
+        (mcel_train/train.py), else as given; a run trained before that stored it relative to
+        the training's cwd, which is tried next. ``MCEL_DATA_DIR`` overrides it: the user's word
+        on where the files are now."""
+        stored = (self.config.get("data", {}) or {}).get("data_dir")
+        if not stored or self.dataset != "fashion_mnist" or os.environ.get("MCEL_DATA_DIR"):
+            return None
+        for folder in (self.run_dir / stored, Path(stored)):  # (an absolute path is both)
+            if folder.is_dir():
+                return folder
+        raise DatasetNotFoundError(
+            f"{self.run_dir} was trained on the files in {stored} (data.data_dir in its train/config.yaml), "
+            "which is not a folder from here; set MCEL_DATA_DIR to the folder that holds them now")
 
     def test_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``n`` test images (0: all), encoded as the model (and the accelerator) takes them."""

@@ -242,10 +242,11 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
 
 
 def _relocatable(raw: dict, run_dir: Path) -> dict:
-    """The config as the run stores it: a data folder relative to the run folder (as typed, it was
-    relative to the cwd of the training, and a sweep from anywhere else could not find it)."""
+    """The config as the run stores it: a relative data folder relative to the run folder (as
+    typed, it was relative to the cwd of the training, and a sweep from anywhere else could not
+    find it); an absolute one as given (a run copied elsewhere on the machine still finds it)."""
     data_dir = (raw.get("data") or {}).get("data_dir")
-    if not data_dir:
+    if not data_dir or Path(data_dir).is_absolute():
         return raw
     rel = os.path.relpath(Path(data_dir).resolve(), Path(run_dir).resolve())
     return {**raw, "data": {**raw["data"], "data_dir": rel}}

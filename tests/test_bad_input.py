@@ -461,6 +461,11 @@ CASES = [
      "holds campaign 'other', not 'experiment'"),
     ("experiment-docs-under-a-file", ["experiment", "--models", "tfc_w2a2", "--variants", "ce", "--out", "{run}/exp",
                                       "--docs", "{run}/train/config.yaml/docs"], None, "--docs"),
+    # a trial run with the default --docs replaced the committed four-model report
+    ("experiment-docs-of-another-experiment", ["experiment", "--models", "tfc_w2a2", "--variants", "ce", "--out",
+                                               "{run}/exp", "--docs", "{run}/docs"],
+     _write("docs/results.json", '{"settings": {"out": "runs/experiment10"}}'),
+     "holds the report of another experiment (runs/experiment10): pass --force"),
     ("experiment-negative-limit", ["experiment", "--limit-train", "-5", "--out", "{run}/exp"], None,
      "--limit-train must be >= 0"),
     ("experiment-negative-seed", ["experiment", "--seed", "-1", "--out", "{run}/exp"], None, "--seed must be >= 0"),

@@ -78,3 +78,15 @@ def test_a_run_trained_with_a_relative_data_dir_is_used_from_anywhere(tmp_path, 
     assert main(["sweep", "../moved", *sweep]) == 0
     moved = json.loads((tmp_path / "moved" / "sweep" / "sw_ber.json").read_text())["results"][0]
     assert moved["accuracies"] == clean["accuracies"]
+    monkeypatch.delenv("MCEL_DATA_DIR")
+    # a run trained before the rule stored the folder relative to its training's cwd: still found there
+    config = tmp_path / "moved" / "train" / "config.yaml"
+    config.write_text(config.read_text().replace("data_dir: ../../fm", "data_dir: fm"))
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["sweep", "../moved", *sweep]) == 0
+    # an absolute folder is kept as given: a copy of the run anywhere on the machine finds it
+    assert main(["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set", "epochs=1", "--set",
+                 "data.limit_train=500", "--data-dir", str(tmp_path / "a" / "fm"), "--out", "runs/abs", "--quiet"]) == 0
+    shutil.copytree(tmp_path / "a" / "runs" / "abs", tmp_path / "b" / "deeper" / "abs")
+    monkeypatch.chdir(tmp_path / "b")
+    assert main(["sweep", "deeper/abs", *sweep]) == 0

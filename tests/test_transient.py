@@ -45,7 +45,22 @@ def test_what_an_upset_leaves_unchecked_is_named_with_the_cycles_that_would_chec
     assert (late["after_needs_upset_below"], late["before_needs_upset_above"]) == (170, 50)
     early = classify(faulty.copy(), clean, faulty, in_c, out_c, upset_cycle=10, margin=2)
     assert "clean prediction was not checked" in coverage_problem(early, 0.01)
-    in_flight = {**late, "images_before": 0, "images_after": 0}
+    in_flight = {**late, "images_before": 0, "images_after": 0, "images_checked": 0}
     assert "none was checked" in coverage_problem(in_flight, 0.01)
     never = classify(clean.copy(), clean, faulty, in_c, out_c, upset_cycle=-1)
     assert "every image ran on clean memories" in coverage_problem(never, 0.01)
+    # at rate 0 the clean and the faulty prediction are one: nothing can be left unchecked
+    assert all(coverage_problem(r, 0.0) is None for r in (early, never, in_flight))
+
+
+def test_an_image_in_flight_is_checked_where_both_predictions_agree():
+    """An image in flight at the upset may have read clean and faulty words; where the clean and
+    the faulty prediction are the same output, it must equal that output whatever it read."""
+    clean, faulty, in_c, out_c = _stream(20)
+    faulty[9] = clean[9]  # image 9 (in flight at cycle 95, margin 2) gives the same output either way
+    hw = np.where((np.arange(20) < 5)[:, None], clean, faulty)
+    r = classify(hw, clean, faulty, in_c, out_c, upset_cycle=95, margin=2)
+    assert r["images_in_flight"] == 7 and r["images_checked"] == 5 + 8 + 1 and r["checked"][9]
+    assert r["identical_to_software"]
+    hw[9] += 1  # wrong whatever weights it read
+    assert not classify(hw, clean, faulty, in_c, out_c, upset_cycle=95, margin=2)["identical_to_software"]
