@@ -95,5 +95,6 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"{res['BRAM_18K']:.0f}, DSP {res['DSP']:.0f}: {fit} {chosen['part']} {chosen['part_resources']}")
         print(f"folding: {json.dumps(record['folding'])}")
     verify = record.get("verification", {})
-    print(f"built {Path(args.run) / 'build'}: {json.dumps(verify)[:300]}")
+    shown = ", ".join(f"{k} {v}" for k, v in verify.items() if isinstance(v, int | float | str | bool))
+    print(f"built {Path(args.run) / 'build'}: {shown or 'no verification record'}")
     return 0

@@ -18,10 +18,11 @@ def _floats(text: str) -> list[float]:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim", help="inject fault maps into the Verilated accelerator (cocotb) and measure accuracy")
     p.add_argument("run", help="run folder with a build (runs/NAME)")
-    p.add_argument("--ber", type=_floats, default=[0.0, 0.001, 0.005, 0.01, 0.02], help="comma-separated rates")
-    p.add_argument("--maps", type=int, default=5, help="fault maps per rate")
-    p.add_argument("--images", type=int, default=1000, help="test images per map")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ber", type=_floats, default=[0.0, 0.001, 0.005, 0.01, 0.02],
+                   help="comma-separated rates (default 0,0.001,0.005,0.01,0.02)")
+    p.add_argument("--maps", type=int, default=5, help="fault maps per rate (default 5)")
+    p.add_argument("--images", type=int, default=1000, help="test images per map (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="fault map seed (default 0)")
     p.add_argument("--fault-model", default="flip", help="flip | stuck | asym:p01=..,p10=.. | kflips")
     p.add_argument("--inject", default="backdoor", choices=["backdoor", "axilite"])
     p.add_argument("--transient-cycle", type=int, default=None,
@@ -31,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="which on-chip memories get the faults (thresholds: backdoor only)")
     p.add_argument("--predictor", default="fast", choices=["fast", "finn"],
                    help="software prediction: batched integer evaluator (cross-checked against FINN "
-                   "execution on a few maps, first images up to 250 or 60 s of FINN) or FINN's "
+                   "execution on a few maps, at most 250 images and 5 %% of the expected simulation time, at least 10 "
+                   "images) or FINN's "
                    "Python execution for every map")
     p.add_argument("--batch-images", type=int, default=1000, help="images per harness batch")
     p.add_argument("--jobs", type=int, default=0,
@@ -43,12 +45,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backpressure", action="store_true",
                    help="a sink that stalls the output stream pseudo-randomly (a quarter of the "
                    "cycles); hw_ber.json counts the stalled output cycles per map")
-    p.add_argument("--waves", action="store_true", help="dump waveforms (slow)")
+    p.add_argument("--waves", action="store_true",
+                   help="dump waveforms to RUN/sim/work/sim/dump.vcd (slow; hundreds of MB for a few dozen images)")
     p.add_argument("--force", action="store_true", help="replace an existing sim/hw_ber.json")
     p.set_defaults(func=cmd_sim)
 
     c = sub.add_parser("compare", help="check hardware == software per map and plot both curves")
-    c.add_argument("run")
+    c.add_argument("run", help="run folder with a simulation (runs/NAME)")
     c.set_defaults(func=cmd_compare)
 
 

@@ -24,7 +24,7 @@ def _rates(text: str) -> list[float]:
             raise argparse.ArgumentTypeError(f"bad logspace {text!r}: {err}") from err
         if not (lo_f > 0 and hi_f > 0 and count >= 1):  # log10 of 0 warned, then the rates were NaN
             raise argparse.ArgumentTypeError(f"bad logspace {text!r}: want logspace:LO:HI:N with LO, HI > 0 and N >= 1 "
-                                             "(rate 0 can be added as 0,... in a list)")
+                                             "(for rate 0 too, list the rates instead: 0,1e-4,1e-3)")
         import numpy as np
 
         rates = [float(v) for v in np.logspace(np.log10(lo_f), np.log10(hi_f), count)]

@@ -197,13 +197,14 @@ def validate(raw: dict) -> TrainConfig:
         try:
             spec = ModelSpec.from_dict({**spec.to_dict(), "image_shape": list(shape)})
         except ValueError as exc:  # a conv stack too deep for 8 x 8 images
-            raise ConfigError(f"model: {exc}; choose a model for {cfg.data.dataset}'s {list(shape)} images") from None
+            raise ConfigError(f"model: {exc}; choose a model for {cfg.data.dataset} "
+                              f"(images {list(shape)})") from None
     if tuple(spec.image_shape) != shape:
-        raise ConfigError(f"model.image_shape {list(spec.image_shape)} does not match {cfg.data.dataset}'s "
-                          f"{list(shape)} images; drop it or set it to {list(shape)}")
+        raise ConfigError(f"model.image_shape {list(spec.image_shape)} does not match {cfg.data.dataset} "
+                          f"(images {list(shape)}); drop it or set it to {list(shape)}")
     if spec.num_classes != classes:
-        raise ConfigError(f"model.num_classes {spec.num_classes} does not match {cfg.data.dataset}'s {classes} "
-                          f"classes; drop it or set it to {classes}")
+        raise ConfigError(f"model.num_classes {spec.num_classes} does not match {cfg.data.dataset} "
+                          f"({classes} classes); drop it or set it to {classes}")
     resolved = cfg.model_dump()
     resolved["model"] = spec.to_dict()
     if resolved.get("fault_training") and resolved["fault_training"]["seed"] is None:

@@ -80,7 +80,8 @@ class DatasetFileError(ArtifactError):
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) into a numpy array of ``uint8``; a damaged
     file is one :class:`DatasetFileError` naming it."""
-    fix = "replace it (apt-get install --reinstall dataset-fashion-mnist, or another --data-dir)"
+    fix = ("replace it (apt-get install --reinstall dataset-fashion-mnist), or point MCEL_DATA_DIR (mcel train: "
+           "--data-dir) at a good copy")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:

@@ -95,6 +95,7 @@ def _label(path: Path) -> str:
     """A curve's default label: the run's name, also for a record inside its ``sweep/`` folder
     (every such file is called sw_ber.json), else the record file's own name."""
     if path.is_file():
+        path = path.resolve()  # `mcel plot sw_ber.json` from inside sweep/
         return run_name(path.parent.parent) if path.parent.name == "sweep" else path.stem
     return run_name(path)
 

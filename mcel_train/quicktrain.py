@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 from mcel_train.data import Dataset, encode_inputs
+from mcel_train.digest import state_digest
 from mcel_train.models import CONV_ARCHS, ModelSpec, build_model
 
 
@@ -67,7 +68,7 @@ def write_run(
     torch.save(model.state_dict(), train_dir / "model.pt")
     cfg = {"name": Path(run_dir).name, "seed": int(seed), "model": spec.resolved().to_dict(),
            "data": {"dataset": dataset}}
-    metrics = {**metrics, "quick_train": True}
+    metrics = {**metrics, "quick_train": True, "weights_sha256": state_digest(model.state_dict())}
     (train_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (train_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return train_dir

@@ -9,7 +9,6 @@ Brevitas module. :func:`load_source` picks the one a folder holds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -23,6 +22,7 @@ import yaml
 from torch import nn
 
 from mcel_train.data import DATASET_NAMES, DatasetNotFoundError, encode_inputs, load_dataset
+from mcel_train.digest import state_digest
 from mcel_train.errors import ArtifactError
 from mcel_train.models import ModelSpec, build_model
 from mcel_train.quicktrain import model_inputs
@@ -154,18 +154,6 @@ def load_source(run_dir: str | Path) -> TrainedRun | ImportedRun:
     return load_run(run_dir)
 
 
-def state_digest(state: dict) -> str:
-    """SHA-256 of a state dict's tensors (names and values, in name order): two trainings with
-    equal digests made the same network, whatever the file's container bytes. The training
-    stage records it (``metrics.json``'s ``weights_sha256``), because torch's loader does not check
-    the zip's checksums: flipped bytes inside a tensor loaded silently as other weights."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def weights_digest(run_dir: str | Path) -> str:
     """:func:`state_digest` of a run's trained tensors."""
     return state_digest(torch.load(Path(run_dir) / "train" / "model.pt", map_location="cpu", weights_only=True))
@@ -213,9 +201,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); "
-                       f"train it again (mcel train ... --out {run_dir})") from None
+                       f"delete {train} and train it again (mcel train CONFIG --out {run_dir})") from None
     recorded = _recorded_digest(train)
     if recorded is not None and recorded != state_digest(state):
         raise RunError(f"{weights} does not hold the weights this run trained (their digest in metrics.json "
-                       f"differs: the file is damaged); train it again (mcel train ... --out {run_dir})")
+                       f"differs: the file is damaged); delete {train} and train it again (mcel train CONFIG "
+                       f"--out {run_dir})")
     return TrainedRun(run_dir, spec, model.eval(), str(dataset), cfg)

@@ -31,12 +31,19 @@ def process_start(pid: int) -> str | None:
 
 def alive(pid: int, started: str | None = None) -> bool:
     """Whether process ``pid`` still runs (a folder it owns is not stale); with ``started`` (its
-    :func:`process_start`), whether that very process runs, not another that reuses its pid."""
+    :func:`process_start`), whether that very process runs, not another that reuses its pid. A
+    zombie (ended, not yet reaped by its parent) does not run: a make killed by a script that
+    never waits for it stayed "alive" while its simulation went on."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
         pass
     return started is None or process_start(pid) in (None, started)
 

@@ -26,13 +26,14 @@ from torch import nn
 
 from mcel_train.config import TrainConfig, validate
 from mcel_train.data import Dataset, encode_inputs, load_dataset
+from mcel_train.digest import state_digest
 from mcel_train.errors import StageExistsError
 from mcel_train.fault_training import make_fault_injection_hook
 from mcel_train.losses import MCEL, make_loss
 from mcel_train.malloc_tuning import keep_freed_memory
 from mcel_train.models import build_model
 from mcel_train.progress import progress_bar
-from mcel_train.runio import load_run, state_digest
+from mcel_train.runio import load_run
 from mcel_train.stage import blocking_file
 
 EVAL_BATCH = 1000

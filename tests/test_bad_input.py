@@ -201,7 +201,7 @@ CASES = [
      "image_shape must be [height, width]"),
     ("train-image-shape-not-the-datasets", ["train", str(CONFIGS / "tfc_w2a2_fmnist.yaml"), "--set",
                                             "model.image_shape=[14,14]", "--out", "{run}/new"], None,
-     "does not match fashion_mnist's [28, 28] images"),
+     "does not match fashion_mnist (images [28, 28])"),
     ("train-num-classes", ["train", SMOKE, "--set", "model.num_classes=3", "--out", "{run}/new"], None,
      "model.num_classes 3 does not match digits's 10 classes"),
     ("train-num-classes-zero", ["train", SMOKE, "--set", "model.num_classes=0", "--out", "{run}/new"], None,

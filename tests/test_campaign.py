@@ -748,8 +748,12 @@ def test_the_committed_campaign_documents_are_what_their_generators_give_today(t
 
     root = Path(__file__).resolve().parent.parent
     monkeypatch.chdir(root)  # the campaign files name their configs from the repository's root
-    docs = tmp_path / "docs"
-    shutil.copytree(root / "docs", docs)
+    docs = tmp_path / "docs"  # the generators' inputs only: a document they stop writing is missing
+    for name in ("ce_vs_mcel_tfc", "paper_vgg3", "paper_vgg3_long", "paper_vgg3_margins"):
+        (docs / "campaigns" / name).mkdir(parents=True)
+        shutil.copy(root / "docs" / "campaigns" / name / "results.json", docs / "campaigns" / name)
+    # the evidence of a restored campaign (no networks to measure) is read back from this record
+    shutil.copy(root / "docs" / "paper_reproduction.json", docs)
     restored = {}
     for name in ("ce_vs_mcel_tfc", "paper_vgg3", "paper_vgg3_long", "paper_vgg3_margins"):
         restored[name], summary = run_campaign(root / "flows" / "campaigns" / f"{name}.yaml", tmp_path / "runs" / name,
