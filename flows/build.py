@@ -202,6 +202,12 @@ def build_run(
     return record
 
 
+def _phase(text: str) -> None:
+    """One progress line per build phase after the FINN steps (they have their own bar), on stdout:
+    an error stays the one line on stderr."""
+    print(f"build: {text}", flush=True)
+
+
 def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
            n_step_check, runtime_writeable) -> dict:
     """The build proper, into ``build_dir`` (a temporary folder renamed into place by the caller)."""
@@ -222,6 +228,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     times["finn_steps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    _phase("stitching the RTL and its memory manifest")
     stitched = stitch(dataflow, build_dir / "hdl", expose_axilite=runtime_writeable)
     manifest = build_manifest(dataflow, stitched, run.input_kind, part, build_dir)
     write_manifest(manifest, build_dir / MANIFEST_FILE)
@@ -233,12 +240,14 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     )
     times["memory_path_check"] = time.perf_counter() - t0
 
+    _phase("verilating the accelerator (C++ build, minutes for a large network)")
     sim = build_simulator(stitched.filelist, stitched.top, build_dir / "verilator")
     times["verilator_build"] = sim.build_seconds
 
     verification = None
     if n_verify:
         t0 = time.perf_counter()
+        _phase(f"checking {n_verify} images through the verilated accelerator against the network")
         # the reference: torch for a trained run, the imported QONNX graph's execution otherwise
         reference = (torch_logits(model, x[:n_verify]) if model is not None
                      else qonnx_execute(run.run_dir / "export" / QONNX_FILE, x[:n_verify]))

@@ -25,6 +25,7 @@ Decisions recorded here (and in the build record) because fault injection depend
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from flows.folding import apply_folding, auto_folding, default_folding
 from flows.hdl_nodes import UnsupportedLayerError
 from flows.step_check import compare_step
 from mcel_train.errors import UserError
+from mcel_train.progress import progress_bar
 
 INPUT_DATATYPES = {"uint8": "UINT8", "bipolar": "BIPOLAR"}
 DEFAULT_PART = "xczu3eg-sbva484-1-e"  # UltraScale+ (DSP48E2): non-narrow weights are allowed
@@ -483,21 +485,31 @@ def run_steps(model, options: FlowOptions, steps_dir: Path, steps=None) -> tuple
     state = FlowState(options=options, steps_dir=steps_dir)
     inputs = options.check_inputs
     model = _mapped("tidy", step_tidy, model, state)  # the reference for step 0 needs inferred shapes
-    for index, (name, fn) in enumerate(steps if steps is not None else STEPS):
-        t0 = time.perf_counter()
-        new = _mapped(name, fn, copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
-        _refuse_bipolar_padding(new)
-        seconds = time.perf_counter() - t0
-        path = steps_dir / f"{index:02d}_{name}.onnx"
-        new.save(str(path))
-        check = None
-        if inputs is not None and len(inputs):
-            check = compare_step(name, model, new, inputs).to_dict()
-        state.records.append(
-            {"step": name, "file": path.name, "seconds": round(seconds, 3), "check": check,
-             "nodes": [f"{n.name}:{n.op_type}" for n in new.graph.node]}
-        )
-        model = new
+    steps = list(steps if steps is not None else STEPS)
+    # on stdout: an error stays the one line on stderr
+    with progress_bar(len(steps), "FINN flow", unit="step", file=sys.stdout) as bar:
+        for index, (name, fn) in enumerate(steps):
+            bar.set_postfix_str(name)
+            model = _run_step(index, name, fn, model, state, steps_dir, inputs)
+            bar.update(1)
     if state.parent is not None:
         state.parent.save(str(steps_dir / "parent.onnx"))
     return model, state
+
+
+def _run_step(index: int, name: str, fn, model, state: FlowState, steps_dir: Path, inputs):
+    """One step of :func:`run_steps`: run, save, check against the graph before it."""
+    t0 = time.perf_counter()
+    new = _mapped(name, fn, copy.deepcopy(model), state)  # steps may mutate; keep the reference intact
+    _refuse_bipolar_padding(new)
+    seconds = time.perf_counter() - t0
+    path = steps_dir / f"{index:02d}_{name}.onnx"
+    new.save(str(path))
+    check = None
+    if inputs is not None and len(inputs):
+        check = compare_step(name, model, new, inputs).to_dict()
+    state.records.append(
+        {"step": name, "file": path.name, "seconds": round(seconds, 3), "check": check,
+         "nodes": [f"{n.name}:{n.op_type}" for n in new.graph.node]}
+    )
+    return new

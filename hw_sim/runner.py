@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -243,6 +244,49 @@ def train_profile(sim_dir: Path, job: SimJob) -> None:
     run_job(sim_dir, training, name="pgo_training")
     if not any((sim_dir / "sim_build").glob("*.gcda")):
         raise PgoError(f"the training run wrote no profile (see {sim_dir / 'work' / 'pgo_training' / 'sim.log'})")
+
+
+MAP_DONE = re.compile(r"\bmap \d+/\d+: ")  # the testbench's line per finished map (hw_sim/tb_accel.py)
+
+
+@contextmanager
+def map_progress(logs: list[Path], total: int, desc: str = "simulating"):
+    """A progress bar over the maps the testbench has finished, counted from its logs' ``map k/N:``
+    lines (the simulator runs in other processes; Python sees only its log), on stdout so that an
+    error stays the one line on stderr. Earlier runs' logs are removed first."""
+    import sys
+    import threading
+
+    from mcel_train.progress import progress_bar
+
+    for log in logs:
+        log.unlink(missing_ok=True)
+
+    def done() -> int:
+        count = 0
+        for log in logs:
+            try:
+                count += len(MAP_DONE.findall(log.read_text(errors="replace")))
+            except OSError:
+                pass
+        return min(count, total)
+
+    bar = progress_bar(total, desc, unit="map", file=sys.stdout)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            bar.update(done() - bar.n)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+        bar.update(done() - bar.n)
+    finally:
+        stop.set()
+        watcher.join()
+        bar.close()
 
 
 def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 
 from hw_sim.job import SimJob
 from hw_sim.predict import fast_predict, finn_predict, split_map
-from hw_sim.runner import build_harness, run_job
+from hw_sim.runner import build_harness, map_progress, run_job
 from hw_sim.shards import MAX_SHARDS, auto_shards, image_slices, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
@@ -407,10 +407,14 @@ def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batc
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job.batch_images), waves=waves,
                           pgo_job=job if pgo else None)
     t_sim = time.perf_counter()
-    if shards > 1:
-        run_sharded(run_dir / "sim", job, shards, name="sim")
-    else:
-        run_job(run_dir / "sim", job, name="sim", waves=waves)
+    names = [f"sim_shard{i}" for i in range(shards)] if shards > 1 else ["sim"]  # as run_sharded names them
+    with map_progress([run_dir / "sim" / "work" / n / "sim.log" for n in names], len(job.maps) * len(names),
+                      f"simulating {len(job.maps)} maps x {images} images"
+                      + (f" in {len(names)} simulators" if len(names) > 1 else "")):
+        if shards > 1:
+            run_sharded(run_dir / "sim", job, shards, name="sim")
+        else:
+            run_job(run_dir / "sim", job, name="sim", waves=waves)
     seconds = {"simulate": round(time.perf_counter() - t_sim, 2), "total": round(time.perf_counter() - t0, 2)}
     return finish_sim(run_dir, {"build": build, "seconds_run": seconds, "flow": "python runner",
                                 "simulator_processes": shards})

@@ -259,7 +259,22 @@ def maps_rule(software: dict) -> str:
     return f"{software['maps']} maps per rate"
 
 
-def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str]) -> str:
+def identical_trainings(spec: CampaignSpec, done: dict) -> list[str]:
+    """Variants of one model and seed that trained to the very same weights (equal weights
+    digests), one sentence each: their rows are one network measured twice, not two results
+    that agree (MCEL m=32 and m=128 saturate alike on a w1a1 network's small logits)."""
+    groups: dict[tuple, list[str]] = {}
+    for point in spec.points:
+        digest = (done.get(point.key) or {}).get("weights_sha256")
+        if digest:
+            groups.setdefault((point.model_label, point.seed, digest), []).append(point.loss_label)
+    return [f"{model} (seed {seed}): {' and '.join(losses)} trained to identical weights (equal weights digests), "
+            "so their rows are one network, not independent results."
+            for (model, seed, _), losses in groups.items() if len(losses) > 1]
+
+
+def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str],
+              same: list[str] | None = None) -> str:
     lines = [f"# Campaign `{spec.name}`", "",
              f"{len(spec.points)} trained networks; software: {maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
@@ -273,6 +288,8 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
               "campaign's results store (`results.sqlite`); `report.json` holds every number and the campaign file.",
               "Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software prediction "
               "for the same fault maps and images (equal when every output matched).", ""]
+    if same:
+        lines[-1:-1] = [f"Note: {sentence}" for sentence in same]
     if spec.software.get("test_images"):  # the rate columns are on fewer images than the clean one
         lines[-1:-1] = [f"`clean %` is the training's accuracy on the whole test set; the software sweeps ran on the "
                         f"first {spec.software['test_images']} test images (p=0 is their clean accuracy)."]
@@ -381,7 +398,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     (:data:`ARCHIVE_NAME`) is written, when it has something to carry (finished trainings, a
     sweep's checkpoint) to another clone, and its path is returned."""
     campaign_dir = Path(campaign_dir)
-    spec, _, _ = load_results(campaign_dir)
+    spec, _, done = load_results(campaign_dir)
     rows = campaign_table(campaign_dir)
     target = Path(out) if out else campaign_dir / "report"
     if not rows and not _carried(campaign_dir):
@@ -401,7 +418,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
             _plot_model(rows, model, out / name)
             pngs[model] = name
         best = best_margins(rows)
-        md = _markdown(spec, rows, best, pngs)
+        md = _markdown(spec, rows, best, pngs, identical_trainings(spec, done))
         (out / "report.md").write_text(md)
         (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
         (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
