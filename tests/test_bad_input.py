@@ -203,7 +203,7 @@ CASES = [
                                             "model.image_shape=[14,14]", "--out", "{run}/new"], None,
      "does not match fashion_mnist (images [28, 28])"),
     ("train-num-classes", ["train", SMOKE, "--set", "model.num_classes=3", "--out", "{run}/new"], None,
-     "model.num_classes 3 does not match digits's 10 classes"),
+     "model.num_classes 3 does not match digits (10 classes)"),
     ("train-num-classes-zero", ["train", SMOKE, "--set", "model.num_classes=0", "--out", "{run}/new"], None,
      "num_classes must be a whole number >= 2"),
     ("train-const-scale-nan", ["train", SMOKE, "--set", "model.weight_scaling=const", "--set",
