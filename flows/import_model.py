@@ -116,6 +116,9 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     model = load_graph(model_path, fix="give mcel import a QONNX file as Brevitas or qonnx saves it")
     meta = _metadata(model)
     dataset = dataset or meta.get(DATASET_KEY)
+    if dataset is None:
+        raise UserInputError(f"{model_path} names no dataset (no {DATASET_KEY} metadata): give --dataset "
+                             f"({', '.join(DATASET_NAMES)})")
     if dataset not in DATASET_NAMES:
         raise UserInputError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
     input_kind = input_kind or meta.get(INPUT_KIND_KEY)

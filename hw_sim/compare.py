@@ -119,7 +119,7 @@ def plot_compare(rows: list[dict], title: str, path: Path) -> None:
         mean = np.array([r[f"{key}_mean"] for r in rows])
         half = np.array([r[f"{key}_ci95"] for r in rows])
         ax.plot(rates, mean, style, marker="o", label=label)
-        ax.fill_between(rates, mean - half, mean + half, alpha=0.2)
+        ax.fill_between(rates, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel("bit error rate (0 plotted at 1e-5)")
     ax.set_ylabel("test accuracy")
@@ -193,9 +193,14 @@ def compare_run(run_dir: Path) -> dict:
     return result
 
 
+def _interval(mean: float, half: float) -> str:
+    """``mean [lo, hi]``, the interval clipped to [0, 1] (an accuracy; few maps give t-intervals past it)."""
+    return f"{mean:.4f} [{max(mean - half, 0.0):.4f}, {min(mean + half, 1.0):.4f}]"
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = ["rate      maps  hardware acc (95% CI)   software acc (95% CI)   identical maps"]
+    lines = ["rate      maps  hardware acc [95% CI]     software acc [95% CI]     identical maps"]
     for r in rows:
-        lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {r['hw_mean']:.4f} +- {r['hw_ci95']:.4f}"
-                     f"      {r['sw_mean']:.4f} +- {r['sw_ci95']:.4f}      {r['identical_maps']}/{r['maps']}")
+        lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {_interval(r['hw_mean'], r['hw_ci95'])}"
+                     f"  {_interval(r['sw_mean'], r['sw_ci95'])}  {r['identical_maps']}/{r['maps']}")
     return "\n".join(lines)

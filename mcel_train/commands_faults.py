@@ -94,6 +94,10 @@ def cmd_margins(args: argparse.Namespace) -> int:
     from mcel_train.margins import margin_report
     from mcel_train.runio import RunError
 
+    if (Path(args.run) / "export" / "export.json").is_file() and not (Path(args.run) / "train").exists():
+        # an imported network: its margins need its own Brevitas model, which the run does not hold
+        raise UserInputError(f"{args.run} holds an imported network (no training stage): mcel margins measures "
+                             "trained runs only; mcel sweep and mcel sim work on imported ones")
     try:
         rec = margin_report(args.run, force=args.force)
     except RunError as err:
@@ -112,9 +116,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help="software bit-error sweep of a trained run")
     p.add_argument("run", type=Path, help="run folder (with train/)")
     p.add_argument("--bers", "--ber", dest="bers", type=_rates, default=_rates("0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2"),
-                   help="comma-separated rates, or logspace:LO:HI:N (default: 0..3e-2)")
-    p.add_argument("--maps", type=int, default=100, help="fault maps per rate")
-    p.add_argument("--seed", type=int, default=0)
+                   help="comma-separated rates, or logspace:LO:HI:N (default 0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2)")
+    p.add_argument("--maps", type=int, default=100, help="fault maps per rate (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="fault map seed (default 0)")
     p.add_argument("--fault-model", default="flip",
                    help="flip | stuck | asym[:p01=..,p10=..] | kflips (rate = count)")
     p.add_argument("--manifest", type=Path,

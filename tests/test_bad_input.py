@@ -258,6 +258,10 @@ CASES = [
     # import
     ("import-float-network", ["import", "{run}/f.onnx", "--dataset", "digits", "--input-kind", "uint8", "--out",
                               "{run}/imp"], _onnx("f.onnx", "float"), "no layer's weights are quantized"),
+    ("import-without-dataset", ["import", "{run}/f.onnx", "--input-kind", "uint8", "--out", "{run}/imp"],
+     _onnx("f.onnx", "float"), "names no dataset (no mcel.dataset metadata): give --dataset"),
+    ("margins-imported-run", ["margins", "{run}/imp"], _write("imp/export/export.json", "{}"),
+     "holds an imported network (no training stage)"),
     ("import-empty-graph", ["import", "{run}/e.onnx", "--dataset", "digits", "--input-kind", "uint8", "--out",
                             "{run}/imp"], _onnx("e.onnx", "empty"), "the graph has no nodes"),
     ("import-into-a-trained-run", ["import", "{run}/f.onnx", "--dataset", "digits", "--input-kind", "uint8",
