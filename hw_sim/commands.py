@@ -104,8 +104,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 1
     print(format_table(result["curves"]))
     checked = result["checked_images"]
+    span = f"{min(checked)}" if min(checked) == max(checked) else f"{min(checked)}-{max(checked)}"
     images = (f"{result['images']} images each" if min(checked) == result["images"] else
-              f"{min(checked)}-{max(checked)} of {result['images']} images each with a prediction: transient upsets")
+              f"{span} of {result['images']} images each with a prediction: transient upsets")
+    for line in result["coverage"]:  # what a transient upset left unchecked, as mcel sim said
+        print(f"warning: {line}", file=sys.stderr)
     print(f"all {result['maps']} maps identical between hardware and software "
           f"({images}) -> {Path(args.run) / 'sim' / 'compare.png'}")
     return 0

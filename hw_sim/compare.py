@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw_sim.transient import coverage_problem
 from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.stage import run_name
@@ -169,6 +170,8 @@ def compare_run(run_dir: Path) -> dict:
               "maps": len(record["maps"]), "identical": mismatch is None and not unchecked,
               "first_mismatch": mismatch, "unchecked_maps": [m["id"] for m in unchecked],
               "checked_images": [m["checked_images"] for m in sorted(record["maps"], key=lambda e: e["id"])],
+              "coverage": [f"map {m['id']} (rate {m['rate']:g}): {problem}" for m in record["maps"]
+                           if "transient" in m and (problem := coverage_problem(m["transient"], m["rate"]))],
               "curves": rows}
     # both written first, then both moved: a failed plot leaves the last pair, not a new JSON
     # beside an old plot

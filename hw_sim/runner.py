@@ -262,14 +262,14 @@ def map_progress(logs: list[Path], total: int, desc: str = "simulating"):
     for log in logs:
         log.unlink(missing_ok=True)
 
-    def done() -> int:
-        count = 0
+    def done() -> int:  # maps every simulator has finished (each simulates every map on its images)
+        counts = []
         for log in logs:
             try:
-                count += len(MAP_DONE.findall(log.read_text(errors="replace")))
+                counts.append(len(MAP_DONE.findall(log.read_text(errors="replace"))))
             except OSError:
-                pass
-        return min(count, total)
+                counts.append(0)
+        return min(min(counts, default=0), total)
 
     bar = progress_bar(total, desc, unit="map", file=sys.stdout)
     stop = threading.Event()

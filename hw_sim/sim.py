@@ -306,7 +306,10 @@ def finish_sim(run_dir: Path, extra: dict | None = None) -> Path:
 
         clean = np.load(work / "predicted_clean.npy")[0]
         predicted = predicted.copy()
+        rate_of = {e["id"]: e["rate"] for e in record["maps"]}
         for m in range(len(hw)):
+            if rate_of.get(m) == 0:  # no fault to upset: every image must equal the clean prediction
+                continue
             t = classify(hw[m], clean, predicted[m], raw["in_cycles"][m], raw["out_cycles"][m],
                          int(raw["upset_cycles"][m]))
             predicted[m], checked[m] = t.pop("prediction"), t.pop("checked")
@@ -408,7 +411,7 @@ def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batc
                           pgo_job=job if pgo else None)
     t_sim = time.perf_counter()
     names = [f"sim_shard{i}" for i in range(shards)] if shards > 1 else ["sim"]  # as run_sharded names them
-    with map_progress([run_dir / "sim" / "work" / n / "sim.log" for n in names], len(job.maps) * len(names),
+    with map_progress([run_dir / "sim" / "work" / n / "sim.log" for n in names], len(job.maps),
                       f"simulating {len(job.maps)} maps x {images} images"
                       + (f" in {len(names)} simulators" if len(names) > 1 else "")):
         if shards > 1:

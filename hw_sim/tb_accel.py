@@ -328,6 +328,8 @@ async def transient_job(dut, job: SimJob, memories: dict[str, MemoryEntry], in_f
             await RisingEdge(dut.ap_clk)
             injector.verify(restored)
         wall[m] = time.perf_counter() - t0
+        # the line `mcel sim`'s progress bar counts (hw_sim/runner.py map_progress), as run_job logs it
+        dut._log.info(f"map {m + 1}/{len(maps)}: {n_images} images, {total[m]} cycles, transient upset")
     # the initiation interval as the other jobs measure it: the median gap between images' last
     # output words (it was recorded as 0 for transient runs)
     ii = np.array([float(np.median(np.diff(c))) if len(c) > 1 and not h else 0.0

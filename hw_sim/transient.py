@@ -11,8 +11,8 @@ timing, recorded by the harness (the cycle each input word went in and each outp
   is taken ``MARGIN_IMAGES`` images back: an image whose predecessor by that many images went in
   after the upset read only faulty words and must equal the faulty prediction;
 * **in flight**: the rest may have read some words before and some after the upset. They are
-  counted (equal to the clean, to the faulty, or to neither prediction) and checked only where
-  the clean and the faulty prediction are the same (then the timing cannot matter).
+  counted (equal to the clean, to the faulty, or to neither prediction) but not checked: even
+  where the clean and the faulty network give the same output, a mix of their words need not.
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def coverage_problem(transient: dict, rate: float) -> str | None:
     if rate == 0:
         return None
     before, after, upset = transient["images_before"], transient["images_after"], transient["upset_cycle"]
-    window = (f"an upset before cycle {transient['after_needs_upset_below']} checks images after it, one after "
-              f"cycle {transient['before_needs_upset_above']} images before it; more --images move the first bound")
+    below = transient["after_needs_upset_below"]
+    window = ((f"an upset before cycle {below} checks images after it" if below >= 0 else
+               f"images after an upset need more than {MARGIN_IMAGES} --images") +
+              f", one after cycle {transient['before_needs_upset_above']} images before it; more --images move "
+              "the first bound")
     if upset < 0:
         return f"the stream ended before the upset, so every image ran on clean memories: {window}"
     if transient["images_checked"] == 0:
@@ -60,8 +63,7 @@ def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: n
     flight = ~before & ~after
     same_clean = (hw == clean).all(axis=1)
     same_faulty = (hw == faulty).all(axis=1)
-    certain = flight & (clean == faulty).all(axis=1)  # in flight, but either weights give this output
-    checked = before | after | certain
+    checked = before | after
     return {
         "upset_cycle": int(upset_cycle),
         "images_before": int(before.sum()), "images_after": int(after.sum()), "images_in_flight": int(flight.sum()),
@@ -71,11 +73,14 @@ def classify(hw: np.ndarray, clean: np.ndarray, faulty: np.ndarray, in_cycles: n
         "in_flight_equal_faulty": int((same_faulty & flight & ~same_clean).sum()),
         "in_flight_neither": int((flight & ~same_clean & ~same_faulty).sum()),
         "images_checked": int(checked.sum()),
-        "identical_to_software": bool(same_clean[before | certain].all() and same_faulty[after].all()),
+        # nothing checked proves nothing (all() of nothing is True)
+        "identical_to_software": bool(checked.any() and same_clean[before].all() and same_faulty[after].all()),
         # where an upset would have checked each side on this stream: images after it need one
         # before this cycle, images before it one after the first output
-        "after_needs_upset_below": int(in_cycles[n - 1 - margin]) if n > margin else 0,
+        "after_needs_upset_below": int(in_cycles[n - 1 - margin]) if n > margin else -1,
         "before_needs_upset_above": int(out_cycles.min()) if n else 0,
         "checked": checked,
-        "prediction": np.where(before[:, None], clean, faulty),
+        # an unchecked image has no prediction: its hardware output stands in, so that the software
+        # accuracy of a map differs from the hardware's only where a checked image differs
+        "prediction": np.where(before[:, None], clean, np.where(after[:, None], faulty, hw)),
     }

@@ -97,7 +97,7 @@ def cmd_margins(args: argparse.Namespace) -> int:
     if (Path(args.run) / "export" / "export.json").is_file() and not (Path(args.run) / "train").exists():
         # an imported network: its margins need its own Brevitas model, which the run does not hold
         raise UserInputError(f"{args.run} holds an imported network (no training stage): mcel margins measures "
-                             "trained runs only; mcel sweep and mcel sim work on imported ones")
+                             "trained runs only; mcel sim, and mcel sweep after mcel build, work on imported ones")
     try:
         rec = margin_report(args.run, force=args.force)
     except RunError as err:

@@ -23,6 +23,7 @@ Trainings and sweeps write sparse progress lines to ``progress.log`` in their fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -224,10 +225,12 @@ def _run_evidence(folder: Path, params: dict) -> dict:
 def _run_build(folder: Path, params: dict) -> dict:
     from flows.build import build_run, export_run
 
-    if "import" not in params:  # an imported network's export stage is linked in already
-        export_run(folder)
-    record = build_run(folder, folding=params["folding"], target_cycles=params["target_cycles"],
-                       runtime_writeable=params["runtime_writeable"])
+    # the build's progress (FINN steps, phases) into the task's log, as the trainings' and sweeps'
+    with open(folder / PROGRESS_LOG, "a") as log, contextlib.redirect_stdout(log):
+        if "import" not in params:  # an imported network's export stage is linked in already
+            export_run(folder)
+        record = build_run(folder, folding=params["folding"], target_cycles=params["target_cycles"],
+                           runtime_writeable=params["runtime_writeable"])
     verification = record.get("verification") or {}
     return {"target_cycles": record["target_cycles"], "folding": record["folding"],
             "total_seconds": record["total_seconds"], "bit_exact": verification.get("bit_exact"),
@@ -238,10 +241,11 @@ def _run_hwsim(folder: Path, params: dict) -> dict:
     from hw_sim.compare import compare_run
     from hw_sim.sim import run_sim
 
-    run_sim(folder, params["ber"], maps=params["maps"], images=params["images"], seed=params["seed"],
-            fault_model=params["fault_model"], inject=params["inject"],
-            batch_images=min(params["images"], 1000), jobs=1,  # the executor runs tasks in parallel
-            rate_flag="hardware.ber", images_flag="hardware.images")
+    with open(folder / PROGRESS_LOG, "a") as log, contextlib.redirect_stdout(log):  # the map progress
+        run_sim(folder, params["ber"], maps=params["maps"], images=params["images"], seed=params["seed"],
+                fault_model=params["fault_model"], inject=params["inject"],
+                batch_images=min(params["images"], 1000), jobs=1,  # the executor runs tasks in parallel
+                rate_flag="hardware.ber", images_flag="hardware.images")
     result = compare_run(folder)  # raises MismatchError after writing compare.json/png
     record = json.loads((folder / "sim" / "hw_ber.json").read_text())
     maps = [{k: m[k] for k in ("id", "rate", "accuracy", "predicted_accuracy", "identical_to_software",
