@@ -116,9 +116,11 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     model = load_graph(model_path, fix="give mcel import a QONNX file as Brevitas or qonnx saves it")
     meta = _metadata(model)
     dataset = dataset or meta.get(DATASET_KEY)
-    if dataset is None:
-        raise UserInputError(f"{model_path} names no dataset (no {DATASET_KEY} metadata): give --dataset "
-                             f"({', '.join(DATASET_NAMES)})")
+    missing = [f"--dataset ({', '.join(DATASET_NAMES)})" for _ in [0] if dataset is None] + [
+        f"--input-kind ({', '.join(INPUT_KINDS)})" for _ in [0] if not (input_kind or meta.get(INPUT_KIND_KEY))]
+    if missing:  # both at once: one round trip, not two
+        raise UserInputError(f"{model_path} names no {' and no '.join(m.split()[0][2:] for m in missing)} "
+                             f"(no {DATASET_KEY} / {INPUT_KIND_KEY} metadata): give {' and '.join(missing)}")
     if dataset not in DATASET_NAMES:
         raise UserInputError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
     input_kind = input_kind or meta.get(INPUT_KIND_KEY)

@@ -410,6 +410,8 @@ def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batc
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job.batch_images), waves=waves,
                           pgo_job=job if pgo else None)
     t_sim = time.perf_counter()
+    for old in (run_dir / "sim" / "work").glob("sim_shard*"):  # an earlier run's shards (this run holds sim/)
+        shutil.rmtree(old, ignore_errors=True)
     names = [f"sim_shard{i}" for i in range(shards)] if shards > 1 else ["sim"]  # as run_sharded names them
     with map_progress([run_dir / "sim" / "work" / n / "sim.log" for n in names], len(job.maps),
                       f"simulating {len(job.maps)} maps x {images} images"

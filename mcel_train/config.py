@@ -219,4 +219,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     raw.setdefault("name", path.stem)
     for assignment in overrides or []:
         apply_override(raw, assignment)
+    if raw.get("model") is None:  # an empty file, or one without the key: name the file
+        raise ConfigError(f"{path} names no model: add 'model: sfc_w2a2' (a zoo name, or a mapping), or "
+                          "--set model=NAME")
     return validate(raw)

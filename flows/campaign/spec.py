@@ -160,8 +160,9 @@ class _Section(BaseModel):
 
 
 def _unique_rates(rates: list[float]) -> list[float]:
-    if len(set(rates)) != len(rates):
-        raise ValueError("rates repeat")
+    repeated = [r for k, r in enumerate(rates) if r in rates[:k]]
+    if repeated:  # worded as mcel_train.faults.generate.rate_problem words it for the other commands
+        raise ValueError(f"the rate {repeated[0]:g} is listed twice; give each rate once")
     return [float(r) for r in rates]
 
 
