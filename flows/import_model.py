@@ -116,11 +116,15 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     model = load_graph(model_path, fix="give mcel import a QONNX file as Brevitas or qonnx saves it")
     meta = _metadata(model)
     dataset = dataset or meta.get(DATASET_KEY)
-    missing = [f"--dataset ({', '.join(DATASET_NAMES)})" for _ in [0] if dataset is None] + [
-        f"--input-kind ({', '.join(INPUT_KINDS)})" for _ in [0] if not (input_kind or meta.get(INPUT_KIND_KEY))]
-    if missing:  # both at once: one round trip, not two
-        raise UserInputError(f"{model_path} names no {' and no '.join(m.split()[0][2:] for m in missing)} "
-                             f"(no {DATASET_KEY} / {INPUT_KIND_KEY} metadata): give {' and '.join(missing)}")
+    missing = {}  # flag name -> its choices; both at once: one round trip, not two
+    if dataset is None:
+        missing["dataset"] = DATASET_NAMES
+    if not (input_kind or meta.get(INPUT_KIND_KEY)):
+        missing["input-kind"] = INPUT_KINDS
+    if missing:
+        raise UserInputError(f"{model_path} names no {' and no '.join(missing)} (no {DATASET_KEY} / "
+                             f"{INPUT_KIND_KEY} metadata): give "
+                             + " and ".join(f"--{flag} ({', '.join(choices)})" for flag, choices in missing.items()))
     if dataset not in DATASET_NAMES:
         raise UserInputError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
     input_kind = input_kind or meta.get(INPUT_KIND_KEY)
