@@ -17,7 +17,7 @@ from hw_sim.transient import coverage_problem
 from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.stage import run_name
-from mcel_train.sweep import t_interval
+from mcel_train.sweep import t_interval, within_accuracies
 
 
 class MismatchError(AssertionError):
@@ -29,11 +29,13 @@ class NothingCheckedError(AssertionError):
     in flight, :mod:`hw_sim.transient`): neither a difference nor a proof of equality."""
 
 
-def mean_and_half_width(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval over maps (0 with one map)."""
+def _mean_and_interval(values: list[float]) -> tuple[float, float, list[float]]:
+    """Mean, half-width of the 95 % Student-t interval over maps (0 with one map, uncut: the
+    record's ``*_ci95``) and the interval as accuracies can be (cut to [0, 1]: ``*_interval``)."""
     ci = t_interval(values)
     mean = float(np.mean(values))
-    return mean, 0.0 if ci is None else (ci[1] - ci[0]) / 2
+    half = 0.0 if ci is None else (ci[1] - ci[0]) / 2
+    return mean, half, list(within_accuracies(mean - half, mean + half))
 
 
 def curves(record: dict) -> list[dict]:
@@ -41,11 +43,11 @@ def curves(record: dict) -> list[dict]:
     rows = []
     for ber in record["bers"]:
         maps = [m for m in record["maps"] if m["rate"] == ber]
-        hw_mean, hw_half = mean_and_half_width([m["accuracy"] for m in maps])
-        sw_mean, sw_half = mean_and_half_width([m["predicted_accuracy"] for m in maps])
+        hw_mean, hw_half, hw_interval = _mean_and_interval([m["accuracy"] for m in maps])
+        sw_mean, sw_half, sw_interval = _mean_and_interval([m["predicted_accuracy"] for m in maps])
         rows.append({"rate": ber, "maps": len(maps), "hw_mean": hw_mean, "hw_ci95": hw_half,
-                     "sw_mean": sw_mean, "sw_ci95": sw_half,
-                     "identical_maps": sum(m["identical_to_software"] for m in maps)})
+                     "hw_interval": hw_interval, "sw_mean": sw_mean, "sw_ci95": sw_half,
+                     "sw_interval": sw_interval, "identical_maps": sum(m["identical_to_software"] for m in maps)})
     return rows
 
 
@@ -118,9 +120,9 @@ def plot_compare(rows: list[dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (("sw", "software prediction", "--"), ("hw", "RTL simulation (cocotb)", "-")):
         mean = np.array([r[f"{key}_mean"] for r in rows])
-        half = np.array([r[f"{key}_ci95"] for r in rows])
+        lo, hi = np.array([r[f"{key}_interval"] for r in rows]).T
         ax.plot(rates, mean, style, marker="o", label=label)
-        ax.fill_between(rates, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
+        ax.fill_between(rates, lo, hi, alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel("bit error rate (0 plotted at 1e-5)")
     ax.set_ylabel("test accuracy")
@@ -196,14 +198,14 @@ def compare_run(run_dir: Path) -> dict:
     return result
 
 
-def _interval(mean: float, half: float) -> str:
-    """``mean [lo, hi]``, the interval clipped to [0, 1] (an accuracy; few maps give t-intervals past it)."""
-    return f"{mean:.4f} [{max(mean - half, 0.0):.4f}, {min(mean + half, 1.0):.4f}]"
+def _interval(mean: float, interval: list[float]) -> str:
+    """``mean [lo, hi]``."""
+    return f"{mean:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def format_table(rows: list[dict]) -> str:
     lines = ["rate      maps  hardware acc [95% CI]     software acc [95% CI]     identical maps"]
     for r in rows:
-        lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {_interval(r['hw_mean'], r['hw_ci95'])}"
-                     f"  {_interval(r['sw_mean'], r['sw_ci95'])}  {r['identical_maps']}/{r['maps']}")
+        lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {_interval(r['hw_mean'], r['hw_interval'])}"
+                     f"  {_interval(r['sw_mean'], r['sw_interval'])}  {r['identical_maps']}/{r['maps']}")
     return "\n".join(lines)

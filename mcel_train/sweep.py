@@ -54,7 +54,14 @@ def accuracy_interval(accuracies: Sequence[float], level: float = 0.95) -> tuple
     cut to the possible values it keeps its coverage. The ``--ci-width`` stopping rule
     (:func:`maps_needed`) reads the uncut width, as it always has."""
     ci = t_interval(accuracies, level)
-    return None if ci is None else (max(ci[0], 0.0), min(ci[1], 1.0))
+    return None if ci is None else within_accuracies(*ci)
+
+
+def within_accuracies(lo: float, hi: float) -> tuple[float, float]:
+    """An interval of accuracies cut to [0, 1], the only values an accuracy can take: the one
+    place that cuts them (:func:`accuracy_interval`, ``mcel compare``'s table and plot, the
+    campaign report's intervals)."""
+    return max(float(lo), 0.0), min(float(hi), 1.0)
 
 
 def _manifest_memories(path: Path, net: IntNetwork) -> list[Memory]:

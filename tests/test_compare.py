@@ -97,3 +97,21 @@ def test_a_record_that_is_not_the_saved_outputs_is_one_line(tmp_path, capsys, da
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not describe the saved outputs" in err and words in err, err
     assert not (sim / "compare.json").exists()
+
+
+def test_intervals_are_cut_to_accuracies_in_the_record_table_and_plot(tmp_path, figures):
+    """Three maps at 1.0, 1.0, 0.25 give a t-interval reaching past 1 (and below 0): the record's
+    ``*_interval``, the printed table and the plotted band hold [0, 1] (one cut, owned by
+    mcel_train.sweep.within_accuracies); ``*_ci95`` keeps the uncut half-width."""
+    from hw_sim.compare import curves, format_table, plot_compare
+
+    maps = [{"rate": 0.01, "accuracy": a, "predicted_accuracy": a, "identical_to_software": True}
+            for a in (1.0, 1.0, 0.25)]
+    rows = curves({"bers": [0.01], "maps": maps})
+    half = rows[0]["hw_ci95"]
+    assert half > 0.75 and rows[0]["hw_interval"] == rows[0]["sw_interval"] == [0.0, 1.0]
+    assert format_table(rows).splitlines()[1].split()[3:5] == ["[0.0000,", "1.0000]"]
+    plot_compare(rows, "t", tmp_path / "c.png")
+    (ax,) = figures[-1].axes
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
+    assert len(bands) == 2 and all(b.min() == 0.0 and b.max() == 1.0 for b in bands)

@@ -51,6 +51,8 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
     ``source`` is ``software`` (sweep) or ``hardware`` (RTL simulation; with the software
     prediction for the same maps and the count of maps whose outputs were identical).
     """
+    from mcel_train.sweep import within_accuracies
+
     spec, tasks, done = load_results(campaign_dir)
     rows = []
     sources = []
@@ -78,11 +80,11 @@ def campaign_table(campaign_dir: str | Path) -> list[dict]:
                                         "maps": len(r["accuracies"]), "images": result.get("n_test")})
             elif task.stage == "hwsim":
                 for c in result["curves"]:
-                    half = c["hw_ci95"]
+                    # records of simulations compared before hw_interval existed hold the half-width only
+                    interval = c.get("hw_interval") or within_accuracies(c["hw_mean"] - c["hw_ci95"],
+                                                                         c["hw_mean"] + c["hw_ci95"])
                     rows.append(base | {"source": "hardware", "fault_model": task.params["fault_model"],
-                                        "rate": c["rate"], "mean": c["hw_mean"],
-                                        # an accuracy lies in [0, 1]; few maps give t-intervals past it
-                                        "ci95": [max(c["hw_mean"] - half, 0.0), min(c["hw_mean"] + half, 1.0)],
+                                        "rate": c["rate"], "mean": c["hw_mean"], "ci95": list(interval),
                                         "maps": c["maps"],
                                         "sw_predicted_mean": c["sw_mean"], "identical_maps": c["identical_maps"]})
     return rows
@@ -97,7 +99,8 @@ def across_seeds(rows: list[dict]) -> list[dict]:
 
     Every comparison of losses (best loss per rate, recommendations, the curves, the paper
     reproduction) reads this, so none compares one seed's result with another loss's mean."""
-    from mcel_train.sweep import accuracy_interval
+
+    from mcel_train.sweep import accuracy_interval, within_accuracies
 
     sw = [r for r in rows if r["source"] == "software"]
     out = []
@@ -112,7 +115,7 @@ def across_seeds(rows: list[dict]) -> list[dict]:
         out.append({"model": model, "loss": loss, "margin": cells[0].get("margin", 0.0), "fault_model": fm,
                     "rate": rate, "seeds": sorted(r["seed"] for r in cells), "mean": mean,
                     "ci95_seeds": seeds_ci, "map_ci95_half_width": half,
-                    "ci95": seeds_ci or (None if half is None else (max(mean - half, 0.0), min(mean + half, 1.0))),
+                    "ci95": seeds_ci or (None if half is None else within_accuracies(mean - half, mean + half)),
                     "maps": [r.get("maps") for r in cells],
                     "clean_accuracy": float(np.mean(clean)) if clean else None,
                     "mean_logit_margin": float(np.mean(margins)) if margins else None})
