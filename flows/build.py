@@ -181,6 +181,7 @@ def build_run(
     also written to ``build/build.json``. ``runtime_writeable``: every weight memory's AXI-lite
     port is exposed at ``accel_top`` as ``s_axilite_<node>_*`` (manifest ``axilite_ports``).
     """
+    given = Path(run_dir) / "build"  # named in messages as the user gave it (no machine path)
     run_dir = Path(run_dir).resolve()
     target = run_dir / "build"
     # the flags first (a bad one is named even when a build exists), then the folders
@@ -189,7 +190,7 @@ def build_run(
     problem = whitespace_problem(run_dir)
     if problem:
         raise UserInputError(f"{run_dir}: {problem}")
-    check_writable(target, force)
+    check_writable(given, force)
     run = load_source(run_dir)
     if not run.imported:
         refuse_software_only(run.spec)

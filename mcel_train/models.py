@@ -188,6 +188,8 @@ class ModelSpec:
         d = dict(d)
         for key in ("hidden", "channels", "image_shape"):
             if key in d:
+                if not isinstance(d[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list of sizes such as [64, 64], got {d[key]!r}")
                 d[key] = tuple(d[key])
         return cls(**d).resolved()
 

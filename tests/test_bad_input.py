@@ -219,6 +219,8 @@ CASES = [
      "model.hidden is empty"),
     ("train-override-without-key", ["train", SMOKE, "--set", "=5", "--out", "{run}/new"], None,
      "has no key before '='"),
+    ("train-hidden-a-number", ["train", SMOKE, "--set", "model.hidden=5", "--out", "{run}/new"], None,
+     "hidden must be a list of sizes such as [64, 64], got 5"),
     ("train-hidden-fraction", ["train", SMOKE, "--set", "model.hidden=[1.7]", "--out", "{run}/new"], None,
      "hidden must be whole numbers"),
     ("train-weight-bits-bool", ["train", SMOKE, "--set", "model.weight_bits=true", "--out", "{run}/new"], None,
@@ -584,3 +586,14 @@ def test_a_simulation_that_yields_no_results_is_exit_1_with_the_logs_tail(traine
     assert err.startswith("error: the cocotb simulation produced no results") and "%Error: died" in err
     with pytest.raises(SimulationError):
         main(["--debug", "sim", str(trained)])
+
+
+def test_an_existing_build_is_named_as_the_user_gave_the_run(trained, tmp_path, monkeypatch, capsys):
+    """The refusal names the run's build folder relative, as typed: it printed the resolved,
+    absolute path of the machine."""
+    shutil.copytree(trained, tmp_path / "run")
+    (tmp_path / "run" / "build").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {Path('run', 'build')} exists; pass --force to replace it"
