@@ -76,17 +76,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from mcel_train.plotting import plot_runs
+    from mcel_train.plotting import plot_record_path, plot_runs
 
     out = Path(args.out)
     if out.suffix.lower() != ".png" or not out.stem:
         raise UserInputError(f"-o/--out {args.out!r} must name a .png file (for example -o compare.png)")
-    if out.exists() and not args.force:
-        raise UserInputError(f"{out} exists already; pass --force to overwrite")
-    if out.is_dir():
-        raise UserInputError(f"-o/--out {out} is a folder; name a .png file")
+    for path in (out, plot_record_path(out)):
+        if path.exists() and not args.force:
+            raise UserInputError(f"{path} exists already; pass --force to overwrite")
+        if path.is_dir():
+            raise UserInputError(f"-o/--out {out}: {path} is a folder; name another .png file")
     plot_runs(args.runs, out, labels=args.labels.split(",") if args.labels else None)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {plot_record_path(out).name}")
     return 0
 
 

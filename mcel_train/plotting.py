@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 
 from mcel_train.errors import ArtifactError, UserInputError
-from mcel_train.stage import run_name
+from mcel_train.stage import run_name, write_text_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -115,4 +115,31 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
     if counts and len(counts) < len(recs):  # flip counts are not rates: one axis cannot hold both
         raise UserInputError(f"{counts[0]} was swept with --fault-model kflips (its x values are flip counts), "
                              "others with bit error rates: plot them separately")
-    return plot_sweeps(list(zip(labels, recs, strict=True)), out_png)
+    out_png = plot_sweeps(list(zip(labels, recs, strict=True)), out_png)
+    write_text_atomic(plot_record_path(out_png), json.dumps(_plot_record(out_png, run_dirs, labels, recs), indent=1))
+    return out_png
+
+
+def plot_record_path(out_png: str | Path) -> Path:
+    """The JSON record beside a plot (``compare.png`` -> ``compare.json``): the curves as drawn,
+    for a script to read without decoding the picture."""
+    return Path(out_png).with_suffix(".json")
+
+
+def _plot_record(out_png: Path, run_dirs: Sequence[str | Path], labels: Sequence[str],
+                 recs: Sequence[dict]) -> dict:
+    """Per curve: its label, the sweep record it came from (relative to the plot's folder when
+    it can be, so the pair moves together), the fault model and the points drawn."""
+    curves = []
+    for run_dir, label, rec in zip(run_dirs, labels, recs, strict=True):
+        source = Path(run_dir) / SWEEP_FILE if Path(run_dir).is_dir() else Path(run_dir)
+        try:
+            source_text = os.path.relpath(source.resolve(), out_png.resolve().parent)
+        except ValueError:  # another drive: no relative path exists
+            source_text = str(source)
+        curves.append({"label": label, "sweep_record": source_text, "run": rec.get("run"),
+                       "fault_model": (rec.get("fault_model") or {}).get("spec"),
+                       "points": [{"rate": r["rate"], "mean": r["mean"], "ci95": r.get("ci95"),
+                                   "maps": len(r["accuracies"]) if "accuracies" in r else None}
+                                  for r in sorted(rec["results"], key=lambda r: r["rate"])]})
+    return {"format": "mcel-plot", "png": out_png.name, "curves": curves}

@@ -78,6 +78,13 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures, monkeypatch):
     assert len(figures) == 1 and curves(figures[0]) == {lab: _sweep_curve(rec) for lab in labels}
     assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()] == labels
     png_shape(png, figures[0])
+    # the curves as drawn, in a JSON record beside the PNG, naming their sweep record relative to it
+    record = json.loads((tmp_path / "cmp.json").read_text())
+    assert record["png"] == "cmp.png" and [c["label"] for c in record["curves"]] == labels
+    for c in record["curves"]:
+        assert (tmp_path / c["sweep_record"]).resolve() == (smoke_run / "sweep" / "sw_ber.json").resolve()
+        assert ([p["rate"] for p in c["points"]], [p["mean"] for p in c["points"]]) == _sweep_curve(rec)
+        assert [p["maps"] for p in c["points"]] == [3, 3] and c["run"] == smoke_run.name
     rec = margin_report(smoke_run, force=True)
     assert rec["mean_logit_margin"] > 0 and len(rec["hidden_layers"]) >= 1
     saved = json.loads((smoke_run / "margins" / "margins.json").read_text())
@@ -96,6 +103,9 @@ def test_plot_margins_and_cli(smoke_run, tmp_path, figures, monkeypatch):
     assert len(figures) == 1 and list(curves(figures[0])) == [smoke_run.name]
     png_shape(tmp_path / "p.png", figures[0])
     with pytest.raises(UserInputError, match="exists"):
+        args.func(args)
+    (tmp_path / "p.png").unlink()  # its JSON record is not overwritten either
+    with pytest.raises(UserInputError, match=r"p\.json exists"):
         args.func(args)
     args = parser.parse_args(["margins", str(smoke_run), "--force"])
     assert args.func(args) == 0
