@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -176,6 +177,9 @@ def run_sweep(
         "ci_width": float(ci_width), "n_test": int(len(labels)), "memory_source": memory_source,
         "weights": _fingerprint(memory_contents(net, memories))})
     results = checkpoint.load()
+    if results:  # the record will equal an uninterrupted sweep's; say why this one was quicker
+        print(f"note: resuming the interrupted sweep of {run_name(run_dir)}: {len(results)} of {len(bers)} rates "
+              f"were finished (kept in {CHECKPOINT} in the run folder)", file=progress_file or sys.stderr)
     bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_name(run_dir)}", unit="map",
                        disable=not progress, file=progress_file)
     bar.update(len(results) * maps)  # rates finished before an interruption

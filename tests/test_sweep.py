@@ -155,7 +155,7 @@ def test_bad_rates_fail_before_work(smoke_run):
         run_sweep(smoke_run, [0.01, 2.0], maps=2, progress=False, force=True)
 
 
-def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch):
+def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch, capsys):
     """The rates a sweep finished survive its interruption (the run folder's checkpoint); the
     resumed record equals an uninterrupted one, and only the missing rates are evaluated."""
     from mcel_train import evaluate, sweep
@@ -176,8 +176,11 @@ def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch):
     assert (smoke_run / sweep.CHECKPOINT).is_file()
     calls.clear()
     calls.extend([None] * 10)  # the next call at 0.05 goes through
+    capsys.readouterr()
     resumed = run_sweep(smoke_run, rates, maps=4, seed=5, progress=False, force=True)
     assert calls[10:] == [0.05]  # rates 0 and 0.01 came from the checkpoint
+    err = capsys.readouterr().err  # and it says so
+    assert "note: resuming the interrupted sweep" in err and "2 of 3 rates were finished" in err
     assert resumed["results"] == whole["results"]
     assert not (smoke_run / sweep.CHECKPOINT).exists()
     # other parameters (here the seed) make the checkpoint stale: nothing is reused
