@@ -232,6 +232,7 @@ def _design_sources(s: Settings) -> list[Path]:
 
 
 def prepare(s: Settings) -> int:
+    started = time.time()  # wall clock: the three stages are three processes
     check_overwrite(s)
     sources = _design_sources(s)
     sources_mk = sources_makefile(sources, s.make_dir, s.run_text)
@@ -260,7 +261,7 @@ def prepare(s: Settings) -> int:
         name = f"sim_shard{i}" if len(jobs) > 1 else "sim"
         path = j.save(s.work / f"{name}.json").resolve()
         runs.append({"name": name, "job": str(path), "results": f"results_{name}.xml"})
-    write_text_atomic(s.work / STATE, json.dumps({"runs": runs}, indent=1))
+    write_text_atomic(s.work / STATE, json.dumps({"runs": runs, "started": started}, indent=1))
     return 0
 
 
@@ -412,6 +413,8 @@ def simulate(s: Settings) -> int:
     t0 = time.perf_counter()
     if not s.waves:  # a dump of an earlier WAVES=1 run would sit beside results it does not show
         (s.make_dir / "dump.vcd").unlink(missing_ok=True)
+    for old in s.make_dir.glob("sim*.log"):  # an earlier run's (another shard count) would sit beside these
+        old.unlink()
     for r in runs:
         (s.make_dir / f"{r['name']}.log").write_text("")
     cmds = [(_make(s, "sim", PGO_USE if s.pgo else (), r["results"]), {**env, "MCEL_SIM_JOB": r["job"]},
@@ -441,8 +444,11 @@ def finish(s: Settings) -> int:
     check_owned(s.sim_dir, make_process())
     state = json.loads((s.work / STATE).read_text())
     results = s.work / "results_sim.xml"
+    seconds = dict(state.get("seconds") or {})
+    if "started" in state:  # from prepare's start: as `mcel sim`'s total, which includes its prepare
+        seconds["total"] = round(time.time() - state["started"], 2)
     extra = {"flow": "make", "simulator_processes": len(state["runs"]), "build": state.get("build"),
-             "seconds_run": state.get("seconds")}
+             "seconds_run": seconds}
 
     def place_results() -> None:  # renamed into place once hw_ber.json is
         if results.is_file():

@@ -258,11 +258,16 @@ def test_jobs2_equals_mcel_sim_jobs2_and_refuses_overwrite(smoke_build, tmp_path
     # (one `$` only: two would make hw_sim/compare.py's plot title matplotlib mathtext)
     run = linked_run(smoke_build, tmp_path / "r;touch${IFS}pwned;#'q\"&")
     args = [f"RUN={run}", "BER=0,0.02", "MAPS=2", "SEED=4", "IMAGES=60", "JOBS=2"]
+    (run / "sim" / "make").mkdir(parents=True)
+    (run / "sim" / "make" / "sim_shard5.log").write_text("an earlier run's, with six simulators")
     proc = run_make(args, cwd, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not markers(REPO, tmp_path)
     record = json.loads((run / "sim" / "hw_ber.json").read_text())
     assert record["flow"] == "make" and record["simulator_processes"] == 2 and len(record["maps"]) == 3
+    # the logs are this run's only, and the record's total time spans prepare to finish, as mcel sim's
+    assert sorted(p.name for p in (run / "sim" / "make").glob("sim*.log")) == ["sim_shard0.log", "sim_shard1.log"]
+    assert record["seconds_run"]["total"] > record["seconds_run"]["simulate"] > 0
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
     results = (run / "sim" / "make" / "results.xml").read_text()
     assert results.count("<testcase") == 2 and "<failure" not in results
