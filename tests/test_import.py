@@ -250,6 +250,10 @@ def test_campaign_on_an_imported_network(imported, tmp_path):
             "hardware": {"ber": [0, 0.02], "maps": 2, "images": 20, "target_cycles": 64}}
     path = tmp_path / "byo.yaml"
     path.write_text(yaml.safe_dump(spec))
+    # software only: the sweep reads the build, so it waits with the build and simulation, and is named so
+    _, summary = run_campaign(path, tmp_path / "c0", workers=1, show_progress=False, software_only=True)
+    assert summary["done"] == summary["total"] == 1  # the import
+    assert sorted(t["stage"] for t in summary["deferred"]) == ["build", "hwsim", "sweep"]
     folder, summary = run_campaign(path, tmp_path / "c", workers=1, show_progress=False)
     assert summary["done"] == summary["total"] == 4 and summary["failed"] == 0  # import, build, sweep, hwsim
     table = campaign_table(folder)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from flows.campaign.executors import EXECUTORS
@@ -50,16 +49,13 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         print(f"restored {summary['restored']} finished task(s) from {args.restore}")
     print(f"campaign {folder}: {summary['done']}/{summary['total']} tasks done, {summary['failed']} failed, "
           f"{summary['skipped']} skipped (their inputs failed)")
-    if args.software_only:  # the plan's builds and RTL simulations wait for a --resume without the flag
-        from flows.campaign.store import ResultStore
-
-        store = ResultStore(folder / "results.sqlite", read_only=True)
-        done = set(store.done())
-        store.close()
-        left = sum(t["stage"] in ("build", "hwsim") and t["key"] not in done
-                   for t in json.loads((folder / "tasks.json").read_text()))
-        if left:
-            print(f"  {left} build and RTL simulation task(s) left for a later --resume without --software-only")
+    if args.software_only and summary["deferred"]:  # they wait for a --resume without the flag
+        deferred = summary["deferred"]
+        hardware = sum(t["stage"] in ("build", "hwsim") for t in deferred)
+        waiting = len(deferred) - hardware  # an imported network's sweep reads its build
+        print(f"  {hardware} build and RTL simulation task(s)"
+              + (f" and {waiting} task(s) that need a build (sweeps of imported networks)" if waiting else "")
+              + " left for a later --resume without --software-only")
     for label, error in summary["failures"].items():
         print(f"  failed: {label}: {error}")
     if not args.no_report and summary["done"]:

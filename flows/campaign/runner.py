@@ -279,12 +279,16 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         write_text_atomic(campaign_dir / "tasks.json", json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
         restored = 0 if archive is None else restore_archive(archive, store, tasks, campaign_dir)
+        deferred: list[dict] = []
         if software_only:
-            tasks = software_tasks(tasks, set(store.done()))
+            kept = software_tasks(tasks, set(store.done()))
+            ran, done = {t.key for t in kept}, set(store.done())
+            deferred = [{"stage": t.stage, "label": t.label} for t in tasks if t.key not in ran and t.key not in done]
+            tasks = kept
         try:
             summary = Scheduler(spec, tasks, store, runner, campaign_dir, show_progress).run()
         finally:
             store.close()
     finally:
         lock.close()
-    return summary | {"restored": restored}
+    return summary | {"restored": restored, "deferred": deferred}
