@@ -26,8 +26,8 @@ Writes ``runs/bench/hw_sim.json`` (``--out``).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,34 +93,11 @@ def _full_test_set(run: Path, sim_dir: Path) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = parser(__doc__)
-    ap.add_argument("--run", type=run_folder, required=True, help="run folder with a build")
-    ap.add_argument("--images", type=count(1), default=2000)
-    ap.add_argument("--naive-images", type=count(1), default=20)
-    ap.add_argument("--batch", type=count(1), default=2000, help="images per harness batch")
-    ap.add_argument("--repeats", type=count(1), default=3,
-                    help="alternating C++ and cocotb runs; the median ratio is reported")
-    ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
-    ap.add_argument("--skip-public-all", action="store_true",
-                    help="skip the every-signal-public build (its compile takes long on a large design)")
-    ap.add_argument("--out", type=record_path, default="runs/bench/hw_sim.json")
-    args = ap.parse_args(argv)
-    if args.naive_images > args.images:
-        ap.error(f"argument --naive-images: {args.naive_images} is more than --images {args.images}")
-
-    run = Path(args.run).resolve()
-    r = load_run(run)
+def _measure(args, run: Path, x: np.ndarray, manifest, sim_dir: Path) -> dict:
+    """The bench proper, its builds and files in ``sim_dir``; returns the record."""
     n = args.images
-    x, labels = r.test_inputs(n)
-    if len(labels) < n:  # else the images would be cut into n pieces of the wrong size
-        raise UserError(f"--images {n}: the test set has {len(labels)} images; give --images {len(labels)} or fewer")
-    manifest = load_build_manifest(run)
-    sim_dir = run / "bench_sim"
-    shutil.rmtree(sim_dir, ignore_errors=True)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words_file = (sim_dir / "inputs.npy").resolve()
-    sim_dir.mkdir(parents=True)
     np.save(words_file, pack(x.reshape(n, -1), in_fmt))
     expected_ii = manifest.expected_ii()
 
@@ -171,6 +148,35 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.full:
         result["full_test_set"] = _full_test_set(run, sim_dir)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--run", type=run_folder, required=True, help="run folder with a build")
+    ap.add_argument("--images", type=count(1), default=2000)
+    ap.add_argument("--naive-images", type=count(1), default=20)
+    ap.add_argument("--batch", type=count(1), default=2000, help="images per harness batch")
+    ap.add_argument("--repeats", type=count(1), default=3,
+                    help="alternating C++ and cocotb runs; the median ratio is reported")
+    ap.add_argument("--full", action="store_true", help="also the full test set with one 1 %% map")
+    ap.add_argument("--skip-public-all", action="store_true",
+                    help="skip the every-signal-public build (its compile takes long on a large design)")
+    ap.add_argument("--out", type=record_path, default="runs/bench/hw_sim.json")
+    args = ap.parse_args(argv)
+    if args.naive_images > args.images:
+        ap.error(f"argument --naive-images: {args.naive_images} is more than --images {args.images}")
+
+    run = Path(args.run).resolve()
+    r = load_run(run)
+    n = args.images
+    x, labels = r.test_inputs(n)
+    if len(labels) < n:  # else the images would be cut into n pieces of the wrong size
+        raise UserError(f"--images {n}: the test set has {len(labels)} images; give --images {len(labels)} or fewer")
+    manifest = load_build_manifest(run)
+    # the harness builds and outputs in a temporary folder: the run keeps only what mcel wrote
+    with tempfile.TemporaryDirectory(prefix="bench_hw_sim_") as work:
+        result = _measure(args, run, x, manifest, Path(work))
     write_record(args.out, result)
     shown = {k: v for k, v in result.items() if not k.startswith("harness_build") and k != "cpp_stats"}
     print(json.dumps(shown, indent=2))

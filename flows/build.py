@@ -175,8 +175,9 @@ def build_run(
 ) -> dict:
     """FINN flow + stitch + manifest + Verilator build + bit-exactness check for one run.
 
-    ``folding``: ``"auto"`` (FINN's SetFolding for ``target_cycles``; all-ones folding when
-    ``target_cycles`` is None), a JSON file path, or a dict (see :mod:`flows.folding`).
+    ``folding``: ``"auto"`` (FINN's SetFolding for ``target_cycles``; when it is None, the
+    fastest default target that fits ``part``: :func:`flows.folding.default_folding`), a JSON
+    file path, or a dict (see :mod:`flows.folding`).
     ``n_verify`` images go through the Verilated design (0 skips the check). Returns the record
     also written to ``build/build.json``. ``runtime_writeable``: every weight memory's AXI-lite
     port is exposed at ``accel_top`` as ``s_axilite_<node>_*`` (manifest ``axilite_ports``).

@@ -32,8 +32,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("run", help="run folder (runs/NAME) with a train/ stage or an imported export/")
     b.add_argument("--folding", default="auto", help="'auto' or a JSON file of PE/SIMD per layer")
     b.add_argument("--target-cycles", type=int, default=None,
-                   help="cycles per image for --folding auto (default: the most parallel folding "
-                   "that fits the part by FINN's estimates)")
+                   help="cycles per image for --folding auto (default: the fastest of 256, 512, 1024, "
+                   "... cycles per image that fits the part by FINN's estimates; only xczu3eg's "
+                   "resources are known, another part takes 256 unchecked)")
     b.add_argument("--part", default=None, help="FPGA part for FINN's estimates (default xczu3eg)")
     b.add_argument("--verify-images", type=int, default=200, help="images checked RTL == FINN == torch")
     b.add_argument("--runtime-writeable", action="store_true",
@@ -89,10 +90,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     chosen = record.get("default_folding")
     if chosen:
         res = chosen["resources"]
-        fit = "fits" if chosen["fits"] else "does NOT fit"
+        fit = {True: f"fits {chosen['part']} {chosen['part_resources']}",
+               False: f"does NOT fit {chosen['part']} {chosen['part_resources']}",
+               None: f"not checked: no resource table for {chosen['part']} (flows/folding.py PART_RESOURCES)"}
         print(f"default folding: target {chosen['target_cycles']} cycles/image, FINN estimate "
               f"{chosen['expected_cycles_per_image']} cycles/image; LUT {res['LUT']:.0f}, BRAM_18K "
-              f"{res['BRAM_18K']:.0f}, DSP {res['DSP']:.0f}: {fit} {chosen['part']} {chosen['part_resources']}")
+              f"{res['BRAM_18K']:.0f}, DSP {res['DSP']:.0f}: {fit[chosen['fits']]}")
         print(f"folding: {json.dumps(record['folding'])}")
     verify = record.get("verification", {})
     shown = ", ".join(f"{k} {v}" for k, v in verify.items() if isinstance(v, int | float | str | bool))

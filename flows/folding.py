@@ -163,9 +163,12 @@ def resource_estimate(model, part: str) -> dict[str, float]:
 
 
 def default_folding(model, part: str):
-    """The most parallel of :data:`DEFAULT_TARGETS` whose design fits ``part`` by FINN's estimates
-    (the slowest candidate when none fits, with ``fits: False``). Returns the folded model and a
-    record: target, FINN's expected cycles per image, the resource estimate and the part's."""
+    """The most parallel of :data:`DEFAULT_TARGETS` (256 cycles per image and slower: never
+    faster, since simulation cost follows lanes x cycles) whose design fits ``part`` by FINN's
+    estimates (the slowest candidate when none fits, with ``fits: False``). A part without an
+    entry in :data:`PART_RESOURCES` is not checked: the fastest candidate, ``fits: None``.
+    Returns the folded model and a record: target, FINN's expected cycles per image, the
+    resource estimate and the part's."""
     import copy
 
     capacity = PART_RESOURCES.get(part)
@@ -173,7 +176,7 @@ def default_folding(model, part: str):
     for target in DEFAULT_TARGETS:
         folded = auto_folding(copy.deepcopy(model), target)
         res = resource_estimate(folded, part)
-        fits = capacity is not None and all(res[k] <= capacity[k] for k in capacity)
+        fits = None if capacity is None else all(res[k] <= capacity[k] for k in capacity)
         cycles = max(_exp_cycles(folded).values(), default=0)
         record = {"target_cycles": target, "expected_cycles_per_image": cycles, "resources": res,
                   "part": part, "part_resources": capacity, "fits": fits}

@@ -41,3 +41,12 @@ def test_no_dynamic_imports_in_the_lowest_package():
     bad = [str(p.relative_to(ROOT)) for p in (ROOT / "mcel_train").rglob("*.py")
            if "import_module(" in p.read_text() or "__import__(" in p.read_text()]
     assert not bad, bad
+
+
+def test_the_committed_command_reference_lists_every_flag_the_parser_has():
+    """docs/cli.md is generated from the parser (flows/cli_reference.py): a flag added or renamed
+    without regenerating it fails here, so the reference never lacks a flag or names a gone one."""
+    from flows.cli_reference import reference
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert committed == reference(), "regenerate: .venv/bin/python -m flows.cli_reference > docs/cli.md"

@@ -256,3 +256,23 @@ def test_an_export_that_differs_from_torch_is_one_line_and_writes_nothing(smoke_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the QONNX export differs from torch") and "float32" in err[0]
     assert sorted(p.name for p in run.iterdir()) == ["train"]
+
+
+def test_the_default_folding_is_the_fastest_target_that_fits_and_says_when_it_cannot_check(monkeypatch):
+    """``folding.default_folding`` walks 256, 512, ... cycles per image and keeps the first whose
+    FINN estimate fits the part; a part without a resource table is not checked (``fits`` None,
+    the fastest target), instead of reported as not fitting."""
+    from flows import folding
+
+    dsp = {256: 500.0, 512: 300.0, 1024: 100.0}  # DSPs per target; xczu3eg has 360
+    monkeypatch.setattr(folding, "auto_folding", lambda model, target: target)
+    monkeypatch.setattr(folding, "resource_estimate",
+                        lambda folded, part: {"LUT": 1.0, "BRAM_18K": 1.0, "DSP": dsp.get(folded, 1.0)})
+    monkeypatch.setattr(folding, "_exp_cycles", lambda folded: {"MVAU_0": folded})
+    folded, record = folding.default_folding(None, "xczu3eg-sbva484-1-e")
+    assert folded == 512 and record["fits"] is True and record["expected_cycles_per_image"] == 512
+    folded, record = folding.default_folding(None, "xc7z020clg400-1")
+    assert folded == 256 and record["fits"] is None and record["part_resources"] is None
+    dsp.update({t: 1000.0 for t in folding.DEFAULT_TARGETS})
+    folded, record = folding.default_folding(None, "xczu3eg-sbva484-1-e")
+    assert folded == folding.DEFAULT_TARGETS[-1] and record["fits"] is False
