@@ -118,6 +118,7 @@ def run_sweep(
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
     map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
     test_images: int = 0, ci_width: float = 0.0, method: str = "auto", progress_file: TextIO | None = None,
+    images_flag: str = "--test-images",
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
@@ -129,7 +130,8 @@ def run_sweep(
     interval of the mean is narrower than this, at the latest after ``maps`` (statistical fault
     injection). Map ``i`` is the same map however the sampling stops, so a run that stops
     earlier holds a prefix of a longer run's maps. ``method``: the evaluator path
-    (:class:`mcel_train.evaluate.MapEvaluator`).
+    (:class:`mcel_train.evaluate.MapEvaluator`). ``images_flag``: how the caller's user gave
+    ``test_images``, for the note when it is more than the test set holds.
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
@@ -147,7 +149,7 @@ def run_sweep(
     x, labels = run.test_set()
     if test_images < 0:
         raise UserInputError(f"test_images must be >= 0, got {test_images}")
-    x, labels = first_images(x, labels, test_images, "--test-images")
+    x, labels = first_images(x, labels, test_images, images_flag)
     if run.imported:  # no Brevitas module: the build's integer network, in the build's layout
         build = run_dir / "build"
         if not (build / "manifest.json").is_file():

@@ -203,9 +203,21 @@ def test_rates_are_checked_against_each_fault_model():
         parse_campaign({**TINY, "hardware": {**hw, "fault_model": "flip"}})
 
 
-def test_duplicate_grid_entries_are_rejected():
-    with pytest.raises(CampaignError, match="same training config"):
-        parse_campaign({**TINY, "grid": {"models": ["tfc_w2a2", "tfc_w2a2"], "losses": ["ce"]}})
+@pytest.mark.parametrize("change, words", [
+    ({"grid": {"models": ["tfc_w2a2", "tfc_w2a2"], "losses": ["ce"]}},
+     "grid.models: the model 'tfc_w2a2' is listed twice"),
+    # one loss written two ways: it said "two different loss entries share a label"
+    ({"grid": {"models": ["tfc_w2a2"], "losses": ["ce", {"name": "ce"}]}},
+     "grid.losses: the loss 'CE' is listed twice"),
+    # a repeated seed: it said "a repeated model or loss"
+    ({"grid": {"models": ["tfc_w2a2"], "losses": ["ce"], "seeds": [0, 0]}}, "grid.seeds: the seed 0 is listed twice"),
+    # a repeated fault model was accepted and swept twice
+    ({"software": {**TINY["software"], "fault_models": ["flip", "flip"]}},
+     "software.fault_models: the fault model flip is listed twice"),
+])
+def test_duplicate_grid_entries_are_rejected_naming_what_repeats(change, words):
+    with pytest.raises(CampaignError, match=re.escape(words)):
+        parse_campaign({**TINY, **change})
 
 
 def test_existing_campaign_needs_resume(reference, tmp_path):
@@ -532,7 +544,7 @@ def _rows(db: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # four small campaign runs
-def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
+def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path, capfd):
     """The committed results file carries a campaign to another clone. Restored results are
     used as they are; a restored training that a pending sweep needs is redone, and gives the
     same weights (a seeded single-thread training is deterministic). When the weights differ
@@ -582,9 +594,15 @@ def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path):
     assert campaign_table(folder) == campaign_table(original)
 
     # The file claims other weights: the kept sweep read those, so it is redone too.
-    folder, summary = run_campaign(path, tmp_path / "other", workers=2, show_progress=False,
+    capfd.readouterr()
+    folder, summary = run_campaign(path, tmp_path / "other", workers=2, show_progress=True,
                                    restore=carried("other", redo, digest="0" * 64))
     assert summary["done"] == 3
+    # the bar takes the redone sweep back before counting it again: it never passes its total
+    shown = capfd.readouterr()
+    bar = shown.out + shown.err  # tqdm writes its notes to stdout, the bar to stderr
+    assert "redoing the 1 task(s)" in bar and re.findall(r"\b(\d+)/3\b", bar)[-1] == "3"
+    assert not re.search(r"\b\d+task", bar), bar  # tqdm's form once the count passes the total
     assert (folder / "tasks" / f"sweep-{kept['key']}" / "sweep" / "sw_ber.json").is_file()
     assert campaign_table(folder) == campaign_table(original)
 

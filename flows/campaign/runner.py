@@ -134,6 +134,8 @@ class Scheduler:
             return
         self.store.forget(stale)
         self.done -= stale
+        self.bar.n -= len(stale)  # they count again when they finish again (the bar stays <= its total)
+        self.bar.refresh()
         order = list(self.tasks)
         self.pending = sorted(set(self.pending) | stale, key=order.index)
         self.bar.write(f"{self.tasks[key].label} gave other weights than its earlier row: "

@@ -171,6 +171,16 @@ def _fault_model(name: str) -> str:
     return name
 
 
+def _once_each(what: str):
+    """A validator refusing a list that names one value twice (``what``: its items, for the message)."""
+    def check(values: list) -> list:
+        repeated = [v for k, v in enumerate(values) if v in values[:k]]
+        if repeated:
+            raise ValueError(f"the {what} {repeated[0]} is listed twice; give each {what} once")
+        return values
+    return check
+
+
 class TrainSection(_Section):
     config: str | dict | None = None  # a config file; the saved campaign holds its contents
     # without a config: each model's flows/configs/<model>_fmnist.yaml, saved as contents too
@@ -181,7 +191,8 @@ class TrainSection(_Section):
 class GridSection(_Section):
     models: list[str | dict] = []
     losses: list[str | dict] = []
-    seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, min_length=1)
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1),
+                     AfterValidator(_once_each("seed"))] | None = None
     # networks brought in by `mcel import`: run folders (or {path, label}) built and swept as is
     imported: list[str | dict] = []
     # The nesting of the trainings, outermost first; tasks start in this order. The default keeps
@@ -206,7 +217,8 @@ class GridSection(_Section):
 
 
 class SoftwareSection(_Section):
-    fault_models: list[Annotated[str, AfterValidator(_fault_model)]] = Field(["flip"], min_length=1)
+    fault_models: Annotated[list[Annotated[str, AfterValidator(_fault_model)]], Field(min_length=1),
+                            AfterValidator(_once_each("fault model"))] = ["flip"]
     ber: Annotated[list[Rate], Field(min_length=1), AfterValidator(_unique_rates)]
     maps: StrictInt = Field(ge=2)
     seed: StrictInt = Field(0, ge=0)
@@ -449,10 +461,14 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         at = dict(zip(spec.grid.order, combo, strict=True))
         points.append(_train_point(train, at["model"], at["loss"], at["seed"]))
     for what, entries in (("model", spec.grid.models), ("loss", spec.grid.losses)):
-        distinct = {json.dumps(e, sort_keys=True): _entry(e, what).label for e in entries}
-        if len(set(distinct.values())) < len(distinct):
-            _fail(f"grid.{what}es" if what == "loss" else "grid.models",
-                  f"two different {what} entries share a label; give each a 'label'")
+        key = f"grid.{what}es" if what == "loss" else "grid.models"
+        resolved = [_entry(e, what) for e in entries]
+        texts = [json.dumps([r.value, r.set, r.test_images], sort_keys=True) for r in resolved]
+        for k, text in enumerate(texts):
+            if text in texts[:k]:  # `ce` and `{name: ce}` are one loss
+                _fail(key, f"the {what} {resolved[k].label!r} is listed twice; give each {what} once")
+        if len({r.label for r in resolved}) < len(resolved):
+            _fail(key, f"two different {what} entries share a label; give each a 'label'")
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         _fail("grid", "two entries resolve to the same training config (a repeated model or loss)")
