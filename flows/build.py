@@ -36,6 +36,7 @@ from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
 from mcel_train.models import ModelSpec
+from mcel_train.provenance import MEMORY_FIELD, NETWORK_FIELD, check_export_is_the_runs, memory_digest, network_digest
 from mcel_train.runio import load_run, load_source
 from mcel_train.stage import atomic_stage, check_writable
 
@@ -91,7 +92,8 @@ def export_run(run_dir: Path, n_check: int = 16, force: bool = False) -> Path:
         x, _ = run.test_inputs(n_check)
         check = check_export(model, path, x)
         record = {
-            "stage": "export", "qonnx": path.name, "input_shape": list(model.input_shape),
+            "stage": "export", "qonnx": path.name, NETWORK_FIELD: network_digest(run_dir),
+            "input_shape": list(model.input_shape),
             "input_kind": spec.input_kind, "model": spec.to_dict(), "check": check.to_dict(),
             "seconds": round(time.perf_counter() - t0, 3), "versions": tool_versions(),
         }
@@ -197,6 +199,8 @@ def build_run(
         refuse_software_only(run.spec)
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
+    else:
+        check_export_is_the_runs(run_dir)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work
     with atomic_stage(target, force) as build_dir:
         record = _build(graph, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
@@ -264,7 +268,8 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
         }
 
     record = {
-        "stage": "build", "model": spec.to_dict() if spec is not None else None,
+        "stage": "build", NETWORK_FIELD: network_digest(run.run_dir), MEMORY_FIELD: memory_digest(manifest),
+        "model": spec.to_dict() if spec is not None else None,
         "source": run.source if run.imported else {"kind": "trained"}, "part": part,
         "clk_ns": clk_ns, "dataflow_model": DATAFLOW_FILE,
         "folding_request": folding if isinstance(folding, (dict, str)) else Path(folding).name,

@@ -97,7 +97,7 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"{chosen['expected_cycles_per_image']} cycles/image; LUT {res['LUT']:.0f}, BRAM_18K "
               f"{res['BRAM_18K']:.0f}, DSP {res['DSP']:.0f}: {fit[chosen['fits']]}")
         print(f"folding: {json.dumps(record['folding'])}")
-    verify = record.get("verification", {})
+    verify = record.get("verification") or {}  # None with --verify-images 0
     shown = ", ".join(f"{k} {v}" for k, v in verify.items() if isinstance(v, int | float | str | bool))
-    print(f"built {Path(args.run) / 'build'}: {shown or 'no verification record'}")
+    print(f"built {Path(args.run) / 'build'}: {shown or 'not verified (--verify-images 0)'}")
     return 0

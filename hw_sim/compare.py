@@ -9,6 +9,7 @@ numbers written to ``compare.json``.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from hw_sim.transient import coverage_problem
 from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
+from mcel_train.provenance import check_sim_is_the_builds
 from mcel_train.stage import run_name
 from mcel_train.sweep import t_interval, within_accuracies
 
@@ -105,7 +107,7 @@ def _outputs(path: Path, second: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with np.load(path) as f:
             return f["outputs"], (f[second] if second in f.files else None)
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{path} is missing or damaged ({str(exc).splitlines()[0][:100]}); simulate the run "
                             "again (mcel sim ... --force)") from None
 
@@ -162,6 +164,7 @@ def compare_run(run_dir: Path) -> dict:
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path} missing: run `mcel sim {run_dir}` first")
     record = _read_record(record_path, run_dir)
+    check_sim_is_the_builds(run_dir, record)
     saved = saved_differences(sim_dir, record)
     mismatch = first_mismatch(sim_dir, record, saved)
     for m in record["maps"]:  # the verdicts of the saved outputs, in the table too

@@ -35,6 +35,7 @@ from mcel_train.faults.faultmap import FaultMap
 from mcel_train.faults.generate import FaultModel, generate_map, rate_problem, stored_bits
 from mcel_train.intnet_finn import build_memories, from_finn_build
 from mcel_train.manifest import MANIFEST_FILE, Manifest, load_manifest
+from mcel_train.provenance import BUILD_FIELD, build_identity, check_build_is_the_runs
 from mcel_train.runio import first_images, load_source
 from mcel_train.stage import check_writable, run_name
 
@@ -185,6 +186,7 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     manifest = load_build_manifest(run_dir)
     for entry in manifest.memories:  # every init file the RTL loads, read now: a missing one is a
         manifest.words(entry.name)   # wrong simulation later ($readmem only warns), not an error
+    check_build_is_the_runs(run_dir, manifest)
     if inject == "axilite" and not manifest.axilite_ports:
         raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
                              "rebuild with runtime-writeable weights (mcel build --runtime-writeable)")
@@ -273,7 +275,7 @@ def _prepare_in(work: Path, run_dir: Path, manifest: Manifest, x: np.ndarray, la
         "run": run_name(run_dir), "bers": bers, "maps_per_rate": maps, "images": images, "seed": seed,
         "fault_model": fault_model, "inject": inject, "predictor": predictor, "backpressure": backpressure,
         "memories": memories, "transient_cycle": transient_cycle,
-        "expected_ii_cycles": expected_ii, "seconds": {
+        "expected_ii_cycles": expected_ii, BUILD_FIELD: build_identity(run_dir), "seconds": {
             "prepare": round(time.perf_counter() - t0, 2), "prepare_maps": round(t_maps - t0, 2),
             **({"prepare_predict": round(t_predict - t_maps, 2)} if predictor == "fast" else {})},
         "crosscheck_against_finn": record_check,
@@ -388,24 +390,26 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
         raise UserInputError(f"{run_dir}: the simulator must be built here, and {problem}")
     if transient_cycle is not None or waves:
         jobs = 1  # one stream to upset; one waveform to read
-    # as many processes as there are non-empty image slices (what hw_ber.json records as run)
-    shards = len(image_slices(images, jobs or auto_shards(images, len(os.sched_getaffinity(0)))))
     t0 = time.perf_counter()
     try:
         return _simulate(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
-                         waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag,
+                         waves, watchdog_cycles, backpressure, memories, transient_cycle, jobs, pgo, t0, rate_flag,
                          images_flag)
     finally:  # nothing half-written stays behind (the results were moved in place on success)
         release(run_dir / "sim", os.getpid())
 
 
 def _simulate(run_dir: Path, bers, maps, images, seed, fault_model, inject, batch_images, predictor, force,
-              waves, watchdog_cycles, backpressure, memories, transient_cycle, shards, pgo, t0, rate_flag,
+              waves, watchdog_cycles, backpressure, memories, transient_cycle, jobs, pgo, t0, rate_flag,
               images_flag) -> Path:
 
     job = prepare_sim(run_dir, bers, maps, images, seed, fault_model, inject, batch_images, predictor,
                       force, watchdog_cycles, backpressure, memories=memories, transient_cycle=transient_cycle,
                       rate_flag=rate_flag, images_flag=images_flag)
+    # the test set may hold fewer images than asked: prepare_sim's record says how many it took
+    images = int(json.loads((Path(job.inputs).parent / "record.json").read_text())["images"])
+    # as many processes as there are non-empty image slices (what hw_ber.json records as run)
+    shards = len(image_slices(images, jobs or auto_shards(images, len(os.sched_getaffinity(0)))))
     # The harness is sized for batch_images whatever the image count, so one build serves all runs.
     build = build_harness(run_dir / "build", run_dir / "sim", max(batch_images, job.batch_images), waves=waves,
                           pgo_job=job if pgo else None)

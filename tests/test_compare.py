@@ -99,6 +99,17 @@ def test_a_record_that_is_not_the_saved_outputs_is_one_line(tmp_path, capsys, da
     assert not (sim / "compare.json").exists()
 
 
+@pytest.mark.parametrize("name", ["hw_outputs.npz", "sw_outputs.npz"])
+def test_a_truncated_outputs_file_is_one_line(tmp_path, capsys, name):
+    """A cut zip (npz) raised zipfile.BadZipFile, a traceback: now the damaged-file line, exit 2."""
+    sim = _sim_folder(tmp_path / "run")
+    (sim / name).write_bytes((sim / name).read_bytes()[:300])
+    assert main(["compare", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name} is missing or damaged" in err and "--force" in err, err
+    assert not (sim / "compare.json").exists()
+
+
 def test_intervals_are_cut_to_accuracies_in_the_record_table_and_plot(tmp_path, figures):
     """Three maps at 1.0, 1.0, 0.25 give a t-interval reaching past 1 (and below 0): the record's
     ``*_interval``, the printed table and the plotted band hold [0, 1] (one cut, owned by

@@ -270,3 +270,49 @@ def test_manifest_path_missing_in_rtl_is_one_line(smoke_build, tmp_path, capsys)
     assert "no_such_memory" in err and "does not exist in the RTL" in err and "--force" in err
     assert err.count("\n") == 0
     assert not (run / "sim" / "hw_ber.json").exists()
+
+
+def test_a_build_or_simulation_of_other_weights_is_refused(smoke_build, tmp_path, capsys):
+    """A run retrained in place kept its old export and build, and mcel sim simulated the old
+    network on the new run's images (a reviewer measured 0.8217 for a run trained to 0.6128);
+    an edited memory init file simulated as the build's; a build replaced with --force kept
+    the old simulation's verdict. Each is refused in one line naming the fix
+    (mcel_train/provenance.py), before anything is written."""
+    import shutil
+
+    import torch
+
+    from mcel_train.digest import state_digest
+    from mcel_train.provenance import BUILD_FIELD, build_identity, check_sim_is_the_builds
+
+    run = tmp_path / "run"
+    for stage in ("train", "export", "build"):
+        shutil.copytree(smoke_build / stage, run / stage, symlinks=True)
+    sim = ["sim", str(run), "--ber", "0", "--maps", "1", "--images", "10"]
+
+    def refused(argv: list[str], words: str) -> None:
+        before = sorted(p.relative_to(run) for p in run.rglob("*"))
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and "--force" in err, err
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+    # the memory init files changed after the build
+    mem = next((run / "build" / "hdl" / "mem").glob("*.dat"))
+    original = mem.read_bytes()
+    mem.write_text(original.decode().replace("0", "1", 1))
+    refused(sim, "memory init files changed after the build")
+    mem.write_bytes(original)
+    # retrained in place: other weights (and their digest, as a training records it)
+    state = torch.load(run / "train" / "model.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] * 2
+    torch.save(state, run / "train" / "model.pt")
+    metrics = json.loads((run / "train" / "metrics.json").read_text())
+    (run / "train" / "metrics.json").write_text(json.dumps(metrics | {"weights_sha256": state_digest(state)}))
+    refused(sim, "was built from another network than the run's now")
+    refused(["build", str(run), "--force"], "export was made from other weights")
+    # a simulation record of an earlier build
+    check_sim_is_the_builds(run, {BUILD_FIELD: build_identity(run)})
+    with pytest.raises(Exception, match="simulated on an earlier build"):
+        check_sim_is_the_builds(run, {BUILD_FIELD: "0" * 64})
