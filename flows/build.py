@@ -19,8 +19,12 @@ Layout of ``runs/NAME/build/``::
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -203,9 +207,36 @@ def build_run(
         check_export_is_the_runs(run_dir)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work
     with atomic_stage(target, force) as build_dir:
-        record = _build(graph, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
-                        n_step_check, runtime_writeable)
+        # FINN's and qonnx's warnings ("Assuming 2D input is NC", "no RTL variant for ...") go into
+        # the record, not onto stderr: a failed build's error stays its one line there
+        with warnings.catch_warnings(record=True) as caught, _finn_log() as logged:
+            warnings.simplefilter("always")
+            record = _build(graph, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
+                            n_step_check, runtime_writeable)
+        record["tool_warnings"] = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
+                                          for w in caught} | {f"FINN: {' '.join(m.split())[:200]}" for m in logged})
+        (build_dir / BUILD_RECORD).write_text(json.dumps(record, indent=1, default=str))
     return record
+
+
+@contextmanager
+def _finn_log() -> Iterator[list[str]]:
+    """FINN's log messages (its logger "finn_logger" has no handler, so Python printed its
+    warnings on stderr, several lines each) collected instead, for the build record."""
+    logger, messages = logging.getLogger("finn_logger"), []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _phase(text: str) -> None:

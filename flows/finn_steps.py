@@ -330,7 +330,8 @@ def step_specialize(model, state: FlowState):
             f"unsupported layer {hls.name} ({hls.op_type.removesuffix('_hls')}: {types}): FINN has no RTL variant "
             "for it, and its HLS one needs Vitis HLS; the RTL matrix-vector units take integer inputs and weights "
             "of up to 8 bits, or bipolar inputs with 1-bit weights (retrain with --set model.input_kind=uint8, or "
-            "with 1-bit weights)")
+            "with 1-bit weights; an imported network: give that layer 1-bit weights, or train it on uint8 pixels "
+            "and import it with --input-kind uint8)")
     return model
 
 

@@ -68,11 +68,74 @@ def check_supported(model) -> None:
             if np.asarray(width).size != 1 or float(width) != int(width) or float(width) < 1:
                 raise UserInputError(f"node {node.name or '?'} (Quant) has bit width {width}: FINN takes whole "
                                      "numbers >= 1 (export the network from Brevitas with integer bit widths)")
+    problem = _tail_problem(model) or _conv_problem(model)
+    if problem:
+        raise UserInputError(problem)
     weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     if weighted and not any(_quantized(model, n.input[1]) for n in weighted if len(n.input) > 1):
         raise UserInputError("no layer's weights are quantized (no Quant/BipolarQuant before a MatMul, Gemm or "
                              "Conv): a float network has nothing FINN puts in hardware; export a Brevitas network "
                              "with quantized layers")
+
+
+def _tail_problem(model) -> str | None:
+    """What stands between the last matrix layer and the graph's output that the flow cannot
+    keep: the accelerator's outputs are the last layer's accumulators (scaled by one positive
+    factor at most), which the fault simulation and the hardware comparison read. A quantizer
+    there imported and built, then mcel sweep and mcel sim failed with a traceback; a bias or a
+    BatchNorm there imported, then failed the build naming no fix."""
+    tensor = model.graph.output[0].name
+    for _ in range(32):
+        node = model.find_producer(tensor)
+        if node is None or node.op_type in ("MatMul", "Conv"):
+            return None
+        name = f"node {node.name or '?'} ({node.op_type})"
+        if node.op_type == "Gemm":
+            if len(node.input) > 2 and node.input[2]:
+                return (f"{name}: the last layer has a bias; the accelerator's outputs are its accumulators, "
+                        "so give the last layer bias=False (QuantLinear(..., bias=False)) and export again")
+            return None
+        if node.op_type == "Add" and any(model.get_initializer(i) is not None for i in node.input):
+            return (f"{name} adds a bias after the last layer; the accelerator's outputs are its accumulators, so "
+                    "give the last layer bias=False (QuantLinear(..., bias=False)) and export again")
+        if node.op_type in ("Quant", "BipolarQuant", "Relu"):
+            return (f"{name} quantizes the network's outputs; the accelerator's outputs are the last layer's "
+                    "accumulators, so remove the quantizer or activation after the last layer and export again")
+        if node.op_type == "BatchNormalization":
+            return (f"{name} normalizes the logits; its per-class scale and shift would stay outside the "
+                    "accelerator, so remove the BatchNorm after the last layer and export again")
+        tensor = node.input[0]
+    return None
+
+
+def _conv_problem(model) -> str | None:
+    """The two CNN shapes that FINN's partition here cannot map (its step failed with "cycle-free
+    graph violated"): a quantizer on the input of a network with convolutions, and a max-pool
+    on anything but a quantized activation."""
+    if not any(n.op_type == "Conv" for n in model.graph.node):
+        return None
+    tensor = model.graph.input[0].name
+    for _ in range(8):  # through layout nodes to the first real node
+        consumer = model.find_consumer(tensor)
+        if consumer is None:
+            break
+        if consumer.op_type in ("Quant", "BipolarQuant"):
+            return (f"node {consumer.name or '?'} ({consumer.op_type}) quantizes the input of a network with "
+                    "convolutions, which the FINN flow here cannot map; drop the input quantizer and import with "
+                    "--input-kind uint8 (the first conv then takes the 8-bit pixels)")
+        if consumer.op_type not in ("Transpose", "Reshape", "Identity"):
+            break
+        tensor = consumer.output[0]
+    for pool in (n for n in model.graph.node if n.op_type == "MaxPool"):
+        producer = model.find_producer(pool.input[0])
+        while producer is not None and producer.op_type in ("Transpose", "Reshape", "Identity"):
+            producer = model.find_producer(producer.input[0])
+        if producer is None or producer.op_type not in ("Quant", "BipolarQuant"):
+            what = "the input" if producer is None else f"{producer.name or '?'} ({producer.op_type})"
+            return (f"node {pool.name or '?'} (MaxPool) pools {what}, not a quantized activation, which the FINN "
+                    "flow here cannot map; put the max-pool after the activation (conv, BatchNorm, QuantReLU, "
+                    "MaxPool2d) and export again")
+    return None
 
 
 def _quantized(model, tensor: str) -> bool:

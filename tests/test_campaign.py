@@ -340,6 +340,37 @@ def test_report_has_tables_curves_and_best_margins(reference, figures):
         assert b["clean_cost_vs_ce"] == pytest.approx(ce_clean[b["model"]] - b["clean_accuracy"])
 
 
+def test_a_report_with_failed_tasks_says_what_is_missing(reference, tmp_path, capsys):
+    """A failed CE sweep: the report looked complete (the table just lacked the row) and its
+    best-loss table chose without the baseline. Now it lists the missing tasks, every best-loss
+    cell names what it lacks, and a recommendation refuses to choose without CE."""
+    from flows.campaign.report import planned_networks, recommend
+    from flows.campaign.spec import load_campaign
+    from flows.campaign.store import ResultStore
+    from flows.campaign.tasks import expand
+
+    _, ref = reference
+    folder = tmp_path / "c"
+    shutil.copytree(ref, folder, symlinks=True, ignore=shutil.ignore_patterns("report"))
+    spec = load_campaign(folder / "campaign.yaml")
+    sweep = next(t for t in expand(spec) if t.stage == "sweep" and t.label.startswith("sweep tfc_w2a2 CE seed 0"))
+    store = ResultStore(folder / "results.sqlite")
+    store.record_failed(sweep.key, "sweep", sweep.label, 2, "hang: no result after 3 s (timeout_s); killed")
+    store.close()
+    md = write_report(folder).read_text()
+    assert "## Missing results" in md and f"- {sweep.label}: failed (hang: no result after 3 s" in md
+    report = json.loads((folder / "report" / "report.json").read_text())
+    assert report["missing"] == [{"label": sweep.label, "stage": "sweep", "status": "failed",
+                                  "error": "hang: no result after 3 s (timeout_s); killed"}]
+    w2 = [b for b in report["best"] if b["model"] == "tfc_w2a2"]
+    assert w2 and all(b["missing"] == ["CE seed 0"] for b in w2) and all(b["gain_over_ce"] is None for b in w2)
+    assert not any("missing" in b for b in report["best"] if b["model"] == "tfc_w1a1")
+    assert "Incomplete: 2 of these cells" in md
+    rows = [r for r in campaign_table(folder) if r["source"] == "software"]
+    (rec,) = [r for r in recommend(rows, 0.01, 1.0, planned=planned_networks(spec)) if r["model"] == "tfc_w2a2"]
+    assert "choice" not in rec and rec["verdict"].startswith("CE, the baseline, has no result")
+
+
 @pytest.mark.slow
 def test_hardware_stage_survives_sigkill(tmp_path):
     """A campaign with a FINN build and an RTL simulation, killed while its hardware stage runs:

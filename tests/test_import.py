@@ -237,6 +237,45 @@ def test_a_network_without_one_output_per_class_is_refused(tmp_path):
     assert not (tmp_path / "seven" / "export").exists()
 
 
+class _Flat(nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1)
+
+
+def _mlp_tail(*tail: nn.Module) -> nn.Module:
+    return nn.Sequential(QuantIdentity(bit_width=8, return_quant_tensor=True), *tail)
+
+
+def _cnn(*layers: nn.Module) -> nn.Module:
+    return nn.Sequential(*layers, _Flat(), QuantLinear(4 * 4 * 4, 10, bias=False, weight_bit_width=4))
+
+
+@pytest.mark.parametrize("make, shape, words", [
+    # a bias on the last layer (Brevitas' default) imported, then the build failed naming no fix
+    (lambda: _mlp_tail(QuantLinear(64, 10, bias=True, weight_bit_width=4)), (1, 64), "the last layer has a bias"),
+    # a quantizer on the logits imported and built, then sweep and sim failed with a traceback
+    (lambda: _mlp_tail(QuantLinear(64, 10, bias=False, weight_bit_width=4), QuantIdentity(bit_width=3)), (1, 64),
+     "quantizes the network's outputs"),
+    (lambda: _mlp_tail(QuantLinear(64, 10, bias=False, weight_bit_width=4), nn.BatchNorm1d(10)), (1, 64),
+     "normalizes the logits"),
+    # the two CNN shapes FINN's partition here cannot map ("cycle-free graph violated" at build)
+    (lambda: _cnn(QuantIdentity(bit_width=8, return_quant_tensor=True),
+                  QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=4), nn.BatchNorm2d(4),
+                  QuantReLU(bit_width=3), nn.MaxPool2d(2)), (1, 1, 8, 8),
+     "quantizes the input of a network with convolutions"),
+    (lambda: _cnn(QuantConv2d(1, 4, 3, padding=1, bias=False, weight_bit_width=4), nn.BatchNorm2d(4),
+                  nn.MaxPool2d(2), QuantReLU(bit_width=3)), (1, 1, 8, 8), "not a quantized activation"),
+])
+def test_networks_the_flow_cannot_build_are_refused_at_import(tmp_path, make, shape, words):
+    from flows.import_model import import_brevitas
+    from mcel_train.errors import UserInputError
+
+    torch.manual_seed(0)
+    with pytest.raises(UserInputError, match=words):
+        import_brevitas(make().eval(), torch.zeros(*shape), "digits", tmp_path / "run", "uint8")
+    assert not (tmp_path / "run" / "export").exists()
+
+
 def test_campaign_on_an_imported_network(imported, tmp_path):
     """A campaign grid can name an imported run: it is copied, built, swept from its build and
     simulated with faults, without any training task."""

@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from flows.campaign.report import campaign_table, recommend, write_report
+    from flows.campaign.report import campaign_table, load_results, planned_networks, recommend, write_report
     from mcel_train.errors import UserInputError
 
     if args.target_ber is None:
@@ -101,7 +101,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if fault_model not in models:
         have = f"fault models swept: {', '.join(models)}" if models else "no sweep has finished yet"
         raise UserInputError(f"--fault-model {fault_model}: the campaign has no finished sweep with it ({have})")
-    recs = recommend(rows, args.target_ber, max_drop, fault_model)
+    recs = recommend(rows, args.target_ber, max_drop, fault_model,
+                     planned_networks(load_results(args.campaign_dir)[0]))
     # another question than the report's "best loss" table (least clean cost among the losses tied at a rate)
     print(f"rule: the most accurate loss at the rate whose clean accuracy is within {max_drop:g} points of CE's; "
           "CE unless another beats it beyond the interval across seeds")

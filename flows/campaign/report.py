@@ -45,6 +45,38 @@ def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
         store.close()
 
 
+def missing_results(campaign_dir: str | Path) -> list[dict]:
+    """Every planned task without a result: its label, stage and why (``failed`` with the
+    error's first line, or ``not run``). A report of a campaign with failed tasks listed only
+    what finished, and looked complete."""
+    spec, tasks, done = load_results(campaign_dir)
+    store = ResultStore(Path(campaign_dir) / "results.sqlite", read_only=True)
+    try:
+        failed = store.failed()
+    finally:
+        store.close()
+    return [{"label": t.label, "stage": t.stage,
+             **({"status": "failed", "error": (failed[t.key]["error"] or "").splitlines()[0][:160]}
+                if t.key in failed else {"status": "not run"})}
+            for t in tasks if t.key not in done]
+
+
+def planned_networks(spec: CampaignSpec) -> dict[str, set[tuple[str, int]]]:
+    """Per model label: the (loss label, seed) networks the campaign plans."""
+    planned: dict[str, set[tuple[str, int]]] = {}
+    for point in spec.points:
+        planned.setdefault(point.model_label, set()).add((point.loss_label, point.seed))
+    for ip in spec.imports:
+        planned.setdefault(ip.label, set()).add(("imported", 0))
+    return planned
+
+
+def _absent(planned: set[tuple[str, int]], cells: list[dict]) -> list[str]:
+    """The planned (loss, seed) networks without a row among ``cells`` (across_seeds rows)."""
+    have = {(r["loss"], seed) for r in cells for seed in r["seeds"]}
+    return [f"{loss} seed {seed}" for loss, seed in sorted(planned - have)]
+
+
 def campaign_table(campaign_dir: str | Path) -> list[dict]:
     """One row per (model, loss, seed, source, fault model, rate): mean accuracy and interval.
 
@@ -122,14 +154,16 @@ def across_seeds(rows: list[dict]) -> list[dict]:
     return out
 
 
-def best_margins(rows: list[dict]) -> list[dict]:
+def best_margins(rows: list[dict], planned: dict[str, set[tuple[str, int]]] | None = None) -> list[dict]:
     """Per (model, fault model, rate > 0): the loss that keeps the most accuracy there, on the
     means over training seeds (:func:`across_seeds`).
 
     Among the losses whose mean at that rate lies inside the best one's 95 % interval (across
     seeds; one seed's map interval when there is one seed) -- a tie within the measurement --
     the one with the highest clean accuracy wins: the most tolerance at the least
-    clean-accuracy cost. Its gain over cross-entropy is reported alongside.
+    clean-accuracy cost. Its gain over cross-entropy is reported alongside. With ``planned``
+    (:func:`planned_networks`), a cell whose planned networks did not all finish names them in
+    ``missing``: its choice is among what finished only.
     """
     out = []
     sw = [r for r in across_seeds(rows) if r["rate"] > 0]
@@ -144,10 +178,14 @@ def best_margins(rows: list[dict]) -> list[dict]:
                     "seeds": pick["seeds"], "accuracy": pick["mean"], "clean_accuracy": pick["clean_accuracy"],
                     "gain_over_ce": None if ce is None else pick["mean"] - ce["mean"],
                     "clean_cost_vs_ce": None if ce is None else (ce["clean_accuracy"] or 0.0) - clean})
+        absent = _absent(planned.get(model, set()), cands) if planned else []
+        if absent:  # only then: a complete campaign's report.json is as it was
+            out[-1]["missing"] = absent
     return out
 
 
-def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_model: str = "flip") -> list[dict]:
+def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_model: str = "flip",
+              planned: dict[str, set[tuple[str, int]]] | None = None) -> list[dict]:
     """Per model: which loss to train with for ``target_ber`` within a clean-accuracy budget.
 
     ``max_clean_drop``: accuracy points of clean accuracy the user gives up at most, measured
@@ -157,6 +195,9 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
     intervals are reported too). ``verdict`` says when the grid cannot support a choice: the
     rate is not in it, fewer than two seeds, no variant within the budget, or the best one's
     interval includes cross-entropy's mean (then CE is recommended: nothing is shown better).
+    With ``planned`` (:func:`planned_networks`), networks planned but without a result at the
+    rate are named (``missing``), and a planned CE without one leaves no choice: the baseline
+    of the comparison is missing.
     """
     sw = [r for r in across_seeds(rows) if r["fault_model"] == fault_model]
     out = []
@@ -178,6 +219,13 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
         eligible = [v for v in variants if v["clean_accuracy"] is not None and v["clean_accuracy"] >= budget]
         rec = {"model": model, "rate": target_ber, "max_clean_drop_points": max_clean_drop,
                "reference": ref["loss"], "variants": variants}
+        absent = _absent(planned.get(model, set()), at) if planned else []
+        if absent:
+            rec["missing"] = absent
+        if ce is None and any(loss.upper() == "CE" for loss, _ in (planned or {}).get(model, ())):
+            out.append(rec | {"verdict": f"CE, the baseline, has no result at this rate (missing: "
+                                         f"{', '.join(absent)}): no choice; finish the campaign (--resume)"})
+            continue
         if not eligible:
             out.append(rec | {"verdict": "no variant keeps its clean accuracy within the budget"})
             continue
@@ -277,7 +325,7 @@ def identical_trainings(spec: CampaignSpec, done: dict) -> list[str]:
 
 
 def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str],
-              same: list[str] | None = None) -> str:
+              same: list[str] | None = None, missing: list[dict] | None = None) -> str:
     lines = [f"# Campaign `{spec.name}`", "",
              f"{len(spec.points)} trained networks; software: {maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
@@ -296,6 +344,14 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
     if spec.software.get("test_images"):  # the rate columns are on fewer images than the clean one
         lines[-1:-1] = [f"`clean %` is the training's accuracy on the whole test set; the software sweeps ran on the "
                         f"first {spec.software['test_images']} test images (p=0 is their clean accuracy)."]
+    if missing:
+        lines += ["## Missing results", "",
+                  f"{len(missing)} planned task(s) have no result, so the tables below lack them and the best-loss "
+                  "table chooses among what finished (`mcel campaign ... --resume` runs them again):", ""]
+        lines += [f"- {m['label']}: " + (f"failed ({m['error']})" if m["status"] == "failed" else "not run")
+                  for m in missing[:30]]
+        lines += [f"- and {len(missing) - 30} more (report.json lists them all)"] if len(missing) > 30 else []
+        lines.append("")
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"## {model}", "", f"![{model}]({pngs[model]})", ""]
         mine = [r for r in rows if r["model"] == model]
@@ -345,6 +401,11 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
         lines.append(f"| {b['model']} | {b['fault_model']} | {b['rate']:g} | {b['loss']} | "
                      f"{','.join(map(str, b['seeds']))} | {_pct(b['accuracy'])} | "
                      f"{_pct(b['clean_accuracy'])} | {gain} | {cost} |")
+    incomplete = [b for b in best if b.get("missing")]
+    if incomplete:
+        lines += ["", f"Incomplete: {len(incomplete)} of these cells choose among the networks that finished; "
+                  f"missing, e.g. at {incomplete[0]['model']} {incomplete[0]['fault_model']} "
+                  f"{incomplete[0]['rate']:g}: {', '.join(incomplete[0]['missing'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -420,10 +481,13 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
             name = f"{model}.png".replace("/", "_")
             _plot_model(rows, model, out / name)
             pngs[model] = name
-        best = best_margins(rows)
-        md = _markdown(spec, rows, best, pngs, identical_trainings(spec, done))
+        best = best_margins(rows, planned_networks(spec))
+        missing = missing_results(campaign_dir)
+        md = _markdown(spec, rows, best, pngs, identical_trainings(spec, done), missing)
         (out / "report.md").write_text(md)
         (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))
-        (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best}, indent=1))
+        extra = {"missing": missing} if missing else {}  # a complete campaign's record is as it was
+        (out / "report.json").write_text(json.dumps({"campaign": spec.raw, "rows": rows, "best": best, **extra},
+                                                    indent=1))
         write_archive(campaign_dir, out / ARCHIVE_NAME, spec.name)  # what --restore takes in another clone
     return target / "report.md"
