@@ -26,6 +26,7 @@ from hw_sim.verilate import WNO as VERILATOR_WNO
 from hw_sim.verilate import link_memories, verilator_bin, whitespace_problem
 from mcel_train.errors import ArtifactError, UserError, UserInputError
 from mcel_train.manifest import Manifest, load_manifest
+from mcel_train.stage import process_start
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
 # build_harness(public_all=True)) the symbol-table constructor is one huge function; optimising it
@@ -289,10 +290,20 @@ def map_progress(logs: list[Path], total: int, desc: str = "simulating"):
         bar.close()
 
 
-def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) -> Path:
+OWNER_ENV = "MCEL_SIM_OWNER"  # "pid:start" of the process whose end stops the simulator (hw_sim/tb_accel.py)
+
+
+def this_process() -> str:
+    """This process as :data:`OWNER_ENV` names it."""
+    return f"{os.getpid()}:{process_start(os.getpid())}"
+
+
+def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False, owner: str | None = None) -> Path:
     """Run the testbench on one job; returns results. The job file (absolute paths, for the
     simulator process) is written beside the job's output, in the simulation's work folder, and
-    goes with it: a run folder keeps no file naming where it was simulated."""
+    goes with it: a run folder keeps no file naming where it was simulated. The simulator stops
+    at its next batch when ``owner`` (default: this process) is gone: a killed ``mcel sim`` left
+    it running at full load, orphaned."""
     from cocotb_tools.runner import get_runner
 
     sim_dir = Path(sim_dir)
@@ -308,7 +319,8 @@ def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False) 
             runner.test(
                 test_module="hw_sim.tb_accel", hdl_toplevel=HARNESS_TOP, hdl_toplevel_lang="verilog",
                 build_dir=sim_dir / "sim_build", test_dir=test_dir,
-                extra_env={"MCEL_SIM_JOB": str(job_file.resolve())}, plusargs=[CLOCK_PLUSARG],
+                extra_env={"MCEL_SIM_JOB": str(job_file.resolve()), OWNER_ENV: owner or this_process()},
+                plusargs=[CLOCK_PLUSARG],
                 results_xml=str(results), waves=waves, log_file=test_dir / "sim.log",
             )
         except SystemExit:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hw_sim.job import SimJob
-from hw_sim.runner import run_job, words_per_image
+from hw_sim.runner import run_job, this_process, words_per_image
 
 MAX_SHARDS = 256  # a bound for JOBS / --jobs: each shard is a simulator process
 MIN_IMAGES_PER_SHARD = 250  # below this, a second simulator's start-up outweighs its share
@@ -80,8 +80,8 @@ def merge_results(shard_jobs: list[SimJob], out: Path) -> None:
     )
 
 
-def _run_shard(sim_dir: str, job: SimJob, name: str, waves: bool) -> None:
-    run_job(Path(sim_dir), job, name=name, waves=waves)
+def _run_shard(sim_dir: str, job: SimJob, name: str, waves: bool, owner: str) -> None:
+    run_job(Path(sim_dir), job, name=name, waves=waves, owner=owner)
 
 
 def run_sharded(sim_dir: Path, job: SimJob, shards: int, name: str = "sim", waves: bool = False) -> None:
@@ -93,7 +93,8 @@ def run_sharded(sim_dir: Path, job: SimJob, shards: int, name: str = "sim", wave
     (work / "shards.json").write_text(json.dumps([j.model_dump() for j in jobs], indent=1))
     names = [f"{name}_shard{i}" for i in range(len(jobs))]
     with ProcessPoolExecutor(len(jobs), mp_context=get_context("forkserver")) as pool:
-        futures = [pool.submit(_run_shard, str(sim_dir), j, n, waves) for j, n in zip(jobs, names, strict=True)]
+        owner = this_process()  # the simulators stop when this process is gone, not their pool worker
+        futures = [pool.submit(_run_shard, str(sim_dir), j, n, waves, owner) for j, n in zip(jobs, names, strict=True)]
         for future in futures:
             future.result()
     merge_results(jobs, Path(job.out))

@@ -27,6 +27,7 @@ from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat, ints_to_words, unpack, words_to_ints
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.manifest import MemoryEntry, load_manifest
+from mcel_train.stage import alive
 
 CLOCK_NS = 10
 
@@ -230,10 +231,21 @@ async def reset(dut) -> None:
     await ClockCycles(dut.ap_clk, 4)
 
 
+def stop_if_owner_gone() -> None:
+    """End this simulator at once when the process that started it is gone (``MCEL_SIM_OWNER``,
+    set by hw_sim/runner.py; the make flow stops its own): a killed ``mcel sim`` left the
+    simulator running at full load, orphaned, until its last map. Checked once per batch."""
+    owner = os.environ.get("MCEL_SIM_OWNER", "")
+    pid, _, started = owner.partition(":")
+    if pid.isdigit() and not alive(int(pid), started if started != "None" else None):
+        os._exit(3)
+
+
 async def stream_batch(dut, driver: StreamDriver, monitor: StreamMonitor, in_words: list[int],
                        n_out: int, watchdog: int) -> tuple[np.ndarray, np.ndarray, int, int, bool]:
     """Stream one batch through the accelerator; returns (out words, out cycles, cycles, stalled
     output cycles, hang)."""
+    stop_if_owner_gone()
     driver.load(in_words)
     dut.n_in.value = len(in_words)
     dut.n_out.value = n_out

@@ -316,3 +316,49 @@ def test_a_build_or_simulation_of_other_weights_is_refused(smoke_build, tmp_path
     check_sim_is_the_builds(run, {BUILD_FIELD: build_identity(run)})
     with pytest.raises(Exception, match="simulated on an earlier build"):
         check_sim_is_the_builds(run, {BUILD_FIELD: "0" * 64})
+
+
+def test_killing_mcel_sim_stops_its_simulator(smoke_build, tmp_path):
+    """SIGKILL of `mcel sim` alone left its simulator running at full load, orphaned, to its last
+    map: now the testbench checks its owner once per batch and ends (hw_sim/tb_accel.py)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    for stage in ("train", "export", "build"):
+        shutil.copytree(smoke_build / stage, run / stage, symlinks=True)
+
+    def simulators() -> list[int]:  # processes whose testbench job lies in this run
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and str(run).encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return [p for p in found if p != os.getpid()]
+
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "sim", str(run), "--ber", "0,0.01,0.02", "--maps",
+                             "2000", "--images", "300", "--jobs", "1"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "sim" / "work" / "sim" / "sim.log"
+    deadline = time.monotonic() + 600
+    while not (log.is_file() and "map" in log.read_text(errors="replace")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "mcel sim ended before its simulator ran"
+        time.sleep(0.2)
+    running = [p for p in simulators() if p != proc.pid]
+    assert running, "no simulator process found"
+    proc.send_signal(signal.SIGKILL)  # mcel sim alone, not its process group
+    proc.wait()
+    deadline = time.monotonic() + 20  # a batch takes well under a second; all 6000 maps, minutes
+    while [p for p in simulators() if p in running] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [p for p in simulators() if p in running]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "the simulator outlived mcel sim"
