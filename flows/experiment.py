@@ -14,6 +14,7 @@ never be mistaken for the paper's full protocol.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,17 +391,37 @@ def _findings(record: dict, rates: Sequence[float] = (1e-2, 2e-2)) -> list[str]:
 
 
 def write_report(record: dict, docs: Path = Path("docs")) -> Path:
-    """Write ``results.json``, ``results.md`` and one ``results_MODEL.png`` per model."""
+    """Write ``results.json``, ``results.md`` and one ``results_MODEL.png`` per model.
+
+    ``docs`` holds other documents too, so the report is not a folder of its own: every file is
+    written beside its place first and renamed in only when all are made (a failed plot leaves
+    the last report whole, not a new table beside old plots), and the plots of models the last
+    report had and this one lacks are removed (they were left behind, referenced by nothing)."""
     docs.mkdir(parents=True, exist_ok=True)
-    plots = {}
-    for model, rows in record["models"].items():
-        if rows:
-            png = docs / f"results_{model}.png"
-            _plot(model, rows, png)
-            plots[model] = png.name
-    (docs / "results.json").write_text(json.dumps(record, indent=1) + "\n")
-    md = docs / "results.md"
-    md.write_text(markdown(record, plots))
+    try:
+        before = set(json.loads((docs / "results.json").read_text()).get("models") or {})
+    except (OSError, ValueError, AttributeError):
+        before = set()
+    plots, staged = {}, []
+    try:
+        for model, rows in record["models"].items():
+            if rows:
+                png = docs / f"results_{model}.png"
+                staged.append((docs / f".results_{model}.partial.png", png))
+                _plot(model, rows, staged[-1][0])
+                plots[model] = png.name
+        md = docs / "results.md"
+        for text, path in ((json.dumps(record, indent=1) + "\n", docs / "results.json"),
+                           (markdown(record, plots), md)):
+            staged.append((path.with_name(f".{path.name}.partial"), path))
+            staged[-1][0].write_text(text)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    for model in sorted(before - set(plots)):
+        (docs / f"results_{model}.png").unlink(missing_ok=True)
     return md
 
 

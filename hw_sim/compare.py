@@ -183,7 +183,9 @@ def compare_run(run_dir: Path) -> dict:
     tmp_json, tmp_png = sim_dir / ".compare.json.partial", sim_dir / ".compare.partial.png"
     try:
         tmp_json.write_text(json.dumps(result, indent=2, allow_nan=False))
-        plot_compare(rows, f"{run_name(run_dir)}: {record['images']} images, {record['fault_model']}",
+        upset = record.get("transient_cycle")
+        plot_compare(rows, f"{run_name(run_dir)}: {record['images']} images, {record['fault_model']} in "
+                     f"{record.get('memories', 'weights')}" + ("" if upset is None else f", upset at cycle {upset}"),
                      tmp_png)
         tmp_json.replace(sim_dir / "compare.json")
         tmp_png.replace(sim_dir / "compare.png")

@@ -9,11 +9,12 @@ interrupted experiment must resume like any campaign instead of retraining.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from flows.cli import main
-from flows.experiment import VARIANTS, ExperimentSettings, campaign_spec, collect, gain_at
+from flows.experiment import VARIANTS, ExperimentSettings, campaign_spec, collect, gain_at, write_report
 from mcel_train.errors import UserInputError
 from tests.plot_checks import curves, png_shape
 
@@ -51,6 +52,12 @@ def test_a_tiny_experiment_runs_as_a_campaign_and_resumes(tmp_path, figures):
     again = json.loads((docs / "results.json").read_text())
     assert set(again["models"]["sfc_w1a1"]) == {"ce", "mcel32", "hinge"}
     assert again["models"]["sfc_w1a1"]["ce"] == rows["ce"]  # the same records, read again
+    # a report of other models into the same docs: the last report's plots go (they were left,
+    # referenced by nothing), no staged file stays
+    other_docs = tmp_path / "docs2"
+    shutil.copytree(docs, other_docs)
+    write_report(again | {"models": {"sfc_w2a2": again["models"]["sfc_w1a1"]}}, other_docs)
+    assert sorted(p.name for p in other_docs.iterdir()) == ["results.json", "results.md", "results_sfc_w2a2.png"]
     # a report over a variant never run lists it as missing
     partial = collect(ExperimentSettings(models=("sfc_w1a1",), variants=("ce", "fat"), out=out, epochs=1,
                                          limit_train=512, maps=2, rates=(0.0, 0.02), test_images=300))
