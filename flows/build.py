@@ -41,7 +41,7 @@ from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
 from mcel_train.models import ModelSpec
 from mcel_train.provenance import MEMORY_FIELD, NETWORK_FIELD, check_export_is_the_runs, memory_digest, network_digest
-from mcel_train.runio import load_run, load_source
+from mcel_train.runio import first_images, load_run, load_source
 from mcel_train.stage import atomic_stage, check_writable
 
 DATAFLOW_FILE = "dataflow.onnx"  # the final dataflow graph (build.json's dataflow_model)
@@ -252,7 +252,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     t_start = time.perf_counter()
     times: dict[str, float] = {}
     n_inputs = max(n_verify, n_step_check)
-    x, labels = run.test_inputs(n_inputs)
+    x, labels = first_images(*run.test_inputs(0), n_inputs, "--verify-images")  # a note if the set is smaller
     options = FlowOptions(
         input_kind=run.input_kind, part=part, clk_ns=clk_ns, folding=fold_dict,
         target_cycles=target_cycles if fold_dict is None else None,
