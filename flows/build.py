@@ -40,9 +40,23 @@ from mcel_train.errors import UserInputError
 from mcel_train.finn_graph import BUILD_RECORD, load_graph, output_of
 from mcel_train.manifest import MANIFEST_FILE, Manifest
 from mcel_train.models import ModelSpec
-from mcel_train.provenance import MEMORY_FIELD, NETWORK_FIELD, check_export_is_the_runs, memory_digest, network_digest
+from mcel_train.provenance import (
+    MEMORY_FIELD,
+    NETWORK_FIELD,
+    check_export_is_the_runs,
+    export_network,
+    memory_digest,
+    network_digest,
+)
 from mcel_train.runio import first_images, load_run, load_source
 from mcel_train.stage import atomic_stage, check_writable
+
+
+class VerificationMismatchError(RuntimeError):
+    """The Verilated build's outputs differ from FINN's execution or torch's on some image: not
+    the user's input (exit 1), though a stale export made before exports recorded their network
+    can cause it."""
+
 
 DATAFLOW_FILE = "dataflow.onnx"  # the final dataflow graph (build.json's dataflow_model)
 
@@ -154,7 +168,11 @@ def verify_build(build_dir: Path, dataflow_model, torch_model, x: np.ndarray, ma
     np.save(build_dir / "verify" / "hw_logits.npy", hw)
     np.save(build_dir / "verify" / "finn_logits.npy", finn_out)
     if hw_equal_finn != len(x) or argmax_equal != len(x):
-        raise RuntimeError(f"hardware/software mismatch: {result}")
+        raise VerificationMismatchError(
+            f"the built accelerator disagrees with the network it was built from on some of {len(x)} images "
+            f"(RTL == FINN on {hw_equal_finn}, argmax == torch on {argmax_equal}); "
+            "nothing was built. If the run was trained again after its export, export again (mcel export RUN "
+            "--force); otherwise this is a bug of the flow: build with --debug and report it")
     return result
 
 
@@ -188,8 +206,9 @@ def build_run(
     also written to ``build/build.json``. ``runtime_writeable``: every weight memory's AXI-lite
     port is exposed at ``accel_top`` as ``s_axilite_<node>_*`` (manifest ``axilite_ports``).
     """
-    given = Path(run_dir) / "build"  # named in messages as the user gave it (no machine path)
-    run_dir = Path(run_dir).resolve()
+    typed = Path(run_dir)  # named in messages as the user gave it (no machine path)
+    given = typed / "build"
+    run_dir = typed.resolve()
     target = run_dir / "build"
     # the flags first (a bad one is named even when a build exists), then the folders
     fold_dict = None if isinstance(folding, str | Path) and str(folding) == "auto" else load_folding(folding)
@@ -204,7 +223,7 @@ def build_run(
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
     else:
-        check_export_is_the_runs(run_dir)
+        check_export_is_the_runs(typed)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work
     with atomic_stage(target, force) as build_dir:
         # FINN's and qonnx's warnings ("Assuming 2D input is NC", "no RTL variant for ...") go into
@@ -299,7 +318,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
         }
 
     record = {
-        "stage": "build", NETWORK_FIELD: network_digest(run.run_dir), MEMORY_FIELD: memory_digest(manifest),
+        "stage": "build", NETWORK_FIELD: export_network(run.run_dir), MEMORY_FIELD: memory_digest(manifest),
         "model": spec.to_dict() if spec is not None else None,
         "source": run.source if run.imported else {"kind": "trained"}, "part": part,
         "clk_ns": clk_ns, "dataflow_model": DATAFLOW_FILE,

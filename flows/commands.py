@@ -86,7 +86,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UserInputError(f"--target-cycles must be >= 1, got {args.target_cycles}")
     if args.verify_images < 0:
         raise UserInputError(f"--verify-images must be >= 0, got {args.verify_images}")
-    record = build_run(Path(args.run), **kwargs)
+    from flows.build import VerificationMismatchError
+
+    try:
+        record = build_run(Path(args.run), **kwargs)
+    except VerificationMismatchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     chosen = record.get("default_folding")
     if chosen:
         res = chosen["resources"]

@@ -17,7 +17,7 @@ import numpy as np
 from hw_sim.transient import coverage_problem
 from mcel_train.errors import ArtifactError
 from mcel_train.faults.faultmap import FaultMap
-from mcel_train.provenance import check_sim_is_the_builds
+from mcel_train.provenance import check_sim_is_the_runs
 from mcel_train.stage import run_name
 from mcel_train.sweep import t_interval, within_accuracies
 
@@ -164,7 +164,7 @@ def compare_run(run_dir: Path) -> dict:
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path} missing: run `mcel sim {run_dir}` first")
     record = _read_record(record_path, run_dir)
-    check_sim_is_the_builds(run_dir, record)
+    check_sim_is_the_runs(run_dir, record)
     saved = saved_differences(sim_dir, record)
     mismatch = first_mismatch(sim_dir, record, saved)
     for m in record["maps"]:  # the verdicts of the saved outputs, in the table too

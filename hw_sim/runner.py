@@ -26,7 +26,7 @@ from hw_sim.verilate import WNO as VERILATOR_WNO
 from hw_sim.verilate import link_memories, verilator_bin, whitespace_problem
 from mcel_train.errors import ArtifactError, UserError, UserInputError
 from mcel_train.manifest import Manifest, load_manifest
-from mcel_train.stage import process_start
+from mcel_train.stage import process_token
 
 # OPT_SLOW=-O0: with every signal public (cocotb's --public-flat-rw, still used for
 # build_harness(public_all=True)) the symbol-table constructor is one huge function; optimising it
@@ -290,12 +290,12 @@ def map_progress(logs: list[Path], total: int, desc: str = "simulating"):
         bar.close()
 
 
-OWNER_ENV = "MCEL_SIM_OWNER"  # "pid:start" of the process whose end stops the simulator (hw_sim/tb_accel.py)
+OWNER_ENV = "MCEL_SIM_OWNER"  # the process whose end stops the simulator (hw_sim/tb_accel.py)
 
 
 def this_process() -> str:
-    """This process as :data:`OWNER_ENV` names it."""
-    return f"{os.getpid()}:{process_start(os.getpid())}"
+    """This process as :data:`OWNER_ENV` names it (:func:`mcel_train.stage.process_token`)."""
+    return process_token(os.getpid())
 
 
 def run_job(sim_dir: Path, job: SimJob, name: str = "job", waves: bool = False, owner: str | None = None) -> Path:

@@ -186,6 +186,7 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
     manifest = load_build_manifest(run_dir)
     for entry in manifest.memories:  # every init file the RTL loads, read now: a missing one is a
         manifest.words(entry.name)   # wrong simulation later ($readmem only warns), not an error
+    source = load_source(run_dir)  # a missing or damaged training is named before the provenance check reads it
     check_build_is_the_runs(run_dir, manifest)
     if inject == "axilite" and not manifest.axilite_ports:
         raise UserInputError(f"{run_dir}/build has no AXI-lite weight ports at accel_top: "
@@ -198,7 +199,7 @@ def prepare_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1
         if over:
             raise UserInputError(f"{rate_flag}: kflips flips at most the {total} bits of the {memories} memories, "
                                  f"got {over[0]:g}")
-    x, labels = first_images(*load_source(run_dir).test_inputs(0), images, images_flag)
+    x, labels = first_images(*source.test_inputs(0), images, images_flag)
     images = len(labels)
     in_fmt = StreamFormat.from_manifest(manifest.streams.input)
     words = pack(x.reshape(len(x), -1), in_fmt)

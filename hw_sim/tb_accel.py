@@ -27,7 +27,7 @@ from hw_sim.job import SimJob
 from hw_sim.streams import StreamFormat, ints_to_words, unpack, words_to_ints
 from mcel_train.faults.faultmap import FaultMap
 from mcel_train.manifest import MemoryEntry, load_manifest
-from mcel_train.stage import alive
+from mcel_train.stage import token_alive, token_pid
 
 CLOCK_NS = 10
 
@@ -236,8 +236,7 @@ def stop_if_owner_gone() -> None:
     set by hw_sim/runner.py; the make flow stops its own): a killed ``mcel sim`` left the
     simulator running at full load, orphaned, until its last map. Checked once per batch."""
     owner = os.environ.get("MCEL_SIM_OWNER", "")
-    pid, _, started = owner.partition(":")
-    if pid.isdigit() and not alive(int(pid), started if started != "None" else None):
+    if token_pid(owner) is not None and not token_alive(owner):
         os._exit(3)
 
 

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from mcel_train.errors import UserError
-from mcel_train.stage import alive, process_start
+from mcel_train.stage import process_token, token_alive, token_pid
 
 PARTIAL = ".partial"
 OWNER = "owner"  # in the work folder: the pid of the process whose simulation it holds
@@ -30,22 +30,15 @@ class SimulationBusyError(UserError, RuntimeError):
     """Another live process's simulation holds the run's work folder."""
 
 
-def _record(pid: int) -> str:
-    return f"{pid} {process_start(pid) or ''}".strip()
-
-
 def owner(sim_dir: Path) -> int | None:
     """The live process that holds ``sim_dir``'s work folder, or ``None``: no work folder, no
     owner named, or an owner that has ended (its pid gone or reused by another process, as in a
     run folder copied from another machine)."""
     try:
-        fields = (Path(sim_dir) / PARTIAL / OWNER).read_text().split()
+        token = (Path(sim_dir) / PARTIAL / OWNER).read_text()
     except OSError:
         return None
-    if not fields or not fields[0].isdigit():
-        return None
-    pid = int(fields[0])
-    return pid if alive(pid, fields[1] if len(fields) > 1 else None) else None
+    return token_pid(token) if token_alive(token) else None
 
 
 def _busy(sim_dir: Path, holder: int) -> SimulationBusyError:
@@ -69,7 +62,7 @@ def claim(sim_dir: Path, pid: int) -> Path:
         work = sim_dir / PARTIAL
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        (work / OWNER).write_text(_record(pid))
+        (work / OWNER).write_text(process_token(pid))
     finally:
         os.close(fd)
     return work

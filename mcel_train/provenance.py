@@ -54,6 +54,17 @@ def build_identity(run_dir: str | Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def export_network(run_dir: str | Path) -> str | None:
+    """The network digest the run's export recorded (``None``: an export made before exports
+    recorded it), or for an imported network its source's: what a build of this export is of.
+    Not the weights in ``train/`` now, which a stale export does not hold."""
+    run_dir = Path(run_dir)
+    record = _record(run_dir / "export" / EXPORT_RECORD, "export again (mcel export RUN --force)")
+    if NETWORK_FIELD in record:
+        return record[NETWORK_FIELD]
+    return None if (run_dir / "train").exists() else (record.get("source") or {}).get("sha256")
+
+
 def check_export_is_the_runs(run_dir: str | Path) -> None:
     """Refuse an export made from other weights than the run's training holds now."""
     run_dir = Path(run_dir)
@@ -78,14 +89,21 @@ def check_build_is_the_runs(run_dir: str | Path, manifest: Manifest) -> None:
                             f"mcel build {run_dir} --force")
 
 
-def check_sim_is_the_builds(run_dir: str | Path, sim_record: dict) -> None:
+def check_sim_is_the_runs(run_dir: str | Path, sim_record: dict) -> None:
     """Refuse a simulation record made on another build than the run's now (a build replaced
-    since with ``--force``)."""
+    since with ``--force``), or on a build of another network than the run's now (a run
+    retrained in place keeps its old simulation, which compare called identical)."""
     run_dir = Path(run_dir)
     recorded = sim_record.get(BUILD_FIELD)
-    if recorded is not None and recorded != build_identity(run_dir):
+    if recorded is None:
+        return
+    if recorded != build_identity(run_dir):
         raise ArtifactError(f"{run_dir}/sim was simulated on an earlier build ({run_dir}/build was replaced "
                             f"since); simulate again: mcel sim {run_dir} --force")
+    built = _record(run_dir / "build" / BUILD_RECORD, f"rebuild: mcel build {run_dir} --force").get(NETWORK_FIELD)
+    if built is not None and built != network_digest(run_dir):
+        raise ArtifactError(f"{run_dir}/sim and its build are of another network than the run's now (a retrained "
+                            f"run?); build and simulate again: mcel build {run_dir} --force, then mcel sim")
 
 
 def _record(path: Path, fix: str) -> dict:

@@ -155,8 +155,21 @@ def load_source(run_dir: str | Path) -> TrainedRun | ImportedRun:
 
 
 def weights_digest(run_dir: str | Path) -> str:
-    """:func:`state_digest` of a run's trained tensors."""
-    return state_digest(torch.load(Path(run_dir) / "train" / "model.pt", map_location="cpu", weights_only=True))
+    """:func:`state_digest` of a run's trained tensors (a missing or damaged file: the one line
+    :func:`load_run` gives for it)."""
+    return state_digest(_load_state(Path(run_dir)))
+
+
+def _load_state(run_dir: Path) -> dict:
+    weights = run_dir / "train" / "model.pt"
+    if not weights.is_file():
+        raise RunError(f"{weights} not found: run the training stage for {run_dir} first")
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); delete {run_dir / 'train'} "
+                       f"and train it again (mcel train CONFIG --out {run_dir})") from None
 
 
 def _recorded_digest(train: Path) -> str | None:
@@ -195,10 +208,10 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         model = build_model(spec)
     except (TypeError, ValueError) as exc:  # an edited or foreign config: not this code's model
         raise RunError(f"{cfg_path}: its model is not one this version builds ({exc}); train the run again") from None
+    state = _load_state(run_dir)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(f"{weights} cannot be loaded as this run's model ({first[:200]}); "
                        f"delete {train} and train it again (mcel train CONFIG --out {run_dir})") from None

@@ -29,6 +29,24 @@ def process_start(pid: int) -> str | None:
         return None
 
 
+def process_token(pid: int) -> str:
+    """Process ``pid`` named as "pid start" (:func:`process_start`; just the pid if /proc cannot
+    say), the one text form of a process's identity that files and environment variables hold."""
+    return f"{pid} {process_start(pid) or ''}".strip()
+
+
+def token_pid(token: str) -> int | None:
+    """The pid of a :func:`process_token` (``None`` if the text is not one)."""
+    fields = token.split()
+    return int(fields[0]) if fields and fields[0].isdigit() else None
+
+
+def token_alive(token: str) -> bool:
+    """Whether the process a :func:`process_token` names still runs (not another reusing its pid)."""
+    fields, pid = token.split(), token_pid(token)
+    return pid is not None and alive(pid, fields[1] if len(fields) > 1 else None)
+
+
 def alive(pid: int, started: str | None = None) -> bool:
     """Whether process ``pid`` still runs (a folder it owns is not stale); with ``started`` (its
     :func:`process_start`), whether that very process runs, not another that reuses its pid. A

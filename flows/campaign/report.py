@@ -30,7 +30,7 @@ def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
         raise UserInputError(f"{campaign_dir} is not a campaign folder (no results.sqlite / campaign.yaml); "
                              "run `mcel campaign CAMPAIGN.yaml` first")
     try:
-        spec = load_campaign(spec_file)
+        spec = load_campaign(spec_file, strict=False)  # a saved campaign, perhaps from before a check
     except CampaignError as exc:
         raise UserInputError(f"{campaign_dir} is not a readable campaign folder ({exc}); run the campaign "
                              "again, or restore its results (mcel campaign ... --restore)") from None

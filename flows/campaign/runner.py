@@ -220,7 +220,8 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
                  show_progress: bool = True, software_only: bool = False,
                  restore: str | Path | None = None) -> tuple[Path, dict]:
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
-    spec = load_campaign(campaign_file)  # every config error surfaces here, before any work
+    # every config error surfaces here, before any work; a resumed campaign may predate a check
+    spec = load_campaign(campaign_file, strict=not resume)
     campaign_dir = Path(out) if out else default_dir(spec)
     return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress,
                                   software_only, restore)

@@ -171,14 +171,24 @@ def _fault_model(name: str) -> str:
     return name
 
 
-def _once_each(what: str):
-    """A validator refusing a list that names one value twice (``what``: its items, for the message)."""
-    def check(values: list) -> list:
-        repeated = [v for k, v in enumerate(values) if v in values[:k]]
-        if repeated:
-            raise ValueError(f"the {what} {repeated[0]} is listed twice; give each {what} once")
-        return values
-    return check
+def _repeats(raw: dict, strict: bool) -> dict:
+    """A new campaign naming a seed or a fault model twice is refused (the fault model was swept
+    twice); a saved one (its folder read for a report or a resume) written before this check is
+    read with the repeats dropped, as the tasks it ran were (one task per key)."""
+    for section, key, what in (("grid", "seeds", "seed"), ("software", "fault_models", "fault model")):
+        values = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if not isinstance(values, list):
+            continue
+        try:
+            once = list(dict.fromkeys(values))
+        except TypeError:  # an unhashable entry: the schema names it
+            continue
+        if len(once) < len(values):
+            if strict:
+                repeated = next(v for k, v in enumerate(values) if v in values[:k])
+                _fail(f"{section}.{key}", f"the {what} {repeated} is listed twice; give each {what} once")
+            raw = {**raw, section: {**raw[section], key: once}}
+    return raw
 
 
 class TrainSection(_Section):
@@ -191,8 +201,7 @@ class TrainSection(_Section):
 class GridSection(_Section):
     models: list[str | dict] = []
     losses: list[str | dict] = []
-    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1),
-                     AfterValidator(_once_each("seed"))] | None = None
+    seeds: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, min_length=1)
     # networks brought in by `mcel import`: run folders (or {path, label}) built and swept as is
     imported: list[str | dict] = []
     # The nesting of the trainings, outermost first; tasks start in this order. The default keeps
@@ -217,8 +226,7 @@ class GridSection(_Section):
 
 
 class SoftwareSection(_Section):
-    fault_models: Annotated[list[Annotated[str, AfterValidator(_fault_model)]], Field(min_length=1),
-                            AfterValidator(_once_each("fault model"))] = ["flip"]
+    fault_models: list[Annotated[str, AfterValidator(_fault_model)]] = Field(["flip"], min_length=1)
     ber: Annotated[list[Rate], Field(min_length=1), AfterValidator(_unique_rates)]
     maps: StrictInt = Field(ge=2)
     seed: StrictInt = Field(0, ge=0)
@@ -428,10 +436,12 @@ def _train_point(train: dict, model_entry: _Entry, loss_entry: _Entry, seed: int
     return TrainPoint(model_label, loss_label, seed, cfg.raw, model_entry.test_images)
 
 
-def parse_campaign(raw: Any) -> CampaignSpec:
-    """Validate a campaign mapping; every problem is a :class:`CampaignError` naming its key."""
+def parse_campaign(raw: Any, strict: bool = True) -> CampaignSpec:
+    """Validate a campaign mapping; every problem is a :class:`CampaignError` naming its key.
+    ``strict=False`` reads a campaign saved before the repeat checks (see :func:`_repeats`)."""
     if not isinstance(raw, dict):
         _fail("file", f"must be a mapping, got {raw!r}")
+    raw = _repeats(raw, strict)
     train = raw.get("train")
     if isinstance(train, dict) and isinstance(train.get("config"), str):
         # the saved campaign file keeps the training config's contents, as it keeps a folding
@@ -465,9 +475,13 @@ def parse_campaign(raw: Any) -> CampaignSpec:
         resolved = [_entry(e, what) for e in entries]
         texts = [json.dumps([r.value, r.set, r.test_images], sort_keys=True) for r in resolved]
         for k, text in enumerate(texts):
-            if text in texts[:k]:  # `ce` and `{name: ce}` are one loss
-                _fail(key, f"the {what} {resolved[k].label!r} is listed twice; give each {what} once")
-        if len({r.label for r in resolved}) < len(resolved):
+            if strict and text in texts[:k]:  # `ce` and `{name: ce}` are one loss
+                first = resolved[texts.index(text)].label
+                same = f"{what} {first!r} is listed twice" if first == resolved[k].label else \
+                    f"{what} entries {first!r} and {resolved[k].label!r} are the same {what}"
+                _fail(key, f"the {same}; give each {what} once")
+        labels = {text: r.label for text, r in zip(texts, resolved, strict=True)}  # one per distinct entry
+        if len(set(labels.values())) < len(labels):
             _fail(key, f"two different {what} entries share a label; give each a 'label'")
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
@@ -516,10 +530,10 @@ def _import_point(entry: str | dict) -> ImportPoint:
     return ImportPoint(str(entry.get("label") or path.name), str(path), source)
 
 
-def load_campaign(path: str | Path) -> CampaignSpec:
-    """Read and validate a campaign YAML file."""
+def load_campaign(path: str | Path, strict: bool = True) -> CampaignSpec:
+    """Read and validate a campaign YAML file (``strict``: as :func:`parse_campaign`)."""
     raw = read_mapping(path, CampaignError, "campaign file", "flows/campaigns/")
-    return parse_campaign(raw)
+    return parse_campaign(raw, strict)
 
 
 __all__ = ["CampaignError", "CampaignSpec", "ImportPoint", "TrainPoint", "content_key", "load_campaign",
