@@ -101,7 +101,7 @@ def margin_report(run_dir: str | Path, force: bool = False, bins: int = 50) -> d
             for i, d in enumerate(m["layer_distances"])
         ],
     }
-    with atomic_stage(out_dir, force=True) as tmp:  # the JSON and the plot replace the old pair together
+    with atomic_stage(out_dir, force=force) as tmp:  # the JSON and the plot replace the old pair together
         (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
         _plot(record, m, net, tmp / out_png.name, bins)
     return record

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 
 from mcel_train.errors import ArtifactError, UserInputError
+from mcel_train.provenance import check_sweep_is_the_runs
 from mcel_train.stage import run_name, write_text_atomic
 
 matplotlib.use("Agg")
@@ -110,6 +111,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path,
         raise UserInputError(f"--labels gives {len(labels)} label(s) for {len(run_dirs)} run(s); give one per run, "
                              "comma-separated")
     recs = [load_sweep(d) for d in run_dirs]
+    for d, rec in zip(run_dirs, recs, strict=True):
+        check_sweep_is_the_runs(d, rec)
     counts = [str(d) for d, r in zip(run_dirs, recs, strict=True)
               if (r.get("fault_model") or {}).get("name") == "kflips"]
     if counts and len(counts) < len(recs):  # flip counts are not rates: one axis cannot hold both

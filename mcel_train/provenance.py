@@ -106,6 +106,16 @@ def check_sim_is_the_runs(run_dir: str | Path, sim_record: dict) -> None:
                             f"run?); build and simulate again: mcel build {run_dir} --force, then mcel sim")
 
 
+def check_sweep_is_the_runs(source: str | Path, sweep_record: dict) -> None:
+    """Refuse a run folder's sweep made on other weights than the run holds now (``source``: a
+    run folder; a sweep record given as a file is taken as it is)."""
+    source = Path(source)
+    recorded = sweep_record.get(NETWORK_FIELD)
+    if recorded is not None and source.is_dir() and recorded != network_digest(source):
+        raise ArtifactError(f"{source}/sweep was swept on other weights than {source} holds now (a retrained "
+                            f"run?); sweep again: mcel sweep {source} --force")
+
+
 def _record(path: Path, fix: str) -> dict:
     try:
         record = json.loads(path.read_text())

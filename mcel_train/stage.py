@@ -99,7 +99,9 @@ def check_writable(target: Path, force: bool) -> None:
 def atomic_stage(target: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``target``.
 
-    On any exception the temporary folder is removed and ``target`` is left as it was.
+    On any exception the temporary folder is removed and ``target`` is left as it was. Without
+    ``force``, a ``target`` that another command wrote while this one worked is not replaced
+    either (two sweeps of one run at once both said "wrote", and the first result was lost).
     """
     target = Path(target)
     check_writable(target, force)
@@ -113,6 +115,10 @@ def atomic_stage(target: str | Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if target.exists() and not force:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StageExistsError(f"{target} was written by another command while this one ran; nothing of this "
+                               "one was kept (pass --force to replace that one)")
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
         target.rename(old)

@@ -29,6 +29,7 @@ from mcel_train.manifest import MANIFEST_FILE, load_manifest
 from mcel_train.memory import Memory
 from mcel_train.plotting import plot_sweeps
 from mcel_train.progress import progress_bar
+from mcel_train.provenance import NETWORK_FIELD, network_digest
 from mcel_train.runio import first_images, load_source
 from mcel_train.stage import atomic_stage, run_name
 
@@ -231,11 +232,12 @@ def run_sweep(
         "maps": int(maps),
         "ci_width_target": float(ci_width) if ci_width else None,
         "memory_source": memory_source,
+        NETWORK_FIELD: network_digest(run_dir),  # mcel plot checks it against the run's network now
         "memories": [m.to_dict() for m in memories],
         "prediction_rule": PREDICTION_RULE,
         "results": results,
     }
-    with atomic_stage(out_dir, force=True) as tmp:  # existence was checked before any work
+    with atomic_stage(out_dir, force=force) as tmp:  # checked before any work, and again here
         (tmp / out_json.name).write_text(json.dumps(record, indent=1) + "\n")
         plot_sweeps([(run_name(run_dir), record)], tmp / out_png.name)
     checkpoint.remove()

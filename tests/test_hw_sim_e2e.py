@@ -289,6 +289,7 @@ def test_a_build_or_simulation_of_other_weights_is_refused(smoke_build, tmp_path
         shutil.copytree(smoke_build / stage, run / stage, symlinks=True)
     sim = ["sim", str(run), "--ber", "0", "--maps", "1", "--images", "10"]
     assert main(sim) == 0 and main(["compare", str(run)]) == 0
+    assert main(["sweep", str(run), "--ber", "0,0.1", "--maps", "2", "--quiet"]) == 0
     sim.append("--force")
 
     def refused(argv: list[str], words: str) -> None:
@@ -319,6 +320,7 @@ def test_a_build_or_simulation_of_other_weights_is_refused(smoke_build, tmp_path
     (run / "train" / "metrics.json").write_text(json.dumps(metrics | {"weights_sha256": state_digest(state)}))
     refused(sim, "was built from another network than the run's now")
     refused(["compare", str(run)], "are of another network than the run's now")  # it said "identical"
+    refused(["plot", str(run), "-o", str(tmp_path / "curves.png")], "was swept on other weights")
     refused(["build", str(run), "--force"], "export was made from other weights")
 
 

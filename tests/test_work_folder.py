@@ -80,3 +80,22 @@ def test_an_owner_whose_pid_now_names_another_process_is_stale(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_stage_another_command_wrote_meanwhile_is_not_replaced(tmp_path):
+    """Two sweeps of one run at once both said "wrote", the first result lost: a stage folder
+    that appeared while a command worked is kept, the command's own output dropped, one line
+    (mcel_train/stage.py atomic_stage); with --force it is replaced, as asked."""
+    from mcel_train.errors import StageExistsError
+    from mcel_train.stage import atomic_stage
+
+    target = tmp_path / "sweep"
+    with pytest.raises(StageExistsError, match="written by another command while this one ran"):
+        with atomic_stage(target) as tmp:
+            (tmp / "mine.json").write_text("{}")
+            target.mkdir()  # the other command's rename
+            (target / "theirs.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"] and (target / "theirs.json").is_file()
+    with atomic_stage(target, force=True) as tmp:
+        (tmp / "mine.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["mine.json"]
