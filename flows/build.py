@@ -216,14 +216,14 @@ def build_run(
     problem = whitespace_problem(run_dir)
     if problem:
         raise UserInputError(f"{run_dir}: {problem}")
+    if (run_dir / "export" / QONNX_FILE).exists():  # before the build's own check: this is the first fix
+        check_export_is_the_runs(typed)
     check_writable(given, force)
     run = load_source(run_dir)
     if not run.imported:
         refuse_software_only(run.spec)
     if not (run_dir / "export" / QONNX_FILE).exists():
         export_run(run_dir)
-    else:
-        check_export_is_the_runs(typed)
     graph = load_graph(run_dir / "export" / QONNX_FILE)  # a corrupted export fails here, before any work
     with atomic_stage(target, force) as build_dir:
         # FINN's and qonnx's warnings ("Assuming 2D input is NC", "no RTL variant for ...") go into

@@ -18,8 +18,9 @@ from flows import commands_experiment
 from flows.campaign import commands as campaign_commands
 from hw_sim import commands as sim_commands
 from mcel_train import commands_faults, commands_train
-from mcel_train.errors import UserError
+from mcel_train.errors import UserError, UserInputError
 from mcel_train.one_line_parser import OneLineParser
+from mcel_train.stage import stage_folder_problem
 
 # Modules that contribute sub-commands, in the order of the pipeline.
 COMMAND_MODULES = (commands_train, commands_faults, commands_experiment, build_commands,
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        problem = stage_folder_problem(getattr(args, "run", None))
+        if problem:
+            raise UserInputError(problem)
         code = args.func(args)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
         if args.debug:

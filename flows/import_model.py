@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -227,16 +228,23 @@ def import_qonnx(model_path: str | Path, dataset: str | None, out: str | Path, i
     record = {"stage": "export", "qonnx": QONNX_FILE, "input_shape": list(input_shape), "input_kind": input_kind,
               "source": source, "check": {"images": len(x), "accuracy": accuracy,
                                           "seconds": round(time.perf_counter() - t0, 2)}}
-    replaced = (out / "export" / EXPORT_RECORD).is_file()  # an earlier import, replaced with --force
+    try:  # an earlier import, replaced with --force: its network
+        before = json.loads((out / "export" / EXPORT_RECORD).read_text()).get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        before = None
     with atomic_stage(out / "export", force) as tmp:
         shutil.copyfile(model_path, tmp / QONNX_FILE)
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-    if replaced:
+    if before is not None and before.get("sha256") != source["sha256"]:
         # the stages made from the network this import replaced describe that network, not this
-        # one (a sweep after `--force` read the old build's integer network); a folder that held
-        # no import keeps what it holds
-        for stale in ("build", "sweep", "sim"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+        # one (a sweep after `--force` read the old build's integer network); the same file
+        # imported again keeps them, and a folder that held no import keeps what it holds
+        stale = [name for name in ("build", "sweep", "sim") if (out / name).exists()]
+        for name in stale:
+            shutil.rmtree(out / name, ignore_errors=True)
+        if stale:
+            print(f"note: removed {', '.join(stale)} of {out}: they were made from the network this import "
+                  "replaced", file=sys.stderr)
     return record
 
 

@@ -20,7 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder with a build (runs/NAME)")
     p.add_argument("--ber", type=_floats, default=[0.0, 0.001, 0.005, 0.01, 0.02],
                    help="comma-separated rates (default 0,0.001,0.005,0.01,0.02)")
-    p.add_argument("--maps", type=int, default=5, help="fault maps per rate (default 5)")
+    p.add_argument("--maps", type=int, default=5,
+                   help="fault maps per rate (default 5; rate 0 has one map, the clean network)")
     p.add_argument("--images", type=int, default=1000, help="test images per map (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="fault map seed (default 0)")
     p.add_argument("--fault-model", default="flip", help="flip | stuck | asym:p01=..,p10=.. | kflips")

@@ -48,7 +48,7 @@ from hw_sim.verilate import whitespace_problem
 from hw_sim.work_folder import PARTIAL, check_owned, make_process, release
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.faults.generate import FaultModel, rate_problem
-from mcel_train.stage import alive, process_start, write_text_atomic
+from mcel_train.stage import alive, process_start, stage_folder_problem, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def read_settings(env: Mapping[str, str]) -> Settings:
     run = (given if given.is_absolute() else ROOT / given).resolve()
     if not run.is_dir():
         raise _bad("RUN", text, f"no run folder {run} (RUN is relative to the repository root, or absolute)")
-    problem = whitespace_problem(run)
+    problem = whitespace_problem(run) or stage_folder_problem(run)
     if problem:
         raise _bad("RUN", text, problem)
     from mcel_train.manifest import MANIFEST_FILE
@@ -477,7 +477,8 @@ STAGES = {"prepare": prepare, "simulate": simulate, "finish": finish}
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
     """A misspelt variable (``IMAGE=10``) would silently leave the default in place: say so."""
-    unknown = [v for v in env.get("MCEL_MAKE_GIVEN", "").split() if v not in VARIABLES]
+    # VENV= is the Makefile's own (which Python runs the flow), not a setting of the flow
+    unknown = [v for v in env.get("MCEL_MAKE_GIVEN", "").split() if v not in (*VARIABLES, "VENV")]
     if unknown:
         print(f"warning: make -C hw_sim ignores {' '.join(v + '=' for v in unknown)} (it takes "
               f"{' '.join(v + '=' for v in VARIABLES)})", file=sys.stderr)

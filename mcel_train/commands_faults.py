@@ -146,6 +146,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
     p = subparsers.add_parser("margins", help="logit and neuron margins of a trained run")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, help="run folder (with train/)")
     p.add_argument("--force", action="store_true", help="overwrite existing margins output")
     p.set_defaults(func=cmd_margins)

@@ -89,6 +89,22 @@ def run_name(run_dir: str | Path) -> str:
     return Path(run_dir).resolve().name or str(run_dir)
 
 
+STAGE_FOLDERS = ("train", "export", "build", "sim", "sweep", "margins")  # what a run folder holds
+
+
+def stage_folder_problem(run: object) -> str | None:
+    """A stage folder given where its run folder belongs (``mcel sim runs/R/build``, ``make -C
+    hw_sim RUN=runs/R/train``): each command then named a fix for the wrong folder ("run `mcel
+    build runs/R/build` first")."""
+    if run is None:
+        return None
+    path = Path(str(run))
+    parent = path.parent
+    if path.name in STAGE_FOLDERS and ((parent / "train").is_dir() or (parent / "export").is_dir()):
+        return f"{path} is a stage folder of the run {parent}; give the run folder: {parent}"
+    return None
+
+
 def check_writable(target: Path, force: bool) -> None:
     """Refuse an existing stage without ``--force`` (call it after validating the arguments)."""
     if Path(target).exists() and not force:

@@ -219,6 +219,9 @@ CASES = [
      "model.hidden is empty"),
     ("train-override-without-key", ["train", SMOKE, "--set", "=5", "--out", "{run}/new"], None,
      "has no key before '='"),
+    # a stage folder where its run belongs: the fixes named the wrong folder ("run mcel build RUN/build")
+    ("sim-stage-folder", ["sim", "{run}/train"], None, "is a stage folder of the run"),
+    ("sweep-stage-folder", ["sweep", "{run}/train", "--maps", "2"], None, "give the run folder"),
     ("train-hidden-a-number", ["train", SMOKE, "--set", "model.hidden=5", "--out", "{run}/new"], None,
      "hidden must be a list of sizes such as [64, 64], got 5"),
     ("train-hidden-fraction", ["train", SMOKE, "--set", "model.hidden=[1.7]", "--out", "{run}/new"], None,

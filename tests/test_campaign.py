@@ -188,6 +188,20 @@ def test_software_only_leaves_builds_and_simulations_for_a_later_resume(tmp_path
     assert "2 build and RTL simulation task(s) left for a later --resume" in result.stdout
 
 
+def test_resume_of_a_folder_without_a_campaign_says_it_starts_anew(tmp_path, monkeypatch, capsys):
+    """A mistyped --out with --resume reran every task without a word: now a note says so."""
+    from flows.campaign import runner
+    from mcel_train.errors import UserInputError
+
+    def stop(*args, **kwargs):
+        raise UserInputError("stopped before any work")
+
+    monkeypatch.setattr(runner, "make_executor", stop)
+    with pytest.raises(UserInputError, match="stopped"):
+        run_campaign(_write(tmp_path, TINY), tmp_path / "typo", resume=True, show_progress=False)
+    assert "note: nothing to resume in" in capsys.readouterr().err
+
+
 def test_rates_are_checked_against_each_fault_model():
     """kflips' rates are flip counts (they used to be refused above 1, like bit error rates);
     a rate list shared with a bit-error model must still be in [0, 1]."""

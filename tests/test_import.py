@@ -216,13 +216,22 @@ def test_bad_imports_are_one_line_and_write_nothing(imported, tmp_path, capsys):
     shutil.copytree(imported / "export", again / "export")
     assert "--force" in _one_line_error(["import", str(model), "--dataset", "digits", "--input-kind", "uint8",
                                          "--out", str(again)], capsys)
-    # with --force, the stages made from the replaced network go (a sweep read the old build)
+    # with --force, the stages made from the replaced network go (a sweep read the old build),
+    # and it says so; the same file imported again keeps them
     for stale in ("build", "sweep", "sim"):
         (again / stale).mkdir()
         (again / stale / "old.json").write_text("{}")
     assert main(["import", str(model), "--dataset", "digits", "--input-kind", "uint8", "--out", str(again),
                  "--force"]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["build", "export", "sim", "sweep"]
+    other = onnx.load(model)
+    other.graph.doc_string = "another network's file"  # other bytes, another SHA-256
+    onnx.save(other, tmp_path / "other.onnx")
+    capsys.readouterr()
+    assert main(["import", str(tmp_path / "other.onnx"), "--dataset", "digits", "--input-kind", "uint8", "--out",
+                 str(again), "--force"]) == 0
     assert sorted(p.name for p in again.iterdir()) == ["export"]
+    assert "note: removed build, sweep, sim" in capsys.readouterr().err
 
 
 def test_a_network_without_one_output_per_class_is_refused(tmp_path):

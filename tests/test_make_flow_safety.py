@@ -114,6 +114,7 @@ REJECTED = [
     ("run_space_no_folder", ["RUN={runs}/no such run"], "RUN", "no run folder"),
     ("run_space", ["RUN={runs}/a b"], "RUN", "white space"),
     ("run_no_build", ["RUN={runs}/empty"], "RUN", "has no build"),
+    ("run_stage_folder", ["RUN={runs}/a/train"], "RUN", "is a stage folder of the run"),
     ("ber_above_one", ["RUN={runs}/a", "BER=0,1.5"], "BER", "in [0, 1]"),
     ("ber_negative", ["RUN={runs}/a", "BER=-0.01"], "BER", "in [0, 1]"),
     ("ber_nan", ["RUN={runs}/a", "BER=nan"], "BER", "in [0, 1]"),

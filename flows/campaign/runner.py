@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,9 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         raise UserInputError(f"{campaign_dir} holds a campaign already: pass --resume to continue it, "
                              "or --out a new folder")
     _check_folder(campaign_dir, spec.name)
+    if resume and not db.exists() and restore is None:  # a mistyped --out reran everything without a word
+        print(f"note: nothing to resume in {campaign_dir} (no results.sqlite): starting campaign {spec.name!r} "
+              "there from the beginning", file=sys.stderr)
     if db.exists():  # a damaged store is refused before the campaign file and task list are rewritten
         try:
             ResultStore(db, read_only=True).close()
