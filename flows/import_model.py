@@ -128,10 +128,8 @@ def _conv_problem(model) -> str | None:
             break
         tensor = consumer.output[0]
     for pool in (n for n in model.graph.node if n.op_type == "MaxPool"):
-        producer = model.find_producer(pool.input[0])
-        while producer is not None and producer.op_type in ("Transpose", "Reshape", "Identity"):
-            producer = model.find_producer(producer.input[0])
-        if producer is None or producer.op_type not in ("Quant", "BipolarQuant"):
+        if not _quantized(model, pool.input[0]):
+            producer = model.find_producer(pool.input[0])
             what = "the input" if producer is None else f"{producer.name or '?'} ({producer.op_type})"
             return (f"node {pool.name or '?'} (MaxPool) pools {what}, not a quantized activation, which the FINN "
                     "flow here cannot map; put the max-pool after the activation (conv, BatchNorm, QuantReLU, "

@@ -236,12 +236,12 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
         with open(tmp / "metrics.json", "w") as f:
             json.dump(metrics, f, indent=2)
         tmp.rename(stage)
-    except OSError as exc:
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if stage.exists():  # checked before training: another command wrote it meanwhile
             raise StageExistsError(f"{stage} was written by another command while this one trained; nothing of "
                                    f"this training was kept") from None
-        raise exc from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

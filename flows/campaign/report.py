@@ -45,11 +45,10 @@ def load_results(campaign_dir: str | Path) -> tuple[CampaignSpec, list, dict]:
         store.close()
 
 
-def missing_results(campaign_dir: str | Path) -> list[dict]:
-    """Every planned task without a result: its label, stage and why (``failed`` with the
-    error's first line, or ``not run``). A report of a campaign with failed tasks listed only
-    what finished, and looked complete."""
-    spec, tasks, done = load_results(campaign_dir)
+def missing_results(campaign_dir: str | Path, tasks: list, done: dict) -> list[dict]:
+    """Every planned task (``tasks``, :func:`load_results`) without a result in ``done``: its
+    label, stage and why (``failed`` with the error's first line, or ``not run``). A report of a
+    campaign with failed tasks listed only what finished, and looked complete."""
     store = ResultStore(Path(campaign_dir) / "results.sqlite", read_only=True)
     try:
         failed = store.failed()
@@ -462,7 +461,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     (:data:`ARCHIVE_NAME`) is written, when it has something to carry (finished trainings, a
     sweep's checkpoint) to another clone, and its path is returned."""
     campaign_dir = Path(campaign_dir)
-    spec, _, done = load_results(campaign_dir)
+    spec, tasks, done = load_results(campaign_dir)
     rows = campaign_table(campaign_dir)
     target = Path(out) if out else campaign_dir / "report"
     if not rows and not _carried(campaign_dir):
@@ -482,7 +481,7 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
             _plot_model(rows, model, out / name)
             pngs[model] = name
         best = best_margins(rows, planned_networks(spec))
-        missing = missing_results(campaign_dir)
+        missing = missing_results(campaign_dir, tasks, done)
         md = _markdown(spec, rows, best, pngs, identical_trainings(spec, done), missing)
         (out / "report.md").write_text(md)
         (out / "report.html").write_text(_html(md, f"campaign {spec.name}"))

@@ -288,8 +288,9 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
         restored = 0 if archive is None else restore_archive(archive, store, tasks, campaign_dir)
         deferred: list[dict] = []
         if software_only:
-            kept = software_tasks(tasks, set(store.done()))
-            ran, done = {t.key for t in kept}, set(store.done())
+            done = set(store.done())
+            kept = software_tasks(tasks, done)
+            ran = {t.key for t in kept}
             deferred = [{"stage": t.stage, "label": t.label} for t in tasks if t.key not in ran and t.key not in done]
             tasks = kept
         try:

@@ -160,15 +160,20 @@ class _Section(BaseModel):
 
 
 def _unique_rates(rates: list[float]) -> list[float]:
-    repeated = [r for k, r in enumerate(rates) if r in rates[:k]]
-    if repeated:  # worded as mcel_train.faults.generate.rate_problem words it for the other commands
-        raise ValueError(f"the rate {repeated[0]:g} is listed twice; give each rate once")
+    repeated = _first_repeat(rates)
+    if repeated is not None:  # worded as mcel_train.faults.generate.rate_problem words it for the other commands
+        raise ValueError(f"the rate {repeated:g} is listed twice; give each rate once")
     return [float(r) for r in rates]
 
 
 def _fault_model(name: str) -> str:
     FaultModel.parse(name)  # checked now, not after training
     return name
+
+
+def _first_repeat(values: list) -> Any:
+    """The first value of ``values`` that an earlier one equals (``None``: each is there once)."""
+    return next((v for k, v in enumerate(values) if v in values[:k]), None)
 
 
 def _repeats(raw: dict, strict: bool) -> dict:
@@ -179,14 +184,11 @@ def _repeats(raw: dict, strict: bool) -> dict:
         values = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
         if not isinstance(values, list):
             continue
-        try:
-            once = list(dict.fromkeys(values))
-        except TypeError:  # an unhashable entry: the schema names it
-            continue
-        if len(once) < len(values):
+        repeated = _first_repeat(values)
+        if repeated is not None:
             if strict:
-                repeated = next(v for k, v in enumerate(values) if v in values[:k])
                 _fail(f"{section}.{key}", f"the {what} {repeated} is listed twice; give each {what} once")
+            once = [v for k, v in enumerate(values) if v not in values[:k]]
             raw = {**raw, section: {**raw[section], key: once}}
     return raw
 
