@@ -50,12 +50,13 @@ class UsersCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.act(self.bn(self.conv(x)))), 1))
 
 
-def _train(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+def _train(model: nn.Module, shape: tuple[int, ...], pixel_scale: float = 1.0) -> nn.Module:
+    """Train on the pixels as the flow feeds them (0..255), or multiplied by ``pixel_scale``."""
     from mcel_train.data import encode_inputs, load_dataset
 
     torch.manual_seed(0)
     ds = load_dataset("digits")
-    x = encode_inputs(ds.train.images, "uint8").reshape(-1, *shape)
+    x = encode_inputs(ds.train.images, "uint8").reshape(-1, *shape) * pixel_scale
     y = torch.as_tensor(ds.train.labels)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(150):
@@ -80,6 +81,7 @@ def imported(users_mlp, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("byo") / "users_mlp"
     record = import_brevitas(users_mlp, torch.zeros(1, 64), "digits", run, "uint8")
     assert record["check"]["accuracy"] > 0.5  # the import executed the graph on real images
+    assert "accuracy_on_0_1_inputs" not in record["check"]  # trained on 0..255: no note
     return run
 
 
@@ -114,6 +116,20 @@ def test_entry_point_and_mcel_import_reach_identical_hardware(users_mlp, importe
     hw_entry = _build_and_simulate(imported)
     hw_cli = _build_and_simulate(cli_run)
     np.testing.assert_array_equal(hw_entry, hw_cli)
+
+
+def test_a_network_trained_on_0_1_inputs_gets_a_note(tmp_path, capsys):
+    """Trained on pixels divided by 255, the MLP imports (its 4-bit input quantizer takes any
+    float) and classifies the 0..255 pixels the hardware streams worse; the import says so."""
+    from flows.export import export_qonnx_model
+
+    path = export_qonnx_model(_train(UsersMLP(), (64,), pixel_scale=1 / 255), (64,), "uint8", tmp_path)
+    assert main(["import", str(path), "--dataset", "digits", "--input-kind", "uint8",
+                 "--out", str(tmp_path / "run")]) == 0
+    check = json.loads((tmp_path / "run" / "export" / "export.json").read_text())["check"]
+    assert check["accuracy_on_0_1_inputs"] > check["accuracy"] + 0.05
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "trained on [0, 1] inputs" in notes[0]
 
 
 def test_users_small_cnn(tmp_path):
