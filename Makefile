@@ -25,8 +25,11 @@ test: setup
 lint: setup
 	"$(VENV)/bin/ruff" check .
 
-bench: setup  # --force: the target reruns the bench and replaces its own record
-	"$(PY)" bench/train_step.py --force
+# --force: the target reruns the bench and replaces its own record. PYTHONPATH: a script's
+# folder (bench/) comes first on its path, so without it a VENV= of another checkout would
+# import that checkout's code through its editable install
+bench: setup
+	PYTHONPATH="$(CURDIR)" "$(PY)" bench/train_step.py --force
 
 # The demo's run folder (make demo trains it again afterwards)
 clean-demo:

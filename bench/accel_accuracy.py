@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=record_path, default="runs/bench/accel_accuracy.json")
     args = ap.parse_args(argv)
     results = [check(Path(r)) for r in args.run]
-    write_record(args.out, {"runs": results})
+    write_record(args.out, {"runs": results}, args.force)
     for res in results:
         print(json.dumps(res))
     if any(res["predictions_identical"] != res["images"] for res in results):

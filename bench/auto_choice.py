@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flags import count, parser, rates, record_path, run_folder, run_main
+from flags import ascending_rates, count, parser, record_path, run_folder, run_main
 from record import write_record  # bench/record.py (the script's folder is on sys.path)
 from trained import trained_network  # bench/trained.py
 
@@ -36,7 +36,7 @@ PATHS = ("dense", "difference", "auto")
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--run", type=run_folder, required=True, help="trained run folder")
-    p.add_argument("--rates", type=rates, default=RATES, help="comma-separated bit error rates, ascending as a sweep")
+    p.add_argument("--rates", type=ascending_rates, default=RATES, help="comma-separated bit error rates, ascending as a sweep")
     p.add_argument("--maps", type=count(1), default=100, help="maps per rate")
     p.add_argument("--map-batch", type=count(1), default=25, help="maps per call (mcel sweep's default)")
     p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"all rates: dense {total['dense']:.1f} s, difference {total['difference']:.1f} s, auto "
           f"{total['auto']:.1f} s ({record['auto_vs_dense']:.2f}x dense, {record['auto_vs_best_per_call']:.2f}x the "
           f"faster path per call)")
-    write_record(args.out, record)
+    write_record(args.out, record, args.force)
     return 0
 
 

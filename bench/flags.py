@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mcel_train.errors import UserError
 from mcel_train.one_line_parser import OneLineParser
-from mcel_train.stage import blocking_file
+from mcel_train.faults.generate import rate_problem
+from mcel_train.stage import blocking_file, stage_folder_problem
 
 
 class BenchParser(OneLineParser):
@@ -74,10 +75,22 @@ def rate(text: str) -> float:
 
 
 def rates(text: str) -> list[float]:
-    """Comma-separated bit error rates, at least one."""
+    """Comma-separated bit error rates, at least one, none twice (as ``mcel sweep --ber``: the
+    same maps twice measure nothing new, and a path choice made at the first would be reused)."""
     values = [rate(t.strip()) for t in text.split(",") if t.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"want comma-separated bit error rates, got {text!r}")
+    problem = rate_problem(values, "flip")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return values
+
+
+def ascending_rates(text: str) -> list[float]:
+    """:func:`rates` in ascending order, as a sweep takes them."""
+    values = rates(text)
+    if values != sorted(values):
+        raise argparse.ArgumentTypeError(f"want the rates in ascending order, as a sweep takes them, got {text!r}")
     return values
 
 
@@ -87,10 +100,14 @@ def positive(text: str) -> float:
 
 
 def run_folder(text: str) -> Path:
-    """An existing run folder (what is inside is checked by the code that reads it)."""
+    """An existing run folder (what is inside is checked by the code that reads it); a stage
+    folder given instead is named with its run, as the mcel CLI does."""
     path = Path(text)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"no run folder {text!r}")
+    problem = stage_folder_problem(path)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return path
 
 

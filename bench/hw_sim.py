@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     # the harness builds and outputs in a temporary folder: the run keeps only what mcel wrote
     with tempfile.TemporaryDirectory(prefix="bench_hw_sim_") as work:
         result = _measure(args, run, x, manifest, Path(work))
-    write_record(args.out, result)
+    write_record(args.out, result, args.force)
     shown = {k: v for k, v in result.items() if not k.startswith("harness_build") and k != "cpp_stats"}
     print(json.dumps(shown, indent=2))
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"run": run_name(args.run), "test_images": args.test_images, "maps": args.maps, "rate": args.rate,
               "method": args.method, "modes": modes,
               "default_over_tuned_wall": modes["default"]["wall_s"] / modes["tuned"]["wall_s"]}
-    write_record(args.out, record)
+    write_record(args.out, record, args.force)
     print(f"wall {modes['default']['wall_s']:.2f} s -> {modes['tuned']['wall_s']:.2f} s "
           f"({record['default_over_tuned_wall']:.2f}x); wrote {args.out}")
     return 0

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{seconds['auto_rate_by_rate']:.2f} s (choices {choices['auto_rate_by_rate']}), auto one choice "
           f"{seconds['auto_one_choice_per_call']:.2f} s (choices {choices['auto_one_choice_per_call']}), dense "
           f"{seconds['dense']:.2f} s; identical logits")
-    write_record(args.out, record)
+    write_record(args.out, record, args.force)
     return 0
 
 

@@ -27,12 +27,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_record(out: Path, record: dict) -> None:
+def write_record(out: Path, record: dict, force: bool) -> None:
     """Write ``record`` and the software and machine it was measured on to ``out``, whole or
-    not at all (a temporary file renamed over it)."""
+    not at all. Without ``force`` (the script's ``--force``) a record at ``out`` is never
+    replaced, also one a second run of a bench wrote while this one measured: both said
+    "wrote" and the first record was lost."""
     full = {**record, "python": sys.version.split()[0], "torch": version("torch"), "machine": platform.machine(),
             "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(full, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(full, indent=1) + "\n", replace=force)
     print(f"wrote {out}")

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(), "clock": args.clock,
     }
     out = args.out
-    write_record(out, result)
+    write_record(out, result, args.force)
     print(f"{args.model} batch {args.batch}: CE {med['ce'] * 1e3:.2f} ms/step, MCEL {med['mcel'] * 1e3:.2f} ms/step, "
           f"MCEL/CE = {ratio:.3f} (goal <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}) -> {out}")
 

@@ -91,7 +91,7 @@ def old_evaluator(commit: str, args: argparse.Namespace, rates: list[float], out
     known = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True)
     if known.returncode != 0:
         fail(f"commit {commit} is not in this clone's history: use a full clone (git fetch --unshallow) "
-             "or pass --commit")
+             f"or a --commit it holds (the default: {FILING_COMMIT})")
     tree = Path(tempfile.mkdtemp(prefix="vs_filing_")) / "tree"
     subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), commit],
                    check=True, capture_output=True)
@@ -124,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=record_path, default=Path("runs/bench/vs_filing.json"))
     args = p.parse_args(argv)
     rates = args.rates
+    # the run first: one it cannot read is named as such, not as the old evaluator's failure
+    net, x, y = trained_network(args.run, args.test_images)
 
     with tempfile.TemporaryDirectory(prefix="vs_filing_preds_") as preds:
         print(f"the evaluator of {args.commit} (a worktree, its own process) ...", flush=True)
         old_seconds = old_evaluator(args.commit, args, rates, Path(preds))
         old_predictions = [np.load(Path(preds) / f"rate{k}.npy") for k in range(len(rates))]
 
-    net, x, y = trained_network(args.run, args.test_images)
     torch.set_num_threads(args.threads)
     mems = net.memories()
     evaluators = {path: MapEvaluator(net, x, y, compile_post=True, method=path) for path in PATHS}
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             + f"  difference vs today's dense {row['difference_vs_dense']:.2f}x", flush=True)
     print("every prediction of every map identical to the evaluator as filed")
     write_record(args.out, {"run": run_name(args.run), "images": len(y), "maps": args.maps, "seed": args.seed,
-                            "torch_threads": args.threads, "repeat": args.repeat, "commit": args.commit, "rows": rows})
+                            "torch_threads": args.threads, "repeat": args.repeat, "commit": args.commit, "rows": rows},
+                 args.force)
     return 0
 
 

@@ -59,7 +59,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     problem = rate_problem(args.bers, args.fault_model)
     if problem:
-        raise UserInputError(f"--bers: {problem}")
+        raise UserInputError(f"--ber: {problem}")
     rec = run_sweep(
         args.run, args.bers, maps=args.maps, seed=args.seed, fault_model=args.fault_model,
         force=args.force, manifest=args.manifest, map_batch=args.map_batch,

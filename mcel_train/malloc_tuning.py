@@ -4,9 +4,10 @@ glibc's malloc serves every block above a threshold (128 KiB, rising to at most 
 adapts) with a fresh ``mmap`` and unmaps it again on ``free``. The fault evaluators allocate and
 free tensors of tens to hundreds of megabytes per call (a VGG3's activations for a group of
 maps), so each call faults in and zeroes every page anew. On the paper VGG3 (2000 test images,
-8 maps at a rate of 1 %, dense path) that was 6.6 s of system time beside 11.6 s of user time,
-and with the two settings below 0.3 s: 19.4 s of wall time became 11.6 s. The price is a higher
-resident peak (2.3 GB became 3.7 GB there), since freed blocks stay mapped for the next call.
+8 maps at a rate of 1 %, dense path) that was 6.8 s of system time, and with the two settings
+below 0.35 s: 18.2 s of wall time became 11.5 s (bench/results/malloc_tuning_vgg3.json, by
+bench/malloc_tuning.py). The price is a higher resident peak (2.2 GB became 2.8 GB there),
+since freed blocks stay mapped for the next call.
 
 Nothing changes but where memory comes from, so no result can differ. On a C library without
 ``mallopt`` (not glibc) this does nothing.

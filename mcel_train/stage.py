@@ -144,13 +144,25 @@ def atomic_stage(target: str | Path, force: bool = False) -> Iterator[Path]:
         tmp.rename(target)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None:
     """Write ``text`` whole or not at all: to a temporary file beside ``path``, renamed over it
     (a kill while writing leaves the old file, not half of the new one). An unchanged file is
-    left alone, so its time still means "changed" to make."""
+    left alone, so its time still means "changed" to make. ``replace=False``: a file at ``path``
+    is never replaced, also one another process wrote since the caller checked
+    (:class:`StageExistsError`; the new file is put in place by a hard link, which fails on an
+    existing name, where a rename would replace it)."""
     path = Path(path)
-    if path.is_file() and path.read_text() == text:
+    if replace and path.is_file() and path.read_text() == text:
         return
     tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}")
     tmp.write_text(text)
-    tmp.replace(path)
+    if replace:
+        tmp.replace(path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace it, "
+                               "or give another --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -261,6 +261,12 @@ def test_the_auto_choice_bench_runs_every_call_on_all_three_paths(smoke_run, tmp
     ("train_step", ["--model", "nosuch", "--steps", "2"], "argument --model:"),
     ("hw_sim", ["--run", "{run}", "--images", "99999"], "--images 99999: the test set has"),
     ("sweep_ci", ["--run", "{tmp}", "--maps", "2"], "not found: run the training stage"),
+    # a rate twice measured the same maps twice, and auto reused its first choice; auto_choice
+    # measures a sweep, rates ascending
+    ("sw_faults", ["--rates", "1e-3,1e-3"], "the rate 0.001 is listed twice"),
+    ("auto_choice", ["--rates", "1e-3,1e-4"], "want the rates in ascending order"),
+    # a stage folder given as the run: named with its run, not "run the training stage for .../train"
+    ("mixed_rates", ["--run", "{run}/train", "--maps", "2"], "is a stage folder of the run"),
 ])
 def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv, words, smoke_run, tmp_path,
                                                                     monkeypatch, capsys):
@@ -278,6 +284,22 @@ def test_bench_scripts_refuse_bad_flags_in_one_line_before_any_work(script, argv
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_file.json"]  # no record written
     assert (tmp_path / "a_file.json").read_text() == "{}"
+
+
+def test_a_bench_record_written_meanwhile_is_not_replaced_without_force(tmp_path, monkeypatch):
+    """Two runs of a bench with one --out both passed the exists-check at start and both said
+    "wrote"; the first record was lost. Without --force the record is put in place only if no
+    file is there yet; with --force it is replaced."""
+    from mcel_train.errors import StageExistsError
+
+    record = load_bench_script("record", monkeypatch)
+    out = tmp_path / "r.json"
+    record.write_record(out, {"run": 1}, force=False)
+    with pytest.raises(StageExistsError, match="written by another command meanwhile; pass --force"):
+        record.write_record(out, {"run": 2}, force=False)
+    assert json.loads(out.read_text())["run"] == 1 and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    record.write_record(out, {"run": 3}, force=True)
+    assert json.loads(out.read_text())["run"] == 3
 
 
 def test_a_plot_of_sweep_files_labels_each_curve_by_its_run(tmp_path):
