@@ -36,7 +36,8 @@ PATHS = ("dense", "difference", "auto")
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--run", type=run_folder, required=True, help="trained run folder")
-    p.add_argument("--rates", type=ascending_rates, default=RATES, help="comma-separated bit error rates, ascending as a sweep")
+    p.add_argument("--rates", type=ascending_rates, default=RATES,
+                   help="comma-separated bit error rates, ascending as a sweep")
     p.add_argument("--maps", type=count(1), default=100, help="maps per rate")
     p.add_argument("--map-batch", type=count(1), default=25, help="maps per call (mcel sweep's default)")
     p.add_argument("--test-images", type=count(0), default=0, help="first N test images (0 = all)")

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mcel_train.errors import UserError
-from mcel_train.one_line_parser import OneLineParser
 from mcel_train.faults.generate import rate_problem
+from mcel_train.one_line_parser import OneLineParser
 from mcel_train.stage import blocking_file, stage_folder_problem
 
 
