@@ -3,8 +3,11 @@
 # VENV= is scripts/setup.sh's too: the targets then run with the environment it installed
 VENV ?= .venv
 export VENV
-PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# The recipes name the venv as "$$VENV" (the exported variable, expanded by the shell inside
+# double quotes), never as $(VENV): make pastes its value into the recipe as shell code, so a
+# VENV= holding a quote and a command ran that command
+PY := "$$VENV/bin/python"
 
 .PHONY: setup demo test lint bench clean-demo
 
@@ -19,17 +22,17 @@ demo: setup
 # fixtures (the CNN builds of tests/test_cnn_hw.py) are built once and the one Ray test never
 # meets a second local Ray instance.
 test: setup
-	"$(VENV)/bin/lint-imports"
-	"$(PY)" -m pytest -q -n auto --dist loadfile --durations=15
+	"$$VENV/bin/lint-imports"
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: setup
-	"$(VENV)/bin/ruff" check .
+	"$$VENV/bin/ruff" check .
 
 # --force: the target reruns the bench and replaces its own record. PYTHONPATH: a script's
 # folder (bench/) comes first on its path, so without it a VENV= of another checkout would
 # import that checkout's code through its editable install
 bench: setup
-	PYTHONPATH="$(CURDIR)" "$(PY)" bench/train_step.py --force
+	PYTHONPATH="$$PWD" $(PY) bench/train_step.py --force
 
 # The demo's run folder (make demo trains it again afterwards)
 clean-demo:

@@ -283,6 +283,7 @@ def _build(graph, build_dir: Path, run, folding, fold_dict, target_cycles, part,
     t0 = time.perf_counter()
     dataflow, state = run_steps(graph, options, build_dir / "steps")
     dataflow.save(str(build_dir / DATAFLOW_FILE))
+    relative_build_paths(build_dir, graphs=False)  # before the RTL is read: see flows/relocate.py
     times["finn_steps"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -30,13 +30,18 @@ def _relative(text: str, prefixes: list[str]) -> str:
     return text
 
 
-def relative_build_paths(build_dir: Path) -> int:
-    """Rewrite ``build_dir``'s graphs and generated text files so that no path in them starts at
-    ``build_dir`` itself; returns how many files changed."""
+def relative_build_paths(build_dir: Path, graphs: bool = True) -> int:
+    """Rewrite ``build_dir``'s generated text files, and its graphs unless ``graphs`` is false,
+    so that no path in them starts at ``build_dir`` itself; returns how many files changed.
+
+    The text files are rewritten right after FINN's steps too (``graphs=False``: the stitching
+    still finds FINN's files through the graphs' absolute attributes): a run folder whose name
+    holds a ``"`` or a backslash broke the Verilog string of a wrapper's default ``INIT_FILE``.
+    """
     build_dir = Path(build_dir)
     prefixes = _prefixes(build_dir)
     changed = 0
-    for path in sorted(build_dir.rglob("*.onnx")):
+    for path in sorted(build_dir.rglob("*.onnx")) if graphs else []:
         model = onnx.load(str(path))
         touched = False
         for node in model.graph.node:

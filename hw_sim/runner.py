@@ -142,18 +142,20 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
     from cocotb_tools.runner import VerilatorControlFile
 
     build_dir, sim_dir = Path(build_dir), Path(sim_dir)
+    stamp = sim_dir / "sim_build" / "build_stamp.json"
+    problem = runner_path_problem(sim_dir)
+    if problem and not stamp.exists():  # before the harness is written into the run
+        raise UserInputError(f"{sim_dir}: the simulator must be built here, and {problem}")
     manifest = load_manifest(build_dir)
     spec = harness_spec(manifest, batch_images)
     harness = write_harness(spec, sim_dir / "hdl" / f"{HARNESS_TOP}.sv")
     sources = design_sources(manifest) + [harness]
-    stamp = sim_dir / "sim_build" / "build_stamp.json"
     # Keyed by content, not by path or time: a copied or moved run reuses its simulator.
     key = {"sources": content_digest([*sources, COCOTB_MAIN]), "spec": spec.__repr__(), "waves": waves,
            "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
-    problem = whitespace_problem(sim_dir)  # a simulator built elsewhere and moved here is reused (above)
-    if problem:
+    if problem:  # a simulator built elsewhere and moved here is reused (above)
         raise UserInputError(f"{sim_dir}: the simulator must be built here, and {problem}")
     t0 = time.perf_counter()
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")
@@ -196,6 +198,26 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
               "batch_images": batch_images, "public_all": public_all, "pgo": pgo_job is not None}
     stamp.write_text(json.dumps(record, indent=2))
     return record
+
+
+# Characters cocotb's runner cannot build under: it hands Verilator absolute paths, which end up
+# in the make dependency files (Vtop__ver.d: ":" a target pattern, ";" a recipe, "#" a comment)
+# and in Verilator's own `line directives and file list expansion ('"', "$")
+RUNNER_UNSAFE = ':;#$"'
+
+
+def runner_path_problem(folder: Path) -> str | None:
+    """Why ``mcel sim`` cannot build its simulator under ``folder``, if it cannot (a one-line
+    fix instead of "the build's sources may be damaged", which sent users to rebuild a good build)."""
+    problem = whitespace_problem(folder)
+    if problem:
+        return problem
+    bad = sorted({c for c in str(Path(folder).resolve()) if c in RUNNER_UNSAFE})
+    if bad:
+        return (f"cocotb's runner cannot build in a folder whose path holds {' '.join(repr(c) for c in bad)}: "
+                "use a run folder without them, or the make flow (make -C hw_sim RUN=...), which builds with "
+                "relative paths")
+    return None
 
 
 def design_sources(manifest: Manifest) -> list[Path]:

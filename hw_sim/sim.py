@@ -23,11 +23,10 @@ import numpy as np
 
 from hw_sim.job import SimJob
 from hw_sim.predict import fast_predict, finn_predict, split_map
-from hw_sim.runner import build_harness, map_progress, run_job
+from hw_sim.runner import build_harness, map_progress, run_job, runner_path_problem
 from hw_sim.shards import MAX_SHARDS, auto_shards, image_slices, run_sharded
 from hw_sim.streams import StreamFormat, pack
 from hw_sim.transient import classify
-from hw_sim.verilate import whitespace_problem
 from hw_sim.work_folder import PARTIAL, claim, release
 from mcel_train.errors import UserError, UserInputError
 from mcel_train.evaluate import memory_contents
@@ -385,7 +384,7 @@ def run_sim(run_dir: Path, bers: list[float], maps: int = 5, images: int = 1000,
     run_dir = Path(run_dir)
     check_sim_args(bers, maps, images, seed, fault_model, inject, batch_images, predictor, memories,
                    transient_cycle, jobs)
-    problem = whitespace_problem(run_dir)
+    problem = runner_path_problem(run_dir)
     if problem and not (run_dir / "sim" / "sim_build" / "build_stamp.json").is_file():
         # no simulator to reuse (one built elsewhere and moved here works): it would be built here
         raise UserInputError(f"{run_dir}: the simulator must be built here, and {problem}")

@@ -194,9 +194,11 @@ def check_memory_paths(filelist: Path, top: str, paths: dict[str, int], work_dir
         f".m_axis_0_tvalid(), .m_axis_0_tready(1'b1));\n{checks}\nendmodule\n"
     )
     wno = [f"-Wno-{w}" for w in WNO if not w.startswith("WIDTH")]
+    # paths relative to work_dir: Verilator expands $VARS in a file list's paths, so a run
+    # folder with a "$" in its name failed this check
     cmd = [str(verilator_bin()), "--lint-only", "--no-timing", "+define+FINN_SIMULATION",
            "--top-module", "path_check", "-Wno-fatal", *wno, "-Wwarn-WIDTHTRUNC",
-           "-Wwarn-WIDTHEXPAND", "-F", str(Path(filelist).resolve()), str(wrapper.resolve())]
+           "-Wwarn-WIDTHEXPAND", "-F", os.path.relpath(Path(filelist).resolve(), work_dir.resolve()), wrapper.name]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work_dir)
     problems = [ln for ln in proc.stderr.splitlines()
                 if "%Error" in ln or ("%Warning-WIDTH" in ln and "path_check.sv" in ln)]

@@ -223,6 +223,10 @@ def run_train(cfg: TrainConfig, run_dir: str | Path, show_progress: bool = True,
     metrics["wall_time_s"] = time.perf_counter() - t0
     metrics["dataset_source"] = data.source
     metrics["versions"] = versions()
+    # the seed fixes the weights only together with this: torch splits a CPU reduction over
+    # its threads, and another split rounds differently (smoke_digits: 2 threads gave other
+    # weights than 1; a campaign trains on 1)
+    metrics["torch_threads"] = torch.get_num_threads()
     metrics["weights_sha256"] = state_digest(model.state_dict())  # checked by load_run
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=run_dir))

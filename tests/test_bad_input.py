@@ -221,6 +221,10 @@ CASES = [
      "has no key before '='"),
     # a stage folder where its run belongs: the fixes named the wrong folder ("run mcel build RUN/build")
     ("sim-stage-folder", ["sim", "{run}/train"], None, "is a stage folder of the run"),
+    # cocotb's runner builds with absolute paths that make and Verilator cannot take with these:
+    # it said "the build's sources may be damaged: rebuild with mcel build --force"
+    ("sim-colon-in-path", ["sim", "{run}/../r:1"], None, "cannot build in a folder whose path holds ':'"),
+    ("sim-semicolon-in-path", ["sim", "{run}/../r;x"], None, "holds ';'"),
     ("sweep-stage-folder", ["sweep", "{run}/train", "--maps", "2"], None, "give the run folder"),
     ("train-hidden-a-number", ["train", SMOKE, "--set", "model.hidden=5", "--out", "{run}/new"], None,
      "hidden must be a list of sizes such as [64, 64], got 5"),

@@ -24,6 +24,7 @@ import yaml
 from flows.campaign.report import campaign_table, write_report
 from flows.campaign.runner import run_campaign
 from flows.campaign.spec import CampaignError, parse_campaign
+from flows.cli import main as cli_main
 from mcel_train.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,14 +233,24 @@ def test_rates_are_checked_against_each_fault_model():
 def test_duplicate_grid_entries_are_rejected_naming_what_repeats(change, words):
     with pytest.raises(CampaignError, match=re.escape(words)):
         parse_campaign({**TINY, **change})
-    # a campaign saved before these checks is still read (report, --resume), its repeats dropped
-    # as its tasks were; repeated models and losses stay refused, as they always were
+    # a campaign saved before these checks is still read from its folder (report), its repeats
+    # dropped as its tasks were; repeated models and losses stay refused, as they always were
     if words.startswith(("grid.models", "grid.losses")):
         with pytest.raises(CampaignError, match="same training config|share a label"):
             parse_campaign({**TINY, **change}, strict=False)
     else:
         spec = parse_campaign({**TINY, **change}, strict=False)
         assert spec.software["fault_models"] == ["flip"] and len({p.key for p in spec.points}) == len(spec.points)
+
+
+def test_resume_checks_the_campaign_file_as_a_fresh_run_does(tmp_path):
+    """--resume read the user's file leniently, so seeds [0, 1, 0] refused by a fresh run ran with
+    the repeat dropped; the file is checked in full, before any folder is made."""
+    path = _write(tmp_path, {**TINY, "grid": {**TINY["grid"], "seeds": [0, 1, 0]}})
+    result = _cli("campaign", str(path), "--out", str(tmp_path / "c"), "--resume", "--quiet")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "grid.seeds: the seed 0 is listed twice" in lines[0]
+    assert not (tmp_path / "c").exists()
 
 
 def test_existing_campaign_needs_resume(reference, tmp_path):
@@ -682,6 +693,26 @@ def test_a_campaign_resumes_in_a_fresh_folder_from_its_results_file(tmp_path, ca
     finally:
         store.close()
     assert json.loads((fresh / "tasks" / f"sweep-{redo['key']}" / CHECKPOINT).read_text())["results"] == [7]
+
+    # A network trained again in place (mcel train into the task's folder, another seed): the
+    # resumed campaign ran the new tasks on it while the report kept the old row's figures.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(original, retrained, symlinks=True)
+    task_dir = retrained / "tasks" / f"train-{train['key']}"
+    shutil.move(task_dir / "train", tmp_path / "old_train")
+    assert cli_main(["train", str(tmp_path / "old_train" / "config.yaml"), "--set", "seed=5", "--out",
+                     str(task_dir), "--quiet"]) == 0
+    with sqlite3.connect(retrained / "results.sqlite") as conn:  # a task left to run after it
+        conn.execute("DELETE FROM tasks WHERE key = ?", (redo["key"],))
+    before = _rows(retrained / "results.sqlite")
+    result = _cli("campaign", str(path), "--out", str(retrained), "--resume", "--quiet", "--no-report")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "holds other weights than the campaign trained" in lines[0] and "delete that train folder" in lines[0]
+    assert _rows(retrained / "results.sqlite") == before  # nothing ran
+    shutil.rmtree(task_dir / "train")  # the fix the line names: the training and its readers are redone
+    _, summary = run_campaign(path, retrained, workers=2, resume=True, show_progress=False)
+    assert summary["done"] == 3 and campaign_table(retrained) == campaign_table(original)
 
 
 def test_a_folding_file_is_read_at_load_and_the_saved_campaign_keeps_its_contents(tmp_path):

@@ -170,6 +170,17 @@ def test_misspelt_and_environment_variables_run_nothing_and_are_named(runs, tmp_
     assert tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("target", ["lint", "test", "bench"])
+def test_the_top_makefiles_venv_is_never_shell_code(target, tmp_path):
+    """The README's Makefile pasted VENV= into its recipes (``"$(VENV)/bin/ruff"``), so a value
+    with a quote ran the command after it; the recipes now read the exported variable."""
+    marker = tmp_path / "ran"
+    venv = f'{tmp_path}/v";touch {marker};"'
+    proc = subprocess.run(["make", "-C", str(REPO), "-o", "setup", target, f"VENV={venv}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not marker.exists(), proc.stderr
+
+
 def test_kflips_counts_pass_every_rate_check():
     """kflips' rates are flip counts: the make flow, mcel sim and mcel sweep take counts above 1
     (each used to refuse them as rates outside [0, 1]) and refuse fractions."""

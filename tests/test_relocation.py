@@ -58,6 +58,21 @@ def test_moved_run_simulates_identically_without_a_rebuild(smoke_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in binaries} == binaries
 
 
+@pytest.mark.slow
+def test_a_build_in_a_folder_named_with_shell_and_verilog_syntax(smoke_run, tmp_path):
+    """Verilator's --build ran ``make -C <its absolute folder>`` through a shell, so a run folder
+    named ``a;cmd;b`` ran ``cmd``; a ``"`` or a backslash broke the Verilog string of FINN's
+    default INIT_FILE, and a ``$`` was expanded in Verilator's file list. Verilator now gets paths
+    relative to its folder and FINN's paths are made relative before the RTL is read."""
+    from flows.build import build_run
+
+    marker = tmp_path / "ran"
+    run = tmp_path / f'r"q;id>{marker};s$HOME\\t`id>{marker}`'
+    shutil.copytree(smoke_run / "train", run / "train")
+    record = build_run(run, folding="auto", target_cycles=64, n_verify=20)
+    assert record["verification"]["bit_exact"] and not marker.exists()
+
+
 def test_a_run_trained_with_a_relative_data_dir_is_used_from_anywhere(tmp_path, monkeypatch, capsys):
     """``--data-dir fm`` was stored as typed, relative to the training's cwd, so a sweep from any
     other folder could not find the files; it is stored relative to the run folder, a run moved

@@ -22,6 +22,8 @@ def test_outputs_and_reload(smoke_run):
     assert len(metrics["epochs"]) == 3
     assert {"loss", "train_accuracy", "val_accuracy"} <= set(metrics["epochs"][0])
     assert metrics["test_accuracy"] > 0.5  # far above the 10 % of chance on digits
+    # the seed decides the weights together with the thread count, so the record names it
+    assert metrics["torch_threads"] == torch.get_num_threads()
     state = torch.load(stage / "model.pt", weights_only=True)
     model, cfg = load_trained(smoke_run)
     assert cfg.model.arch == "tfc"

@@ -96,6 +96,7 @@ class Scheduler:
         self.campaign_dir = campaign_dir
         finished = store.done()
         self.done = set(finished) & set(self.tasks)
+        self._refuse_networks_retrained_in_place(finished)
         redo = self._outputs_to_redo()
         self.done -= redo
         self.previous = {k: finished[k] for k in redo}  # what a redone task's row said before
@@ -108,6 +109,27 @@ class Scheduler:
         self._status = ""
         self.bar = progress_bar(total=len(tasks), initial=len(self.done), desc=f"campaign {spec.name}",
                         unit="task", disable=not show_progress, dynamic_ncols=True)
+
+    def _refuse_networks_retrained_in_place(self, finished: dict[str, dict]) -> None:
+        """A finished training whose folder now holds other weights than its row records (a
+        ``mcel train`` into the task's folder): the tasks after it would read the new network
+        while the report's rows keep the old one's figures, one row mixing two networks. Its
+        ``metrics.json`` names the weights (the digest ``load_run`` checks ``model.pt`` against)."""
+        for key in sorted(self.done):
+            task = self.tasks[key]
+            recorded = finished[key].get("weights_sha256")
+            if task.stage != "train" or not recorded:
+                continue
+            metrics = self.campaign_dir / "tasks" / task.folder / "train" / "metrics.json"
+            try:
+                held = json.loads(metrics.read_text()).get("weights_sha256")
+            except (OSError, ValueError, AttributeError):
+                continue  # missing: trained again (_outputs_to_redo); damaged: load_run says so
+            if held and held != recorded:
+                raise UserInputError(
+                    f"{metrics.parent} holds other weights than the campaign trained for {task.label} (trained "
+                    "again in place?): delete that train folder and --resume to train it again (the tasks that "
+                    "read it are redone), or --out a new campaign")
 
     def _outputs_to_redo(self) -> set[str]:
         """Finished tasks whose output a pending task reads but whose folder lacks it."""
@@ -221,8 +243,11 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
                  show_progress: bool = True, software_only: bool = False,
                  restore: str | Path | None = None) -> tuple[Path, dict]:
     """Validate, expand and run a campaign; returns its folder and the final progress counts."""
-    # every config error surfaces here, before any work; a resumed campaign may predate a check
-    spec = load_campaign(campaign_file, strict=not resume)
+    # every config error surfaces here, before any work. The file is checked in full on a
+    # --resume too (it was read leniently, so a spec a fresh run refuses ran with its repeats
+    # dropped); a campaign saved before a check was added reads leniently only from its folder
+    # (reports), and its file, with the repeat removed, expands to the same tasks
+    spec = load_campaign(campaign_file)
     campaign_dir = Path(out) if out else default_dir(spec)
     return campaign_dir, run_spec(spec, campaign_dir, executor, address, workers, resume, show_progress,
                                   software_only, restore)
