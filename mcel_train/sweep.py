@@ -41,21 +41,28 @@ class SweepExistsError(UserInputError):
     """The sweep's output exists and ``force`` was not given."""
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean (``None`` for fewer than two values)."""
+def t_interval(values: Sequence[float], level: float = 0.95, center: float | None = None
+               ) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean (``None`` for fewer than two values), around
+    ``center`` when given: the mean as the record states it (:func:`mean_accuracy`, exact from
+    the correct counts), so that the interval holds the stated mean (a float mean of equal maps
+    lay one ulp off it: mean 0.91, interval [0.9099999999999999, 0.9099999999999999])."""
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None
     half = stdtrit(v.size - 1, 0.5 + level / 2) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean() - half), float(v.mean() + half)
+    mid = float(v.mean()) if center is None else float(center)
+    return mid - half, mid + half
 
 
-def accuracy_interval(accuracies: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+def accuracy_interval(accuracies: Sequence[float], level: float = 0.95, center: float | None = None
+                      ) -> tuple[float, float] | None:
     """The t-interval of a mean accuracy as records report it: within [0, 1]. With few maps the
     t-interval can reach past 1 (maps at 1.0, 1.0, 0.9: up to 1.08), which no accuracy can be;
     cut to the possible values it keeps its coverage. The ``--ci-width`` stopping rule
-    (:func:`maps_needed`) reads the uncut width, as it always has."""
-    ci = t_interval(accuracies, level)
+    (:func:`maps_needed`) reads the uncut width, as it always has. ``center``: as
+    :func:`t_interval`."""
+    ci = t_interval(accuracies, level, center)
     return None if ci is None else within_accuracies(*ci)
 
 
@@ -144,8 +151,9 @@ def run_sweep(
     if not bers:
         raise UserInputError("no bit error rates given")
     fm = FaultModel.parse(fault_model)
-    if not force and (out_json.exists() or out_png.exists()):
-        raise SweepExistsError(f"{out_json} exists already; pass --force to replace it")
+    if not force and out_dir.exists():  # the folder, as atomic_stage checks it after the work
+        shown = out_json if out_json.exists() else out_dir
+        raise SweepExistsError(f"{shown} exists already; pass --force to replace it")
     run = load_source(run_dir)
     x, labels = run.test_set()
     if test_images < 0:
@@ -203,18 +211,26 @@ def run_sweep(
                     break
         bar.update(maps - evaluated)  # the maps the interval made unnecessary
         accs, n_faults = accs[:used], n_faults[:used]
-        ci = accuracy_interval(accs)
+        mean = mean_accuracy(accs, len(labels))
+        ci = accuracy_interval(accs, center=mean)
         results.append({
             "rate": float(rate),
-            "mean": mean_accuracy(accs, len(labels)),
+            "mean": mean,
             "std": float(accs.std(ddof=1)) if used > 1 else 0.0,
             "ci95": list(ci) if ci else None,
             "maps": int(used),
             "faults_per_map_mean": float(n_faults.mean()),
             "accuracies": [float(a) for a in accs],
         })
+        if ci_width:  # stopped by the interval, or by --maps with the interval still wider
+            results[-1]["ci_width_reached"] = maps_needed(accs, ci_width) is not None
         checkpoint.save(results)
     bar.close()
+    wide = [r["rate"] for r in results if r.get("ci_width_reached") is False]
+    if wide:
+        print(f"note: at rate(s) {', '.join(f'{r:g}' for r in wide)} the 95 % interval is still wider than "
+              f"--ci-width {ci_width:g} after --maps {maps} maps (ci_width_reached: false in the record); "
+              "raise --maps for a narrower one", file=sys.stderr)
 
     clean = clean_logits(net, x)
     record = {

@@ -319,6 +319,9 @@ CASES = [
     ("sim-finn-predictor-thresholds", ["sim", "{run}", "--predictor", "finn", "--memories", "all"], None,
      "--predictor finn predicts weight faults only"),
     ("sweep-rate-twice", ["sweep", "{run}", "--ber", "0,0"], None, "the rate 0 is listed twice"),
+    # a sweep/ folder without its record: the sweep did all its work, then refused at the rename
+    ("sweep-folder-without-record", ["sweep", "{run}", "--ber", "0,0.01", "--maps", "2"],
+     _write("sweep/notes.txt", "mine"), "sweep exists already; pass --force"),
     ("sim-axilite-thresholds", ["sim", "{run}", "--inject", "axilite", "--memories", "all"], None, "axilite"),
     ("sim-unknown-inject", ["sim", "{run}", "--inject", "jtag"], None, "--inject"),
     ("sim-no-build", ["sim", "{run}"], None, "has no build"),

@@ -402,6 +402,19 @@ def test_a_report_with_failed_tasks_says_what_is_missing(reference, tmp_path, ca
     rows = [r for r in campaign_table(folder) if r["source"] == "software"]
     (rec,) = [r for r in recommend(rows, 0.01, 1.0, planned=planned_networks(spec)) if r["model"] == "tfc_w2a2"]
     assert "choice" not in rec and rec["verdict"].startswith("CE, the baseline, has no result")
+    # a failed sweep of another loss: mcel report --target-ber printed its choice among the rest
+    # without a word ("CE is the only loss within the budget" when the others had failed)
+    other = next(t for t in expand(spec) if t.stage == "sweep" and t.label.startswith("sweep tfc_w1a1 MCEL"))
+    store = ResultStore(folder / "results.sqlite")
+    store.record_failed(other.key, "sweep", other.label, 2, "killed")
+    store.close()
+    result = _cli("report", str(folder), "--target-ber", "0.01")
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("tfc_w1a1")]
+    assert result.returncode == 0 and "no result yet for MCEL" in line and "--resume" in line, line
+    # a target far below the grid's first rate above 0 is not taken for rate 0
+    result = _cli("report", str(folder), "--target-ber", "1e-300")
+    assert result.returncode == 0 and "train with" not in result.stdout
+    assert result.stdout.count("the grid has no rate 1e-300") == 2, result.stdout
 
 
 @pytest.mark.slow

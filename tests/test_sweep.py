@@ -45,24 +45,34 @@ def test_same_seed_gives_identical_json(smoke_run, figures):
     assert other["results"][0]["accuracies"] != r1["accuracies"]
 
 
-def test_ci_width_stops_at_a_prefix_of_the_fixed_maps(smoke_run):
+def test_ci_width_stops_at_a_prefix_of_the_fixed_maps(smoke_run, capsys):
     """``--ci-width``: each rate stops at the first map count whose 95 % interval is narrower
     than the target (or at ``maps``), records that count, and its maps are the first maps of a
-    fixed-count sweep with the same seed, so the result does not depend on where it stopped."""
+    fixed-count sweep with the same seed, so the result does not depend on where it stopped. A
+    rate that reached ``maps`` with the interval still wider says so (it looked like a rate
+    that needed exactly ``maps``), in the record and in a note."""
     rates, width = [0.0, 0.002, 0.05], 7.0
     fixed = run_sweep(smoke_run, rates, maps=12, seed=5, progress=False, force=True, map_batch=2)
+    capsys.readouterr()
     adaptive = run_sweep(smoke_run, rates, maps=12, seed=5, progress=False, force=True, map_batch=2,
                          ci_width=width)
     assert adaptive["ci_width_target"] == width and fixed["ci_width_target"] is None
+    assert all("ci_width_reached" not in r for r in fixed["results"])
     for f, a in zip(fixed["results"], adaptive["results"], strict=True):
         k = a["maps"]
         assert k == (maps_needed(np.asarray(f["accuracies"]), width) or 12)
         assert a["accuracies"] == f["accuracies"][:k]
         lo, hi = t_interval(np.asarray(a["accuracies"]))
-        assert a["ci95"] == list(accuracy_interval(a["accuracies"]))
+        assert a["ci95"] == list(accuracy_interval(a["accuracies"], center=a["mean"]))
         assert a["mean"] == pytest.approx(np.mean(a["accuracies"]))
+        assert a["ci95"][0] <= a["mean"] <= a["ci95"][1]  # the interval holds the stated mean
         assert k == 12 or (hi - lo) * 100 < width
+        assert a["ci_width_reached"] == ((hi - lo) * 100 < width)
     assert adaptive["results"][0]["maps"] == 3  # no faults: the interval is empty after the least 3
+    wide = [f"{r['rate']:g}" for r in adaptive["results"] if not r["ci_width_reached"]]
+    assert wide  # the 5 % rate's 12 maps stay wider than 7 points on the smoke network
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and f"rate(s) {', '.join(wide)} the 95 % interval is still wider" in note[0]
 
 
 def test_plot_margins_and_cli(smoke_run, tmp_path, figures, monkeypatch):

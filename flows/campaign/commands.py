@@ -113,7 +113,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             interval = f" [{ci[0] * 100:.1f}, {ci[1] * 100:.1f}] (95 % across seeds)" if ci else ""
             line += (f": train with {rec['choice']}, expected accuracy {rec['accuracy'] * 100:.1f} %"
                      f"{interval}, clean {rec['clean_accuracy'] * 100:.1f} %")
-        print(f"{line}; {rec['verdict']}")
+        # a choice among the losses that have results: say which planned ones have none yet
+        missing = (f" (no result yet for {', '.join(rec['missing'])}: --resume the campaign)"
+                   if rec.get("missing") and "missing:" not in rec["verdict"] else "")
+        print(f"{line}; {rec['verdict']}{missing}")
     record = Path(args.campaign_dir) / "recommend.json"
     tmp = record.with_name(record.name + ".tmp")
     tmp.write_text(json.dumps({"target_ber": args.target_ber, "fault_model": fault_model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -203,7 +204,9 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
     for model in sorted({r["model"] for r in sw}):
         mine = [r for r in sw if r["model"] == model]
         rates = sorted({r["rate"] for r in mine})
-        at = [r for r in mine if abs(r["rate"] - target_ber) <= 1e-12]
+        # the same rate as the grid's, written another way (1e-3 vs 0.001): a relative match, so
+        # that a target of 1e-300 is not taken for the grid's rate 0
+        at = [r for r in mine if math.isclose(r["rate"], target_ber, rel_tol=1e-9, abs_tol=0.0)]
         if not at:
             out.append({"model": model, "verdict": f"the grid has no rate {target_ber:g} "
                         f"(rates: {', '.join(f'{x:g}' for x in rates)})"})
@@ -240,7 +243,8 @@ def recommend(rows: list[dict], target_ber: float, max_clean_drop: float, fault_
         elif best is ce:
             others = [v for v in eligible if v is not ce]
             runner = max(others, key=lambda v: v["accuracy"]) if others else None
-            rec["verdict"] = ("CE is the only loss within the budget" if runner is None else
+            rec["verdict"] = (("CE is the only loss with a result at this rate" if absent else
+                               "CE is the only loss within the budget") if runner is None else
                               f"CE is the most accurate loss within the budget (next: {runner['loss']}, "
                               f"{(ce['accuracy'] - runner['accuracy']) * 100:.1f} points lower)")
         else:
