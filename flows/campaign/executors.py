@@ -13,6 +13,7 @@ out of memory) is reported as that task's failure.
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -216,14 +217,22 @@ def connect_ray(address: str):
             raise UserInputError(f"--address {given}: no Ray cluster answers there ({exc}); start one with "
                                  "`ray start --head --port=PORT` and give HOST:PORT, ray://HOST:PORT or auto "
                                  "(README, 'Campaigns on a Ray cluster')") from None
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    problem = _join_problem(address)  # in a child with a time limit: Ray retries a port that is not its own
+    # in a child with a time limit: Ray retries a port that is not its own. The cluster's
+    # authentication mode is not known beforehand: `ray start --head` turns token auth on only
+    # where a token exists (~/.ray/auth_token, which a local Ray run makes), so without a
+    # RAY_AUTH_MODE of the user's, Ray's default is tried first and token mode second
+    problem = _join_problem(address)
+    if problem and "RAY_AUTH_MODE" not in os.environ and _AUTH_WORDS in problem:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        problem = _join_problem(address)
+        if problem:
+            del os.environ["RAY_AUTH_MODE"]
     if problem:
         raise UserInputError(f"--address {given}: {problem}")
     import ray
 
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)  # no INFO lines
     except Exception as exc:  # noqa: BLE001 - ConnectionError, AuthenticationError, ...
         ray.shutdown()
         raise UserInputError(f"--address {given}: {_ray_problem(str(exc) or type(exc).__name__)}") from None
@@ -234,14 +243,20 @@ JOIN_TIMEOUT_S = 60  # a driver joins a live cluster in seconds; something else 
 _JOIN_PROBE = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
 
 
+_AUTH_WORDS = "cannot join the Ray cluster with"
+
+
 def _ray_problem(text: str) -> str:
     """Ray's own error text as the cause and the fix, in one sentence: an authentication mode
     that is not the cluster's, or no cluster at all."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    first = (lines[-1] if lines else "no message")[:200]
+    first = lines[-1] if lines else "no message"
+    if len(first) > 300:  # cut at a word, not in one
+        first = first[:300].rsplit(" ", 1)[0] + " ..."
     if any(w in text.lower() for w in ("auth", "token", "unauthenticated", "permission denied")):
-        return (f"cannot join the Ray cluster with RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')} ({first}); "
-                "set RAY_AUTH_MODE to the cluster's mode (README, 'Campaigns on a Ray cluster')")
+        return (f"{_AUTH_WORDS} RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', '(unset)')} ({first}); "
+                "set RAY_AUTH_MODE to the cluster's mode, with its token in ~/.ray/auth_token for token mode "
+                "(README, 'Campaigns on a Ray cluster')")
     return (f"cannot join a Ray cluster there ({first}); start one with `ray start --head --port=PORT` and "
             "give its HOST:PORT (README, 'Campaigns on a Ray cluster')")
 
