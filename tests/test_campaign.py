@@ -463,7 +463,7 @@ def test_hardware_stage_survives_sigkill(tmp_path):
     assert all(0.0 <= r["ci95"][0] <= r["mean"] <= r["ci95"][1] <= 1.0 for r in hw)  # an accuracy's interval
 
 
-def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures):
+def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures, capsys):
     """The reproduction document's numbers are the campaign's: seed means are the sweeps' means
     (one seed: no interval across seeds), gains are their differences, the code histograms count
     every weight, and the recommendation says when the grid lacks the rate or the seeds."""
@@ -514,6 +514,25 @@ def test_paper_reproduction_doc_reads_the_campaign(reference, tmp_path, figures)
         with pytest.raises(UserInputError, match=re.escape(words)):
             build_doc(folder, **({"docs": tmp_path / "refused"} | kwargs), evidence_images=100, evidence_maps=2)
         assert not (tmp_path / "refused").exists()
+    # the command line: an existing document is kept without --force, and a write that fails (a
+    # folder where the JSON goes) is one line and leaves the document as it was, with no new
+    # plot or report beside it (they were written straight into --docs, then a traceback)
+    from flows.paper_reproduction import main as reproduce
+
+    argv = [str(folder), "--docs", str(docs), "--evidence-images", "100", "--evidence-maps", "2"]
+    before = {p: p.read_bytes() for p in docs.rglob("*") if p.is_file()}
+    (docs / "paper_reproduction.json").unlink()
+    (docs / "paper_reproduction.json").mkdir()
+    for extra, words in (([], "paper_reproduction.md exists; pass --force"),
+                         (["--force"], "paper_reproduction.json is not a file; remove it")):
+        assert reproduce(argv + extra) == 2
+        (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert line.startswith("error: ") and words in line, line
+        assert {p: p.read_bytes() for p in docs.rglob("*") if p.is_file()} == {
+            p: b for p, b in before.items() if p.name != "paper_reproduction.json"}
+        assert [p.name for p in docs.iterdir() if p.name.startswith(".")] == []
+    (docs / "paper_reproduction.json").rmdir()
+    assert reproduce(argv + ["--force"]) == 0 and (docs / "paper_reproduction.json").is_file()
 
 
 def test_cut_losses_are_the_full_grid_minus_the_campaigns():
