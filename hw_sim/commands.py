@@ -93,7 +93,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hw_sim.compare import MismatchError, NothingCheckedError, compare_run, format_table
+    from hw_sim.compare import MismatchError, NothingCheckedError, compare_run, counts_flips, format_table
 
     try:
         result = compare_run(Path(args.run))
@@ -103,7 +103,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except NothingCheckedError as exc:  # not a difference, but no proof of equality either
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_table(result["curves"]))
+    print(format_table(result["curves"], counts_flips(result["fault_model"])))
     checked = result["checked_images"]
     span = f"{min(checked)}" if min(checked) == max(checked) else f"{min(checked)}-{max(checked)}"
     images = (f"{result['images']} images each" if min(checked) == result["images"] else

@@ -112,21 +112,31 @@ def _outputs(path: Path, second: str) -> tuple[np.ndarray, np.ndarray | None]:
                             "again (mcel sim ... --force)") from None
 
 
-def plot_compare(rows: list[dict], title: str, path: Path) -> None:
+def counts_flips(fault_model: str) -> bool:
+    """Whether a simulation's rates are flip counts per map (``kflips``), not bit error rates."""
+    return str(fault_model).split(":")[0] == "kflips"
+
+
+def plot_compare(rows: list[dict], title: str, path: Path, counts: bool = False) -> None:
+    """Hardware and software accuracy against the rate on a symmetric-log axis (0 drawn at 0,
+    as ``mcel plot`` draws sweeps); ``counts``: the rates are flip counts (``kflips``), and the
+    axis says so (counts 5 and 50 read as rates far above 1 on a "bit error rate" axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = [max(r["rate"], 1e-5) for r in rows]
+    rates = [r["rate"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (("sw", "software prediction", "--"), ("hw", "RTL simulation (cocotb)", "-")):
         mean = np.array([r[f"{key}_mean"] for r in rows])
         lo, hi = np.array([r[f"{key}_interval"] for r in rows]).T
         ax.plot(rates, mean, style, marker="o", label=label)
         ax.fill_between(rates, lo, hi, alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("bit error rate (0 plotted at 1e-5)")
+    positive = [r for r in rates if r > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+    ax.set_xlabel("flipped bits per map" if counts else "bit error rate")
     ax.set_ylabel("test accuracy")
     ax.set_title(title, parse_math=False)  # run names may hold a dollar sign
     ax.grid(True, which="both", alpha=0.3)
@@ -172,6 +182,8 @@ def compare_run(run_dir: Path) -> dict:
     rows = curves(record)
     unchecked = [m for m in record["maps"] if m["checked_images"] == 0]
     result = {"run": run_name(run_dir), "images": record["images"], "fault_model": record["fault_model"],
+              # what the curves describe, as the simulation recorded it
+              **{k: record.get(k) for k in ("memories", "inject", "transient_cycle", "backpressure")},
               "maps": len(record["maps"]), "identical": mismatch is None and not unchecked,
               "first_mismatch": mismatch, "unchecked_maps": [m["id"] for m in unchecked],
               "checked_images": [m["checked_images"] for m in sorted(record["maps"], key=lambda e: e["id"])],
@@ -186,7 +198,7 @@ def compare_run(run_dir: Path) -> dict:
         upset = record.get("transient_cycle")
         plot_compare(rows, f"{run_name(run_dir)}: {record['images']} images, {record['fault_model']} in "
                      f"{record.get('memories', 'weights')}" + ("" if upset is None else f", upset at cycle {upset}"),
-                     tmp_png)
+                     tmp_png, counts=counts_flips(record["fault_model"]))
         tmp_json.replace(sim_dir / "compare.json")
         tmp_png.replace(sim_dir / "compare.png")
     finally:
@@ -208,8 +220,10 @@ def _interval(mean: float, interval: list[float]) -> str:
     return f"{mean:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
-def format_table(rows: list[dict]) -> str:
-    lines = ["rate      maps  hardware acc [95% CI]     software acc [95% CI]     identical maps"]
+def format_table(rows: list[dict], counts: bool = False) -> str:
+    """The comparison as text; ``counts``: the rates are flip counts (``kflips``)."""
+    lines = [f"{'flips' if counts else 'rate':<9} maps  hardware acc [95% CI]     software acc [95% CI]     "
+             "identical maps"]
     for r in rows:
         lines.append(f"{r['rate']:<9g} {r['maps']:>4}  {_interval(r['hw_mean'], r['hw_interval'])}"
                      f"  {_interval(r['sw_mean'], r['sw_interval'])}  {r['identical_maps']}/{r['maps']}")

@@ -438,7 +438,7 @@ def simulate(s: Settings) -> int:
 
 
 def finish(s: Settings) -> int:
-    from hw_sim.compare import MismatchError, compare_run, format_table
+    from hw_sim.compare import MismatchError, compare_run, counts_flips, format_table
     from hw_sim.sim import SimulationHangError, finish_sim
 
     check_owned(s.sim_dir, make_process())
@@ -467,7 +467,7 @@ def finish(s: Settings) -> int:
     except MismatchError as exc:
         print(f"MISMATCH: {exc}")
         return 1
-    print(format_table(result["curves"]))
+    print(format_table(result["curves"], counts_flips(result["fault_model"])))
     print(f"wrote {s.sim_dir / 'hw_ber.json'} and {s.make_dir / 'results.xml'}")
     return 0
 
@@ -475,13 +475,17 @@ def finish(s: Settings) -> int:
 STAGES = {"prepare": prepare, "simulate": simulate, "finish": finish}
 
 
-def _warn_unknown(env: Mapping[str, str]) -> None:
-    """A misspelt variable (``IMAGE=10``) would silently leave the default in place: say so."""
+def _check_variables(env: Mapping[str, str]) -> None:
+    """A variable the flow does not take is refused before any work: a misspelt one (``IMAGE=10``)
+    left the default in place, and one of ``mcel sim``'s own settings (``INJECT=axilite``,
+    ``TRANSIENT_CYCLE=500``) ran a plain permanent backdoor simulation that replaced the last
+    result, after a warning among 30 lines of output. An exported variable is only named."""
     # VENV= is the Makefile's own (which Python runs the flow), not a setting of the flow
     unknown = [v for v in env.get("MCEL_MAKE_GIVEN", "").split() if v not in (*VARIABLES, "VENV")]
     if unknown:
-        print(f"warning: make -C hw_sim ignores {' '.join(v + '=' for v in unknown)} (it takes "
-              f"{' '.join(v + '=' for v in VARIABLES)})", file=sys.stderr)
+        raise UserInputError(f"make -C hw_sim does not take {' '.join(v + '=' for v in unknown)}: it takes "
+                             f"{' '.join(v + '=' for v in VARIABLES)}; --inject, --memories, --transient-cycle, "
+                             "--backpressure and --predictor are mcel sim's only (run mcel sim for them)")
     from_env = env.get("MCEL_MAKE_FROM_ENV", "").split()
     if from_env:  # hw_sim/Makefile takes settings from the command line only
         print(f"warning: make -C hw_sim ignores {' '.join(from_env)} from the environment (give "
@@ -500,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = read_settings(os.environ)
         if args.stage == "prepare":
-            _warn_unknown(os.environ)
+            _check_variables(os.environ)
         return STAGES[args.stage](settings)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -187,9 +187,14 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
                 raise SimulationFailed(f"the simulator did not build ({_first_error(log)}); the build's sources "
                                        f"may be damaged: rebuild with mcel build --force (log: {log})") from None
 
+    # a minute or more with a cold ccache (167 s on the paper VGG3): said before, not after
+    # a silence (the progress bar over the maps starts once it is built)
     if pgo_job is None:
+        print("sim: building the simulator (Verilator and C++, once per build; reused afterwards)", flush=True)
         compile_harness()
     else:
+        print("sim: building the simulator instrumented for --pgo, then training its profile and rebuilding "
+              "(about twice a plain build)", flush=True)
         compile_harness(PGO_GENERATE)
         train_profile(sim_dir, pgo_job)
         remove_objects(sim_build)

@@ -126,3 +126,22 @@ def test_intervals_are_cut_to_accuracies_in_the_record_table_and_plot(tmp_path, 
     (ax,) = figures[-1].axes
     bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
     assert len(bands) == 2 and all(b.min() == 0.0 and b.max() == 1.0 for b in bands)
+
+
+def test_flip_counts_are_drawn_and_headed_as_counts(tmp_path, figures):
+    """``--fault-model kflips``: the rates are flips per map. compare.png drew the counts 5 and
+    50 on a log "bit error rate" axis (0 at 1e-5), where they read as rates far above 1, and the
+    table headed them "rate"."""
+    from hw_sim.compare import counts_flips, curves, format_table, plot_compare
+
+    maps = [{"rate": r, "accuracy": a, "predicted_accuracy": a, "identical_to_software": True}
+            for r, a in ((0.0, 0.9), (5.0, 0.8), (50.0, 0.5))]
+    rows = curves({"bers": [0.0, 5.0, 50.0], "maps": maps})
+    assert counts_flips("kflips") and not counts_flips("flip") and not counts_flips("asym:p01=0.1,p10=1")
+    assert format_table(rows, counts=True).split()[0] == "flips" and format_table(rows).split()[0] == "rate"
+    plot_compare(rows, "t", tmp_path / "c.png", counts=True)
+    (ax,) = figures[-1].axes
+    assert ax.get_xlabel() == "flipped bits per map" and ax.get_xscale() == "symlog"
+    assert list(ax.lines[0].get_xdata()) == [0.0, 5.0, 50.0]  # 0 drawn at 0, not at 1e-5
+    plot_compare(rows, "t", tmp_path / "r.png")
+    assert figures[-1].axes[0].get_xlabel() == "bit error rate"

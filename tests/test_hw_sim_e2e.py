@@ -23,6 +23,10 @@ def test_hardware_equals_software_for_every_map(smoke_build, capsys):
     assert all(m["identical_to_software"] and not m["hang"] for m in record["maps"])
     result = compare_run(smoke_build)
     assert result["identical"] and (smoke_build / "sim" / "compare.png").is_file()
+    # compare.json says what its curves describe, as the simulation recorded it
+    assert {k: result[k] for k in ("memories", "inject", "transient_cycle", "backpressure")} == {
+        k: record[k] for k in ("memories", "inject", "transient_cycle", "backpressure")}
+    assert result["memories"] == "weights" and result["inject"] == "backdoor"
     # The faults matter: at 2 % the outputs of some map differ from the clean outputs.
     hw = np.load(smoke_build / "sim" / "hw_outputs.npz")["outputs"]
     worst = [m["id"] for m in record["maps"] if m["rate"] == 0.02]

@@ -163,7 +163,12 @@ def test_misspelt_and_environment_variables_run_nothing_and_are_named(runs, tmp_
     before, markers_before = tree(tmp_path), markers(REPO, tmp_path)
     proc = run_make([f"RUN={runs}/done", f"FOO=$(shell touch {tmp_path}/{MARKER})"], cwd)
     assert markers(REPO, tmp_path) == markers_before, "a misspelt variable's value ran"
-    assert proc.returncode == 2 and "ignores FOO=" in proc.stderr and "FORCE=1" in error_lines(proc)[-1]
+    assert proc.returncode == 2 and "does not take FOO=" in error_lines(proc)[0]
+    # mcel sim's own settings: they were dropped with a warning and a plain simulation replaced
+    # the last result; refused like a misspelt one, before any work
+    proc = run_make([f"RUN={runs}/done", "INJECT=axilite", "TRANSIENT_CYCLE=500", "FORCE=1"], cwd)
+    assert proc.returncode == 2 and "does not take TRANSIENT_CYCLE= INJECT=" in error_lines(proc)[0]
+    assert "mcel sim's only" in error_lines(proc)[0]
     proc = run_make([f"RUN={runs}/done"], cwd, extra_env={"FORCE": "1", "IMAGES": "3"})
     assert proc.returncode == 2, proc.stderr  # refused to replace: FORCE=1 came from the environment
     assert "ignores IMAGES FORCE from the environment" in proc.stderr
