@@ -47,6 +47,10 @@ def load_folding(source: str | Path | dict, flag: str = "--folding") -> dict[str
                                f"got {attrs!r}")
         for attr, value in attrs.items():  # whether the node has the attribute: apply_folding
             least = 1 if attr in FOLD_ATTRS else 0
+            if isinstance(value, str) and attr not in FOLD_ATTRS:  # FINN configs carry ram_style: "block"
+                raise FoldingError(f"{at}node {name!r}: {attr} {value!r} is an implementation style for "
+                                   "synthesis, which this flow (no Vivado) does not run; it applies whole-number "
+                                   "attributes (PE, SIMD, depths) only: remove it from the file")
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise FoldingError(f"{at}node {name!r}: {attr} must be a whole number >= {least}, "
                                    f"got {value!r}")

@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-images", type=int, default=1000, help="images per harness batch")
     p.add_argument("--jobs", type=int, default=0,
                    help="simulator processes, each on a slice of the images (0 = one per core when "
-                   "there are enough images; waveforms and transient upsets use one)")
+                   "there are enough images; waveforms use one; a transient upset needs 0 or 1)")
     p.add_argument("--pgo", action="store_true",
                    help="profile-guided simulator build: about twice the build time, 15-20%% faster "
                    "simulation (for long runs)")

@@ -343,6 +343,9 @@ CASES = [
     ("sim-fresh-run-path-with-space", ["sim", "{run}/a b"], _manifest_in("a b"), "the simulator must be built here"),
     ("build-unknown-part", ["build", "{run}", "--part", "unknown"], None, "--part 'unknown' is not a device"),
     ("build-empty-part", ["build", "{run}", "--part", ""], None, "--part '' is not a device"),
+    # FINN folding configs carry string styles: it said ram_style "must be a whole number"
+    ("build-folding-ram-style", ["build", "{run}", "--folding", "{run}/f.json"],
+     _write("f.json", '{"MVAU_rtl_0": {"PE": 2, "ram_style": "block"}}'), "ram_style 'block' is an implementation style"),
     ("build-folding-before-existing", ["build", "{run}", "--folding", "{run}/none.json"],
      _write("build/build.json", "{}"), "--folding: {run}/none.json: no such file"),
     ("sim-existing-result-bad-arg-first", ["sim", "{run}", "--seed", "-1"], _write("sim/hw_ber.json", "{}"), "--seed"),
