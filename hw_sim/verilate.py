@@ -109,8 +109,13 @@ def build_simulator(filelist: Path, top: str, obj_dir: Path, public: bool = Fals
     (obj_dir / "build.log").write_text(proc.stdout + "\n" + proc.stderr)
     binary = obj_dir / "accel_sim"
     if proc.returncode != 0 or not binary.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise VerilatorError(f"verilator build failed (log {obj_dir / 'build.log'}):\n{tail}")
+        lines = (proc.stdout + proc.stderr).splitlines()
+        # the cause on the first line (the CLI shows that one), the log's tail after it: a failed
+        # build's folder, and its build.log, is removed with the build's temporary folder
+        first = next((ln.strip() for ln in lines if "%Error" in ln or "error:" in ln.lower()),
+                     lines[-1].strip() if lines else f"exit {proc.returncode}")
+        tail = "\n".join(lines[-30:])
+        raise VerilatorError(f"verilator build failed: {first[:300]} (mcel --debug shows the log's tail)\n{tail}")
     return SimBinary(path=binary, build_seconds=seconds, ccache=bool(shutil.which("ccache")))
 
 
@@ -203,4 +208,5 @@ def check_memory_paths(filelist: Path, top: str, paths: dict[str, int], work_dir
     problems = [ln for ln in proc.stderr.splitlines()
                 if "%Error" in ln or ("%Warning-WIDTH" in ln and "path_check.sv" in ln)]
     if proc.returncode != 0 or problems:
-        raise VerilatorError("memory path check failed:\n" + "\n".join(problems[:20]))
+        first = problems[0].strip() if problems else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise VerilatorError(f"memory path check failed: {first[:300]}\n" + "\n".join(problems[:20]))

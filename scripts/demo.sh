@@ -10,7 +10,7 @@ MCEL=("$PY" -m flows.cli)  # an array: VENV may hold spaces
 RUN=${RUN:-runs/demo}
 # RUN= is what the user set: a bad one is named as such (not as the --out of a later command)
 blocker="$RUN"
-while [ ! -e "$blocker" ] && [ "$blocker" != "$(dirname "$blocker")" ]; do blocker=$(dirname "$blocker"); done
+while [ ! -e "$blocker" ] && [ "$blocker" != "$(dirname -- "$blocker")" ]; do blocker=$(dirname -- "$blocker"); done
 if [ ! -d "$blocker" ]; then
   echo "error: RUN=$RUN: $blocker is a file, not a folder; give a run folder (make demo RUN=runs/NAME)" >&2
   exit 2
@@ -23,13 +23,13 @@ else
 fi
 step() { echo; echo "=== $* ==="; }
 if [ -e "$RUN/train" ]; then echo "[demo] reusing $RUN/train (delete $RUN to start over)"; else
-  step "train ($CONFIG)"; "${MCEL[@]}" train "$CONFIG" --out "$RUN"; fi
-if [ ! -e "$RUN/export" ]; then step "export to QONNX"; "${MCEL[@]}" export "$RUN"; fi
-if [ ! -e "$RUN/build" ]; then step "FINN build + Verilator"; "${MCEL[@]}" build "$RUN" --target-cycles 784; fi
+  step "train ($CONFIG)"; "${MCEL[@]}" train "$CONFIG" --out="$RUN"; fi
+if [ ! -e "$RUN/export" ]; then step "export to QONNX"; "${MCEL[@]}" export -- "$RUN"; fi
+if [ ! -e "$RUN/build" ]; then step "FINN build + Verilator"; "${MCEL[@]}" build --target-cycles 784 -- "$RUN"; fi
 step "software sweep (100 maps per rate)"
-"${MCEL[@]}" sweep "$RUN" --bers 0,0.001,0.005,0.01,0.02 --maps 100 --seed 0 --force
+"${MCEL[@]}" sweep --bers 0,0.001,0.005,0.01,0.02 --maps 100 --seed 0 --force -- "$RUN"
 step "RTL simulation with fault injection (cocotb + Verilator)"
-"${MCEL[@]}" sim "$RUN" --ber 0,0.005,0.01,0.02 --maps 4 --images 500 --seed 0 --force
+"${MCEL[@]}" sim --ber 0,0.005,0.01,0.02 --maps 4 --images 500 --seed 0 --force -- "$RUN"
 step "hardware vs software"
-"${MCEL[@]}" compare "$RUN"
+"${MCEL[@]}" compare -- "$RUN"
 echo "[demo] plots: $RUN/sim/compare.png, $RUN/sweep/sw_ber.png; records: $RUN/sim/hw_ber.json, $RUN/sim/compare.json"

@@ -399,6 +399,8 @@ def test_a_report_with_failed_tasks_says_what_is_missing(reference, tmp_path, ca
     assert w2 and all(b["missing"] == ["CE seed 0"] for b in w2) and all(b["gain_over_ce"] is None for b in w2)
     assert not any("missing" in b for b in report["best"] if b["model"] == "tfc_w1a1")
     assert "Incomplete: 2 of these cells" in md
+    assert md.count(f"{len(spec.points)} trained networks;") == 1  # every training finished
+    assert "Hardware rows:" not in md  # a campaign without hardware has none to explain
     rows = [r for r in campaign_table(folder) if r["source"] == "software"]
     (rec,) = [r for r in recommend(rows, 0.01, 1.0, planned=planned_networks(spec)) if r["model"] == "tfc_w2a2"]
     assert "choice" not in rec and rec["verdict"].startswith("CE, the baseline, has no result")
@@ -408,6 +410,12 @@ def test_a_report_with_failed_tasks_says_what_is_missing(reference, tmp_path, ca
     store = ResultStore(folder / "results.sqlite")
     store.record_failed(other.key, "sweep", other.label, 2, "killed")
     store.close()
+    train = next(t for t in expand(spec) if t.stage == "train")  # a training that did not finish
+    store = ResultStore(folder / "results.sqlite")
+    store.record_failed(train.key, "train", train.label, 2, "killed")
+    store.close()
+    md = write_report(folder).read_text()  # it counted every planned network as trained
+    assert f"{len(spec.points)} networks planned, {len(spec.points) - 1} trained;" in md
     result = _cli("report", str(folder), "--target-ber", "0.01")
     (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("tfc_w1a1")]
     assert result.returncode == 0 and "no result yet for MCEL" in line and "--resume" in line, line

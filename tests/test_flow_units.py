@@ -276,3 +276,18 @@ def test_the_default_folding_is_the_fastest_target_that_fits_and_says_when_it_ca
     dsp.update({t: 1000.0 for t in folding.DEFAULT_TARGETS})
     folded, record = folding.default_folding(None, "xczu3eg-sbva484-1-e")
     assert folded == folding.DEFAULT_TARGETS[-1] and record["fits"] is False
+
+
+def test_a_failed_verilator_build_names_its_cause_on_the_first_line(tmp_path):
+    """The CLI shows an error's first line; Verilator's failure said only "verilator build failed
+    (log .../build.log):", a log inside the build's temporary folder, which the failure removed."""
+    from hw_sim.verilate import VerilatorError, build_simulator
+
+    hdl = tmp_path / "hdl"
+    hdl.mkdir()
+    (hdl / "accel_top.sv").write_text("module accel_top(input logic clk);\n  this is not verilog\nendmodule\n")
+    (hdl / "filelist.f").write_text("accel_top.sv\n")
+    with pytest.raises(VerilatorError) as err:
+        build_simulator(hdl / "filelist.f", "accel_top", tmp_path / "verilator")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("verilator build failed: %Error") and "accel_top.sv:2" in first, first

@@ -329,8 +329,11 @@ def identical_trainings(spec: CampaignSpec, done: dict) -> list[str]:
 
 def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict[str, str],
               same: list[str] | None = None, missing: list[dict] | None = None) -> str:
+    untrained = sum(1 for m in missing or [] if m["stage"] == "train")  # it counted the planned ones as trained
+    networks = (f"{len(spec.points)} trained networks" if not untrained else
+                f"{len(spec.points)} networks planned, {len(spec.points) - untrained} trained")
     lines = [f"# Campaign `{spec.name}`", "",
-             f"{len(spec.points)} trained networks; software: {maps_rule(spec.software)}, "
+             f"{networks}; software: {maps_rule(spec.software)}, "
              f"fault models {', '.join(spec.software['fault_models'])}, seed {spec.software['seed']}."]
     if spec.hardware and any(r["source"] == "hardware" for r in rows):
         hw = spec.hardware
@@ -340,8 +343,9 @@ def _markdown(spec: CampaignSpec, rows: list[dict], best: list[dict], pngs: dict
         lines.append("Hardware: no RTL simulation has finished yet (`mcel campaign ... --resume` runs them).")
     lines += ["", "Accuracy in %, mean over fault maps with its 95 % t-interval. Written by `mcel report` from the "
               "campaign's results store (`results.sqlite`); `report.json` holds every number and the campaign file.",
-              "Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software prediction "
-              "for the same fault maps and images (equal when every output matched).", ""]
+              *(["Hardware rows: the RTL's accuracy on the simulated images, and in brackets the software "
+                 "prediction for the same fault maps and images (equal when every output matched)."]
+                if any(r["source"] == "hardware" for r in rows) else []), ""]
     if same:
         lines[-1:-1] = [f"Note: {sentence}" for sentence in same]
     if spec.software.get("test_images"):  # the rate columns are on fewer images than the clean one
