@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SWEEP_FILE = Path("sweep") / "sw_ber.json"
+SWEEP_FORMAT = "mcel-sw-sweep"  # a sweep record's "format" (mcel_train/sweep.py writes it)
 
 
 class SweepRecordError(ArtifactError):
@@ -34,9 +35,14 @@ def load_sweep(path: str | Path) -> dict:
     try:
         rec = json.loads(path.read_text())
         results = rec["results"]
+        # the fields, and values an accuracy and its interval can have: a hand-made file with its
+        # interval upside down ([0.6, 0.4]) was drawn as if it were a sweep
         ok = isinstance(results, list) and all(
-            isinstance(r["rate"], int | float) and isinstance(r["mean"], int | float)
-            and (r.get("ci95") is None or len(r["ci95"]) == 2) for r in results) and len(results) > 0
+            isinstance(r["rate"], int | float) and isinstance(r["mean"], int | float) and 0 <= r["mean"] <= 1
+            and (r.get("ci95") is None or (len(r["ci95"]) == 2 and all(isinstance(v, int | float) for v in r["ci95"])
+                                           # 1e-9: records before Dec 8, 2026 centred it on a float mean
+                                           and r["ci95"][0] - 1e-9 <= r["mean"] <= r["ci95"][1] + 1e-9))
+            for r in results) and len(results) > 0 and rec.get("format", SWEEP_FORMAT) == SWEEP_FORMAT
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         ok = False
     if not ok:

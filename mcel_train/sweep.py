@@ -22,18 +22,18 @@ from scipy.special import stdtrit  # Student t quantile; scipy.stats took 0.3 s 
 
 from mcel_train.errors import UserInputError
 from mcel_train.evaluate import MapEvaluator, accuracy_of, clean_logits, memory_contents, ties_of
-from mcel_train.faults.generate import FaultModel, generate_map, stored_bits
+from mcel_train.faults.generate import FaultModel, FaultModelError, generate_map, stored_bits
 from mcel_train.intnet import IntNetwork, from_brevitas, layer_memories
 from mcel_train.intnet_finn import build_memories, from_finn_build, memories_in_layer_order
 from mcel_train.manifest import MANIFEST_FILE, load_manifest
 from mcel_train.memory import Memory
-from mcel_train.plotting import plot_sweeps
+from mcel_train.plotting import SWEEP_FORMAT, plot_sweeps
 from mcel_train.progress import progress_bar
 from mcel_train.provenance import NETWORK_FIELD, network_digest
 from mcel_train.runio import first_images, load_source
 from mcel_train.stage import atomic_stage, run_name
 
-FORMAT = "mcel-sw-sweep"
+FORMAT = SWEEP_FORMAT
 PREDICTION_RULE = "argmax of the integer logits, ties to the lowest class index"
 
 
@@ -171,7 +171,8 @@ def run_sweep(
     elif manifest is not None:
         net = from_brevitas(run.model)
         memories = _manifest_memories(Path(manifest), net)
-        memory_source = f"manifest:{Path(manifest).name}"
+        # which build: relative to the run folder (it said "manifest:build" for any build)
+        memory_source = f"manifest:{os.path.relpath(Path(manifest).resolve(), Path(run_dir).resolve())}"
     else:
         net = from_brevitas(run.model)
         memories = net.memories()
@@ -179,9 +180,13 @@ def run_sweep(
     evaluator = MapEvaluator(net, x, labels, memories=memories, rows=rows,
                              compile_post=compile_post, method=method)
     bits = stored_bits(memories, memory_contents(net, memories)) if fm.name == "asym" else None
-    # Fail on a bad rate before spending time on the others.
+    # Fail on a bad rate before spending time on the others (a kflips count past the memories'
+    # bits is known only now), naming the flag
     for rate in bers:
-        generate_map(memories, fm, rate, seed, 0, bits=bits)
+        try:
+            generate_map(memories, fm, rate, seed, 0, bits=bits)
+        except FaultModelError as exc:
+            raise UserInputError(f"--ber: {exc}") from None
 
     checkpoint = SweepCheckpoint(run_dir / CHECKPOINT, {
         "bers": [float(r) for r in bers], "maps": int(maps), "seed": int(seed), "fault_model": fm.to_dict(),
@@ -191,9 +196,10 @@ def run_sweep(
     if results:  # the record will equal an uninterrupted sweep's; say why this one was quicker
         print(f"note: resuming the interrupted sweep of {run_name(run_dir)}: {len(results)} of {len(bers)} rates "
               f"were finished (kept in {CHECKPOINT} in the run folder)", file=progress_file or sys.stderr)
+    # rates finished before an interruption as the bar's start, not as an update: counted as
+    # done in no time, they made the first line's speed "65365776 map/s"
     bar = progress_bar(total=len(bers) * maps, desc=f"sweep {run_name(run_dir)}", unit="map",
-                       disable=not progress, file=progress_file)
-    bar.update(len(results) * maps)  # rates finished before an interruption
+                       disable=not progress, file=progress_file, initial=len(results) * maps)
     for rate in bers[len(results):]:
         bar.set_postfix_str(f"rate {rate:g}")
         accs = np.empty(maps)

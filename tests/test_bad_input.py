@@ -289,6 +289,9 @@ CASES = [
     ("sweep-rate-nan", ["sweep", "{run}", "--ber", "0,nan"], None, "--bers/--ber: rates must be >= 0"),
     ("sweep-rate-negative", ["sweep", "{run}", "--ber", "0,-0.1"], None, "--bers/--ber: rates must be >= 0"),
     ("sweep-logspace-past-1", ["sweep", "{run}", "--ber", "logspace:1e-3:3:4"], None, "--ber: bit error rates"),
+    # a count past the network's bits said "kflips needs an integer count 0..N", naming no flag
+    ("sweep-kflips-past-the-bits", ["sweep", "{run}", "--ber", "0,10000000", "--fault-model", "kflips"], None,
+     "--ber: kflips needs an integer count 0.."),
     ("sweep-kflips-fraction", ["sweep", "{run}", "--ber", "0,2.5", "--fault-model", "kflips"], None,
      "--ber: the kflips fault model takes whole flip counts"),
     ("experiment-rate-past-1", ["experiment", "--rates", "0,1.5", "--out", "{run}/exp"], None,
@@ -363,6 +366,13 @@ CASES = [
     ("plot-torn-sweep", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", '{"results": [{"ra'),
      "is not a sweep record of mcel sweep"),
     ("plot-foreign-json", ["plot", "{run}", "-o", "{run}/x.png"], _write("sweep/sw_ber.json", "[1, 2]"),
+     "is not a sweep record of mcel sweep"),
+    # a hand-made record with its interval upside down was plotted, exit 0
+    ("plot-interval-upside-down", ["plot", "{run}", "-o", "{run}/x.png"],
+     _write("sweep/sw_ber.json", '{"results": [{"rate": 0.001, "mean": 0.5, "ci95": [0.6, 0.4]}]}'),
+     "is not a sweep record of mcel sweep"),
+    ("plot-other-format", ["plot", "{run}", "-o", "{run}/x.png"],
+     _write("sweep/sw_ber.json", '{"format": "other", "results": [{"rate": 0.001, "mean": 0.5}]}'),
      "is not a sweep record of mcel sweep"),
     ("plot-flip-counts-beside-rates", ["plot", "{run}/a", "{run}/b", "-o", "{run}/x.png"],
      lambda r: (_write("a/sweep/sw_ber.json", json.dumps({"fault_model": {"name": "flip", "spec": "flip"},

@@ -8,6 +8,8 @@ code with it. For the same maps both must give identical integer outputs on ever
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -96,7 +98,9 @@ def test_a_sweep_in_a_builds_layout_predicts_as_the_build(smoke_build, tmp_path)
     record = run_sweep(run, [0.0, 0.05], maps=4, seed=5, manifest=build, progress=False, test_images=120,
                        method="difference")
     weights = load_manifest(build).fault_memories(("weights",))
-    assert record["memory_source"] == "manifest:build"
+    # which build, relative to the run folder (it said "manifest:build" for any build)
+    assert record["memory_source"] == f"manifest:{os.path.relpath(build.resolve(), run.resolve())}"
+    assert record["memory_source"].endswith("/build") and not record["memory_source"].startswith("manifest:/")
     assert [m["name"] for m in record["memories"]] == [m.name for m in weights]
     assert json.loads((run / "sweep" / "sw_ber.json").read_text())["results"] == record["results"]
     x, labels = load_run(run).test_inputs(120)

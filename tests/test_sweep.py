@@ -1,7 +1,9 @@
 """Sweep records: reproducible by seed, no silent overwrite, plots and margins, CLI parsers."""
 
 import argparse
+import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -187,10 +189,14 @@ def test_a_killed_sweep_resumes_at_the_next_rate(smoke_run, monkeypatch, capsys)
     calls.clear()
     calls.extend([None] * 10)  # the next call at 0.05 goes through
     capsys.readouterr()
-    resumed = run_sweep(smoke_run, rates, maps=4, seed=5, progress=False, force=True)
+    log = io.StringIO()  # a campaign's progress.log: plain lines
+    resumed = run_sweep(smoke_run, rates, maps=4, seed=5, progress=True, force=True, progress_file=log)
     assert calls[10:] == [0.05]  # rates 0 and 0.01 came from the checkpoint
-    err = capsys.readouterr().err  # and it says so
+    err = log.getvalue()  # and it says so
     assert "note: resuming the interrupted sweep" in err and "2 of 3 rates were finished" in err
+    # the finished rates start the bar: counted as an update they gave "65365776 map/s"
+    speeds = [float(v) for v in re.findall(r"([0-9.]+)map/s", err)]
+    assert "8/12" in err and all(v < 1e5 for v in speeds), err
     assert resumed["results"] == whole["results"]
     assert not (smoke_run / sweep.CHECKPOINT).exists()
     # other parameters (here the seed) make the checkpoint stale: nothing is reused

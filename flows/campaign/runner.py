@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -32,7 +33,7 @@ from flows.campaign.store import ResultStore
 from flows.campaign.tasks import Task, expand, output_missing, software_tasks
 from mcel_train.errors import UserInputError
 from mcel_train.progress import progress_bar
-from mcel_train.stage import blocking_file, write_text_atomic
+from mcel_train.stage import blocking_file, process_token, write_text_atomic
 
 POLL_SECONDS = 0.5
 # Among the ready tasks, later stages go first: a campaign cut short (a session ends) then has
@@ -81,9 +82,14 @@ def _lock(campaign_dir: Path):
     return handle
 
 
-def _write_status(campaign_dir: Path, progress: Progress) -> None:
+def _write_status(campaign_dir: Path, progress: Progress, ended: bool = False) -> None:
+    """``status.json``: the progress counts, and whether the campaign process still runs. A
+    killed campaign's file keeps saying ``running``; ``process`` (pid and start time,
+    :func:`mcel_train.stage.process_token`) lets a reader check, and a campaign that ended on
+    its own (finished, or stopped by an error or Ctrl-C) says ``ended``."""
     tmp = campaign_dir / "status.json.tmp"
-    tmp.write_text(json.dumps(progress.as_dict(), indent=1))
+    tmp.write_text(json.dumps(progress.as_dict() | {"ended": ended, "process": process_token(os.getpid()),
+                                                    "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
     tmp.replace(campaign_dir / "status.json")
 
 
@@ -205,7 +211,7 @@ class Scheduler:
                 self.executor.cancel(key)
                 self._finish(key, False, f"hang: no result after {self.spec.timeout_s:g} s (timeout_s); killed")
 
-    def _show(self) -> None:
+    def _show(self, ended: bool = False) -> None:
         p = self.progress
         p.done, p.failed, p.skipped = len(self.done), len(self.failed), len(self.skipped)
         p.running = [self.tasks[k].label for k in self.executor.running()]
@@ -213,7 +219,7 @@ class Scheduler:
         if status != self._status:  # a redraw per poll would be a log line per poll in a file
             self._status = status
             self.bar.set_postfix_str(status)
-        _write_status(self.campaign_dir, p)
+        _write_status(self.campaign_dir, p, ended)
 
     def run(self) -> dict:
         try:
@@ -232,7 +238,7 @@ class Scheduler:
                 self._show()
         finally:
             self.executor.shutdown()
-            self._show()
+            self._show(ended=True)
             self.bar.close()
         return self.progress.as_dict() | {"failures": {self.tasks[k].label: e.splitlines()[0]
                                                        for k, e in self.failed.items()}}
