@@ -415,8 +415,9 @@ def _write_doc(out: Path, campaign_dir: Path, docs: Path, spec, done, rows, rate
              f"{', '.join(f'{r:g}' for r in spec.software['ber'])}, {maps_rule(spec.software)}, seed "
              f"{spec.software['seed']}; accuracy of the bit-exact integer network on "
              f"{_images(rows)} test images; maps per cell (fewest-most over networks): {_maps_by_rate(rows)}.",
-             "- Intervals: across training seeds, a Student-t 95 % interval of the seeds' means; the map "
-             "interval of one seed's mean is shown as ± next to it.",
+             "- Intervals: across training seeds, a Student-t 95 % interval of the seeds' means; the "
+             "fault-map interval is shown as ± next to it, the half-width of each seed's 95 % interval over "
+             "its maps, averaged over the seeds.",
              "- Cut for CPU time (2 cores, no GPU), variants before seeds: "
              + (", ".join(cut) if cut else "nothing") + "; and the paper's training length (epochs above"
              + ("; one seed trained longer below" if length else "") + ").", "",

@@ -288,6 +288,8 @@ CASES = [
     ("sweep-rate-out-of-range", ["sweep", "{run}", "--ber", "2"], None, "--ber: bit error rates must be in [0, 1]"),
     ("sweep-rate-nan", ["sweep", "{run}", "--ber", "0,nan"], None, "--bers/--ber: rates must be >= 0"),
     ("sweep-rate-negative", ["sweep", "{run}", "--ber", "0,-0.1"], None, "--bers/--ber: rates must be >= 0"),
+    # a value in scientific notation starting with "-": argparse took it for a flag ("expected one argument")
+    ("sweep-rate-negative-scientific", ["sweep", "{run}", "--ber", "-1e-3"], None, "--bers/--ber: rates must be >= 0"),
     ("sweep-logspace-past-1", ["sweep", "{run}", "--ber", "logspace:1e-3:3:4"], None, "--ber: bit error rates"),
     # a count past the network's bits said "kflips needs an integer count 0..N", naming no flag
     ("sweep-kflips-past-the-bits", ["sweep", "{run}", "--ber", "0,10000000", "--fault-model", "kflips"], None,
