@@ -394,6 +394,15 @@ CASES = [
      "is not a simulation record of mcel sim"),
     ("compare-rate-without-maps", ["compare", "{run}"], _hw_record(), "has no maps at rate 0.01"),
     ("campaign-missing-file", ["campaign", "{run}/none.yaml", "--out", "{run}/c"], None, "none.yaml"),
+    # it said "campaign name: Field required"; a rate as text named pydantic's "software.ber.float";
+    # a rate out of range said "got" twice
+    ("campaign-empty-file", RUN_C, _write("c.yaml", ""), "c.yaml is empty: a campaign needs name, train"),
+    ("campaign-rate-as-text", RUN_C,
+     _write("c.yaml", "name: c\ngrid: {models: [tfc_w2a2], losses: [ce]}\nsoftware: {ber: [0, a], maps: 2}\n"),
+     "campaign software.ber: Input should be a valid number (got 'a')"),
+    ("campaign-rate-past-1", RUN_C,
+     _write("c.yaml", "name: c\ngrid: {models: [tfc_w2a2], losses: [ce]}\nsoftware: {ber: [0, 1.5], maps: 2}\n"),
+     "got 1.5 (the kflips fault model takes flip counts)"),
     ("campaign-zero-workers", ["campaign", "{run}/c.yaml", "--workers", "0", "--out", "{run}/c"],
      _write("c.yaml", CAMPAIGN), "--workers"),
     ("campaign-bad-hardware-fault-model", RUN_C,

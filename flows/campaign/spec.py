@@ -330,13 +330,16 @@ class CampaignFile(_Section):
 def _campaign_error(err: ValidationError) -> CampaignError:
     """The first problem as one line: ``campaign <key path>: <what is wrong> (got ...)``."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-after", "list[", "str", "dict"))]
+    # pydantic's names of the schemas it tried ("float", "union[...]") are not keys of the file
+    loc = [str(p) for p in first["loc"] if not str(p).startswith((
+        "function-", "list[", "str", "dict", "float", "int", "bool", "union[", "tagged-union[", "literal[",
+        "nullable[", "json-or-python["))]
     loc = [p for p in loc if not p.isdigit()] or ["file"]
     where = ".".join(loc)
     if first["type"] == "extra_forbidden":
         return CampaignError(f"campaign {where}: unknown key; see flows/campaign/spec.py for the allowed keys")
     got = first.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or "got " in first["msg"] else f" (got {got!r})"  # said once
     msg = first["msg"].removeprefix("Value error, ")
     return CampaignError(f"campaign {where}: {msg}{shown}")
 
@@ -535,6 +538,9 @@ def _import_point(entry: str | dict) -> ImportPoint:
 def load_campaign(path: str | Path, strict: bool = True) -> CampaignSpec:
     """Read and validate a campaign YAML file (``strict``: as :func:`parse_campaign`)."""
     raw = read_mapping(path, CampaignError, "campaign file", "flows/campaigns/")
+    if not raw:  # it said "campaign name: Field required", as if only the name were missing
+        raise CampaignError(f"campaign file {path} is empty: a campaign needs name, train, grid and software "
+                            "(flows/campaigns/*.yaml are examples)")
     return parse_campaign(raw, strict)
 
 
