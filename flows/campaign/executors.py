@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -73,6 +74,13 @@ class LocalExecutor:
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["flows.campaign.tasks", "torch"])
         self.procs: dict[str, tuple] = {}
+        # A hung task is killed with its process group (cancel); the semaphores it held are then
+        # freed by multiprocessing's resource tracker, which said so at exit in two lines of
+        # "leaked semaphore objects" warnings after the campaign's summary. The tracker starts
+        # with this process's -W options, so the filter reaches it.
+        quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+        if quiet not in sys.warnoptions:
+            sys.warnoptions.append(quiet)
 
     def capacity(self) -> int:
         return self.workers - len(self.procs)
