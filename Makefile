@@ -2,6 +2,8 @@
 # Both install what they need first (scripts/setup.sh is idempotent and fast when done).
 # VENV= is scripts/setup.sh's too: the targets then run with the environment it installed
 VENV ?= .venv
+# $(value ...): the text as given, never expanded as make syntax (VENV='$(shell cmd)' ran cmd)
+override VENV := $(value VENV)
 export VENV
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # The recipes name the venv as "$$VENV" (the exported variable, expanded by the shell inside

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from hw_sim.transient import coverage_problem
-from mcel_train.errors import ArtifactError
+from mcel_train.errors import ArtifactError, UserError
 from mcel_train.faults.faultmap import FaultMap
+from mcel_train.faults.generate import FaultModel
 from mcel_train.provenance import check_sim_is_the_runs
 from mcel_train.stage import run_name
 from mcel_train.sweep import t_interval, within_accuracies
@@ -113,8 +114,12 @@ def _outputs(path: Path, second: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def counts_flips(fault_model: str) -> bool:
-    """Whether a simulation's rates are flip counts per map (``kflips``), not bit error rates."""
-    return str(fault_model).split(":")[0] == "kflips"
+    """Whether a simulation's rates are flip counts per map (``kflips``), not bit error rates,
+    as the fault model's own parser reads its name (`` kflips`` ran as kflips)."""
+    try:
+        return FaultModel.parse(fault_model).name == "kflips"
+    except UserError:  # a record's model this version does not know: its rates are rates
+        return False
 
 
 def plot_compare(rows: list[dict], title: str, path: Path, counts: bool = False) -> None:

@@ -126,7 +126,7 @@ def run_sweep(
     fault_model: str = "flip", force: bool = False, manifest: str | Path | None = None,
     map_batch: int = 25, rows: int = 8192, progress: bool = True, compile_post: bool = False,
     test_images: int = 0, ci_width: float = 0.0, method: str = "auto", progress_file: TextIO | None = None,
-    images_flag: str = "--test-images",
+    images_flag: str = "--test-images", ci_flags: tuple[str, str] = ("--ci-width", "--maps"),
 ) -> dict:
     """Sweep ``bers`` on the run's test set; returns the record also written to ``sw_ber.json``.
 
@@ -139,7 +139,8 @@ def run_sweep(
     injection). Map ``i`` is the same map however the sampling stops, so a run that stops
     earlier holds a prefix of a longer run's maps. ``method``: the evaluator path
     (:class:`mcel_train.evaluate.MapEvaluator`). ``images_flag``: how the caller's user gave
-    ``test_images``, for the note when it is more than the test set holds.
+    ``test_images``, for the note when it is more than the test set holds; ``ci_flags``: how
+    they gave ``ci_width`` and ``maps``, for the note on rates whose interval stayed wider.
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "sweep"
@@ -235,8 +236,8 @@ def run_sweep(
     wide = [r["rate"] for r in results if r.get("ci_width_reached") is False]
     if wide:
         print(f"note: at rate(s) {', '.join(f'{r:g}' for r in wide)} the 95 % interval is still wider than "
-              f"--ci-width {ci_width:g} after --maps {maps} maps (ci_width_reached: false in the record); "
-              "raise --maps for a narrower one", file=sys.stderr)
+              f"{ci_flags[0]} {ci_width:g} after {ci_flags[1]} {maps} maps (ci_width_reached: false in the "
+              f"record); raise {ci_flags[1]} for a narrower one", file=progress_file or sys.stderr)
 
     clean = clean_logits(net, x)
     record = {

@@ -254,6 +254,22 @@ def test_resume_checks_the_campaign_file_as_a_fresh_run_does(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_campaign_sweep_that_hits_its_maps_says_so_in_its_log_and_row(tmp_path):
+    """software.ci_width: a rate that reached software.maps with the interval still wider is
+    recorded in the campaign's row and noted in the task's log, naming the campaign's keys (the
+    note named mcel sweep's --ci-width and --maps, on the campaign's terminal)."""
+    spec = {**CARRIED, "name": "ci", "software": {"ber": [0, 0.05], "maps": 4, "seed": 0, "ci_width": 0.5}}
+    folder, summary = run_campaign(_write(tmp_path, spec), tmp_path / "c", workers=1, show_progress=False)
+    assert summary["done"] == 2
+    with sqlite3.connect(folder / "results.sqlite") as conn:
+        (result,) = [json.loads(r) for (r,) in conn.execute("SELECT result FROM tasks WHERE stage = 'sweep'")]
+    reached = {r["rate"]: r["ci_width_reached"] for r in result["results"]}
+    assert reached == {0.0: True, 0.05: False}, reached
+    (log,) = (folder / "tasks").glob("sweep-*/progress.log")
+    note = [line for line in log.read_text().splitlines() if line.startswith("note: at rate(s) 0.05")]
+    assert len(note) == 1 and "raise software.maps" in note[0] and "--maps" not in note[0], note
+
+
 def test_existing_campaign_needs_resume(reference, tmp_path):
     path, folder = reference
     result = _cli("campaign", str(path), "--out", str(folder))

@@ -138,6 +138,7 @@ def test_flip_counts_are_drawn_and_headed_as_counts(tmp_path, figures):
             for r, a in ((0.0, 0.9), (5.0, 0.8), (50.0, 0.5))]
     rows = curves({"bers": [0.0, 5.0, 50.0], "maps": maps})
     assert counts_flips("kflips") and not counts_flips("flip") and not counts_flips("asym:p01=0.1,p10=1")
+    assert counts_flips(" kflips") and not counts_flips("zap")  # as the fault model's parser reads it
     assert format_table(rows, counts=True).split()[0] == "flips" and format_table(rows).split()[0] == "rate"
     plot_compare(rows, "t", tmp_path / "c.png", counts=True)
     (ax,) = figures[-1].axes

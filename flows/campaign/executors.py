@@ -206,10 +206,13 @@ class RayExecutor:
 def connect_ray(address: str):
     """Join the cluster at ``address``; returns the ``ray`` module.
 
-    Ray 2.60's ``ray start --head`` turns token authentication on, and every node and driver must
-    then run with ``RAY_AUTH_MODE=token`` (README, 'Campaigns on a Ray cluster'); Ray reads it
-    when it is imported. So unless the user chose a mode, token mode is set before the import. A
-    dead address or a refused connection is one line, before any campaign state exists.
+    Ray 2.60's ``ray start --head`` turns token authentication on where a token exists
+    (``~/.ray/auth_token``) or ``RAY_AUTH_MODE=token`` is set, and off otherwise; every node and
+    driver must then run in the cluster's mode (README, 'Campaigns on a Ray cluster'), which Ray
+    reads when it is imported. So unless the user chose a mode, a join is probed in a child
+    process with Ray's default, then in token mode, and this process imports Ray in the mode
+    that joined. A dead address or a refused connection is one line, before any campaign state
+    exists.
     """
     from mcel_train.errors import UserInputError
 

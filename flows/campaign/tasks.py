@@ -211,9 +211,11 @@ def _run_sweep(folder: Path, params: dict) -> dict:
         record = run_sweep(folder, params["ber"], maps=params["maps"], seed=params["seed"],
                            fault_model=params["fault_model"], progress_file=log,
                            ci_width=params.get("ci_width", 0.0), test_images=params.get("test_images", 0),
-                           images_flag="the campaign's test_images=")
+                           images_flag="the campaign's test_images=",
+                           ci_flags=("the campaign's software.ci_width", "software.maps"))
     return {"clean_accuracy": record["clean_accuracy"], "n_test": record["n_test"], "results": [
-        {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "maps": r["maps"], "accuracies": r["accuracies"]}
+        {"rate": r["rate"], "mean": r["mean"], "ci95": r["ci95"], "maps": r["maps"], "accuracies": r["accuracies"],
+         **({"ci_width_reached": r["ci_width_reached"]} if "ci_width_reached" in r else {})}
         for r in record["results"]]}
 
 
