@@ -164,5 +164,10 @@ def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None
     except FileExistsError:
         raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace it, "
                                "or give another --out") from None
+    except OSError:  # a file system without hard links: checked, then renamed (a narrow race)
+        if path.exists():
+            raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace "
+                                   "it, or give another --out") from None
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
