@@ -363,10 +363,10 @@ def test_the_input_encoding_note_names_the_encoding_that_fits(tmp_path, capsys):
     check, notes = imported(bipolar, "bipolar")
     assert len(notes) == 1 and notes[0].endswith("import it with --input-kind bipolar"), notes
     assert check["accuracy_on_bipolar_inputs"] > check["accuracy"]
-    torch.manual_seed(3)
-    check, notes = imported(nn.Sequential(QuantLinear(64, 10, bias=True, weight_bit_width=4),
-                                          QuantReLU(bit_width=2), QuantLinear(10, 10, bias=False,
-                                                                              weight_bit_width=4)).eval(), "untrained")
+    torch.manual_seed(7)  # this untrained network scores 5 % as 0..255 and 11 % as +-1 on 359 images
+    check, notes = imported(nn.Sequential(QuantLinear(64, 32, bias=True, weight_bit_width=4),
+                                          QuantReLU(bit_width=3, return_quant_tensor=True),
+                                          QuantLinear(32, 10, bias=False, weight_bit_width=4)).eval(), "untrained")
     assert notes == [] and not any(k.startswith("accuracy_on_") for k in check)
 
 
