@@ -85,6 +85,7 @@ def test_build_is_bit_exact(builds, key):
     v = record["verification"]
     assert v["n"] == 200
     assert v["hw_equal_finn"] == 200 and v["argmax_equal_torch"] == 200 and v["bit_exact"]
+    assert v["argmax_reference"] == "torch"
     assert v["sim"]["cycles_per_image"] == v["cycles_per_image_vs_estimate"]["finn_expected_ii"]
     build = run / "build"
     for f in ("build.json", "manifest.json", "hdl/accel_top.sv", "hdl/filelist.f",

@@ -93,6 +93,7 @@ def _build_and_simulate(run: Path) -> np.ndarray:
     build = json.loads((run / "build" / "build.json").read_text())
     assert build["source"]["kind"] == "import"
     assert build["verification"]["bit_exact"] and build["verification"]["argmax_equal_torch"] == 40
+    assert build["verification"]["argmax_reference"] == "qonnx"  # an imported run has no torch model
     assert main(["sim", str(run), "--ber", "0,0.005,0.01,0.02", "--maps", "2", "--images", "30"]) == 0
     sim = json.loads((run / "sim" / "hw_ber.json").read_text())
     assert len(sim["maps"]) == 7 and all(m["identical_to_software"] for m in sim["maps"])
