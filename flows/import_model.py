@@ -69,7 +69,7 @@ def check_supported(model, input_kind: str = "uint8") -> None:
             if np.asarray(width).size != 1 or float(width) != int(width) or float(width) < 1:
                 raise UserInputError(f"node {node.name or '?'} (Quant) has bit width {width}: FINN takes whole "
                                      "numbers >= 1 (export the network from Brevitas with integer bit widths)")
-    problem = _tail_problem(model) or _conv_problem(model) or _layer_problem(model, input_kind)
+    problem = _tail_problem(model) or _conv_problem(model)
     if problem:
         raise UserInputError(problem)
     weighted = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
@@ -77,6 +77,9 @@ def check_supported(model, input_kind: str = "uint8") -> None:
         raise UserInputError("no layer's weights are quantized (no Quant/BipolarQuant before a MatMul, Gemm or "
                              "Conv): a float network has nothing FINN puts in hardware; export a Brevitas network "
                              "with quantized layers")
+    problem = _layer_problem(model, input_kind)  # layer by layer, once some layer is quantized
+    if problem:
+        raise UserInputError(problem)
 
 
 def _tail_problem(model) -> str | None:
