@@ -270,6 +270,20 @@ def test_a_campaign_sweep_that_hits_its_maps_says_so_in_its_log_and_row(tmp_path
     assert len(note) == 1 and "raise software.maps" in note[0] and "--maps" not in note[0], note
 
 
+def test_a_resume_with_a_changed_campaign_file_says_what_changed(tmp_path, capsys):
+    """Another rate list on --resume reran the sweeps without a word, beside the earlier rows."""
+    path = _write(tmp_path, CARRIED)
+    run_campaign(path, tmp_path / "c", workers=1, show_progress=False)
+    capsys.readouterr()
+    run_campaign(path, tmp_path / "c", workers=1, resume=True, show_progress=False)  # the same file: no note
+    assert "note: the campaign differs" not in capsys.readouterr().err
+    changed = _write(tmp_path, {**CARRIED, "software": {**CARRIED["software"], "ber": [0, 0.02]}}, "changed.yaml")
+    _, summary = run_campaign(changed, tmp_path / "c", workers=1, resume=True, show_progress=False)
+    (note,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: the campaign differs")]
+    assert "(changed: software)" in note and "2 task(s) of the earlier file are not in this one" in note, note
+    assert summary["finished_here"] == 2  # the two sweeps at the new rates; the training was reused
+
+
 def test_existing_campaign_needs_resume(reference, tmp_path):
     path, folder = reference
     result = _cli("campaign", str(path), "--out", str(folder))

@@ -259,6 +259,28 @@ def run_campaign(campaign_file: str | Path, out: str | Path | None = None, execu
                                   software_only, restore)
 
 
+def _note_changed_spec(campaign_dir: Path, spec: CampaignSpec, tasks: list, resume: bool) -> None:
+    """A --resume with a changed campaign file (another rate list, more maps) ran every task whose
+    settings changed anew without a word, beside the earlier rows: say which sections changed
+    and how many tasks the folder's earlier file planned that this one does not."""
+    saved = campaign_dir / "campaign.yaml"
+    if not (resume and saved.is_file()):
+        return
+    try:
+        before = yaml.safe_load(saved.read_text()) or {}
+        earlier = {t["key"] for t in json.loads((campaign_dir / "tasks.json").read_text())}
+    except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError):
+        return
+    if not isinstance(before, dict) or before == spec.raw:
+        return
+    changed = sorted(k for k in set(before) | set(spec.raw) if before.get(k) != spec.raw.get(k))
+    dropped = len(earlier - {t.key for t in tasks})
+    print(f"note: the campaign differs from the one {campaign_dir} ran (changed: {', '.join(changed)}): tasks whose "
+          f"settings changed run anew, finished ones are reused" + (
+              f"; {dropped} task(s) of the earlier file are not in this one (their rows stay in results.sqlite)"
+              if dropped else ""), file=sys.stderr)
+
+
 def _check_folder(campaign_dir: Path, name: str) -> None:
     """Refuse a folder that cannot be the campaign's: under a file, or holding another
     campaign (its campaign file and task list would be replaced by this one's)."""
@@ -313,6 +335,7 @@ def run_spec(spec: CampaignSpec, campaign_dir: str | Path, executor: str = "loca
     lock = _lock(campaign_dir)
     try:
         tasks = expand(spec)
+        _note_changed_spec(campaign_dir, spec, tasks, resume)
         write_text_atomic(campaign_dir / "campaign.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
         write_text_atomic(campaign_dir / "tasks.json", json.dumps([t.to_dict() for t in tasks], indent=1))
         store = ResultStore(db)
