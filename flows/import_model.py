@@ -176,9 +176,7 @@ def _layer_problem(model, input_kind: str) -> str | None:
                     "a QuantLinear/QuantConv2d and export again")
         source = _source(model, node.input[0])
         if source is None:  # the first layer, on the pixels
-            weights = model.find_producer(node.input[1])
-            while weights is not None and weights.op_type in _PASS:
-                weights = model.find_producer(weights.input[0])
+            weights = _source(model, node.input[1])  # its weights' quantizer
             if input_kind == "bipolar" and (weights is None or weights.op_type != "BipolarQuant"):
                 return (f"{name} takes the +-1 pixels (--input-kind bipolar) with multi-bit weights, which FINN's "
                         "units here cannot take: give the first layer binarized weights, or train and import it on "

@@ -30,9 +30,9 @@ def _relative(text: str, prefixes: list[str]) -> str:
     return text
 
 
-def relative_build_paths(build_dir: Path, graphs: bool = True) -> int:
+def relative_build_paths(build_dir: Path, graphs: bool = True) -> None:
     """Rewrite ``build_dir``'s generated text files, and its graphs unless ``graphs`` is false,
-    so that no path in them starts at ``build_dir`` itself; returns how many files changed.
+    so that no path in them starts at ``build_dir`` itself.
 
     The text files are rewritten right after FINN's steps too (``graphs=False``: the stitching
     still finds FINN's files through the graphs' absolute attributes): a run folder whose name
@@ -40,7 +40,6 @@ def relative_build_paths(build_dir: Path, graphs: bool = True) -> int:
     """
     build_dir = Path(build_dir)
     prefixes = _prefixes(build_dir)
-    changed = 0
     for path in sorted(build_dir.rglob("*.onnx")) if graphs else []:
         model = onnx.load(str(path))
         touched = False
@@ -53,7 +52,6 @@ def relative_build_paths(build_dir: Path, graphs: bool = True) -> int:
                         attr.s, touched = new.encode(), True
         if touched:
             onnx.save(model, str(path))
-            changed += 1
     for path in sorted(build_dir.rglob("*")):
         if path.suffix not in _TEXT_SUFFIXES or not path.is_file() or path.is_symlink():
             continue
@@ -62,5 +60,3 @@ def relative_build_paths(build_dir: Path, graphs: bool = True) -> int:
             continue
         path.write_bytes(_relative(data.decode("utf-8", "surrogateescape"), prefixes)
                          .encode("utf-8", "surrogateescape"))
-        changed += 1
-    return changed

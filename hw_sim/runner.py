@@ -143,9 +143,6 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
 
     build_dir, sim_dir = Path(build_dir), Path(sim_dir)
     stamp = sim_dir / "sim_build" / "build_stamp.json"
-    problem = runner_path_problem(sim_dir)
-    if problem and not stamp.exists():  # before the harness is written into the run
-        raise UserInputError(f"{sim_dir}: the simulator must be built here, and {problem}")
     manifest = load_manifest(build_dir)
     spec = harness_spec(manifest, batch_images)
     harness = write_harness(spec, sim_dir / "hdl" / f"{HARNESS_TOP}.sv")
@@ -155,7 +152,8 @@ def build_harness(build_dir: Path, sim_dir: Path, batch_images: int, waves: bool
            "public_all": public_all, "pgo": pgo_job is not None}
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
-    if problem:  # a simulator built elsewhere and moved here is reused (above)
+    problem = runner_path_problem(sim_dir)  # a simulator built elsewhere and moved here is reused (above)
+    if problem:  # (mcel sim checks it before any work: hw_sim/sim.py, run_sim)
         raise UserInputError(f"{sim_dir}: the simulator must be built here, and {problem}")
     t0 = time.perf_counter()
     vlt = visibility_file(manifest, sim_dir / "hdl" / "visibility.vlt")

@@ -161,13 +161,15 @@ def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None
         return
     try:
         os.link(tmp, path)
+        taken = False
     except FileExistsError:
-        raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace it, "
-                               "or give another --out") from None
+        taken = True
     except OSError:  # a file system without hard links: checked, then renamed (a narrow race)
-        if path.exists():
-            raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace "
-                                   "it, or give another --out") from None
-        tmp.replace(path)
+        taken = path.exists()
+        if not taken:
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+    if taken:
+        raise StageExistsError(f"{path} was written by another command meanwhile; pass --force to replace it, "
+                               "or give another --out")

@@ -33,7 +33,6 @@ from mcel_train.provenance import NETWORK_FIELD, network_digest
 from mcel_train.runio import first_images, load_source
 from mcel_train.stage import atomic_stage, run_name
 
-FORMAT = SWEEP_FORMAT
 PREDICTION_RULE = "argmax of the integer logits, ties to the lowest class index"
 
 
@@ -206,6 +205,7 @@ def run_sweep(
         accs = np.empty(maps)
         n_faults = np.empty(maps)
         used = evaluated = maps
+        reached = False  # the interval got narrower than ci_width before --maps ran out
         for idx in _batches(maps, map_batch):
             fmaps = [generate_map(memories, fm, rate, seed, i, bits=bits) for i in idx]
             accs[idx.start:idx.stop] = evaluator.evaluate(fmaps).accuracy
@@ -214,7 +214,7 @@ def run_sweep(
             if ci_width:
                 done = maps_needed(accs[:idx.stop], ci_width)
                 if done is not None:
-                    used, evaluated = done, idx.stop
+                    used, evaluated, reached = done, idx.stop, True
                     break
         bar.update(maps - evaluated)  # the maps the interval made unnecessary
         accs, n_faults = accs[:used], n_faults[:used]
@@ -230,7 +230,7 @@ def run_sweep(
             "accuracies": [float(a) for a in accs],
         })
         if ci_width:  # stopped by the interval, or by --maps with the interval still wider
-            results[-1]["ci_width_reached"] = maps_needed(accs, ci_width) is not None
+            results[-1]["ci_width_reached"] = reached
         checkpoint.save(results)
     bar.close()
     wide = [r["rate"] for r in results if r.get("ci_width_reached") is False]
@@ -241,7 +241,7 @@ def run_sweep(
 
     clean = clean_logits(net, x)
     record = {
-        "format": FORMAT,
+        "format": SWEEP_FORMAT,
         "version": 1,
         "run": run_name(run_dir),
         "model": run.spec.to_dict() if run.spec is not None else None,
